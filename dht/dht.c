@@ -1,0 +1,195 @@
+/* The node's lifecycle and introspection: dht_new, start, leave, close. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dht/internal.h"
+#include "dht/log.h"
+
+#define SWEEP_MS 5000
+#define LEAVE_WAIT_MS 1500
+
+static void on_refresh(uv_timer_t *t) { dht__owned_refresh_all(t->data); }
+
+static void on_sweep(uv_timer_t *t) {
+  dht_t *d = t->data;
+  size_t n = dht__store_sweep(&d->store, uv_now(d->loop));
+  if (n) log_debug("swept %zu expired values", n);
+  dht__rpc_reap(d);
+}
+
+static void timers_init(dht_t *d) {
+  uv_timer_t *timers[] = {&d->stab_timer, &d->join_timer, &d->refresh_timer,
+                          &d->sweep_timer, &d->repair_timer, &d->leave_timer};
+  for (size_t i = 0; i < sizeof(timers) / sizeof(*timers); i++) {
+    uv_timer_init(d->loop, timers[i]);
+    timers[i]->data = d;
+  }
+}
+
+static int config_check(const dht_config_t *cfg) {
+  size_t olen = cfg->overlay ? strlen(cfg->overlay) : 0;
+  if (olen == 0 || olen > PROTO_MAX_OVERLAY) return -EINVAL;
+  if (cfg->replicas < 1 || cfg->replicas > DHT_MAX_SUCC) return -EINVAL;
+  if (cfg->succ_list && (cfg->succ_list < 3 || cfg->succ_list > DHT_MAX_SUCC)) return -EINVAL;
+  if (cfg->n_bootstrap < 0) return -EINVAL;
+  return 0;
+}
+
+int dht_new(uv_loop_t *loop, const dht_config_t *cfg, dht_t **out) {
+  int err = config_check(cfg);
+  if (err) return err;
+  dht_t *d = calloc(1, sizeof(*d));
+  if (!d) return -ENOMEM;
+  d->loop = loop;
+  snprintf(d->overlay, sizeof(d->overlay), "%s", cfg->overlay);
+  d->replicas = cfg->replicas;
+  d->nsucc = cfg->succ_list ? cfg->succ_list : 8;
+  if (d->nsucc < d->replicas) d->nsucc = d->replicas;
+  d->stab_min = cfg->stabilize_min_ms ? cfg->stabilize_min_ms : 250;
+  d->stab_max = cfg->stabilize_max_ms ? cfg->stabilize_max_ms : 30000;
+  d->refresh_ms = cfg->refresh_ms ? cfg->refresh_ms : 30000;
+  d->rpc_timeout = cfg->rpc_timeout_ms ? cfg->rpc_timeout_ms : 1000;
+  d->self.addr = cfg->listen;
+  if (cfg->n_bootstrap) {
+    d->bootstrap = malloc((size_t)cfg->n_bootstrap * sizeof(*d->bootstrap));
+    if (!d->bootstrap) {
+      free(d);
+      return -ENOMEM;
+    }
+    memcpy(d->bootstrap, cfg->bootstrap, (size_t)cfg->n_bootstrap * sizeof(*d->bootstrap));
+    d->n_bootstrap = cfg->n_bootstrap;
+  }
+  dht__store_init(&d->store);
+  timers_init(d);
+  if ((err = dht__rpc_listen(d))) {
+    dht_close(d);
+    *out = d; /* the caller runs the loop to finish closing, then frees */
+    return err;
+  }
+  if (cfg->node_id) {
+    d->self.id = *cfg->node_id;
+  } else {
+    char a[64];
+    dht_addr_str(&d->self.addr, a, sizeof(a));
+    dht_id_of(a, &d->self.id);
+  }
+  dht__node_to_proto(&d->self, &d->self_wire);
+  *out = d;
+  return 0;
+}
+
+int dht_start(dht_t *d) {
+  if (d->closed) return DHT_ECLOSING;
+  dht__ring_start(d);
+  uv_timer_start(&d->refresh_timer, on_refresh, d->refresh_ms, d->refresh_ms);
+  uv_timer_start(&d->sweep_timer, on_sweep, SWEEP_MS, SWEEP_MS);
+  return 0;
+}
+
+/* Leave ---------------------------------------------------------------------- */
+
+static void leave_finish(dht_t *d) {
+  if (!d->left_cb) return;
+  dht_left_cb cb = d->left_cb;
+  d->left_cb = NULL;
+  uv_timer_stop(&d->leave_timer);
+  cb(d, d->left_arg);
+}
+
+static void on_leave_timeout(uv_timer_t *t) {
+  dht_t *d = t->data;
+  if (d->leave_waiting) log_warn("leave: %d neighbours did not answer in time", d->leave_waiting);
+  leave_finish(d);
+}
+
+static void on_leave_ack(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
+                         void *arg) {
+  if (--d->leave_waiting == 0) leave_finish(d);
+}
+
+static void send_leave(dht_t *d, const dht_node_t *to) {
+  proto_neigh_r_t r = {.has_pred = d->has_pred, .n = 0};
+  if (d->has_pred) dht__node_to_proto(&d->pred, &r.pred);
+  for (int i = 0; i < d->n_succ && i < PROTO_MAX_NODES; i++)
+    dht__node_to_proto(&d->succ[i], &r.succ[r.n++]);
+  uint8_t buf[64 + (PROTO_MAX_NODES + 1) * 40];
+  long n = proto_neigh_r_encode(buf, sizeof(buf), &r);
+  if (n > 0 && dht__rpc_call(d, &to->addr, PROTO_LEAVE, buf, (size_t)n, on_leave_ack, NULL) == 0)
+    d->leave_waiting++;
+}
+
+int dht_leave(dht_t *d, dht_left_cb cb, void *arg) {
+  if (d->leaving || d->closed) return -EALREADY;
+  d->leaving = true;
+  d->left_cb = cb;
+  d->left_arg = arg;
+  uv_timer_stop(&d->stab_timer);
+  uv_timer_stop(&d->join_timer);
+  uv_timer_stop(&d->refresh_timer);
+  uv_timer_stop(&d->repair_timer);
+  d->leave_waiting = 1; /* held while we send, so leave_finish runs once */
+  if (d->n_succ > 0) {
+    dht__repl_handover(d, &d->succ[0], on_leave_ack, NULL);
+    d->leave_waiting += d->handover_sent;
+    send_leave(d, &d->succ[0]);
+    if (d->has_pred && !dht__node_eq(&d->pred, &d->succ[0])) send_leave(d, &d->pred);
+  }
+  log_info("leaving: handed %d keys to the successor", d->handover_sent);
+  uv_timer_start(&d->leave_timer, on_leave_timeout, LEAVE_WAIT_MS, 0);
+  if (--d->leave_waiting == 0) uv_timer_start(&d->leave_timer, on_leave_timeout, 0, 0);
+  return 0;
+}
+
+void dht_close(dht_t *d) {
+  if (d->closed) return;
+  d->closed = true;
+  d->leaving = true;
+  dht__rpc_close_all(d);
+  uv_timer_t *timers[] = {&d->stab_timer, &d->join_timer, &d->refresh_timer,
+                          &d->sweep_timer, &d->repair_timer, &d->leave_timer};
+  for (size_t i = 0; i < sizeof(timers) / sizeof(*timers); i++)
+    if (!uv_is_closing((uv_handle_t *)timers[i])) uv_close((uv_handle_t *)timers[i], NULL);
+}
+
+void dht_free(dht_t *d) {
+  if (!d) return;
+  dht__store_free(&d->store);
+  dht__ops_close(d);
+  free(d->bootstrap);
+  free(d);
+}
+
+/* Introspection ---------------------------------------------------------------- */
+
+void dht_watch(dht_t *d, dht_succ_cb cb, void *arg) {
+  d->watch_cb = cb;
+  d->watch_arg = arg;
+}
+
+const dht_node_t *dht_self(const dht_t *d) { return &d->self; }
+
+const dht_node_t *dht_predecessor(const dht_t *d) { return d->has_pred ? &d->pred : NULL; }
+
+int dht_successors(const dht_t *d, const dht_node_t **out) {
+  *out = d->succ;
+  return d->n_succ;
+}
+
+int dht_fingers(const dht_t *d, dht_id_t *starts, dht_node_t *nodes, int max) {
+  int n = 0;
+  for (int i = 0; i < DHT_BITS && n < max; i++) {
+    if (!d->finger_ok[i]) continue;
+    if (n > 0 && dht__node_eq(&nodes[n - 1], &d->finger[i])) continue;
+    dht__id_add_pow2(&d->self.id, i, &starts[n]);
+    nodes[n++] = d->finger[i];
+  }
+  return n;
+}
+
+size_t dht_records(const dht_t *d) { return dht__store_live(&d->store, uv_now(d->loop)); }
+
+void dht_stats(const dht_t *d, dht_stats_t *out) {
+  *out = d->stats;
+  out->values_stored = d->store.nvalues;
+}

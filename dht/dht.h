@@ -1,0 +1,146 @@
+/*
+ * dht: a Chord ring with replicated storage, on one libuv loop.
+ *
+ * The node joins through bootstrap addresses, keeps a successor list, a
+ * predecessor and a finger table, stores the values of the keys it is
+ * responsible for, replicates them on its successors, and re-stores the
+ * values it put itself until they expire.  Lookups are iterative: see
+ * dht/README.md for why.
+ *
+ * Everything here runs on the loop given to dht_new(); nothing is
+ * thread-safe.  Functions return 0 or a negative errno-style code; a
+ * function that takes a callback and fails immediately never calls it.
+ * Callbacks never fire from inside the call that started the operation.
+ */
+#ifndef P2PSIP_DHT_H
+#define P2PSIP_DHT_H
+
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#define DHT_ID_LEN 20
+#define DHT_ID_HEX 41 /* 40 hex digits and a NUL */
+#define DHT_MAX_SUCC 16
+#define DHT_MAX_PATH 32 /* hops a lookup may take before it gives up */
+
+typedef struct dht dht_t;
+
+typedef struct {
+  uint8_t b[DHT_ID_LEN];
+} dht_id_t;
+
+typedef struct {
+  dht_id_t id;
+  struct sockaddr_storage addr;
+} dht_node_t;
+
+/* Kinds of stored values (informational; the DHT treats bodies as bytes). */
+enum dht_kind {
+  DHT_KIND_ANY = 0,
+  DHT_KIND_JSON = 1,     /* admin "put" */
+  DHT_KIND_USER = 2,     /* sip: user record */
+  DHT_KIND_PROXY = 3,    /* sip:OVERLAY proxy peer */
+  DHT_KIND_RELAY = 4,    /* turn:OVERLAY relay */
+};
+
+/* One value as returned by dht_get(); valid during the callback only. */
+typedef struct {
+  const char *vid; /* value id, NUL-terminated */
+  uint8_t kind;
+  dht_id_t owner;
+  uint64_t seq;
+  uint32_t expires_in; /* seconds */
+  const uint8_t *body;
+  size_t body_len;
+} dht_value_t;
+
+typedef struct {
+  const char *overlay;           /* overlay identifier, e.g. "overlay.test" */
+  struct sockaddr_storage listen; /* peer protocol; port 0 picks one */
+  const struct sockaddr_storage *bootstrap; /* none: start a new ring */
+  int n_bootstrap;
+  const dht_id_t *node_id; /* NULL: SHA-1 of the listen address "IP:PORT" */
+  int replicas;            /* copies of each key, counting the primary (>= 1) */
+  int succ_list;           /* successor list length (3..DHT_MAX_SUCC) */
+  /* Timers, in milliseconds (0 = default). */
+  unsigned stabilize_min_ms; /* while the ring changes around us */
+  unsigned stabilize_max_ms; /* once it is quiet */
+  unsigned refresh_ms;       /* owners re-store their values this often */
+  unsigned rpc_timeout_ms;
+} dht_config_t;
+
+/* Status codes passed to callbacks. */
+enum {
+  DHT_OK = 0,
+  DHT_ETIMEDOUT = -110,  /* no answer from the nodes that should know */
+  DHT_ENOTFOUND = -2,    /* no value under that key */
+  DHT_ECLOSING = -125,   /* the node is leaving */
+};
+
+typedef void (*dht_put_cb)(dht_t *d, int status, int replicas, void *arg);
+typedef void (*dht_get_cb)(dht_t *d, int status, const dht_value_t *values, size_t n,
+                           int hops, void *arg);
+typedef void (*dht_lookup_cb)(dht_t *d, int status, const dht_node_t *owner, int hops,
+                              const dht_id_t *path, int path_len, void *arg);
+typedef void (*dht_succ_cb)(dht_t *d, void *arg);
+typedef void (*dht_left_cb)(dht_t *d, void *arg);
+
+/* Create a node on loop.  Binds the listen socket (so the caller learns a
+ * picked port from dht_self()) but contacts no one until dht_start(). */
+int dht_new(uv_loop_t *loop, const dht_config_t *cfg, dht_t **out);
+/* Join through the bootstrap nodes (retrying until one answers), or start
+ * a ring of one. */
+int dht_start(dht_t *d);
+/* Graceful leave: hand stored keys to the successor, tell the neighbours,
+ * then call cb.  The node answers nothing after cb. */
+int dht_leave(dht_t *d, dht_left_cb cb, void *arg);
+/* Close every handle; call after dht_leave's callback or instead of it.
+ * Run the loop afterwards until it has no handles left, then dht_free. */
+void dht_close(dht_t *d);
+void dht_free(dht_t *d);
+
+/* Identifiers. */
+void dht_id_of(const char *name, dht_id_t *out); /* SHA-1 of the string */
+void dht_id_hex(const dht_id_t *id, char out[DHT_ID_HEX]);
+int dht_id_parse(const char *hex, dht_id_t *out); /* 40 hex digits: 0, else -EINVAL */
+/* "IP:PORT" ("[v6]:PORT"); out needs 64 bytes. */
+void dht_addr_str(const struct sockaddr_storage *ss, char *out, size_t len);
+int dht_addr_parse(const char *s, struct sockaddr_storage *out);
+
+/* Put a value under name and keep it there until ttl_s runs out: the node
+ * re-stores it every refresh interval and after ring changes.  vid NULL
+ * means this node's id in hex.  A later put with the same (name, vid)
+ * replaces it (higher sequence number).  body is copied. */
+int dht_put(dht_t *d, const char *name, const char *vid, uint8_t kind, const void *body,
+            size_t len, uint32_t ttl_s, dht_put_cb cb, void *arg);
+/* Withdraw a value this node put (a tombstone replaces it everywhere).
+ * cb may be NULL. */
+int dht_remove(dht_t *d, const char *name, const char *vid, dht_put_cb cb, void *arg);
+/* Fetch the live values under name. */
+int dht_get(dht_t *d, const char *name, dht_get_cb cb, void *arg);
+/* Find the node responsible for key. */
+int dht_lookup(dht_t *d, const dht_id_t *key, dht_lookup_cb cb, void *arg);
+/* Called whenever the successor list or the predecessor changes. */
+void dht_watch(dht_t *d, dht_succ_cb cb, void *arg);
+
+/* Introspection for the admin socket. */
+const dht_node_t *dht_self(const dht_t *d);
+const dht_node_t *dht_predecessor(const dht_t *d); /* NULL if none */
+int dht_successors(const dht_t *d, const dht_node_t **out); /* returns count */
+/* Distinct fingers: start[i] and the node; returns count (<= 160). */
+int dht_fingers(const dht_t *d, dht_id_t *starts, dht_node_t *nodes, int max);
+size_t dht_records(const dht_t *d); /* live values stored here */
+
+typedef struct {
+  uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
+  uint64_t lookups, lookups_failed, rpc_timeouts, bad_frames;
+  uint64_t puts, gets, stores_in, values_stored;
+  uint64_t hops_hist[DHT_MAX_PATH + 1];
+  uint64_t connections;
+} dht_stats_t;
+void dht_stats(const dht_t *d, dht_stats_t *out);
+
+#endif

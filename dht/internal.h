@@ -1,0 +1,188 @@
+/*
+ * Internal state of the dht module, shared by its files:
+ *   id.c     identifier arithmetic, SHA-1, addresses
+ *   store.c  the values this node holds, with expiry
+ *   rpc.c    connections, framing, transaction ids, timeouts
+ *   ring.c   Chord: join, stabilize, notify, fingers, leave
+ *   ops.c    iterative lookup, put, get, owner refresh, replication
+ * Non-static functions shared between them carry the dht__ prefix.
+ */
+#ifndef P2PSIP_DHT_INTERNAL_H
+#define P2PSIP_DHT_INTERNAL_H
+
+#include <stdbool.h>
+
+#include "dht/dht.h"
+#include "proto/proto.h"
+
+#define DHT_BITS 160
+
+/* Identifier arithmetic ---------------------------------------------------- */
+
+int dht__id_cmp(const dht_id_t *a, const dht_id_t *b);
+bool dht__id_eq(const dht_id_t *a, const dht_id_t *b);
+/* x in the ring interval (a, b); with a == b the interval is the whole ring
+ * but a itself, as Chord needs for a ring of one. */
+bool dht__between(const dht_id_t *x, const dht_id_t *a, const dht_id_t *b);
+/* x in (a, b] */
+bool dht__between_incl(const dht_id_t *x, const dht_id_t *a, const dht_id_t *b);
+/* out = id + 2^bit mod 2^160 */
+void dht__id_add_pow2(const dht_id_t *id, int bit, dht_id_t *out);
+bool dht__node_eq(const dht_node_t *a, const dht_node_t *b);
+
+void dht__node_to_proto(const dht_node_t *n, proto_node_t *p);
+void dht__node_from_proto(const proto_node_t *p, dht_node_t *n);
+
+/* Store -------------------------------------------------------------------- */
+
+typedef struct dht__value {
+  char *vid;
+  uint8_t kind, flags;
+  dht_id_t owner;
+  uint64_t seq;
+  uint64_t expires; /* loop time, ms */
+  uint8_t *body;
+  uint32_t body_len;
+} dht__value_t;
+
+typedef struct dht__key {
+  dht_id_t key;
+  struct dht__key *next; /* hash chain */
+  dht__value_t *values;
+  int n, cap;
+} dht__key_t;
+
+typedef struct {
+  dht__key_t **buckets;
+  size_t nbuckets, nkeys, nvalues;
+} dht__store_t;
+
+void dht__store_init(dht__store_t *s);
+void dht__store_free(dht__store_t *s);
+dht__key_t *dht__store_find(dht__store_t *s, const dht_id_t *key);
+/* Apply one value (newer sequence wins; same sequence keeps the later
+ * expiry).  Returns 1 if it changed the store, 0 if it was older. */
+int dht__store_apply(dht__store_t *s, const dht_id_t *key, const proto_value_t *v, uint64_t now);
+/* Drop values whose expiry passed; returns how many. */
+size_t dht__store_sweep(dht__store_t *s, uint64_t now);
+/* Call fn for every key. fn must not change the store. */
+void dht__store_each(dht__store_t *s, void (*fn)(dht__key_t *k, void *arg), void *arg);
+size_t dht__store_live(const dht__store_t *s, uint64_t now);
+/* Encode the live values (tombstones included) of k into a STORE body. */
+long dht__store_encode(const dht__key_t *k, uint8_t flags, uint64_t now, uint8_t *buf, size_t len);
+/* Bytes a STORE of k needs at most. */
+size_t dht__store_encoded_size(const dht__key_t *k);
+
+/* RPC ---------------------------------------------------------------------- */
+
+typedef struct dht__conn dht__conn_t;
+
+/* Response callback: status 0 with the frame, or a negative code (timeout,
+ * connection lost) with frame NULL. */
+typedef void (*dht__rpc_cb)(dht_t *d, int status, const proto_frame_t *frame,
+                            const dht_node_t *peer, void *arg);
+
+int dht__rpc_listen(dht_t *d);
+/* Send a request to addr and call cb with its response.  Returns 0 or a
+ * negative code (then cb is never called).  Returns before sending. */
+int dht__rpc_call(dht_t *d, const struct sockaddr_storage *addr, uint8_t type,
+                  const uint8_t *body, size_t len, dht__rpc_cb cb, void *arg);
+void dht__rpc_reply(dht_t *d, dht__conn_t *c, uint8_t type, uint32_t txid,
+                    const uint8_t *body, size_t len);
+/* Fail pending calls to addr and close its connections (a node we found
+ * dead, or we are leaving). */
+void dht__rpc_drop(dht_t *d, const struct sockaddr_storage *addr);
+void dht__rpc_close_all(dht_t *d);
+/* Close connections idle for a couple of minutes. */
+void dht__rpc_reap(dht_t *d);
+/* Dispatch an incoming request (ring.c / ops.c). */
+void dht__handle_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f,
+                         const dht_node_t *peer);
+/* A connection to a peer went away (ring.c uses this to notice deaths). */
+void dht__peer_lost(dht_t *d, const dht_node_t *peer);
+
+/* Ring --------------------------------------------------------------------- */
+
+void dht__ring_start(dht_t *d);
+void dht__ring_changed(dht_t *d); /* speed up upkeep after a change */
+/* Closest nodes we know that precede key, best first; returns count. */
+int dht__closest_preceding(const dht_t *d, const dht_id_t *key, dht_node_t *out, int max);
+/* Node x looks dead: remove it from every table. */
+void dht__ring_forget(dht_t *d, const dht_node_t *x);
+/* Learn of a live node (fills fingers opportunistically). */
+void dht__ring_saw(dht_t *d, const dht_node_t *x);
+bool dht__is_primary(const dht_t *d, const dht_id_t *key);
+void dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const dht_node_t *peer);
+
+/* Ops ---------------------------------------------------------------------- */
+
+typedef void (*dht__lookup_cb)(dht_t *d, int status, const dht_node_t *nodes, int n,
+                               int hops, const dht_id_t *path, int path_len, void *arg);
+/* Iterative lookup; nodes[0] is the successor of key, then its successors. */
+int dht__lookup(dht_t *d, const dht_id_t *key, dht__lookup_cb cb, void *arg);
+/* Same, starting from the given node instead of our own tables (join). */
+int dht__lookup_via(dht_t *d, const dht_id_t *key, const dht_node_t *start,
+                    dht__lookup_cb cb, void *arg);
+void dht__ops_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const dht_node_t *peer);
+/* Replication upkeep after ring changes. */
+void dht__repl_succ_changed(dht_t *d, const dht_node_t *old, int n_old);
+void dht__repl_pred_changed(dht_t *d, const dht_node_t *old, bool had_old);
+void dht__repl_handover(dht_t *d, const dht_node_t *to, dht__rpc_cb cb, void *arg);
+void dht__owned_refresh_all(dht_t *d);
+void dht__ops_close(dht_t *d);
+
+/* The node ----------------------------------------------------------------- */
+
+typedef struct dht__owned dht__owned_t;
+
+struct dht {
+  uv_loop_t *loop;
+  char overlay[PROTO_MAX_OVERLAY + 1];
+  dht_node_t self;
+  proto_node_t self_wire;
+  int replicas, nsucc;
+  unsigned stab_min, stab_max, refresh_ms, rpc_timeout;
+  struct sockaddr_storage *bootstrap;
+  int n_bootstrap;
+
+  /* Ring state. */
+  dht_node_t pred;
+  bool has_pred;
+  bool pred_valid; /* pred holds a former predecessor even when !has_pred */
+  uint64_t pred_seen; /* loop time of its last notify */
+  dht_node_t succ[DHT_MAX_SUCC];
+  int n_succ;
+  dht_node_t finger[DHT_BITS];
+  bool finger_ok[DHT_BITS];
+  int next_finger;
+  bool joined;
+  bool leaving, closed;
+  unsigned stab_interval;
+  uv_timer_t stab_timer;
+  uv_timer_t join_timer;
+  int stab_inflight;
+
+  /* Transport. */
+  uv_tcp_t listener;
+  dht__conn_t *conns;
+  uint32_t next_txid;
+  struct dht__pending *pending;
+
+  /* Data. */
+  dht__store_t store;
+  dht__owned_t *owned;
+  uv_timer_t refresh_timer;
+  uv_timer_t sweep_timer;
+  uv_timer_t repair_timer;
+  uv_timer_t leave_timer;
+  int handover_sent; /* STOREs of a leave still unanswered */
+  int leave_waiting;
+
+  dht_succ_cb watch_cb;
+  void *watch_arg;
+  dht_left_cb left_cb;
+  void *left_arg;
+  dht_stats_t stats;
+};
+
+#endif

@@ -1,0 +1,818 @@
+/*
+ * Lookups, puts and gets, and the replication that keeps stored values
+ * alive across joins, leaves and crashes.
+ *
+ * Lookups are iterative: the originator asks one node at a time and keeps
+ * the candidates itself, so it sees every hop (the admin "path"), applies
+ * its own timeout to each, and routes around a dead node by asking the
+ * next candidate instead of waiting for someone else's retry.
+ *
+ * A value lives on the key's successor (the primary) and on the primary's
+ * next replicas-1 successors.  Three mechanisms keep it there:
+ *   - a STORE to the primary fans out to its replicas before it answers;
+ *   - repair: when a node's successors or predecessor change, it pushes the
+ *     keys it is primary for to its (new) replicas, and hands a joining
+ *     predecessor the range it now owns;
+ *   - owners re-store what they put every refresh interval.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dht/internal.h"
+#include "dht/log.h"
+
+#define LOOKUP_CAND 24
+#define STORE_TRIES 3
+#define REPAIR_DELAY_MS 300
+
+static bool is_self(const dht_t *d, const dht_node_t *n) { return dht__node_eq(n, &d->self); }
+
+/* Deferred calls: callbacks never run inside the call that started an
+ * operation, so results known at once are delivered from a 0 ms timer. */
+typedef struct defer {
+  uv_timer_t timer;
+  void (*fn)(void *arg);
+  void *arg;
+} defer_t;
+
+static void defer_closed(uv_handle_t *h) { free(h->data); }
+
+static void defer_fire(uv_timer_t *t) {
+  defer_t *x = t->data;
+  x->fn(x->arg);
+  uv_close((uv_handle_t *)&x->timer, defer_closed);
+}
+
+static int defer(dht_t *d, void (*fn)(void *), void *arg) {
+  defer_t *x = malloc(sizeof(*x));
+  if (!x) return -ENOMEM;
+  uv_timer_init(d->loop, &x->timer);
+  x->timer.data = x;
+  x->fn = fn;
+  x->arg = arg;
+  uv_timer_start(&x->timer, defer_fire, 0, 0);
+  return 0;
+}
+
+/* Local routing decision ---------------------------------------------------- */
+
+/* If this node knows the successor of key, fill out (successor first, then
+ * its successors) and return the count; else 0. */
+static int local_owner(const dht_t *d, const dht_id_t *key, dht_node_t *out, int max) {
+  int n = 0;
+  if (d->n_succ == 0) {
+    out[n++] = d->self;
+    return n;
+  }
+  if (d->has_pred && dht__between_incl(key, &d->pred.id, &d->self.id)) out[n++] = d->self;
+  else if (!dht__between_incl(key, &d->self.id, &d->succ[0].id)) return 0;
+  for (int i = 0; i < d->n_succ && n < max; i++) out[n++] = d->succ[i];
+  return n;
+}
+
+static void answer_find(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
+  proto_find_t q;
+  if (proto_find_decode(f->body, f->body_len, &q)) return;
+  dht_id_t key;
+  memcpy(key.b, q.key, DHT_ID_LEN);
+  dht_node_t nodes[PROTO_MAX_NODES];
+  proto_find_r_t r = {.flags = PROTO_FIND_DONE};
+  int n = local_owner(d, &key, nodes, PROTO_MAX_NODES);
+  if (n == 0) {
+    r.flags = 0;
+    n = dht__closest_preceding(d, &key, nodes, 4);
+  }
+  if (n == 0) { /* nothing better known: our successor is the safe answer */
+    r.flags = PROTO_FIND_DONE;
+    nodes[n++] = d->n_succ ? d->succ[0] : d->self;
+  }
+  for (int i = 0; i < n; i++) dht__node_to_proto(&nodes[i], &r.nodes[i]);
+  r.n = (uint8_t)n;
+  uint8_t buf[8 + PROTO_MAX_NODES * 40];
+  long len = proto_find_r_encode(buf, sizeof(buf), &r);
+  if (len < 0) fatalx("cannot encode FIND_R: %s", proto_strerror((int)len));
+  dht__rpc_reply(d, c, PROTO_FIND_R, f->txid, buf, (size_t)len);
+}
+
+/* Iterative lookup ---------------------------------------------------------- */
+
+typedef struct {
+  dht_t *d;
+  dht_id_t key;
+  dht_node_t cand[LOOKUP_CAND]; /* closest to key first */
+  int n_cand;
+  dht_node_t asked;
+  dht_id_t path[DHT_MAX_PATH];
+  int path_len, hops, status;
+  dht_node_t result[PROTO_MAX_NODES];
+  int n_result;
+  dht__lookup_cb cb;
+  void *arg;
+} lookup_t;
+
+static void lookup_step(lookup_t *l);
+
+static void lookup_finish(void *arg) {
+  lookup_t *l = arg;
+  dht_t *d = l->d;
+  if (l->status == 0) {
+    d->stats.hops_hist[l->hops < DHT_MAX_PATH ? l->hops : DHT_MAX_PATH]++;
+  } else {
+    d->stats.lookups_failed++;
+  }
+  l->cb(d, l->status, l->result, l->n_result, l->hops, l->path, l->path_len, l->arg);
+  free(l);
+}
+
+static void cand_add(lookup_t *l, const dht_node_t *x) {
+  if (is_self(l->d, x)) return;
+  for (int i = 0; i < l->n_cand; i++)
+    if (dht__node_eq(&l->cand[i], x)) return;
+  for (int i = 0; i < l->path_len; i++)
+    if (dht__id_eq(&l->path[i], &x->id)) return;
+  int pos = l->n_cand;
+  while (pos > 0 && dht__between(&x->id, &l->cand[pos - 1].id, &l->key)) pos--;
+  if (pos >= LOOKUP_CAND) return;
+  if (l->n_cand < LOOKUP_CAND) l->n_cand++;
+  memmove(&l->cand[pos + 1], &l->cand[pos], (size_t)(l->n_cand - 1 - pos) * sizeof(*l->cand));
+  l->cand[pos] = *x;
+}
+
+static void on_find(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer, void *arg) {
+  lookup_t *l = arg;
+  proto_find_r_t r;
+  if (status || proto_find_r_decode(f->body, f->body_len, &r)) {
+    /* Dead or broken: forget it and ask the next candidate. */
+    if (status) dht__ring_forget(d, &l->asked);
+    lookup_step(l);
+    return;
+  }
+  l->hops++;
+  if (l->path_len < DHT_MAX_PATH) l->path[l->path_len++] = l->asked.id;
+  dht_node_t nodes[PROTO_MAX_NODES];
+  for (int i = 0; i < r.n; i++) {
+    dht__node_from_proto(&r.nodes[i], &nodes[i]);
+    dht__ring_saw(d, &nodes[i]);
+  }
+  if (r.flags & PROTO_FIND_DONE) {
+    memcpy(l->result, nodes, (size_t)r.n * sizeof(*nodes));
+    l->n_result = r.n;
+    lookup_finish(l);
+    return;
+  }
+  /* Only nodes strictly between the one we asked and the key count as
+   * progress; anything else could send us round in circles. */
+  for (int i = 0; i < r.n; i++)
+    if (dht__between(&nodes[i].id, &l->asked.id, &l->key)) cand_add(l, &nodes[i]);
+  lookup_step(l);
+}
+
+static void lookup_step(lookup_t *l) {
+  dht_t *d = l->d;
+  while (l->n_cand > 0 && l->path_len < DHT_MAX_PATH && !d->closed) {
+    l->asked = l->cand[0];
+    memmove(&l->cand[0], &l->cand[1], (size_t)--l->n_cand * sizeof(*l->cand));
+    proto_find_t q;
+    memcpy(q.key, l->key.b, DHT_ID_LEN);
+    uint8_t buf[PROTO_ID_LEN];
+    long n = proto_find_encode(buf, sizeof(buf), &q);
+    if (dht__rpc_call(d, &l->asked.addr, PROTO_FIND, buf, (size_t)n, on_find, l) == 0) return;
+  }
+  l->status = DHT_ETIMEDOUT;
+  lookup_finish(l);
+}
+
+static int lookup_start(dht_t *d, const dht_id_t *key, const dht_node_t *via, dht__lookup_cb cb,
+                        void *arg) {
+  if (d->closed) return DHT_ECLOSING;
+  lookup_t *l = calloc(1, sizeof(*l));
+  if (!l) return -ENOMEM;
+  l->d = d;
+  l->key = *key;
+  l->cb = cb;
+  l->arg = arg;
+  d->stats.lookups++;
+  if (via) {
+    l->cand[l->n_cand++] = *via;
+  } else if ((l->n_result = local_owner(d, key, l->result, PROTO_MAX_NODES)) > 0) {
+    if (defer(d, lookup_finish, l)) {
+      free(l);
+      return -ENOMEM;
+    }
+    return 0;
+  } else {
+    dht_node_t c[8];
+    int n = dht__closest_preceding(d, key, c, 8);
+    for (int i = 0; i < n; i++) cand_add(l, &c[i]);
+    /* Our successor is always a correct, if slow, place to start. */
+    if (d->n_succ) cand_add(l, &d->succ[0]);
+  }
+  if (defer(d, (void (*)(void *))lookup_step, l)) {
+    free(l);
+    return -ENOMEM;
+  }
+  return 0;
+}
+
+int dht__lookup(dht_t *d, const dht_id_t *key, dht__lookup_cb cb, void *arg) {
+  return lookup_start(d, key, NULL, cb, arg);
+}
+
+int dht__lookup_via(dht_t *d, const dht_id_t *key, const dht_node_t *start, dht__lookup_cb cb,
+                    void *arg) {
+  return lookup_start(d, key, start, cb, arg);
+}
+
+/* Storing on the primary and its replicas ----------------------------------- */
+
+/* Apply every value of a decoded STORE; returns how many changed the store. */
+static int apply_store(dht_t *d, const proto_store_t *s) {
+  dht_id_t key;
+  memcpy(key.b, s->key, DHT_ID_LEN);
+  proto_cur_t it = s->values;
+  proto_value_t v;
+  int changed = 0;
+  while (proto_value_next(&it, &v) == 1) changed += dht__store_apply(&d->store, &key, &v, uv_now(d->loop));
+  d->stats.stores_in++;
+  return changed;
+}
+
+typedef void (*fanout_cb)(dht_t *d, int copies, void *arg);
+
+typedef struct {
+  int waiting, copies;
+  fanout_cb cb;
+  void *arg;
+} fanout_t;
+
+static void on_replica_stored(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
+                              void *arg) {
+  fanout_t *fo = arg;
+  proto_store_r_t r;
+  if (status == 0 && proto_store_r_decode(f->body, f->body_len, &r) == 0 && r.status == 0)
+    fo->copies++;
+  if (--fo->waiting == 0) {
+    fo->cb(d, fo->copies, fo->arg);
+    free(fo);
+  }
+}
+
+/* Send a STORE body (re-flagged as a replica copy) to our next replicas-1
+ * successors; cb gets the number of copies made, counting ours. */
+static void fan_out(dht_t *d, const uint8_t *body, size_t len, fanout_cb cb, void *arg) {
+  fanout_t *fo = calloc(1, sizeof(*fo));
+  uint8_t *copy = malloc(len);
+  if (!fo || !copy) {
+    free(fo);
+    free(copy);
+    cb(d, 1, arg);
+    return;
+  }
+  memcpy(copy, body, len);
+  copy[PROTO_ID_LEN] |= PROTO_STORE_REPLICA;
+  fo->cb = cb;
+  fo->arg = arg;
+  fo->copies = 1;
+  fo->waiting = 1; /* held until every call is out, so cb fires once */
+  for (int i = 0; i < d->replicas - 1 && i < d->n_succ; i++) {
+    fo->waiting++;
+    if (dht__rpc_call(d, &d->succ[i].addr, PROTO_STORE, copy, len, on_replica_stored, fo))
+      fo->waiting--;
+  }
+  free(copy);
+  if (--fo->waiting == 0) {
+    cb(d, fo->copies, arg);
+    free(fo);
+  }
+}
+
+typedef struct {
+  dht__conn_t *conn;
+  uint32_t txid;
+  uint16_t stored;
+} store_reply_t;
+
+static void reply_stored(dht_t *d, int copies, void *arg) {
+  store_reply_t *sr = arg;
+  proto_store_r_t r = {.status = 0, .stored = sr->stored, .replicas = (uint8_t)copies};
+  uint8_t buf[8];
+  long n = proto_store_r_encode(buf, sizeof(buf), &r);
+  /* The connection may have closed meanwhile; rpc.c keeps closed conns
+   * alive until their close callback, and sends nothing on them. */
+  if (!d->closed) dht__rpc_reply(d, sr->conn, PROTO_STORE_R, sr->txid, buf, (size_t)n);
+  free(sr);
+}
+
+static void answer_store(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
+  proto_store_t s;
+  int err = proto_store_decode(f->body, f->body_len, &s);
+  if (err) {
+    log_warn("bad STORE: %s", proto_strerror(err));
+    return;
+  }
+  int changed = apply_store(d, &s);
+  store_reply_t *sr = malloc(sizeof(*sr));
+  if (!sr) return;
+  *sr = (store_reply_t){.conn = c, .txid = f->txid, .stored = s.count};
+  if ((s.flags & PROTO_STORE_REPLICA) || changed == 0) {
+    /* Nothing new to spread: a refresh that changed nothing here changed
+     * nothing on the replicas either, unless they are new, which repair
+     * takes care of. */
+    reply_stored(d, (s.flags & PROTO_STORE_REPLICA) ? 1 : d->replicas, sr);
+    return;
+  }
+  fan_out(d, f->body, f->body_len, reply_stored, sr);
+}
+
+static void answer_fetch(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
+  proto_find_t q;
+  if (proto_find_decode(f->body, f->body_len, &q)) return;
+  dht_id_t key;
+  memcpy(key.b, q.key, DHT_ID_LEN);
+  dht__key_t *k = dht__store_find(&d->store, &key);
+  uint8_t small[PROTO_ID_LEN + 3];
+  size_t cap = k ? dht__store_encoded_size(k) : sizeof(small);
+  uint8_t *buf = k ? malloc(cap) : small;
+  if (!buf) return;
+  long n;
+  if (k) {
+    n = dht__store_encode(k, 0, uv_now(d->loop), buf, cap);
+  } else {
+    proto_wcur_t w = {buf, buf + cap, 0};
+    proto_store_begin(&w, key.b, 0);
+    n = proto_store_end(&w, buf);
+  }
+  if (n >= 0 && n <= PROTO_MAX_BODY) dht__rpc_reply(d, c, PROTO_FETCH_R, f->txid, buf, (size_t)n);
+  if (k) free(buf);
+}
+
+void dht__ops_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const dht_node_t *peer) {
+  switch (f->type) {
+  case PROTO_FIND: answer_find(d, c, f); break;
+  case PROTO_STORE: answer_store(d, c, f); break;
+  case PROTO_FETCH: answer_fetch(d, c, f); break;
+  default: dht__ring_on_request(d, c, f, peer); break;
+  }
+}
+
+void dht__handle_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const dht_node_t *peer) {
+  dht__ops_on_request(d, c, f, peer);
+}
+
+/* Store operation: lookup, then STORE to the first live node of the answer */
+
+typedef struct {
+  dht_t *d;
+  dht_id_t key;
+  uint8_t *body;
+  size_t len;
+  dht_node_t targets[STORE_TRIES];
+  int n_targets, next, hops;
+  dht_put_cb cb;
+  void *arg;
+} store_op_t;
+
+static void store_op_done(store_op_t *op, int status, int copies) {
+  if (op->cb) op->cb(op->d, status, copies, op->arg);
+  free(op->body);
+  free(op);
+}
+
+static void store_op_next(store_op_t *op);
+
+static void on_store_r(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer, void *arg) {
+  store_op_t *op = arg;
+  proto_store_r_t r;
+  if (status || proto_store_r_decode(f->body, f->body_len, &r) || r.status) {
+    store_op_next(op);
+    return;
+  }
+  store_op_done(op, DHT_OK, r.replicas);
+}
+
+static void on_local_fanout(dht_t *d, int copies, void *arg) { store_op_done(arg, DHT_OK, copies); }
+
+static void store_op_next(store_op_t *op) {
+  dht_t *d = op->d;
+  while (op->next < op->n_targets && !d->closed) {
+    const dht_node_t *t = &op->targets[op->next++];
+    if (is_self(d, t)) {
+      proto_store_t s;
+      if (proto_store_decode(op->body, op->len, &s) == 0) apply_store(d, &s);
+      fan_out(d, op->body, op->len, on_local_fanout, op);
+      return;
+    }
+    if (dht__rpc_call(d, &t->addr, PROTO_STORE, op->body, op->len, on_store_r, op) == 0) return;
+  }
+  store_op_done(op, DHT_ETIMEDOUT, 0);
+}
+
+static void on_store_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, int hops,
+                            const dht_id_t *path, int path_len, void *arg) {
+  store_op_t *op = arg;
+  if (status) {
+    store_op_done(op, status, 0);
+    return;
+  }
+  op->n_targets = n < STORE_TRIES ? n : STORE_TRIES;
+  memcpy(op->targets, nodes, (size_t)op->n_targets * sizeof(*nodes));
+  store_op_next(op);
+}
+
+/* Takes ownership of body (a complete STORE body). */
+static int store_op(dht_t *d, const dht_id_t *key, uint8_t *body, size_t len, dht_put_cb cb, void *arg) {
+  store_op_t *op = calloc(1, sizeof(*op));
+  if (!op) {
+    free(body);
+    return -ENOMEM;
+  }
+  *op = (store_op_t){.d = d, .key = *key, .body = body, .len = len, .cb = cb, .arg = arg};
+  int err = dht__lookup(d, key, on_store_lookup, op);
+  if (err) {
+    free(body);
+    free(op);
+  }
+  return err;
+}
+
+/* Values this node owns ----------------------------------------------------- */
+
+struct dht__owned {
+  dht__owned_t *next;
+  char *name, *vid;
+  dht_id_t key;
+  uint8_t kind, flags;
+  uint64_t seq;
+  uint64_t expires; /* loop time, ms */
+  uint8_t *body;
+  size_t len;
+};
+
+static void owned_free(dht__owned_t *o) {
+  free(o->name);
+  free(o->vid);
+  free(o->body);
+  free(o);
+}
+
+static dht__owned_t *owned_find(dht_t *d, const char *name, const char *vid) {
+  for (dht__owned_t *o = d->owned; o; o = o->next)
+    if (strcmp(o->name, name) == 0 && strcmp(o->vid, vid) == 0) return o;
+  return NULL;
+}
+
+/* Sequence numbers come from the wall clock, so a value put again after
+ * its owner restarted still beats the copy stored before the restart. */
+static uint64_t next_seq(const dht__owned_t *o) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+  return o && o->seq >= now ? o->seq + 1 : now;
+}
+
+static int owned_store(dht_t *d, const dht__owned_t *o, dht_put_cb cb, void *arg) {
+  uint64_t now = uv_now(d->loop);
+  if (o->expires <= now) return -ETIMEDOUT;
+  proto_value_t v = {
+      .vid = (const uint8_t *)o->vid, .vid_len = (uint8_t)strlen(o->vid), .kind = o->kind,
+      .flags = o->flags, .seq = o->seq, .ttl = (uint32_t)((o->expires - now + 999) / 1000),
+      .body = o->body, .body_len = (uint32_t)o->len,
+  };
+  memcpy(v.owner, d->self.id.b, DHT_ID_LEN);
+  size_t cap = PROTO_ID_LEN + 3 + 64 + strlen(o->vid) + o->len;
+  uint8_t *buf = malloc(cap);
+  if (!buf) return -ENOMEM;
+  proto_wcur_t w = {buf, buf + cap, 0};
+  proto_store_begin(&w, o->key.b, 0);
+  proto_store_add(&w, &v);
+  long n = proto_store_end(&w, buf);
+  if (n < 0) {
+    free(buf);
+    return -EINVAL;
+  }
+  return store_op(d, &o->key, buf, (size_t)n, cb, arg);
+}
+
+static int owned_set(dht_t *d, const char *name, const char *vid, uint8_t kind, uint8_t flags,
+                     const void *body, size_t len, uint32_t ttl_s, dht__owned_t **out) {
+  char hex[DHT_ID_HEX];
+  if (!vid) {
+    dht_id_hex(&d->self.id, hex);
+    vid = hex;
+  }
+  if (!*vid || strlen(vid) > PROTO_MAX_VALUE_ID || len > PROTO_MAX_VALUE_BODY || ttl_s == 0)
+    return -EINVAL;
+  dht__owned_t *o = owned_find(d, name, vid);
+  uint8_t *copy = len ? malloc(len) : NULL;
+  if (len && !copy) return -ENOMEM;
+  if (len) memcpy(copy, body, len);
+  if (!o) {
+    o = calloc(1, sizeof(*o));
+    if (!o || !(o->name = strdup(name)) || !(o->vid = strdup(vid))) {
+      if (o) owned_free(o);
+      free(copy);
+      return -ENOMEM;
+    }
+    dht_id_of(name, &o->key);
+    o->next = d->owned;
+    d->owned = o;
+  }
+  free(o->body);
+  o->body = copy;
+  o->len = len;
+  o->kind = kind;
+  o->flags = flags;
+  o->seq = next_seq(o);
+  o->expires = uv_now(d->loop) + (uint64_t)ttl_s * 1000;
+  *out = o;
+  return 0;
+}
+
+int dht_put(dht_t *d, const char *name, const char *vid, uint8_t kind, const void *body,
+            size_t len, uint32_t ttl_s, dht_put_cb cb, void *arg) {
+  if (d->closed || d->leaving) return DHT_ECLOSING;
+  dht__owned_t *o;
+  int err = owned_set(d, name, vid, kind, 0, body, len, ttl_s, &o);
+  if (err) return err;
+  d->stats.puts++;
+  return owned_store(d, o, cb, arg);
+}
+
+int dht_remove(dht_t *d, const char *name, const char *vid, dht_put_cb cb, void *arg) {
+  if (d->closed || d->leaving) return DHT_ECLOSING;
+  char hex[DHT_ID_HEX];
+  if (!vid) {
+    dht_id_hex(&d->self.id, hex);
+    vid = hex;
+  }
+  dht__owned_t *o = owned_find(d, name, vid);
+  if (!o) return -ENOENT;
+  /* The tombstone lives as long as the value would have, so that no stale
+   * replica can bring the value back. */
+  uint64_t now = uv_now(d->loop);
+  uint32_t ttl = o->expires > now ? (uint32_t)((o->expires - now + 999) / 1000) : 1;
+  int err = owned_set(d, name, vid, o->kind, PROTO_VF_TOMBSTONE, NULL, 0, ttl, &o);
+  return err ? err : owned_store(d, o, cb, arg);
+}
+
+void dht__owned_refresh_all(dht_t *d) {
+  uint64_t now = uv_now(d->loop);
+  for (dht__owned_t **pp = &d->owned; *pp;) {
+    dht__owned_t *o = *pp;
+    if (o->expires <= now) {
+      *pp = o->next;
+      owned_free(o);
+      continue;
+    }
+    owned_store(d, o, NULL, NULL);
+    pp = &o->next;
+  }
+}
+
+/* Get ------------------------------------------------------------------------ */
+
+typedef struct {
+  dht_t *d;
+  dht_id_t key;
+  dht_node_t targets[STORE_TRIES];
+  int n_targets, next, hops, empty_answers;
+  dht_get_cb cb;
+  void *arg;
+} get_op_t;
+
+static void get_next(get_op_t *g);
+
+/* Hand the live values of a STORE-encoded body to the caller. */
+static void get_deliver(get_op_t *g, const proto_store_t *s) {
+  dht_value_t vals[64];
+  char vids[64][PROTO_MAX_VALUE_ID + 1];
+  size_t n = 0;
+  proto_cur_t it = s ? s->values : (proto_cur_t){0};
+  proto_value_t v;
+  while (s && n < 64 && proto_value_next(&it, &v) == 1) {
+    if (v.flags & PROTO_VF_TOMBSTONE) continue;
+    memcpy(vids[n], v.vid, v.vid_len);
+    vids[n][v.vid_len] = '\0';
+    vals[n] = (dht_value_t){.vid = vids[n], .kind = v.kind, .seq = v.seq, .expires_in = v.ttl,
+                            .body = v.body, .body_len = v.body_len};
+    memcpy(vals[n].owner.b, v.owner, DHT_ID_LEN);
+    n++;
+  }
+  g->cb(g->d, DHT_OK, vals, n, g->hops, g->arg);
+  free(g);
+}
+
+static size_t live_count(const proto_store_t *s) {
+  proto_cur_t it = s->values;
+  proto_value_t v;
+  size_t n = 0;
+  while (proto_value_next(&it, &v) == 1) n += !(v.flags & PROTO_VF_TOMBSTONE);
+  return n;
+}
+
+static void on_fetch_r(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer, void *arg) {
+  get_op_t *g = arg;
+  proto_store_t s;
+  if (status || proto_store_decode(f->body, f->body_len, &s)) {
+    get_next(g);
+    return;
+  }
+  /* An empty answer may come from a node that joined a moment ago and has
+   * not received its range yet: ask the next replica once before saying
+   * there is nothing. */
+  if (live_count(&s) == 0 && g->empty_answers++ == 0 && g->next < g->n_targets) {
+    get_next(g);
+    return;
+  }
+  get_deliver(g, &s);
+}
+
+static void get_local(get_op_t *g) {
+  dht_t *d = g->d;
+  dht__key_t *k = dht__store_find(&d->store, &g->key);
+  if (!k) {
+    if (g->empty_answers++ == 0 && g->next < g->n_targets) {
+      get_next(g);
+      return;
+    }
+    get_deliver(g, NULL);
+    return;
+  }
+  size_t cap = dht__store_encoded_size(k);
+  uint8_t *buf = malloc(cap);
+  proto_store_t s;
+  long n = buf ? dht__store_encode(k, 0, uv_now(d->loop), buf, cap) : -1;
+  if (n < 0 || proto_store_decode(buf, (size_t)n, &s)) {
+    free(buf);
+    get_next(g);
+    return;
+  }
+  get_deliver(g, &s);
+  free(buf);
+}
+
+static void get_next(get_op_t *g) {
+  dht_t *d = g->d;
+  while (g->next < g->n_targets && !d->closed) {
+    const dht_node_t *t = &g->targets[g->next++];
+    if (is_self(d, t)) {
+      get_local(g);
+      return;
+    }
+    uint8_t buf[PROTO_ID_LEN];
+    memcpy(buf, g->key.b, PROTO_ID_LEN);
+    if (dht__rpc_call(d, &t->addr, PROTO_FETCH, buf, sizeof(buf), on_fetch_r, g) == 0) return;
+  }
+  if (g->empty_answers) {
+    get_deliver(g, NULL);
+    return;
+  }
+  g->cb(d, DHT_ETIMEDOUT, NULL, 0, g->hops, g->arg);
+  free(g);
+}
+
+static void on_get_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, int hops,
+                          const dht_id_t *path, int path_len, void *arg) {
+  get_op_t *g = arg;
+  g->hops = hops;
+  if (status) {
+    g->cb(d, status, NULL, 0, hops, g->arg);
+    free(g);
+    return;
+  }
+  g->n_targets = n < STORE_TRIES ? n : STORE_TRIES;
+  memcpy(g->targets, nodes, (size_t)g->n_targets * sizeof(*nodes));
+  get_next(g);
+}
+
+int dht_get(dht_t *d, const char *name, dht_get_cb cb, void *arg) {
+  if (d->closed) return DHT_ECLOSING;
+  get_op_t *g = calloc(1, sizeof(*g));
+  if (!g) return -ENOMEM;
+  g->d = d;
+  g->cb = cb;
+  g->arg = arg;
+  dht_id_of(name, &g->key);
+  d->stats.gets++;
+  int err = dht__lookup(d, &g->key, on_get_lookup, g);
+  if (err) free(g);
+  return err;
+}
+
+/* Public lookup ---------------------------------------------------------------- */
+
+typedef struct {
+  dht_lookup_cb cb;
+  void *arg;
+} pub_lookup_t;
+
+static void on_pub_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, int hops,
+                          const dht_id_t *path, int path_len, void *arg) {
+  pub_lookup_t *p = arg;
+  p->cb(d, status, status ? NULL : &nodes[0], hops, path, path_len, p->arg);
+  free(p);
+}
+
+int dht_lookup(dht_t *d, const dht_id_t *key, dht_lookup_cb cb, void *arg) {
+  pub_lookup_t *p = malloc(sizeof(*p));
+  if (!p) return -ENOMEM;
+  p->cb = cb;
+  p->arg = arg;
+  int err = dht__lookup(d, key, on_pub_lookup, p);
+  if (err) free(p);
+  return err;
+}
+
+/* Replication upkeep ------------------------------------------------------------ */
+
+static void on_replica_stored_ignore(dht_t *d, int status, const proto_frame_t *f,
+                                     const dht_node_t *peer, void *arg) {}
+
+typedef struct {
+  dht_t *d;
+  const dht_node_t *to;
+  int n_to;
+  const dht_id_t *lo, *hi; /* push keys in (lo, hi]; NULL lo: keys we are primary for */
+  uint8_t flags;
+  dht__rpc_cb cb;
+  void *arg;
+  int sent;
+} push_t;
+
+static void push_key(dht__key_t *k, void *arg) {
+  push_t *p = arg;
+  dht_t *d = p->d;
+  if (p->lo ? !dht__between_incl(&k->key, p->lo, p->hi) : !dht__is_primary(d, &k->key)) return;
+  size_t cap = dht__store_encoded_size(k);
+  uint8_t *buf = malloc(cap);
+  if (!buf) return;
+  long n = dht__store_encode(k, p->flags, uv_now(d->loop), buf, cap);
+  if (n > 0 && n <= PROTO_MAX_BODY) {
+    for (int i = 0; i < p->n_to; i++) {
+      if (is_self(d, &p->to[i])) continue;
+      if (p->cb) {
+        if (dht__rpc_call(d, &p->to[i].addr, PROTO_STORE, buf, (size_t)n, p->cb, p->arg) == 0)
+          p->sent++;
+      } else {
+        dht__rpc_call(d, &p->to[i].addr, PROTO_STORE, buf, (size_t)n, on_replica_stored_ignore, NULL);
+      }
+    }
+  }
+  free(buf);
+}
+
+static void repair_now(uv_timer_t *t) {
+  dht_t *d = t->data;
+  if (d->leaving || d->store.nkeys == 0) return;
+  int n = d->replicas - 1 < d->n_succ ? d->replicas - 1 : d->n_succ;
+  push_t p = {.d = d, .to = d->succ, .n_to = n, .flags = PROTO_STORE_REPLICA};
+  if (n > 0) dht__store_each(&d->store, push_key, &p);
+}
+
+/* Repairs are batched: during a burst of joins the ring around a node
+ * changes many times a second, and one push after it settles is enough. */
+static void repair_soon(dht_t *d) {
+  if (!uv_is_active((uv_handle_t *)&d->repair_timer))
+    uv_timer_start(&d->repair_timer, repair_now, REPAIR_DELAY_MS, 0);
+}
+
+void dht__repl_succ_changed(dht_t *d, const dht_node_t *old, int n_old) {
+  /* Only a change among the first replicas-1 successors moves replicas. */
+  int n = d->replicas - 1;
+  bool same = (n_old < n ? n_old : n) == (d->n_succ < n ? d->n_succ : n);
+  for (int i = 0; same && i < n && i < n_old; i++) same = dht__node_eq(&old[i], &d->succ[i]);
+  if (!same) repair_soon(d);
+}
+
+void dht__repl_pred_changed(dht_t *d, const dht_node_t *old, bool had_old) {
+  if (had_old && dht__between(&d->pred.id, &old->id, &d->self.id)) {
+    /* A node joined between our old predecessor and us: it is now primary
+     * for (old, new]; hand that range over. */
+    push_t p = {.d = d, .to = &d->pred, .n_to = 1, .lo = &old->id, .hi = &d->pred.id,
+                .flags = PROTO_STORE_REPLICA};
+    dht__store_each(&d->store, push_key, &p);
+    return;
+  }
+  /* Our range grew (the predecessor died or left) or we cannot tell: make
+   * sure our replicas hold everything we are now primary for. */
+  repair_soon(d);
+}
+
+void dht__repl_handover(dht_t *d, const dht_node_t *to, dht__rpc_cb cb, void *arg) {
+  /* Everything we hold goes to the successor as a primary STORE, so that
+   * it fans the values out to what will be their replica set without us. */
+  dht_id_t lo = d->self.id, hi = d->self.id; /* (x, x] is the whole ring */
+  push_t p = {.d = d, .to = to, .n_to = 1, .lo = &lo, .hi = &hi, .flags = 0, .cb = cb, .arg = arg};
+  dht__store_each(&d->store, push_key, &p);
+  d->handover_sent = p.sent;
+}
+
+void dht__ops_close(dht_t *d) {
+  for (dht__owned_t *o = d->owned, *next; o; o = next) {
+    next = o->next;
+    owned_free(o);
+  }
+  d->owned = NULL;
+}

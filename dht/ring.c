@@ -1,0 +1,460 @@
+/*
+ * Chord upkeep: join, stabilize/notify, successor list, predecessor,
+ * fingers, and the neighbour side of a graceful leave.
+ *
+ * Upkeep runs on one timer whose interval adapts: stab_min while the ring
+ * around us changes, doubling up to stab_max while it is quiet.  A quiet
+ * overlay thus costs a message exchange per node every stab_max, and a
+ * change (join, leave, a connection to a neighbour dropping) brings the
+ * nodes next to it back to stab_min at once: the node that sees a change
+ * pokes the neighbour it affects.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dht/internal.h"
+#include "dht/log.h"
+
+static void stab_schedule(dht_t *d, unsigned ms);
+static void fix_finger(dht_t *d);
+
+static bool is_self(const dht_t *d, const dht_node_t *n) { return dht__node_eq(n, &d->self); }
+
+static void node_log(const char *what, const dht_node_t *n) {
+  if (log_verbosity < LOG_DEBUG) return;
+  char id[DHT_ID_HEX], a[64];
+  dht_id_hex(&n->id, id);
+  dht_addr_str(&n->addr, a, sizeof(a));
+  log_debug("%s %.8s %s", what, id, a);
+}
+
+static void notify_watch(dht_t *d) {
+  if (d->watch_cb) d->watch_cb(d, d->watch_arg);
+}
+
+/* Successor list ----------------------------------------------------------- */
+
+/* Build a successor list from first followed by rest, dropping ourselves,
+ * duplicates and anything past the configured length. */
+static int succ_build(const dht_t *d, const dht_node_t *first, const dht_node_t *rest, int n_rest,
+                      dht_node_t *out) {
+  int n = 0;
+  if (first && !is_self(d, first)) out[n++] = *first;
+  for (int i = 0; i < n_rest && n < d->nsucc; i++) {
+    if (is_self(d, &rest[i])) break; /* the list wrapped round to us */
+    bool dup = false;
+    for (int j = 0; j < n && !dup; j++) dup = dht__node_eq(&out[j], &rest[i]);
+    if (!dup) out[n++] = rest[i];
+  }
+  return n;
+}
+
+static void succ_set(dht_t *d, const dht_node_t *list, int n) {
+  bool same = n == d->n_succ;
+  for (int i = 0; same && i < n; i++) same = dht__node_eq(&list[i], &d->succ[i]);
+  if (same) return;
+  dht_node_t old[DHT_MAX_SUCC];
+  int n_old = d->n_succ;
+  memcpy(old, d->succ, sizeof(old));
+  memcpy(d->succ, list, (size_t)n * sizeof(*list));
+  d->n_succ = n;
+  if (n) node_log("successor", &d->succ[0]);
+  dht__ring_changed(d);
+  dht__repl_succ_changed(d, old, n_old);
+  notify_watch(d);
+}
+
+static void pred_set(dht_t *d, const dht_node_t *p) {
+  dht_node_t old = d->pred;
+  bool had = d->has_pred;
+  if (had && p && dht__node_eq(&old, p)) return;
+  /* A predecessor we dropped as dead still tells which range we inherit. */
+  had = had || d->pred_valid;
+  d->has_pred = p != NULL;
+  if (p) {
+    d->pred_valid = true;
+    d->pred = *p;
+    d->pred_seen = uv_now(d->loop);
+    node_log("predecessor", p);
+  }
+  dht__ring_changed(d);
+  if (p) dht__repl_pred_changed(d, &old, had);
+  notify_watch(d);
+}
+
+/* Simple requests ---------------------------------------------------------- */
+
+static void ignore_reply(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
+                         void *arg) {}
+
+static void send_self(dht_t *d, const dht_node_t *to, uint8_t type, dht__rpc_cb cb, void *arg) {
+  uint8_t body[64];
+  long n = proto_node_encode(body, sizeof(body), &d->self_wire);
+  if (dht__rpc_call(d, &to->addr, type, body, (size_t)n, cb ? cb : ignore_reply, arg) && cb)
+    cb(d, -ECONNREFUSED, NULL, to, arg);
+}
+
+static void poke(dht_t *d, const dht_node_t *to) {
+  if (!is_self(d, to)) dht__rpc_call(d, &to->addr, PROTO_POKE, NULL, 0, ignore_reply, NULL);
+}
+
+/* Stabilize ---------------------------------------------------------------- */
+
+static void stab_done(dht_t *d) {
+  d->stab_inflight = 0;
+  if (d->leaving) return;
+  fix_finger(d);
+  /* Predecessors notify us every round of theirs; one silent for three of
+   * the longest rounds is gone. */
+  if (d->has_pred && uv_now(d->loop) - d->pred_seen > 3ull * d->stab_max) {
+    node_log("predecessor silent, dropping", &d->pred);
+    d->has_pred = false;
+    dht__ring_changed(d);
+  }
+  stab_schedule(d, d->stab_interval);
+  if (d->stab_interval < d->stab_max) {
+    d->stab_interval *= 2;
+    if (d->stab_interval > d->stab_max) d->stab_interval = d->stab_max;
+  }
+}
+
+static void on_neigh(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
+                     void *arg) {
+  if (d->leaving) return;
+  proto_neigh_r_t r;
+  if (status || proto_neigh_r_decode(f->body, f->body_len, &r)) {
+    if (d->n_succ && dht__id_eq(&peer->id, &d->succ[0].id)) dht__ring_forget(d, &d->succ[0]);
+    stab_done(d);
+    return;
+  }
+  dht_node_t rest[PROTO_MAX_NODES], list[DHT_MAX_SUCC], succ = d->succ[0];
+  for (int i = 0; i < r.n; i++) dht__node_from_proto(&r.succ[i], &rest[i]);
+  if (r.has_pred) {
+    dht_node_t p;
+    dht__node_from_proto(&r.pred, &p);
+    if (!is_self(d, &p) && dht__between(&p.id, &d->self.id, &succ.id)) {
+      /* Someone joined between us and our successor. */
+      dht_node_t two[PROTO_MAX_NODES + 1];
+      two[0] = succ;
+      memcpy(two + 1, rest, (size_t)r.n * sizeof(*rest));
+      succ_set(d, list, succ_build(d, &p, two, r.n + 1, list));
+      send_self(d, &d->succ[0], PROTO_NOTIFY, NULL, NULL);
+      stab_done(d);
+      return;
+    }
+  }
+  succ_set(d, list, succ_build(d, &succ, rest, r.n, list));
+  if (d->n_succ) send_self(d, &d->succ[0], PROTO_NOTIFY, NULL, NULL);
+  stab_done(d);
+}
+
+static void stabilize(dht_t *d) {
+  if (d->stab_inflight || d->leaving || !d->joined) return;
+  if (d->n_succ == 0) {
+    /* Alone (or everyone we knew is gone): a predecessor, if any, is the
+     * only other node we know. */
+    if (d->has_pred) {
+      succ_set(d, &d->pred, 1);
+    } else {
+      stab_done(d);
+      return;
+    }
+  }
+  d->stab_inflight = 1;
+  if (dht__rpc_call(d, &d->succ[0].addr, PROTO_NEIGH, NULL, 0, on_neigh, NULL)) {
+    dht__ring_forget(d, &d->succ[0]);
+    stab_done(d);
+  }
+}
+
+static void on_stab_timer(uv_timer_t *t) { stabilize(t->data); }
+
+static void stab_schedule(dht_t *d, unsigned ms) {
+  /* Jitter of up to a quarter keeps hundreds of nodes started together
+   * from stabilizing in lockstep. */
+  unsigned jitter = ms / 4 ? (unsigned)(rand() % (int)(ms / 4)) : 0;
+  uv_timer_start(&d->stab_timer, on_stab_timer, ms - ms / 8 + jitter, 0);
+}
+
+void dht__ring_changed(dht_t *d) {
+  if (d->leaving || d->closed) return;
+  d->stab_interval = d->stab_min;
+  if (!d->joined || d->stab_inflight) return; /* stab_done() will schedule */
+  if (!uv_is_active((uv_handle_t *)&d->stab_timer) ||
+      uv_timer_get_due_in(&d->stab_timer) > d->stab_min)
+    stab_schedule(d, d->stab_min);
+}
+
+/* Fingers ------------------------------------------------------------------ */
+
+static void on_finger(dht_t *d, int status, const dht_node_t *nodes, int n, int hops,
+                      const dht_id_t *path, int path_len, void *arg) {
+  int i = (int)(intptr_t)arg;
+  if (status || n == 0 || d->leaving) return;
+  d->finger[i] = nodes[0];
+  d->finger_ok[i] = true;
+}
+
+/* Refresh fingers one lookup at a time.  Entries whose start falls before
+ * the previous finger share it, so a ring of N nodes needs about log2(N)
+ * lookups per cycle of 160 entries. */
+static void fix_finger(dht_t *d) {
+  if (d->n_succ == 0) return;
+  for (int tries = 0; tries < DHT_BITS; tries++) {
+    int i = d->next_finger;
+    d->next_finger = (i + 1) % DHT_BITS;
+    dht_id_t start;
+    dht__id_add_pow2(&d->self.id, i, &start);
+    const dht_node_t *same = NULL;
+    if (dht__between_incl(&start, &d->self.id, &d->succ[0].id))
+      same = &d->succ[0];
+    else if (i > 0 && d->finger_ok[i - 1] &&
+             dht__between_incl(&start, &d->self.id, &d->finger[i - 1].id))
+      same = &d->finger[i - 1];
+    if (same) {
+      d->finger[i] = *same;
+      d->finger_ok[i] = true;
+      continue;
+    }
+    dht__lookup(d, &start, on_finger, (void *)(intptr_t)i);
+    return;
+  }
+}
+
+void dht__ring_saw(dht_t *d, const dht_node_t *x) {
+  /* A live node we just heard from may be a closer finger than what we
+   * have: taking it costs nothing and shortens lookups early on. */
+  if (is_self(d, x) || d->leaving) return;
+  for (int i = 0; i < DHT_BITS; i++) {
+    dht_id_t start;
+    dht__id_add_pow2(&d->self.id, i, &start);
+    if (!d->finger_ok[i]) continue;
+    if (dht__id_eq(&x->id, &start) || dht__between(&x->id, &start, &d->finger[i].id)) {
+      if (dht__between(&d->finger[i].id, &start, &x->id) || dht__id_eq(&d->finger[i].id, &x->id))
+        continue;
+      d->finger[i] = *x;
+    }
+  }
+}
+
+int dht__closest_preceding(const dht_t *d, const dht_id_t *key, dht_node_t *out, int max) {
+  int n = 0;
+  const dht_node_t *cand[DHT_BITS + DHT_MAX_SUCC + 1];
+  int nc = 0;
+  for (int i = DHT_BITS - 1; i >= 0; i--)
+    if (d->finger_ok[i] && (i == DHT_BITS - 1 || !d->finger_ok[i + 1] ||
+                            !dht__node_eq(&d->finger[i], &d->finger[i + 1])))
+      cand[nc++] = &d->finger[i];
+  for (int i = 0; i < d->n_succ; i++) cand[nc++] = &d->succ[i];
+  if (d->has_pred) cand[nc++] = &d->pred;
+  /* Insertion into out, ordered by closeness to key (closest first). */
+  for (int i = 0; i < nc; i++) {
+    const dht_node_t *c = cand[i];
+    if (!dht__between(&c->id, &d->self.id, key)) continue;
+    bool dup = false;
+    for (int j = 0; j < n && !dup; j++) dup = dht__node_eq(&out[j], c);
+    if (dup) continue;
+    int pos = n;
+    while (pos > 0 && dht__between(&c->id, &out[pos - 1].id, key)) pos--;
+    if (pos >= max) continue;
+    if (n < max) n++;
+    memmove(&out[pos + 1], &out[pos], (size_t)(n - 1 - pos) * sizeof(*out));
+    out[pos] = *c;
+  }
+  return n;
+}
+
+void dht__ring_forget(dht_t *d, const dht_node_t *x) {
+  if (is_self(d, x)) return;
+  node_log("forgetting", x);
+  dht_node_t list[DHT_MAX_SUCC];
+  int n = 0;
+  for (int i = 0; i < d->n_succ; i++)
+    if (!dht__node_eq(&d->succ[i], x)) list[n++] = d->succ[i];
+  if (n != d->n_succ) succ_set(d, list, n);
+  if (d->has_pred && dht__node_eq(&d->pred, x)) {
+    /* Keep the old value in d->pred: the next notify compares against it
+     * to learn which key range we inherited. */
+    d->has_pred = false;
+    dht__ring_changed(d);
+  }
+  for (int i = 0; i < DHT_BITS; i++)
+    if (d->finger_ok[i] && dht__node_eq(&d->finger[i], x)) d->finger_ok[i] = false;
+  dht__rpc_drop(d, &x->addr);
+}
+
+bool dht__is_primary(const dht_t *d, const dht_id_t *key) {
+  if (d->n_succ == 0) return true;
+  if (!d->has_pred) return false;
+  return dht__between_incl(key, &d->pred.id, &d->self.id);
+}
+
+/* A connection to a neighbour closed: that is how a crash shows up on a
+ * LAN, long before any timeout.  Check at once. */
+static void on_ping_check(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
+                          void *arg) {
+  dht_node_t *x = arg;
+  if (status) dht__ring_forget(d, x);
+  free(x);
+}
+
+void dht__peer_lost(dht_t *d, const dht_node_t *peer) {
+  if (d->leaving) return;
+  bool neighbour = d->has_pred && dht__node_eq(&d->pred, peer);
+  for (int i = 0; i < d->n_succ && !neighbour; i++) neighbour = dht__node_eq(&d->succ[i], peer);
+  if (!neighbour) return;
+  dht_node_t *x = malloc(sizeof(*x));
+  if (!x) return;
+  *x = *peer;
+  if (dht__rpc_call(d, &peer->addr, PROTO_PING, NULL, 0, on_ping_check, x)) {
+    dht__ring_forget(d, x);
+    free(x);
+  }
+}
+
+/* Requests ----------------------------------------------------------------- */
+
+static void on_notify(dht_t *d, const dht_node_t *x) {
+  if (is_self(d, x)) return;
+  if (d->has_pred && dht__node_eq(&d->pred, x)) {
+    d->pred_seen = uv_now(d->loop);
+    return;
+  }
+  if (d->has_pred && !dht__between(&x->id, &d->pred.id, &d->self.id)) return;
+  dht_node_t old = d->pred;
+  bool had = d->has_pred;
+  pred_set(d, x);
+  /* Tell the old predecessor that its successor is now x. */
+  if (had && !dht__node_eq(&old, x)) poke(d, &old);
+  if (d->n_succ == 0) succ_set(d, x, 1);
+}
+
+static void on_leave(dht_t *d, const dht_node_t *x, const proto_neigh_r_t *r) {
+  node_log("neighbour leaving", x);
+  if (d->n_succ && dht__node_eq(&d->succ[0], x)) {
+    dht_node_t rest[PROTO_MAX_NODES], list[DHT_MAX_SUCC];
+    for (int i = 0; i < r->n; i++) dht__node_from_proto(&r->succ[i], &rest[i]);
+    int n = succ_build(d, NULL, rest, r->n, list);
+    succ_set(d, list, n);
+  }
+  if (d->has_pred && dht__node_eq(&d->pred, x)) {
+    if (r->has_pred) {
+      dht_node_t p;
+      dht__node_from_proto(&r->pred, &p);
+      if (!is_self(d, &p)) {
+        pred_set(d, &p);
+      } else {
+        d->has_pred = false;
+      }
+    } else {
+      d->has_pred = false;
+    }
+  }
+  dht__ring_forget(d, x);
+}
+
+static long encode_neigh(const dht_t *d, uint8_t *buf, size_t len) {
+  proto_neigh_r_t r = {.has_pred = d->has_pred, .n = 0};
+  if (d->has_pred) dht__node_to_proto(&d->pred, &r.pred);
+  for (int i = 0; i < d->n_succ && i < PROTO_MAX_NODES; i++)
+    dht__node_to_proto(&d->succ[i], &r.succ[r.n++]);
+  return proto_neigh_r_encode(buf, len, &r);
+}
+
+void dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const dht_node_t *peer) {
+  uint8_t buf[64 + (PROTO_MAX_NODES + 1) * 40];
+  long n = 0;
+  proto_node_t pn;
+  proto_neigh_r_t r;
+  dht_node_t x;
+  switch (f->type) {
+  case PROTO_PING:
+    n = proto_node_encode(buf, sizeof(buf), &d->self_wire);
+    break;
+  case PROTO_NEIGH:
+    n = encode_neigh(d, buf, sizeof(buf));
+    break;
+  case PROTO_NOTIFY:
+    if (proto_node_decode(f->body, f->body_len, &pn)) return;
+    dht__node_from_proto(&pn, &x);
+    on_notify(d, &x);
+    break;
+  case PROTO_LEAVE:
+    if (proto_neigh_r_decode(f->body, f->body_len, &r)) return;
+    on_leave(d, peer, &r);
+    break;
+  case PROTO_POKE:
+    dht__ring_changed(d);
+    break;
+  default:
+    return;
+  }
+  if (n < 0) fatalx("cannot encode a reply: %s", proto_strerror((int)n));
+  dht__rpc_reply(d, c, f->type + 1, f->txid, buf, (size_t)n);
+}
+
+/* Join --------------------------------------------------------------------- */
+
+static void join_retry(dht_t *d);
+
+static void on_join_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, int hops,
+                           const dht_id_t *path, int path_len, void *arg) {
+  if (d->leaving) return;
+  dht_node_t list[DHT_MAX_SUCC];
+  int k = status ? 0 : succ_build(d, NULL, nodes, n, list);
+  if (k == 0) {
+    log_warn("join: no successor found (%s); retrying", status ? "lookup failed" : "empty answer");
+    join_retry(d);
+    return;
+  }
+  d->joined = true;
+  succ_set(d, list, k);
+  log_info("joined the overlay after %d hops", hops);
+  dht__ring_changed(d);
+  stabilize(d);
+}
+
+static int join_attempt;
+
+static void on_bootstrap_ping(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
+                              void *arg) {
+  proto_node_t pn;
+  if (d->leaving) return;
+  if (status || proto_node_decode(f->body, f->body_len, &pn)) {
+    char a[64];
+    dht_addr_str(&peer->addr, a, sizeof(a));
+    log_warn("bootstrap %s: %s; retrying", a, status ? "no answer" : "bad answer");
+    join_retry(d);
+    return;
+  }
+  dht_node_t b;
+  dht__node_from_proto(&pn, &b);
+  if (is_self(d, &b)) { /* we are our own bootstrap: a new ring */
+    d->joined = true;
+    dht__ring_changed(d);
+    return;
+  }
+  if (dht__lookup_via(d, &d->self.id, &b, on_join_lookup, NULL)) join_retry(d);
+}
+
+static void join_try(uv_timer_t *t) {
+  dht_t *d = t->data;
+  const struct sockaddr_storage *b = &d->bootstrap[join_attempt++ % d->n_bootstrap];
+  if (dht__rpc_call(d, b, PROTO_PING, NULL, 0, on_bootstrap_ping, NULL)) join_retry(d);
+}
+
+static void join_retry(dht_t *d) {
+  if (!d->leaving) uv_timer_start(&d->join_timer, join_try, 1000, 0);
+}
+
+void dht__ring_start(dht_t *d) {
+  d->stab_interval = d->stab_min;
+  if (d->n_bootstrap == 0) {
+    d->joined = true;
+    log_info("started a new ring");
+    stab_schedule(d, d->stab_min);
+    return;
+  }
+  uv_timer_start(&d->join_timer, join_try, 0, 0);
+}

@@ -1,0 +1,272 @@
+/* Admin commands: each takes the request object and answers through reply,
+ * now or from a DHT callback.  Field names are an interface: tools outside
+ * the project read them. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dht/log.h"
+#include "node/node.h"
+
+typedef struct {
+  node_t *n;
+  node_reply_fn reply;
+  void *arg;
+} pending_t;
+
+static json_t *fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static json_t *fail(const char *fmt, ...) {
+  char msg[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  return json_pack("{s:b, s:s}", "ok", 0, "error", msg);
+}
+
+static json_t *node_json(const dht_node_t *x) {
+  char id[DHT_ID_HEX], a[64];
+  dht_id_hex(&x->id, id);
+  dht_addr_str(&x->addr, a, sizeof(a));
+  return json_pack("{s:s, s:s}", "id", id, "addr", a);
+}
+
+static pending_t *pending_new(node_t *n, node_reply_fn reply, void *arg) {
+  pending_t *p = malloc(sizeof(*p));
+  if (p) *p = (pending_t){n, reply, arg};
+  return p;
+}
+
+static const char *dht_strerror(int status) {
+  switch (status) {
+  case DHT_ETIMEDOUT: return "no answer from the nodes responsible";
+  case DHT_ECLOSING: return "node is leaving";
+  case -EINVAL: return "invalid argument";
+  case -ENOMEM: return "out of memory";
+  }
+  return "failed";
+}
+
+/* status ------------------------------------------------------------------ */
+
+static json_t *cmd_status(node_t *n) {
+  dht_t *d = n->dht;
+  const dht_node_t *self = dht_self(d), *pred = dht_predecessor(d), *succ;
+  char id[DHT_ID_HEX], addr[64];
+  dht_id_hex(&self->id, id);
+  dht_addr_str(&self->addr, addr, sizeof(addr));
+  json_t *r = json_pack("{s:b, s:s, s:s}", "ok", 1, "id", id, "listen", addr);
+  json_object_set_new(r, "overlay", json_string(n->opts->overlay));
+  json_t *roles = json_array();
+  for (int i = 0; i < n->n_roles; i++) json_array_append_new(roles, json_string(n->roles[i]->name));
+  json_object_set_new(r, "roles", roles);
+  json_object_set_new(r, "predecessor", pred ? node_json(pred) : json_null());
+  json_t *sl = json_array();
+  int ns = dht_successors(d, &succ);
+  for (int i = 0; i < ns; i++) json_array_append_new(sl, node_json(&succ[i]));
+  json_object_set_new(r, "successors", sl);
+  dht_id_t starts[160];
+  dht_node_t fingers[160];
+  int nf = dht_fingers(d, starts, fingers, 160);
+  json_t *fl = json_array();
+  for (int i = 0; i < nf; i++) {
+    char s[DHT_ID_HEX];
+    dht_id_hex(&starts[i], s);
+    json_t *f = node_json(&fingers[i]);
+    json_object_set_new(f, "start", json_string(s));
+    json_array_append_new(fl, f);
+  }
+  json_object_set_new(r, "fingers", fl);
+  json_object_set_new(r, "records", json_integer((json_int_t)dht_records(d)));
+  return r;
+}
+
+/* put --------------------------------------------------------------------- */
+
+static void on_put(dht_t *d, int status, int replicas, void *arg) {
+  pending_t *p = arg;
+  json_t *r = status ? fail("put failed: %s", dht_strerror(status))
+                     : json_pack("{s:b, s:i}", "ok", 1, "replicas", replicas);
+  p->reply(p->n, r, p->arg);
+  free(p);
+}
+
+static json_t *cmd_put(node_t *n, json_t *req, node_reply_fn reply, void *arg) {
+  json_t *key = json_object_get(req, "key"), *value = json_object_get(req, "value");
+  json_t *ttl = json_object_get(req, "ttl"), *vid = json_object_get(req, "value_id");
+  if (!json_is_string(key) || json_string_length(key) == 0) return fail("put: \"key\" must be a non-empty string");
+  if (!value) return fail("put: \"value\" is required");
+  if (ttl && (!json_is_integer(ttl) || json_integer_value(ttl) < 1 || json_integer_value(ttl) > 86400 * 365))
+    return fail("put: \"ttl\" must be an integer number of seconds, 1 to 31536000");
+  if (vid && (!json_is_string(vid) || json_string_length(vid) == 0 || json_string_length(vid) > 255))
+    return fail("put: \"value_id\" must be a string of 1 to 255 bytes");
+  char *body = json_dumps(value, JSON_COMPACT | JSON_ENCODE_ANY);
+  if (!body) return fail("put: cannot encode value");
+  pending_t *p = pending_new(n, reply, arg);
+  int err = p ? dht_put(n->dht, json_string_value(key), vid ? json_string_value(vid) : NULL,
+                        DHT_KIND_JSON, body, strlen(body),
+                        ttl ? (uint32_t)json_integer_value(ttl) : 3600, on_put, p)
+              : -ENOMEM;
+  free(body);
+  if (err) {
+    free(p);
+    return fail("put: %s", err == -EINVAL ? "value too large or invalid" : dht_strerror(err));
+  }
+  return NULL;
+}
+
+/* get --------------------------------------------------------------------- */
+
+static void on_get(dht_t *d, int status, const dht_value_t *vals, size_t nv, int hops, void *arg) {
+  pending_t *p = arg;
+  if (status) {
+    p->reply(p->n, fail("get failed: %s", dht_strerror(status)), p->arg);
+    free(p);
+    return;
+  }
+  json_t *list = json_array();
+  for (size_t i = 0; i < nv; i++) {
+    json_error_t je;
+    json_t *v = json_loadb((const char *)vals[i].body, vals[i].body_len, JSON_DECODE_ANY, &je);
+    if (!v) v = json_stringn((const char *)vals[i].body, vals[i].body_len);
+    if (!v) v = json_null(); /* not JSON and not UTF-8: say so rather than fail */
+    char owner[DHT_ID_HEX];
+    dht_id_hex(&vals[i].owner, owner);
+    json_array_append_new(list, json_pack("{s:o, s:s, s:i, s:s, s:i}", "value", v, "owner", owner,
+                                          "expires_in", (json_int_t)vals[i].expires_in,
+                                          "value_id", vals[i].vid, "kind", (json_int_t)vals[i].kind));
+  }
+  p->reply(p->n, json_pack("{s:b, s:o, s:i}", "ok", 1, "values", list, "hops", hops), p->arg);
+  free(p);
+}
+
+static json_t *cmd_get(node_t *n, json_t *req, node_reply_fn reply, void *arg) {
+  json_t *key = json_object_get(req, "key");
+  if (!json_is_string(key) || json_string_length(key) == 0) return fail("get: \"key\" must be a non-empty string");
+  pending_t *p = pending_new(n, reply, arg);
+  int err = p ? dht_get(n->dht, json_string_value(key), on_get, p) : -ENOMEM;
+  if (err) {
+    free(p);
+    return fail("get: %s", dht_strerror(err));
+  }
+  return NULL;
+}
+
+/* lookup ------------------------------------------------------------------ */
+
+typedef struct {
+  pending_t p;
+  dht_id_t key;
+} lookup_req_t;
+
+static void on_lookup(dht_t *d, int status, const dht_node_t *owner, int hops, const dht_id_t *path,
+                      int path_len, void *arg) {
+  lookup_req_t *l = arg;
+  json_t *r;
+  if (status) {
+    r = fail("lookup failed: %s", dht_strerror(status));
+  } else {
+    char k[DHT_ID_HEX], h[DHT_ID_HEX];
+    dht_id_hex(&l->key, k);
+    json_t *pl = json_array();
+    for (int i = 0; i < path_len; i++) {
+      dht_id_hex(&path[i], h);
+      json_array_append_new(pl, json_string(h));
+    }
+    r = json_pack("{s:b, s:s, s:o, s:i, s:o}", "ok", 1, "key_id", k, "owner", node_json(owner),
+                  "hops", hops, "path", pl);
+  }
+  l->p.reply(l->p.n, r, l->p.arg);
+  free(l);
+}
+
+static json_t *cmd_lookup(node_t *n, json_t *req, node_reply_fn reply, void *arg) {
+  json_t *key = json_object_get(req, "key");
+  if (!json_is_string(key) || json_string_length(key) == 0)
+    return fail("lookup: \"key\" must be a non-empty string");
+  lookup_req_t *l = malloc(sizeof(*l));
+  if (!l) return fail("out of memory");
+  l->p = (pending_t){n, reply, arg};
+  dht_id_of(json_string_value(key), &l->key);
+  int err = dht_lookup(n->dht, &l->key, on_lookup, l);
+  if (err) {
+    free(l);
+    return fail("lookup: %s", dht_strerror(err));
+  }
+  return NULL;
+}
+
+/* stats ------------------------------------------------------------------- */
+
+/* Read "Key: N kB" lines from a /proc file into obj as key_kb fields. */
+static void proc_kb(json_t *obj, const char *path, const char *const *keys, const char *const *names) {
+  FILE *f = fopen(path, "r");
+  if (!f) return;
+  char line[256];
+  while (fgets(line, sizeof(line), f)) {
+    for (int i = 0; keys[i]; i++) {
+      size_t kl = strlen(keys[i]);
+      if (strncmp(line, keys[i], kl) == 0 && line[kl] == ':')
+        json_object_set_new(obj, names[i], json_integer(strtoll(line + kl + 1, NULL, 10)));
+    }
+  }
+  fclose(f);
+}
+
+static json_t *cmd_stats(node_t *n) {
+  dht_stats_t s;
+  dht_stats(n->dht, &s);
+  int top = DHT_MAX_PATH;
+  while (top > 0 && s.hops_hist[top] == 0) top--;
+  json_t *hist = json_array();
+  for (int i = 0; i <= top; i++) json_array_append_new(hist, json_integer((json_int_t)s.hops_hist[i]));
+  json_t *mem = json_object();
+  static const char *const st_keys[] = {"VmRSS", "VmHWM", NULL};
+  static const char *const st_names[] = {"rss_kb", "peak_rss_kb", NULL};
+  static const char *const sm_keys[] = {"Pss", "Pss_Anon", "Private_Dirty", NULL};
+  static const char *const sm_names[] = {"pss_kb", "pss_anon_kb", "private_dirty_kb", NULL};
+  proc_kb(mem, "/proc/self/status", st_keys, st_names);
+  proc_kb(mem, "/proc/self/smaps_rollup", sm_keys, sm_names);
+  return json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o}",
+                   "ok", 1, "msgs_in", (json_int_t)s.msgs_in, "msgs_out", (json_int_t)s.msgs_out,
+                   "bytes_in", (json_int_t)s.bytes_in, "bytes_out", (json_int_t)s.bytes_out,
+                   "lookups", (json_int_t)s.lookups, "lookups_failed", (json_int_t)s.lookups_failed,
+                   "hops_histogram", hist, "rpc_timeouts", (json_int_t)s.rpc_timeouts,
+                   "bad_frames", (json_int_t)s.bad_frames, "connections", (json_int_t)s.connections,
+                   "puts", (json_int_t)s.puts, "gets", (json_int_t)s.gets,
+                   "stores_in", (json_int_t)s.stores_in, "values_stored", (json_int_t)s.values_stored,
+                   "memory", mem);
+}
+
+/* dispatch ---------------------------------------------------------------- */
+
+void node_admin_dispatch(node_t *n, json_t *req, node_reply_fn reply, void *arg) {
+  json_t *cmd = json_is_object(req) ? json_object_get(req, "cmd") : NULL;
+  json_t *r = NULL;
+  if (!json_is_object(req)) {
+    r = fail("request must be a JSON object");
+  } else if (!json_is_string(cmd)) {
+    r = fail("\"cmd\" must be a string");
+  } else {
+    const char *c = json_string_value(cmd);
+    if (strcmp(c, "status") == 0) {
+      r = cmd_status(n);
+    } else if (strcmp(c, "put") == 0) {
+      r = cmd_put(n, req, reply, arg);
+    } else if (strcmp(c, "get") == 0) {
+      r = cmd_get(n, req, reply, arg);
+    } else if (strcmp(c, "lookup") == 0) {
+      r = cmd_lookup(n, req, reply, arg);
+    } else if (strcmp(c, "stats") == 0) {
+      r = cmd_stats(n);
+    } else if (strcmp(c, "leave") == 0) {
+      r = json_pack("{s:b}", "ok", 1);
+      node_leave(n);
+    } else {
+      r = fail("unknown cmd \"%.64s\"", c);
+    }
+  }
+  if (r) reply(n, r, arg);
+}

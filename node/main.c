@@ -1,0 +1,126 @@
+/* p2psipd: parse options, start the DHT and the admin socket, run. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "dht/log.h"
+#include "node/node.h"
+
+static const node_role_t role_dht = {"dht", NULL};
+
+static void close_handle(uv_handle_t *h, void *arg) {
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+static void shutdown_all(node_t *n) {
+  node_admin_close(n);
+  dht_close(n->dht);
+  uv_walk(n->loop, close_handle, NULL);
+}
+
+static void on_left(dht_t *d, void *arg) {
+  node_t *n = arg;
+  log_info("left the overlay");
+  shutdown_all(n);
+}
+
+void node_leave(node_t *n) {
+  if (n->leaving) return;
+  n->leaving = true;
+  if (dht_leave(n->dht, on_left, n)) shutdown_all(n);
+}
+
+static void on_signal(uv_signal_t *s, int signum) {
+  node_t *n = s->data;
+  log_info("%s: leaving the overlay", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+  node_leave(n);
+}
+
+/* Hundreds of peers each hold a connection or two to a bootstrap node:
+ * take all the descriptors the hard limit allows. */
+static void raise_nofile(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
+static int dht_setup(node_t *n, const node_opts_t *o, char *err, size_t errlen) {
+  struct sockaddr_storage boots[NODE_MAX_BOOTSTRAP];
+  dht_id_t id;
+  dht_config_t cfg = {.overlay = o->overlay, .replicas = o->replicas, .succ_list = o->successors,
+                      .refresh_ms = (unsigned)o->refresh_s * 1000u,
+                      .stabilize_max_ms = (unsigned)o->stabilize_max_ms,
+                      .bootstrap = boots, .n_bootstrap = o->n_bootstrap};
+  dht_addr_parse(o->listen, &cfg.listen); /* checked by node_opts_parse */
+  for (int i = 0; i < o->n_bootstrap; i++) dht_addr_parse(o->bootstrap[i], &boots[i]);
+  if (o->node_id) {
+    dht_id_parse(o->node_id, &id);
+    cfg.node_id = &id;
+  }
+  int rc = dht_new(n->loop, &cfg, &n->dht);
+  if (rc) {
+    snprintf(err, errlen, "cannot listen on %s: %s", o->listen,
+             rc == -EINVAL ? "invalid configuration" : uv_strerror(rc));
+    return rc;
+  }
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  node_opts_t opts;
+  char err[512];
+  int rc = node_opts_parse(argc, argv, &opts, err, sizeof(err));
+  if (rc) {
+    if (rc < 0) fprintf(stderr, "p2psipd: %s\n", err);
+    node_opts_free(&opts);
+    return rc < 0 ? 2 : 0;
+  }
+  log_verbosity = opts.log_level;
+  signal(SIGPIPE, SIG_IGN);
+  raise_nofile();
+
+  node_t n = {.loop = uv_default_loop(), .opts = &opts};
+  n.roles[n.n_roles++] = &role_dht;
+  if (dht_setup(&n, &opts, err, sizeof(err))) {
+    fprintf(stderr, "p2psipd: %s\n", err);
+    if (n.dht) {
+      dht_close(n.dht);
+      uv_run(n.loop, UV_RUN_DEFAULT);
+      dht_free(n.dht);
+    }
+    node_opts_free(&opts);
+    return 1;
+  }
+  char addr[64], id[DHT_ID_HEX];
+  dht_addr_str(&dht_self(n.dht)->addr, addr, sizeof(addr));
+  dht_id_hex(&dht_self(n.dht)->id, id);
+  log_set_tag(addr);
+  if (opts.admin && (rc = node_admin_start(&n, opts.admin))) {
+    fprintf(stderr, "p2psipd: admin socket %s: %s\n", opts.admin,
+            rc == -EADDRINUSE ? "in use by a running node" : uv_strerror(rc));
+    shutdown_all(&n);
+    uv_run(n.loop, UV_RUN_DEFAULT);
+    dht_free(n.dht);
+    node_opts_free(&opts);
+    return 1;
+  }
+  uv_signal_init(n.loop, &n.sigterm);
+  uv_signal_init(n.loop, &n.sigint);
+  n.sigterm.data = n.sigint.data = &n;
+  uv_signal_start(&n.sigterm, on_signal, SIGTERM);
+  uv_signal_start(&n.sigint, on_signal, SIGINT);
+  log_info("node %s of overlay %s listening on %s%s%s", id, opts.overlay, addr,
+           opts.admin ? ", admin " : "", opts.admin ? opts.admin : "");
+  dht_start(n.dht);
+  uv_run(n.loop, UV_RUN_DEFAULT);
+  dht_free(n.dht);
+  free(n.admin);
+  node_opts_free(&opts);
+  uv_loop_close(n.loop);
+  return n.exit_code;
+}

@@ -1,0 +1,68 @@
+/*
+ * node: the daemon around the DHT: options and config file, the roles a
+ * node plays, the JSON admin socket, signals.
+ */
+#ifndef P2PSIP_NODE_H
+#define P2PSIP_NODE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <uv.h>
+
+#include "dht/dht.h"
+
+#define NODE_MAX_BOOTSTRAP 16
+
+/* Everything the command line and config file can set. */
+typedef struct {
+  char *overlay;
+  char *listen;
+  char *bootstrap[NODE_MAX_BOOTSTRAP];
+  int n_bootstrap;
+  char *admin;
+  int replicas;
+  int successors;
+  char *node_id;
+  int log_level;
+  int refresh_s;
+  int stabilize_max_ms;
+} node_opts_t;
+
+/* Parse argv (and the --config file it names; flags win over the file).
+ * On error, writes one line to err and returns -1; returns 1 when --help or
+ * --version was handled (exit 0), 0 to run. */
+int node_opts_parse(int argc, char **argv, node_opts_t *o, char *err, size_t errlen);
+void node_opts_free(node_opts_t *o);
+void node_usage(FILE *f);
+
+typedef struct node node_t;
+
+/* A role the node plays (STYLE.md item 4): dht always, sip/gateway/relay
+ * as configured.  stats_json may be NULL. */
+typedef struct {
+  const char *name;
+  json_t *(*stats_json)(node_t *n);
+} node_role_t;
+
+struct node {
+  uv_loop_t *loop;
+  dht_t *dht;
+  node_opts_t *opts;
+  const node_role_t *roles[8];
+  int n_roles;
+  struct node_admin *admin;
+  uv_signal_t sigterm, sigint;
+  bool leaving;
+  int exit_code;
+};
+
+/* Admin socket: listen on path (mode 0600).  Returns 0 or -errno. */
+int node_admin_start(node_t *n, const char *path);
+void node_admin_close(node_t *n);
+/* Handle one request object; reply is called exactly once, maybe later. */
+typedef void (*node_reply_fn)(node_t *n, json_t *resp, void *arg);
+void node_admin_dispatch(node_t *n, json_t *req, node_reply_fn reply, void *arg);
+/* Start a graceful leave and exit (admin "leave", SIGTERM). */
+void node_leave(node_t *n);
+
+#endif

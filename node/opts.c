@@ -1,0 +1,258 @@
+/* Command line and config file.  Both go through one table of options, so
+ * the config file accepts exactly the long option names. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dht/log.h"
+#include "node/node.h"
+
+typedef int (*opt_set_fn)(node_opts_t *o, const char *v, char *err, size_t errlen);
+
+typedef struct {
+  const char *name;
+  int has_arg;
+  opt_set_fn set;
+  const char *arg, *help;
+} opt_def_t;
+
+static int set_str(char **dst, const char *v) {
+  free(*dst);
+  *dst = strdup(v);
+  return *dst ? 0 : -1;
+}
+
+static int set_int(int *dst, const char *v, int lo, int hi, const char *name, char *err, size_t len) {
+  char *end;
+  errno = 0;
+  long x = strtol(v, &end, 10);
+  if (errno || *end || end == v || x < lo || x > hi) {
+    snprintf(err, len, "--%s: expected an integer from %d to %d, got \"%s\"", name, lo, hi, v);
+    return -1;
+  }
+  *dst = (int)x;
+  return 0;
+}
+
+static int check_addr(const char *v, const char *name, char *err, size_t len) {
+  struct sockaddr_storage ss;
+  if (dht_addr_parse(v, &ss) == 0) return 0;
+  snprintf(err, len, "--%s: expected IP:PORT (or [IPv6]:PORT), got \"%s\"", name, v);
+  return -1;
+}
+
+static int o_overlay(node_opts_t *o, const char *v, char *err, size_t len) {
+  if (!*v || strlen(v) > 253 || strspn(v, "abcdefghijklmnopqrstuvwxyz"
+                                         "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") != strlen(v)) {
+    snprintf(err, len, "--overlay: expected a domain name such as overlay.test, got \"%s\"", v);
+    return -1;
+  }
+  return set_str(&o->overlay, v);
+}
+
+static int o_listen(node_opts_t *o, const char *v, char *err, size_t len) {
+  return check_addr(v, "listen", err, len) ? -1 : set_str(&o->listen, v);
+}
+
+static int o_bootstrap(node_opts_t *o, const char *v, char *err, size_t len) {
+  if (check_addr(v, "bootstrap", err, len)) return -1;
+  if (o->n_bootstrap == NODE_MAX_BOOTSTRAP) {
+    snprintf(err, len, "--bootstrap: at most %d addresses", NODE_MAX_BOOTSTRAP);
+    return -1;
+  }
+  o->bootstrap[o->n_bootstrap] = NULL;
+  return set_str(&o->bootstrap[o->n_bootstrap++], v);
+}
+
+static int o_admin(node_opts_t *o, const char *v, char *err, size_t len) {
+  if (!*v || strlen(v) >= 100) { /* sun_path holds 108 bytes */
+    snprintf(err, len, "--admin: socket path empty or longer than 100 bytes");
+    return -1;
+  }
+  return set_str(&o->admin, v);
+}
+
+static int o_replicas(node_opts_t *o, const char *v, char *err, size_t len) {
+  return set_int(&o->replicas, v, 1, DHT_MAX_SUCC, "replicas", err, len);
+}
+
+static int o_successors(node_opts_t *o, const char *v, char *err, size_t len) {
+  return set_int(&o->successors, v, 3, DHT_MAX_SUCC, "successors", err, len);
+}
+
+static int o_refresh(node_opts_t *o, const char *v, char *err, size_t len) {
+  return set_int(&o->refresh_s, v, 1, 86400, "refresh", err, len);
+}
+
+static int o_stab(node_opts_t *o, const char *v, char *err, size_t len) {
+  return set_int(&o->stabilize_max_ms, v, 100, 600000, "stabilize-max", err, len);
+}
+
+static int o_node_id(node_opts_t *o, const char *v, char *err, size_t len) {
+  dht_id_t id;
+  if (dht_id_parse(v, &id)) {
+    snprintf(err, len, "--node-id: expected 40 hex digits, got \"%s\"", v);
+    return -1;
+  }
+  return set_str(&o->node_id, v);
+}
+
+static int o_log_level(node_opts_t *o, const char *v, char *err, size_t len) {
+  int l = log_level_parse(v);
+  if (l < 0) {
+    snprintf(err, len, "--log-level: expected error, warn, info or debug, got \"%s\"", v);
+    return -1;
+  }
+  o->log_level = l;
+  return 0;
+}
+
+static const opt_def_t opt_table[] = {
+    {"overlay", 1, o_overlay, "FQDN", "overlay identifier, e.g. overlay.test (required)"},
+    {"listen", 1, o_listen, "IP:PORT", "peer protocol address (default 127.0.0.1:0, 0 = any port)"},
+    {"bootstrap", 1, o_bootstrap, "IP:PORT", "a node to join through (repeatable; none: new ring)"},
+    {"admin", 1, o_admin, "PATH", "JSON admin unix socket, mode 0600 (default: none)"},
+    {"replicas", 1, o_replicas, "N", "copies of every stored key (default 3)"},
+    {"successors", 1, o_successors, "N", "successor list length (default 8, at least 3)"},
+    {"node-id", 1, o_node_id, "HEX40", "node identifier (default: SHA-1 of the listen IP:PORT)"},
+    {"log-level", 1, o_log_level, "LEVEL", "error, warn, info (default) or debug"},
+    {"refresh", 1, o_refresh, "SECONDS", "how often owners re-store their values (default 30)"},
+    {"stabilize-max", 1, o_stab, "MS", "longest ring upkeep interval when quiet (default 30000)"},
+};
+#define N_OPTS (sizeof(opt_table) / sizeof(*opt_table))
+
+void node_usage(FILE *f) {
+  fprintf(f, "usage: p2psipd --overlay FQDN [options]\n\n"
+             "A P2PSIP overlay node: Chord DHT, peer protocol, JSON admin socket.\n\n");
+  for (size_t i = 0; i < N_OPTS; i++) {
+    char left[64];
+    snprintf(left, sizeof(left), "--%s %s", opt_table[i].name, opt_table[i].arg);
+    fprintf(f, "  %-26s %s\n", left, opt_table[i].help);
+  }
+  fprintf(f, "  %-26s %s\n", "--config FILE", "JSON object with the same keys; flags win");
+  fprintf(f, "  %-26s %s\n", "--help, --version", "");
+  fprintf(f, "\nSIGTERM or SIGINT: leave gracefully (hand records over) and exit 0.\n");
+}
+
+static const opt_def_t *opt_find(const char *name) {
+  for (size_t i = 0; i < N_OPTS; i++)
+    if (strcmp(opt_table[i].name, name) == 0) return &opt_table[i];
+  return NULL;
+}
+
+/* One config value as a string for the option setter. */
+static int config_apply(node_opts_t *o, const opt_def_t *def, json_t *v, char *err, size_t len) {
+  char buf[64];
+  if (json_is_string(v)) return def->set(o, json_string_value(v), err, len);
+  if (json_is_integer(v)) {
+    snprintf(buf, sizeof(buf), "%lld", (long long)json_integer_value(v));
+    return def->set(o, buf, err, len);
+  }
+  snprintf(err, len, "config: \"%s\" must be a string or an integer", def->name);
+  return -1;
+}
+
+static int config_load(node_opts_t *o, const char *path, char *err, size_t len) {
+  json_error_t je;
+  json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+  if (!root) {
+    snprintf(err, len, "config %s: line %d: %s", path, je.line, je.text);
+    return -1;
+  }
+  int rc = 0;
+  const char *key;
+  json_t *v;
+  if (!json_is_object(root)) {
+    snprintf(err, len, "config %s: expected a JSON object", path);
+    rc = -1;
+  }
+  json_object_foreach(json_is_object(root) ? root : NULL, key, v) {
+    const opt_def_t *def = opt_find(key);
+    if (!def) {
+      snprintf(err, len, "config %s: unknown key \"%s\"", path, key);
+      rc = -1;
+      break;
+    }
+    if (json_is_array(v)) { /* repeatable options, such as bootstrap */
+      size_t i;
+      json_t *e;
+      json_array_foreach(v, i, e) if ((rc = config_apply(o, def, e, err, len))) break;
+    } else {
+      rc = config_apply(o, def, v, err, len);
+    }
+    if (rc) break;
+  }
+  json_decref(root);
+  return rc;
+}
+
+static void defaults(node_opts_t *o) {
+  memset(o, 0, sizeof(*o));
+  o->replicas = 3;
+  o->successors = 8;
+  o->log_level = LOG_INFO;
+  o->refresh_s = 30;
+  o->listen = strdup("127.0.0.1:0");
+}
+
+int node_opts_parse(int argc, char **argv, node_opts_t *o, char *err, size_t errlen) {
+  struct option lo[N_OPTS + 4];
+  for (size_t i = 0; i < N_OPTS; i++)
+    lo[i] = (struct option){opt_table[i].name, opt_table[i].has_arg, NULL, (int)(256 + i)};
+  lo[N_OPTS] = (struct option){"config", 1, NULL, 'c'};
+  lo[N_OPTS + 1] = (struct option){"help", 0, NULL, 'h'};
+  lo[N_OPTS + 2] = (struct option){"version", 0, NULL, 'V'};
+  lo[N_OPTS + 3] = (struct option){0};
+  defaults(o);
+  int bootstrap_flag = 0;
+  /* Pass 1 finds --config; pass 2 applies flags over it. */
+  for (int pass = 0; pass < 2; pass++) {
+    optind = 0;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":", lo, NULL)) != -1) {
+      if (c == '?' || c == ':') {
+        const char *bad = argv[optind - 1];
+        snprintf(err, errlen, c == ':' ? "%s needs a value" : "unknown option %s (see --help)", bad);
+        return -1;
+      }
+      if (c == 'h' || c == 'V') {
+        if (pass == 1) continue;
+        if (c == 'h') node_usage(stdout);
+        else printf("p2psipd 0.1.0\n");
+        return 1;
+      }
+      if (c == 'c') {
+        if (pass == 0 && config_load(o, optarg, err, errlen)) return -1;
+        continue;
+      }
+      if (pass == 0) continue;
+      /* Flags replace a list from the config file rather than add to it. */
+      if (opt_table[c - 256].set == o_bootstrap && !bootstrap_flag++) {
+        for (int i = 0; i < o->n_bootstrap; i++) free(o->bootstrap[i]);
+        o->n_bootstrap = 0;
+      }
+      if (opt_table[c - 256].set(o, optarg, err, errlen)) return -1;
+    }
+    if (optind < argc) {
+      snprintf(err, errlen, "unexpected argument \"%s\" (see --help)", argv[optind]);
+      return -1;
+    }
+  }
+  if (!o->overlay) {
+    snprintf(err, errlen, "--overlay is required (see --help)");
+    return -1;
+  }
+  return 0;
+}
+
+void node_opts_free(node_opts_t *o) {
+  free(o->overlay);
+  free(o->listen);
+  for (int i = 0; i < o->n_bootstrap; i++) free(o->bootstrap[i]);
+  free(o->admin);
+  free(o->node_id);
+  memset(o, 0, sizeof(*o));
+}

@@ -1,0 +1,202 @@
+/*
+ * proto: the peer protocol's wire format.  Pure code: no I/O, no logging,
+ * no allocation while decoding.  Decoded views point into the caller's
+ * buffer and live as long as that buffer.
+ *
+ * A frame on the wire:
+ *
+ *   0      2        3      4          8            12
+ *   +------+--------+------+----------+------------+----------------+
+ *   | "PS" | version| type |  txid    | body length| body ...       |
+ *   +------+--------+------+----------+------------+----------------+
+ *
+ * All integers are big-endian.  The body length is bounded by
+ * PROTO_MAX_BODY; a longer declared length is an error before any byte of
+ * the body arrives, so a peer can never make us buffer more than that.
+ * Odd types are requests, the even type after each is its response.
+ */
+#ifndef P2PSIP_PROTO_H
+#define P2PSIP_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PROTO_MAGIC0 'P'
+#define PROTO_MAGIC1 'S'
+#define PROTO_VERSION 1
+#define PROTO_HDR_LEN 12
+#define PROTO_MAX_BODY (256 * 1024)
+#define PROTO_ID_LEN 20
+#define PROTO_MAX_NODES 16        /* nodes in one list (successors, hops) */
+#define PROTO_MAX_VALUE_ID 255
+#define PROTO_MAX_VALUE_BODY (64 * 1024)
+#define PROTO_MAX_OVERLAY 255
+
+/* Errors: decoders return bytes consumed (>0), PROTO_NEED_MORE, or one of
+ * the negative codes below. */
+enum {
+  PROTO_NEED_MORE = 0,
+  PROTO_ETRUNC = -1,   /* a field runs past the end of its container */
+  PROTO_EMAGIC = -2,   /* not our protocol */
+  PROTO_EVERSION = -3, /* a version we do not speak */
+  PROTO_ETOOBIG = -4,  /* a declared length above its bound */
+  PROTO_EINVAL = -5,   /* a field holds a value it may not hold */
+  PROTO_ETRAIL = -6,   /* bytes left over after the last field */
+  PROTO_ENOSPC = -7,   /* (encoders) the output buffer is too small */
+};
+
+const char *proto_strerror(int err);
+
+enum proto_type {
+  PROTO_HELLO = 1, /* first frame on a connection, both ways */
+  PROTO_HELLO_R = 2,
+  PROTO_PING = 3,
+  PROTO_PING_R = 4,
+  PROTO_FIND = 5, /* iterative lookup step */
+  PROTO_FIND_R = 6,
+  PROTO_NEIGH = 7, /* stabilize: predecessor and successor list */
+  PROTO_NEIGH_R = 8,
+  PROTO_NOTIFY = 9, /* "I might be your predecessor" */
+  PROTO_NOTIFY_R = 10,
+  PROTO_STORE = 11,
+  PROTO_STORE_R = 12,
+  PROTO_FETCH = 13,
+  PROTO_FETCH_R = 14,
+  PROTO_LEAVE = 15, /* the sender leaves; here are its neighbours */
+  PROTO_LEAVE_R = 16,
+  PROTO_POKE = 17, /* "the ring changed next to you: stabilize now"; empty */
+  PROTO_POKE_R = 18,
+  PROTO_TYPE_MAX = 18,
+};
+
+/* A bounds-checked read cursor.  Every getter returns 0 or PROTO_ETRUNC and
+ * never reads past end. */
+typedef struct {
+  const uint8_t *p;
+  const uint8_t *end;
+} proto_cur_t;
+
+/* A write cursor; encoders accumulate errors and check once at the end. */
+typedef struct {
+  uint8_t *p;
+  uint8_t *end;
+  int err;
+} proto_wcur_t;
+
+typedef struct {
+  uint8_t id[PROTO_ID_LEN];
+  uint8_t family; /* 4 or 6 */
+  uint8_t ip[16]; /* 4 bytes used for IPv4 */
+  uint16_t port;
+} proto_node_t;
+
+typedef struct {
+  uint8_t type;
+  uint32_t txid;
+  uint32_t body_len;
+  const uint8_t *body;
+} proto_frame_t;
+
+/* One stored value as it travels.  Pointers refer to the decoded buffer. */
+typedef struct {
+  const uint8_t *vid; /* value id, 1..255 bytes */
+  uint8_t vid_len;
+  uint8_t kind;
+  uint8_t flags; /* PROTO_VF_* */
+  uint8_t owner[PROTO_ID_LEN];
+  uint64_t seq;
+  uint32_t ttl; /* seconds left; relative so clocks need not agree */
+  const uint8_t *body;
+  uint32_t body_len;
+} proto_value_t;
+
+#define PROTO_VF_TOMBSTONE 0x01 /* the owner removed it; keep until ttl */
+
+/* Frame bodies ------------------------------------------------------------ */
+
+typedef struct {
+  proto_node_t self;
+  const char *overlay; /* not NUL-terminated */
+  uint8_t overlay_len;
+} proto_hello_t;
+
+typedef struct {
+  uint8_t key[PROTO_ID_LEN];
+} proto_find_t;
+
+#define PROTO_FIND_DONE 0x01 /* nodes[0] is the key's successor */
+typedef struct {
+  uint8_t flags;
+  uint8_t n;
+  proto_node_t nodes[PROTO_MAX_NODES];
+} proto_find_r_t;
+
+typedef struct {
+  uint8_t has_pred;
+  proto_node_t pred;
+  uint8_t n;
+  proto_node_t succ[PROTO_MAX_NODES];
+} proto_neigh_r_t; /* also the body of PROTO_LEAVE */
+
+#define PROTO_STORE_REPLICA 0x01 /* a copy: the receiver must not fan out */
+typedef struct {
+  uint8_t key[PROTO_ID_LEN];
+  uint8_t flags;
+  uint16_t count;
+  proto_cur_t values; /* iterate with proto_value_next() */
+} proto_store_t;      /* also the body of PROTO_FETCH_R (flags unused) */
+
+typedef struct {
+  uint8_t status; /* 0 ok, else an error */
+  uint16_t stored;
+  uint8_t replicas; /* copies the receiver made, counting itself */
+} proto_store_r_t;
+
+/* Framing: parse a header from the first len bytes of buf.  Returns the
+ * whole frame's size when it is complete, PROTO_NEED_MORE when more bytes
+ * are needed, or a negative error (the connection should be closed). */
+long proto_frame_decode(const uint8_t *buf, size_t len, proto_frame_t *out);
+/* Write a header for a body of body_len bytes into hdr[PROTO_HDR_LEN]. */
+void proto_frame_header(uint8_t *hdr, uint8_t type, uint32_t txid, uint32_t body_len);
+
+/* Body codecs.  Decoders return 0 or a negative error; they demand that the
+ * body is consumed exactly.  Encoders return the number of bytes written or
+ * PROTO_ENOSPC. */
+int proto_hello_decode(const uint8_t *b, size_t n, proto_hello_t *out);
+long proto_hello_encode(uint8_t *b, size_t n, const proto_hello_t *in);
+int proto_node_decode(const uint8_t *b, size_t n, proto_node_t *out); /* PING_R, NOTIFY */
+long proto_node_encode(uint8_t *b, size_t n, const proto_node_t *in);
+int proto_find_decode(const uint8_t *b, size_t n, proto_find_t *out); /* FIND, FETCH */
+long proto_find_encode(uint8_t *b, size_t n, const proto_find_t *in);
+int proto_find_r_decode(const uint8_t *b, size_t n, proto_find_r_t *out);
+long proto_find_r_encode(uint8_t *b, size_t n, const proto_find_r_t *in);
+int proto_neigh_r_decode(const uint8_t *b, size_t n, proto_neigh_r_t *out);
+long proto_neigh_r_encode(uint8_t *b, size_t n, const proto_neigh_r_t *in);
+int proto_store_r_decode(const uint8_t *b, size_t n, proto_store_r_t *out);
+long proto_store_r_encode(uint8_t *b, size_t n, const proto_store_r_t *in);
+
+/* STORE and FETCH_R: the decoder checks every value, so that after it
+ * returns 0, proto_value_next() cannot fail on the same view. */
+int proto_store_decode(const uint8_t *b, size_t n, proto_store_t *out);
+/* Building: start, append values one by one, finish to patch the count. */
+void proto_store_begin(proto_wcur_t *w, const uint8_t key[PROTO_ID_LEN], uint8_t flags);
+void proto_store_add(proto_wcur_t *w, const proto_value_t *v);
+long proto_store_end(proto_wcur_t *w, uint8_t *start);
+/* Next value of a decoded store; returns 1 with *out set, 0 at the end,
+ * or a negative error. */
+int proto_value_next(proto_cur_t *values, proto_value_t *out);
+
+/* Cursor primitives, shared with the other codecs in proto/. */
+int proto_get_u8(proto_cur_t *c, uint8_t *v);
+int proto_get_u16(proto_cur_t *c, uint16_t *v);
+int proto_get_u32(proto_cur_t *c, uint32_t *v);
+int proto_get_u64(proto_cur_t *c, uint64_t *v);
+int proto_get_bytes(proto_cur_t *c, void *dst, size_t len);
+int proto_get_sub(proto_cur_t *c, size_t len, proto_cur_t *sub);
+void proto_put_u8(proto_wcur_t *w, uint8_t v);
+void proto_put_u16(proto_wcur_t *w, uint16_t v);
+void proto_put_u32(proto_wcur_t *w, uint32_t v);
+void proto_put_u64(proto_wcur_t *w, uint64_t v);
+void proto_put_bytes(proto_wcur_t *w, const void *src, size_t len);
+
+#endif

@@ -1,0 +1,186 @@
+/*
+ * Internals of sip/: shared by its .c files only.  This is the one place
+ * that includes sofia-sip; nothing sofia-specific leaves sip/.
+ */
+#ifndef P2PSIP_SIP_INT_H
+#define P2PSIP_SIP_INT_H
+
+#include <stdint.h>
+
+#include <sofia-sip/msg_addr.h>
+#include <sofia-sip/nta.h>
+#include <sofia-sip/nta_tport.h>
+#include <sofia-sip/sip.h>
+#include <sofia-sip/sip_header.h>
+#include <sofia-sip/sip_status.h>
+#include <sofia-sip/sip_util.h>
+#include <sofia-sip/su_alloc.h>
+#include <sofia-sip/su_wait.h>
+#include <sofia-sip/url.h>
+
+#include "sip/sip.h"
+
+/* Limits on what one request may make us do (STYLE 8). */
+#define SIP_MAX_FORWARDS 70       /* added when a request has none */
+#define SIP_MAX_BRANCHES 8        /* parallel forks per request */
+#define SIP_MAX_CONTACTS 16       /* bindings per AOR and per REGISTER */
+#define SIP_MAX_ROUTES 16         /* Route entries we look at */
+#define SIP_MAX_TRANSACTIONS 4096 /* proxy transactions alive at once */
+#define SIP_MAX_PEERS 16          /* proxy peers remembered */
+#define SIP_MAX_BODY 65536        /* bytes: larger messages get 413 */
+
+/* Registrar policy (RFC 3261 10.3). */
+#define SIP_DEFAULT_EXPIRES 3600
+#define SIP_MIN_EXPIRES 10    /* shorter gets 423 with Min-Expires */
+#define SIP_MAX_EXPIRES 86400 /* longer is cut to this */
+/* A user record stays in the DHT this long after its contact expired, so
+ * that a lookup can tell "expired" (480) from "never registered" (404). */
+#define SIP_GRACE_S 300
+
+/* Proxy peers (spec 3.1, 3.3.1). */
+#define SIP_PEER_TTL_S 60        /* lifetime of our sip:OVERLAY value */
+#define SIP_PEER_REPUBLISH_MS 20000
+#define SIP_PEER_CACHE_MS 5000   /* how long a fetched peer list is reused */
+#define SIP_FAILOVER_MS 4000     /* no answer at all from a peer: try another */
+
+typedef struct sip_loop sip_loop_t;
+typedef struct sip_ptx sip_ptx_t;
+typedef struct sip_reg sip_reg_t;
+typedef struct sip_op sip_op_t;
+typedef struct sip_dnsreg sip_dnsreg_t;
+
+/* Counters shown by {"cmd":"sip"}. */
+typedef struct {
+  uint64_t requests, responses_fwd, acks_fwd, stray_fwd;
+  uint64_t registers, register_ok, register_failed, unregisters;
+  uint64_t lookups, lookup_failed, not_found, expired;
+  uint64_t proxied, via_peer, peer_failover, to_public, from_public;
+  uint64_t loops, too_many_hops, bad_requests, cancels, no_peer;
+  uint64_t dns_updates, dns_update_failed;
+} sip_counters_t;
+
+/* A proxy peer as found under sip:OVERLAY. */
+typedef struct {
+  char uri[96];    /* "sip:IP:PORT" */
+  char node[DHT_ID_HEX];
+} sip_peer_t;
+
+struct sip_svc {
+  uv_loop_t *uv;
+  dht_t *dht;
+  char *overlay;       /* lower case */
+  char *dns, *dns_update, *tsig, *dns_address;
+  struct sockaddr_storage listen; /* as bound */
+  char host[64];       /* "127.0.0.1" or "[::1]" */
+  unsigned port;
+  char hostport[80];   /* host ":" port */
+  char self_lr[128];   /* "<sip:HOST:PORT;lr>" */
+  char overlay_lr[300];/* "<sip:OVERLAY;lr>" */
+  char resolv_conf[64];/* temporary resolv.conf for cfg->dns, or "" */
+  int gateway, started, stopping;
+
+  sip_loop_t *loop;
+  su_home_t home[1];
+  nta_agent_t *agent;
+  nta_leg_t *leg;
+  nta_incoming_t *stateless_irq; /* sends stray responses on */
+  nta_outgoing_t *stateless_orq; /* receives stray responses */
+
+  sip_ptx_t *ptx;      /* live proxy transactions */
+  unsigned n_ptx;
+  sip_reg_t *regs;     /* bindings this node put */
+  sip_op_t *ops;       /* DHT operations in flight */
+
+  /* Proxy peers: the list last fetched and who waits for a fetch. */
+  sip_peer_t peers[SIP_MAX_PEERS];
+  int n_peers;
+  uint64_t peers_at;   /* uv_now() of the fetch; 0: never */
+  int peers_fetching;
+  unsigned peer_rr;    /* round robin start */
+
+  su_timer_t *republish; /* gateway: re-put the proxy-peer value */
+  su_timer_t *sweep;     /* drops expired local registrations */
+  sip_dnsreg_t *dnsreg;
+
+  void (*stop_cb)(sip_svc_t *, void *);
+  void *stop_arg;
+  int stop_pending;
+  su_timer_t *stop_timer;
+
+  sip_counters_t c;
+};
+
+/* loop.c: the one file that knows there are two event loops. */
+int sip__loop_new(uv_loop_t *uv, sip_loop_t **out);
+su_root_t *sip__loop_root(sip_loop_t *l);
+/* Destroys the root (after the agent is gone) and closes the handles; the
+ * memory goes in the close callbacks. */
+void sip__loop_free(sip_loop_t *l);
+
+/* core.c */
+uint64_t sip__now_ms(const sip_svc_t *s);
+int sip__uri_is_self(const sip_svc_t *s, const url_t *u);
+int sip__uri_is_overlay(const sip_svc_t *s, const url_t *u); /* sip:OVERLAY, no user */
+int sip__host_is_overlay(const sip_svc_t *s, const char *host);
+void sip__log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define SIP_LOG_ERR 1
+#define SIP_LOG_INFO 2
+#define SIP_LOG_DEBUG 3
+
+/* dhtop.c: DHT calls whose callbacks survive sip_free (STYLE 16). */
+typedef void (*sip_op_cb)(sip_svc_t *s, void *ctx, int status, const dht_value_t *v, size_t n);
+int sip__dht_get(sip_svc_t *s, const char *name, sip_op_cb cb, void *ctx);
+int sip__dht_put(sip_svc_t *s, const char *name, const char *vid, uint8_t kind,
+                 const char *body, uint32_t ttl, sip_op_cb cb, void *ctx);
+int sip__dht_remove(sip_svc_t *s, const char *name, const char *vid, sip_op_cb cb, void *ctx);
+void sip__dht_detach_all(sip_svc_t *s);
+
+/* registrar.c */
+int sip__register(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip);
+const sip_reg_t *sip__reg_by_contact(const sip_svc_t *s, const url_t *u);
+const char *sip__reg_flow(const sip_reg_t *r, char *buf, size_t len);
+void sip__reg_sweep(sip_svc_t *s);
+void sip__reg_free_all(sip_svc_t *s);
+json_t *sip__regs_json(const sip_svc_t *s);
+size_t sip__regs_count(const sip_svc_t *s);
+
+/* record.c: the user record stored in the DHT. */
+typedef struct {
+  char *aor, *contact, *uri, *call_id, *path, *node, *received, *transport;
+  uint32_t cseq;
+  int q1000;         /* q times 1000 */
+  int32_t remaining; /* seconds until the contact expires; <= 0: expired */
+  char vid[DHT_ID_HEX + 8];
+} sip_binding_t;
+char *sip__binding_encode(const sip_binding_t *b, uint32_t expires);
+int sip__binding_decode(const dht_value_t *v, sip_binding_t *out); /* malloc'd strings */
+void sip__binding_clear(sip_binding_t *b);
+
+/* proxy.c */
+int sip__proxy(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip);
+void sip__proxy_free_all(sip_svc_t *s);
+int sip__stray_response(sip_svc_t *s, nta_outgoing_t *orq, const sip_t *sip);
+
+/* route.c: RFC 3261 16.3-16.4 checks and the choice of next hop. */
+enum sip_hop {
+  SIP_HOP_DIRECT,   /* Route or Request-URI as it is: nta resolves it */
+  SIP_HOP_LOCATE,   /* Request-URI is an overlay AOR: ask the DHT */
+  SIP_HOP_PEER,     /* through a proxy peer */
+  SIP_HOP_SELF,     /* addressed to this node, no user part */
+};
+int sip__check_request(sip_svc_t *s, msg_t *msg, sip_t *sip); /* 0 or a status */
+void sip__pop_routes(sip_svc_t *s, msg_t *msg, sip_t *sip);
+enum sip_hop sip__next_hop(const sip_svc_t *s, const sip_t *sip);
+void sip__loop_hash(const sip_t *sip, char out[17]);
+
+/* gateway.c */
+int sip__gateway_start(sip_svc_t *s);
+void sip__gateway_stop(sip_svc_t *s, void (*done)(sip_svc_t *s));
+int sip__peers_get(sip_svc_t *s, void (*cb)(sip_svc_t *, void *, int), void *ctx);
+
+/* dnsreg.c: RFC 2136 UPDATE with TSIG. */
+int sip__dnsreg_start(sip_svc_t *s);
+void sip__dnsreg_stop(sip_svc_t *s, void (*done)(sip_svc_t *s));
+void sip__dnsreg_free(sip_svc_t *s);
+
+#endif

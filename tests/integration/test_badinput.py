@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Hostile input on the peer port and the admin socket: garbage, bad frames,
+half-open connections, malformed admin JSON.  The node must drop bad peers,
+answer {"ok":false,...} to bad admin lines, and keep serving throughout."""
+
+import json
+import os
+import random
+import socket
+import struct
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import p2p  # noqa: E402
+from p2p import check, info  # noqa: E402
+
+N = 4
+
+
+def frame(ftype, body, txid=1, magic=b"PS", version=1, length=None):
+    return magic + bytes([version, ftype]) + struct.pack(">II", txid, len(body) if length is None else length) + body
+
+
+def node_bytes(nid_hex, ip, port):
+    return bytes.fromhex(nid_hex) + b"\x04" + socket.inet_aton(ip) + struct.pack(">H", port)
+
+
+def hello(overlay, nid_hex=None, port=1):
+    nid = nid_hex or p2p.addr_id("127.0.0.1:%d" % port)
+    ov = overlay.encode()
+    return frame(1, node_bytes(nid, "127.0.0.1", port) + bytes([len(ov)]) + ov)
+
+
+def peer_conn(node):
+    s = socket.create_connection((node.host, node.port), timeout=5)
+    return s
+
+
+def closed_by_peer(node, data, timeout=5.0):
+    """Send data; True if the node closes the connection within timeout."""
+    s = peer_conn(node)
+    try:
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                if not s.recv(65536):
+                    return True
+            except socket.timeout:
+                return False
+            except ConnectionResetError:
+                return True
+        return False
+    finally:
+        s.close()
+
+
+def still_serving(c, t, what):
+    st = t.status()
+    check(st.get("id") == t.id, "%s: status still answers" % what)
+    other = next(n for n in c.alive() if n is not t)
+    key = c.keys_owned_by(t, 1, prefix="sip:bad-%s-" % what.replace(" ", "-"))[0]
+    p2p.put(other, key, {"w": what}, ttl=300)
+    vals = p2p.get_values(t, key)
+    check([v.get("value") for v in vals] == [{"w": what}],
+          "%s: put via %r of a key %r owns, get via %r" % (what, other, t, t))
+
+
+def admin_bad(t, line, what):
+    """A malformed line on its own connection gets ok:false with an error."""
+    with p2p.AdminConn(t.sock) as a:
+        sent = a.send_raw(line)
+        try:
+            r = a.recv_json(5.0)
+        except p2p.AdminError as e:
+            raise p2p.Failure("admin %s: no {\"ok\":false} reply (%s; request %s)" %
+                              (what, e, "sent" if sent else "cut short by the node"))
+    check(r["ok"] is False and isinstance(r.get("error"), str) and r["error"],
+          "admin %s -> ok:false, error %r" % (what, r.get("error")), r)
+
+
+def test(h):
+    c = h.cluster(N, replicas=2)
+    c.wait_consistent(timeout=60)
+    t = c.nodes[1]
+    rnd = random.Random(3)
+    stats0 = t.admin_ok({"cmd": "stats"})
+
+    # Peer port: each of these must make the node drop the connection.
+    garbage = bytes(rnd.getrandbits(8) for _ in range(8192))
+    cases = [
+        ("8 KiB of random bytes", garbage),
+        ("an HTTP request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("a TLS ClientHello-like record", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\0" * 64),
+        ("wrong version", frame(1, b"", version=9)),
+        ("type 0", frame(0, b"")),
+        ("type 200", frame(200, b"")),
+        ("declared body length 4 GiB", frame(1, b"", length=0xFFFFFFFF)),
+        ("declared body length 256 KiB + 1", frame(1, b"", length=256 * 1024 + 1)),
+        ("HELLO with a truncated node", frame(1, b"\x01\x02\x03\x04\x05")),
+        ("HELLO with family 7", frame(1, bytes(20) + b"\x07" + bytes(6) + b"\x01a")),
+        ("HELLO with trailing bytes", frame(1, hello(p2p.OVERLAY)[12:] + b"junk")),
+        ("HELLO for another overlay", hello("evil.test")),
+        ("HELLO then FIND with a 3-byte key", hello(p2p.OVERLAY) + frame(5, b"abc", txid=2)),
+        ("HELLO then STORE claiming 65535 values", hello(p2p.OVERLAY) +
+         frame(11, bytes(20) + b"\x00" + b"\xff\xff", txid=3)),
+    ]
+    slow = []
+    for what, data in cases:
+        if not closed_by_peer(t, data):
+            slow.append(what)
+    check(not slow, "peer port: the node drops the connection after each of %d bad inputs" % len(cases), slow)
+    check(t.running(c.binary), "node still running after the bad frames")
+
+    # Half-open peer connections, held while everything else goes on.
+    held = []
+    for _ in range(20):
+        held.append(peer_conn(t))
+    s = peer_conn(t)
+    s.sendall(b"PS\x01")
+    held.append(s)
+    s = peer_conn(t)
+    s.sendall(frame(1, b"", length=1000) + b"0123456789")
+    held.append(s)
+    for _ in range(30):  # connect and reset at once
+        s = peer_conn(t)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+
+    # Admin socket: held idle and half-written connections.
+    aheld = [p2p.AdminConn(t.sock) for _ in range(10)]
+    part = p2p.AdminConn(t.sock)
+    part.send_raw(b'{"cmd":"sta')
+    aheld.append(part)
+    still_serving(c, t, "with 22 half-open peer and 11 admin connections held")
+
+    bad_lines = [
+        ("not JSON", b"hello there\n"),
+        ("random bytes", bytes(b for b in garbage[:3000] if b != 10) + b"\n"),
+        ("a JSON array", b"[1,2,3]\n"),
+        ("a JSON string", b'"status"\n'),
+        ("JSON null", b"null\n"),
+        ("an object without cmd", b"{}\n"),
+        ("unknown cmd", b'{"cmd":"explode"}\n'),
+        ("cmd of the wrong type", b'{"cmd":5}\n'),
+        ("put with a numeric key", b'{"cmd":"put","key":1,"value":1,"ttl":10}\n'),
+        ("put with a string ttl", b'{"cmd":"put","key":"k","value":1,"ttl":"10"}\n'),
+        ("put with a negative ttl", b'{"cmd":"put","key":"k","value":1,"ttl":-5}\n'),
+        ("put without value", b'{"cmd":"put","key":"k","ttl":10}\n'),
+        ("put with a numeric value_id", b'{"cmd":"put","key":"k","value":1,"ttl":10,"value_id":7}\n'),
+        ("get without key", b'{"cmd":"get"}\n'),
+        ("lookup with a null key", b'{"cmd":"lookup","key":null}\n'),
+        ("truncated JSON", b'{"cmd":"status"\n'),
+        ("a NUL inside a string", b'{"cmd":"stat\\u0000us"}\n'),
+        ("30000-deep nesting", b"[" * 30000 + b"]" * 30000 + b"\n"),
+        ("a 70 KiB line", b"a" * (70 * 1024) + b"\n"),
+        ("a put of a 70 KiB value", json.dumps({"cmd": "put", "key": "k", "value": "v" * (70 * 1024),
+                                               "ttl": 10}).encode() + b"\n"),
+    ]
+    for what, line in bad_lines:
+        admin_bad(t, line, what)
+
+    with p2p.AdminConn(t.sock) as a:
+        a.send_raw(b'{"cmd":"nope"}\nnot json\n{"cmd":"status"}\n{"cmd":"status"}\n')
+        rs = [a.recv_json(5.0) for _ in range(4)]
+    check([r["ok"] for r in rs] == [False, False, True, True] and rs[3].get("id") == t.id,
+          "admin: 4 pipelined lines (2 bad, 2 status) get 4 replies in order on one connection",
+          [(r["ok"], r.get("error")) for r in rs])
+    with p2p.AdminConn(t.sock) as a:
+        a.send_raw(b'{"cmd":')
+        time.sleep(0.2)
+        a.send_raw(b'"status"}')
+        time.sleep(0.2)
+        a.send_raw(b'\n')
+        r = a.recv_json(5.0)
+    check(r["ok"] and r.get("id") == t.id, "admin: a request split over 3 writes is answered")
+
+    still_serving(c, t, "after the malformed admin lines")
+    stats1 = t.admin_ok({"cmd": "stats"})
+    if isinstance(stats1.get("bad_frames"), int):
+        check(stats1["bad_frames"] > stats0.get("bad_frames", 0),
+              "stats bad_frames grew (%s -> %s)" % (stats0.get("bad_frames"), stats1["bad_frames"]))
+
+    for s in held:
+        s.close()
+    for a in aheld:
+        a.close()
+    time.sleep(0.5)
+    still_serving(c, t, "after the held connections closed")
+    r = c.wait_consistent(timeout=30)
+    check(r.consistent, "ring still consistent over all %d nodes" % N)
+    crashed = c.crashed()
+    check(not crashed, "no node died", crashed)
+
+
+if __name__ == "__main__":
+    p2p.run("badinput", test, timeout=120)

@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Put from one node, get from every node; replicas land on the owner and
+its successors; several values per key; TTL expiry; a large value."""
+
+import os
+import random
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import p2p  # noqa: E402
+from p2p import check, info  # noqa: E402
+
+N = 24
+R = 3
+
+
+def same_value(vals, value, owner):
+    return len(vals) == 1 and vals[0].get("value") == value and vals[0].get("owner") == owner
+
+
+def test(h):
+    c = h.cluster(N, replicas=R)
+    c.wait_consistent(timeout=90)
+    nodes = c.alive()
+    rnd = random.Random(7)
+    a, b = rnd.sample(nodes, 2)
+
+    value = {"contact": "sip:alice@127.0.0.1:5060", "q": 0.5, "list": [1, "two", None, True], "u": "\u00e9\u4e2d"}
+    r = p2p.put(a, "sip:alice@overlay.test", value, ttl=600)
+    check(r.get("replicas") == R, "put via %r: ok, replicas = %d" % (a, R), r)
+
+    res = p2p.parallel_map(lambda n: p2p.get_values(n, "sip:alice@overlay.test"), nodes, 8)
+    bad = [(n, v) for n, v in zip(nodes, res) if isinstance(v, Exception) or not same_value(v, value, a.id)]
+    check(not bad, "get from all %d nodes returns the one value, owner %s" % (N, a.id[:8]), bad[:3])
+    exp = res[0][0].get("expires_in")
+    check(isinstance(exp, (int, float)) and 590 <= exp <= 600, "expires_in within the ttl", exp)
+
+    keys = ["sip:u%d@overlay.test" % i for i in range(40)]
+    for i, k in enumerate(keys):
+        p2p.put(nodes[i % N], k, {"n": i}, ttl=600)
+    allkeys = keys + ["sip:alice@overlay.test"]
+    want = c.expected_records(allkeys)
+
+    def placed():
+        got = c.records()
+        return got if got == want else None
+    got = None
+    try:
+        got = p2p.wait_until(placed, 20, "records placed", 0.5,
+                             lambda _: "got %s want %s" % (sorted(c.records().values()), sorted(want.values())))
+    except p2p.WaitTimeout as e:
+        raise p2p.Failure(str(e))
+    check(got == want, "record counts on every node = keys it owns or replicates (%d keys x %d copies = %d)"
+          % (len(allkeys), R, sum(want.values())))
+
+    jobs = [(rnd.choice(nodes), i, k) for i, k in enumerate(keys)]
+    res = p2p.parallel_map(lambda j: p2p.get_values(j[0], j[2]), jobs, 8)
+    bad = [(j[0], j[2], v) for j, v in zip(jobs, res)
+           if isinstance(v, Exception) or not same_value(v, {"n": j[1]}, nodes[j[1] % N].id)]
+    check(not bad, "%d more keys each read back from a random node" % len(keys), bad[:3])
+
+    # Several values under one key: one per (owner, value id).
+    p2p.put(a, "sip:multi@overlay.test", "from-a", ttl=600)
+    p2p.put(b, "sip:multi@overlay.test", "from-b", ttl=600)
+    vals = p2p.get_values(rnd.choice(nodes), "sip:multi@overlay.test")
+    check(sorted((v.get("owner"), v.get("value")) for v in vals) == sorted([(a.id, "from-a"), (b.id, "from-b")]),
+          "two nodes put under one key: both values returned", vals)
+    p2p.put(a, "sip:multi@overlay.test", "from-a-2", ttl=600)
+    p2p.put(a, "sip:multi@overlay.test", "extra", ttl=600, vid="phone-2")
+    vals = p2p.get_values(rnd.choice(nodes), "sip:multi@overlay.test")
+    got = sorted(v.get("value") for v in vals)
+    check(got == ["extra", "from-a-2", "from-b"],
+          "a second put by the same node replaces its value; an explicit value_id adds one", got)
+
+    big = "x" * 20000
+    p2p.put(b, "sip:big@overlay.test", big, ttl=600)
+    res = p2p.parallel_map(lambda n: p2p.get_values(n, "sip:big@overlay.test"), nodes, 8)
+    bad = [n for n, v in zip(nodes, res) if isinstance(v, Exception) or not same_value(v, big, b.id)]
+    check(not bad, "a 20 kB value reads back intact from every node", bad[:3])
+
+    vals = p2p.get_values(rnd.choice(nodes), "sip:never-put@overlay.test")
+    check(vals == [], "get of a key never put: no values (ok:false or empty list)", vals)
+
+    p2p.put(a, "sip:short@overlay.test", "brief", ttl=2)
+    vals = p2p.get_values(b, "sip:short@overlay.test")
+    check(len(vals) == 1 and vals[0].get("value") == "brief", "ttl 2: readable at once", vals)
+    time.sleep(3.5)
+    vals = p2p.get_values(b, "sip:short@overlay.test")
+    check(vals == [], "ttl 2: gone after 3.5 s", vals)
+
+
+if __name__ == "__main__":
+    p2p.run("storage", test, timeout=150)
