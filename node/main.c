@@ -21,16 +21,25 @@ static void shutdown_all(node_t *n) {
   uv_walk(n->loop, close_handle, NULL);
 }
 
+static void on_exit_timer(uv_timer_t *t) { shutdown_all(t->data); }
+
+/* Closing everything from inside a DHT callback would pull handles out
+ * from under the code that called it: shut down from a fresh timer. */
+static void shutdown_soon(node_t *n) {
+  uv_timer_init(n->loop, &n->exit_timer);
+  n->exit_timer.data = n;
+  uv_timer_start(&n->exit_timer, on_exit_timer, 0, 0);
+}
+
 static void on_left(dht_t *d, void *arg) {
-  node_t *n = arg;
   log_info("left the overlay");
-  shutdown_all(n);
+  shutdown_soon(arg);
 }
 
 void node_leave(node_t *n) {
   if (n->leaving) return;
   n->leaving = true;
-  if (dht_leave(n->dht, on_left, n)) shutdown_all(n);
+  if (dht_leave(n->dht, on_left, n)) shutdown_soon(n);
 }
 
 static void on_signal(uv_signal_t *s, int signum) {

@@ -52,6 +52,7 @@ struct node {
   int n_roles;
   struct node_admin *admin;
   uv_signal_t sigterm, sigint;
+  uv_timer_t exit_timer;
   bool leaving;
   int exit_code;
 };
