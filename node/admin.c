@@ -114,14 +114,12 @@ static void client_parse(client_t *c) {
       return;
     }
     size_t line = (size_t)(nl - c->buf);
-    json_error_t je;
-    json_t *req = line ? json_loadb(c->buf, line, JSON_REJECT_DUPLICATES, &je) : NULL;
+    char msg[300];
+    json_t *req = line ? node_request_parse(c->buf, line, NULL, msg, sizeof(msg)) : NULL;
     memmove(c->buf, nl + 1, c->len - line - 1);
     c->len -= line + 1;
     if (line == 0) continue; /* blank lines are harmless */
     if (!req) {
-      char msg[200];
-      snprintf(msg, sizeof(msg), "not JSON: %s", je.text);
       client_send(c, error_reply(msg), false);
       continue;
     }

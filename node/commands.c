@@ -96,12 +96,6 @@ static void on_put(dht_t *d, int status, int replicas, void *arg) {
 static json_t *cmd_put(node_t *n, json_t *req, node_reply_fn reply, void *arg) {
   json_t *key = json_object_get(req, "key"), *value = json_object_get(req, "value");
   json_t *ttl = json_object_get(req, "ttl"), *vid = json_object_get(req, "value_id");
-  if (!json_is_string(key) || json_string_length(key) == 0) return fail("put: \"key\" must be a non-empty string");
-  if (!value) return fail("put: \"value\" is required");
-  if (ttl && (!json_is_integer(ttl) || json_integer_value(ttl) < 1 || json_integer_value(ttl) > 86400 * 365))
-    return fail("put: \"ttl\" must be an integer number of seconds, 1 to 31536000");
-  if (vid && (!json_is_string(vid) || json_string_length(vid) == 0 || json_string_length(vid) > 255))
-    return fail("put: \"value_id\" must be a string of 1 to 255 bytes");
   char *body = json_dumps(value, JSON_COMPACT | JSON_ENCODE_ANY);
   if (!body) return fail("put: cannot encode value");
   pending_t *p = pending_new(n, reply, arg);
@@ -144,7 +138,6 @@ static void on_get(dht_t *d, int status, const dht_value_t *vals, size_t nv, int
 
 static json_t *cmd_get(node_t *n, json_t *req, node_reply_fn reply, void *arg) {
   json_t *key = json_object_get(req, "key");
-  if (!json_is_string(key) || json_string_length(key) == 0) return fail("get: \"key\" must be a non-empty string");
   pending_t *p = pending_new(n, reply, arg);
   int err = p ? dht_get(n->dht, json_string_value(key), on_get, p) : -ENOMEM;
   if (err) {
@@ -184,8 +177,6 @@ static void on_lookup(dht_t *d, int status, const dht_node_t *owner, int hops, c
 
 static json_t *cmd_lookup(node_t *n, json_t *req, node_reply_fn reply, void *arg) {
   json_t *key = json_object_get(req, "key");
-  if (!json_is_string(key) || json_string_length(key) == 0)
-    return fail("lookup: \"key\" must be a non-empty string");
   lookup_req_t *l = malloc(sizeof(*l));
   if (!l) return fail("out of memory");
   l->p = (pending_t){n, reply, arg};
@@ -243,14 +234,12 @@ static json_t *cmd_stats(node_t *n) {
 /* dispatch ---------------------------------------------------------------- */
 
 void node_admin_dispatch(node_t *n, json_t *req, node_reply_fn reply, void *arg) {
-  json_t *cmd = json_is_object(req) ? json_object_get(req, "cmd") : NULL;
+  char err[300];
   json_t *r = NULL;
-  if (!json_is_object(req)) {
-    r = fail("request must be a JSON object");
-  } else if (!json_is_string(cmd)) {
-    r = fail("\"cmd\" must be a string");
+  if (node_request_check(req, NULL, err, sizeof(err))) {
+    r = fail("%s", err);
   } else {
-    const char *c = json_string_value(cmd);
+    const char *c = json_string_value(json_object_get(req, "cmd"));
     if (strcmp(c, "status") == 0) {
       r = cmd_status(n);
     } else if (strcmp(c, "put") == 0) {

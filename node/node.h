@@ -63,6 +63,11 @@ void node_admin_close(node_t *n);
 /* Handle one request object; reply is called exactly once, maybe later. */
 typedef void (*node_reply_fn)(node_t *n, json_t *resp, void *arg);
 void node_admin_dispatch(node_t *n, json_t *req, node_reply_fn reply, void *arg);
+/* Parse and check one request line: a JSON object whose "cmd" is a core
+ * command with well-typed fields, or one of the NULL-terminated extra
+ * command names.  Returns the object (caller owns it) or NULL with err. */
+json_t *node_request_parse(const char *line, size_t n, const char *const *extra, char *err, size_t len);
+int node_request_check(json_t *req, const char *const *extra, char *err, size_t len);
 /* Start a graceful leave and exit (admin "leave", SIGTERM). */
 void node_leave(node_t *n);
 
