@@ -161,6 +161,10 @@ struct dht {
   uv_timer_t stab_timer;
   uv_timer_t join_timer;
   int stab_inflight;
+  dht_node_t boot; /* the bootstrap node we joined through */
+  bool has_boot;
+  bool check_ok, check_inflight; /* self_check() in ring.c */
+  unsigned stab_rounds;
 
   /* Transport. */
   uv_tcp_t listener;

@@ -18,6 +18,7 @@
 
 static void stab_schedule(dht_t *d, unsigned ms);
 static void fix_finger(dht_t *d);
+static void stabilize(dht_t *d);
 
 static bool is_self(const dht_t *d, const dht_node_t *n) { return dht__node_eq(n, &d->self); }
 
@@ -59,7 +60,10 @@ static void succ_set(dht_t *d, const dht_node_t *list, int n) {
   memcpy(old, d->succ, sizeof(old));
   memcpy(d->succ, list, (size_t)n * sizeof(*list));
   d->n_succ = n;
-  if (n) node_log("successor", &d->succ[0]);
+  if (n && (n_old == 0 || !dht__node_eq(&old[0], &d->succ[0]))) {
+    node_log("successor", &d->succ[0]);
+    d->check_ok = false; /* a new successor is confirmed by a self check */
+  }
   dht__ring_changed(d);
   dht__repl_succ_changed(d, old, n_old);
   notify_watch(d);
@@ -95,16 +99,69 @@ static void send_self(dht_t *d, const dht_node_t *to, uint8_t type, dht__rpc_cb 
     cb(d, -ECONNREFUSED, NULL, to, arg);
 }
 
-static void poke(dht_t *d, const dht_node_t *to) {
-  if (!is_self(d, to)) dht__rpc_call(d, &to->addr, PROTO_POKE, NULL, 0, ignore_reply, NULL);
+/* Tell a node the ring changed next to it, naming the node it should look
+ * at (its likely new successor), so it can act without waiting a round. */
+static void poke(dht_t *d, const dht_node_t *to, const dht_node_t *news) {
+  uint8_t body[64];
+  proto_node_t pn;
+  dht__node_to_proto(news, &pn);
+  long n = proto_node_encode(body, sizeof(body), &pn);
+  if (!is_self(d, to)) dht__rpc_call(d, &to->addr, PROTO_POKE, body, (size_t)n, ignore_reply, NULL);
+}
+
+/* NOTIFY_R and POKE carry a node worth a look (or nothing). */
+static void saw_in_body(dht_t *d, const uint8_t *body, size_t len) {
+  proto_node_t pn;
+  dht_node_t x;
+  if (len == 0 || proto_node_decode(body, len, &pn)) return;
+  dht__node_from_proto(&pn, &x);
+  dht__ring_saw(d, &x);
+}
+
+static void on_notify_r(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
+                        void *arg) {
+  if (status == 0 && !d->leaving) saw_in_body(d, f->body, f->body_len);
 }
 
 /* Stabilize ---------------------------------------------------------------- */
 
-static void stab_done(dht_t *d) {
+static void on_self_check(dht_t *d, int status, const dht_node_t *nodes, int n, int hops,
+                          const dht_id_t *path, int path_len, void *arg) {
+  d->check_inflight = false;
+  if (d->leaving) return;
+  /* A failed check proves nothing either way; don't spin on it. */
+  d->check_ok = true;
+  for (int i = 0; status == 0 && i < n; i++) dht__ring_saw(d, &nodes[i]);
+}
+
+/* Stabilize repairs a ring locally but cannot undo a "loopy" state, where
+ * every node agrees with its neighbours yet the ring winds round twice;
+ * concurrent joins can leave one.  Asking a far-away node who follows us
+ * crosses into the other loop, and ring_saw() adopts the answer. */
+static void self_check(dht_t *d) {
+  dht_node_t far[DHT_BITS + 1];
+  int n = 0;
+  for (int i = 0; i < DHT_BITS; i++)
+    if (d->finger_ok[i] && !dht__node_eq(&d->finger[i], &d->succ[0]) &&
+        (n == 0 || !dht__node_eq(&far[n - 1], &d->finger[i])))
+      far[n++] = d->finger[i];
+  if (d->has_boot && !dht__node_eq(&d->boot, &d->succ[0]) && !is_self(d, &d->boot))
+    far[n++] = d->boot;
+  if (n == 0 || d->check_inflight) {
+    d->check_ok = n == 0 ? true : d->check_ok;
+    return;
+  }
+  dht_id_t key;
+  dht__id_add_pow2(&d->self.id, 0, &key);
+  if (dht__lookup_via(d, &key, &far[rand() % n], on_self_check, NULL) == 0) d->check_inflight = true;
+}
+
+static void stab_done(dht_t *d, bool settled) {
   d->stab_inflight = 0;
   if (d->leaving) return;
   fix_finger(d);
+  if (d->n_succ && (!d->check_ok || d->stab_rounds++ % 4 == 0)) self_check(d);
+  settled = settled && d->check_ok;
   /* Predecessors notify us every round of theirs; one silent for three of
    * the longest rounds is gone. */
   if (d->has_pred && uv_now(d->loop) - d->pred_seen > 3ull * d->stab_max) {
@@ -113,7 +170,11 @@ static void stab_done(dht_t *d) {
     dht__ring_changed(d);
   }
   stab_schedule(d, d->stab_interval);
-  if (d->stab_interval < d->stab_max) {
+  /* Back off only once our successor names us as its predecessor: until
+   * then the ring next to us is still settling. */
+  if (!settled) {
+    d->stab_interval = d->stab_min;
+  } else if (d->stab_interval < d->stab_max) {
     d->stab_interval *= 2;
     if (d->stab_interval > d->stab_max) d->stab_interval = d->stab_max;
   }
@@ -125,7 +186,7 @@ static void on_neigh(dht_t *d, int status, const proto_frame_t *f, const dht_nod
   proto_neigh_r_t r;
   if (status || proto_neigh_r_decode(f->body, f->body_len, &r)) {
     if (d->n_succ && dht__id_eq(&peer->id, &d->succ[0].id)) dht__ring_forget(d, &d->succ[0]);
-    stab_done(d);
+    stab_done(d, false);
     return;
   }
   dht_node_t rest[PROTO_MAX_NODES], list[DHT_MAX_SUCC], succ = d->succ[0];
@@ -139,14 +200,19 @@ static void on_neigh(dht_t *d, int status, const proto_frame_t *f, const dht_nod
       two[0] = succ;
       memcpy(two + 1, rest, (size_t)r.n * sizeof(*rest));
       succ_set(d, list, succ_build(d, &p, two, r.n + 1, list));
-      send_self(d, &d->succ[0], PROTO_NOTIFY, NULL, NULL);
-      stab_done(d);
+      send_self(d, &d->succ[0], PROTO_NOTIFY, on_notify_r, NULL);
+      /* Ask the new successor at once: after a burst of joins the right
+       * successor may be several steps away, and each step only moves
+       * closer to us, so this ends. */
+      d->stab_inflight = 0;
+      stabilize(d);
       return;
     }
   }
   succ_set(d, list, succ_build(d, &succ, rest, r.n, list));
-  if (d->n_succ) send_self(d, &d->succ[0], PROTO_NOTIFY, NULL, NULL);
-  stab_done(d);
+  if (d->n_succ) send_self(d, &d->succ[0], PROTO_NOTIFY, on_notify_r, NULL);
+  bool settled = r.has_pred && memcmp(r.pred.id, d->self.id.b, DHT_ID_LEN) == 0;
+  stab_done(d, settled);
 }
 
 static void stabilize(dht_t *d) {
@@ -157,14 +223,14 @@ static void stabilize(dht_t *d) {
     if (d->has_pred) {
       succ_set(d, &d->pred, 1);
     } else {
-      stab_done(d);
+      stab_done(d, true);
       return;
     }
   }
   d->stab_inflight = 1;
   if (dht__rpc_call(d, &d->succ[0].addr, PROTO_NEIGH, NULL, 0, on_neigh, NULL)) {
     dht__ring_forget(d, &d->succ[0]);
-    stab_done(d);
+    stab_done(d, false);
   }
 }
 
@@ -226,6 +292,14 @@ void dht__ring_saw(dht_t *d, const dht_node_t *x) {
   /* A live node we just heard from may be a closer finger than what we
    * have: taking it costs nothing and shortens lookups early on. */
   if (is_self(d, x) || d->leaving) return;
+  if (d->joined && d->n_succ > 0 && dht__between(&x->id, &d->self.id, &d->succ[0].id)) {
+    /* A live node between us and our successor: it is a better successor.
+     * After a burst of joins this finds the right one far sooner than
+     * walking predecessor pointers one stabilize round at a time. */
+    dht_node_t list[DHT_MAX_SUCC];
+    succ_set(d, list, succ_build(d, x, d->succ, d->n_succ, list));
+    if (!d->stab_inflight) stabilize(d);
+  }
   for (int i = 0; i < DHT_BITS; i++) {
     dht_id_t start;
     dht__id_add_pow2(&d->self.id, i, &start);
@@ -281,6 +355,7 @@ void dht__ring_forget(dht_t *d, const dht_node_t *x) {
   }
   for (int i = 0; i < DHT_BITS; i++)
     if (d->finger_ok[i] && dht__node_eq(&d->finger[i], x)) d->finger_ok[i] = false;
+  if (d->has_boot && dht__node_eq(&d->boot, x)) d->has_boot = false;
   dht__rpc_drop(d, &x->addr);
 }
 
@@ -326,8 +401,8 @@ static void on_notify(dht_t *d, const dht_node_t *x) {
   bool had = d->has_pred;
   pred_set(d, x);
   /* Tell the old predecessor that its successor is now x. */
-  if (had && !dht__node_eq(&old, x)) poke(d, &old);
-  if (d->n_succ == 0) succ_set(d, x, 1);
+  if (had && !dht__node_eq(&old, x)) poke(d, &old, x);
+  if (d->n_succ == 0 && d->joined) succ_set(d, x, 1); /* a ring of one grows to two */
 }
 
 static void on_leave(dht_t *d, const dht_node_t *x, const proto_neigh_r_t *r) {
@@ -379,6 +454,12 @@ void dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, cons
     if (proto_node_decode(f->body, f->body_len, &pn)) return;
     dht__node_from_proto(&pn, &x);
     on_notify(d, &x);
+    /* Answer with our predecessor: if it lies between the notifier and
+     * us, the notifier has the wrong successor and learns the right one. */
+    if (d->has_pred && !dht__node_eq(&d->pred, &x)) {
+      dht__node_to_proto(&d->pred, &pn);
+      n = proto_node_encode(buf, sizeof(buf), &pn);
+    }
     break;
   case PROTO_LEAVE:
     if (proto_neigh_r_decode(f->body, f->body_len, &r)) return;
@@ -386,6 +467,7 @@ void dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, cons
     break;
   case PROTO_POKE:
     dht__ring_changed(d);
+    saw_in_body(d, f->body, f->body_len);
     break;
   default:
     return;
@@ -402,7 +484,12 @@ static void on_join_lookup(dht_t *d, int status, const dht_node_t *nodes, int n,
                            const dht_id_t *path, int path_len, void *arg) {
   if (d->leaving) return;
   dht_node_t list[DHT_MAX_SUCC];
-  int k = status ? 0 : succ_build(d, NULL, nodes, n, list);
+  /* Others may know us already (a notify can arrive before our join
+   * lookup returns, or we rejoin with the same id): then the answer starts
+   * with us, and our successors follow. */
+  int skip = 0;
+  while (status == 0 && skip < n && is_self(d, &nodes[skip])) skip++;
+  int k = status ? 0 : succ_build(d, NULL, nodes + skip, n - skip, list);
   if (k == 0) {
     log_warn("join: no successor found (%s); retrying", status ? "lookup failed" : "empty answer");
     join_retry(d);
@@ -435,6 +522,8 @@ static void on_bootstrap_ping(dht_t *d, int status, const proto_frame_t *f, cons
     dht__ring_changed(d);
     return;
   }
+  d->boot = b;
+  d->has_boot = true;
   if (dht__lookup_via(d, &d->self.id, &b, on_join_lookup, NULL)) join_retry(d);
 }
 

@@ -168,7 +168,9 @@ static int on_hello(dht__conn_t *c, const proto_frame_t *f) {
   c->have_peer = true;
   if (!c->outgoing) c->addr = c->peer.addr;
   if (f->type == PROTO_HELLO && !c->hello_sent) send_hello(c, PROTO_HELLO_R);
-  dht__ring_saw(c->d, &c->peer);
+  /* A HELLO only says who is talking, not that it is part of the ring yet
+   * (it may still be joining): the ring learns of nodes from the answers
+   * of nodes that are in it. */
   return 0;
 }
 

@@ -44,7 +44,7 @@ int proto_get_u32(proto_cur_t *c, uint32_t *v) {
 }
 
 int proto_get_u64(proto_cur_t *c, uint64_t *v) {
-  uint32_t hi, lo;
+  uint32_t hi = 0, lo = 0;
   if (need(c, 8)) return PROTO_ETRUNC;
   proto_get_u32(c, &hi);
   proto_get_u32(c, &lo);
