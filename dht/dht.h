@@ -140,7 +140,10 @@ typedef struct {
   uint64_t puts, gets, stores_in, values_stored;
   uint64_t hops_hist[DHT_MAX_PATH + 1];
   uint64_t connections;
+  uint64_t out_by_type[24]; /* requests and replies sent, by frame type */
 } dht_stats_t;
+/* Name of a frame type for out_by_type ("find", "store_r"...), or NULL. */
+const char *dht_frame_name(int type);
 void dht_stats(const dht_t *d, dht_stats_t *out);
 
 #endif

@@ -107,6 +107,8 @@ void dht__ring_start(dht_t *d);
 void dht__ring_changed(dht_t *d); /* speed up upkeep after a change */
 /* Closest nodes we know that precede key, best first; returns count. */
 int dht__closest_preceding(const dht_t *d, const dht_id_t *key, dht_node_t *out, int max);
+/* Is x our predecessor, a successor or a finger? */
+bool dht__ring_knows(const dht_t *d, const dht_node_t *x);
 /* Node x looks dead: remove it from every table. */
 void dht__ring_forget(dht_t *d, const dht_node_t *x);
 /* Learn of a live node (fills fingers opportunistically). */

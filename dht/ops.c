@@ -586,21 +586,27 @@ static void get_next(get_op_t *g);
 
 /* Hand the live values of a STORE-encoded body to the caller. */
 static void get_deliver(get_op_t *g, const proto_store_t *s) {
-  dht_value_t vals[64];
-  char vids[64][PROTO_MAX_VALUE_ID + 1];
-  size_t n = 0;
+  /* Value ids are copied out to be NUL-terminated; both arrays live on the
+   * heap, sized by the values actually present, to keep the stack small. */
+  size_t cap = s ? s->count : 0, n = 0;
+  dht_value_t *vals = cap ? calloc(cap, sizeof(*vals)) : NULL;
+  char *vids = cap ? malloc(cap * (PROTO_MAX_VALUE_ID + 1)) : NULL;
+  if (cap && (!vals || !vids)) cap = 0;
   proto_cur_t it = s ? s->values : (proto_cur_t){0};
   proto_value_t v;
-  while (s && n < 64 && proto_value_next(&it, &v) == 1) {
+  while (n < cap && proto_value_next(&it, &v) == 1) {
     if (v.flags & PROTO_VF_TOMBSTONE) continue;
-    memcpy(vids[n], v.vid, v.vid_len);
-    vids[n][v.vid_len] = '\0';
-    vals[n] = (dht_value_t){.vid = vids[n], .kind = v.kind, .seq = v.seq, .expires_in = v.ttl,
+    char *vid = vids + n * (PROTO_MAX_VALUE_ID + 1);
+    memcpy(vid, v.vid, v.vid_len);
+    vid[v.vid_len] = '\0';
+    vals[n] = (dht_value_t){.vid = vid, .kind = v.kind, .seq = v.seq, .expires_in = v.ttl,
                             .body = v.body, .body_len = v.body_len};
     memcpy(vals[n].owner.b, v.owner, DHT_ID_LEN);
     n++;
   }
   g->cb(g->d, DHT_OK, vals, n, g->hops, g->arg);
+  free(vals);
+  free(vids);
   free(g);
 }
 

@@ -17,7 +17,7 @@
 #include "dht/log.h"
 
 static void stab_schedule(dht_t *d, unsigned ms);
-static void fix_finger(dht_t *d);
+static void fix_finger(dht_t *d, bool refresh);
 static void stabilize(dht_t *d);
 
 static bool is_self(const dht_t *d, const dht_node_t *n) { return dht__node_eq(n, &d->self); }
@@ -139,28 +139,38 @@ static void on_self_check(dht_t *d, int status, const dht_node_t *nodes, int n, 
  * concurrent joins can leave one.  Asking a far-away node who follows us
  * crosses into the other loop, and ring_saw() adopts the answer. */
 static void self_check(dht_t *d) {
-  dht_node_t far[DHT_BITS + 1];
+  /* Pick one far node uniformly (reservoir sampling over the distinct
+   * fingers and the bootstrap node) without an array on the stack. */
+  const dht_node_t *pick = NULL, *prev = NULL;
   int n = 0;
-  for (int i = 0; i < DHT_BITS; i++)
-    if (d->finger_ok[i] && !dht__node_eq(&d->finger[i], &d->succ[0]) &&
-        (n == 0 || !dht__node_eq(&far[n - 1], &d->finger[i])))
-      far[n++] = d->finger[i];
-  if (d->has_boot && !dht__node_eq(&d->boot, &d->succ[0]) && !is_self(d, &d->boot))
-    far[n++] = d->boot;
-  if (n == 0 || d->check_inflight) {
-    d->check_ok = n == 0 ? true : d->check_ok;
+  for (int i = 0; i <= DHT_BITS; i++) {
+    const dht_node_t *x = i < DHT_BITS ? (d->finger_ok[i] ? &d->finger[i] : NULL)
+                                       : (d->has_boot ? &d->boot : NULL);
+    if (!x || is_self(d, x) || dht__node_eq(x, &d->succ[0]) || (prev && dht__node_eq(prev, x)))
+      continue;
+    prev = x;
+    if (rand() % ++n == 0) pick = x;
+  }
+  if (!pick || d->check_inflight) {
+    d->check_ok = pick ? d->check_ok : true;
     return;
   }
-  dht_id_t key;
-  dht__id_add_pow2(&d->self.id, 0, &key);
-  if (dht__lookup_via(d, &key, &far[rand() % n], on_self_check, NULL) == 0) d->check_inflight = true;
+  /* Our own id: in a sound ring our predecessor answers, naming us and
+   * our successors; in a loopy one a node of the other loop answers with
+   * a node that lies between us and our successor. */
+  if (dht__lookup_via(d, &d->self.id, pick, on_self_check, NULL) == 0) d->check_inflight = true;
 }
 
 static void stab_done(dht_t *d, bool settled) {
   d->stab_inflight = 0;
   if (d->leaving) return;
-  fix_finger(d);
-  if (d->n_succ && (!d->check_ok || d->stab_rounds++ % 4 == 0)) self_check(d);
+  /* While the ring settles every round repairs fingers and checks for a
+   * loop; once quiet, every fourth and eighth round do, which keeps an
+   * idle overlay's traffic to a few bytes per second per node. */
+  bool quiet = d->stab_interval >= d->stab_max / 2;
+  unsigned round = d->stab_rounds++;
+  fix_finger(d, !quiet || round % 4 == 0);
+  if (d->n_succ && (!d->check_ok || !quiet || round % 8 == 0)) self_check(d);
   settled = settled && d->check_ok;
   /* Predecessors notify us every round of theirs; one silent for three of
    * the longest rounds is gone. */
@@ -262,14 +272,16 @@ static void on_finger(dht_t *d, int status, const dht_node_t *nodes, int n, int 
   d->finger_ok[i] = true;
 }
 
-/* Refresh fingers one lookup at a time.  Entries whose start falls before
- * the previous finger share it, so a ring of N nodes needs about log2(N)
- * lookups per cycle of 160 entries. */
-static void fix_finger(dht_t *d) {
+/* Fingers are filled with one lookup each.  Entries whose start falls
+ * before the previous finger share it, so a ring of N nodes needs about
+ * log2(N) lookups for all 160.  Missing entries are looked up at once (a
+ * few per round); known ones are refreshed one per call when refresh is
+ * set, so that a quiet ring does not keep asking what it knows. */
+static void fix_finger(dht_t *d, bool refresh) {
   if (d->n_succ == 0) return;
-  for (int tries = 0; tries < DHT_BITS; tries++) {
+  int lookups = 0;
+  for (int tries = 0; tries < DHT_BITS && lookups < 3; tries++) {
     int i = d->next_finger;
-    d->next_finger = (i + 1) % DHT_BITS;
     dht_id_t start;
     dht__id_add_pow2(&d->self.id, i, &start);
     const dht_node_t *same = NULL;
@@ -281,10 +293,14 @@ static void fix_finger(dht_t *d) {
     if (same) {
       d->finger[i] = *same;
       d->finger_ok[i] = true;
-      continue;
+    } else if (!d->finger_ok[i] || refresh) {
+      refresh = false;
+      lookups++;
+      dht__lookup(d, &start, on_finger, (void *)(intptr_t)i);
+    } else {
+      break; /* known and not due: resume here next time */
     }
-    dht__lookup(d, &start, on_finger, (void *)(intptr_t)i);
-    return;
+    d->next_finger = (i + 1) % DHT_BITS;
   }
 }
 
@@ -339,6 +355,15 @@ int dht__closest_preceding(const dht_t *d, const dht_id_t *key, dht_node_t *out,
   return n;
 }
 
+bool dht__ring_knows(const dht_t *d, const dht_node_t *x) {
+  if (d->has_pred && dht__node_eq(&d->pred, x)) return true;
+  for (int i = 0; i < d->n_succ; i++)
+    if (dht__node_eq(&d->succ[i], x)) return true;
+  for (int i = 0; i < DHT_BITS; i++)
+    if (d->finger_ok[i] && dht__node_eq(&d->finger[i], x)) return true;
+  return false;
+}
+
 void dht__ring_forget(dht_t *d, const dht_node_t *x) {
   if (is_self(d, x)) return;
   node_log("forgetting", x);
@@ -376,8 +401,10 @@ static void on_ping_check(dht_t *d, int status, const proto_frame_t *f, const dh
 
 void dht__peer_lost(dht_t *d, const dht_node_t *peer) {
   if (d->leaving) return;
-  bool neighbour = d->has_pred && dht__node_eq(&d->pred, peer);
-  for (int i = 0; i < d->n_succ && !neighbour; i++) neighbour = dht__node_eq(&d->succ[i], peer);
+  /* Only the two nodes the ring hangs on here are checked at once; a
+   * later successor's death shows when it moves up the list. */
+  bool neighbour = (d->has_pred && dht__node_eq(&d->pred, peer)) ||
+                   (d->n_succ && dht__node_eq(&d->succ[0], peer));
   if (!neighbour) return;
   dht_node_t *x = malloc(sizeof(*x));
   if (!x) return;

@@ -14,7 +14,12 @@
 #include "dht/internal.h"
 #include "dht/log.h"
 
+/* Connections to ring neighbours and fingers carry upkeep and most
+ * lookups, so they stay open while idle; one made for a single lookup hop
+ * or a store closes soon, or a node would end up holding a socket to
+ * every node it ever asked. */
 #define CONN_IDLE_MS 120000
+#define CONN_IDLE_STRANGER_MS 10000
 
 typedef struct wreq {
   uv_write_t req;
@@ -134,6 +139,7 @@ static void conn_send(dht__conn_t *c, uint8_t type, uint32_t txid, const uint8_t
   proto_frame_header(w->data, type, txid, (uint32_t)len);
   if (len) memcpy(w->data + PROTO_HDR_LEN, body, len);
   c->d->stats.msgs_out++;
+  c->d->stats.out_by_type[type]++;
   c->d->stats.bytes_out += w->len;
   c->last_active = uv_now(c->d->loop);
   if (!c->connected) {
@@ -440,7 +446,13 @@ void dht__rpc_reap(dht_t *d) {
   uint64_t now = uv_now(d->loop);
   for (dht__conn_t *c = d->conns, *next; c; c = next) {
     next = c->next;
-    if (now - c->last_active < CONN_IDLE_MS) continue;
+    /* Only the side that opened a connection closes it when idle: an EOF
+     * on an accepted connection then means the opener chose to stop or
+     * died, and does not set off a liveness check on every idle close. */
+    if (!c->outgoing) continue;
+    uint64_t idle = now - c->last_active;
+    if (idle < CONN_IDLE_STRANGER_MS) continue;
+    if (idle < CONN_IDLE_MS && c->have_peer && dht__ring_knows(d, &c->peer)) continue;
     bool busy = false;
     for (pending_t *p = d->pending; p && !busy; p = p->next) busy = p->conn == c;
     if (!busy) {
@@ -456,4 +468,12 @@ void dht__rpc_close_all(dht_t *d) {
     conn_close(d->conns, NULL);
   }
   if (!uv_is_closing((uv_handle_t *)&d->listener)) uv_close((uv_handle_t *)&d->listener, NULL);
+}
+
+const char *dht_frame_name(int type) {
+  static const char *const names[] = {
+      NULL,     "hello",   "hello_r", "ping",  "ping_r",  "find",    "find_r",
+      "neigh",  "neigh_r", "notify",  "notify_r", "store", "store_r", "fetch",
+      "fetch_r", "leave",  "leave_r", "poke",  "poke_r"};
+  return type > 0 && type <= PROTO_TYPE_MAX ? names[type] : NULL;
 }

@@ -67,9 +67,9 @@ static json_t *cmd_status(node_t *n) {
   int ns = dht_successors(d, &succ);
   for (int i = 0; i < ns; i++) json_array_append_new(sl, node_json(&succ[i]));
   json_object_set_new(r, "successors", sl);
-  dht_id_t starts[160];
-  dht_node_t fingers[160];
-  int nf = dht_fingers(d, starts, fingers, 160);
+  dht_id_t *starts = malloc(160 * sizeof(*starts));
+  dht_node_t *fingers = malloc(160 * sizeof(*fingers));
+  int nf = starts && fingers ? dht_fingers(d, starts, fingers, 160) : 0;
   json_t *fl = json_array();
   for (int i = 0; i < nf; i++) {
     char s[DHT_ID_HEX];
@@ -78,6 +78,8 @@ static json_t *cmd_status(node_t *n) {
     json_object_set_new(f, "start", json_string(s));
     json_array_append_new(fl, f);
   }
+  free(starts);
+  free(fingers);
   json_object_set_new(r, "fingers", fl);
   json_object_set_new(r, "records", json_integer((json_int_t)dht_records(d)));
   return r;
@@ -213,6 +215,10 @@ static json_t *cmd_stats(node_t *n) {
   while (top > 0 && s.hops_hist[top] == 0) top--;
   json_t *hist = json_array();
   for (int i = 0; i <= top; i++) json_array_append_new(hist, json_integer((json_int_t)s.hops_hist[i]));
+  json_t *by_type = json_object();
+  for (int t = 1; t < 24; t++)
+    if (dht_frame_name(t) && s.out_by_type[t])
+      json_object_set_new(by_type, dht_frame_name(t), json_integer((json_int_t)s.out_by_type[t]));
   json_t *mem = json_object();
   static const char *const st_keys[] = {"VmRSS", "VmHWM", NULL};
   static const char *const st_names[] = {"rss_kb", "peak_rss_kb", NULL};
@@ -220,7 +226,7 @@ static json_t *cmd_stats(node_t *n) {
   static const char *const sm_names[] = {"pss_kb", "pss_anon_kb", "private_dirty_kb", NULL};
   proc_kb(mem, "/proc/self/status", st_keys, st_names);
   proc_kb(mem, "/proc/self/smaps_rollup", sm_keys, sm_names);
-  return json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o}",
+  return json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o}",
                    "ok", 1, "msgs_in", (json_int_t)s.msgs_in, "msgs_out", (json_int_t)s.msgs_out,
                    "bytes_in", (json_int_t)s.bytes_in, "bytes_out", (json_int_t)s.bytes_out,
                    "lookups", (json_int_t)s.lookups, "lookups_failed", (json_int_t)s.lookups_failed,
@@ -228,7 +234,7 @@ static json_t *cmd_stats(node_t *n) {
                    "bad_frames", (json_int_t)s.bad_frames, "connections", (json_int_t)s.connections,
                    "puts", (json_int_t)s.puts, "gets", (json_int_t)s.gets,
                    "stores_in", (json_int_t)s.stores_in, "values_stored", (json_int_t)s.values_stored,
-                   "memory", mem);
+                   "memory", mem, "msgs_out_by_type", by_type);
 }
 
 /* dispatch ---------------------------------------------------------------- */
