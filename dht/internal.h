@@ -68,6 +68,8 @@ size_t dht__store_sweep(dht__store_t *s, uint64_t now);
 /* Call fn for every key. fn must not change the store. */
 void dht__store_each(dht__store_t *s, void (*fn)(dht__key_t *k, void *arg), void *arg);
 size_t dht__store_live(const dht__store_t *s, uint64_t now);
+/* Live values (not expired, not tombstones) of one key. */
+int dht__store_live_in(const dht__key_t *k, uint64_t now);
 /* Encode the live values (tombstones included) of k into a STORE body. */
 long dht__store_encode(const dht__key_t *k, uint8_t flags, uint64_t now, uint8_t *buf, size_t len);
 /* Bytes a STORE of k needs at most. */
@@ -96,8 +98,14 @@ void dht__rpc_close_all(dht_t *d);
 /* Close connections idle for a couple of minutes. */
 void dht__rpc_reap(dht_t *d);
 /* Dispatch an incoming request (ring.c / ops.c). */
-void dht__handle_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f,
-                         const dht_node_t *peer);
+/* Returns 0, or a negative PROTO_E* code when the request body is
+ * malformed: the caller then drops the connection. */
+int dht__handle_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f,
+                        const dht_node_t *peer);
+/* Keep c from being freed while an answer to it is pending (a STORE that
+ * waits for its replicas); every ref needs an unref. */
+void dht__conn_ref(dht__conn_t *c);
+void dht__conn_unref(dht__conn_t *c);
 /* A connection to a peer went away (ring.c uses this to notice deaths). */
 void dht__peer_lost(dht_t *d, const dht_node_t *peer);
 
@@ -114,7 +122,7 @@ void dht__ring_forget(dht_t *d, const dht_node_t *x);
 /* Learn of a live node (fills fingers opportunistically). */
 void dht__ring_saw(dht_t *d, const dht_node_t *x);
 bool dht__is_primary(const dht_t *d, const dht_id_t *key);
-void dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const dht_node_t *peer);
+int dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const dht_node_t *peer);
 
 /* Ops ---------------------------------------------------------------------- */
 
@@ -125,10 +133,11 @@ int dht__lookup(dht_t *d, const dht_id_t *key, dht__lookup_cb cb, void *arg);
 /* Same, starting from the given node instead of our own tables (join). */
 int dht__lookup_via(dht_t *d, const dht_id_t *key, const dht_node_t *start,
                     dht__lookup_cb cb, void *arg);
-void dht__ops_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const dht_node_t *peer);
 /* Replication upkeep after ring changes. */
 void dht__repl_succ_changed(dht_t *d, const dht_node_t *old, int n_old);
 void dht__repl_pred_changed(dht_t *d, const dht_node_t *old, bool had_old);
+/* Push to x, our new predecessor, every key we hold outside (x, self]. */
+void dht__repl_give_range(dht_t *d, const dht_node_t *x);
 void dht__repl_handover(dht_t *d, const dht_node_t *to, dht__rpc_cb cb, void *arg);
 void dht__owned_refresh_all(dht_t *d);
 void dht__ops_close(dht_t *d);
@@ -163,6 +172,7 @@ struct dht {
   uv_timer_t stab_timer;
   uv_timer_t join_timer;
   int stab_inflight;
+  dht_node_t stab_target; /* the successor a NEIGH in flight went to */
   dht_node_t boot; /* the bootstrap node we joined through */
   bool has_boot;
   bool check_ok, check_inflight; /* self_check() in ring.c */

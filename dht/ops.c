@@ -72,9 +72,10 @@ static int local_owner(const dht_t *d, const dht_id_t *key, dht_node_t *out, int
   return n;
 }
 
-static void answer_find(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
+static int answer_find(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
   proto_find_t q;
-  if (proto_find_decode(f->body, f->body_len, &q)) return;
+  int err = proto_find_decode(f->body, f->body_len, &q);
+  if (err) return err;
   dht_id_t key;
   memcpy(key.b, q.key, DHT_ID_LEN);
   dht_node_t nodes[PROTO_MAX_NODES];
@@ -94,6 +95,7 @@ static void answer_find(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
   long len = proto_find_r_encode(buf, sizeof(buf), &r);
   if (len < 0) fatalx("cannot encode FIND_R: %s", proto_strerror((int)len));
   dht__rpc_reply(d, c, PROTO_FIND_R, f->txid, buf, (size_t)len);
+  return 0;
 }
 
 /* Iterative lookup ---------------------------------------------------------- */
@@ -239,6 +241,9 @@ static int apply_store(dht_t *d, const proto_store_t *s) {
   return changed;
 }
 
+static void on_replica_stored_ignore(dht_t *d, int status, const proto_frame_t *f,
+                                     const dht_node_t *peer, void *arg) {}
+
 typedef void (*fanout_cb)(dht_t *d, int copies, void *arg);
 
 typedef struct {
@@ -299,43 +304,44 @@ static void reply_stored(dht_t *d, int copies, void *arg) {
   proto_store_r_t r = {.status = 0, .stored = sr->stored, .replicas = (uint8_t)copies};
   uint8_t buf[8];
   long n = proto_store_r_encode(buf, sizeof(buf), &r);
-  /* The connection may have closed meanwhile; rpc.c keeps closed conns
-   * alive until their close callback, and sends nothing on them. */
-  if (!d->closed) dht__rpc_reply(d, sr->conn, PROTO_STORE_R, sr->txid, buf, (size_t)n);
+  /* The connection may have closed meanwhile: our ref keeps it allocated,
+   * and rpc.c sends nothing on a closing connection. */
+  dht__rpc_reply(d, sr->conn, PROTO_STORE_R, sr->txid, buf, (size_t)n);
+  dht__conn_unref(sr->conn);
   free(sr);
 }
 
-static void answer_store(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
+static int answer_store(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
   proto_store_t s;
   int err = proto_store_decode(f->body, f->body_len, &s);
-  if (err) {
-    log_warn("bad STORE: %s", proto_strerror(err));
-    return;
-  }
+  if (err) return err;
   int changed = apply_store(d, &s);
   store_reply_t *sr = malloc(sizeof(*sr));
-  if (!sr) return;
+  if (!sr) return 0;
   *sr = (store_reply_t){.conn = c, .txid = f->txid, .stored = s.count};
+  dht__conn_ref(c);
   if ((s.flags & PROTO_STORE_REPLICA) || changed == 0) {
     /* Nothing new to spread: a refresh that changed nothing here changed
      * nothing on the replicas either, unless they are new, which repair
      * takes care of. */
     reply_stored(d, (s.flags & PROTO_STORE_REPLICA) ? 1 : d->replicas, sr);
-    return;
+    return 0;
   }
   fan_out(d, f->body, f->body_len, reply_stored, sr);
+  return 0;
 }
 
-static void answer_fetch(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
+static int answer_fetch(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
   proto_find_t q;
-  if (proto_find_decode(f->body, f->body_len, &q)) return;
+  int err = proto_find_decode(f->body, f->body_len, &q);
+  if (err) return err;
   dht_id_t key;
   memcpy(key.b, q.key, DHT_ID_LEN);
   dht__key_t *k = dht__store_find(&d->store, &key);
   uint8_t small[PROTO_ID_LEN + 3];
   size_t cap = k ? dht__store_encoded_size(k) : sizeof(small);
   uint8_t *buf = k ? malloc(cap) : small;
-  if (!buf) return;
+  if (!buf) return 0;
   long n;
   if (k) {
     n = dht__store_encode(k, 0, uv_now(d->loop), buf, cap);
@@ -346,19 +352,16 @@ static void answer_fetch(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
   }
   if (n >= 0 && n <= PROTO_MAX_BODY) dht__rpc_reply(d, c, PROTO_FETCH_R, f->txid, buf, (size_t)n);
   if (k) free(buf);
+  return 0;
 }
 
-void dht__ops_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const dht_node_t *peer) {
+int dht__handle_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const dht_node_t *peer) {
   switch (f->type) {
-  case PROTO_FIND: answer_find(d, c, f); break;
-  case PROTO_STORE: answer_store(d, c, f); break;
-  case PROTO_FETCH: answer_fetch(d, c, f); break;
-  default: dht__ring_on_request(d, c, f, peer); break;
+  case PROTO_FIND: return answer_find(d, c, f);
+  case PROTO_STORE: return answer_store(d, c, f);
+  case PROTO_FETCH: return answer_fetch(d, c, f);
+  default: return dht__ring_on_request(d, c, f, peer);
   }
-}
-
-void dht__handle_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const dht_node_t *peer) {
-  dht__ops_on_request(d, c, f, peer);
 }
 
 /* Store operation: lookup, then STORE to the first live node of the answer */
@@ -578,11 +581,13 @@ typedef struct {
   dht_id_t key;
   dht_node_t targets[STORE_TRIES];
   int n_targets, next, hops, empty_answers;
+  bool empty_at[STORE_TRIES]; /* targets that answered with nothing */
   dht_get_cb cb;
   void *arg;
 } get_op_t;
 
 static void get_next(get_op_t *g);
+static void read_repair(get_op_t *g, const uint8_t *body, size_t len);
 
 /* Hand the live values of a STORE-encoded body to the caller. */
 static void get_deliver(get_op_t *g, const proto_store_t *s) {
@@ -618,6 +623,27 @@ static size_t live_count(const proto_store_t *s) {
   return n;
 }
 
+/* Read repair: the targets asked before this one answered with nothing
+ * (a node that just joined, or restarted with its old id); give them what
+ * this one holds, tombstones included. */
+static void read_repair(get_op_t *g, const uint8_t *body, size_t len) {
+  dht_t *d = g->d;
+  uint8_t *copy = malloc(len);
+  if (!copy) return;
+  memcpy(copy, body, len);
+  copy[PROTO_ID_LEN] = PROTO_STORE_REPLICA;
+  for (int i = 0; i < g->next - 1; i++) {
+    if (!g->empty_at[i]) continue;
+    if (is_self(d, &g->targets[i])) {
+      proto_store_t s;
+      if (proto_store_decode(copy, len, &s) == 0) apply_store(d, &s);
+    } else {
+      dht__rpc_call(d, &g->targets[i].addr, PROTO_STORE, copy, len, on_replica_stored_ignore, NULL);
+    }
+  }
+  free(copy);
+}
+
 static void on_fetch_r(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer, void *arg) {
   get_op_t *g = arg;
   proto_store_t s;
@@ -625,12 +651,17 @@ static void on_fetch_r(dht_t *d, int status, const proto_frame_t *f, const dht_n
     get_next(g);
     return;
   }
-  /* An empty answer may come from a node that joined a moment ago and has
-   * not received its range yet: ask the next replica once before saying
-   * there is nothing. */
-  if (live_count(&s) == 0 && g->empty_answers++ == 0 && g->next < g->n_targets) {
-    get_next(g);
-    return;
+  /* An empty answer may come from a node that joined a moment ago or
+   * restarted: ask the other replicas before saying there is nothing. */
+  if (live_count(&s) == 0) {
+    g->empty_answers++;
+    g->empty_at[g->next - 1] = true;
+    if (g->next < g->n_targets) {
+      get_next(g);
+      return;
+    }
+  } else if (g->empty_answers) {
+    read_repair(g, f->body, f->body_len);
   }
   get_deliver(g, &s);
 }
@@ -638,8 +669,10 @@ static void on_fetch_r(dht_t *d, int status, const proto_frame_t *f, const dht_n
 static void get_local(get_op_t *g) {
   dht_t *d = g->d;
   dht__key_t *k = dht__store_find(&d->store, &g->key);
-  if (!k) {
-    if (g->empty_answers++ == 0 && g->next < g->n_targets) {
+  if (!k || dht__store_live_in(k, uv_now(d->loop)) == 0) {
+    g->empty_answers++;
+    g->empty_at[g->next - 1] = true;
+    if (g->next < g->n_targets) {
       get_next(g);
       return;
     }
@@ -655,6 +688,7 @@ static void get_local(get_op_t *g) {
     get_next(g);
     return;
   }
+  if (g->empty_answers) read_repair(g, buf, (size_t)n);
   get_deliver(g, &s);
   free(buf);
 }
@@ -733,9 +767,6 @@ int dht_lookup(dht_t *d, const dht_id_t *key, dht_lookup_cb cb, void *arg) {
 
 /* Replication upkeep ------------------------------------------------------------ */
 
-static void on_replica_stored_ignore(dht_t *d, int status, const proto_frame_t *f,
-                                     const dht_node_t *peer, void *arg) {}
-
 typedef struct {
   dht_t *d;
   const dht_node_t *to;
@@ -804,6 +835,12 @@ void dht__repl_pred_changed(dht_t *d, const dht_node_t *old, bool had_old) {
   /* Our range grew (the predecessor died or left) or we cannot tell: make
    * sure our replicas hold everything we are now primary for. */
   repair_soon(d);
+}
+
+void dht__repl_give_range(dht_t *d, const dht_node_t *x) {
+  push_t p = {.d = d, .to = x, .n_to = 1, .lo = &d->self.id, .hi = &x->id,
+              .flags = PROTO_STORE_REPLICA};
+  dht__store_each(&d->store, push_key, &p);
 }
 
 void dht__repl_handover(dht_t *d, const dht_node_t *to, dht__rpc_cb cb, void *arg) {

@@ -195,7 +195,9 @@ static void on_neigh(dht_t *d, int status, const proto_frame_t *f, const dht_nod
   if (d->leaving) return;
   proto_neigh_r_t r;
   if (status || proto_neigh_r_decode(f->body, f->body_len, &r)) {
-    if (d->n_succ && dht__id_eq(&peer->id, &d->succ[0].id)) dht__ring_forget(d, &d->succ[0]);
+    /* peer has no id when the connection never got a HELLO (refused):
+     * forget the node we asked, whoever answered. */
+    dht__ring_forget(d, &d->stab_target);
     stab_done(d, false);
     return;
   }
@@ -219,7 +221,17 @@ static void on_neigh(dht_t *d, int status, const proto_frame_t *f, const dht_nod
       return;
     }
   }
-  succ_set(d, list, succ_build(d, &succ, rest, r.n, list));
+  /* A successor that knows fewer successors than we do (it just started,
+   * or lost some) must not shorten our list: keep our entries that lie
+   * beyond the end of its list. */
+  int n_rest = r.n;
+  const dht_id_t *last = n_rest ? &rest[n_rest - 1].id : &succ.id;
+  for (int i = 1; i < d->n_succ && n_rest < PROTO_MAX_NODES && n_rest + 1 < d->nsucc; i++)
+    if (dht__between(&d->succ[i].id, last, &d->self.id)) {
+      rest[n_rest++] = d->succ[i];
+      last = &d->succ[i].id;
+    }
+  succ_set(d, list, succ_build(d, &succ, rest, n_rest, list));
   if (d->n_succ) send_self(d, &d->succ[0], PROTO_NOTIFY, on_notify_r, NULL);
   bool settled = r.has_pred && memcmp(r.pred.id, d->self.id.b, DHT_ID_LEN) == 0;
   stab_done(d, settled);
@@ -238,6 +250,7 @@ static void stabilize(dht_t *d) {
     }
   }
   d->stab_inflight = 1;
+  d->stab_target = d->succ[0];
   if (dht__rpc_call(d, &d->succ[0].addr, PROTO_NEIGH, NULL, 0, on_neigh, NULL)) {
     dht__ring_forget(d, &d->succ[0]);
     stab_done(d, false);
@@ -464,12 +477,13 @@ static long encode_neigh(const dht_t *d, uint8_t *buf, size_t len) {
   return proto_neigh_r_encode(buf, len, &r);
 }
 
-void dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const dht_node_t *peer) {
+int dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const dht_node_t *peer) {
   uint8_t buf[64 + (PROTO_MAX_NODES + 1) * 40];
   long n = 0;
   proto_node_t pn;
   proto_neigh_r_t r;
   dht_node_t x;
+  int err;
   switch (f->type) {
   case PROTO_PING:
     n = proto_node_encode(buf, sizeof(buf), &d->self_wire);
@@ -478,7 +492,7 @@ void dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, cons
     n = encode_neigh(d, buf, sizeof(buf));
     break;
   case PROTO_NOTIFY:
-    if (proto_node_decode(f->body, f->body_len, &pn)) return;
+    if ((err = proto_node_decode(f->body, f->body_len, &pn))) return err;
     dht__node_from_proto(&pn, &x);
     on_notify(d, &x);
     /* Answer with our predecessor: if it lies between the notifier and
@@ -489,18 +503,25 @@ void dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, cons
     }
     break;
   case PROTO_LEAVE:
-    if (proto_neigh_r_decode(f->body, f->body_len, &r)) return;
+    if ((err = proto_neigh_r_decode(f->body, f->body_len, &r))) return err;
     on_leave(d, peer, &r);
+    break;
+  case PROTO_JOIN:
+    if ((err = proto_node_decode(f->body, f->body_len, &pn))) return err;
+    dht__node_from_proto(&pn, &x);
+    on_notify(d, &x);
+    if (d->has_pred && dht__node_eq(&d->pred, &x)) dht__repl_give_range(d, &x);
     break;
   case PROTO_POKE:
     dht__ring_changed(d);
     saw_in_body(d, f->body, f->body_len);
     break;
   default:
-    return;
+    return 0;
   }
   if (n < 0) fatalx("cannot encode a reply: %s", proto_strerror((int)n));
   dht__rpc_reply(d, c, f->type + 1, f->txid, buf, (size_t)n);
+  return 0;
 }
 
 /* Join --------------------------------------------------------------------- */
@@ -517,6 +538,12 @@ static void on_join_lookup(dht_t *d, int status, const dht_node_t *nodes, int n,
   int skip = 0;
   while (status == 0 && skip < n && is_self(d, &nodes[skip])) skip++;
   int k = status ? 0 : succ_build(d, NULL, nodes + skip, n - skip, list);
+  if (status == 0 && k == 0 && d->has_boot && !is_self(d, &d->boot)) {
+    /* Only we are known where we belong (a successor whose list still
+     * ends at our old self): start from the bootstrap node and let
+     * stabilization walk us into place. */
+    list[k++] = d->boot;
+  }
   if (k == 0) {
     log_warn("join: no successor found (%s); retrying", status ? "lookup failed" : "empty answer");
     join_retry(d);
@@ -525,6 +552,9 @@ static void on_join_lookup(dht_t *d, int status, const dht_node_t *nodes, int n,
   d->joined = true;
   succ_set(d, list, k);
   log_info("joined the overlay after %d hops", hops);
+  /* Ask for our key range explicitly: if we rejoin with the id we had, our
+   * successor sees no new predecessor and would not hand anything over. */
+  send_self(d, &d->succ[0], PROTO_JOIN, NULL, NULL);
   dht__ring_changed(d);
   stabilize(d);
 }

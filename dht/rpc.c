@@ -41,6 +41,8 @@ struct dht__conn {
   wreq_t **queue_tail;
   uint64_t last_active;
   uv_connect_t connect_req;
+  int refs;     /* answers pending on this connection (dht__conn_ref) */
+  bool handle_closed;
 };
 
 typedef struct dht__pending {
@@ -190,7 +192,7 @@ static int conn_frame(dht__conn_t *c, const proto_frame_t *f) {
   if (!c->have_peer) return PROTO_EINVAL; /* HELLO must come first */
   if (f->type & 1) {
     if (!d->leaving || f->type == PROTO_LEAVE || f->type == PROTO_PING)
-      dht__handle_request(d, c, f, &c->peer);
+      return dht__handle_request(d, c, f, &c->peer);
     return 0;
   }
   pending_t *p = pending_take(d, c, f->txid);
@@ -290,14 +292,25 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 
 /* Connection lifecycle ----------------------------------------------------- */
 
-static void conn_freed(uv_handle_t *h) {
-  dht__conn_t *c = h->data;
+static void conn_free(dht__conn_t *c) {
   for (wreq_t *w = c->queue, *next; w; w = next) {
     next = w->next;
     free(w);
   }
   free(c->rbuf);
   free(c);
+}
+
+static void conn_freed(uv_handle_t *h) {
+  dht__conn_t *c = h->data;
+  c->handle_closed = true;
+  if (c->refs == 0) conn_free(c);
+}
+
+void dht__conn_ref(dht__conn_t *c) { c->refs++; }
+
+void dht__conn_unref(dht__conn_t *c) {
+  if (--c->refs == 0 && c->handle_closed) conn_free(c);
 }
 
 static void conn_close(dht__conn_t *c, const char *why) {
@@ -474,6 +487,6 @@ const char *dht_frame_name(int type) {
   static const char *const names[] = {
       NULL,     "hello",   "hello_r", "ping",  "ping_r",  "find",    "find_r",
       "neigh",  "neigh_r", "notify",  "notify_r", "store", "store_r", "fetch",
-      "fetch_r", "leave",  "leave_r", "poke",  "poke_r"};
+      "fetch_r", "leave",  "leave_r", "poke",  "poke_r", "join",   "join_r"};
   return type > 0 && type <= PROTO_TYPE_MAX ? names[type] : NULL;
 }

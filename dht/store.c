@@ -197,6 +197,13 @@ size_t dht__store_live(const dht__store_t *s, uint64_t now) {
   return n;
 }
 
+int dht__store_live_in(const dht__key_t *k, uint64_t now) {
+  int n = 0;
+  for (int i = 0; i < k->n; i++)
+    n += k->values[i].expires > now && !(k->values[i].flags & PROTO_VF_TOMBSTONE);
+  return n;
+}
+
 size_t dht__store_encoded_size(const dht__key_t *k) {
   size_t n = PROTO_ID_LEN + 3;
   for (int i = 0; i < k->n; i++)

@@ -19,6 +19,7 @@
 
 struct node_admin {
   uv_pipe_t server;
+  bool server_init;
   char *path;
   int clients;
 };
@@ -197,9 +198,10 @@ int node_admin_start(node_t *n, const char *path) {
   int err = clear_stale(path);
   if (err) return err;
   uv_pipe_init(n->loop, &a->server, 0);
+  a->server_init = true;
   a->server.data = n;
   /* The umask makes the socket 0600 from the moment it exists. */
-  mode_t old = umask(077);
+  mode_t old = umask(0177);
   err = uv_pipe_bind(&a->server, path);
   umask(old);
   if (err) return err;
@@ -209,6 +211,9 @@ int node_admin_start(node_t *n, const char *path) {
 void node_admin_close(node_t *n) {
   struct node_admin *a = n->admin;
   if (!a) return;
-  if (!uv_is_closing((uv_handle_t *)&a->server)) uv_close((uv_handle_t *)&a->server, NULL);
-  unlink(a->path);
+  if (a->server_init && !uv_is_closing((uv_handle_t *)&a->server))
+    uv_close((uv_handle_t *)&a->server, NULL);
+  if (a->server_init && a->path) unlink(a->path);
+  free(a->path);
+  a->path = NULL;
 }

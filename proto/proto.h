@@ -66,7 +66,9 @@ enum proto_type {
   PROTO_LEAVE_R = 16,
   PROTO_POKE = 17, /* "the ring changed next to you: stabilize now"; empty */
   PROTO_POKE_R = 18,
-  PROTO_TYPE_MAX = 18,
+  PROTO_JOIN = 19, /* "I just joined before you: send me my keys"; a node */
+  PROTO_JOIN_R = 20,
+  PROTO_TYPE_MAX = 20,
 };
 
 /* A bounds-checked read cursor.  Every getter returns 0 or PROTO_ETRUNC and
