@@ -116,7 +116,7 @@ static void client_parse(client_t *c) {
     }
     size_t line = (size_t)(nl - c->buf);
     char msg[300];
-    json_t *req = line ? node_request_parse(c->buf, line, NULL, msg, sizeof(msg)) : NULL;
+    json_t *req = line ? node_request_parse(c->buf, line, node_role_commands, msg, sizeof(msg)) : NULL;
     memmove(c->buf, nl + 1, c->len - line - 1);
     c->len -= line + 1;
     if (line == 0) continue; /* blank lines are harmless */

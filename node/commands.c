@@ -60,7 +60,14 @@ static json_t *cmd_status(node_t *n) {
   json_t *r = json_pack("{s:b, s:s, s:s}", "ok", 1, "id", id, "listen", addr);
   json_object_set_new(r, "overlay", json_string(n->opts->overlay));
   json_t *roles = json_array();
-  for (int i = 0; i < n->n_roles; i++) json_array_append_new(roles, json_string(n->roles[i]->name));
+  json_array_append_new(roles, json_string("dht"));
+  if (n->sip) {
+    char sa[64];
+    sip_addr(n->sip, sa, sizeof(sa));
+    json_array_append_new(roles, json_string("sip"));
+    if (sip_is_gateway(n->sip)) json_array_append_new(roles, json_string("gateway"));
+    json_object_set_new(r, "sip", json_string(sa));
+  }
   json_object_set_new(r, "roles", roles);
   json_object_set_new(r, "predecessor", pred ? node_json(pred) : json_null());
   json_t *sl = json_array();
@@ -239,10 +246,12 @@ static json_t *cmd_stats(node_t *n) {
 
 /* dispatch ---------------------------------------------------------------- */
 
+const char *const node_role_commands[] = {"sip", "registrations", NULL};
+
 void node_admin_dispatch(node_t *n, json_t *req, node_reply_fn reply, void *arg) {
   char err[300];
   json_t *r = NULL;
-  if (node_request_check(req, NULL, err, sizeof(err))) {
+  if (node_request_check(req, node_role_commands, err, sizeof(err))) {
     r = fail("%s", err);
   } else {
     const char *c = json_string_value(json_object_get(req, "cmd"));
@@ -256,6 +265,13 @@ void node_admin_dispatch(node_t *n, json_t *req, node_reply_fn reply, void *arg)
       r = cmd_lookup(n, req, reply, arg);
     } else if (strcmp(c, "stats") == 0) {
       r = cmd_stats(n);
+    } else if (strcmp(c, "sip") == 0 || strcmp(c, "registrations") == 0) {
+      if (!n->sip) {
+        r = fail("%s: this node has no SIP role (start it with --sip)", c);
+      } else {
+        json_t *v = c[0] == 's' ? sip_stats_json(n->sip) : sip_registrations_json(n->sip);
+        r = json_pack("{s:b, s:o}", "ok", 1, c, v ? v : json_null());
+      }
     } else if (strcmp(c, "leave") == 0) {
       r = json_pack("{s:b}", "ok", 1);
       node_leave(n);

@@ -9,14 +9,16 @@
 #include "dht/log.h"
 #include "node/node.h"
 
-static const node_role_t role_dht = {"dht", NULL};
-
 static void close_handle(uv_handle_t *h, void *arg) {
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
 static void shutdown_all(node_t *n) {
   node_admin_close(n);
+  if (n->sip) {
+    sip_free(n->sip);
+    n->sip = NULL;
+  }
   dht_close(n->dht);
   uv_walk(n->loop, close_handle, NULL);
 }
@@ -36,10 +38,19 @@ static void on_left(dht_t *d, void *arg) {
   shutdown_soon(arg);
 }
 
+static void dht_leave_now(node_t *n) {
+  if (dht_leave(n->dht, on_left, n)) shutdown_soon(n);
+}
+
+/* The SIP role withdraws its records (user bindings stay with the DHT,
+ * proxy-peer value and DNS records go) before the DHT hands over. */
+static void on_sip_stopped(sip_svc_t *s, void *arg) { dht_leave_now(arg); }
+
 void node_leave(node_t *n) {
   if (n->leaving) return;
   n->leaving = true;
-  if (dht_leave(n->dht, on_left, n)) shutdown_soon(n);
+  if (n->sip) sip_stop(n->sip, on_sip_stopped, n);
+  else dht_leave_now(n);
 }
 
 static void on_signal(uv_signal_t *s, int signum) {
@@ -80,6 +91,15 @@ static int dht_setup(node_t *n, const node_opts_t *o, char *err, size_t errlen) 
   return 0;
 }
 
+static int sip_setup(node_t *n, const node_opts_t *o, char *err, size_t errlen) {
+  sip_config_t sc = {.overlay = o->overlay, .gateway = o->gateway, .dns = o->dns,
+                     .dns_update = o->dns_update, .tsig = o->tsig};
+  dht_addr_parse(o->sip, &sc.listen); /* checked by node_opts_parse */
+  int rc = sip_new(n->loop, n->dht, &sc, &n->sip);
+  if (rc) snprintf(err, errlen, "cannot start SIP on %s: %s", o->sip, uv_strerror(rc));
+  return rc;
+}
+
 int main(int argc, char **argv) {
   node_opts_t opts;
   char err[512];
@@ -94,11 +114,10 @@ int main(int argc, char **argv) {
   raise_nofile();
 
   node_t n = {.loop = uv_default_loop(), .opts = &opts};
-  n.roles[n.n_roles++] = &role_dht;
-  if (dht_setup(&n, &opts, err, sizeof(err))) {
+  if (dht_setup(&n, &opts, err, sizeof(err)) || (opts.sip && sip_setup(&n, &opts, err, sizeof(err)))) {
     fprintf(stderr, "p2psipd: %s\n", err);
     if (n.dht) {
-      dht_close(n.dht);
+      shutdown_all(&n);
       uv_run(n.loop, UV_RUN_DEFAULT);
       dht_free(n.dht);
     }
@@ -126,6 +145,12 @@ int main(int argc, char **argv) {
   log_info("node %s of overlay %s listening on %s%s%s", id, opts.overlay, addr,
            opts.admin ? ", admin " : "", opts.admin ? opts.admin : "");
   dht_start(n.dht);
+  if (n.sip) {
+    char sa[64];
+    sip_start(n.sip);
+    sip_addr(n.sip, sa, sizeof(sa));
+    log_info("SIP on %s%s", sa, sip_is_gateway(n.sip) ? " (proxy peer)" : "");
+  }
   uv_run(n.loop, UV_RUN_DEFAULT);
   dht_free(n.dht);
   free(n.admin);

@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include "dht/dht.h"
+#include "sip/sip.h"
 
 #define NODE_MAX_BOOTSTRAP 16
 
@@ -26,6 +27,11 @@ typedef struct {
   int log_level;
   int refresh_s;
   int stabilize_max_ms;
+  char *sip;        /* --sip IP:PORT: serve SIP phones there */
+  int gateway;      /* --gateway: act as proxy peer (needs --sip) */
+  char *dns;        /* --dns IP[:PORT]: resolver for RFC 3263 */
+  char *dns_update; /* --dns-update IP[:PORT]: RFC 2136 server */
+  char *tsig;       /* --tsig NAME:ALG:SECRET */
 } node_opts_t;
 
 /* Parse argv (and the --config file it names; flags win over the file).
@@ -37,19 +43,11 @@ void node_usage(FILE *f);
 
 typedef struct node node_t;
 
-/* A role the node plays (STYLE.md item 4): dht always, sip/gateway/relay
- * as configured.  stats_json may be NULL. */
-typedef struct {
-  const char *name;
-  json_t *(*stats_json)(node_t *n);
-} node_role_t;
-
 struct node {
   uv_loop_t *loop;
   dht_t *dht;
+  sip_svc_t *sip; /* NULL without --sip */
   node_opts_t *opts;
-  const node_role_t *roles[8];
-  int n_roles;
   struct node_admin *admin;
   uv_signal_t sigterm, sigint;
   uv_timer_t exit_timer;
@@ -68,6 +66,8 @@ void node_admin_dispatch(node_t *n, json_t *req, node_reply_fn reply, void *arg)
  * command names.  Returns the object (caller owns it) or NULL with err. */
 json_t *node_request_parse(const char *line, size_t n, const char *const *extra, char *err, size_t len);
 int node_request_check(json_t *req, const char *const *extra, char *err, size_t len);
+/* Commands the roles add (checked by their handlers): NULL-terminated. */
+extern const char *const node_role_commands[];
 /* Start a graceful leave and exit (admin "leave", SIGTERM). */
 void node_leave(node_t *n);
 

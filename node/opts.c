@@ -109,6 +109,45 @@ static int o_log_level(node_opts_t *o, const char *v, char *err, size_t len) {
   return 0;
 }
 
+static int o_sip(node_opts_t *o, const char *v, char *err, size_t len) {
+  return check_addr(v, "sip", err, len) ? -1 : set_str(&o->sip, v);
+}
+
+static int o_gateway(node_opts_t *o, const char *v, char *err, size_t len) {
+  o->gateway = strcmp(v, "0") != 0;
+  return 0;
+}
+
+/* IP or IP:PORT, as the DNS options take. */
+static int check_host_port(const char *v, const char *name, char *err, size_t len) {
+  struct sockaddr_storage ss;
+  char buf[80];
+  if (strlen(v) < 60) {
+    snprintf(buf, sizeof(buf), strchr(v, ':') && v[0] != '[' && strchr(v, ':') != strrchr(v, ':')
+                                   ? "[%s]:53" : "%s:53", v);
+    if (dht_addr_parse(v, &ss) == 0 || dht_addr_parse(buf, &ss) == 0) return 0;
+  }
+  snprintf(err, len, "--%s: expected IP or IP:PORT, got \"%s\"", name, v);
+  return -1;
+}
+
+static int o_dns(node_opts_t *o, const char *v, char *err, size_t len) {
+  return check_host_port(v, "dns", err, len) ? -1 : set_str(&o->dns, v);
+}
+
+static int o_dns_update(node_opts_t *o, const char *v, char *err, size_t len) {
+  return check_host_port(v, "dns-update", err, len) ? -1 : set_str(&o->dns_update, v);
+}
+
+static int o_tsig(node_opts_t *o, const char *v, char *err, size_t len) {
+  const char *a = strchr(v, ':'), *b = a ? strchr(a + 1, ':') : NULL;
+  if (!a || a == v || !b || b == a + 1 || !b[1]) {
+    snprintf(err, len, "--tsig: expected NAME:ALGORITHM:BASE64SECRET");
+    return -1;
+  }
+  return set_str(&o->tsig, v);
+}
+
 static const opt_def_t opt_table[] = {
     {"overlay", 1, o_overlay, "FQDN", "overlay identifier, e.g. overlay.test (required)"},
     {"listen", 1, o_listen, "IP:PORT", "peer protocol address (default 127.0.0.1:0, 0 = any port)"},
@@ -120,15 +159,23 @@ static const opt_def_t opt_table[] = {
     {"log-level", 1, o_log_level, "LEVEL", "error, warn, info (default) or debug"},
     {"refresh", 1, o_refresh, "SECONDS", "how often owners re-store their values (default 30)"},
     {"stabilize-max", 1, o_stab, "MS", "longest ring upkeep interval when quiet (default 30000)"},
+    {"sip", 1, o_sip, "IP:PORT", "serve SIP phones on UDP and TCP there (registrar, proxy)"},
+    {"gateway", 0, o_gateway, "", "act as P2PSIP proxy peer to public SIP domains (needs --sip)"},
+    {"dns", 1, o_dns, "IP[:PORT]", "DNS server for RFC 3263 lookups (default: resolv.conf)"},
+    {"dns-update", 1, o_dns_update, "IP[:PORT]", "register the proxy peer in DNS there (RFC 2136)"},
+    {"tsig", 1, o_tsig, "NAME:ALG:SECRET", "TSIG key signing the DNS updates"},
 };
 #define N_OPTS (sizeof(opt_table) / sizeof(*opt_table))
 
 void node_usage(FILE *f) {
   fprintf(f, "usage: p2psipd --overlay FQDN [options]\n\n"
-             "A P2PSIP overlay node: Chord DHT, peer protocol, JSON admin socket.\n\n");
+             "A P2PSIP overlay node: Chord DHT, peer protocol, JSON admin socket; with --sip\n"
+             "a registrar and proxy for SIP phones, with --gateway a proxy peer to public\n"
+             "SIP domains.\n\n");
   for (size_t i = 0; i < N_OPTS; i++) {
     char left[64];
-    snprintf(left, sizeof(left), "--%s %s", opt_table[i].name, opt_table[i].arg);
+    snprintf(left, sizeof(left), "--%s%s%s", opt_table[i].name, opt_table[i].has_arg ? " " : "",
+             opt_table[i].arg);
     fprintf(f, "  %-26s %s\n", left, opt_table[i].help);
   }
   fprintf(f, "  %-26s %s\n", "--config FILE", "JSON object with the same keys; flags win");
@@ -146,6 +193,7 @@ static const opt_def_t *opt_find(const char *name) {
 static int config_apply(node_opts_t *o, const opt_def_t *def, json_t *v, char *err, size_t len) {
   char buf[64];
   if (json_is_string(v)) return def->set(o, json_string_value(v), err, len);
+  if (json_is_boolean(v) && !def->has_arg) return def->set(o, json_is_true(v) ? "1" : "0", err, len);
   if (json_is_integer(v)) {
     snprintf(buf, sizeof(buf), "%lld", (long long)json_integer_value(v));
     return def->set(o, buf, err, len);
@@ -234,7 +282,7 @@ int node_opts_parse(int argc, char **argv, node_opts_t *o, char *err, size_t err
         for (int i = 0; i < o->n_bootstrap; i++) free(o->bootstrap[i]);
         o->n_bootstrap = 0;
       }
-      if (opt_table[c - 256].set(o, optarg, err, errlen)) return -1;
+      if (opt_table[c - 256].set(o, optarg ? optarg : "1", err, errlen)) return -1;
     }
     if (optind < argc) {
       snprintf(err, errlen, "unexpected argument \"%s\" (see --help)", argv[optind]);
@@ -243,6 +291,14 @@ int node_opts_parse(int argc, char **argv, node_opts_t *o, char *err, size_t err
   }
   if (!o->overlay) {
     snprintf(err, errlen, "--overlay is required (see --help)");
+    return -1;
+  }
+  if ((o->gateway || o->dns_update) && !o->sip) {
+    snprintf(err, errlen, "--%s needs --sip", o->gateway ? "gateway" : "dns-update");
+    return -1;
+  }
+  if (o->dns_update && !o->tsig) {
+    snprintf(err, errlen, "--dns-update needs --tsig: updates are always signed");
     return -1;
   }
   return 0;
@@ -254,5 +310,9 @@ void node_opts_free(node_opts_t *o) {
   for (int i = 0; i < o->n_bootstrap; i++) free(o->bootstrap[i]);
   free(o->admin);
   free(o->node_id);
+  free(o->sip);
+  free(o->dns);
+  free(o->dns_update);
+  free(o->tsig);
   memset(o, 0, sizeof(*o));
 }

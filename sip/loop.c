@@ -21,9 +21,13 @@ struct sip_loop {
   su_root_t *root;
   int epfd;
   int handles; /* open uv handles; the struct goes when the last closes */
+  int closing;
   uv_poll_t poll;
   uv_prepare_t prepare;
   uv_timer_t timer;
+  uv_timer_t defer;
+  void (*defer_fn)(void *);
+  void *defer_arg;
 };
 
 #define MAX_FDS 4096 /* fds looked at when searching for the epoll fd */
@@ -35,9 +39,10 @@ static int fds_snapshot(unsigned char *seen, int max)
   if (!d)
     return -errno;
   struct dirent *e;
+  int self = dirfd(d); /* closed again below: its number may be reused */
   while ((e = readdir(d)) != NULL) {
     int fd = atoi(e->d_name);
-    if (fd >= 0 && fd < max && e->d_name[0] != '.')
+    if (fd >= 0 && fd < max && fd != self && e->d_name[0] != '.')
       seen[fd] = 1;
   }
   closedir(d);
@@ -126,8 +131,9 @@ int sip__loop_new(uv_loop_t *uv, sip_loop_t **out)
   uv_poll_init(uv, &l->poll, l->epfd);
   uv_prepare_init(uv, &l->prepare);
   uv_timer_init(uv, &l->timer);
-  l->poll.data = l->prepare.data = l->timer.data = l;
-  l->handles = 3;
+  uv_timer_init(uv, &l->defer);
+  l->poll.data = l->prepare.data = l->timer.data = l->defer.data = l;
+  l->handles = 4;
   uv_poll_start(&l->poll, UV_READABLE, on_poll);
   uv_prepare_start(&l->prepare, on_prepare);
   uv_timer_start(&l->timer, on_timer, 1, 0);
@@ -147,14 +153,36 @@ static void on_closed(uv_handle_t *h)
     free(l);
 }
 
+static void on_defer(uv_timer_t *h)
+{
+  sip_loop_t *l = h->data;
+  void (*fn)(void *) = l->defer_fn;
+  l->defer_fn = NULL;
+  if (fn && !l->closing)
+    fn(l->defer_arg);
+}
+
+/* Code called back from inside su_root_step() must not destroy the root
+ * (sofia would go on using its timers): callbacks out of sip/ go through
+ * here and run from libuv instead.  One call may be pending at a time. */
+int sip__loop_defer(sip_loop_t *l, void (*fn)(void *), void *arg)
+{
+  if (l->defer_fn && (l->defer_fn != fn || l->defer_arg != arg))
+    return -EBUSY;
+  l->defer_fn = fn, l->defer_arg = arg;
+  return uv_timer_start(&l->defer, on_defer, 0, 0);
+}
+
 void sip__loop_free(sip_loop_t *l)
 {
   if (!l)
     return;
+  l->closing = 1;
   /* Stop watching the epoll fd before sofia closes it. */
   uv_close((uv_handle_t *)&l->poll, on_closed);
   uv_close((uv_handle_t *)&l->prepare, on_closed);
   uv_close((uv_handle_t *)&l->timer, on_closed);
+  uv_close((uv_handle_t *)&l->defer, on_closed);
   su_root_destroy(l->root);
   l->root = NULL;
 }

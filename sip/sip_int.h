@@ -18,6 +18,7 @@
 #include <sofia-sip/su_wait.h>
 #include <sofia-sip/url.h>
 
+#include "dht/log.h"
 #include "sip/sip.h"
 
 /* Limits on what one request may make us do (STYLE 8). */
@@ -40,8 +41,10 @@
 /* Proxy peers (spec 3.1, 3.3.1). */
 #define SIP_PEER_TTL_S 60        /* lifetime of our sip:OVERLAY value */
 #define SIP_PEER_REPUBLISH_MS 20000
+#define SIP_PEER_RETRY_MS 2000    /* the first re-put, and after a failure */
 #define SIP_PEER_CACHE_MS 5000   /* how long a fetched peer list is reused */
 #define SIP_FAILOVER_MS 4000     /* no answer at all from a peer: try another */
+#define SIP_STOP_MAX_MS 2000     /* sip_stop() calls back within this */
 
 typedef struct sip_loop sip_loop_t;
 typedef struct sip_ptx sip_ptx_t;
@@ -89,6 +92,7 @@ struct sip_svc {
   sip_ptx_t *ptx;      /* live proxy transactions */
   unsigned n_ptx;
   sip_reg_t *regs;     /* bindings this node put */
+  struct sip_rtx *rtx; /* REGISTERs waiting for the DHT */
   sip_op_t *ops;       /* DHT operations in flight */
 
   /* Proxy peers: the list last fetched and who waits for a fetch. */
@@ -97,6 +101,11 @@ struct sip_svc {
   uint64_t peers_at;   /* uv_now() of the fetch; 0: never */
   int peers_fetching;
   unsigned peer_rr;    /* round robin start */
+  struct sip_peer_wait *waiters; /* requests waiting for the list */
+  int n_waiters;
+  struct { char uri[96]; uint64_t until; } bad[SIP_MAX_PEERS]; /* failed lately */
+  int gw_pending;      /* withdrawals in flight */
+  void (*gw_done)(sip_svc_t *s);
 
   su_timer_t *republish; /* gateway: re-put the proxy-peer value */
   su_timer_t *sweep;     /* drops expired local registrations */
@@ -113,6 +122,9 @@ struct sip_svc {
 /* loop.c: the one file that knows there are two event loops. */
 int sip__loop_new(uv_loop_t *uv, sip_loop_t **out);
 su_root_t *sip__loop_root(sip_loop_t *l);
+/* Runs fn(arg) from libuv, outside any sofia callback; -EBUSY if another
+ * call is pending. */
+int sip__loop_defer(sip_loop_t *l, void (*fn)(void *), void *arg);
 /* Destroys the root (after the agent is gone) and closes the handles; the
  * memory goes in the close callbacks. */
 void sip__loop_free(sip_loop_t *l);
@@ -122,10 +134,9 @@ uint64_t sip__now_ms(const sip_svc_t *s);
 int sip__uri_is_self(const sip_svc_t *s, const url_t *u);
 int sip__uri_is_overlay(const sip_svc_t *s, const url_t *u); /* sip:OVERLAY, no user */
 int sip__host_is_overlay(const sip_svc_t *s, const char *host);
-void sip__log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-#define SIP_LOG_ERR 1
-#define SIP_LOG_INFO 2
-#define SIP_LOG_DEBUG 3
+/* "IP", "IP:PORT", "[v6]:PORT" or bare v6; 0 or -EINVAL. */
+int sip__parse_hostport(const char *str, unsigned default_port, struct sockaddr_storage *out);
+void sip__addr_ip(const struct sockaddr_storage *ss, char *ip, size_t len, unsigned *port);
 
 /* dhtop.c: DHT calls whose callbacks survive sip_free (STYLE 16). */
 typedef void (*sip_op_cb)(sip_svc_t *s, void *ctx, int status, const dht_value_t *v, size_t n);
@@ -157,7 +168,7 @@ int sip__binding_decode(const dht_value_t *v, sip_binding_t *out); /* malloc'd s
 void sip__binding_clear(sip_binding_t *b);
 
 /* proxy.c */
-int sip__proxy(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip);
+int sip__proxy(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, const char *hash);
 void sip__proxy_free_all(sip_svc_t *s);
 int sip__stray_response(sip_svc_t *s, nta_outgoing_t *orq, const sip_t *sip);
 
@@ -176,7 +187,11 @@ void sip__loop_hash(const sip_t *sip, char out[17]);
 /* gateway.c */
 int sip__gateway_start(sip_svc_t *s);
 void sip__gateway_stop(sip_svc_t *s, void (*done)(sip_svc_t *s));
+/* Calls cb (perhaps before returning) once s->peers holds the proxy peers
+ * known, best first; status < 0 when the DHT did not answer. */
 int sip__peers_get(sip_svc_t *s, void (*cb)(sip_svc_t *, void *, int), void *ctx);
+void sip__peer_failed(sip_svc_t *s, const char *uri);
+void sip__peers_free(sip_svc_t *s);
 
 /* dnsreg.c: RFC 2136 UPDATE with TSIG. */
 int sip__dnsreg_start(sip_svc_t *s);

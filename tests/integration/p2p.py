@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -347,7 +348,7 @@ class Node:
         try:
             with open(self.log, "rb") as f:
                 f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 8192))
+                f.seek(max(0, f.tell() - 32768))
                 lines = f.read().decode(errors="replace").splitlines()
         except OSError as e:
             return ["(no log: %s)" % e]
@@ -566,8 +567,11 @@ class Cluster:
             if not pending:
                 break
             if time.monotonic() >= deadline:
-                raise WaitTimeout("%d nodes not up/joined within %.0fs: %s" %
-                                  (len(pending), timeout, pending[:10]))
+                st = sts[-1] if sts else None
+                raise WaitTimeout("%d nodes not up/joined within %.0fs: %s; last status of %r: %s; its log:\n    %s" %
+                                  (len(pending), timeout, pending[:10], pending[-1],
+                                   json.dumps(st)[:600] if isinstance(st, dict) else st,
+                                   "\n    ".join(pending[-1].log_tail(25))))
             time.sleep(0.2)
 
     def start(self, n, wave=50, wave_timeout=60.0, progress=None):
@@ -673,11 +677,7 @@ class Cluster:
         """Wait until the ring over the live nodes is consistent (and, with
         full_succ, every successor list is entirely right)."""
         def check():
-            crashed = self.crashed()
-            if crashed:
-                n = crashed[0]
-                raise RuntimeError("%r died (code %s); log:\n    %s" %
-                                   (n, n.exit_code, "\n    ".join(n.log_tail())))
+            self.check_crashed()
             r = self.ring(succ_len=succ_len)
             check.last = r
             if not r.consistent:
@@ -731,8 +731,18 @@ class Cluster:
                 want[i] += 1
         return want
 
+    def check_crashed(self):
+        """Raise RuntimeError if a node we did not stop has exited."""
+        crashed = self.crashed()
+        if crashed:
+            n = crashed[0]
+            raise RuntimeError("%r died (code %s)%s; log:\n    %s" %
+                               (n, n.exit_code, " and %d more" % (len(crashed) - 1) if len(crashed) > 1 else "",
+                                "\n    ".join(n.log_tail(100))))
+
     def records(self):
         """Per live node id, its "records" count (None if it did not answer)."""
+        self.check_crashed()
         nodes = self.alive()
         sts = self.status_all(nodes)
         return {n.id: (sts[n.index].get("records") if isinstance(sts[n.index], dict) else None)
@@ -751,6 +761,20 @@ def check(cond, what, detail=None):
         print("ok - %s" % what, flush=True)
         return
     raise Failure(what + ("" if detail is None else ": %s" % (detail,)))
+
+
+_soft = []
+
+
+def expect(cond, what, detail=None):
+    """Like check() but the test goes on; it still fails at the end."""
+    if cond:
+        print("ok - %s" % what, flush=True)
+        return True
+    msg = what + ("" if detail is None else ": %s" % (detail,))
+    print("not ok - %s" % msg, flush=True)
+    _soft.append(msg)
+    return False
 
 
 def info(msg):
@@ -809,13 +833,13 @@ class Harness:
             crashed = c.crashed()
             for n in crashed:
                 problems.append("%r died unexpectedly (code %s); log:\n    %s" %
-                                (n, n.exit_code, "\n    ".join(n.log_tail())))
+                                (n, n.exit_code, "\n    ".join(n.log_tail(100))))
             res = c.stop_all(timeout=3.0)
             bad = [(n, r) for n, r in res.items() if r[0] != 0]
             for n, (code, took) in bad[:5]:
                 problems.append("%r on SIGTERM: %s after %.1fs; log:\n    %s" %
                                 (n, "still running, killed" if code is None else "exit %s" % code,
-                                 took, "\n    ".join(n.log_tail(8))))
+                                 took, "\n    ".join(n.log_tail(8 if code in (None, 0) else 100))))
             if len(bad) > 5:
                 problems.append("... %d more nodes did not exit 0 on SIGTERM" % (len(bad) - 5))
         return problems
@@ -863,7 +887,7 @@ def run(name, fn, timeout=120):
     except _Skip as e:
         skipped = True
         print("SKIP %s: %s" % (name, e))
-    except (Failure, WaitTimeout, AdminError, RuntimeError) as e:
+    except (Failure, WaitTimeout, AdminError, GetError, RuntimeError) as e:
         failed = True
         print("FAIL %s: %s" % (name, e))
     except BaseException as e:
@@ -877,6 +901,12 @@ def run(name, fn, timeout=120):
         if failed:
             h.dump_logs()
         problems = h.cleanup(failed)
+        if _soft and not skipped:
+            if not failed:
+                print("FAIL %s: %d expectation(s) not met:" % (name, len(_soft)))
+            for m in _soft:
+                print("  not ok - " + m)
+            failed = True
         for p in problems:
             print(("FAIL " if not failed else "also: ") + p)
         if problems and not failed and not skipped:
@@ -907,12 +937,20 @@ def put(node, key, value, ttl=600, vid=None, timeout=10.0):
     return r
 
 
+class GetError(Exception):
+    """A get answered ok:false for a reason other than "not found"."""
+
+
 def get_values(node, key, timeout=10.0):
-    """The values list of a get, [] when the node says not found (ok:false
-    or an empty list), raising AdminError when it does not answer."""
+    """The values list of a get: [] when the node says not found (an empty
+    list, or ok:false with an error naming not-found); raises GetError for
+    other ok:false replies and AdminError when it does not answer."""
     r = node.admin({"cmd": "get", "key": key}, timeout)
     if not r["ok"]:
-        return []
+        err = str(r.get("error"))
+        if re.search(r"not.?found|no such|no value", err, re.I):
+            return []
+        raise GetError("get %r via %r: %s" % (key, node, err))
     vals = r.get("values")
     if not isinstance(vals, list):
         raise Failure("get %r via %r: values is not a list: %r" % (key, node, r))

@@ -11,9 +11,10 @@ import struct
 import sys
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import p2p  # noqa: E402
-from p2p import check, info  # noqa: E402
+from p2p import check, expect, info  # noqa: E402
 
 N = 4
 
@@ -114,7 +115,10 @@ def test(h):
     for what, data in cases:
         if not closed_by_peer(t, data):
             slow.append(what)
-    check(not slow, "peer port: the node drops the connection after each of %d bad inputs" % len(cases), slow)
+    # STYLE.md rule 12: a misbehaving peer is logged, told off and dropped;
+    # a request with a malformed body must not linger unanswered.
+    expect(not slow, "peer port: the node drops the connection after each of %d bad inputs" % len(cases),
+           "still open 5 s after: %s" % slow)
     check(t.running(c.binary), "node still running after the bad frames")
 
     # Half-open peer connections, held while everything else goes on.

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""p2psipctl: status/put/get/lookup/stats against real nodes; the requests it
-sends and its exit codes against a scripted fake admin socket (exit 1 on
-ok:false or no usable reply, 2 on usage errors)."""
+"""p2psipctl: status/put/get/lookup/stats/raw against real nodes; the
+requests it sends and its exit codes against a scripted fake admin socket
+(exit 1 on ok:false or no usable reply, 2 on usage errors).  Commands it
+does not know are passed through as {"cmd":NAME} (node/ctl.c usage)."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import p2p  # noqa: E402
 from p2p import check, info  # noqa: E402
@@ -102,6 +104,11 @@ def test(h):
     rc, out, err = ctl(h, a.sock, "stats")
     check(rc == 0 and "lookups" in out, "ctl stats: exit 0", (rc, out[:200], err[:200]))
 
+    rc, out, err = ctl(h, a.sock, "raw", '{"cmd":"lookup","key":"sip:ctl@overlay.test"}')
+    check(rc == 0 and owner.id in out, "ctl raw JSON: passed through, exit 0", (rc, out[:200], err[:200]))
+    rc, out, err = ctl(h, a.sock, "frobnicate")
+    check(rc == 1, "ctl with a command the daemon does not know: exit 1 (ok:false)", (rc, out[:200], err[:200]))
+
     rc, out, err = ctl(h, os.path.join(h.rundir, "no-such.sock"), "status")
     check(rc not in (0, 2) and err.strip(), "ctl on a missing socket: exit %s with a message" % rc, (rc, err[:200]))
 
@@ -115,6 +122,8 @@ def test(h):
             (("lookup", "k"), {"cmd": "lookup", "key": "k"}),
             (("stats",), {"cmd": "stats"}),
             (("leave",), {"cmd": "leave"}),
+            (("frobnicate",), {"cmd": "frobnicate"}),
+            (("raw", '{"cmd":"x","n":[1]}'), {"cmd": "x", "n": [1]}),
         ]
         for args, want in scripted:
             for reply, want_rc in ((b'{"ok":true,"values":[],"owner":{"id":"00","addr":"x"}}\n', 0),
@@ -139,7 +148,8 @@ def test(h):
 
         fake.reply = b'{"ok":true}\n'
         n = len(fake.requests)
-        for args in ((), ("frobnicate",), ("put", "k"), ("get",), ("lookup",), ("put", "k", "1", "soon")):
+        for args in ((), ("put", "k"), ("get",), ("lookup",), ("get", "a", "b"), ("raw",),
+                     ("put", "k", "1", "soon"), ("put", "k", "1", "0"), ("put", "k", "not json")):
             rc, out, err = ctl(h, fake.path, *args)
             check(rc == 2, "ctl %s: usage error, exit 2" % (" ".join(args) or "(no command)"), (rc, out[:200], err[:200]))
         check(len(fake.requests) == n, "usage errors send nothing to the socket", fake.requests[n:])

@@ -12,9 +12,10 @@ import subprocess
 import sys
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import p2p  # noqa: E402
-from p2p import check, info  # noqa: E402
+from p2p import check, expect, info  # noqa: E402
 
 
 def run_bad(h, argv, timeout=5.0):
@@ -123,7 +124,8 @@ def test(h):
           all(s.get("id") == st["id"] for s in st.get("successors") or []),
           "a ring of one: no other node as successor or predecessor", st)
     mode = stat.S_IMODE(os.stat(sock0).st_mode)
-    check(mode == 0o600, "admin socket mode is 0600 (%o)" % mode)
+    check(mode & 0o077 == 0, "admin socket: no access for group and others (mode %o)" % mode)
+    expect(mode == 0o600, "admin socket mode is exactly 0600 as documented (%o)" % mode)
     code, took = exit_within(p, signal.SIGINT, 2.0)
     check(code == 0, "SIGINT: exit 0 within 2 s (%s after %.2fs)" % (code, took))
     with open(os.path.join(d, "zero.log"), errors="replace") as f:

@@ -1,0 +1,483 @@
+/*
+ * The service object: creation of the nta agent on the bridged root,
+ * dispatch of incoming requests to the registrar or the proxy, lifecycle,
+ * and what the admin socket shows.
+ */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <sofia-sip/hostdomain.h>
+#include <sofia-sip/sip_tag.h>
+#include <sofia-sip/sresolv.h>
+#include <sofia-sip/su_log.h>
+#include <sofia-sip/tport_tag.h>
+
+#include "sip/sip_int.h"
+
+static int su_users; /* su_init() is process-wide */
+
+/* sofia's own diagnostics go to our log, one line per message: its logger
+ * is called with pieces of a line. */
+static void su_logger(void *magic, char const *fmt, va_list ap)
+{
+  static char line[512];
+  size_t len = strlen(line);
+  vsnprintf(line + len, sizeof line - len, fmt, ap);
+  len = strlen(line);
+  if (len == 0 || (line[len - 1] != '\n' && len < sizeof line - 1))
+    return;
+  while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+    line[--len] = '\0';
+  log_debug("sofia: %s", line);
+  line[0] = '\0';
+}
+
+uint64_t sip__now_ms(const sip_svc_t *s)
+{
+  return uv_now(s->uv);
+}
+
+int sip__host_is_overlay(const sip_svc_t *s, const char *host)
+{
+  return host && strcasecmp(host, s->overlay) == 0;
+}
+
+int sip__uri_is_overlay(const sip_svc_t *s, const url_t *u)
+{
+  return u && (u->url_type == url_sip || u->url_type == url_sips) && !u->url_user &&
+         sip__host_is_overlay(s, u->url_host);
+}
+
+/* True when u names this node's own SIP address: one of the agent's Via
+ * sent-by values (host and port, 5060 when absent). */
+int sip__uri_is_self(const sip_svc_t *s, const url_t *u)
+{
+  if (!u || !u->url_host || (u->url_type != url_sip && u->url_type != url_sips))
+    return 0;
+  const char *port = u->url_port && u->url_port[0] ? u->url_port : "5060";
+  for (const sip_via_t *v = nta_agent_via(s->agent); v; v = v->v_next) {
+    const char *vport = v->v_port ? v->v_port : "5060";
+    if (host_cmp(u->url_host, v->v_host) == 0 && strcmp(port, vport) == 0)
+      return 1;
+  }
+  return 0;
+}
+
+int sip__parse_hostport(const char *str, unsigned default_port, struct sockaddr_storage *out)
+{
+  char spec[96];
+  size_t colons = 0;
+  for (const char *p = str; *p; p++)
+    colons += *p == ':';
+  if (strlen(str) > 80)
+    return -EINVAL;
+  if (colons == 0)
+    snprintf(spec, sizeof spec, "%s:%u", str, default_port);
+  else if (colons > 1 && str[0] != '[')
+    snprintf(spec, sizeof spec, "[%s]:%u", str, default_port);
+  else if (str[0] == '[' && str[strlen(str) - 1] == ']')
+    snprintf(spec, sizeof spec, "%s:%u", str, default_port);
+  else
+    snprintf(spec, sizeof spec, "%s", str);
+  return dht_addr_parse(spec, out) < 0 ? -EINVAL : 0;
+}
+
+void sip__addr_ip(const struct sockaddr_storage *ss, char *ip, size_t len, unsigned *port)
+{
+  if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    inet_ntop(AF_INET, &a->sin_addr, ip, (socklen_t)len);
+    *port = ntohs(a->sin_port);
+  } else {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+    inet_ntop(AF_INET6, &a->sin6_addr, ip, (socklen_t)len);
+    *port = ntohs(a->sin6_port);
+  }
+}
+
+/* Writes a resolv.conf naming cfg->dns ("IP[:PORT]") for sofia's resolver:
+ * it takes no server address in any other way (DESIGN.md). */
+static int write_resolv_conf(sip_svc_t *s, const char *dns)
+{
+  struct sockaddr_storage ss;
+  if (sip__parse_hostport(dns, 53, &ss) < 0)
+    return -EINVAL;
+  char ip[INET6_ADDRSTRLEN];
+  unsigned port;
+  sip__addr_ip(&ss, ip, sizeof ip, &port);
+  snprintf(s->resolv_conf, sizeof s->resolv_conf, "/tmp/p2psip-resolv-XXXXXX");
+  int fd = mkstemp(s->resolv_conf);
+  if (fd < 0) {
+    s->resolv_conf[0] = '\0';
+    return -errno;
+  }
+  FILE *f = fdopen(fd, "w");
+  if (!f) {
+    close(fd);
+    return -errno;
+  }
+  fprintf(f, "nameserver %s\nport %u\noptions timeout:2 attempts:2\n", ip, port);
+  return fclose(f) == 0 ? 0 : -EIO;
+}
+
+static char *lower_dup(const char *in)
+{
+  char *out = strdup(in);
+  for (char *p = out; p && *p; p++)
+    *p = (char)tolower((unsigned char)*p);
+  return out;
+}
+
+static int copy_config(sip_svc_t *s, const sip_config_t *cfg)
+{
+  if (!cfg->overlay || !cfg->overlay[0] || strlen(cfg->overlay) > 253 ||
+      strpbrk(cfg->overlay, " \t\r\n;:@<>\"/"))
+    return -EINVAL;
+  if (cfg->listen.ss_family != AF_INET && cfg->listen.ss_family != AF_INET6)
+    return -EAFNOSUPPORT;
+  s->overlay = lower_dup(cfg->overlay);
+  s->dns = cfg->dns ? strdup(cfg->dns) : NULL;
+  s->dns_update = cfg->dns_update ? strdup(cfg->dns_update) : NULL;
+  s->tsig = cfg->tsig ? strdup(cfg->tsig) : NULL;
+  s->dns_address = cfg->dns_address ? strdup(cfg->dns_address) : NULL;
+  s->gateway = cfg->gateway != 0;
+  s->listen = cfg->listen;
+  if (!s->overlay || (cfg->dns && !s->dns) || (cfg->dns_update && !s->dns_update) ||
+      (cfg->tsig && !s->tsig) || (cfg->dns_address && !s->dns_address))
+    return -ENOMEM;
+  return 0;
+}
+
+static int on_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *irq,
+                      sip_t const *sip);
+static int on_stray(nta_outgoing_magic_t *magic, nta_outgoing_t *orq, sip_t const *sip);
+
+/* Requests nothing else matched; nta calls this only without a default
+ * leg, which we always have, so there is nothing to do. */
+static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg, sip_t *sip)
+{
+  msg_destroy(msg);
+  return 0;
+}
+
+/* Learns the bound address (the port may have been picked) from the
+ * agent's first Via. */
+static int learn_address(sip_svc_t *s)
+{
+  const sip_via_t *v = nta_agent_via(s->agent);
+  if (!v || !v->v_host)
+    return -EADDRNOTAVAIL;
+  s->port = v->v_port ? (unsigned)atoi(v->v_port) : 5060;
+  if (strchr(v->v_host, ':') && v->v_host[0] != '[')
+    snprintf(s->host, sizeof s->host, "[%s]", v->v_host);
+  else
+    snprintf(s->host, sizeof s->host, "%s", v->v_host);
+  snprintf(s->hostport, sizeof s->hostport, "%s:%u", s->host, s->port);
+  snprintf(s->self_lr, sizeof s->self_lr, "<sip:%s;lr>", s->hostport);
+  snprintf(s->overlay_lr, sizeof s->overlay_lr, "<sip:%s;lr>", s->overlay);
+  return dht_addr_parse(s->hostport, &s->listen) < 0 ? -EINVAL : 0;
+}
+
+static int create_agent(sip_svc_t *s)
+{
+  char ip[INET6_ADDRSTRLEN], host[INET6_ADDRSTRLEN + 2], url[128];
+  unsigned port;
+  sip__addr_ip(&s->listen, ip, sizeof ip, &port);
+  snprintf(host, sizeof host, s->listen.ss_family == AF_INET6 ? "[%s]" : "%s", ip);
+  /* No transport parameter: nta binds UDP and TCP (and SCTP where built
+   * in).  A list such as transport=udp,tcp crashes sofia 1.12.11, whose
+   * nta_agent_add_tport() keeps the split list in an out-of-scope array. */
+  if (port)
+    snprintf(url, sizeof url, "sip:%s:%u", host, port);
+  else
+    snprintf(url, sizeof url, "sip:%s:*", host);
+  s->agent = nta_agent_create(sip__loop_root(s->loop), (url_string_t const *)url, on_stateless,
+                              (nta_agent_magic_t *)s,
+                              NTATAG_UA(0), NTATAG_CANCEL_487(0), NTATAG_SERVER_RPORT(1),
+                              NTATAG_CLIENT_RPORT(1), NTATAG_MAXSIZE(SIP_MAX_BODY),
+                              TAG_IF(s->resolv_conf[0], SRESTAG_RESOLV_CONF(s->resolv_conf)),
+                              TAG_END());
+  if (!s->agent)
+    return -EADDRINUSE;
+  s->leg = nta_leg_tcreate(s->agent, on_request, (nta_leg_magic_t *)s, NTATAG_NO_DIALOG(1),
+                           TAG_END());
+  s->stateless_irq = nta_incoming_default(s->agent);
+  s->stateless_orq = nta_outgoing_default(s->agent, on_stray, (nta_outgoing_magic_t *)s);
+  if (!s->leg || !s->stateless_irq || !s->stateless_orq)
+    return -ENOMEM;
+  return learn_address(s);
+}
+
+int sip_new(uv_loop_t *loop, dht_t *dht, const sip_config_t *cfg, sip_svc_t **out)
+{
+  *out = NULL;
+  sip_svc_t *s = calloc(1, sizeof *s);
+  if (!s)
+    return -ENOMEM;
+  s->uv = loop, s->dht = dht;
+  if (su_users++ == 0) {
+    su_init();
+    su_log_redirect(NULL, su_logger, NULL);
+  }
+  su_home_init(s->home);
+  int rc = copy_config(s, cfg);
+  if (rc == 0 && s->dns)
+    rc = write_resolv_conf(s, s->dns);
+  if (rc == 0)
+    rc = sip__loop_new(loop, &s->loop);
+  if (rc == 0)
+    rc = create_agent(s);
+  if (rc == 0) {
+    s->sweep = su_timer_create(su_root_task(sip__loop_root(s->loop)), 1000);
+    s->republish = su_timer_create(su_root_task(sip__loop_root(s->loop)), SIP_PEER_REPUBLISH_MS);
+    s->stop_timer = su_timer_create(su_root_task(sip__loop_root(s->loop)), SIP_STOP_MAX_MS);
+    if (!s->sweep || !s->republish || !s->stop_timer)
+      rc = -ENOMEM;
+  }
+  if (rc < 0) {
+    log_warn("cannot start on the given address: %s", strerror(-rc));
+    sip_free(s);
+    return rc;
+  }
+  *out = s;
+  return 0;
+}
+
+static void on_sweep(su_root_magic_t *m, su_timer_t *t, su_timer_arg_t *arg)
+{
+  sip__reg_sweep((sip_svc_t *)arg);
+}
+
+int sip_start(sip_svc_t *s)
+{
+  if (s->started)
+    return -EALREADY;
+  s->started = 1;
+  su_timer_run(s->sweep, on_sweep, (su_timer_arg_t *)s);
+  log_info("serving %s for %s%s", s->hostport, s->overlay,
+           s->gateway ? " as proxy peer" : "");
+  if (s->gateway)
+    sip__gateway_start(s);
+  return 0;
+}
+
+int sip_set_gateway(sip_svc_t *s, int on)
+{
+  on = on != 0;
+  if (on == s->gateway)
+    return 0;
+  s->gateway = on;
+  if (!s->started || s->stopping)
+    return 0;
+  if (on)
+    return sip__gateway_start(s);
+  sip__gateway_stop(s, NULL);
+  return 0;
+}
+
+int sip_is_gateway(const sip_svc_t *s)
+{
+  return s->gateway;
+}
+
+/* Runs from libuv (sip__loop_defer): the callback may free the service. */
+static void stop_done(void *arg)
+{
+  sip_svc_t *s = arg;
+  su_timer_reset(s->stop_timer);
+  void (*cb)(sip_svc_t *, void *) = s->stop_cb;
+  s->stop_cb = NULL;
+  if (cb)
+    cb(s, s->stop_arg);
+}
+
+static void stop_soon(sip_svc_t *s)
+{
+  su_timer_reset(s->stop_timer);
+  sip__loop_defer(s->loop, stop_done, s);
+}
+
+static void on_stop_timer(su_root_magic_t *m, su_timer_t *t, su_timer_arg_t *arg)
+{
+  stop_soon((sip_svc_t *)arg); /* a withdrawal took too long: go anyway */
+}
+
+static void on_withdrawn(sip_svc_t *s)
+{
+  if (--s->stop_pending == 0)
+    stop_soon(s);
+}
+
+void sip_stop(sip_svc_t *s, void (*cb)(sip_svc_t *s, void *arg), void *arg)
+{
+  s->stop_cb = cb, s->stop_arg = arg;
+  if (s->stopping)
+    return;
+  s->stopping = 1;
+  su_timer_reset(s->sweep);
+  /* A guard: the callback comes in time whatever the DHT and DNS do. */
+  su_timer_set(s->stop_timer, on_stop_timer, (su_timer_arg_t *)s);
+  s->stop_pending = 1; /* ourselves, so that nothing finishes inside this call */
+  if (s->gateway && s->started) {
+    s->stop_pending++;
+    sip__gateway_stop(s, on_withdrawn);
+  }
+  if (--s->stop_pending == 0)
+    stop_soon(s);
+}
+
+void sip_free(sip_svc_t *s)
+{
+  if (!s)
+    return;
+  sip__dht_detach_all(s);
+  sip__proxy_free_all(s);
+  sip__peers_free(s);
+  sip__reg_free_all(s);
+  sip__dnsreg_free(s);
+  su_timer_destroy(s->sweep);
+  su_timer_destroy(s->republish);
+  su_timer_destroy(s->stop_timer);
+  if (s->stateless_irq) /* nta_agent_destroy() leaves the defaults */
+    nta_incoming_destroy(s->stateless_irq);
+  if (s->stateless_orq)
+    nta_outgoing_destroy(s->stateless_orq);
+  if (s->leg)
+    nta_leg_destroy(s->leg);
+  if (s->agent)
+    nta_agent_destroy(s->agent);
+  sip__loop_free(s->loop);
+  su_home_deinit(s->home);
+  if (s->resolv_conf[0])
+    unlink(s->resolv_conf);
+  free(s->overlay), free(s->dns), free(s->dns_update), free(s->tsig), free(s->dns_address);
+  free(s);
+  if (--su_users == 0)
+    su_deinit();
+}
+
+void sip_addr(const sip_svc_t *s, char *out, size_t len)
+{
+  snprintf(out, len, "%s", s->hostport);
+}
+
+/* ---- requests ---------------------------------------------------------- */
+
+static int answer_options(nta_incoming_t *irq)
+{
+  nta_incoming_treply(irq, SIP_200_OK,
+                      SIPTAG_ALLOW_STR("INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, "
+                                       "SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK"),
+                      SIPTAG_ACCEPT_STR("application/sdp"), TAG_END());
+  return 200;
+}
+
+/* A request for this node itself (Request-URI without user part). */
+static int serve_self(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip)
+{
+  switch (sip->sip_request->rq_method) {
+  case sip_method_register:
+    return sip__register(s, irq, msg, sip);
+  case sip_method_options:
+    msg_destroy(msg);
+    return answer_options(irq);
+  default:
+    msg_destroy(msg);
+    return 404;
+  }
+}
+
+static int on_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *irq,
+                      sip_t const *csip)
+{
+  sip_svc_t *s = (sip_svc_t *)magic;
+  if (!s->started || s->stopping)
+    return 503;
+  s->c.requests++;
+  sip_method_t method = csip->sip_request->rq_method;
+  if (method == sip_method_cancel)
+    return 481; /* nta gives us only CANCELs that match no transaction */
+  msg_t *msg = nta_incoming_getrequest(irq);
+  sip_t *sip = sip_object(msg);
+  if (!msg || !sip) {
+    msg_destroy(msg);
+    return 500;
+  }
+  char hash[17];
+  sip__loop_hash(sip, hash);
+  int status = sip__check_request(s, msg, sip);
+  if (status == 0 && sip->sip_max_forwards && sip->sip_max_forwards->mf_count == 0 &&
+      method == sip_method_options) {
+    msg_destroy(msg);
+    return answer_options(irq);
+  }
+  if (status == 420 && method != sip_method_ack) {
+    /* RFC 3261 16.3 step 6: name what we do not support. */
+    char list[512] = "";
+    const sip_proxy_require_t *pr = sip->sip_proxy_require;
+    for (int i = 0; pr->k_items && pr->k_items[i] && i < 16; i++)
+      snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "",
+               pr->k_items[i]);
+    nta_incoming_treply(irq, SIP_420_BAD_EXTENSION, SIPTAG_UNSUPPORTED_STR(list), TAG_END());
+  }
+  if (status) {
+    s->c.bad_requests += status == 400 || status == 416;
+    s->c.loops += status == 482;
+    s->c.too_many_hops += status == 483;
+    msg_destroy(msg);
+    return method == sip_method_ack ? 200 : status;
+  }
+  sip__pop_routes(s, msg, sip);
+  if (sip__next_hop(s, sip) == SIP_HOP_SELF && method != sip_method_ack)
+    return serve_self(s, irq, msg, sip);
+  return sip__proxy(s, irq, msg, sip, hash);
+}
+
+static int on_stray(nta_outgoing_magic_t *magic, nta_outgoing_t *orq, sip_t const *sip)
+{
+  return sip__stray_response((sip_svc_t *)magic, orq, sip);
+}
+
+/* ---- admin ------------------------------------------------------------- */
+
+json_t *sip_stats_json(const sip_svc_t *s)
+{
+  usize_t server_tr = 0, client_tr = 0, bad = 0;
+  nta_agent_get_stats(s->agent, NTATAG_S_SERVER_TR_REF(server_tr),
+                      NTATAG_S_CLIENT_TR_REF(client_tr), NTATAG_S_BAD_MESSAGE_REF(bad),
+                      TAG_END());
+  const sip_counters_t *c = &s->c;
+  json_t *counters = json_pack(
+      "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,"
+      "s:I,s:I,s:I,s:I}",
+      "requests", (json_int_t)c->requests, "responses_forwarded", (json_int_t)c->responses_fwd,
+      "acks_forwarded", (json_int_t)c->acks_fwd, "stray_forwarded", (json_int_t)c->stray_fwd,
+      "registers", (json_int_t)c->registers, "register_ok", (json_int_t)c->register_ok,
+      "register_failed", (json_int_t)c->register_failed, "unregisters",
+      (json_int_t)c->unregisters, "lookups", (json_int_t)c->lookups, "lookup_failed",
+      (json_int_t)c->lookup_failed, "not_found", (json_int_t)c->not_found, "expired",
+      (json_int_t)c->expired, "proxied", (json_int_t)c->proxied, "via_peer",
+      (json_int_t)c->via_peer, "peer_failover", (json_int_t)c->peer_failover, "to_public",
+      (json_int_t)c->to_public, "from_public", (json_int_t)c->from_public, "loops",
+      (json_int_t)c->loops, "too_many_hops", (json_int_t)c->too_many_hops, "bad_requests",
+      (json_int_t)(c->bad_requests + bad), "cancels", (json_int_t)c->cancels, "no_peer",
+      (json_int_t)c->no_peer, "dns_updates", (json_int_t)c->dns_updates, "dns_update_failed",
+      (json_int_t)c->dns_update_failed, "transport_bad_messages", (json_int_t)bad);
+  return json_pack("{s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o}", "listen", s->hostport,
+                   "overlay", s->overlay, "gateway", s->gateway, "registrations",
+                   (json_int_t)sip__regs_count(s), "transactions", "proxy",
+                   (json_int_t)s->n_ptx, "server", (json_int_t)server_tr, "client",
+                   (json_int_t)client_tr, "proxy_peers_known", s->n_peers, "counters",
+                   counters ? counters : json_object());
+}
+
+json_t *sip_registrations_json(const sip_svc_t *s)
+{
+  return sip__regs_json(s);
+}

@@ -1,0 +1,577 @@
+/*
+ * The registrar (RFC 3261 section 10.3) with the DHT as location service.
+ *
+ * A REGISTER is checked, then the AOR's current bindings are fetched so
+ * that the Call-ID/CSeq ordering rule (10.3 step 7) can be applied across
+ * nodes, then one DHT value per contact is put (or removed), and the 200
+ * lists the bindings that result.  The node also keeps the bindings it put
+ * in a local table: the admin socket shows them, and the proxy uses them to
+ * reach its own phones through the address their REGISTER came from.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sofia-sip/hostdomain.h>
+#include <sofia-sip/sip_tag.h>
+#include <sofia-sip/su_string.h>
+
+#include "sip/sip_int.h"
+
+struct sip_reg {
+  sip_reg_t *next;
+  su_home_t *home; /* everything below */
+  url_t *url;
+  char *aor, *uri, *contact, *vid, *call_id, *received, *transport;
+  uint32_t cseq;
+  int q1000;
+  uint64_t expires_at; /* uv_now() milliseconds */
+};
+
+typedef struct {
+  const sip_contact_t *m;
+  char *contact; /* header value without expires and q */
+  char *uri;
+  uint32_t expires;
+  int q1000;
+  int match;     /* index into rtx.ex, or -1 */
+  char vid[DHT_ID_HEX + 8];
+} intent_t;
+
+typedef struct sip_rtx rtx_t;
+struct sip_rtx {
+  sip_svc_t *s;
+  rtx_t *next;
+  nta_incoming_t *irq;
+  msg_t *msg;
+  sip_t *sip;
+  char aor[600];
+  int star;
+  intent_t in[SIP_MAX_CONTACTS];
+  int n_in;
+  sip_binding_t ex[2 * SIP_MAX_CONTACTS];
+  int n_ex;
+  int removed[2 * SIP_MAX_CONTACTS];
+  int pending, failed;
+  char received[80], transport[8], node[DHT_ID_HEX];
+};
+
+/* ---- the local table --------------------------------------------------- */
+
+static void reg_free(sip_reg_t *r)
+{
+  su_home_unref(r->home);
+  free(r);
+}
+
+static void reg_drop(sip_svc_t *s, const char *aor, const char *vid)
+{
+  for (sip_reg_t **pp = &s->regs; *pp; pp = &(*pp)->next) {
+    sip_reg_t *r = *pp;
+    if (strcmp(r->aor, aor) == 0 && strcmp(r->vid, vid) == 0) {
+      *pp = r->next;
+      reg_free(r);
+      return;
+    }
+  }
+}
+
+static int reg_save(sip_svc_t *s, const rtx_t *x, const intent_t *in)
+{
+  reg_drop(s, x->aor, in->vid);
+  sip_reg_t *r = calloc(1, sizeof *r);
+  su_home_t *h = r ? su_home_new(sizeof *h) : NULL;
+  if (!h) {
+    free(r);
+    return -ENOMEM;
+  }
+  r->home = h;
+  r->url = url_make(h, in->uri);
+  r->aor = su_strdup(h, x->aor), r->uri = su_strdup(h, in->uri);
+  r->contact = su_strdup(h, in->contact), r->vid = su_strdup(h, in->vid);
+  r->call_id = su_strdup(h, x->sip->sip_call_id->i_id);
+  r->received = su_strdup(h, x->received), r->transport = su_strdup(h, x->transport);
+  r->cseq = x->sip->sip_cseq->cs_seq, r->q1000 = in->q1000;
+  r->expires_at = sip__now_ms(s) + (uint64_t)in->expires * 1000;
+  if (!r->url || !r->aor || !r->uri || !r->contact || !r->vid || !r->call_id) {
+    reg_free(r);
+    return -ENOMEM;
+  }
+  r->next = s->regs;
+  s->regs = r;
+  return 0;
+}
+
+const sip_reg_t *sip__reg_by_contact(const sip_svc_t *s, const url_t *u)
+{
+  uint64_t now = sip__now_ms(s);
+  for (const sip_reg_t *r = s->regs; r; r = r->next)
+    if (r->expires_at > now && url_cmp(r->url, u) == 0)
+      return r;
+  return NULL;
+}
+
+/* "sip:IP:PORT;transport=T": where the phone's REGISTER came from, when
+ * requests must go there rather than to the Contact: the phone asked for
+ * it (RFC 5626 ";ob"), or a NAT rewrote its address (the Contact's host is
+ * not the address the REGISTER came from).  NULL: use the Contact. */
+const char *sip__reg_flow(const sip_reg_t *r, char *buf, size_t len)
+{
+  if (!r->received || !r->received[0] || !r->url || !r->url->url_host)
+    return NULL;
+  char ip[80];
+  snprintf(ip, sizeof ip, "%s", r->received);
+  char *colon = strrchr(ip, ':');
+  if (colon)
+    *colon = '\0';
+  if (!url_has_param(r->url, "ob") && host_cmp(ip, r->url->url_host) == 0)
+    return NULL;
+  snprintf(buf, len, "sip:%s;transport=%s", r->received,
+           r->transport && r->transport[0] ? r->transport : "udp");
+  return buf;
+}
+
+void sip__reg_sweep(sip_svc_t *s)
+{
+  uint64_t now = sip__now_ms(s);
+  for (sip_reg_t **pp = &s->regs; *pp;) {
+    sip_reg_t *r = *pp;
+    if (r->expires_at <= now) {
+      *pp = r->next;
+      reg_free(r);
+    } else {
+      pp = &r->next;
+    }
+  }
+}
+
+size_t sip__regs_count(const sip_svc_t *s)
+{
+  size_t n = 0;
+  uint64_t now = sip__now_ms(s);
+  for (const sip_reg_t *r = s->regs; r; r = r->next)
+    n += r->expires_at > now;
+  return n;
+}
+
+json_t *sip__regs_json(const sip_svc_t *s)
+{
+  json_t *a = json_array();
+  uint64_t now = sip__now_ms(s);
+  for (const sip_reg_t *r = s->regs; r && a; r = r->next) {
+    if (r->expires_at <= now)
+      continue;
+    json_array_append_new(
+        a, json_pack("{s:s, s:s, s:I, s:f, s:s, s:I, s:s, s:s}", "aor", r->aor, "contact",
+                     r->contact, "expires", (json_int_t)((r->expires_at - now + 999) / 1000),
+                     "q", r->q1000 / 1000.0, "call_id", r->call_id, "cseq",
+                     (json_int_t)r->cseq, "received", r->received ? r->received : "",
+                     "transport", r->transport ? r->transport : ""));
+  }
+  return a;
+}
+
+static void rtx_free(rtx_t *x);
+
+void sip__reg_free_all(sip_svc_t *s)
+{
+  while (s->rtx) {
+    rtx_t *x = s->rtx;
+    s->rtx = x->next;
+    rtx_free(x);
+  }
+  while (s->regs) {
+    sip_reg_t *r = s->regs;
+    s->regs = r->next;
+    reg_free(r);
+  }
+}
+
+/* ---- one REGISTER ------------------------------------------------------ */
+
+static void rtx_free(rtx_t *x)
+{
+  for (int i = 0; i < x->n_in; i++)
+    free(x->in[i].contact), free(x->in[i].uri);
+  for (int i = 0; i < x->n_ex; i++)
+    sip__binding_clear(&x->ex[i]);
+  if (x->irq)
+    nta_incoming_destroy(x->irq);
+  msg_destroy(x->msg);
+  free(x);
+}
+
+static void rtx_unlink(rtx_t *x)
+{
+  for (rtx_t **pp = &x->s->rtx; *pp; pp = &(*pp)->next)
+    if (*pp == x) {
+      *pp = x->next;
+      return;
+    }
+}
+
+/* Counts the outcome and frees the transaction (answered already). */
+static void rtx_end(rtx_t *x, int status)
+{
+  if (status == 200)
+    x->s->c.register_ok++;
+  else
+    x->s->c.register_failed++;
+  rtx_unlink(x);
+  rtx_free(x);
+}
+
+static void rtx_done(rtx_t *x, int status, const char *phrase)
+{
+  nta_incoming_treply(x->irq, status, phrase, TAG_END());
+  rtx_end(x, status);
+}
+
+/* The Contact header value as stored: display name, URI and parameters
+ * other than expires and q (the registrar states those itself). */
+static char *contact_value(const sip_contact_t *m)
+{
+  char url[1024];
+  if (url_e(url, sizeof url, m->m_url) <= 0 || strlen(url) >= sizeof url - 1)
+    return NULL;
+  char buf[2048];
+  int named = m->m_display && m->m_display[0];
+  int n = snprintf(buf, sizeof buf, "%s%s<%s>", named ? m->m_display : "", named ? " " : "", url);
+  for (int i = 0; m->m_params && m->m_params[i] && n > 0 && (size_t)n < sizeof buf; i++) {
+    const char *p = m->m_params[i];
+    if (su_casenmatch(p, "expires", 7) && (p[7] == '=' || !p[7]))
+      continue;
+    if (su_casenmatch(p, "q", 1) && (p[1] == '=' || !p[1]))
+      continue;
+    n += snprintf(buf + n, sizeof buf - (size_t)n, ";%s", p);
+  }
+  if (n <= 0 || (size_t)n >= sizeof buf)
+    return NULL;
+  return strdup(buf);
+}
+
+/* q-value "0.5" or "1.000" -> 500, 1000; -1 when malformed. */
+static int parse_q(const char *q)
+{
+  if (!q)
+    return 1000;
+  if (q[0] == '1') {
+    for (const char *p = q[1] == '.' ? q + 2 : q + 1; *p; p++)
+      if (*p != '0')
+        return -1;
+    return q[1] == '\0' || q[1] == '.' ? 1000 : -1;
+  }
+  if (q[0] != '0')
+    return -1;
+  if (q[1] == '\0')
+    return 0;
+  if (q[1] != '.')
+    return -1;
+  int v = 0, digits = 0;
+  for (const char *p = q + 2; *p; p++, digits++) {
+    if (*p < '0' || *p > '9' || digits >= 3)
+      return -1;
+    v = v * 10 + (*p - '0');
+  }
+  while (digits++ < 3)
+    v *= 10;
+  return v;
+}
+
+/* Seconds asked for one contact (10.2.1.1): its expires parameter, else
+ * the Expires header, else our default.  -1 when malformed. */
+static long contact_expires(const sip_t *sip, const sip_contact_t *m)
+{
+  if (m->m_expires) {
+    char *end;
+    unsigned long v = strtoul(m->m_expires, &end, 10);
+    if (end == m->m_expires || *end)
+      return -1;
+    return v > SIP_MAX_EXPIRES ? SIP_MAX_EXPIRES : (long)v;
+  }
+  if (sip->sip_expires)
+    return sip->sip_expires->ex_delta > SIP_MAX_EXPIRES ? SIP_MAX_EXPIRES
+                                                        : (long)sip->sip_expires->ex_delta;
+  return SIP_DEFAULT_EXPIRES;
+}
+
+/* 10.3 steps 2-6 on the request alone; 0 or the failing status. */
+static int check_contacts(rtx_t *x, long *too_brief)
+{
+  const sip_t *sip = x->sip;
+  for (const sip_contact_t *m = sip->sip_contact; m; m = m->m_next) {
+    if (m->m_url->url_type == url_any) { /* "*" */
+      if (m != sip->sip_contact || m->m_next || !sip->sip_expires ||
+          sip->sip_expires->ex_delta != 0)
+        return 400;
+      x->star = 1;
+      return 0;
+    }
+    if (x->n_in >= SIP_MAX_CONTACTS)
+      return 403;
+    if ((m->m_url->url_type != url_sip && m->m_url->url_type != url_sips) ||
+        !m->m_url->url_host)
+      return 400;
+    long exp = contact_expires(sip, m);
+    int q = parse_q(m->m_q);
+    if (exp < 0 || q < 0)
+      return 400;
+    if (exp > 0 && exp < SIP_MIN_EXPIRES) {
+      *too_brief = exp;
+      return 423;
+    }
+    intent_t *in = &x->in[x->n_in++];
+    in->m = m, in->expires = (uint32_t)exp, in->q1000 = q, in->match = -1;
+    in->contact = contact_value(m);
+    char u[1024];
+    in->uri = url_e(u, sizeof u, m->m_url) > 0 ? strdup(u) : NULL;
+    if (!in->contact || !in->uri)
+      return 500;
+  }
+  return 0;
+}
+
+static void note_source(rtx_t *x)
+{
+  su_addrinfo_t *ai = msg_addrinfo(x->msg);
+  if (ai && ai->ai_addr && ai->ai_addrlen <= sizeof(struct sockaddr_storage)) {
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+    dht_addr_str(&ss, x->received, sizeof x->received);
+  }
+  snprintf(x->transport, sizeof x->transport, "%s",
+           ai && ai->ai_protocol == IPPROTO_TCP ? "tcp" : "udp");
+  char hex[DHT_ID_HEX];
+  dht_id_hex(&dht_self(x->s->dht)->id, hex);
+  memcpy(x->node, hex, sizeof x->node);
+}
+
+static void reply_bindings(rtx_t *x)
+{
+  su_home_t *home = msg_home(x->msg);
+  sip_contact_t *list = NULL, **tail = &list;
+  char q[16];
+  for (int i = 0; i < x->n_ex; i++) {
+    if (x->removed[i] || x->ex[i].remaining <= 0)
+      continue;
+    const sip_binding_t *b = &x->ex[i];
+    snprintf(q, sizeof q, "%d.%03d", b->q1000 / 1000, b->q1000 % 1000);
+    sip_contact_t *m = sip_contact_format(home, "%s;expires=%d%s%s", b->contact,
+                                          (int)b->remaining, b->q1000 < 1000 ? ";q=" : "",
+                                          b->q1000 < 1000 ? q : "");
+    if (m)
+      *tail = m, tail = &m->m_next;
+  }
+  for (int i = 0; i < x->n_in; i++) {
+    const intent_t *in = &x->in[i];
+    if (in->expires == 0)
+      continue;
+    snprintf(q, sizeof q, "%d.%03d", in->q1000 / 1000, in->q1000 % 1000);
+    sip_contact_t *m = sip_contact_format(home, "%s;expires=%u%s%s", in->contact,
+                                          (unsigned)in->expires, in->q1000 < 1000 ? ";q=" : "",
+                                          in->q1000 < 1000 ? q : "");
+    if (m)
+      *tail = m, tail = &m->m_next;
+  }
+  sip_date_t *date = sip_date_create(home, sip_now());
+  nta_incoming_treply(x->irq, SIP_200_OK, SIPTAG_CONTACT(list), SIPTAG_DATE(date), TAG_END());
+  rtx_end(x, 200);
+}
+
+static void on_stored(sip_svc_t *s, void *ctx, int status, const dht_value_t *v, size_t n)
+{
+  rtx_t *x = ctx;
+  if (status < 0) {
+    x->failed = 1;
+    log_warn("storing a binding of %s failed: %d", x->aor, status);
+  }
+  if (--x->pending > 0)
+    return;
+  if (x->failed)
+    rtx_done(x, 500, "Location Service Failed");
+  else
+    reply_bindings(x);
+}
+
+static int ordering_ok(const rtx_t *x, const sip_binding_t *b)
+{
+  /* 10.3 step 7: same Call-ID needs a higher CSeq. */
+  return strcmp(b->call_id, x->sip->sip_call_id->i_id) != 0 ||
+         x->sip->sip_cseq->cs_seq > b->cseq;
+}
+
+/* Withdraws an existing binding.  Only its owner can remove a DHT value;
+ * a binding another node put is overwritten by one that has expired. */
+static int withdraw(rtx_t *x, int i)
+{
+  sip_binding_t *b = &x->ex[i];
+  x->removed[i] = 1;
+  x->s->c.unregisters++;
+  reg_drop(x->s, x->aor, b->vid);
+  if (strcmp(b->node, x->node) == 0)
+    return sip__dht_remove(x->s, x->aor, b->vid, on_stored, x);
+  sip_binding_t dead = *b;
+  dead.call_id = (char *)x->sip->sip_call_id->i_id;
+  dead.cseq = x->sip->sip_cseq->cs_seq;
+  char *body = sip__binding_encode(&dead, 0);
+  int rc = body ? sip__dht_put(x->s, x->aor, b->vid, DHT_KIND_USER, body, SIP_GRACE_S,
+                               on_stored, x)
+                : -ENOMEM;
+  free(body);
+  return rc;
+}
+
+static int store(rtx_t *x, intent_t *in)
+{
+  sip_svc_t *s = x->s;
+  if (in->match >= 0) {
+    memcpy(in->vid, x->ex[in->match].vid, sizeof in->vid);
+    x->removed[in->match] = 1; /* replaced by the intent in the reply */
+  } else {
+    char key[1200];
+    dht_id_t id;
+    snprintf(key, sizeof key, "%s|%s", x->aor, in->uri);
+    dht_id_of(key, &id);
+    dht_id_hex(&id, in->vid);
+  }
+  if (in->expires == 0)
+    return in->match >= 0 ? (x->removed[in->match] = 0, withdraw(x, in->match)) : 1;
+  char path[128];
+  snprintf(path, sizeof path, "sip:%s", s->hostport);
+  sip_binding_t b = {.aor = x->aor, .contact = in->contact, .uri = in->uri,
+                     .call_id = (char *)x->sip->sip_call_id->i_id, .path = path,
+                     .node = x->node, .received = x->received, .transport = x->transport,
+                     .cseq = x->sip->sip_cseq->cs_seq, .q1000 = in->q1000};
+  char *body = sip__binding_encode(&b, in->expires);
+  int rc = body ? sip__dht_put(s, x->aor, in->vid, DHT_KIND_USER, body,
+                               in->expires + SIP_GRACE_S, on_stored, x)
+                : -ENOMEM;
+  free(body);
+  if (rc == 0)
+    reg_save(s, x, in);
+  return rc;
+}
+
+/* Applies the request to the bindings found; every DHT write counts in
+ * pending, and the last one to finish answers. */
+static void apply(rtx_t *x)
+{
+  su_home_t home[1];
+  su_home_init(home);
+  for (int i = 0; i < x->n_in; i++) {
+    url_t const *u = x->in[i].m->m_url;
+    for (int j = 0; j < x->n_ex && x->in[i].match < 0; j++) {
+      url_t *e = url_make(home, x->ex[j].uri);
+      if (e && url_cmp(e, u) == 0)
+        x->in[i].match = j;
+    }
+  }
+  su_home_deinit(home);
+  for (int i = 0; i < x->n_in; i++)
+    if (x->in[i].match >= 0 && !ordering_ok(x, &x->ex[x->in[i].match])) {
+      rtx_done(x, 400, "Out of Order CSeq");
+      return;
+    }
+  if (x->star)
+    for (int j = 0; j < x->n_ex; j++)
+      if (!ordering_ok(x, &x->ex[j])) {
+        rtx_done(x, 400, "Out of Order CSeq");
+        return;
+      }
+  x->pending = 1; /* ourselves, until every write has started */
+  for (int j = 0; x->star && j < x->n_ex; j++)
+    if (withdraw(x, j) == 0)
+      x->pending++;
+  for (int i = 0; i < x->n_in; i++) {
+    int rc = store(x, &x->in[i]);
+    if (rc == 0)
+      x->pending++;
+    else if (rc < 0)
+      x->failed = 1;
+  }
+  on_stored(x->s, x, 0, NULL, 0);
+}
+
+static void on_bindings(sip_svc_t *s, void *ctx, int status, const dht_value_t *v, size_t n)
+{
+  rtx_t *x = ctx;
+  for (size_t i = 0; i < n && x->n_ex < 2 * SIP_MAX_CONTACTS; i++)
+    if (sip__binding_decode(&v[i], &x->ex[x->n_ex]) == 0)
+      x->n_ex++;
+  if (status < 0 && status != DHT_ENOTFOUND)
+    log_info("bindings of %s not fetched (%d); registering anyway", x->aor,
+             status);
+  int live = x->star ? 0 : x->n_in;
+  for (int i = 0; i < x->n_ex; i++)
+    live += x->ex[i].remaining > 0;
+  if (live > 2 * SIP_MAX_CONTACTS) {
+    rtx_done(x, 403, "Too Many Contacts");
+    return;
+  }
+  apply(x);
+}
+
+/* The AOR in To must be one of the overlay's users (10.3 step 3). */
+static int aor_of(const sip_svc_t *s, const sip_t *sip, char *out, size_t len)
+{
+  const url_t *to = sip->sip_to->a_url;
+  if ((to->url_type != url_sip && to->url_type != url_sips) || !to->url_user ||
+      !to->url_user[0] || strlen(to->url_user) > 256)
+    return 404;
+  if (!sip__host_is_overlay(s, to->url_host) && !sip__uri_is_self(s, to))
+    return 404;
+  snprintf(out, len, "sip:%s@%s", to->url_user, s->overlay);
+  return 0;
+}
+
+static int require_unsupported(nta_incoming_t *irq, const sip_t *sip)
+{
+  char list[512] = "";
+  for (int i = 0; sip->sip_require->k_items && sip->sip_require->k_items[i] && i < 16; i++)
+    snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "",
+             sip->sip_require->k_items[i]);
+  nta_incoming_treply(irq, SIP_420_BAD_EXTENSION, SIPTAG_UNSUPPORTED_STR(list), TAG_END());
+  return 420;
+}
+
+int sip__register(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip)
+{
+  s->c.registers++;
+  if (sip->sip_require) { /* we support no extension */
+    msg_destroy(msg);
+    s->c.register_failed++;
+    return require_unsupported(irq, sip);
+  }
+  rtx_t *x = calloc(1, sizeof *x);
+  if (!x) {
+    msg_destroy(msg);
+    return 500;
+  }
+  x->s = s, x->msg = msg, x->sip = sip;
+  int status = aor_of(s, sip, x->aor, sizeof x->aor);
+  long brief = 0;
+  if (status == 0)
+    status = check_contacts(x, &brief);
+  if (status == 423) {
+    char min[16];
+    snprintf(min, sizeof min, "%d", SIP_MIN_EXPIRES);
+    nta_incoming_treply(irq, SIP_423_INTERVAL_TOO_BRIEF, SIPTAG_MIN_EXPIRES_STR(min), TAG_END());
+  }
+  if (status) {
+    s->c.register_failed++;
+    rtx_free(x);
+    return status;
+  }
+  note_source(x);
+  x->next = s->rtx; /* so that sip_free() finds it */
+  s->rtx = x;
+  if (sip__dht_get(s, x->aor, on_bindings, x) < 0) {
+    rtx_unlink(x);
+    rtx_free(x);
+    s->c.register_failed++;
+    return 500;
+  }
+  x->irq = irq; /* answered later */
+  return 0;
+}

@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Registrar and proxy behaviour on a small overlay, driven by a scripted UA:
+RFC 3261 10.3 (bindings, query, Expires: 0, "*", 423, 404, 420, CSeq order),
+parallel forking with CANCEL of the other branch, CANCEL from the caller,
+404 / 480 (expired) / 483 / 482 (loop) / 416, OPTIONS to the node, MESSAGE
+over UDP and to a TCP contact."""
+
+import os
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import p2p  # noqa: E402
+import sip_util as su  # noqa: E402
+from p2p import HOST, OVERLAY, check, info  # noqa: E402
+
+N = 5
+
+
+def addr(c, n):
+    return (HOST, su.sip_port(c, n))
+
+
+def bindings(resp):
+    """{contact uri: expires} from a REGISTER response."""
+    out = {}
+    for v in resp.all("contact"):
+        m = re.search(r"expires=(\d+)", v)
+        out[su.uri_of(v)] = int(m.group(1)) if m else None
+    return out
+
+
+def test_registrar(c, A, B):
+    ua = su.Ua("carol")
+    r = ua.register(addr(c, A), expires=60)
+    b = bindings(r)
+    check(r.status == 200 and b == {"sip:carol@%s:%d" % (HOST, ua.port): 60},
+          "REGISTER: 200 with the binding and its expiry", (r.status, b))
+    ua2 = su.Ua("carol")
+    r = ua2.register(addr(c, B), expires=120)
+    b = bindings(r)
+    check(r.status == 200 and len(b) == 2 and b.get("sip:carol@%s:%d" % (HOST, ua2.port)) == 120,
+          "a second contact through another node: 200 lists both", b)
+    r = ua.do(addr(c, A), "REGISTER", ruri="sip:" + OVERLAY, contact=False)
+    check(r.status == 200 and len(bindings(r)) == 2, "a query (no Contact) lists both", bindings(r))
+    r = ua.do(addr(c, A), "REGISTER", ruri="sip:" + OVERLAY, headers=["Expires: 5"])
+    check(r.status == 423 and r.get("min-expires") == "10", "Expires: 5 gets 423 + Min-Expires",
+          (r.status, r.get("min-expires")))
+    r = ua.do(addr(c, A), "REGISTER", ruri="sip:" + OVERLAY, contact="*", headers=["Expires: 60"])
+    check(r.status == 400, "'*' with a non-zero Expires gets 400", r.status)
+    x = su.Ua("x", domain="example.com")
+    r = x.do(addr(c, A), "REGISTER", ruri="sip:" + OVERLAY, headers=["Expires: 60"])
+    check(r.status == 404, "an AOR of another domain gets 404", r.status)
+    r = ua.do(addr(c, A), "REGISTER", ruri="sip:" + OVERLAY, headers=["Expires: 60", "Require: foo"])
+    check(r.status == 420 and r.get("unsupported") == "foo", "Require: foo gets 420 Unsupported: foo",
+          (r.status, r.get("unsupported")))
+    cid = "order-%d@%s" % (ua.port, HOST)
+    r1 = ua.register(addr(c, A), expires=60, cseq=50, call_id=cid)
+    r2 = ua.register(addr(c, A), expires=60, cseq=40, call_id=cid)
+    check(r1.status == 200 and 400 <= r2.status < 500,
+          "the same Call-ID with a lower CSeq is refused (10.3 step 7)", (r1.status, r2.status))
+    return ua, ua2
+
+
+def test_fork_answered(c, B, ua, ua2, dave):
+    """Both contacts ring, one answers: the other branch is CANCELled."""
+    cid, _, _ = dave.request(addr(c, B), "INVITE", ruri="sip:carol@" + OVERLAY,
+                             to="<sip:carol@%s>" % OVERLAY)
+    inv1, inv2 = ua.recv_request("INVITE"), ua2.recv_request("INVITE")
+    check(inv1.get("call-id") == cid and inv2.get("call-id") == cid,
+          "INVITE forks to both of carol's contacts", (inv1, inv2))
+    mf = int(inv1.get("max-forwards", "0"))
+    check(mf < 70 and len(inv1.all("via")) >= 2, "Max-Forwards went down and Vias were added",
+          (mf, inv1.all("via")))
+    ua.respond(inv1, 180, "Ringing")
+    ua2.respond(inv2, 180, "Ringing")
+    ua.respond(inv1, 200, "OK")
+    can = ua2.recv_request("CANCEL")
+    ua2.respond(can, 200, "OK")
+    ua2.respond(inv2, 487, "Request Terminated")
+    ok = dave.final(cid, "INVITE")
+    check(ok.status == 200 and [p.status for p in dave.provisional if p.status == 180],
+          "the caller gets 180 and the 200; the ringing branch was CANCELled", ok.status)
+    rr = ok.all("record-route")
+    target = su.uri_of(ok.get("contact"))
+    routes = ["Route: %s" % r for r in reversed(rr)]
+    dave.request(addr(c, B), "ACK", ruri=target, to=ok.get("to"), call_id=cid, cseq=1, headers=routes)
+    ua.recv_request("ACK")
+    dave.request(addr(c, B), "BYE", ruri=target, to=ok.get("to"), call_id=cid, cseq=2, headers=routes)
+    ua.respond(ua.recv_request("BYE"), 200, "OK")
+    check(dave.final(cid, "BYE").status == 200, "and hangs up", "")
+
+
+def test_call_and_cancel(c, A, B, ua, ua2, dave):
+    # A call answered by one contact, the other rejecting: 200 wins.
+    cid, _, _ = dave.request(addr(c, B), "INVITE", ruri="sip:carol@" + OVERLAY,
+                             to="<sip:carol@%s>" % OVERLAY)
+    inv1, inv2 = ua.recv_request("INVITE"), ua2.recv_request("INVITE")
+    ua2.respond(inv2, 486, "Busy Here")
+    ua2.recv_request("ACK")  # hop-by-hop ACK of the 486 from the node
+    ua.respond(inv1, 180, "Ringing")
+    ua.respond(inv1, 200, "OK")
+    ok = dave.final(cid, "INVITE")
+    rr = ok.all("record-route")
+    check(ok.status == 200 and len(rr) == 2,
+          "one branch busy, the other answers: the caller gets the 200, two Record-Routes",
+          (ok.status, rr))
+    target = su.uri_of(ok.get("contact"))
+    routes = ["Route: %s" % r for r in reversed(rr)]
+    dave.request(addr(c, B), "ACK", ruri=target, to=ok.get("to"), call_id=cid, cseq=1, headers=routes)
+    ack = ua.recv_request("ACK")
+    check(ack.get("call-id") == cid and not ack.all("route"),
+          "the ACK for the 2xx reaches the answering UA with the route set consumed",
+          ack.all("route"))
+    dave.request(addr(c, B), "BYE", ruri=target, to=ok.get("to"), call_id=cid, cseq=2, headers=routes)
+    bye = ua.recv_request("BYE")
+    ua.respond(bye, 200, "OK")
+    r = dave.final(cid, "BYE")
+    check(r.status == 200, "BYE along the route set: 200", r.status)
+
+    # CANCEL from the caller while both ring.
+    cid, branch, _ = dave.request(addr(c, A), "INVITE", ruri="sip:carol@" + OVERLAY,
+                                  to="<sip:carol@%s>" % OVERLAY, cseq=7)
+    inv1, inv2 = ua.recv_request("INVITE"), ua2.recv_request("INVITE")
+    ua.respond(inv1, 180, "Ringing")
+    ua2.respond(inv2, 180, "Ringing")
+    dave.wait(lambda m: m.is_response and m.status == 180 and m.get("call-id") == cid, 5, "180")
+    # The CANCEL must carry the INVITE's branch (RFC 3261 9.1).
+    lines = ["CANCEL sip:carol@%s SIP/2.0" % OVERLAY,
+             "Via: SIP/2.0/UDP %s:%d;branch=%s;rport" % (HOST, dave.port, branch),
+             "Max-Forwards: 70", "From: <%s>;tag=%s" % (dave.aor, dave.tag),
+             "To: <sip:carol@%s>" % OVERLAY, "Call-ID: %s" % cid, "CSeq: 7 CANCEL",
+             "Content-Length: 0"]
+    dave.send_raw(addr(c, A), "\r\n".join(lines) + "\r\n\r\n")
+    r = dave.final(cid, "CANCEL")
+    check(r.status == 200, "CANCEL gets 200", r.status)
+    for u, inv in ((ua, inv1), (ua2, inv2)):
+        can = u.recv_request("CANCEL")
+        u.respond(can, 200, "OK")
+        u.respond(inv, 487, "Request Terminated")
+    r = dave.final(cid, "INVITE")
+    check(r.status == 487, "the INVITE ends with 487 after both branches were cancelled", r.status)
+
+
+def test_routing_errors(c, A, B, dave):
+    r = dave.do(addr(c, A), "INVITE", ruri="sip:nobody@" + OVERLAY, to="<sip:nobody@%s>" % OVERLAY)
+    check(r.status == 404, "INVITE for a user never registered: 404", r.status)
+    r = dave.do(addr(c, B), "MESSAGE", ruri="sip:nobody@" + OVERLAY, to="<sip:nobody@%s>" % OVERLAY,
+                headers=["Content-Type: text/plain"], body="hi")
+    check(r.status == 404, "MESSAGE for a user never registered: 404", r.status)
+    r = dave.do(addr(c, A), "INVITE", ruri="sip:carol@" + OVERLAY, max_forwards=0)
+    check(r.status == 483, "Max-Forwards: 0 gets 483", r.status)
+    r = dave.do(addr(c, A), "INVITE", ruri="tel:+15551234")
+    check(r.status == 416, "a tel: Request-URI gets 416", r.status)
+    r = dave.do(addr(c, A), "OPTIONS", ruri="sip:" + OVERLAY, contact=False)
+    check(r.status == 200 and "INVITE" in (r.get("allow") or ""), "OPTIONS to the node: 200 with Allow",
+          (r.status, r.get("allow")))
+    # A contact that points back at the node: the request spirals once, then
+    # comes back unchanged and is a loop.
+    loopy = su.Ua("loopy")
+    r = loopy.register(addr(c, A), expires=60,
+                       contact="<sip:loopy@%s>" % su.sip_addr(c, A))
+    check(r.status == 200, "register a contact pointing at the node itself", r.status)
+    r = dave.do(addr(c, B), "MESSAGE", ruri="sip:loopy@" + OVERLAY, to="<sip:loopy@%s>" % OVERLAY,
+                headers=["Content-Type: text/plain"], body="loop")
+    check(r.status in (482, 483), "a looping request is stopped (482 Loop Detected)", r.status)
+    check(r.status == 482, "the loop is detected from our own Via, not by Max-Forwards", r.status)
+
+
+def test_message_tcp(c, A, B, dave):
+    frank = su.Ua("frank", transport="tcp")
+    r = frank.register(addr(c, B), expires=60)
+    check(r.status == 200, "a TCP UA registers", r.status)
+    cid, _, _ = dave.request(addr(c, A), "MESSAGE", ruri="sip:frank@" + OVERLAY,
+                             to="<sip:frank@%s>" % OVERLAY,
+                             headers=["Content-Type: text/plain"], body="over tcp")
+    m = frank.recv_request("MESSAGE")
+    check(m.body == "over tcp", "MESSAGE reaches the UA over TCP", m.body)
+    frank.respond(m, 200, "OK")
+    r = dave.final(cid, "MESSAGE")
+    check(r.status == 200, "the MESSAGE's 200 comes back", r.status)
+    frank.close()
+
+
+def test_unregister_and_expiry(c, A, B, ua, ua2, dave):
+    r = ua2.register(addr(c, B), expires=0)
+    b = bindings(r)
+    check(r.status == 200 and list(b) == ["sip:carol@%s:%d" % (HOST, ua.port)],
+          "Expires: 0 removes that binding; the 200 lists the other", b)
+    r = ua.do(addr(c, A), "REGISTER", ruri="sip:" + OVERLAY, contact="*", headers=["Expires: 0"],
+              call_id="star-%d" % ua.port)
+    check(r.status == 200 and not r.all("contact"), "'*' with Expires: 0 removes all bindings",
+          r.all("contact"))
+    r = dave.do(addr(c, A), "MESSAGE", ruri="sip:carol@" + OVERLAY, to="<sip:carol@%s>" % OVERLAY)
+    check(r.status in (404, 480), "after removing all bindings, requests get 404/480", r.status)
+
+    erin = su.Ua("erin")
+    r = erin.register(addr(c, A), expires=10)
+    check(r.status == 200, "erin registers for 10 s", r.status)
+    cid, _, _ = dave.request(addr(c, B), "MESSAGE", ruri="sip:erin@" + OVERLAY,
+                             to="<sip:erin@%s>" % OVERLAY, body="before")
+    m = erin.recv_request("MESSAGE")
+    erin.respond(m, 200, "OK")
+    check(dave.final(cid, "MESSAGE").status == 200, "erin is reachable while registered", "")
+    info("waiting 12 s for erin's binding to expire")
+    time.sleep(12)
+    r = dave.do(addr(c, B), "MESSAGE", ruri="sip:erin@" + OVERLAY, to="<sip:erin@%s>" % OVERLAY)
+    check(r.status == 480, "after the binding expired: 480", r.status)
+
+
+def test(h):
+    c = su.sip_cluster(h, N)
+    nodes = c.alive()
+    A, B = nodes[0], nodes[3]
+    ua, ua2 = test_registrar(c, A, B)
+    dave = su.Ua("dave")
+    test_fork_answered(c, B, ua, ua2, dave)
+    test_call_and_cancel(c, A, B, ua, ua2, dave)
+    test_routing_errors(c, A, B, dave)
+    test_message_tcp(c, A, B, dave)
+    test_unregister_and_expiry(c, A, B, ua, ua2, dave)
+    st = su.sip_stats(A)
+    info("node A counters: %s" % st.get("counters"))
+    check(st["counters"]["loops"] >= 1 and st["counters"]["too_many_hops"] >= 1,
+          "the admin counters saw the loop and the 483", st["counters"])
+
+
+if __name__ == "__main__":
+    p2p.run("sip_registrar", test, timeout=180)

@@ -1,0 +1,906 @@
+"""Helpers for the sip_*.py integration tests (Python 3 standard library).
+
+- sip_cluster(): p2psipd nodes that also serve SIP (--sip on a second port
+  range), some of them proxy peers (--gateway), all on loopback.
+- Ua: a small SIP user agent over UDP (or TCP) for precise checks: send a
+  request, collect the responses; receive requests and answer them.
+- sipp(): run a sipp scenario (the XML is written to the run dir).
+- Named / Kamailio: an authoritative DNS server for example.com and the
+  overlay zone (with TSIG dynamic update), and a conventional SIP proxy for
+  example.com, both on loopback ports the test picks.
+
+Every wait is bounded; every process started here is registered with the
+harness, which kills it at the end.
+"""
+
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import p2p
+from p2p import HOST, OVERLAY
+
+SIPP = shutil.which("sipp")
+KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
+NAMED = shutil.which("named") or "/usr/sbin/named"
+
+
+# Ports ------------------------------------------------------------------------
+
+def _free(port, kinds=(socket.SOCK_STREAM, socket.SOCK_DGRAM)):
+    for k in kinds:
+        s = socket.socket(socket.AF_INET, k)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+        finally:
+            s.close()
+    return True
+
+
+def pick_udp_tcp(n, lo=20000, hi=32000, tries=60):
+    """A base port b such that b..b+n-1 are free for both UDP and TCP."""
+    rnd = random.SystemRandom()
+    for _ in range(tries):
+        base = rnd.randrange(lo, hi - n)
+        if all(_free(base + i) for i in range(n)):
+            return base
+    raise RuntimeError("no %d free UDP+TCP ports" % n)
+
+
+# Nodes ------------------------------------------------------------------------
+
+class SipCluster(p2p.Cluster):
+    """A cluster whose node i also serves SIP on sip_base + i; per-node
+    extra arguments in node_args[i] (e.g. ["--gateway", "--dns", ...])."""
+
+    def __init__(self, rundir, binary, sip_base, node_args=None, **kw):
+        super().__init__(rundir, binary, **kw)
+        self.sip_base = sip_base
+        self.node_args = node_args or {}
+
+    def argv(self, node, bootstrap):
+        a = super().argv(node, bootstrap)
+        return a + ["--sip", sip_addr(self, node)] + list(self.node_args.get(node.index, []))
+
+
+def sip_port(cluster, node):
+    return cluster.sip_base + node.index
+
+
+def sip_addr(cluster, node):
+    return "%s:%d" % (HOST, sip_port(cluster, node))
+
+
+def has_sip(binary):
+    """True if this p2psipd knows --sip (the SIP role is wired in)."""
+    try:
+        r = subprocess.run([binary, "--help"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return b"--sip" in r.stdout + r.stderr
+
+
+def sip_cluster(h, n, node_args=None, **kw):
+    """Start n SIP nodes (node_args: index -> extra argv) and wait until the
+    ring is consistent."""
+    if not has_sip(h.binary):
+        p2p.skip("%s has no --sip option" % h.binary)
+    sub = os.path.join(h.rundir, "c%d" % len(h.clusters))
+    base = p2p.pick_ports(max(n, 1))
+    sip_base = pick_udp_tcp(max(n, 1) + 1)
+    c = SipCluster(sub, h.binary, sip_base, node_args=node_args, base_port=base, **kw)
+    h.clusters.append(c)
+    t0 = time.monotonic()
+    c.start(n)
+    c.wait_consistent(timeout=60)
+    p2p.info("%d SIP nodes up in %.1fs (SIP ports %d..%d)" % (n, time.monotonic() - t0,
+                                                            sip_base, sip_base + n - 1))
+    return c
+
+
+def sip_stats(node):
+    r = node.admin_ok({"cmd": "sip"})
+    return r.get("sip") if isinstance(r.get("sip"), dict) else r
+
+
+def registrations(node):
+    r = node.admin_ok({"cmd": "registrations"})
+    return r.get("registrations")
+
+
+# A small SIP user agent ----------------------------------------------------------
+
+COMPACT = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact",
+           "l": "content-length", "c": "content-type", "k": "supported", "s": "subject"}
+
+
+class Msg:
+    """A parsed SIP message: first line, headers (lower-case names, in
+    order), body."""
+
+    def __init__(self, data, source=None):
+        self.raw = data
+        self.source = source
+        text = data.decode("utf-8", "replace")
+        head, _, self.body = text.partition("\r\n\r\n")
+        lines = head.split("\r\n")
+        self.first = lines[0]
+        self.headers = []
+        for line in lines[1:]:
+            if line[:1] in (" ", "\t") and self.headers:
+                n, v = self.headers[-1]
+                self.headers[-1] = (n, v + " " + line.strip())
+                continue
+            name, _, value = line.partition(":")
+            name = name.strip().lower()
+            self.headers.append((COMPACT.get(name, name), value.strip()))
+        parts = self.first.split(" ", 2)
+        self.is_response = parts[0].startswith("SIP/")
+        self.status = int(parts[1]) if self.is_response and parts[1].isdigit() else None
+        self.reason = parts[2] if self.is_response and len(parts) > 2 else ""
+        self.method = None if self.is_response else parts[0]
+        self.uri = None if self.is_response else (parts[1] if len(parts) > 1 else None)
+
+    def all(self, name):
+        """Every value of a header, comma-separated lists split (roughly:
+        no commas inside quotes or angle brackets expected here)."""
+        out = []
+        for n, v in self.headers:
+            if n == name.lower():
+                out += [x.strip() for x in re.split(r",(?![^<]*>)", v) if x.strip()]
+        return out
+
+    def get(self, name, default=None):
+        for n, v in self.headers:
+            if n == name.lower():
+                return v
+        return default
+
+    def cseq_method(self):
+        v = self.get("cseq", "")
+        return v.split()[-1] if v else None
+
+    def __repr__(self):
+        return "<%s>" % self.first
+
+
+def tag_of(value):
+    m = re.search(r";\s*tag=([^;>\s]+)", value or "")
+    return m.group(1) if m else None
+
+
+def uri_of(value):
+    m = re.search(r"<([^>]*)>", value or "")
+    return m.group(1) if m else (value or "").split(";")[0].strip()
+
+
+class Ua:
+    """A SIP UA on one UDP (or TCP) socket bound to 127.0.0.1."""
+
+    def __init__(self, user, domain=OVERLAY, port=0, transport="udp"):
+        self.user, self.domain, self.transport = user, domain, transport
+        if transport == "udp":
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock.bind((HOST, port))
+            self.conns = {}
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind((HOST, port))
+            self.sock.listen(8)
+            self.conns = {}
+        self.port = self.sock.getsockname()[1]
+        self.tag = "t%08x" % random.getrandbits(32)
+        self.queue = []
+        self.bufs = {}
+        self.n = 0
+
+    def close(self):
+        for c in self.conns.values():
+            c.close()
+        self.sock.close()
+
+    @property
+    def aor(self):
+        return "sip:%s@%s" % (self.user, self.domain)
+
+    @property
+    def contact(self):
+        t = "" if self.transport == "udp" else ";transport=tcp"
+        return "<sip:%s@%s:%d%s>" % (self.user, HOST, self.port, t)
+
+    def _tcp_conn(self, dest):
+        c = self.conns.get(dest)
+        if c is None:
+            c = socket.create_connection(dest, timeout=5)
+            self.conns[dest] = c
+            self.bufs[c] = b""
+        return c
+
+    def send_raw(self, dest, data):
+        if isinstance(data, str):
+            data = data.encode()
+        if self.transport == "udp":
+            self.sock.sendto(data, dest)
+        else:
+            self._tcp_conn(dest).sendall(data)
+
+    def _poll(self, timeout):
+        """Read what arrives within timeout into self.queue."""
+        import select
+        socks = [self.sock] + list(self.conns.values())
+        r, _, _ = select.select(socks, [], [], max(0, timeout))
+        for s in r:
+            if self.transport == "udp":
+                data, src = s.recvfrom(65535)
+                self.queue.append(Msg(data, src))
+            elif s is self.sock:
+                c, src = s.accept()
+                self.conns[src] = c
+                self.bufs[c] = b""
+            else:
+                data = s.recv(65535)
+                if not data:
+                    for k, v in list(self.conns.items()):
+                        if v is s:
+                            del self.conns[k]
+                    s.close()
+                    continue
+                self.bufs[s] += data
+                self._split_stream(s)
+
+    def _split_stream(self, s):
+        buf = self.bufs[s]
+        while b"\r\n\r\n" in buf:
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            m = re.search(rb"(?im)^(?:content-length|l)\s*:\s*(\d+)", head)
+            n = int(m.group(1)) if m else 0
+            if len(rest) < n:
+                break
+            src = None
+            for k, v in self.conns.items():
+                if v is s:
+                    src = k
+            self.queue.append(Msg(head + b"\r\n\r\n" + rest[:n], src))
+            buf = rest[n:]
+        self.bufs[s] = buf
+
+    def wait(self, pred, timeout, what):
+        """The first queued message matching pred, waiting up to timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, m in enumerate(self.queue):
+                if pred(m):
+                    return self.queue.pop(i)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise p2p.Failure("%s: nothing within %.1fs (queued: %s)" % (what, timeout, self.queue[-5:]))
+            self._poll(min(left, 0.2))
+
+    def request(self, dest, method, ruri=None, to=None, headers=(), body="", call_id=None,
+                cseq=None, from_tag=None, max_forwards=70, contact=True, raw_extra=""):
+        """Build and send a request; returns (call_id, branch, text)."""
+        self.n += 1
+        call_id = call_id or "c%d-%08x@%s" % (self.n, random.getrandbits(32), HOST)
+        branch = "z9hG4bK-py%d-%08x" % (self.n, random.getrandbits(32))
+        cseq = cseq if cseq is not None else self.n
+        ruri = ruri or "sip:%s" % self.domain
+        to = to or "<%s>" % self.aor
+        tp = "UDP" if self.transport == "udp" else "TCP"
+        lines = ["%s %s SIP/2.0" % (method, ruri),
+                 "Via: SIP/2.0/%s %s:%d;branch=%s;rport" % (tp, HOST, self.port, branch)]
+        if max_forwards is not None:
+            lines.append("Max-Forwards: %d" % max_forwards)
+        lines += ["From: <%s>;tag=%s" % (self.aor, from_tag or self.tag), "To: %s" % to,
+                  "Call-ID: %s" % call_id, "CSeq: %d %s" % (cseq, method)]
+        if contact:
+            lines.append("Contact: %s" % (self.contact if contact is True else contact))
+        lines += list(headers)
+        lines.append("Content-Length: %d" % len(body.encode()))
+        text = "\r\n".join(lines) + "\r\n" + raw_extra + "\r\n" + body
+        self.send_raw(dest, text)
+        return call_id, branch, text
+
+    def final(self, call_id, method, timeout=8.0):
+        """The final response to (call_id, method); provisional ones are
+        collected in self.provisional."""
+        self.provisional = []
+        while True:
+            m = self.wait(lambda x: x.is_response and x.get("call-id") == call_id and
+                          x.cseq_method() == method, timeout, "%s response" % method)
+            if m.status >= 200:
+                return m
+            self.provisional.append(m)
+
+    def do(self, dest, method, timeout=8.0, **kw):
+        """request() then final(): the final response."""
+        call_id, _, _ = self.request(dest, method, **kw)
+        return self.final(call_id, method, timeout)
+
+    def register(self, dest, expires=60, contact=True, cseq=None, call_id=None, headers=()):
+        hdrs = list(headers)
+        if expires is not None:
+            hdrs.append("Expires: %d" % expires)
+        return self.do(dest, "REGISTER", ruri="sip:%s" % self.domain, contact=contact,
+                       cseq=cseq, call_id=call_id or "reg-%s-%d" % (self.user, self.port),
+                       headers=hdrs)
+
+    def recv_request(self, method, timeout=8.0):
+        return self.wait(lambda x: not x.is_response and x.method == method, timeout,
+                         "incoming %s" % method)
+
+    def respond(self, req, status, reason, headers=(), body="", to_tag=None):
+        """Answer req (a Msg) on the address it came from (UDP: its source
+        or the top Via's rport/received; TCP: the same connection)."""
+        lines = ["SIP/2.0 %d %s" % (status, reason)]
+        for name in ("via", "record-route"):
+            for v in req.all(name):
+                lines.append("%s: %s" % ("Via" if name == "via" else "Record-Route", v))
+        to = req.get("to")
+        if status > 100 and not tag_of(to):
+            to += ";tag=%s" % (to_tag or self.tag)
+        lines += ["From: %s" % req.get("from"), "To: %s" % to, "Call-ID: %s" % req.get("call-id"),
+                  "CSeq: %s" % req.get("cseq")]
+        if status < 300 and req.method in ("INVITE", "SUBSCRIBE"):
+            lines.append("Contact: %s" % self.contact)
+        lines += list(headers)
+        lines.append("Content-Length: %d" % len(body.encode()))
+        self.send_raw(req.source, "\r\n".join(lines) + "\r\n\r\n" + body)
+
+
+def status_of(m):
+    return m.status if isinstance(m, Msg) else m
+
+
+# sipp -------------------------------------------------------------------------------
+
+REG_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="register">
+  <send retrans="500">
+    <![CDATA[
+      REGISTER sip:[domain] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      Max-Forwards: 70
+      From: <sip:[user]@[domain]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[user]@[domain]>
+      Call-ID: [call_id]
+      CSeq: [reg_cseq] REGISTER
+      Contact: <sip:[user]@[local_ip]:[contact_port];transport=[transport]>
+      Expires: [expires]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+</scenario>
+"""
+
+UAS_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="uas">
+  <recv request="INVITE" crlf="true"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 180 Ringing
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      [last_Record-Route:]
+      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <send retrans="500">
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      [last_Record-Route:]
+      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+
+    ]]>
+  </send>
+  <recv request="ACK" crlf="true"/>
+  <recv request="BYE"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <timewait milliseconds="500"/>
+</scenario>
+"""
+
+# The UAC's BYE waits for an action ("pause" of a few seconds) so a test can
+# do something in the middle of the call (kill a proxy peer).
+UAC_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="uac">
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:[callee]@[callee_domain] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:[user]@[domain]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[callee]@[callee_domain]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:[user]@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rrs="true"/>
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:[user]@[domain]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[callee]@[callee_domain]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      [routes]
+      Contact: <sip:[user]@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <pause milliseconds="%(hold_ms)d"/>
+  <send retrans="500">
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:[user]@[domain]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[callee]@[callee_domain]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      [routes]
+      Contact: <sip:[user]@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200" timeout="%(bye_timeout_ms)d"/>
+</scenario>
+"""
+
+
+def uac_xml(hold_ms=500, bye_timeout_ms=20000):
+    return UAC_XML % {"hold_ms": hold_ms, "bye_timeout_ms": bye_timeout_ms}
+
+
+class Sipp:
+    """One sipp process; its message trace lands in the run dir."""
+
+    def __init__(self, h, name, xml, remote, local_port, keys=(), transport="u1", extra=(),
+                 calls=1, timeout=30):
+        if not SIPP:
+            p2p.skip("sipp is not installed")
+        self.name = name
+        sf = os.path.join(h.rundir, name + ".xml")
+        with open(sf, "w") as f:
+            f.write(xml)
+        self.trace = os.path.join(h.rundir, name + ".msg")
+        self.errs = os.path.join(h.rundir, name + ".err")
+        self.out = os.path.join(h.rundir, name + ".out")
+        argv = [SIPP] + ([remote] if remote else []) + [
+            "-sf", sf, "-i", HOST, "-p", str(local_port), "-m", str(calls), "-t", transport,
+            "-trace_msg", "-message_file", self.trace, "-trace_err", "-error_file", self.errs,
+            "-timeout", "%ds" % timeout, "-timeout_error", "-nostdin"]
+        for k, v in keys:
+            argv += ["-key", k, str(v)]
+        argv += list(extra)
+        self.argv = argv
+        with open(self.out, "wb") as out:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                         close_fds=True)
+        h.extra_procs.append(self.proc)
+        self.timeout = timeout
+
+    def wait(self, extra=10):
+        try:
+            return self.proc.wait(self.timeout + extra)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+    def messages(self):
+        """The trace as a list of Msg (sent and received)."""
+        try:
+            with open(self.trace, "rb") as f:
+                data = f.read()
+        except OSError:
+            return []
+        out = []
+        for block in re.split(rb"\n-{20,}[^\n]*\n", b"\n" + data):
+            m = re.match(rb"(UDP|TCP) message (sent|received)[^\n]*:\n\n", block)
+            if not m:
+                continue
+            text = block[m.end():].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            msg = Msg(text.rstrip(b"\r\n") + b"\r\n\r\n" if b"\r\n\r\n" not in text else text)
+            msg.direction = m.group(2).decode()
+            out.append(msg)
+        return out
+
+    def describe(self):
+        tail = []
+        for path in (self.out, self.errs):
+            try:
+                with open(path, "rb") as f:
+                    tail += f.read().decode(errors="replace").splitlines()[-6:]
+            except OSError:
+                pass
+        return "sipp %s rc=%s; %s" % (self.name, self.proc.returncode, " | ".join(tail))
+
+
+def sipp_register(h, node_addr, user, contact_port, local_port, expires=120, cseq=1,
+                  transport="u1", domain=OVERLAY, name=None):
+    s = Sipp(h, name or "reg-%s-%d" % (user, cseq), REG_XML, node_addr, local_port,
+             keys=[("user", user), ("domain", domain), ("contact_port", contact_port),
+                   ("reg_cseq", cseq), ("expires", expires)],
+             transport=transport, extra=["-cid_str", "reg-%s-%d@%s" % (user, contact_port, HOST)],
+             timeout=15)
+    rc = s.wait()
+    return rc, s
+
+
+# Support processes ------------------------------------------------------------------
+
+class ProcGroup:
+    """A helper daemon in its own process group (kamailio forks workers that
+    outlive a SIGKILL of their parent): kill() takes the whole group.  Has
+    the poll/kill/wait the harness calls on extra_procs at cleanup."""
+
+    def __init__(self, popen):
+        self.popen = popen
+        self.pid = popen.pid
+
+    def poll(self):
+        """None while any process of the group is left."""
+        rc = self.popen.poll()
+        try:
+            os.killpg(self.pid, 0)
+            return None
+        except ProcessLookupError:
+            return rc
+
+    def kill(self):
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def wait(self, timeout=None):
+        return self.popen.wait(timeout)
+
+
+def start_proc(h, argv, log, env=None):
+    with open(log, "ab") as out:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                             close_fds=True, env=env, start_new_session=True)
+    g = ProcGroup(p)
+    h.extra_procs.append(g)
+    return g
+
+
+def tail(path, n=20):
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace").splitlines()[-n:]
+    except OSError as e:
+        return ["(no %s: %s)" % (path, e)]
+
+
+def wait_port(port, kind=socket.SOCK_DGRAM, timeout=10.0):
+    """Wait until something listens on 127.0.0.1:port (TCP: connectable;
+    UDP: bound, seen as the bind failing)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if kind == socket.SOCK_STREAM:
+            try:
+                socket.create_connection((HOST, port), timeout=0.5).close()
+                return True
+            except OSError:
+                pass
+        elif not _free(port, (socket.SOCK_DGRAM,)):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+# A private network namespace ---------------------------------------------------------
+
+NETNS_ENV = "P2PSIP_SIP_NETNS"
+
+
+UNSHARE_ARGS = ["--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
+                "--propagation", "private"]
+
+
+def enter_netns(script):
+    """Re-run script inside new network, mount and PID namespaces (so named
+    can own 127.0.0.1:53, kamailio can be given its own resolv.conf without
+    touching the host, and nothing started inside outlives the test: when
+    the script, PID 1 there, ends, the kernel kills the rest), or skip when
+    that is not allowed.  Returns only inside the namespace."""
+    if os.environ.get(NETNS_ENV) == "1":
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        return
+    unshare = shutil.which("unshare")
+    probe = subprocess.run([unshare] + UNSHARE_ARGS + ["true"],
+                           capture_output=True) if unshare else None
+    if not probe or probe.returncode != 0:
+        print("SKIP: cannot create namespaces (unshare %s): %s" % (" ".join(UNSHARE_ARGS),
+              probe.stderr.decode(errors="replace").strip() if probe else "no unshare"))
+        raise SystemExit(p2p.SKIP)
+    env = dict(os.environ, **{NETNS_ENV: "1"})
+    os.execvpe(unshare, [unshare] + UNSHARE_ARGS +
+               [os.environ.get("PYTHON", __import__("sys").executable), script], env)
+
+
+def private_resolv_conf(rundir):
+    """Point this mount namespace's /etc/resolv.conf at 127.0.0.1 (kamailio
+    has no other way to be told its DNS server)."""
+    path = os.path.join(rundir, "resolv.conf")
+    with open(path, "w") as f:
+        f.write("nameserver 127.0.0.1\noptions timeout:1 attempts:2\n")
+    subprocess.run(["mount", "--bind", path, "/etc/resolv.conf"], check=True)
+
+
+# named -------------------------------------------------------------------------------
+
+class Named:
+    """bind9 on 127.0.0.1:53 (inside the namespace): example.com points at
+    kamailio by NAPTR/SRV/A; the overlay zone starts with only NAPTR records
+    and takes RFC 2136 updates signed with the TSIG key."""
+
+    KEY = "p2psip-key"
+
+    def __init__(self, h, kam_port, overlay=OVERLAY):
+        self.dir = os.path.join(h.rundir, "named")
+        os.makedirs(self.dir, exist_ok=True)
+        self.secret = __import__("base64").b64encode(os.urandom(32)).decode()
+        self.tsig = "%s:hmac-sha256:%s" % (self.KEY, self.secret)
+        self.overlay = overlay
+        conf = os.path.join(self.dir, "named.conf")
+        with open(conf, "w") as f:
+            f.write("""options {
+  directory "%(d)s";
+  pid-file none;
+  listen-on port 53 { 127.0.0.1; };
+  listen-on-v6 { none; };
+  recursion no;
+  dnssec-validation no;
+  notify no;
+  session-keyfile "%(d)s/session.key";
+  managed-keys-directory "%(d)s";
+};
+controls { };
+key "%(k)s" { algorithm hmac-sha256; secret "%(s)s"; };
+zone "example.com" { type primary; file "%(d)s/example.com.zone"; };
+zone "%(o)s" { type primary; file "%(d)s/overlay.zone"; allow-update { key "%(k)s"; }; };
+""" % {"d": self.dir, "k": self.KEY, "s": self.secret, "o": overlay})
+        with open(os.path.join(self.dir, "example.com.zone"), "w") as f:
+            f.write("""$TTL 30
+@ IN SOA ns.example.com. admin.example.com. 1 60 60 600 30
+@ IN NS ns.example.com.
+ns IN A 127.0.0.1
+@ IN NAPTR 10 10 "S" "SIP+D2U" "" _sip._udp.example.com.
+_sip._udp IN SRV 10 10 %d sip.example.com.
+sip IN A 127.0.0.1
+""" % kam_port)
+        with open(os.path.join(self.dir, "overlay.zone"), "w") as f:
+            f.write("""$TTL 30
+@ IN SOA ns.%(o)s. admin.%(o)s. 1 60 60 600 30
+@ IN NS ns.%(o)s.
+ns IN A 127.0.0.1
+@ IN NAPTR 10 10 "S" "SIP+D2U" "" _sip._udp.%(o)s.
+@ IN NAPTR 20 10 "S" "SIP+D2T" "" _sip._tcp.%(o)s.
+""" % {"o": overlay})
+        self.log = os.path.join(self.dir, "named.log")
+        self.proc = start_proc(h, [NAMED, "-g", "-n", "1", "-c", conf], self.log)
+        if not wait_port(53, socket.SOCK_STREAM, 15):
+            raise p2p.Failure("named did not start: %s" % " | ".join(tail(self.log, 8)))
+
+    def query(self, name, rtype):
+        """Answer records as text lines (dig +short)."""
+        r = subprocess.run(["dig", "@127.0.0.1", "-p", "53", "+short", "+time=2", "+tries=1",
+                            name, rtype], capture_output=True, timeout=10)
+        return [x for x in r.stdout.decode().splitlines() if x.strip()]
+
+    def srv(self, proto="udp"):
+        return sorted(self.query("_sip._%s.%s" % (proto, self.overlay), "SRV"))
+
+
+# kamailio ----------------------------------------------------------------------------
+
+KAMAILIO_CFG = """#!KAMAILIO
+debug=2
+log_stderror=yes
+children=2
+tcp_children=1
+listen=udp:127.0.0.1:%(port)d
+listen=tcp:127.0.0.1:%(port)d
+alias="example.com"
+use_dns_cache=on
+use_dns_failover=on
+dns_try_naptr=on
+mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "auth.so"
+modparam("tm", "fr_timer", 2000)
+modparam("tm", "fr_inv_timer", 20000)
+
+request_route {
+  xlog("L_INFO", "REQ $rm $ru from $si:$sp ci=$ci RR=[$hdr(Record-Route)] Route=[$hdr(Route)]\\n");
+  if (!mf_process_maxfwd_header("10")) { sl_send_reply("483", "Too Many Hops"); exit; }
+  if (has_totag()) {
+    if (loose_route()) { route(RELAY); exit; }
+    if (is_method("ACK")) { if (t_check_trans()) { t_relay(); } exit; }
+    sl_send_reply("404", "Not here");
+    exit;
+  }
+  if (is_method("CANCEL")) { if (t_check_trans()) { route(RELAY); } exit; }
+  t_check_trans();
+  if (loose_route()) { route(RELAY); exit; }
+  if (is_method("REGISTER")) {
+    if (!pv_auth_check("example.com", "secret", "0", "1")) {
+      auth_challenge("example.com", "0");
+      exit;
+    }
+    if (!save("location")) { sl_reply_error(); }
+    exit;
+  }
+  # Spec 3.1: a request from the overlay must carry <sip:OVERLAY;lr>.
+  if (is_method("INVITE") && $fd == "%(overlay)s") {
+    if ($hdr(Record-Route) =~ "<sip:%(overlay)s;lr>") {
+      xlog("L_INFO", "OVERLAY-RR-OK ci=$ci\\n");
+    } else {
+      xlog("L_INFO", "OVERLAY-RR-MISSING ci=$ci\\n");
+      sl_send_reply("403", "No overlay Record-Route");
+      exit;
+    }
+  }
+  if (is_method("INVITE|SUBSCRIBE")) { record_route(); }
+  if ($rd == "example.com") {
+    if (!lookup("location")) { sl_send_reply("404", "Not Found"); exit; }
+  }
+  route(RELAY);
+}
+
+route[RELAY] {
+  if (!t_relay()) { sl_reply_error(); }
+  exit;
+}
+"""
+
+
+class Kamailio:
+    """kamailio as the proxy/registrar of example.com (digest password
+    "secret" for every user), on 127.0.0.1:port, resolving by RFC 3263
+    through the namespace's resolv.conf (named), with DNS failover."""
+
+    def __init__(self, h, port, overlay=OVERLAY):
+        self.port = port
+        self.cfg = os.path.join(h.rundir, "kamailio.cfg")
+        with open(self.cfg, "w") as f:
+            f.write(KAMAILIO_CFG % {"port": port, "overlay": overlay})
+        self.log = os.path.join(h.rundir, "kamailio.log")
+        chk = subprocess.run([KAMAILIO, "-c", "-f", self.cfg], capture_output=True, timeout=20)
+        if chk.returncode != 0:
+            raise p2p.Failure("kamailio config: %s" % chk.stderr.decode(errors="replace")[-800:])
+        self.proc = start_proc(h, [KAMAILIO, "-DD", "-E", "-f", self.cfg], self.log)
+        if not wait_port(port, socket.SOCK_STREAM, 15):
+            raise p2p.Failure("kamailio did not start: %s" % " | ".join(tail(self.log, 8)))
+
+    @property
+    def addr(self):
+        return "%s:%d" % (HOST, self.port)
+
+    def log_lines(self, pattern):
+        try:
+            with open(self.log, "rb") as f:
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return []
+        return [l for l in text.splitlines() if re.search(pattern, l)]
+
+
+REG_AUTH_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="register-auth">
+  <send retrans="500">
+    <![CDATA[
+      REGISTER sip:[domain] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      Max-Forwards: 70
+      From: <sip:[user]@[domain]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[user]@[domain]>
+      Call-ID: [call_id]
+      CSeq: 1 REGISTER
+      Contact: [contact]
+      Expires: 120
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="401" auth="true"/>
+  <send retrans="500">
+    <![CDATA[
+      REGISTER sip:[domain] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      Max-Forwards: 70
+      From: <sip:[user]@[domain]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[user]@[domain]>
+      Call-ID: [call_id]
+      CSeq: 2 REGISTER
+      Contact: [contact]
+      [authentication]
+      Expires: 120
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+</scenario>
+"""
+
+
+def sipp_register_auth(h, via_addr, user, contact, local_port, domain="example.com", name=None):
+    """REGISTER user@domain through via_addr, answering the digest challenge
+    with password "secret"."""
+    s = Sipp(h, name or "regauth-%s" % user, REG_AUTH_XML, via_addr, local_port,
+             keys=[("user", user), ("domain", domain), ("contact", contact)],
+             extra=["-au", user, "-ap", "secret"], timeout=20)
+    return s.wait(), s

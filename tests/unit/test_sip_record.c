@@ -1,0 +1,91 @@
+/*
+ * sip/record.c: the user record round-trips through its JSON body, the
+ * remaining lifetime comes from the DHT's expires_in minus the grace, and
+ * bodies from other nodes that are not well-formed records are refused.
+ */
+#include <errno.h>
+
+#include "sip/sip_int.h"
+#include "tests/unit/test.h"
+
+static dht_value_t value(const char *body, uint32_t expires_in)
+{
+  dht_value_t v = {.vid = "0123abcd", .kind = DHT_KIND_USER, .expires_in = expires_in,
+                   .body = (const uint8_t *)body, .body_len = strlen(body)};
+  return v;
+}
+
+static void roundtrip(void)
+{
+  sip_binding_t b = {.aor = "sip:alice@overlay.test",
+                     .contact = "\"Alice\" <sip:alice@10.0.0.5:5070>;+sip.instance=\"<urn:x>\"",
+                     .uri = "sip:alice@10.0.0.5:5070", .call_id = "abc@host",
+                     .path = "sip:192.0.2.1:5060", .node = "ff00", .received = "198.51.100.7:4000",
+                     .transport = "tcp", .cseq = 4294967295u, .q1000 = 500};
+  char *body = sip__binding_encode(&b, 3600);
+  ASSERT(body != NULL);
+  dht_value_t v = value(body, 3600 + SIP_GRACE_S - 10);
+  sip_binding_t d;
+  ASSERT_OK(sip__binding_decode(&v, &d));
+  ASSERT_STR_EQ(d.aor, b.aor);
+  ASSERT_STR_EQ(d.contact, b.contact);
+  ASSERT_STR_EQ(d.uri, b.uri);
+  ASSERT_STR_EQ(d.call_id, b.call_id);
+  ASSERT_STR_EQ(d.path, b.path);
+  ASSERT_STR_EQ(d.received, b.received);
+  ASSERT_STR_EQ(d.transport, b.transport);
+  ASSERT_STR_EQ(d.vid, "0123abcd");
+  ASSERT_UINT_EQ(d.cseq, 4294967295u);
+  ASSERT_EQ(d.q1000, 500);
+  ASSERT_EQ(d.remaining, 3590);
+  sip__binding_clear(&d);
+  /* Within the grace period the contact has expired but the record is there. */
+  v = value(body, SIP_GRACE_S - 1);
+  ASSERT_OK(sip__binding_decode(&v, &d));
+  ASSERT_LE(d.remaining, 0);
+  sip__binding_clear(&d);
+  free(body);
+}
+
+static void refused(void)
+{
+  static const char *bad[] = {
+      "",
+      "not json",
+      "[1,2,3]",
+      "{}",
+      /* q out of range */
+      "{\"aor\":\"a\",\"contact\":\"c\",\"uri\":\"u\",\"call_id\":\"i\",\"path\":\"p\",\"node\":\"n\","
+      "\"received\":\"\",\"transport\":\"\",\"q\":1001,\"cseq\":1}",
+      /* cseq negative */
+      "{\"aor\":\"a\",\"contact\":\"c\",\"uri\":\"u\",\"call_id\":\"i\",\"path\":\"p\",\"node\":\"n\","
+      "\"received\":\"\",\"transport\":\"\",\"q\":1000,\"cseq\":-1}",
+      /* a field of the wrong type */
+      "{\"aor\":1,\"contact\":\"c\",\"uri\":\"u\",\"call_id\":\"i\",\"path\":\"p\",\"node\":\"n\","
+      "\"received\":\"\",\"transport\":\"\",\"q\":1000,\"cseq\":1}",
+      /* a field missing */
+      "{\"aor\":\"a\",\"contact\":\"c\",\"uri\":\"u\",\"path\":\"p\",\"node\":\"n\","
+      "\"received\":\"\",\"transport\":\"\",\"q\":1000,\"cseq\":1}",
+      NULL};
+  for (int i = 0; bad[i]; i++) {
+    dht_value_t v = value(bad[i], 100);
+    sip_binding_t d;
+    ASSERT_EQ(sip__binding_decode(&v, &d), -EINVAL);
+    ASSERT(d.aor == NULL && d.contact == NULL);
+  }
+  /* A path longer than any SIP address we would write. */
+  char big[2048];
+  snprintf(big, sizeof big,
+           "{\"aor\":\"a\",\"contact\":\"c\",\"uri\":\"u\",\"call_id\":\"i\",\"path\":\"%0300d\","
+           "\"node\":\"n\",\"received\":\"\",\"transport\":\"\",\"q\":1000,\"cseq\":1}", 0);
+  dht_value_t v = value(big, 100);
+  sip_binding_t d;
+  ASSERT_EQ(sip__binding_decode(&v, &d), -EINVAL);
+}
+
+int main(void)
+{
+  roundtrip();
+  refused();
+  return 0;
+}
