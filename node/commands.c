@@ -63,9 +63,9 @@ static json_t *cmd_status(node_t *n) {
   json_array_append_new(roles, json_string("dht"));
   if (n->sip) {
     char sa[64];
-    sip_addr(n->sip, sa, sizeof(sa));
+    n->sipapi->addr(n->sip, sa, sizeof(sa));
     json_array_append_new(roles, json_string("sip"));
-    if (sip_is_gateway(n->sip)) json_array_append_new(roles, json_string("gateway"));
+    if (n->sipapi->is_gateway(n->sip)) json_array_append_new(roles, json_string("gateway"));
     json_object_set_new(r, "sip", json_string(sa));
   }
   json_object_set_new(r, "roles", roles);
@@ -269,7 +269,7 @@ void node_admin_dispatch(node_t *n, json_t *req, node_reply_fn reply, void *arg)
       if (!n->sip) {
         r = fail("%s: this node has no SIP role (start it with --sip)", c);
       } else {
-        json_t *v = c[0] == 's' ? sip_stats_json(n->sip) : sip_registrations_json(n->sip);
+        json_t *v = c[0] == 's' ? n->sipapi->stats_json(n->sip) : n->sipapi->registrations_json(n->sip);
         r = json_pack("{s:b, s:o}", "ok", 1, c, v ? v : json_null());
       }
     } else if (strcmp(c, "leave") == 0) {

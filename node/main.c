@@ -16,7 +16,7 @@ static void close_handle(uv_handle_t *h, void *arg) {
 static void shutdown_all(node_t *n) {
   node_admin_close(n);
   if (n->sip) {
-    sip_free(n->sip);
+    n->sipapi->destroy(n->sip);
     n->sip = NULL;
   }
   dht_close(n->dht);
@@ -49,7 +49,7 @@ static void on_sip_stopped(sip_svc_t *s, void *arg) { dht_leave_now(arg); }
 void node_leave(node_t *n) {
   if (n->leaving) return;
   n->leaving = true;
-  if (n->sip) sip_stop(n->sip, on_sip_stopped, n);
+  if (n->sip) n->sipapi->stop(n->sip, on_sip_stopped, n);
   else dht_leave_now(n);
 }
 
@@ -95,7 +95,8 @@ static int sip_setup(node_t *n, const node_opts_t *o, char *err, size_t errlen) 
   sip_config_t sc = {.overlay = o->overlay, .gateway = o->gateway, .dns = o->dns,
                      .dns_update = o->dns_update, .tsig = o->tsig};
   dht_addr_parse(o->sip, &sc.listen); /* checked by node_opts_parse */
-  int rc = sip_new(n->loop, n->dht, &sc, &n->sip);
+  if (node_sip_load(&n->sipapi, err, errlen)) return -1;
+  int rc = n->sipapi->create(n->loop, n->dht, &sc, &n->sip);
   if (rc) snprintf(err, errlen, "cannot start SIP on %s: %s", o->sip, uv_strerror(rc));
   return rc;
 }
@@ -147,9 +148,9 @@ int main(int argc, char **argv) {
   dht_start(n.dht);
   if (n.sip) {
     char sa[64];
-    sip_start(n.sip);
-    sip_addr(n.sip, sa, sizeof(sa));
-    log_info("SIP on %s%s", sa, sip_is_gateway(n.sip) ? " (proxy peer)" : "");
+    n.sipapi->start(n.sip);
+    n.sipapi->addr(n.sip, sa, sizeof(sa));
+    log_info("SIP on %s%s", sa, n.sipapi->is_gateway(n.sip) ? " (proxy peer)" : "");
   }
   uv_run(n.loop, UV_RUN_DEFAULT);
   dht_free(n.dht);

@@ -43,10 +43,28 @@ void node_usage(FILE *f);
 
 typedef struct node node_t;
 
+/* The SIP role's entry points (sip/sip.h), reached through the module
+ * that holds them. */
+typedef struct {
+  int (*create)(uv_loop_t *loop, dht_t *dht, const sip_config_t *cfg, sip_svc_t **out);
+  int (*start)(sip_svc_t *s);
+  int (*set_gateway)(sip_svc_t *s, int on);
+  void (*stop)(sip_svc_t *s, void (*cb)(sip_svc_t *s, void *arg), void *arg);
+  void (*destroy)(sip_svc_t *s);
+  json_t *(*stats_json)(const sip_svc_t *s);
+  json_t *(*registrations_json)(const sip_svc_t *s);
+  void (*addr)(const sip_svc_t *s, char *out, size_t len);
+  int (*is_gateway)(const sip_svc_t *s);
+} node_sip_api_t;
+
+/* Load p2psip-sip.so (once).  Returns 0, or -1 with a reason in err. */
+int node_sip_load(const node_sip_api_t **out, char *err, size_t len);
+
 struct node {
   uv_loop_t *loop;
   dht_t *dht;
   sip_svc_t *sip; /* NULL without --sip */
+  const node_sip_api_t *sipapi;
   node_opts_t *opts;
   struct node_admin *admin;
   uv_signal_t sigterm, sigint;
