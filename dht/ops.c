@@ -25,6 +25,7 @@
 
 #define LOOKUP_CAND 24
 #define STORE_TRIES 3
+#define GET_TRIES 5 /* a lookup answer may still list a few dead nodes */
 #define REPAIR_DELAY_MS 300
 
 static bool is_self(const dht_t *d, const dht_node_t *n) { return dht__node_eq(n, &d->self); }
@@ -315,18 +316,18 @@ static int answer_store(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
   proto_store_t s;
   int err = proto_store_decode(f->body, f->body_len, &s);
   if (err) return err;
-  int changed = apply_store(d, &s);
+  apply_store(d, &s);
   store_reply_t *sr = malloc(sizeof(*sr));
   if (!sr) return 0;
   *sr = (store_reply_t){.conn = c, .txid = f->txid, .stored = s.count};
   dht__conn_ref(c);
-  if ((s.flags & PROTO_STORE_REPLICA) || changed == 0) {
-    /* Nothing new to spread: a refresh that changed nothing here changed
-     * nothing on the replicas either, unless they are new, which repair
-     * takes care of. */
-    reply_stored(d, (s.flags & PROTO_STORE_REPLICA) ? 1 : d->replicas, sr);
+  if (s.flags & PROTO_STORE_REPLICA) {
+    reply_stored(d, 1, sr);
     return 0;
   }
+  /* Every primary STORE goes on to the replicas, refreshes included: a
+   * replica that repair missed (it joined or restarted at the wrong
+   * moment) is thus filled again within one refresh interval. */
   fan_out(d, f->body, f->body_len, reply_stored, sr);
   return 0;
 }
@@ -579,9 +580,9 @@ void dht__owned_refresh_all(dht_t *d) {
 typedef struct {
   dht_t *d;
   dht_id_t key;
-  dht_node_t targets[STORE_TRIES];
+  dht_node_t targets[GET_TRIES];
   int n_targets, next, hops, empty_answers;
-  bool empty_at[STORE_TRIES]; /* targets that answered with nothing */
+  bool empty_at[GET_TRIES]; /* targets that answered with nothing */
   dht_get_cb cb;
   void *arg;
 } get_op_t;
@@ -722,7 +723,7 @@ static void on_get_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, 
     free(g);
     return;
   }
-  g->n_targets = n < STORE_TRIES ? n : STORE_TRIES;
+  g->n_targets = n < GET_TRIES ? n : GET_TRIES;
   memcpy(g->targets, nodes, (size_t)g->n_targets * sizeof(*nodes));
   get_next(g);
 }
