@@ -126,6 +126,14 @@ int dht_lookup(dht_t *d, const dht_id_t *key, dht_lookup_cb cb, void *arg);
 /* Called whenever the successor list or the predecessor changes. */
 void dht_watch(dht_t *d, dht_succ_cb cb, void *arg);
 
+/* Ask a peer which address it sees us at and whether it can open a TCP
+ * connection back to that address at port (our peer port if 0).  cb gets
+ * status 0 with the observed address and reachable 0/1, or an error
+ * (-EAGAIN: no peer to ask yet). */
+typedef void (*dht_reach_cb)(dht_t *d, int status, const struct sockaddr_storage *seen,
+                             int reachable, void *arg);
+int dht_check_reachable(dht_t *d, uint16_t port, dht_reach_cb cb, void *arg);
+
 /* Introspection for the admin socket. */
 const dht_node_t *dht_self(const dht_t *d);
 const dht_node_t *dht_predecessor(const dht_t *d); /* NULL if none */

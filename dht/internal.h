@@ -106,6 +106,10 @@ int dht__handle_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f,
  * waits for its replicas); every ref needs an unref. */
 void dht__conn_ref(dht__conn_t *c);
 void dht__conn_unref(dht__conn_t *c);
+/* The address of the other end of a connection. */
+const struct sockaddr_storage *dht__conn_remote(const dht__conn_t *c);
+/* REACH requests (reach.c). */
+int dht__reach_answer(dht_t *d, dht__conn_t *c, const proto_frame_t *f);
 /* A connection to a peer went away (ring.c uses this to notice deaths). */
 void dht__peer_lost(dht_t *d, const dht_node_t *peer);
 

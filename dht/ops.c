@@ -361,6 +361,7 @@ int dht__handle_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const 
   case PROTO_FIND: return answer_find(d, c, f);
   case PROTO_STORE: return answer_store(d, c, f);
   case PROTO_FETCH: return answer_fetch(d, c, f);
+  case PROTO_REACH: return dht__reach_answer(d, c, f);
   default: return dht__ring_on_request(d, c, f, peer);
   }
 }

@@ -42,6 +42,7 @@ struct dht__conn {
   uint64_t last_active;
   uv_connect_t connect_req;
   int refs;     /* answers pending on this connection (dht__conn_ref) */
+  struct sockaddr_storage remote; /* the other end: whom we dialled, or who dialled us */
   bool handle_closed;
 };
 
@@ -380,6 +381,7 @@ static dht__conn_t *conn_to(dht_t *d, const struct sockaddr_storage *addr) {
   dht__conn_t *c = conn_new(d, true);
   if (!c) return NULL;
   c->addr = *addr;
+  c->remote = *addr;
   int err = uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)addr, on_connect);
   if (err) {
     conn_close(c, uv_strerror(err));
@@ -401,6 +403,7 @@ static void on_accept(uv_stream_t *server, int status) {
   }
   int len = sizeof(c->addr);
   uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->addr, &len);
+  c->remote = c->addr;
   c->connected = true;
 }
 
@@ -446,6 +449,8 @@ void dht__rpc_reply(dht_t *d, dht__conn_t *c, uint8_t type, uint32_t txid,
   conn_send(c, type, txid, body, len);
 }
 
+const struct sockaddr_storage *dht__conn_remote(const dht__conn_t *c) { return &c->remote; }
+
 void dht__rpc_drop(dht_t *d, const struct sockaddr_storage *addr) {
   for (dht__conn_t *c = d->conns, *next; c; c = next) {
     next = c->next;
@@ -487,6 +492,7 @@ const char *dht_frame_name(int type) {
   static const char *const names[] = {
       NULL,     "hello",   "hello_r", "ping",  "ping_r",  "find",    "find_r",
       "neigh",  "neigh_r", "notify",  "notify_r", "store", "store_r", "fetch",
-      "fetch_r", "leave",  "leave_r", "poke",  "poke_r", "join",   "join_r"};
+      "fetch_r", "leave",  "leave_r", "poke",  "poke_r", "join",   "join_r",  "reach",
+      "reach_r"};
   return type > 0 && type <= PROTO_TYPE_MAX ? names[type] : NULL;
 }

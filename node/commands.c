@@ -69,6 +69,12 @@ static json_t *cmd_status(node_t *n) {
     json_object_set_new(r, "sip", json_string(sa));
   }
   json_object_set_new(r, "roles", roles);
+  json_object_set_new(r, "public", node_public_json(n));
+  json_t *off = json_object();
+  if (n->sip_off[0]) json_object_set_new(off, "sip", json_string(n->sip_off));
+  if (n->opts->sip && !n->sip && n->pub.decided && n->pub.is_public)
+    json_object_set_new(off, "gateway", json_string("the SIP role is off"));
+  json_object_set_new(r, "roles_off", off);
   json_object_set_new(r, "predecessor", pred ? node_json(pred) : json_null());
   json_t *sl = json_array();
   int ns = dht_successors(d, &succ);

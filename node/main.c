@@ -91,11 +91,23 @@ static int dht_setup(node_t *n, const node_opts_t *o, char *err, size_t errlen) 
   return 0;
 }
 
+void node_roles_apply(node_t *n) {
+  if (!n->sip) return;
+  /* --gateway forces the proxy peer role; otherwise it follows the
+   * public decision. */
+  int want = n->opts->gateway || (n->pub.decided && n->pub.is_public);
+  if (want != n->sipapi->is_gateway(n->sip)) {
+    int rc = n->sipapi->set_gateway(n->sip, want);
+    if (rc) log_warn("cannot %s the proxy peer role: %s", want ? "enable" : "disable", uv_strerror(rc));
+    else log_info("proxy peer role %s", want ? "on" : "off");
+  }
+}
+
 static int sip_setup(node_t *n, const node_opts_t *o, char *err, size_t errlen) {
   sip_config_t sc = {.overlay = o->overlay, .gateway = o->gateway, .dns = o->dns,
                      .dns_update = o->dns_update, .tsig = o->tsig};
   dht_addr_parse(o->sip, &sc.listen); /* checked by node_opts_parse */
-  if (node_sip_load(&n->sipapi, err, errlen)) return -1;
+  if (node_sip_load(&n->sipapi, err, errlen)) return 1; /* broken install: fatal */
   int rc = n->sipapi->create(n->loop, n->dht, &sc, &n->sip);
   if (rc) snprintf(err, errlen, "cannot start SIP on %s: %s", o->sip, uv_strerror(rc));
   return rc;
@@ -115,7 +127,7 @@ int main(int argc, char **argv) {
   raise_nofile();
 
   node_t n = {.loop = uv_default_loop(), .opts = &opts};
-  if (dht_setup(&n, &opts, err, sizeof(err)) || (opts.sip && sip_setup(&n, &opts, err, sizeof(err)))) {
+  if (dht_setup(&n, &opts, err, sizeof(err))) {
     fprintf(stderr, "p2psipd: %s\n", err);
     if (n.dht) {
       shutdown_all(&n);
@@ -124,6 +136,22 @@ int main(int argc, char **argv) {
     }
     node_opts_free(&opts);
     return 1;
+  }
+  /* A role that cannot start (hundreds of nodes share 127.0.0.1 on a
+   * testbed, and only one gets port 5060) stays off; the node runs on and
+   * its status says why. */
+  if (opts.sip && (rc = sip_setup(&n, &opts, err, sizeof(err)))) {
+    if (rc == 1) {
+      fprintf(stderr, "p2psipd: %s\n", err);
+      shutdown_all(&n);
+      uv_run(n.loop, UV_RUN_DEFAULT);
+      dht_free(n.dht);
+      node_opts_free(&opts);
+      return 1;
+    }
+    log_warn("SIP role off: %s", err);
+    snprintf(n.sip_off, sizeof(n.sip_off), "%.200s", err);
+    n.sip = NULL;
   }
   char addr[64], id[DHT_ID_HEX];
   dht_addr_str(&dht_self(n.dht)->addr, addr, sizeof(addr));
@@ -152,6 +180,7 @@ int main(int argc, char **argv) {
     n.sipapi->addr(n.sip, sa, sizeof(sa));
     log_info("SIP on %s%s", sa, n.sipapi->is_gateway(n.sip) ? " (proxy peer)" : "");
   }
+  node_public_start(&n);
   uv_run(n.loop, UV_RUN_DEFAULT);
   dht_free(n.dht);
   free(n.admin);

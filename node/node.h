@@ -32,6 +32,7 @@ typedef struct {
   char *dns;        /* --dns IP[:PORT]: resolver for RFC 3263 */
   char *dns_update; /* --dns-update IP[:PORT]: RFC 2136 server */
   char *tsig;       /* --tsig NAME:ALG:SECRET */
+  char *public_mode; /* --public auto|yes|no */
 } node_opts_t;
 
 /* Parse argv (and the --config file it names; flags win over the file).
@@ -65,6 +66,12 @@ struct node {
   dht_t *dht;
   sip_svc_t *sip; /* NULL without --sip */
   const node_sip_api_t *sipapi;
+  char sip_off[256]; /* why the SIP role is off though --sip was given */
+  struct {
+    bool decided, is_public;
+    char why[200];
+    uv_timer_t timer;
+  } pub; /* public.c */
   node_opts_t *opts;
   struct node_admin *admin;
   uv_signal_t sigterm, sigint;
@@ -86,6 +93,11 @@ json_t *node_request_parse(const char *line, size_t n, const char *const *extra,
 int node_request_check(json_t *req, const char *const *extra, char *err, size_t len);
 /* Commands the roles add (checked by their handlers): NULL-terminated. */
 extern const char *const node_role_commands[];
+/* Public or not (public.c): start the checks; status JSON. */
+int node_public_start(node_t *n);
+json_t *node_public_json(const node_t *n);
+/* Turn the public roles on or off after the decision changed (main.c). */
+void node_roles_apply(node_t *n);
 /* Start a graceful leave and exit (admin "leave", SIGTERM). */
 void node_leave(node_t *n);
 

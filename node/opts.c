@@ -148,6 +148,14 @@ static int o_tsig(node_opts_t *o, const char *v, char *err, size_t len) {
   return set_str(&o->tsig, v);
 }
 
+static int o_public(node_opts_t *o, const char *v, char *err, size_t len) {
+  if (strcmp(v, "auto") && strcmp(v, "yes") && strcmp(v, "no")) {
+    snprintf(err, len, "--public: expected auto, yes or no, got \"%s\"", v);
+    return -1;
+  }
+  return set_str(&o->public_mode, v);
+}
+
 static const opt_def_t opt_table[] = {
     {"overlay", 1, o_overlay, "FQDN", "overlay identifier, e.g. overlay.test (required)"},
     {"listen", 1, o_listen, "IP:PORT", "peer protocol address (default 127.0.0.1:0, 0 = any port)"},
@@ -164,6 +172,8 @@ static const opt_def_t opt_table[] = {
     {"dns", 1, o_dns, "IP[:PORT]", "DNS server for RFC 3263 lookups (default: resolv.conf)"},
     {"dns-update", 1, o_dns_update, "IP[:PORT]", "register the proxy peer in DNS there (RFC 2136)"},
     {"tsig", 1, o_tsig, "NAME:ALG:SECRET", "TSIG key signing the DNS updates"},
+    {"public", 1, o_public, "auto|yes|no", "take the public roles (proxy peer, relay): auto (default)\n"
+     "                             when a peer sees us at our address and can connect back"},
 };
 #define N_OPTS (sizeof(opt_table) / sizeof(*opt_table))
 
@@ -243,6 +253,7 @@ static void defaults(node_opts_t *o) {
   o->log_level = LOG_INFO;
   o->refresh_s = 30;
   o->listen = strdup("127.0.0.1:0");
+  o->public_mode = strdup("auto");
 }
 
 int node_opts_parse(int argc, char **argv, node_opts_t *o, char *err, size_t errlen) {
@@ -314,5 +325,6 @@ void node_opts_free(node_opts_t *o) {
   free(o->dns);
   free(o->dns_update);
   free(o->tsig);
+  free(o->public_mode);
   memset(o, 0, sizeof(*o));
 }

@@ -283,6 +283,43 @@ long proto_neigh_r_encode(uint8_t *b, size_t n, const proto_neigh_r_t *in) {
   return wdone(&w, b);
 }
 
+/* REACH and REACH_R ------------------------------------------------------- */
+
+int proto_reach_decode(const uint8_t *b, size_t n, proto_reach_t *out) {
+  proto_cur_t c = {b, b + n};
+  proto_reach_t v;
+  int err = proto_get_u16(&c, &v.port);
+  if ((err = cdone(&c, err))) return err;
+  if (v.port == 0) return PROTO_EINVAL;
+  *out = v;
+  return 0;
+}
+
+long proto_reach_encode(uint8_t *b, size_t n, const proto_reach_t *in) {
+  proto_wcur_t w = {b, b + n, 0};
+  proto_put_u16(&w, in->port);
+  return wdone(&w, b);
+}
+
+int proto_reach_r_decode(const uint8_t *b, size_t n, proto_reach_r_t *out) {
+  proto_cur_t c = {b, b + n};
+  proto_reach_r_t v;
+  int err = proto_get_u8(&c, &v.reachable);
+  if (err) return err;
+  if (v.reachable > 1) return PROTO_EINVAL;
+  if ((err = get_node(&c, &v.seen))) return err;
+  if ((err = cdone(&c, 0))) return err;
+  *out = v;
+  return 0;
+}
+
+long proto_reach_r_encode(uint8_t *b, size_t n, const proto_reach_r_t *in) {
+  proto_wcur_t w = {b, b + n, 0};
+  proto_put_u8(&w, in->reachable);
+  put_node(&w, &in->seen);
+  return wdone(&w, b);
+}
+
 /* STORE_R ----------------------------------------------------------------- */
 
 int proto_store_r_decode(const uint8_t *b, size_t n, proto_store_r_t *out) {

@@ -68,7 +68,9 @@ enum proto_type {
   PROTO_POKE_R = 18,
   PROTO_JOIN = 19, /* "I just joined before you: send me my keys"; a node */
   PROTO_JOIN_R = 20,
-  PROTO_TYPE_MAX = 20,
+  PROTO_REACH = 21, /* "what address do you see, and can you connect back?" */
+  PROTO_REACH_R = 22,
+  PROTO_TYPE_MAX = 22,
 };
 
 /* A bounds-checked read cursor.  Every getter returns 0 or PROTO_ETRUNC and
@@ -154,6 +156,18 @@ typedef struct {
   uint8_t replicas; /* copies the receiver made, counting itself */
 } proto_store_r_t;
 
+/* REACH: the port to connect back to (on the address the request came
+ * from; never elsewhere, so a node cannot be made to probe third parties).
+ * REACH_R: whether that connect succeeded, and the address seen. */
+typedef struct {
+  uint16_t port;
+} proto_reach_t;
+
+typedef struct {
+  uint8_t reachable;
+  proto_node_t seen; /* id unused (zero) */
+} proto_reach_r_t;
+
 /* Framing: parse a header from the first len bytes of buf.  Returns the
  * whole frame's size when it is complete, PROTO_NEED_MORE when more bytes
  * are needed, or a negative error (the connection should be closed). */
@@ -174,6 +188,10 @@ int proto_find_r_decode(const uint8_t *b, size_t n, proto_find_r_t *out);
 long proto_find_r_encode(uint8_t *b, size_t n, const proto_find_r_t *in);
 int proto_neigh_r_decode(const uint8_t *b, size_t n, proto_neigh_r_t *out);
 long proto_neigh_r_encode(uint8_t *b, size_t n, const proto_neigh_r_t *in);
+int proto_reach_decode(const uint8_t *b, size_t n, proto_reach_t *out);
+long proto_reach_encode(uint8_t *b, size_t n, const proto_reach_t *in);
+int proto_reach_r_decode(const uint8_t *b, size_t n, proto_reach_r_t *out);
+long proto_reach_r_encode(uint8_t *b, size_t n, const proto_reach_r_t *in);
 int proto_store_r_decode(const uint8_t *b, size_t n, proto_store_r_t *out);
 long proto_store_r_encode(uint8_t *b, size_t n, const proto_store_r_t *in);
 

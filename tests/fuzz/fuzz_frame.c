@@ -21,7 +21,7 @@ static void same(long n, const uint8_t *data, size_t size) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 1) return 0;
-  uint8_t which = data[0] % 8;
+  uint8_t which = data[0] % 10;
   data++;
   size--;
   switch (which) {
@@ -78,6 +78,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     CHECK(rc == 0 && count == s.count);
     same(proto_store_end(&w, out), data, size);
+    break;
+  }
+  case 8: {
+    proto_reach_t q;
+    if (proto_reach_decode(data, size, &q) == 0) same(proto_reach_encode(out, sizeof(out), &q), data, size);
+    break;
+  }
+  case 9: {
+    proto_reach_r_t r;
+    if (proto_reach_r_decode(data, size, &r) == 0) same(proto_reach_r_encode(out, sizeof(out), &r), data, size);
     break;
   }
   }

@@ -174,6 +174,24 @@ static void test_store(void) {
   ASSERT_EQ(r2.replicas, 3);
 }
 
+static void test_reach(void) {
+  uint8_t buf[128];
+  proto_reach_t q = {.port = 5060}, q2;
+  long n = proto_reach_encode(buf, sizeof(buf), &q);
+  ASSERT_OK(proto_reach_decode(buf, (size_t)n, &q2));
+  ASSERT_EQ(q2.port, 5060);
+  buf[0] = buf[1] = 0; /* port 0 is refused */
+  ASSERT_EQ(proto_reach_decode(buf, (size_t)n, &q2), PROTO_EINVAL);
+  proto_reach_r_t r = {.reachable = 1, .seen = node(0, 4)}, r2;
+  n = proto_reach_r_encode(buf, sizeof(buf), &r);
+  ASSERT_OK(proto_reach_r_decode(buf, (size_t)n, &r2));
+  ASSERT_EQ(r2.reachable, 1);
+  ASSERT_MEM_EQ(&r2.seen, &r.seen, sizeof(r.seen));
+  for (long i = 0; i < n; i++) ASSERT(proto_reach_r_decode(buf, (size_t)i, &r2) < 0);
+  buf[0] = 2;
+  ASSERT_EQ(proto_reach_r_decode(buf, (size_t)n, &r2), PROTO_EINVAL);
+}
+
 static void test_garbage(void) {
   /* Pseudo-random bytes never crash a decoder and never decode as a frame
    * that claims more than the buffer holds. */
@@ -213,6 +231,7 @@ int main(void) {
   test_hello();
   test_find_neigh();
   test_store();
+  test_reach();
   test_garbage();
   printf("test_frame: ok\n");
   return 0;
