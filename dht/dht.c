@@ -10,7 +10,16 @@
 #define SWEEP_MS 5000
 #define LEAVE_WAIT_MS 1500
 
-static void on_refresh(uv_timer_t *t) { dht__owned_refresh_all(t->data); }
+/* Every refresh interval owners re-store what they put; every second one,
+ * primaries also push their keys to their replicas.  Repair on ring
+ * changes misses a node that restarted too quickly for its neighbours to
+ * notice, and a value whose owner is gone has no one else to restore its
+ * copies. */
+static void on_refresh(uv_timer_t *t) {
+  dht_t *d = t->data;
+  dht__owned_refresh_all(d);
+  if (d->refresh_rounds++ % 2 == 1) dht__repl_repair_now(d);
+}
 
 static void on_sweep(uv_timer_t *t) {
   dht_t *d = t->data;

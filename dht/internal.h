@@ -138,6 +138,8 @@ int dht__lookup(dht_t *d, const dht_id_t *key, dht__lookup_cb cb, void *arg);
 int dht__lookup_via(dht_t *d, const dht_id_t *key, const dht_node_t *start,
                     dht__lookup_cb cb, void *arg);
 /* Replication upkeep after ring changes. */
+/* Push every key we are primary for to our replicas, now. */
+void dht__repl_repair_now(dht_t *d);
 void dht__repl_succ_changed(dht_t *d, const dht_node_t *old, int n_old);
 void dht__repl_pred_changed(dht_t *d, const dht_node_t *old, bool had_old);
 /* Push to x, our new predecessor, every key we hold outside (x, self]. */
@@ -196,6 +198,7 @@ struct dht {
   uv_timer_t repair_timer;
   uv_timer_t leave_timer;
   int handover_sent; /* STOREs of a leave still unanswered */
+  unsigned refresh_rounds;
   int leave_waiting;
 
   dht_succ_cb watch_cb;

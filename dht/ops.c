@@ -810,6 +810,8 @@ static void repair_now(uv_timer_t *t) {
   if (n > 0) dht__store_each(&d->store, push_key, &p);
 }
 
+void dht__repl_repair_now(dht_t *d) { repair_now(&d->repair_timer); }
+
 /* Repairs are batched: during a burst of joins the ring around a node
  * changes many times a second, and one push after it settles is enough. */
 static void repair_soon(dht_t *d) {
