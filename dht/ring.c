@@ -414,10 +414,13 @@ static void on_ping_check(dht_t *d, int status, const proto_frame_t *f, const dh
 
 void dht__peer_lost(dht_t *d, const dht_node_t *peer) {
   if (d->leaving) return;
-  /* Only the two nodes the ring hangs on here are checked at once; a
-   * later successor's death shows when it moves up the list. */
-  bool neighbour = (d->has_pred && dht__node_eq(&d->pred, peer)) ||
-                   (d->n_succ && dht__node_eq(&d->succ[0], peer));
+  /* The predecessor and the successors that hold our replicas are checked
+   * at once: a dead replica left in the list would leave our keys with one
+   * copy fewer until it reached the head of the list. */
+  bool neighbour = d->has_pred && dht__node_eq(&d->pred, peer);
+  for (int i = 0; i < d->n_succ && i < d->replicas - 1 && !neighbour; i++)
+    neighbour = dht__node_eq(&d->succ[i], peer);
+  if (d->n_succ && dht__node_eq(&d->succ[0], peer)) neighbour = true;
   if (!neighbour) return;
   dht_node_t *x = malloc(sizeof(*x));
   if (!x) return;
