@@ -144,12 +144,12 @@ int dht_leave(dht_t *d, dht_left_cb cb, void *arg) {
   uv_timer_stop(&d->repair_timer);
   d->leave_waiting = 1; /* held while we send, so leave_finish runs once */
   if (d->n_succ > 0) {
-    dht__repl_handover(d, &d->succ[0], on_leave_ack, NULL);
+    dht__repl_handover(d, d->succ, d->n_succ < 2 ? d->n_succ : 2, on_leave_ack, NULL);
     d->leave_waiting += d->handover_sent;
     send_leave(d, &d->succ[0]);
     if (d->has_pred && !dht__node_eq(&d->pred, &d->succ[0])) send_leave(d, &d->pred);
   }
-  log_info("leaving: handed %d keys to the successor", d->handover_sent);
+  log_info("leaving: handed %d key copies to the next successors", d->handover_sent);
   uv_timer_start(&d->leave_timer, on_leave_timeout, LEAVE_WAIT_MS, 0);
   if (--d->leave_waiting == 0) uv_timer_start(&d->leave_timer, on_leave_timeout, 0, 0);
   return 0;

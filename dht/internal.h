@@ -144,7 +144,7 @@ void dht__repl_succ_changed(dht_t *d, const dht_node_t *old, int n_old);
 void dht__repl_pred_changed(dht_t *d, const dht_node_t *old, bool had_old);
 /* Push to x, our new predecessor, every key we hold outside (x, self]. */
 void dht__repl_give_range(dht_t *d, const dht_node_t *x);
-void dht__repl_handover(dht_t *d, const dht_node_t *to, dht__rpc_cb cb, void *arg);
+void dht__repl_handover(dht_t *d, const dht_node_t *to, int n_to, dht__rpc_cb cb, void *arg);
 void dht__owned_refresh_all(dht_t *d);
 void dht__ops_close(dht_t *d);
 

@@ -847,11 +847,13 @@ void dht__repl_give_range(dht_t *d, const dht_node_t *x) {
   dht__store_each(&d->store, push_key, &p);
 }
 
-void dht__repl_handover(dht_t *d, const dht_node_t *to, dht__rpc_cb cb, void *arg) {
+void dht__repl_handover(dht_t *d, const dht_node_t *to, int n_to, dht__rpc_cb cb, void *arg) {
   /* Everything we hold goes to the successor as a primary STORE, so that
-   * it fans the values out to what will be their replica set without us. */
+   * it fans the values out to what will be their replica set without us;
+   * and to the next one too, which takes over should the first be dead
+   * without our knowing. */
   dht_id_t lo = d->self.id, hi = d->self.id; /* (x, x] is the whole ring */
-  push_t p = {.d = d, .to = to, .n_to = 1, .lo = &lo, .hi = &hi, .flags = 0, .cb = cb, .arg = arg};
+  push_t p = {.d = d, .to = to, .n_to = n_to, .lo = &lo, .hi = &hi, .flags = 0, .cb = cb, .arg = arg};
   dht__store_each(&d->store, push_key, &p);
   d->handover_sent = p.sent;
 }

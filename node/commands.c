@@ -68,12 +68,19 @@ static json_t *cmd_status(node_t *n) {
     if (n->sipapi->is_gateway(n->sip)) json_array_append_new(roles, json_string("gateway"));
     json_object_set_new(r, "sip", json_string(sa));
   }
+  if (n->relay) {
+    char ta[64];
+    relay_addr(n->relay, ta, sizeof(ta));
+    json_array_append_new(roles, json_string("relay"));
+    json_object_set_new(r, "turn", json_string(ta));
+  }
   json_object_set_new(r, "roles", roles);
   json_object_set_new(r, "public", node_public_json(n));
   json_t *off = json_object();
   if (n->sip_off[0]) json_object_set_new(off, "sip", json_string(n->sip_off));
   if (n->opts->sip && !n->sip && n->pub.decided && n->pub.is_public)
     json_object_set_new(off, "gateway", json_string("the SIP role is off"));
+  if (!n->relay && n->relay_off[0]) json_object_set_new(off, "relay", json_string(n->relay_off));
   json_object_set_new(r, "roles_off", off);
   json_object_set_new(r, "predecessor", pred ? node_json(pred) : json_null());
   json_t *sl = json_array();
@@ -250,9 +257,42 @@ static json_t *cmd_stats(node_t *n) {
                    "memory", mem, "msgs_out_by_type", by_type);
 }
 
+/* relays, turn-credentials, relay ------------------------------------------ */
+
+static void on_relays(json_t *list, void *arg) {
+  pending_t *p = arg;
+  json_t *r = list ? json_pack("{s:b, s:o}", "ok", 1, "relays", list)
+                   : fail("relays: the overlay did not answer");
+  p->reply(p->n, r, p->arg);
+  free(p);
+}
+
+static json_t *cmd_relays(node_t *n, node_reply_fn reply, void *arg) {
+  pending_t *p = pending_new(n, reply, arg);
+  if (!p) return fail("out of memory");
+  int rc = relay_list(n->dht, n->opts->overlay, on_relays, p);
+  if (rc) {
+    free(p);
+    return fail("relays: %s", dht_strerror(rc));
+  }
+  return NULL;
+}
+
+static json_t *cmd_turn_credentials(node_t *n, json_t *req) {
+  const node_opts_t *o = n->opts;
+  if (!o->turn_secret) return fail("turn-credentials: this node has no --turn-secret");
+  json_t *ttl = json_object_get(req, "ttl"), *cred;
+  unsigned t = ttl ? (unsigned)json_integer_value(ttl) : 86400;
+  if (relay_mint_credentials(o->turn_secret, o->turn_realm ? o->turn_realm : o->overlay,
+                             json_string_value(json_object_get(req, "user")), t, &cred))
+    return fail("turn-credentials: invalid user or ttl");
+  json_object_set_new(cred, "ok", json_true());
+  return cred;
+}
+
 /* dispatch ---------------------------------------------------------------- */
 
-const char *const node_role_commands[] = {"sip", "registrations", NULL};
+const char *const node_role_commands[] = {"sip", "registrations", "relay", NULL};
 
 void node_admin_dispatch(node_t *n, json_t *req, node_reply_fn reply, void *arg) {
   char err[300];
@@ -278,6 +318,13 @@ void node_admin_dispatch(node_t *n, json_t *req, node_reply_fn reply, void *arg)
         json_t *v = c[0] == 's' ? n->sipapi->stats_json(n->sip) : n->sipapi->registrations_json(n->sip);
         r = json_pack("{s:b, s:o}", "ok", 1, c, v ? v : json_null());
       }
+    } else if (strcmp(c, "relays") == 0) {
+      r = cmd_relays(n, reply, arg);
+    } else if (strcmp(c, "turn-credentials") == 0) {
+      r = cmd_turn_credentials(n, req);
+    } else if (strcmp(c, "relay") == 0) {
+      r = n->relay ? json_pack("{s:b, s:o}", "ok", 1, "relay", relay_stats_json(n->relay))
+                   : fail("relay: this node has no relay role");
     } else if (strcmp(c, "leave") == 0) {
       r = json_pack("{s:b}", "ok", 1);
       node_leave(n);

@@ -23,6 +23,8 @@ static void usage(FILE *f) {
              "  lookup KEY             the node responsible for KEY, and the path to it\n"
              "  stats                  message, lookup and memory counters\n"
              "  leave                  leave the overlay gracefully and exit\n"
+             "  relays                 the relay agent peers (TURN) the overlay offers\n"
+             "  turn-credentials USER [TTL]  mint TURN credentials for a UA\n"
              "  CMD                    any other admin command without arguments\n"
              "  raw JSON               send a request object as given\n");
 }
@@ -47,6 +49,9 @@ static json_t *build(int argc, char **argv) {
     return json_pack("{s:s, s:s, s:o, s:I}", "cmd", "put", "key", argv[1], "value", v, "ttl",
                      (json_int_t)ttl);
   }
+  if (strcmp(cmd, "turn-credentials") == 0 && (argc == 2 || argc == 3))
+    return json_pack("{s:s, s:s, s:I}", "cmd", cmd, "user", argv[1], "ttl",
+                     (json_int_t)(argc == 3 ? strtol(argv[2], NULL, 10) : 86400));
   if ((strcmp(cmd, "get") == 0 || strcmp(cmd, "lookup") == 0) && argc == 2)
     return json_pack("{s:s, s:s}", "cmd", cmd, "key", argv[1]);
   if (argc == 1 && strcmp(cmd, "put") && strcmp(cmd, "get") && strcmp(cmd, "lookup") && strcmp(cmd, "raw"))

@@ -19,6 +19,10 @@ static void shutdown_all(node_t *n) {
     n->sipapi->destroy(n->sip);
     n->sip = NULL;
   }
+  if (n->relay) {
+    relay_free(n->relay); /* stopped (handles closed) before the leave */
+    n->relay = NULL;
+  }
   dht_close(n->dht);
   uv_walk(n->loop, close_handle, NULL);
 }
@@ -44,13 +48,56 @@ static void dht_leave_now(node_t *n) {
 
 /* The SIP role withdraws its records (user bindings stay with the DHT,
  * proxy-peer value and DNS records go) before the DHT hands over. */
-static void on_sip_stopped(sip_svc_t *s, void *arg) { dht_leave_now(arg); }
+/* The relay withdraws its turn: value and closes its sockets first. */
+static void on_relay_stopped(relay_t *r, void *arg) { dht_leave_now(arg); }
+
+static void relay_then_leave(node_t *n) {
+  if (n->relay && !n->relay_stopping) relay_stop(n->relay, on_relay_stopped, n);
+  else dht_leave_now(n);
+}
+
+static void on_sip_stopped(sip_svc_t *s, void *arg) { relay_then_leave(arg); }
 
 void node_leave(node_t *n) {
   if (n->leaving) return;
   n->leaving = true;
   if (n->sip) n->sipapi->stop(n->sip, on_sip_stopped, n);
-  else dht_leave_now(n);
+  else relay_then_leave(n);
+}
+
+/* The relay role is optional: a node whose TURN port is taken logs it and
+ * runs on without the role (hundreds of nodes may share one IP). */
+static void relay_setup(node_t *n, const node_opts_t *o) {
+  if (!o->turn_secret) {
+    snprintf(n->relay_off, sizeof(n->relay_off), "no --turn-secret");
+    log_warn("relay: no --turn-secret; running without the relay role");
+    return;
+  }
+  relay_config_t rc = {.overlay = o->overlay, .secret = o->turn_secret, .realm = o->turn_realm,
+                       .port_min = (uint16_t)o->relay_port_min,
+                       .port_max = (uint16_t)o->relay_port_max,
+                       .allow_loopback_peers = o->allow_loopback_peers,
+                       .quota_per_user = (unsigned)o->quota_user,
+                       .quota_total = (unsigned)o->quota_total,
+                       .record_ttl = (unsigned)(o->refresh_s > 0 ? o->refresh_s : 30)};
+  if (o->turn) {
+    dht_addr_parse(o->turn, &rc.listen);
+  } else {
+    rc.listen = dht_self(n->dht)->addr;
+    ((struct sockaddr_in *)&rc.listen)->sin_port = htons(3478); /* same offset for IPv6 */
+  }
+  int e = relay_new(n->loop, n->dht, &rc, &n->relay);
+  if (e) {
+    char a[64];
+    dht_addr_str(&rc.listen, a, sizeof(a));
+    log_warn("relay: cannot serve TURN on %s: %s; running without the relay role", a,
+             uv_strerror(e));
+    snprintf(n->relay_off, sizeof(n->relay_off), "cannot serve TURN on %s: %s", a, uv_strerror(e));
+    n->relay = NULL;
+    return;
+  }
+  n->relay_off[0] = '\0';
+  relay_start(n->relay);
 }
 
 static void on_signal(uv_signal_t *s, int signum) {
@@ -91,15 +138,37 @@ static int dht_setup(node_t *n, const node_opts_t *o, char *err, size_t errlen) 
   return 0;
 }
 
+static void on_relay_role_stopped(relay_t *r, void *arg) {
+  node_t *n = arg;
+  relay_free(r);
+  n->relay = NULL;
+  n->relay_stopping = false;
+  log_info("relay role off");
+  node_roles_apply(n); /* the decision may have flipped back meanwhile */
+}
+
+/* The public roles follow the public decision; --gateway and --relay
+ * force theirs on.  Called at start and whenever the decision changes. */
 void node_roles_apply(node_t *n) {
-  if (!n->sip) return;
-  /* --gateway forces the proxy peer role; otherwise it follows the
-   * public decision. */
-  int want = n->opts->gateway || (n->pub.decided && n->pub.is_public);
-  if (want != n->sipapi->is_gateway(n->sip)) {
-    int rc = n->sipapi->set_gateway(n->sip, want);
-    if (rc) log_warn("cannot %s the proxy peer role: %s", want ? "enable" : "disable", uv_strerror(rc));
-    else log_info("proxy peer role %s", want ? "on" : "off");
+  if (n->leaving) return;
+  bool pub = n->pub.decided && n->pub.is_public;
+  if (n->sip) {
+    int want = n->opts->gateway || pub;
+    if (want != n->sipapi->is_gateway(n->sip)) {
+      int rc = n->sipapi->set_gateway(n->sip, want);
+      if (rc) log_warn("cannot %s the proxy peer role: %s", want ? "enable" : "disable", uv_strerror(rc));
+      else log_info("proxy peer role %s", want ? "on" : "off");
+    }
+  }
+  bool want_relay = n->opts->relay || (pub && n->opts->turn_secret);
+  if (pub && !n->opts->turn_secret && !n->opts->relay)
+    snprintf(n->relay_off, sizeof(n->relay_off), "public, but no --turn-secret to authenticate users with");
+  if (n->relay_stopping) return;
+  if (want_relay && !n->relay) {
+    relay_setup(n, n->opts);
+  } else if (!want_relay && n->relay) {
+    n->relay_stopping = true;
+    relay_stop(n->relay, on_relay_role_stopped, n);
   }
 }
 
@@ -180,6 +249,7 @@ int main(int argc, char **argv) {
     n.sipapi->addr(n.sip, sa, sizeof(sa));
     log_info("SIP on %s%s", sa, n.sipapi->is_gateway(n.sip) ? " (proxy peer)" : "");
   }
+  node_roles_apply(&n);  /* forced roles start now, the others once decided */
   node_public_start(&n);
   uv_run(n.loop, UV_RUN_DEFAULT);
   dht_free(n.dht);

@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include "dht/dht.h"
+#include "relay/relay.h"
 #include "sip/sip.h"
 
 #define NODE_MAX_BOOTSTRAP 16
@@ -33,6 +34,13 @@ typedef struct {
   char *dns_update; /* --dns-update IP[:PORT]: RFC 2136 server */
   char *tsig;       /* --tsig NAME:ALG:SECRET */
   char *public_mode; /* --public auto|yes|no */
+  char *turn;        /* --turn IP:PORT (default: listen IP, port 3478) */
+  char *turn_secret; /* --turn-secret S: the overlay's shared secret */
+  char *turn_realm;  /* --turn-realm R (default: the overlay) */
+  int relay_port_min, relay_port_max; /* --relay-ports MIN-MAX */
+  int allow_loopback_peers;           /* --allow-loopback-peers */
+  int quota_user, quota_total;        /* --relay-quota PER_USER:TOTAL */
+  int relay;                          /* --relay: serve TURN whatever --public decides */
 } node_opts_t;
 
 /* Parse argv (and the --config file it names; flags win over the file).
@@ -66,6 +74,9 @@ struct node {
   dht_t *dht;
   sip_svc_t *sip; /* NULL without --sip */
   const node_sip_api_t *sipapi;
+  relay_t *relay;     /* NULL unless the node serves TURN */
+  bool relay_stopping;
+  char relay_off[256]; /* why the relay role is off */
   char sip_off[256]; /* why the SIP role is off though --sip was given */
   struct {
     bool decided, is_public;

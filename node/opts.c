@@ -156,6 +156,58 @@ static int o_public(node_opts_t *o, const char *v, char *err, size_t len) {
   return set_str(&o->public_mode, v);
 }
 
+static int o_turn(node_opts_t *o, const char *v, char *err, size_t len) {
+  return check_addr(v, "turn", err, len) ? -1 : set_str(&o->turn, v);
+}
+
+static int o_turn_secret(node_opts_t *o, const char *v, char *err, size_t len) {
+  if (!*v) {
+    snprintf(err, len, "--turn-secret: must not be empty");
+    return -1;
+  }
+  return set_str(&o->turn_secret, v);
+}
+
+static int o_turn_realm(node_opts_t *o, const char *v, char *err, size_t len) {
+  if (!*v || strlen(v) > 127) {
+    snprintf(err, len, "--turn-realm: 1 to 127 bytes");
+    return -1;
+  }
+  return set_str(&o->turn_realm, v);
+}
+
+static int o_relay_ports(node_opts_t *o, const char *v, char *err, size_t len) {
+  unsigned lo, hi;
+  char c;
+  if (sscanf(v, "%u-%u%c", &lo, &hi, &c) != 2 || lo < 1024 || hi > 65535 || lo > hi) {
+    snprintf(err, len, "--relay-ports: expected MIN-MAX within 1024-65535, got \"%s\"", v);
+    return -1;
+  }
+  o->relay_port_min = (int)lo, o->relay_port_max = (int)hi;
+  return 0;
+}
+
+static int o_allow_loopback(node_opts_t *o, const char *v, char *err, size_t len) {
+  o->allow_loopback_peers = strcmp(v, "0") != 0;
+  return 0;
+}
+
+static int o_relay_quota(node_opts_t *o, const char *v, char *err, size_t len) {
+  unsigned u, t;
+  char c;
+  if (sscanf(v, "%u:%u%c", &u, &t, &c) != 2 || u < 1 || t < 1 || u > 100000 || t > 100000) {
+    snprintf(err, len, "--relay-quota: expected PER_USER:TOTAL (1-100000), got \"%s\"", v);
+    return -1;
+  }
+  o->quota_user = (int)u, o->quota_total = (int)t;
+  return 0;
+}
+
+static int o_relay(node_opts_t *o, const char *v, char *err, size_t len) {
+  o->relay = strcmp(v, "0") != 0;
+  return 0;
+}
+
 static const opt_def_t opt_table[] = {
     {"overlay", 1, o_overlay, "FQDN", "overlay identifier, e.g. overlay.test (required)"},
     {"listen", 1, o_listen, "IP:PORT", "peer protocol address (default 127.0.0.1:0, 0 = any port)"},
@@ -172,6 +224,13 @@ static const opt_def_t opt_table[] = {
     {"dns", 1, o_dns, "IP[:PORT]", "DNS server for RFC 3263 lookups (default: resolv.conf)"},
     {"dns-update", 1, o_dns_update, "IP[:PORT]", "register the proxy peer in DNS there (RFC 2136)"},
     {"tsig", 1, o_tsig, "NAME:ALG:SECRET", "TSIG key signing the DNS updates"},
+    {"relay", 0, o_relay, "", "serve TURN whatever --public decides (needs --turn-secret)"},
+    {"turn", 1, o_turn, "IP:PORT", "TURN address (default: the listen IP, port 3478)"},
+    {"turn-secret", 1, o_turn_secret, "S", "the overlay's shared secret for TURN credentials"},
+    {"turn-realm", 1, o_turn_realm, "R", "TURN realm (default: the overlay)"},
+    {"relay-ports", 1, o_relay_ports, "MIN-MAX", "relayed UDP ports (default 49152-65535)"},
+    {"relay-quota", 1, o_relay_quota, "USER:TOTAL", "live TURN allocations per user and in all (default 100:1000)"},
+    {"allow-loopback-peers", 0, o_allow_loopback, "", "let TURN relay to loopback peers (tests)"},
     {"public", 1, o_public, "auto|yes|no", "take the public roles (proxy peer, relay): auto (default)\n"
      "                             when a peer sees us at our address and can connect back"},
 };
@@ -308,6 +367,10 @@ int node_opts_parse(int argc, char **argv, node_opts_t *o, char *err, size_t err
     snprintf(err, errlen, "--%s needs --sip", o->gateway ? "gateway" : "dns-update");
     return -1;
   }
+  if (o->relay && !o->turn_secret) {
+    snprintf(err, errlen, "--relay needs --turn-secret");
+    return -1;
+  }
   if (o->dns_update && !o->tsig) {
     snprintf(err, errlen, "--dns-update needs --tsig: updates are always signed");
     return -1;
@@ -326,5 +389,8 @@ void node_opts_free(node_opts_t *o) {
   free(o->dns_update);
   free(o->tsig);
   free(o->public_mode);
+  free(o->turn);
+  free(o->turn_secret);
+  free(o->turn_realm);
   memset(o, 0, sizeof(*o));
 }

@@ -43,12 +43,31 @@ static int check_key(json_t *req, char *err, size_t len) {
 
 static int check_none(json_t *req, char *err, size_t len) { return 0; }
 
+/* A name without ':' (the username is "EXPIRY:NAME"), and a ttl up to 30
+ * days. */
+static int check_turn_cred(json_t *req, char *err, size_t len) {
+  json_t *user = json_object_get(req, "user"), *ttl = json_object_get(req, "ttl");
+  const char *u = json_string_value(user);
+  if (!u || !*u || json_string_length(user) > 256 || strlen(u) != json_string_length(user) ||
+      strchr(u, ':')) {
+    snprintf(err, len, "turn-credentials: \"user\" must be 1 to 256 bytes without ':'");
+    return -1;
+  }
+  if (ttl && (!json_is_integer(ttl) || json_integer_value(ttl) < 1 ||
+              json_integer_value(ttl) > 30 * 86400)) {
+    snprintf(err, len, "turn-credentials: \"ttl\" must be 1 to %d seconds", 30 * 86400);
+    return -1;
+  }
+  return 0;
+}
+
 static const struct {
   const char *name;
   int (*check)(json_t *req, char *err, size_t len);
 } core_commands[] = {
     {"status", check_none}, {"put", check_put},    {"get", check_key},
     {"lookup", check_key},  {"stats", check_none}, {"leave", check_none},
+    {"relays", check_none}, {"turn-credentials", check_turn_cred},
 };
 
 int node_request_check(json_t *req, const char *const *extra, char *err, size_t len) {

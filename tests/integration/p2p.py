@@ -282,17 +282,18 @@ def proc_state(pid):
     return st[st.rfind(")") + 2]
 
 
-def proc_is(pid, binary):
-    """True if pid is a live (not zombie) process running binary."""
+def proc_is(pid, binary, arg=None):
+    """True if pid is a live (not zombie) process running binary, with arg
+    among its arguments if given (so a reused pid is never taken for ours)."""
     st = proc_state(pid)
     if st is None or st in "ZX":
         return False
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as f:
-            argv0 = f.read().split(b"\0")[0].decode(errors="replace")
+            argv = f.read().decode(errors="replace").split("\0")
     except OSError:
         return False
-    return os.path.basename(argv0) == os.path.basename(binary)
+    return os.path.basename(argv[0]) == os.path.basename(binary) and (arg is None or arg in argv)
 
 
 class Node:
@@ -333,7 +334,7 @@ class Node:
                 self.exit_code = self.proc.returncode
                 return False
             return True
-        return proc_is(self.pid, binary)
+        return proc_is(self.pid, binary, self.sock)
 
     def admin(self, req, timeout=5.0):
         return admin(self.sock, req, timeout)

@@ -67,7 +67,13 @@ class SipCluster(p2p.Cluster):
 
     def argv(self, node, bootstrap):
         a = super().argv(node, bootstrap)
-        return a + ["--sip", sip_addr(self, node)] + list(self.node_args.get(node.index, []))
+        extra = list(self.node_args.get(node.index, []))
+        # On loopback every node is reachable, so --public auto would make
+        # every SIP node a proxy peer; these tests choose their proxy peers
+        # with --gateway and keep the others private.
+        if "--gateway" not in extra and "--public" not in extra:
+            extra += ["--public", "no"]
+        return a + ["--sip", sip_addr(self, node)] + extra
 
 
 def sip_port(cluster, node):

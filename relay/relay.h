@@ -1,0 +1,73 @@
+/*
+ * relay: the relay agent peer (draft-marocco-p2psip-interwork 3.2), a TURN
+ * server (RFC 8656 over RFC 8489 STUN, UDP transport) on the node's libuv
+ * loop, and its record under "turn:OVERLAY" in the DHT (3.3.2).
+ *
+ * Credentials are the overlay's shared secret in the time-limited scheme
+ * TURN servers commonly use (coturn's --use-auth-secret): username
+ * "EXPIRY:NAME", password base64(HMAC-SHA1(secret, username)), so any
+ * overlay member can mint credentials for its UAs (relay_mint_credentials).
+ *
+ * Everything runs on the loop given to relay_new(); nothing is
+ * thread-safe.  Functions return 0 or a negative errno-style code; a
+ * function that takes a callback and fails at once never calls it.
+ * relay/ never includes sip/ and sip/ never includes relay/.
+ */
+#ifndef P2PSIP_RELAY_H
+#define P2PSIP_RELAY_H
+
+#include <jansson.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#include "dht/dht.h"
+
+typedef struct relay relay_t;
+
+typedef struct {
+  const char *overlay;            /* "overlay.test": the record is "turn:" + overlay */
+  struct sockaddr_storage listen; /* the TURN port (UDP); its IP is also the relayed IP */
+  const char *secret;             /* the overlay's shared secret (required) */
+  const char *realm;              /* NULL: the overlay */
+  uint16_t port_min, port_max;    /* relayed ports; 0,0: 49152-65535 */
+  int allow_loopback_peers;       /* else loopback and other special peers get 403 */
+  unsigned quota_per_user;        /* live allocations per username; 0: 100 */
+  unsigned quota_total;           /* live allocations in all; 0: 1000 */
+  unsigned record_ttl;            /* seconds the turn: value lives; 0: 60.
+                                     It is re-put every record_ttl / 3. */
+} relay_config_t;
+
+/* Create the relay: copies cfg, binds the TURN port (so a taken port fails
+ * here with -EADDRINUSE, and nothing is left to close), and does nothing
+ * else until relay_start().  dht may be NULL (no record is published: unit
+ * tests).  On failure *out is NULL. */
+int relay_new(uv_loop_t *loop, dht_t *dht, const relay_config_t *cfg, relay_t **out);
+/* Serve requests and publish the turn: record. */
+int relay_start(relay_t *r);
+/* Withdraw the record (dht_remove), drop every allocation and close every
+ * handle; cb(r, arg) runs once all handles are closed (never from inside
+ * this call).  Then call relay_free(). */
+void relay_stop(relay_t *r, void (*cb)(relay_t *r, void *arg), void *arg);
+/* Free the relay after relay_stop's callback, or one that never started
+ * (after relay_new).  DHT operations still in flight are detached. */
+void relay_free(relay_t *r);
+
+/* Counters and live state, a new reference: {"addr","realm","allocations",
+ * "permissions","channels","users", "rx":{...},"tx":{...},"errors":{...}}. */
+json_t *relay_stats_json(const relay_t *r);
+/* The TURN address as "IP:PORT" (len >= 64). */
+void relay_addr(const relay_t *r, char *out, size_t len);
+
+/* Helpers for admin commands that any node, relay or not, answers. */
+
+/* Read "turn:OVERLAY" from the DHT and call cb once with a new array
+ * [{"addr":"IP:PORT","transports":["udp"],"owner":HEX40},...] (cb owns
+ * it; empty if there is none) or NULL if the lookup failed. */
+int relay_list(dht_t *d, const char *overlay, void (*cb)(json_t *relays, void *arg), void *arg);
+/* Mint {"username":"EXPIRY:USER","password":S,"realm":S,"ttl":N} valid ttl
+ * seconds from now (ttl 1..86400*30).  Returns 0 or -EINVAL. */
+int relay_mint_credentials(const char *secret, const char *realm, const char *user, unsigned ttl,
+                           json_t **out);
+
+#endif

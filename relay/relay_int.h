@@ -1,0 +1,165 @@
+/*
+ * Internals of relay/, shared by server.c (sockets, demux, replies),
+ * auth.c (nonces, credentials), alloc.c (allocations, permissions,
+ * channels, expiry, quotas) and records.c (the turn: value).
+ */
+#ifndef P2PSIP_RELAY_INT_H
+#define P2PSIP_RELAY_INT_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#include "dht/dht.h"
+#include "proto/stun.h"
+#include "relay/relay.h"
+
+/* RFC 8656 section 3.6 and 9: lifetimes, in seconds. */
+#define RELAY_DEFAULT_LIFETIME 600
+#define RELAY_MAX_LIFETIME 3600
+#define RELAY_PERM_LIFETIME 300
+#define RELAY_CHAN_LIFETIME 600
+/* Caps that bound what one client can make us hold. */
+#define RELAY_MAX_PERMS 64
+#define RELAY_MAX_CHANS 64
+#define RELAY_RESV_LIFETIME 30 /* RFC 8656 7.2: about 30 s */
+#define RELAY_PORT_TRIES 64
+#define RELAY_REMOVE_WAIT_MS 2000 /* relay_stop waits this long for dht_remove */ /* binds tried per Allocate before 508 */
+/* Room in front of received data, so a ChannelData header (4 bytes) or a
+ * Data indication's header, XOR-PEER-ADDRESS and DATA header (at most 48)
+ * can be written in place before a packet from a peer. */
+#define RELAY_HEADROOM 64
+#define RELAY_RBUF (RELAY_HEADROOM + 65536)
+#define RELAY_SOFTWARE "p2psip-relay"
+#define RELAY_TURN_RCVBUF (1 << 20)
+/* RFC 8656 section 12 narrowed channel numbers to 0x4000-0x4FFF, but
+ * RFC 5766 clients (coturn's turnutils_uclient among them) still pick from
+ * 0x4000-0x7FFE; like coturn we accept the old range too, since nothing
+ * else (DTLS, RTP) shares our TURN port. */
+#define RELAY_CHAN_MAX_LEGACY 0x7FFE
+
+typedef struct relay_alloc relay_alloc_t;
+typedef struct relay_op relay_op_t;
+typedef struct relay_resv relay_resv_t;
+
+/* What an Allocate asks for besides a port. */
+typedef struct {
+  int even, reserve, token;
+  uint8_t token_val[PROTO_STUN_TOKEN_LEN];
+} relay_want_t;
+
+typedef struct {
+  proto_stun_addr_t peer;
+  uint16_t num;
+  uint64_t expires; /* loop time, ms */
+} relay_chan_t;
+
+typedef struct {
+  uint8_t family;
+  uint8_t ip[16];
+  uint64_t expires;
+} relay_perm_t;
+
+struct relay_alloc {
+  relay_t *r;
+  relay_alloc_t *hnext;      /* hash chain by client address */
+  relay_alloc_t *next, **prevp; /* every allocation */
+  proto_stun_addr_t client;
+  proto_stun_addr_t relayed;
+  uv_udp_t sock; /* the relayed transport address */
+  char *user;
+  uint8_t key[PROTO_STUN_KEY_LEN];
+  uint8_t txid[PROTO_STUN_TXID_LEN]; /* of the Allocate, for retransmits */
+  uint64_t expires;
+  uint32_t lifetime; /* as granted */
+  uint16_t n_perms, n_chans;
+  relay_perm_t *perms;
+  relay_chan_t *chans;
+};
+
+typedef struct {
+  uint64_t stun_in, chan_in, peer_in, bytes_in;
+  uint64_t to_peer, to_client, bytes_out;
+  uint64_t dropped_malformed, dropped_other, dropped_no_alloc, dropped_no_perm;
+  uint64_t send_errors;
+  uint64_t requests, errors_sent, auth_failures, stale_nonces, quota_refusals;
+  uint64_t allocs_made, allocs_expired;
+} relay_counters_t;
+
+struct relay {
+  uv_loop_t *loop;
+  dht_t *dht;
+  char *overlay, *secret, *realm;
+  size_t secret_len;
+  proto_stun_addr_t listen;
+  uint16_t port_min, port_max, port_next;
+  int allow_loopback;
+  unsigned quota_user, quota_total, record_ttl;
+  uv_udp_t udp;
+  uv_timer_t tick;
+  uv_timer_t rec_timer;
+  int started, stopping, removing, open_handles;
+  void (*stop_cb)(relay_t *, void *);
+  void *stop_arg;
+  relay_alloc_t **buckets; /* hash of allocations by client address */
+  size_t n_buckets, n_allocs;
+  relay_alloc_t *allocs;
+  uint8_t nonce_key[20];
+  relay_op_t *ops; /* DHT calls in flight */
+  relay_resv_t *resv; /* reserved ports (EVEN-PORT R) */
+  relay_counters_t c;
+  uint8_t *rbuf; /* RELAY_RBUF bytes, shared by every socket's recv */
+};
+
+/* What a request handler needs to answer. */
+typedef struct {
+  relay_t *r;
+  const struct sockaddr *from;
+  proto_stun_addr_t src;
+  const proto_stun_msg_t *m;
+  const uint8_t *key; /* set once authenticated: replies carry MI */
+  const char *user;
+  size_t ulen;
+  int fp; /* the request had FINGERPRINT: so do replies */
+  uint8_t keybuf[PROTO_STUN_KEY_LEN];
+} relay_req_t;
+
+/* server.c */
+void relay__addr_from_sa(const struct sockaddr *sa, proto_stun_addr_t *out);
+void relay__addr_to_sa(const proto_stun_addr_t *a, struct sockaddr_storage *out);
+int relay__addr_eq(const proto_stun_addr_t *a, const proto_stun_addr_t *b);
+void relay__reply_begin(const relay_req_t *q, proto_stun_builder_t *b, uint8_t *buf, size_t size,
+                        uint8_t cls);
+/* Adds MI (if q->key) and FINGERPRINT (if the request had one), sends. */
+void relay__reply_send(const relay_req_t *q, proto_stun_builder_t *b);
+void relay__reply_error(const relay_req_t *q, uint16_t code, const char *reason);
+int relay__send_client(relay_t *r, const proto_stun_addr_t *to, const void *p, size_t n);
+/* An allocation's socket finished closing (open_handles counts it). */
+void relay__handle_gone(relay_t *r);
+int relay__bind_socket(const struct sockaddr_storage *ss, int *fd_out);
+uint64_t relay__now_ms(const relay_t *r);
+
+/* auth.c: 0 when q->key/user are set; else it has replied (400, 401, 438)
+ * and returns -1. */
+int relay__authenticate(relay_req_t *q);
+void relay__add_nonce(relay_t *r, proto_stun_builder_t *b, const proto_stun_addr_t *src);
+
+/* alloc.c */
+void relay__on_request(relay_req_t *q);
+void relay__on_indication(relay_t *r, const proto_stun_msg_t *m, const proto_stun_addr_t *src);
+int relay__chan_parse(const uint8_t *p, size_t n, proto_stun_chan_t *out);
+void relay__on_chandata(relay_t *r, const proto_stun_addr_t *src, const uint8_t *p, size_t n);
+void relay__tick(uv_timer_t *t);
+void relay__sweep_resv(relay_t *r, int all);
+void relay__free_all_allocs(relay_t *r);
+int relay__forbidden_peer(const relay_t *r, const proto_stun_addr_t *a);
+json_t *relay__alloc_stats(const relay_t *r);
+
+/* records.c */
+int relay__records_start(relay_t *r);
+int relay__records_stop(relay_t *r);
+/* server.c: the withdrawal finished (or timed out); close the rest. */
+void relay__records_stopped(relay_t *r);
+void relay__records_detach(relay_t *r);
+
+#endif

@@ -1,0 +1,387 @@
+/*
+ * relay/server: lifecycle, the TURN port, demultiplexing of what arrives
+ * on it (STUN or ChannelData, RFC 8656 section 12), and building replies.
+ *
+ * Every socket reads into one shared buffer (relay_t.rbuf): libuv calls
+ * the read callback synchronously after each datagram and we finish with
+ * it (relaying with uv_udp_try_send) before returning, so no per-packet
+ * allocation happens.  libuv's UDP reader takes at most 32 datagrams per
+ * socket per wakeup (uv__udp_recvmsg, count = 32), so a flood on one
+ * socket cannot starve the DHT sharing this loop.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/rand.h>
+
+#include "dht/log.h"
+#include "relay/relay_int.h"
+
+void relay__addr_from_sa(const struct sockaddr *sa, proto_stun_addr_t *out) {
+  memset(out, 0, sizeof(*out));
+  if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+    out->family = 6, out->port = ntohs(s6->sin6_port);
+    memcpy(out->ip, &s6->sin6_addr, 16);
+  } else {
+    const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+    out->family = 4, out->port = ntohs(s4->sin_port);
+    memcpy(out->ip, &s4->sin_addr, 4);
+  }
+}
+
+void relay__addr_to_sa(const proto_stun_addr_t *a, struct sockaddr_storage *out) {
+  memset(out, 0, sizeof(*out));
+  if (a->family == 6) {
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)out;
+    s6->sin6_family = AF_INET6, s6->sin6_port = htons(a->port);
+    memcpy(&s6->sin6_addr, a->ip, 16);
+  } else {
+    struct sockaddr_in *s4 = (struct sockaddr_in *)out;
+    s4->sin_family = AF_INET, s4->sin_port = htons(a->port);
+    memcpy(&s4->sin_addr, a->ip, 4);
+  }
+}
+
+int relay__addr_eq(const proto_stun_addr_t *a, const proto_stun_addr_t *b) {
+  return a->family == b->family && a->port == b->port &&
+         memcmp(a->ip, b->ip, a->family == 6 ? 16 : 4) == 0;
+}
+
+uint64_t relay__now_ms(const relay_t *r) { return uv_now(r->loop); }
+
+/* The TURN port's handle data is the relay; a relayed socket's is its
+ * allocation (alloc.c has its own alloc callback). */
+static void on_alloc_buf(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  relay_t *r = h->data;
+  buf->base = (char *)r->rbuf + RELAY_HEADROOM;
+  buf->len = RELAY_RBUF - RELAY_HEADROOM;
+}
+
+int relay__send_client(relay_t *r, const proto_stun_addr_t *to, const void *p, size_t n) {
+  struct sockaddr_storage ss;
+  relay__addr_to_sa(to, &ss);
+  uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+  int rc = uv_udp_try_send(&r->udp, &b, 1, (const struct sockaddr *)&ss);
+  if (rc < 0) {
+    r->c.send_errors++;
+    return rc;
+  }
+  r->c.bytes_out += n;
+  return 0;
+}
+
+/* Replies --------------------------------------------------------------- */
+
+void relay__reply_begin(const relay_req_t *q, proto_stun_builder_t *b, uint8_t *buf, size_t size,
+                        uint8_t cls) {
+  proto_stun_begin(b, buf, size, proto_stun_type(q->m->method, cls), q->m->txid);
+  proto_stun_add(b, PROTO_STUN_A_SOFTWARE, RELAY_SOFTWARE, sizeof(RELAY_SOFTWARE) - 1);
+}
+
+void relay__reply_send(const relay_req_t *q, proto_stun_builder_t *b) {
+  if (q->key) proto_stun_add_integrity(b, q->key, PROTO_STUN_KEY_LEN);
+  if (q->fp) proto_stun_add_fingerprint(b);
+  long n = proto_stun_finish(b);
+  if (n < 0) {
+    /* Our own replies are bounded well below the buffer: a bug. */
+    fatalx("relay: building a reply failed: %s", proto_strerror((int)n));
+  }
+  relay__send_client(q->r, &q->src, b->start, (size_t)n);
+}
+
+static const char *reason_of(uint16_t code) {
+  switch (code) {
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 420: return "Unknown Attribute";
+  case 437: return "Allocation Mismatch";
+  case 438: return "Stale Nonce";
+  case 440: return "Address Family not Supported";
+  case 441: return "Wrong Credentials";
+  case 442: return "Unsupported Transport Protocol";
+  case 443: return "Peer Address Family Mismatch";
+  case 486: return "Allocation Quota Reached";
+  case 500: return "Server Error";
+  case 508: return "Insufficient Capacity";
+  default: return "Error";
+  }
+}
+
+void relay__reply_error(const relay_req_t *q, uint16_t code, const char *reason) {
+  uint8_t buf[512];
+  proto_stun_builder_t b;
+  if (!reason) reason = reason_of(code);
+  q->r->c.errors_sent++;
+  relay__reply_begin(q, &b, buf, sizeof(buf), PROTO_STUN_ERROR);
+  proto_stun_add_error(&b, code, reason, strlen(reason));
+  /* A challenge carries REALM and a fresh NONCE (RFC 8489 9.2.4), and no
+   * MESSAGE-INTEGRITY: the client has not proven the key. */
+  if (code == 401 || code == 438) {
+    proto_stun_add(&b, PROTO_STUN_A_REALM, q->r->realm, strlen(q->r->realm));
+    relay__add_nonce(q->r, &b, &q->src);
+  }
+  relay_req_t nq = *q;
+  if (code == 401 || code == 438) nq.key = NULL;
+  relay__reply_send(&nq, &b);
+}
+
+/* Binding (RFC 8489 section 3): no authentication, answers anyone. */
+static void on_binding(relay_req_t *q) {
+  uint8_t buf[256];
+  proto_stun_builder_t b;
+  relay__reply_begin(q, &b, buf, sizeof(buf), PROTO_STUN_SUCCESS);
+  proto_stun_add_xaddr(&b, PROTO_STUN_A_XOR_MAPPED_ADDRESS, &q->src);
+  /* For RFC 3489 clients, which only read MAPPED-ADDRESS. */
+  proto_stun_add_addr(&b, PROTO_STUN_A_MAPPED_ADDRESS, &q->src);
+  relay__reply_send(q, &b);
+}
+
+/* Demultiplexing -------------------------------------------------------- */
+
+static void on_stun(relay_t *r, const struct sockaddr *from, const uint8_t *p, size_t n) {
+  proto_stun_msg_t m;
+  if (proto_stun_parse(p, n, &m) < 0) {
+    r->c.dropped_malformed++;
+    return;
+  }
+  /* A FINGERPRINT that is present must be right (RFC 8489 section 7.3). */
+  if (m.fp_off && proto_stun_check_fingerprint(&m) < 0) {
+    r->c.dropped_malformed++;
+    return;
+  }
+  relay_req_t q = {.r = r, .from = from, .m = &m, .fp = m.fp_off != 0};
+  relay__addr_from_sa(from, &q.src);
+  r->c.stun_in++;
+  if (m.cls == PROTO_STUN_INDICATION) {
+    relay__on_indication(r, &m, &q.src);
+  } else if (m.cls != PROTO_STUN_REQUEST) {
+    r->c.dropped_other++; /* responses are not for a server */
+  } else if (m.method == PROTO_STUN_BINDING) {
+    r->c.requests++;
+    on_binding(&q);
+  } else {
+    r->c.requests++;
+    relay__on_request(&q);
+  }
+}
+
+static void on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const struct sockaddr *from,
+                    unsigned flags) {
+  relay_t *r = h->data;
+  if (nread <= 0 || !from) return;
+  if (flags & UV_UDP_PARTIAL) {
+    r->c.dropped_malformed++;
+    return;
+  }
+  const uint8_t *p = (const uint8_t *)buf->base;
+  size_t n = (size_t)nread;
+  r->c.bytes_in += n;
+  int kind = proto_stun_kind(p, n);
+  if (kind == PROTO_STUN_KIND_OTHER && n >= PROTO_STUN_CHAN_HDR_LEN && p[0] >= 0x50 && p[0] < 0x80)
+    kind = PROTO_STUN_KIND_CHANNEL; /* RFC 5766 channel numbers */
+  switch (kind) {
+  case PROTO_STUN_KIND_CHANNEL: {
+    proto_stun_addr_t src;
+    relay__addr_from_sa(from, &src);
+    relay__on_chandata(r, &src, p, n);
+    break;
+  }
+  case PROTO_STUN_KIND_STUN:
+    on_stun(r, from, p, n);
+    break;
+  default:
+    r->c.dropped_malformed++;
+  }
+}
+
+/* Lifecycle ------------------------------------------------------------- */
+
+/* Bind with plain syscalls first, so a taken port fails before any libuv
+ * handle exists and relay_new() has nothing to close. */
+int relay__bind_socket(const struct sockaddr_storage *ss, int *fd_out) {
+  int fd = socket(ss->ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  socklen_t len = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+  if (bind(fd, (const struct sockaddr *)ss, len) < 0) {
+    int e = -errno;
+    close(fd);
+    return e;
+  }
+  *fd_out = fd;
+  return 0;
+}
+
+static void relay_release(relay_t *r) {
+  free(r->overlay);
+  free(r->secret);
+  free(r->realm);
+  free(r->buckets);
+  free(r->rbuf);
+  free(r);
+}
+
+static int copy_config(relay_t *r, const relay_config_t *cfg) {
+  if (!cfg->overlay || !cfg->secret || !cfg->secret[0]) return -EINVAL;
+  if (cfg->listen.ss_family != AF_INET && cfg->listen.ss_family != AF_INET6) return -EINVAL;
+  if (cfg->port_min > cfg->port_max) return -EINVAL;
+  r->overlay = strdup(cfg->overlay);
+  r->secret = strdup(cfg->secret);
+  r->realm = strdup(cfg->realm && cfg->realm[0] ? cfg->realm : cfg->overlay);
+  r->rbuf = malloc(RELAY_RBUF);
+  if (!r->overlay || !r->secret || !r->realm || !r->rbuf) return -ENOMEM;
+  r->secret_len = strlen(cfg->secret);
+  relay__addr_from_sa((const struct sockaddr *)&cfg->listen, &r->listen);
+  r->port_min = cfg->port_min ? cfg->port_min : 49152;
+  r->port_max = cfg->port_max ? cfg->port_max : 65535;
+  if (r->port_min > r->port_max) return -EINVAL;
+  r->allow_loopback = cfg->allow_loopback_peers;
+  r->quota_user = cfg->quota_per_user ? cfg->quota_per_user : 100;
+  r->quota_total = cfg->quota_total ? cfg->quota_total : 1000;
+  r->record_ttl = cfg->record_ttl ? cfg->record_ttl : 60;
+  if (RAND_bytes(r->nonce_key, sizeof(r->nonce_key)) != 1) return -EIO;
+  /* Start the port search somewhere random, so relays sharing one IP (a
+   * testbed) do not all race for the same ports. */
+  unsigned span = (unsigned)r->port_max - r->port_min + 1, rnd;
+  if (RAND_bytes((unsigned char *)&rnd, sizeof(rnd)) != 1) return -EIO;
+  r->port_next = (uint16_t)(r->port_min + rnd % span);
+  return 0;
+}
+
+static void maybe_stopped(relay_t *r) {
+  if (r->stopping && r->open_handles == 0 && r->stop_cb) {
+    void (*cb)(relay_t *, void *) = r->stop_cb;
+    r->stop_cb = NULL;
+    cb(r, r->stop_arg);
+  }
+}
+
+void relay__handle_gone(relay_t *r) {
+  r->open_handles--;
+  maybe_stopped(r);
+}
+
+static void on_closed(uv_handle_t *h) { relay__handle_gone(h->data); }
+
+static void close_handles(relay_t *r) {
+  uv_close((uv_handle_t *)&r->udp, on_closed);
+  uv_close((uv_handle_t *)&r->tick, on_closed);
+  uv_close((uv_handle_t *)&r->rec_timer, on_closed);
+}
+
+static void reap_on_stop(relay_t *r, void *arg) { relay_release(r); }
+
+int relay_new(uv_loop_t *loop, dht_t *dht, const relay_config_t *cfg, relay_t **out) {
+  *out = NULL;
+  relay_t *r = calloc(1, sizeof(*r));
+  if (!r) return -ENOMEM;
+  r->loop = loop, r->dht = dht;
+  int rc = copy_config(r, cfg);
+  if (rc < 0) {
+    relay_release(r);
+    return rc;
+  }
+  int fd;
+  if ((rc = relay__bind_socket(&cfg->listen, &fd)) < 0) {
+    relay_release(r);
+    return rc;
+  }
+  /* From here on the handles exist and only relay_stop() closes them. */
+  uv_udp_init(loop, &r->udp);
+  uv_timer_init(loop, &r->tick);
+  uv_timer_init(loop, &r->rec_timer);
+  r->udp.data = r, r->tick.data = r, r->rec_timer.data = r;
+  r->open_handles = 3;
+  if ((rc = uv_udp_open(&r->udp, fd)) < 0) {
+    /* Practically never; the handles reap the relay once closed. */
+    close(fd);
+    r->stopping = 1, r->stop_cb = reap_on_stop;
+    close_handles(r);
+    return rc;
+  }
+  /* If the listen port was 0, learn the one the kernel picked. */
+  struct sockaddr_storage ss;
+  int sl = sizeof(ss);
+  if (rc == 0 && uv_udp_getsockname(&r->udp, (struct sockaddr *)&ss, &sl) == 0)
+    relay__addr_from_sa((const struct sockaddr *)&ss, &r->listen);
+  *out = r;
+  return 0;
+}
+
+int relay_start(relay_t *r) {
+  if (r->started || r->stopping) return -EINVAL;
+  int rc = uv_udp_recv_start(&r->udp, on_alloc_buf, on_recv);
+  if (rc < 0) return rc;
+  /* Every client shares this socket: give bursts room (a limit, not an
+   * allocation; the kernel caps it at net.core.rmem_max). */
+  int size = RELAY_TURN_RCVBUF;
+  uv_recv_buffer_size((uv_handle_t *)&r->udp, &size);
+  uv_timer_start(&r->tick, relay__tick, 1000, 1000);
+  r->started = 1;
+  if (r->dht) relay__records_start(r);
+  char a[64];
+  relay_addr(r, a, sizeof(a));
+  log_info("relay: TURN on %s (udp), realm %s, relayed ports %u-%u", a, r->realm, r->port_min,
+           r->port_max);
+  return 0;
+}
+
+void relay__records_stopped(relay_t *r) {
+  uv_close((uv_handle_t *)&r->rec_timer, on_closed);
+}
+
+void relay_stop(relay_t *r, void (*cb)(relay_t *, void *), void *arg) {
+  if (r->stopping) return;
+  r->stopping = 1, r->stop_cb = cb, r->stop_arg = arg;
+  relay__free_all_allocs(r);
+  uv_close((uv_handle_t *)&r->udp, on_closed);
+  uv_close((uv_handle_t *)&r->tick, on_closed);
+  /* rec_timer guards the withdrawal of the record, if there is one. */
+  if (!(r->dht && r->started && relay__records_stop(r)))
+    uv_close((uv_handle_t *)&r->rec_timer, on_closed);
+}
+
+void relay_free(relay_t *r) {
+  if (!r) return;
+  relay__records_detach(r);
+  relay_release(r);
+}
+
+void relay_addr(const relay_t *r, char *out, size_t len) {
+  struct sockaddr_storage ss;
+  relay__addr_to_sa(&r->listen, &ss);
+  dht_addr_str(&ss, out, len);
+}
+
+json_t *relay_stats_json(const relay_t *r) {
+  char a[64];
+  relay_addr(r, a, sizeof(a));
+  const relay_counters_t *c = &r->c;
+  json_t *j = relay__alloc_stats(r);
+  json_object_set_new(j, "addr", json_string(a));
+  json_object_set_new(j, "realm", json_string(r->realm));
+  json_object_set_new(j, "transports", json_pack("[s]", "udp"));
+  json_object_set_new(j, "rx", json_pack("{sI sI sI sI}", "stun", (json_int_t)c->stun_in,
+                                         "channel_data", (json_int_t)c->chan_in, "from_peers",
+                                         (json_int_t)c->peer_in, "bytes", (json_int_t)c->bytes_in));
+  json_object_set_new(j, "tx", json_pack("{sI sI sI sI}", "to_peers", (json_int_t)c->to_peer,
+                                         "to_clients", (json_int_t)c->to_client, "bytes",
+                                         (json_int_t)c->bytes_out, "send_errors",
+                                         (json_int_t)c->send_errors));
+  json_object_set_new(
+      j, "requests",
+      json_pack("{sI sI sI sI sI sI sI}", "total", (json_int_t)c->requests, "errors_sent",
+                (json_int_t)c->errors_sent, "auth_failures", (json_int_t)c->auth_failures,
+                "stale_nonces", (json_int_t)c->stale_nonces, "quota_refusals",
+                (json_int_t)c->quota_refusals, "allocations_made", (json_int_t)c->allocs_made,
+                "allocations_expired", (json_int_t)c->allocs_expired));
+  json_object_set_new(j, "dropped",
+                      json_pack("{sI sI sI sI}", "malformed", (json_int_t)c->dropped_malformed,
+                                "no_allocation", (json_int_t)c->dropped_no_alloc,
+                                "no_permission", (json_int_t)c->dropped_no_perm, "other",
+                                (json_int_t)c->dropped_other));
+  return j;
+}
