@@ -21,6 +21,7 @@ import time
 
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 BIN = os.environ.get("P2PSIP_BIN", os.path.join(HERE, "..", "..", "build", "node", "p2psipd"))
 TAG = "p2pt%d" % (os.getpid() % 100000)
 NS = {"pub": TAG + "pub", "rtr": TAG + "rtr", "priv": TAG + "prv"}
@@ -104,6 +105,58 @@ def wait(pred, timeout, interval=0.25):
     return None
 
 
+def sipp(where, tmp, name, xml, remote, ip, port, keys, timeout=20):
+    """Run sipp inside a namespace; returns its Popen."""
+    sf = os.path.join(tmp, name + ".xml")
+    with open(sf, "w") as f:
+        f.write(xml)
+    argv = ["ip", "netns", "exec", NS[where], shutil.which("sipp"), remote, "-sf", sf, "-i", ip, "-p", str(port),
+            "-m", "1", "-t", "u1", "-timeout", "%ds" % timeout, "-timeout_error", "-nostdin",
+            "-trace_msg", "-message_file", os.path.join(tmp, name + ".msg")]
+    for k, v in keys:
+        argv += ["-key", k, str(v)]
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=open(os.path.join(tmp, name + ".err"), "w"))
+
+
+def call_across_nat(tmp):
+    """bob registers behind the NAT through b, alice on the public segment
+    through a1; bob calls alice through the overlay.  (Calls *into* the NAT
+    need a flow kept open from b to a public node, which is not built yet:
+    b's SIP port cannot be reached from outside.)"""
+    import sip_util
+    reg = lambda where, node, ip, user, port: sipp(
+        where, tmp, "reg-" + user, sip_util.REG_XML, node, ip, port + 1,
+        [("user", user), ("domain", "overlay.test"), ("contact_port", port), ("reg_cseq", 1),
+         ("expires", 120)])
+    r1 = reg("priv", "198.51.100.2:5060", "198.51.100.2", "bob", 5070)
+    r2 = reg("pub", "192.0.2.2:5060", "192.0.2.2", "alice", 5080)
+    ok = r1.wait(20) == 0 and r2.wait(20) == 0
+    check(ok, "phones register on both sides of the NAT")
+    if not ok:
+        return
+    uas = sipp("pub", tmp, "uas-alice", sip_util.UAS_XML, "", "192.0.2.2", 5080, [])
+    time.sleep(0.5)
+    uac = sipp("priv", tmp, "uac-bob", sip_util.uac_xml(hold_ms=300), "198.51.100.2:5060", "198.51.100.2",
+               5070, [("user", "bob"), ("domain", "overlay.test"), ("callee", "alice"),
+                      ("callee_domain", "overlay.test")])
+    rc_uac, rc_uas = uac.wait(30), uas.wait(30)
+
+    def lines(name):
+        try:
+            return open(os.path.join(tmp, name + ".msg"), errors="replace").read().splitlines()
+        except OSError:
+            return []
+    got_200 = any(ln.startswith("SIP/2.0 200") for ln in lines("uac-bob"))
+    got_ack = any(ln.startswith("ACK ") for ln in lines("uas-alice"))
+    check(got_200 and got_ack, "a phone behind the NAT calls one on the public segment through the overlay: "
+          "INVITE answered 200 across the NAT, ACK delivered", (got_200, got_ack))
+    # Known gap: the BYE follows Route <sip:overlay.test;lr> from the
+    # private node, which resolves the overlay through DNS; these test hosts
+    # have no DNS, so it fails here (sip_gateway.py covers it with named).
+    print("# BYE across the NAT without DNS: uac rc %s, uas rc %s" % (rc_uac, rc_uas))
+
+
 def main():
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("iptables"):
         print("skip: needs root, ip and iptables to make network namespaces")
@@ -122,20 +175,20 @@ def main():
     try:
         setup()
 
-        def start(name, where, listen, sip, boot=None):
+        def start(name, where, listen, sip, turn, boot=None):
             sock = os.path.join(tmp, name + ".sock")
             argv = ["ip", "netns", "exec", NS[where], BIN, "--overlay", "overlay.test", "--listen", listen,
-                    "--sip", sip, "--admin", sock]
+                    "--sip", sip, "--turn", turn, "--turn-secret", "overlay-secret", "--admin", sock]
             if boot:
                 argv += ["--bootstrap", boot]
             log = open(os.path.join(tmp, name + ".log"), "w")
             procs.append((name, subprocess.Popen(argv, stdout=log, stderr=log)))
             return sock
 
-        a1 = start("a1", "pub", "192.0.2.2:7000", "192.0.2.2:5060")
+        a1 = start("a1", "pub", "192.0.2.2:7000", "192.0.2.2:5060", "192.0.2.2:3478")
         time.sleep(0.3)
-        a2 = start("a2", "pub", "192.0.2.2:7001", "192.0.2.2:5061", "192.0.2.2:7000")
-        b = start("b", "priv", "198.51.100.2:7000", "198.51.100.2:5060", "192.0.2.2:7000")
+        a2 = start("a2", "pub", "192.0.2.2:7001", "192.0.2.2:5061", "192.0.2.2:3479", "192.0.2.2:7000")
+        b = start("b", "priv", "198.51.100.2:7000", "198.51.100.2:5060", "198.51.100.2:3478", "192.0.2.2:7000")
 
         def decided(sock):
             st = admin(sock, {"cmd": "status"})
@@ -148,11 +201,13 @@ def main():
         for name, st in (("a1", sa1), ("a2", sa2)):
             check(st["public"]["public"] is True, "%s on the public segment is public" % name, st["public"])
             check("gateway" in st["roles"], "%s took the proxy peer role" % name, st["roles"])
+            check("relay" in st["roles"] and st.get("turn", "").startswith("192.0.2.2:"),
+                  "%s took the relay role" % name, (st["roles"], st.get("turn")))
         check(sb["public"]["public"] is False, "the node behind the NAT is not public", sb["public"])
         check("198.51.100.2" in sb["public"]["why"] and "192.0.2.1" in sb["public"]["why"],
               "it says why: the peer sees the router's address, not its own", sb["public"]["why"])
-        check("gateway" not in sb["roles"] and "sip" in sb["roles"],
-              "it serves SIP phones but is no proxy peer", sb["roles"])
+        check("gateway" not in sb["roles"] and "relay" not in sb["roles"] and "sip" in sb["roles"],
+              "it serves SIP phones but is neither proxy peer nor relay", sb["roles"])
         # Joined through a public node: a ring of three.
         ring = wait(lambda: all(len(admin(s, {"cmd": "status"})["successors"]) == 2 for s in (a1, a2, b)), 20)
         check(ring, "the node behind the NAT is part of a consistent ring of three")
@@ -166,6 +221,19 @@ def main():
         owners = sorted(v["owner"] for v in pp.get("values", []))
         check(owners == sorted([sa1["id"], sa2["id"]]), "sip:overlay.test lists the two public nodes only",
               owners)
+        # Relays likewise: every node lists the two public relays, not itself.
+        rl = wait(lambda: (lambda r: r if len(r.get("relays", [])) == 2 else None)(
+            admin(b, {"cmd": "relays"})), 15)
+        addrs = sorted(x["addr"] for x in (rl or {}).get("relays", []))
+        check(addrs == ["192.0.2.2:3478", "192.0.2.2:3479"], "relays from behind the NAT lists the two public relays",
+              addrs)
+        cred = admin(b, {"cmd": "turn-credentials", "user": "alice", "ttl": 600})
+        check(cred.get("ok") and cred["username"].endswith(":alice") and cred["password"],
+              "the node behind the NAT mints TURN credentials for its phones", cred)
+        if shutil.which("sipp"):
+            call_across_nat(tmp)
+        else:
+            print("# sipp not installed: no call across the NAT")
     finally:
         for name, p in procs:
             p.terminate()
@@ -180,7 +248,10 @@ def main():
                 if f.endswith(".log"):
                     print("# --- %s" % f)
                     print("".join("#   " + line for line in open(os.path.join(tmp, f)).readlines()[-8:]))
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.environ.get("P2PSIP_KEEP"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print("# kept %s" % tmp)
     print("%d failed" % len(FAILED) if FAILED else "all ok")
     return 1 if FAILED else 0
 
