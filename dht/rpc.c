@@ -19,7 +19,7 @@
  * or a store closes soon, or a node would end up holding a socket to
  * every node it ever asked. */
 #define CONN_IDLE_MS 120000
-#define CONN_IDLE_STRANGER_MS 10000
+#define CONN_IDLE_STRANGER_MS 45000 /* outlives a refresh interval: refreshes reuse it */
 
 typedef struct wreq {
   uv_write_t req;

@@ -13,7 +13,7 @@
 
 #define CHECK_FIRST_MS 1000
 #define CHECK_RETRY_MS 5000   /* while no peer could answer */
-#define CHECK_EVERY_MS 60000  /* once decided */
+#define CHECK_EVERY_MS 300000 /* once decided: reachability rarely changes */
 
 static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
   if (a->ss_family != b->ss_family) return false;

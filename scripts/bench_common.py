@@ -10,6 +10,7 @@ import platform
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -17,7 +18,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def log(msg):
     """Progress goes to stderr so stdout carries only the result table."""
-    print(time.strftime("%H:%M:%S ") + msg, file=os.sys.stderr, flush=True)
+    print(time.strftime("%H:%M:%S ") + msg, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- namespaces
