@@ -196,6 +196,7 @@ struct dht {
   uv_timer_t refresh_timer;
   uv_timer_t sweep_timer;
   uv_timer_t repair_timer;
+  uv_timer_t owned_timer; /* owner refresh after ring changes (ops.c) */
   uv_timer_t leave_timer;
   int handover_sent; /* STOREs of a leave still unanswered */
   unsigned refresh_rounds;

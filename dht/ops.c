@@ -27,6 +27,7 @@
 #define STORE_TRIES 3
 #define GET_TRIES 5 /* a lookup answer may still list a few dead nodes */
 #define REPAIR_DELAY_MS 300
+#define OWNED_REFRESH_DELAY_MS 2000 /* lets a burst of deaths settle first */
 
 static bool is_self(const dht_t *d, const dht_node_t *n) { return dht__node_eq(n, &d->self); }
 
@@ -819,7 +820,18 @@ static void repair_soon(dht_t *d) {
     uv_timer_start(&d->repair_timer, repair_now, REPAIR_DELAY_MS, 0);
 }
 
+static void on_owned_soon(uv_timer_t *t) { dht__owned_refresh_all(t->data); }
+
+/* Owners re-store their values after ring changes too, not only every
+ * refresh interval: when nodes die, our successor list changes, and the
+ * same event has likely taken copies of our values with it. */
+static void owned_refresh_soon(dht_t *d) {
+  if (d->owned && !uv_is_active((uv_handle_t *)&d->owned_timer))
+    uv_timer_start(&d->owned_timer, on_owned_soon, OWNED_REFRESH_DELAY_MS, 0);
+}
+
 void dht__repl_succ_changed(dht_t *d, const dht_node_t *old, int n_old) {
+  if (n_old > d->n_succ) owned_refresh_soon(d); /* someone left or died */
   /* Only a change among the first replicas-1 successors moves replicas. */
   int n = d->replicas - 1;
   bool same = (n_old < n ? n_old : n) == (d->n_succ < n ? d->n_succ : n);
