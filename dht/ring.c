@@ -17,6 +17,7 @@
 #include "dht/log.h"
 
 static void stab_schedule(dht_t *d, unsigned ms);
+static void poke(dht_t *d, const dht_node_t *to, const dht_node_t *news);
 static void fix_finger(dht_t *d, bool refresh);
 static void stabilize(dht_t *d);
 
@@ -67,6 +68,9 @@ static void succ_set(dht_t *d, const dht_node_t *list, int n) {
   dht__ring_changed(d);
   dht__repl_succ_changed(d, old, n_old);
   notify_watch(d);
+  /* Our predecessor copies its list from ours: tell it to look now rather
+   * than at its next quiet round, up to 30 s away. */
+  if (d->has_pred && d->joined) poke(d, &d->pred, &d->self);
 }
 
 static void pred_set(dht_t *d, const dht_node_t *p) {

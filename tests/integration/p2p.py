@@ -433,7 +433,7 @@ class Cluster:
     (tests); False lets them outlive it (scripts/testbed)."""
 
     def __init__(self, rundir, binary, overlay=OVERLAY, host=HOST, base_port=None,
-                 replicas=3, successors=None, refresh=None, log_level="info",
+                 replicas=3, successors=None, refresh=None, log_level=os.environ.get("P2PSIP_LOG_LEVEL", "info"),
                  extra_args=(), workers=16, die_with_parent=True, new_session=None):
         self.rundir = os.path.abspath(rundir)
         self.binary = os.path.abspath(binary)
