@@ -180,6 +180,11 @@ struct dht {
   int stab_inflight;
   dht_node_t stab_target; /* the successor a NEIGH in flight went to */
   dht_node_t boot; /* the bootstrap node we joined through */
+#define DHT_DEAD_SLOTS 16
+  struct {
+    dht_id_t id;
+    uint64_t at; /* loop time it was found dead; 0: free */
+  } dead[DHT_DEAD_SLOTS]; /* ring.c */
   bool has_boot;
   bool check_ok, check_inflight; /* self_check() in ring.c */
   unsigned stab_rounds;

@@ -35,6 +35,59 @@ static void notify_watch(dht_t *d) {
   if (d->watch_cb) d->watch_cb(d, d->watch_arg);
 }
 
+/* Nodes we found dead ------------------------------------------------------ */
+
+/* Other nodes keep naming a dead node in their answers until they notice
+ * too; without a memory of recent deaths we would adopt it again at once
+ * and spin on connection refused.  A node that talks to us (notify) is
+ * alive again and leaves the list. */
+#define DEAD_MEMORY_MS 30000
+
+static void dead_add(dht_t *d, const dht_node_t *x) {
+  int slot = 0;
+  for (int i = 0; i < DHT_DEAD_SLOTS; i++) {
+    if (d->dead[i].at && dht__id_eq(&d->dead[i].id, &x->id)) {
+      slot = i;
+      break;
+    }
+    if (d->dead[i].at < d->dead[slot].at) slot = i; /* the oldest goes */
+  }
+  d->dead[slot].id = x->id;
+  d->dead[slot].at = uv_now(d->loop) ? uv_now(d->loop) : 1;
+}
+
+static bool dead_recently(const dht_t *d, const dht_node_t *x) {
+  uint64_t now = uv_now(d->loop);
+  for (int i = 0; i < DHT_DEAD_SLOTS; i++)
+    if (d->dead[i].at && now - d->dead[i].at < DEAD_MEMORY_MS && dht__id_eq(&d->dead[i].id, &x->id))
+      return true;
+  return false;
+}
+
+static void dead_clear(dht_t *d, const dht_node_t *x) {
+  for (int i = 0; i < DHT_DEAD_SLOTS; i++)
+    if (d->dead[i].at && dht__id_eq(&d->dead[i].id, &x->id)) d->dead[i].at = 0;
+}
+
+static void on_revive_ping(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
+                           void *arg) {
+  dht_node_t *x = arg;
+  if (status == 0 && !d->leaving) {
+    dead_clear(d, x);
+    dht__ring_saw(d, x);
+  }
+  free(x);
+}
+
+/* A node we found dead is named again by a live one (it may have come
+ * back with the same id): believe it only once it answers a ping. */
+static void revive_check(dht_t *d, const dht_node_t *x) {
+  dht_node_t *copy = malloc(sizeof(*copy));
+  if (!copy) return;
+  *copy = *x;
+  if (dht__rpc_call(d, &x->addr, PROTO_PING, NULL, 0, on_revive_ping, copy)) free(copy);
+}
+
 /* Successor list ----------------------------------------------------------- */
 
 /* Build a successor list from first followed by rest, dropping ourselves,
@@ -210,7 +263,9 @@ static void on_neigh(dht_t *d, int status, const proto_frame_t *f, const dht_nod
   if (r.has_pred) {
     dht_node_t p;
     dht__node_from_proto(&r.pred, &p);
-    if (!is_self(d, &p) && dht__between(&p.id, &d->self.id, &succ.id)) {
+    if (!is_self(d, &p) && dead_recently(d, &p) && dht__between(&p.id, &d->self.id, &succ.id))
+      revive_check(d, &p);
+    else if (!is_self(d, &p) && dht__between(&p.id, &d->self.id, &succ.id)) {
       /* Someone joined between us and our successor. */
       dht_node_t two[PROTO_MAX_NODES + 1];
       two[0] = succ;
@@ -324,7 +379,7 @@ static void fix_finger(dht_t *d, bool refresh) {
 void dht__ring_saw(dht_t *d, const dht_node_t *x) {
   /* A live node we just heard from may be a closer finger than what we
    * have: taking it costs nothing and shortens lookups early on. */
-  if (is_self(d, x) || d->leaving) return;
+  if (is_self(d, x) || d->leaving || dead_recently(d, x)) return;
   if (d->joined && d->n_succ > 0 && dht__between(&x->id, &d->self.id, &d->succ[0].id)) {
     /* A live node between us and our successor: it is a better successor.
      * After a burst of joins this finds the right one far sooner than
@@ -384,6 +439,7 @@ bool dht__ring_knows(const dht_t *d, const dht_node_t *x) {
 void dht__ring_forget(dht_t *d, const dht_node_t *x) {
   if (is_self(d, x)) return;
   node_log("forgetting", x);
+  dead_add(d, x);
   dht_node_t list[DHT_MAX_SUCC];
   int n = 0;
   for (int i = 0; i < d->n_succ; i++)
@@ -439,6 +495,7 @@ void dht__peer_lost(dht_t *d, const dht_node_t *peer) {
 
 static void on_notify(dht_t *d, const dht_node_t *x) {
   if (is_self(d, x)) return;
+  dead_clear(d, x);
   if (d->has_pred && dht__node_eq(&d->pred, x)) {
     d->pred_seen = uv_now(d->loop);
     return;
