@@ -175,11 +175,6 @@ static void saw_in_body(dht_t *d, const uint8_t *body, size_t len) {
   dht__ring_saw(d, &x);
 }
 
-static void on_notify_r(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
-                        void *arg) {
-  if (status == 0 && !d->leaving) saw_in_body(d, f->body, f->body_len);
-}
-
 /* Stabilize ---------------------------------------------------------------- */
 
 static void on_self_check(dht_t *d, int status, const dht_node_t *nodes, int n, int hops,
@@ -271,7 +266,6 @@ static void on_neigh(dht_t *d, int status, const proto_frame_t *f, const dht_nod
       two[0] = succ;
       memcpy(two + 1, rest, (size_t)r.n * sizeof(*rest));
       succ_set(d, list, succ_build(d, &p, two, r.n + 1, list));
-      send_self(d, &d->succ[0], PROTO_NOTIFY, on_notify_r, NULL);
       /* Ask the new successor at once: after a burst of joins the right
        * successor may be several steps away, and each step only moves
        * closer to us, so this ends. */
@@ -291,7 +285,6 @@ static void on_neigh(dht_t *d, int status, const proto_frame_t *f, const dht_nod
       last = &d->succ[i].id;
     }
   succ_set(d, list, succ_build(d, &succ, rest, n_rest, list));
-  if (d->n_succ) send_self(d, &d->succ[0], PROTO_NOTIFY, on_notify_r, NULL);
   bool settled = r.has_pred && memcmp(r.pred.id, d->self.id.b, DHT_ID_LEN) == 0;
   stab_done(d, settled);
 }
@@ -310,7 +303,9 @@ static void stabilize(dht_t *d) {
   }
   d->stab_inflight = 1;
   d->stab_target = d->succ[0];
-  if (dht__rpc_call(d, &d->succ[0].addr, PROTO_NEIGH, NULL, 0, on_neigh, NULL)) {
+  uint8_t body[64];
+  long n = proto_node_encode(body, sizeof(body), &d->self_wire);
+  if (dht__rpc_call(d, &d->succ[0].addr, PROTO_NEIGH, body, (size_t)n, on_neigh, NULL)) {
     dht__ring_forget(d, &d->succ[0]);
     stab_done(d, false);
   }
@@ -553,6 +548,14 @@ int dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const
     n = proto_node_encode(buf, sizeof(buf), &d->self_wire);
     break;
   case PROTO_NEIGH:
+    /* A NEIGH that names its sender is also a notify: one round trip per
+     * stabilize round instead of two, and the answer already tells the
+     * sender whether we took it as predecessor. */
+    if (f->body_len) {
+      if ((err = proto_node_decode(f->body, f->body_len, &pn))) return err;
+      dht__node_from_proto(&pn, &x);
+      on_notify(d, &x);
+    }
     n = encode_neigh(d, buf, sizeof(buf));
     break;
   case PROTO_NOTIFY:

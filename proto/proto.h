@@ -54,7 +54,8 @@ enum proto_type {
   PROTO_PING_R = 4,
   PROTO_FIND = 5, /* iterative lookup step */
   PROTO_FIND_R = 6,
-  PROTO_NEIGH = 7, /* stabilize: predecessor and successor list */
+  PROTO_NEIGH = 7, /* stabilize: predecessor and successor list; a body
+                    * naming the sender also notifies (see NOTIFY) */
   PROTO_NEIGH_R = 8,
   PROTO_NOTIFY = 9, /* "I might be your predecessor" */
   PROTO_NOTIFY_R = 10,
