@@ -376,11 +376,17 @@ typedef struct {
   size_t len;
   dht_node_t targets[STORE_TRIES];
   int n_targets, next, hops;
+  bool lookup_if_fails; /* targets came from a cache: look up if they fail */
   dht_put_cb cb;
   void *arg;
 } store_op_t;
 
+static void owned_note_primary(dht_t *d, const dht_id_t *key, const dht_node_t *primary);
+static void on_store_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, int hops,
+                            const dht_id_t *path, int path_len, void *arg);
+
 static void store_op_done(store_op_t *op, int status, int copies) {
+  if (status == DHT_OK && op->next > 0) owned_note_primary(op->d, &op->key, &op->targets[op->next - 1]);
   if (op->cb) op->cb(op->d, status, copies, op->arg);
   free(op->body);
   free(op);
@@ -412,6 +418,11 @@ static void store_op_next(store_op_t *op) {
     }
     if (dht__rpc_call(d, &t->addr, PROTO_STORE, op->body, op->len, on_store_r, op) == 0) return;
   }
+  if (op->lookup_if_fails && !d->closed) {
+    op->lookup_if_fails = false;
+    op->next = op->n_targets = 0;
+    if (dht__lookup(d, &op->key, on_store_lookup, op) == 0) return;
+  }
   store_op_done(op, DHT_ETIMEDOUT, 0);
 }
 
@@ -427,14 +438,22 @@ static void on_store_lookup(dht_t *d, int status, const dht_node_t *nodes, int n
   store_op_next(op);
 }
 
-/* Takes ownership of body (a complete STORE body). */
-static int store_op(dht_t *d, const dht_id_t *key, uint8_t *body, size_t len, dht_put_cb cb, void *arg) {
+/* Takes ownership of body (a complete STORE body).  With a known primary
+ * (a refresh), store there first and look up only if it fails. */
+static int store_op(dht_t *d, const dht_id_t *key, uint8_t *body, size_t len,
+                    const dht_node_t *primary, dht_put_cb cb, void *arg) {
   store_op_t *op = calloc(1, sizeof(*op));
   if (!op) {
     free(body);
     return -ENOMEM;
   }
   *op = (store_op_t){.d = d, .key = *key, .body = body, .len = len, .cb = cb, .arg = arg};
+  if (primary) {
+    op->targets[0] = *primary;
+    op->n_targets = 1;
+    op->lookup_if_fails = true;
+    if (defer(d, (void (*)(void *))store_op_next, op) == 0) return 0;
+  }
   int err = dht__lookup(d, key, on_store_lookup, op);
   if (err) {
     free(body);
@@ -454,7 +473,24 @@ struct dht__owned {
   uint64_t expires; /* loop time, ms */
   uint8_t *body;
   size_t len;
+  dht_node_t primary; /* where the last store landed */
+  bool has_primary;
+  unsigned stores;
 };
+
+/* Refreshes go straight to the node that took the last store, skipping
+ * the lookup (a few hops, often over new connections): most of an idle
+ * overlay's traffic is owners keeping their values alive.  Every fourth
+ * refresh looks the key up again, in case the ring moved under it. */
+#define OWNED_LOOKUP_EVERY 4
+
+static void owned_note_primary(dht_t *d, const dht_id_t *key, const dht_node_t *primary) {
+  for (dht__owned_t *o = d->owned; o; o = o->next) {
+    if (!dht__id_eq(&o->key, key)) continue;
+    o->primary = *primary;
+    o->has_primary = true;
+  }
+}
 
 static void owned_free(dht__owned_t *o) {
   free(o->name);
@@ -478,7 +514,7 @@ static uint64_t next_seq(const dht__owned_t *o) {
   return o && o->seq >= now ? o->seq + 1 : now;
 }
 
-static int owned_store(dht_t *d, const dht__owned_t *o, dht_put_cb cb, void *arg) {
+static int owned_store(dht_t *d, dht__owned_t *o, dht_put_cb cb, void *arg) {
   uint64_t now = uv_now(d->loop);
   if (o->expires <= now) return -ETIMEDOUT;
   proto_value_t v = {
@@ -498,7 +534,8 @@ static int owned_store(dht_t *d, const dht__owned_t *o, dht_put_cb cb, void *arg
     free(buf);
     return -EINVAL;
   }
-  return store_op(d, &o->key, buf, (size_t)n, cb, arg);
+  bool cached = o->has_primary && (o->stores++ % OWNED_LOOKUP_EVERY) != 0;
+  return store_op(d, &o->key, buf, (size_t)n, cached ? &o->primary : NULL, cb, arg);
 }
 
 static int owned_set(dht_t *d, const char *name, const char *vid, uint8_t kind, uint8_t flags,
@@ -531,6 +568,7 @@ static int owned_set(dht_t *d, const char *name, const char *vid, uint8_t kind, 
   o->kind = kind;
   o->flags = flags;
   o->seq = next_seq(o);
+  o->stores = 0; /* a new put looks its key up */
   o->expires = uv_now(d->loop) + (uint64_t)ttl_s * 1000;
   *out = o;
   return 0;
