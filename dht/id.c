@@ -35,6 +35,23 @@ void dht__id_add_pow2(const dht_id_t *id, int bit, dht_id_t *out) {
   }
 }
 
+int dht__id_top_bit(const dht_id_t *x, const dht_id_t *base) {
+  uint8_t diff[DHT_ID_LEN];
+  int borrow = 0;
+  for (int i = DHT_ID_LEN - 1; i >= 0; i--) {
+    int v = x->b[i] - base->b[i] - borrow;
+    borrow = v < 0;
+    diff[i] = (uint8_t)(v + (borrow ? 256 : 0));
+  }
+  for (int i = 0; i < DHT_ID_LEN; i++) {
+    if (!diff[i]) continue;
+    int bit = 7;
+    while (!(diff[i] >> bit)) bit--;
+    return (DHT_ID_LEN - 1 - i) * 8 + bit;
+  }
+  return -1;
+}
+
 bool dht__node_eq(const dht_node_t *a, const dht_node_t *b) { return dht__id_eq(&a->id, &b->id); }
 
 void dht_id_of(const char *name, dht_id_t *out) {

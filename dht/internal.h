@@ -26,6 +26,9 @@ bool dht__id_eq(const dht_id_t *a, const dht_id_t *b);
 bool dht__between(const dht_id_t *x, const dht_id_t *a, const dht_id_t *b);
 /* x in (a, b] */
 bool dht__between_incl(const dht_id_t *x, const dht_id_t *a, const dht_id_t *b);
+/* The index of the highest bit set in (x - base) mod 2^160, or -1 if x ==
+ * base: x lies in [base + 2^i, base + 2^(i+1)). */
+int dht__id_top_bit(const dht_id_t *x, const dht_id_t *base);
 /* out = id + 2^bit mod 2^160 */
 void dht__id_add_pow2(const dht_id_t *id, int bit, dht_id_t *out);
 bool dht__node_eq(const dht_node_t *a, const dht_node_t *b);

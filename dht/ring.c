@@ -383,15 +383,15 @@ void dht__ring_saw(dht_t *d, const dht_node_t *x) {
     succ_set(d, list, succ_build(d, x, d->succ, d->n_succ, list));
     if (!d->stab_inflight) stabilize(d);
   }
-  for (int i = 0; i < DHT_BITS; i++) {
-    dht_id_t start;
-    dht__id_add_pow2(&d->self.id, i, &start);
+  /* x lies in [start_j, start_j+1) for j = the top bit of x - self, so it
+   * can only improve fingers 0..j; going down from j, once a finger is
+   * not beyond x none below is (fingers grow with their index).  This runs
+   * for every node of every lookup answer: keep it short. */
+  int j = dht__id_top_bit(&x->id, &d->self.id);
+  for (int i = j; i >= 0; i--) {
     if (!d->finger_ok[i]) continue;
-    if (dht__id_eq(&x->id, &start) || dht__between(&x->id, &start, &d->finger[i].id)) {
-      if (dht__between(&d->finger[i].id, &start, &x->id) || dht__id_eq(&d->finger[i].id, &x->id))
-        continue;
-      d->finger[i] = *x;
-    }
+    if (!dht__between(&x->id, &d->self.id, &d->finger[i].id)) break;
+    d->finger[i] = *x;
   }
 }
 

@@ -62,6 +62,22 @@ static void test_add_pow2(void) {
   }
 }
 
+static void test_top_bit(void) {
+  dht_id_t base = id_of_byte(0xc0, 7), x;
+  ASSERT_EQ(dht__id_top_bit(&base, &base), -1);
+  for (int i = 0; i < 160; i++) {
+    dht__id_add_pow2(&base, i, &x);
+    ASSERT_EQ(dht__id_top_bit(&x, &base), i); /* start of finger i */
+    dht_id_t y;
+    dht__id_add_pow2(&x, 0, &y); /* one past it, still in [start_i, start_i+1) when i > 0 */
+    if (i > 0) ASSERT_EQ(dht__id_top_bit(&y, &base), i);
+  }
+  /* Wrap-around: just below base is the farthest point of the ring. */
+  dht_id_t below = base;
+  below.b[DHT_ID_LEN - 1]--;
+  ASSERT_EQ(dht__id_top_bit(&below, &base), 159);
+}
+
 static void test_hex_sha1(void) {
   dht_id_t id, back;
   char hex[DHT_ID_HEX];
@@ -110,6 +126,7 @@ static void test_addr(void) {
 int main(void) {
   test_between();
   test_add_pow2();
+  test_top_bit();
   test_hex_sha1();
   test_addr();
   printf("test_id: ok\n");
