@@ -200,7 +200,8 @@ struct dht {
 
   /* Data. */
   dht__store_t store;
-  dht__owned_t *owned;
+  dht__owned_t **owned; /* hash table by key (ops.c) */
+  size_t owned_nb, owned_n;
   uv_timer_t refresh_timer;
   uv_timer_t sweep_timer;
   uv_timer_t repair_timer;

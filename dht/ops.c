@@ -484,8 +484,36 @@ struct dht__owned {
  * refresh looks the key up again, in case the ring moved under it. */
 #define OWNED_LOOKUP_EVERY 4
 
+/* Owned values live in a hash table by key: a registrar node owns one
+ * value per binding it holds, tens of thousands under load. */
+static dht__owned_t **owned_bucket(const dht_t *d, const dht_id_t *key) {
+  uint32_t h;
+  memcpy(&h, key->b + 12, sizeof(h));
+  return &d->owned[h & (d->owned_nb - 1)];
+}
+
+static void owned_grow(dht_t *d) {
+  size_t nb = d->owned_nb ? d->owned_nb * 2 : 64;
+  dht__owned_t **b = calloc(nb, sizeof(*b));
+  if (!b) return; /* longer chains are slower, not wrong */
+  dht__owned_t **old = d->owned;
+  size_t oldnb = d->owned_nb;
+  d->owned = b;
+  d->owned_nb = nb;
+  for (size_t i = 0; i < oldnb; i++) {
+    for (dht__owned_t *o = old[i], *next; o; o = next) {
+      next = o->next;
+      dht__owned_t **pp = owned_bucket(d, &o->key);
+      o->next = *pp;
+      *pp = o;
+    }
+  }
+  free(old);
+}
+
 static void owned_note_primary(dht_t *d, const dht_id_t *key, const dht_node_t *primary) {
-  for (dht__owned_t *o = d->owned; o; o = o->next) {
+  if (!d->owned_nb) return;
+  for (dht__owned_t *o = *owned_bucket(d, key); o; o = o->next) {
     if (!dht__id_eq(&o->key, key)) continue;
     o->primary = *primary;
     o->has_primary = true;
@@ -500,8 +528,11 @@ static void owned_free(dht__owned_t *o) {
 }
 
 static dht__owned_t *owned_find(dht_t *d, const char *name, const char *vid) {
-  for (dht__owned_t *o = d->owned; o; o = o->next)
-    if (strcmp(o->name, name) == 0 && strcmp(o->vid, vid) == 0) return o;
+  if (!d->owned_nb) return NULL;
+  dht_id_t key;
+  dht_id_of(name, &key);
+  for (dht__owned_t *o = *owned_bucket(d, &key); o; o = o->next)
+    if (dht__id_eq(&o->key, &key) && strcmp(o->vid, vid) == 0 && strcmp(o->name, name) == 0) return o;
   return NULL;
 }
 
@@ -559,8 +590,16 @@ static int owned_set(dht_t *d, const char *name, const char *vid, uint8_t kind, 
       return -ENOMEM;
     }
     dht_id_of(name, &o->key);
-    o->next = d->owned;
-    d->owned = o;
+    if (d->owned_n >= d->owned_nb) owned_grow(d);
+    if (!d->owned_nb) {
+      owned_free(o);
+      free(copy);
+      return -ENOMEM;
+    }
+    dht__owned_t **pp = owned_bucket(d, &o->key);
+    o->next = *pp;
+    *pp = o;
+    d->owned_n++;
   }
   free(o->body);
   o->body = copy;
@@ -603,15 +642,18 @@ int dht_remove(dht_t *d, const char *name, const char *vid, dht_put_cb cb, void 
 
 void dht__owned_refresh_all(dht_t *d) {
   uint64_t now = uv_now(d->loop);
-  for (dht__owned_t **pp = &d->owned; *pp;) {
-    dht__owned_t *o = *pp;
-    if (o->expires <= now) {
-      *pp = o->next;
-      owned_free(o);
-      continue;
+  for (size_t b = 0; b < d->owned_nb; b++) {
+    for (dht__owned_t **pp = &d->owned[b]; *pp;) {
+      dht__owned_t *o = *pp;
+      if (o->expires <= now) {
+        *pp = o->next;
+        owned_free(o);
+        d->owned_n--;
+        continue;
+      }
+      owned_store(d, o, NULL, NULL);
+      pp = &o->next;
     }
-    owned_store(d, o, NULL, NULL);
-    pp = &o->next;
   }
 }
 
@@ -864,7 +906,7 @@ static void on_owned_soon(uv_timer_t *t) { dht__owned_refresh_all(t->data); }
  * refresh interval: when nodes die, our successor list changes, and the
  * same event has likely taken copies of our values with it. */
 static void owned_refresh_soon(dht_t *d) {
-  if (d->owned && !uv_is_active((uv_handle_t *)&d->owned_timer))
+  if (d->owned_n && !uv_is_active((uv_handle_t *)&d->owned_timer))
     uv_timer_start(&d->owned_timer, on_owned_soon, OWNED_REFRESH_DELAY_MS, 0);
 }
 
@@ -909,9 +951,13 @@ void dht__repl_handover(dht_t *d, const dht_node_t *to, int n_to, dht__rpc_cb cb
 }
 
 void dht__ops_close(dht_t *d) {
-  for (dht__owned_t *o = d->owned, *next; o; o = next) {
-    next = o->next;
-    owned_free(o);
+  for (size_t b = 0; b < d->owned_nb; b++) {
+    for (dht__owned_t *o = d->owned[b], *next; o; o = next) {
+      next = o->next;
+      owned_free(o);
+    }
   }
+  free(d->owned);
   d->owned = NULL;
+  d->owned_nb = d->owned_n = 0;
 }
