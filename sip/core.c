@@ -201,6 +201,11 @@ static int create_agent(sip_svc_t *s)
                               (nta_agent_magic_t *)s,
                               NTATAG_UA(0), NTATAG_CANCEL_487(0), NTATAG_SERVER_RPORT(1),
                               NTATAG_CLIENT_RPORT(1), NTATAG_MAXSIZE(SIP_MAX_BODY),
+                              /* A single-threaded node that is descheduled
+                               * for a moment must not drop a burst of
+                               * datagrams: bench-sip lost 180/200/ACKs to
+                               * the default 208 KiB at 2,150 calls/s. */
+                              TPTAG_UDP_RMEM(SIP_UDP_RCVBUF),
                               TAG_IF(s->resolv_conf[0], SRESTAG_RESOLV_CONF(s->resolv_conf)),
                               TAG_END());
   if (!s->agent)

@@ -29,6 +29,7 @@
 #define SIP_MAX_TRANSACTIONS 4096 /* proxy transactions alive at once */
 #define SIP_MAX_PEERS 16          /* proxy peers remembered */
 #define SIP_MAX_BODY 65536        /* bytes: larger messages get 413 */
+#define SIP_UDP_RCVBUF (2 << 20)  /* bytes of socket receive buffer (capped by rmem_max) */
 
 /* Registrar policy (RFC 3261 10.3). */
 #define SIP_DEFAULT_EXPIRES 3600
