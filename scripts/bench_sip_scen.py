@@ -5,6 +5,12 @@ the same REGISTER scenario are sent to p2psip and to kamailio; only the
 remote address differs.  Python 3 standard library only.
 """
 
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "integration"))
+import sip_util  # noqa: E402
+
 # UAC: one call.  The Request-URI is sip:[callee]@[callee_domain]; the ACK
 # and BYE follow the route set of the 200 (both proxies record-route, so the
 # whole dialog crosses them).  rtd 1 = INVITE sent -> 200 received.  A proxy
@@ -76,64 +82,9 @@ UAC_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 """
 
 # UAS: answers every call (180, 200 with SDP), then the ACK and the BYE.
-UAS_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="bench-uas">
-  <recv request="INVITE" crlf="true"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 180 Ringing
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      [last_Record-Route:]
-      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <send retrans="500">
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      [last_Record-Route:]
-      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 0
-      a=rtpmap:0 PCMU/8000
-
-    ]]>
-  </send>
-  <recv request="ACK" crlf="true"/>
-  <recv request="BYE"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <timewait milliseconds="500"/>
-</scenario>
-"""
+# The UAS is the integration tests' own (tests/integration/sip_util.py):
+# 180, 200 with SDP, ACK, BYE/200.
+UAS_XML = sip_util.UAS_XML
 
 # REGISTER of one user from the injection file (field0 user, field1 domain);
 # every user has its own contact.
