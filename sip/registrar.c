@@ -19,7 +19,8 @@
 #include "sip/sip_int.h"
 
 struct sip_reg {
-  sip_reg_t *next;
+  sip_reg_t *next, **pprev; /* s->regs, for walks */
+  sip_reg_t *hnext;         /* s->reg_hash chain, for REGISTER's lookup */
   su_home_t *home; /* everything below */
   url_t *url;
   char *aor, *uri, *contact, *vid, *call_id, *received, *transport;
@@ -64,12 +65,73 @@ static void reg_free(sip_reg_t *r)
   free(r);
 }
 
+/* Bindings are kept in a list (walks: sweep, admin, contact match) and a
+ * hash table by value id (every REGISTER replaces one): a registrar node
+ * may hold tens of thousands, and a linear search per REGISTER made its
+ * cost grow with them. */
+static sip_reg_t **reg_slot(const sip_svc_t *s, const char *vid)
+{
+  uint32_t h = 2166136261u; /* FNV-1a: vids are hex digests, any hash will do */
+  for (const char *p = vid; *p; p++)
+    h = (h ^ (uint8_t)*p) * 16777619u;
+  return &s->reg_hash[h & (s->reg_nb - 1)];
+}
+
+static void reg_hash_grow(sip_svc_t *s)
+{
+  size_t nb = s->reg_nb ? s->reg_nb * 2 : 64;
+  sip_reg_t **h = calloc(nb, sizeof *h);
+  if (!h)
+    return; /* longer chains are slower, not wrong */
+  free(s->reg_hash);
+  s->reg_hash = h;
+  s->reg_nb = nb;
+  for (sip_reg_t *r = s->regs; r; r = r->next) {
+    sip_reg_t **slot = reg_slot(s, r->vid);
+    r->hnext = *slot;
+    *slot = r;
+  }
+}
+
+static void reg_link(sip_svc_t *s, sip_reg_t *r)
+{
+  r->next = s->regs;
+  if (r->next)
+    r->next->pprev = &r->next;
+  r->pprev = &s->regs;
+  s->regs = r;
+  s->n_regs++;
+  if (s->n_regs > s->reg_nb)
+    reg_hash_grow(s); /* rebuilds the chains, r included */
+  else {
+    sip_reg_t **slot = reg_slot(s, r->vid);
+    r->hnext = *slot;
+    *slot = r;
+  }
+}
+
+static void reg_unlink(sip_svc_t *s, sip_reg_t *r)
+{
+  *r->pprev = r->next;
+  if (r->next)
+    r->next->pprev = r->pprev;
+  if (s->reg_nb) {
+    sip_reg_t **pp = reg_slot(s, r->vid);
+    while (*pp && *pp != r)
+      pp = &(*pp)->hnext;
+    if (*pp)
+      *pp = r->hnext;
+  }
+  s->n_regs--;
+}
+
 static void reg_drop(sip_svc_t *s, const char *aor, const char *vid)
 {
-  for (sip_reg_t **pp = &s->regs; *pp; pp = &(*pp)->next) {
-    sip_reg_t *r = *pp;
-    if (strcmp(r->aor, aor) == 0 && strcmp(r->vid, vid) == 0) {
-      *pp = r->next;
+  if (!s->reg_nb)
+    return;
+  for (sip_reg_t *r = *reg_slot(s, vid); r; r = r->hnext) {
+    if (strcmp(r->vid, vid) == 0 && strcmp(r->aor, aor) == 0) {
+      reg_unlink(s, r);
       reg_free(r);
       return;
     }
@@ -97,8 +159,7 @@ static int reg_save(sip_svc_t *s, const rtx_t *x, const intent_t *in)
     reg_free(r);
     return -ENOMEM;
   }
-  r->next = s->regs;
-  s->regs = r;
+  reg_link(s, r);
   return 0;
 }
 
@@ -134,13 +195,11 @@ const char *sip__reg_flow(const sip_reg_t *r, char *buf, size_t len)
 void sip__reg_sweep(sip_svc_t *s)
 {
   uint64_t now = sip__now_ms(s);
-  for (sip_reg_t **pp = &s->regs; *pp;) {
-    sip_reg_t *r = *pp;
+  for (sip_reg_t *r = s->regs, *next; r; r = next) {
+    next = r->next;
     if (r->expires_at <= now) {
-      *pp = r->next;
+      reg_unlink(s, r);
       reg_free(r);
-    } else {
-      pp = &r->next;
     }
   }
 }
@@ -185,6 +244,9 @@ void sip__reg_free_all(sip_svc_t *s)
     s->regs = r->next;
     reg_free(r);
   }
+  free(s->reg_hash);
+  s->reg_hash = NULL;
+  s->reg_nb = s->n_regs = 0;
 }
 
 /* ---- one REGISTER ------------------------------------------------------ */

@@ -93,6 +93,8 @@ struct sip_svc {
   sip_ptx_t *ptx;      /* live proxy transactions */
   unsigned n_ptx;
   sip_reg_t *regs;     /* bindings this node put */
+  sip_reg_t **reg_hash; /* the same, by value id (registrar.c) */
+  size_t reg_nb, n_regs;
   struct sip_rtx *rtx; /* REGISTERs waiting for the DHT */
   sip_op_t *ops;       /* DHT operations in flight */
 
