@@ -178,7 +178,8 @@ def main():
         def start(name, where, listen, sip, turn, boot=None):
             sock = os.path.join(tmp, name + ".sock")
             argv = ["ip", "netns", "exec", NS[where], BIN, "--overlay", "overlay.test", "--listen", listen,
-                    "--sip", sip, "--turn", turn, "--turn-secret", "overlay-secret", "--admin", sock]
+                    "--sip", sip, "--turn", turn, "--turn-secret", "overlay-secret", "--admin", sock,
+                    "--log-level", os.environ.get("P2PSIP_LOG_LEVEL", "info")]
             if boot:
                 argv += ["--bootstrap", boot]
             log = open(os.path.join(tmp, name + ".log"), "w")
