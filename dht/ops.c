@@ -527,12 +527,10 @@ static void owned_free(dht__owned_t *o) {
   free(o);
 }
 
-static dht__owned_t *owned_find(dht_t *d, const char *name, const char *vid) {
+static dht__owned_t *owned_find(dht_t *d, const dht_id_t *key, const char *name, const char *vid) {
   if (!d->owned_nb) return NULL;
-  dht_id_t key;
-  dht_id_of(name, &key);
-  for (dht__owned_t *o = *owned_bucket(d, &key); o; o = o->next)
-    if (dht__id_eq(&o->key, &key) && strcmp(o->vid, vid) == 0 && strcmp(o->name, name) == 0) return o;
+  for (dht__owned_t *o = *owned_bucket(d, key); o; o = o->next)
+    if (dht__id_eq(&o->key, key) && strcmp(o->vid, vid) == 0 && strcmp(o->name, name) == 0) return o;
   return NULL;
 }
 
@@ -578,7 +576,9 @@ static int owned_set(dht_t *d, const char *name, const char *vid, uint8_t kind, 
   }
   if (!*vid || strlen(vid) > PROTO_MAX_VALUE_ID || len > PROTO_MAX_VALUE_BODY || ttl_s == 0)
     return -EINVAL;
-  dht__owned_t *o = owned_find(d, name, vid);
+  dht_id_t key;
+  dht_id_of(name, &key);
+  dht__owned_t *o = owned_find(d, &key, name, vid);
   uint8_t *copy = len ? malloc(len) : NULL;
   if (len && !copy) return -ENOMEM;
   if (len) memcpy(copy, body, len);
@@ -589,7 +589,7 @@ static int owned_set(dht_t *d, const char *name, const char *vid, uint8_t kind, 
       free(copy);
       return -ENOMEM;
     }
-    dht_id_of(name, &o->key);
+    o->key = key;
     if (d->owned_n >= d->owned_nb) owned_grow(d);
     if (!d->owned_nb) {
       owned_free(o);
@@ -630,7 +630,9 @@ int dht_remove(dht_t *d, const char *name, const char *vid, dht_put_cb cb, void 
     dht_id_hex(&d->self.id, hex);
     vid = hex;
   }
-  dht__owned_t *o = owned_find(d, name, vid);
+  dht_id_t key;
+  dht_id_of(name, &key);
+  dht__owned_t *o = owned_find(d, &key, name, vid);
   if (!o) return -ENOENT;
   /* The tombstone lives as long as the value would have, so that no stale
    * replica can bring the value back. */
