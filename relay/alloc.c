@@ -31,34 +31,56 @@ static size_t addr_hash(const proto_stun_addr_t *a) {
   return h;
 }
 
-static relay_alloc_t *find_alloc(const relay_t *r, const proto_stun_addr_t *client) {
+/* Over TCP the connection is the 5-tuple and holds its allocation; over
+ * UDP the client's address is, since every client talks to the one TURN
+ * port.  TCP allocations sit in the hash too but never match a UDP
+ * lookup (the same address and port over TCP is another 5-tuple). */
+static relay_alloc_t *find_alloc(const relay_t *r, relay_conn_t *conn,
+                                 const proto_stun_addr_t *client) {
+  if (conn) return relay__conn_alloc(conn);
   if (!r->n_buckets) return NULL;
   relay_alloc_t *a = r->buckets[addr_hash(client) & (r->n_buckets - 1)];
-  while (a && !relay__addr_eq(&a->client, client)) a = a->hnext;
+  while (a && (a->conn || !relay__addr_eq(&a->client, client))) a = a->hnext;
   return a;
 }
 
-/* Keep the load factor at most 1; the table doubles from 16 buckets. */
+/* Our relayed addresses, for handing a packet from one allocation to
+ * another in process (see handover).  Every allocation, over UDP or TCP,
+ * has a UDP relayed address and sits in this table too. */
+static relay_alloc_t *find_relayed(const relay_t *r, const proto_stun_addr_t *addr) {
+  if (!r->n_buckets) return NULL;
+  relay_alloc_t *a = r->rbuckets[addr_hash(addr) & (r->n_buckets - 1)];
+  while (a && !relay__addr_eq(&a->relayed, addr)) a = a->rnext;
+  return a;
+}
+
+/* Keep the load factor at most 1; both tables double from 16 buckets. */
 static int table_grow(relay_t *r) {
   if (r->n_allocs < r->n_buckets) return 0;
   size_t nb = r->n_buckets ? r->n_buckets * 2 : 16;
-  relay_alloc_t **b = calloc(nb, sizeof(*b));
-  if (!b) return -ENOMEM;
-  for (size_t i = 0; i < r->n_buckets; i++) {
-    for (relay_alloc_t *a = r->buckets[i], *next; a; a = next) {
-      next = a->hnext;
-      size_t h = addr_hash(&a->client) & (nb - 1);
-      a->hnext = b[h], b[h] = a;
-    }
+  relay_alloc_t **b = calloc(nb, sizeof(*b)), **rb = calloc(nb, sizeof(*rb));
+  if (!b || !rb) {
+    free(b);
+    free(rb);
+    return -ENOMEM;
+  }
+  for (relay_alloc_t *a = r->allocs; a; a = a->next) {
+    size_t h = addr_hash(&a->client) & (nb - 1), rh = addr_hash(&a->relayed) & (nb - 1);
+    a->hnext = b[h], b[h] = a;
+    a->rnext = rb[rh], rb[rh] = a;
   }
   free(r->buckets);
-  r->buckets = b, r->n_buckets = nb;
+  free(r->rbuckets);
+  r->buckets = b, r->rbuckets = rb, r->n_buckets = nb;
   return 0;
 }
 
+/* a->client and a->relayed must not change while a is in the tables. */
 static void table_insert(relay_t *r, relay_alloc_t *a) {
   size_t h = addr_hash(&a->client) & (r->n_buckets - 1);
   a->hnext = r->buckets[h], r->buckets[h] = a;
+  h = addr_hash(&a->relayed) & (r->n_buckets - 1);
+  a->rnext = r->rbuckets[h], r->rbuckets[h] = a;
   a->next = r->allocs, a->prevp = &r->allocs;
   if (r->allocs) r->allocs->prevp = &a->next;
   r->allocs = a;
@@ -69,6 +91,9 @@ static void table_remove(relay_t *r, relay_alloc_t *a) {
   relay_alloc_t **pp = &r->buckets[addr_hash(&a->client) & (r->n_buckets - 1)];
   while (*pp != a) pp = &(*pp)->hnext;
   *pp = a->hnext;
+  pp = &r->rbuckets[addr_hash(&a->relayed) & (r->n_buckets - 1)];
+  while (*pp != a) pp = &(*pp)->rnext;
+  *pp = a->rnext;
   *a->prevp = a->next;
   if (a->next) a->next->prevp = a->prevp;
   r->n_allocs--;
@@ -87,7 +112,14 @@ static void on_sock_closed(uv_handle_t *h) {
 /* Unlink now; the memory goes when the socket's close callback runs. */
 static void alloc_free(relay_alloc_t *a) {
   table_remove(a->r, a);
+  if (a->conn) relay__conn_set_alloc(a->conn, NULL);
+  a->conn = NULL;
   uv_close((uv_handle_t *)&a->sock, on_sock_closed);
+}
+
+void relay__alloc_conn_gone(relay_conn_t *c) {
+  relay_alloc_t *a = relay__conn_alloc(c);
+  if (a) alloc_free(a);
 }
 
 void relay__free_all_allocs(relay_t *r) {
@@ -162,12 +194,69 @@ static relay_chan_t *chan_by_peer(relay_alloc_t *a, const proto_stun_addr_t *pee
 
 /* Sending to peers ------------------------------------------------------ */
 
+static void deliver(relay_alloc_t *a, const proto_stun_addr_t *peer, uint8_t *data, size_t n);
+
+/* Room for data that did not arrive in r->rbuf (a TCP client's stream
+ * buffer, where nothing guarantees headroom): RELAY_HEADROOM in front, a
+ * message of at most RELAY_TCP_BUF bytes, 3 bytes of ChannelData padding. */
+static uint8_t handover_buf[RELAY_HEADROOM + RELAY_TCP_BUF + 4];
+
+/* The packet from allocation a's relayed address to b's relayed address,
+ * handed to b in process instead of through two sockets on loopback (one
+ * send on a's socket, one receive on b's: half of the datagram work when
+ * both clients of a call use this relay, as with turnutils_uclient -y or
+ * two UAs that picked the same relay agent peer, spec 3.2.1).
+ *
+ * Why this is correct: RFC 8656 specifies what each client sees at its
+ * relayed transport address and says nothing about how a server moves a
+ * datagram between two of its own.  b gets exactly what its socket would
+ * have read: a datagram from a's relayed address, checked against b's
+ * permissions and framed by b's channel or as a Data indication, sent down
+ * b's client transport (deliver, the same code as on_peer_recv).  a's side
+ * is checked before we get here, as for any peer: a has a live permission
+ * for b's relayed address.  Permission rule: our relayed addresses are
+ * peers like any other; CreatePermission and ChannelBind apply
+ * relay__forbidden_peer to them, so on a relay that listens on 127.0.0.1
+ * they need --allow-loopback-peers exactly as the socket path would, and on
+ * a public address nothing special applies.  Lifetimes, quotas, counters
+ * of a and b are untouched: b is found only while it is in the table
+ * (alloc_free unlinks it first), to_peer and peer_in count the datagram as
+ * the two sockets would have; relayed_internal counts the hand-overs.  The
+ * only visible difference is that the datagram cannot be lost in a full
+ * socket buffer on the way.
+ *
+ * deliver() writes a ChannelData header in front of the data and padding
+ * behind it: data received on a UDP socket lies in r->rbuf with that room
+ * and the message it came in is not read again, so it is used in place;
+ * anything else is copied.  Returns -1 if it could not (the caller sends
+ * through the sockets instead). */
+static int handover(relay_alloc_t *a, relay_alloc_t *b, const uint8_t *p, size_t n) {
+  relay_t *r = a->r;
+  uintptr_t lo = (uintptr_t)r->rbuf + RELAY_HEADROOM, hi = (uintptr_t)r->rbuf + RELAY_RBUF;
+  uint8_t *d;
+  if ((uintptr_t)p >= lo && (uintptr_t)p <= hi && n + 3 <= hi - (uintptr_t)p) {
+    d = r->rbuf + ((uintptr_t)p - (uintptr_t)r->rbuf); /* the same bytes, writable */
+  } else if (n <= sizeof(handover_buf) - RELAY_HEADROOM - 4) {
+    d = handover_buf + RELAY_HEADROOM;
+    memmove(d, p, n);
+  } else {
+    return -1;
+  }
+  r->c.to_peer++;
+  r->c.bytes_out += n;
+  r->c.relayed_internal++;
+  deliver(b, &a->relayed, d, n);
+  return 0;
+}
+
 static void send_peer(relay_alloc_t *a, const proto_stun_addr_t *peer, const uint8_t *p, size_t n) {
   relay_t *r = a->r;
+  relay_alloc_t *b = find_relayed(r, peer);
+  if (b && handover(a, b, p, n) == 0) return;
   struct sockaddr_storage ss;
   relay__addr_to_sa(peer, &ss);
-  uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
-  if (uv_udp_try_send(&a->sock, &b, 1, (const struct sockaddr *)&ss) < 0) {
+  uv_buf_t buf = uv_buf_init((char *)p, (unsigned)n);
+  if (uv_udp_try_send(&a->sock, &buf, 1, (const struct sockaddr *)&ss) < 0) {
     r->c.send_errors++;
     return;
   }
@@ -190,35 +279,38 @@ int relay__chan_parse(const uint8_t *p, size_t n, proto_stun_chan_t *out) {
 }
 
 /* ChannelData from a client (RFC 8656 section 12.6). */
-void relay__on_chandata(relay_t *r, const proto_stun_addr_t *src, const uint8_t *p, size_t n) {
+int relay__on_chandata(relay_t *r, relay_conn_t *conn, const proto_stun_addr_t *src,
+                       const uint8_t *p, size_t n) {
   proto_stun_chan_t cd;
   if (relay__chan_parse(p, n, &cd) < 0) {
     r->c.dropped_malformed++;
-    return;
+    return -1;
   }
   r->c.chan_in++;
-  relay_alloc_t *a = find_alloc(r, src);
+  relay_alloc_t *a = find_alloc(r, conn, src);
   if (!a) {
     r->c.dropped_no_alloc++;
-    return;
+    return 0;
   }
   uint64_t now = relay__now_ms(r);
   relay_chan_t *ch = chan_by_num(a, cd.chan);
   if (!ch || ch->expires <= now || !perm_live(a, &ch->peer, now)) {
     r->c.dropped_no_perm++;
-    return;
+    return 0;
   }
   send_peer(a, &ch->peer, cd.data, cd.len);
+  return 0;
 }
 
 /* Send indication (RFC 8656 section 11.2): never answered; dropped when
  * anything is missing. */
-void relay__on_indication(relay_t *r, const proto_stun_msg_t *m, const proto_stun_addr_t *src) {
+void relay__on_indication(relay_t *r, relay_conn_t *conn, const proto_stun_msg_t *m,
+                          const proto_stun_addr_t *src) {
   if (m->method != PROTO_STUN_SEND) {
     r->c.dropped_other++;
     return;
   }
-  relay_alloc_t *a = find_alloc(r, src);
+  relay_alloc_t *a = find_alloc(r, conn, src);
   if (!a) {
     r->c.dropped_no_alloc++;
     return;
@@ -238,31 +330,27 @@ void relay__on_indication(relay_t *r, const proto_stun_msg_t *m, const proto_stu
   send_peer(a, &peer, da.val, da.len);
 }
 
-/* A datagram from a peer on a relayed socket (RFC 8656 section 11.3):
+/* A datagram from a peer to a's relayed address (RFC 8656 section 11.3):
  * ChannelData if a channel is bound to the peer, else a Data indication,
- * and nothing without a permission.  The data sits at buf->base with
- * RELAY_HEADROOM bytes free in front, where the header is written. */
-static void on_peer_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
-                         const struct sockaddr *from, unsigned flags) {
-  relay_alloc_t *a = h->data;
+ * and nothing without a permission.  The data has RELAY_HEADROOM bytes
+ * free in front, where the header is written, and 3 behind (padding). */
+static void deliver(relay_alloc_t *a, const proto_stun_addr_t *peer, uint8_t *data, size_t n) {
   relay_t *r = a->r;
-  if (nread < 0 || !from || (flags & UV_UDP_PARTIAL)) return;
-  size_t n = (size_t)nread;
   r->c.peer_in++;
   r->c.bytes_in += n;
-  proto_stun_addr_t peer;
-  relay__addr_from_sa(from, &peer);
   uint64_t now = relay__now_ms(r);
-  if (!perm_live(a, &peer, now)) {
+  if (!perm_live(a, peer, now)) {
     r->c.dropped_no_perm++;
     return;
   }
-  uint8_t *data = (uint8_t *)buf->base;
-  relay_chan_t *ch = chan_by_peer(a, &peer);
+  relay_chan_t *ch = chan_by_peer(a, peer);
   if (ch && ch->expires > now) {
     uint8_t *hdr = data - PROTO_STUN_CHAN_HDR_LEN;
     proto_stun_chan_header(hdr, ch->num, (uint16_t)n);
-    if (relay__send_client(r, &a->client, hdr, n + PROTO_STUN_CHAN_HDR_LEN) == 0) r->c.to_client++;
+    size_t len = n + PROTO_STUN_CHAN_HDR_LEN;
+    /* Over TCP, ChannelData is padded to 4 (RFC 8656 section 12.5). */
+    while (a->conn && len % 4) hdr[len++] = 0;
+    if (relay__send_client(r, a->conn, &a->client, hdr, len) == 0) r->c.to_client++;
     return;
   }
   /* A Data indication needs the data padded inside the message, so it is
@@ -274,14 +362,25 @@ static void on_peer_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
   proto_stun_builder_t b;
   proto_stun_begin(&b, out, sizeof(out), proto_stun_type(PROTO_STUN_DATA, PROTO_STUN_INDICATION),
                    txid);
-  proto_stun_add_xaddr(&b, PROTO_STUN_A_XOR_PEER_ADDRESS, &peer);
+  proto_stun_add_xaddr(&b, PROTO_STUN_A_XOR_PEER_ADDRESS, peer);
   proto_stun_add(&b, PROTO_STUN_A_DATA, data, n);
   long len = proto_stun_finish(&b);
   if (len < 0) {
     r->c.dropped_other++; /* a datagram too big to wrap */
     return;
   }
-  if (relay__send_client(r, &a->client, out, (size_t)len) == 0) r->c.to_client++;
+  if (relay__send_client(r, a->conn, &a->client, out, (size_t)len) == 0) r->c.to_client++;
+}
+
+/* A datagram on a relayed socket, read into r->rbuf after RELAY_HEADROOM
+ * bytes, with room behind it (RELAY_RBUF). */
+static void on_peer_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
+                         const struct sockaddr *from, unsigned flags) {
+  relay_alloc_t *a = h->data;
+  if (nread < 0 || !from || (flags & UV_UDP_PARTIAL)) return;
+  proto_stun_addr_t peer;
+  relay__addr_from_sa(from, &peer);
+  deliver(a, &peer, (uint8_t *)buf->base, (size_t)nread);
 }
 
 static void on_peer_alloc_buf(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -506,7 +605,7 @@ static int allocate_checks(relay_req_t *q, relay_want_t *w) {
 
 static void on_allocate(relay_req_t *q) {
   relay_t *r = q->r;
-  relay_alloc_t *old = find_alloc(r, &q->src);
+  relay_alloc_t *old = find_alloc(r, q->conn, &q->src);
   if (old) {
     /* A retransmitted Allocate gets the same answer (RFC 8656 7.2). */
     if (memcmp(old->txid, q->m->txid, PROTO_STUN_TXID_LEN) == 0) reply_allocated(q, old, NULL);
@@ -533,7 +632,7 @@ static void on_allocate(relay_req_t *q) {
     relay__reply_error(q, 500, NULL);
     return;
   }
-  a->r = r, a->client = q->src;
+  a->r = r, a->client = q->src, a->conn = q->conn;
   uint8_t token[PROTO_STUN_TOKEN_LEN];
   int has_token;
   int rc = bind_relayed(r, a, &w, token, &has_token);
@@ -554,13 +653,14 @@ static void on_allocate(relay_req_t *q) {
   if (!a->lifetime) a->lifetime = RELAY_DEFAULT_LIFETIME;
   a->expires = relay__now_ms(r) + a->lifetime * 1000ull;
   table_insert(r, a);
+  if (a->conn) relay__conn_set_alloc(a->conn, a);
   r->c.allocs_made++;
   reply_allocated(q, a, has_token ? token : NULL);
 }
 
 /* The allocation a request acts on, for the same user (437, 441). */
 static relay_alloc_t *own_alloc(relay_req_t *q) {
-  relay_alloc_t *a = find_alloc(q->r, &q->src);
+  relay_alloc_t *a = find_alloc(q->r, q->conn, &q->src);
   if (!a) {
     relay__reply_error(q, 437, NULL);
     return NULL;
@@ -711,6 +811,7 @@ void relay__tick(uv_timer_t *t) {
   relay_t *r = t->data;
   uint64_t now = relay__now_ms(r);
   relay__sweep_resv(r, 0);
+  relay__tcp_sweep(r, now);
   for (relay_alloc_t *a = r->allocs, *next; a; a = next) {
     next = a->next;
     if (a->expires <= now) {

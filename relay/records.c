@@ -3,7 +3,8 @@
  * (draft-marocco-p2psip-interwork 3.3.2), and the list every node reads.
  *
  * Value id: the node id in hex (dht_put's default), kind DHT_KIND_RELAY,
- * body {"addr":"IP:PORT","transports":["udp"]}.  The value lives
+ * body {"addr":"IP:PORT","transports":["udp","tcp"]}: the transports
+ * between client and relay (relayed addresses are UDP).  The value lives
  * record_ttl seconds (60 by default) and the relay puts it again every
  * record_ttl / 3, so a relay that dies without withdrawing drops out of
  * the list within record_ttl; one that stops withdraws it (dht_remove).
@@ -66,7 +67,7 @@ static void publish(relay_t *r) {
   char name[300], addr[64];
   record_name(r, name, sizeof(name));
   relay_addr(r, addr, sizeof(addr));
-  json_t *body = json_pack("{ss s[s]}", "addr", addr, "transports", "udp");
+  json_t *body = json_pack("{ss s[ss]}", "addr", addr, "transports", "udp", "tcp");
   char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
   json_decref(body);
   relay_op_t *op = text ? op_new(r) : NULL;

@@ -1,7 +1,9 @@
 /*
  * relay: the relay agent peer (draft-marocco-p2psip-interwork 3.2), a TURN
  * server (RFC 8656 over RFC 8489 STUN, UDP transport) on the node's libuv
- * loop, and its record under "turn:OVERLAY" in the DHT (3.3.2).
+ * loop, and its record under "turn:OVERLAY" in the DHT (3.3.2).  Clients
+ * reach it over UDP and over TCP at the same IP and port (RFC 8656
+ * section 2.1); relayed addresses are UDP.
  *
  * Credentials are the overlay's shared secret in the time-limited scheme
  * TURN servers commonly use (coturn's --use-auth-secret): username
@@ -27,7 +29,7 @@ typedef struct relay relay_t;
 
 typedef struct {
   const char *overlay;            /* "overlay.test": the record is "turn:" + overlay */
-  struct sockaddr_storage listen; /* the TURN port (UDP); its IP is also the relayed IP */
+  struct sockaddr_storage listen; /* the TURN port (UDP and TCP); its IP is also the relayed IP */
   const char *secret;             /* the overlay's shared secret (required) */
   const char *realm;              /* NULL: the overlay */
   uint16_t port_min, port_max;    /* relayed ports; 0,0: 49152-65535 */
@@ -36,9 +38,12 @@ typedef struct {
   unsigned quota_total;           /* live allocations in all; 0: 1000 */
   unsigned record_ttl;            /* seconds the turn: value lives; 0: 60.
                                      It is re-put every record_ttl / 3. */
+  unsigned tcp_max_clients;       /* TCP connections at once; 0: 1000 */
+  unsigned tcp_idle;              /* seconds a TCP connection without an allocation
+                                     may send no complete message; 0: 10 */
 } relay_config_t;
 
-/* Create the relay: copies cfg, binds the TURN port (so a taken port fails
+/* Create the relay: copies cfg, binds the TURN port, UDP and TCP (so a taken port fails
  * here with -EADDRINUSE, and nothing is left to close), and does nothing
  * else until relay_start().  dht may be NULL (no record is published: unit
  * tests).  On failure *out is NULL. */
@@ -53,8 +58,12 @@ void relay_stop(relay_t *r, void (*cb)(relay_t *r, void *arg), void *arg);
  * (after relay_new).  DHT operations still in flight are detached. */
 void relay_free(relay_t *r);
 
-/* Counters and live state, a new reference: {"addr","realm","allocations",
- * "permissions","channels","users", "rx":{...},"tx":{...},"errors":{...}}. */
+/* Counters and live state, a new reference: {"addr","realm","transports",
+ * "allocations","permissions","channels", "rx":{...},"tx":{...},
+ * "requests":{...},"dropped":{...},"tcp":{"connections",...},"tx_batches",
+ * "relayed_internal"}; relayed_internal counts datagrams from one of our
+ * relayed addresses to another, handed over in process (they count in
+ * tx.to_peers and rx.from_peers as well). */
 json_t *relay_stats_json(const relay_t *r);
 /* The TURN address as "IP:PORT" (len >= 64). */
 void relay_addr(const relay_t *r, char *out, size_t len);
@@ -62,7 +71,7 @@ void relay_addr(const relay_t *r, char *out, size_t len);
 /* Helpers for admin commands that any node, relay or not, answers. */
 
 /* Read "turn:OVERLAY" from the DHT and call cb once with a new array
- * [{"addr":"IP:PORT","transports":["udp"],"owner":HEX40},...] (cb owns
+ * [{"addr":"IP:PORT","transports":["udp","tcp"],"owner":HEX40},...] (cb owns
  * it; empty if there is none) or NULL if the lookup failed. */
 int relay_list(dht_t *d, const char *overlay, void (*cb)(json_t *relays, void *arg), void *arg);
 /* Mint {"username":"EXPIRY:USER","password":S,"realm":S,"ttl":N} valid ttl

@@ -23,12 +23,16 @@
 #define RELAY_MAX_PERMS 64
 #define RELAY_MAX_CHANS 64
 #define RELAY_RESV_LIFETIME 30 /* RFC 8656 7.2: about 30 s */
-#define RELAY_PORT_TRIES 64
-#define RELAY_REMOVE_WAIT_MS 2000 /* relay_stop waits this long for dht_remove */ /* binds tried per Allocate before 508 */
+#define RELAY_PORT_TRIES 64 /* binds tried per Allocate before 508 */
+#define RELAY_REMOVE_WAIT_MS 2000 /* relay_stop waits this long for dht_remove */
 /* Room in front of received data, so a ChannelData header (4 bytes) or a
  * Data indication's header, XOR-PEER-ADDRESS and DATA header (at most 48)
  * can be written in place before a packet from a peer. */
 #define RELAY_HEADROOM 64
+/* One receive buffer for every socket; a datagram (at most 65507 bytes)
+ * leaves room behind it for ChannelData padding (at most 3 bytes, TCP).
+ * libuv's recvmmsg (UV_UDP_RECVMMSG, 64 KiB per datagram slot) was tried
+ * on the TURN port and saved no measurable CPU (docs/BENCHMARKS.md). */
 #define RELAY_RBUF (RELAY_HEADROOM + 65536)
 #define RELAY_SOFTWARE "p2psip-relay"
 #define RELAY_TURN_RCVBUF (1 << 20)
@@ -37,10 +41,28 @@
  * 0x4000-0x7FFE; like coturn we accept the old range too, since nothing
  * else (DTLS, RTP) shares our TURN port. */
 #define RELAY_CHAN_MAX_LEGACY 0x7FFE
+/* TURN over TCP (RFC 8656 section 2.1): each connection reads into its
+ * own buffer of RELAY_TCP_BUF bytes, so no message on a stream may be
+ * longer (clients send MTU-sized data; a longer declared length closes the
+ * connection).  At most RELAY_TCP_QUEUE bytes wait to be written to one
+ * connection; beyond that whole messages to it are dropped, as a UDP
+ * socket would drop them. */
+#define RELAY_TCP_BUF 8192
+#define RELAY_TCP_QUEUE (256 * 1024)
+#define RELAY_TCP_MAX_CLIENTS 1000
+#define RELAY_TCP_IDLE 10 /* s a connection without an allocation may stay quiet */
+/* Datagrams sent on the TURN port are batched and sent with one
+ * sendmmsg() when the loop has run its I/O callbacks (uv_check), or when
+ * the batch is full: at most RELAY_TXB datagrams and RELAY_TXB_BYTES of
+ * copied data. */
+#define RELAY_TXB 64
+#define RELAY_TXB_BYTES (64 * 1024)
 
 typedef struct relay_alloc relay_alloc_t;
 typedef struct relay_op relay_op_t;
 typedef struct relay_resv relay_resv_t;
+typedef struct relay_conn relay_conn_t;
+typedef struct relay_txb relay_txb_t;
 
 /* What an Allocate asks for besides a port. */
 typedef struct {
@@ -63,8 +85,10 @@ typedef struct {
 struct relay_alloc {
   relay_t *r;
   relay_alloc_t *hnext;      /* hash chain by client address */
+  relay_alloc_t *rnext;      /* hash chain by relayed address */
   relay_alloc_t *next, **prevp; /* every allocation */
   proto_stun_addr_t client;
+  relay_conn_t *conn; /* the TCP connection it was made on; NULL: UDP */
   proto_stun_addr_t relayed;
   uv_udp_t sock; /* the relayed transport address */
   char *user;
@@ -84,6 +108,12 @@ typedef struct {
   uint64_t send_errors;
   uint64_t requests, errors_sent, auth_failures, stale_nonces, quota_refusals;
   uint64_t allocs_made, allocs_expired;
+  uint64_t tcp_accepted, tcp_refused, tcp_closed_malformed, tcp_closed_idle, tcp_closed_peer;
+  uint64_t tcp_queue_drops;
+  uint64_t tx_batches, tx_batched; /* sendmmsg calls and the datagrams they sent */
+  /* Datagrams from one of our relayed addresses to another, handed over in
+   * process (alloc.c, handover); they count in to_peer and peer_in too. */
+  uint64_t relayed_internal;
 } relay_counters_t;
 
 struct relay {
@@ -96,13 +126,19 @@ struct relay {
   int allow_loopback;
   unsigned quota_user, quota_total, record_ttl;
   uv_udp_t udp;
+  uv_tcp_t tcp; /* the TURN port's listener, same IP and port */
+  uv_check_t flush; /* sends the TURN port's batch once per loop turn */
+  relay_conn_t *conns; /* TCP connections */
+  unsigned n_conns, tcp_max, tcp_idle;
+  relay_txb_t *txb; /* the TURN port's pending datagrams */
   uv_timer_t tick;
   uv_timer_t rec_timer;
   int started, stopping, removing, open_handles;
   void (*stop_cb)(relay_t *, void *);
   void *stop_arg;
   relay_alloc_t **buckets; /* hash of allocations by client address */
-  size_t n_buckets, n_allocs;
+  relay_alloc_t **rbuckets; /* the same allocations by relayed address */
+  size_t n_buckets, n_allocs; /* both tables have n_buckets buckets */
   relay_alloc_t *allocs;
   uint8_t nonce_key[20];
   relay_op_t *ops; /* DHT calls in flight */
@@ -114,7 +150,7 @@ struct relay {
 /* What a request handler needs to answer. */
 typedef struct {
   relay_t *r;
-  const struct sockaddr *from;
+  relay_conn_t *conn; /* the request came over this TCP connection; NULL: UDP */
   proto_stun_addr_t src;
   const proto_stun_msg_t *m;
   const uint8_t *key; /* set once authenticated: replies carry MI */
@@ -133,7 +169,14 @@ void relay__reply_begin(const relay_req_t *q, proto_stun_builder_t *b, uint8_t *
 /* Adds MI (if q->key) and FINGERPRINT (if the request had one), sends. */
 void relay__reply_send(const relay_req_t *q, proto_stun_builder_t *b);
 void relay__reply_error(const relay_req_t *q, uint16_t code, const char *reason);
-int relay__send_client(relay_t *r, const proto_stun_addr_t *to, const void *p, size_t n);
+/* To a client over UDP (conn NULL: batched, see RELAY_TXB) or down its
+ * TCP connection; p must stay valid only during the call. */
+int relay__send_client(relay_t *r, relay_conn_t *conn, const proto_stun_addr_t *to, const void *p,
+                       size_t n);
+/* What arrived on the TURN port (UDP datagram or a message framed on a TCP
+ * stream): STUN or ChannelData.  Returns -1 if it was malformed. */
+int relay__on_message(relay_t *r, relay_conn_t *conn, const proto_stun_addr_t *src,
+                      const uint8_t *p, size_t n);
 /* An allocation's socket finished closing (open_handles counts it). */
 void relay__handle_gone(relay_t *r);
 int relay__bind_socket(const struct sockaddr_storage *ss, int *fd_out);
@@ -146,14 +189,34 @@ void relay__add_nonce(relay_t *r, proto_stun_builder_t *b, const proto_stun_addr
 
 /* alloc.c */
 void relay__on_request(relay_req_t *q);
-void relay__on_indication(relay_t *r, const proto_stun_msg_t *m, const proto_stun_addr_t *src);
+void relay__on_indication(relay_t *r, relay_conn_t *conn, const proto_stun_msg_t *m,
+                          const proto_stun_addr_t *src);
 int relay__chan_parse(const uint8_t *p, size_t n, proto_stun_chan_t *out);
-void relay__on_chandata(relay_t *r, const proto_stun_addr_t *src, const uint8_t *p, size_t n);
+/* Returns -1 if the ChannelData was malformed (counted). */
+int relay__on_chandata(relay_t *r, relay_conn_t *conn, const proto_stun_addr_t *src,
+                       const uint8_t *p, size_t n);
+/* The connection is going: delete its allocation. */
+void relay__alloc_conn_gone(relay_conn_t *c);
 void relay__tick(uv_timer_t *t);
 void relay__sweep_resv(relay_t *r, int all);
 void relay__free_all_allocs(relay_t *r);
 int relay__forbidden_peer(const relay_t *r, const proto_stun_addr_t *a);
 json_t *relay__alloc_stats(const relay_t *r);
+
+/* tcp.c */
+/* Bind the listener at the TURN address (plain syscalls, like the UDP
+ * port); *fd_out is a bound, not yet listening, socket. */
+int relay__tcp_bind(const proto_stun_addr_t *at, int *fd_out);
+int relay__tcp_start(relay_t *r);
+/* Close every connection (their allocations go with them). */
+void relay__tcp_close_all(relay_t *r);
+/* From the 1 s tick: close connections without an allocation that have
+ * been quiet for tcp_idle seconds. */
+void relay__tcp_sweep(relay_t *r, uint64_t now);
+int relay__tcp_send(relay_conn_t *c, const void *p, size_t n);
+relay_alloc_t *relay__conn_alloc(const relay_conn_t *c);
+void relay__conn_set_alloc(relay_conn_t *c, relay_alloc_t *a);
+json_t *relay__tcp_stats(const relay_t *r);
 
 /* records.c */
 int relay__records_start(relay_t *r);

@@ -44,7 +44,7 @@ def test(h):
     c.argv = argv
     c.start(N)
     c.wait_consistent(timeout=60)
-    want = sorted((turn[i], ("udp",), c.nodes[i].id) for i in RELAYS)
+    want = sorted((turn[i], ("udp", "tcp"), c.nodes[i].id) for i in RELAYS)
 
     def all_see(expected):
         def pred():
