@@ -66,6 +66,7 @@ int node_sip_load(const node_sip_api_t **out, char *err, size_t len) {
   SYM(registrations_json, "sip_registrations_json");
   SYM(addr, "sip_addr");
   SYM(is_gateway, "sip_is_gateway");
+  SYM(set_public, "sip_set_public");
   *out = &sip_api;
   return 0;
 }

@@ -30,6 +30,7 @@ typedef struct {
   int stabilize_max_ms;
   char *sip;        /* --sip IP:PORT: serve SIP phones there */
   int gateway;      /* --gateway: act as proxy peer (needs --sip) */
+  int sip_cache_ms; /* --sip-cache-ms: reuse a located user record this long (0: never) */
   char *dns;        /* --dns IP[:PORT]: resolver for RFC 3263 */
   char *dns_update; /* --dns-update IP[:PORT]: RFC 2136 server */
   char *tsig;       /* --tsig NAME:ALG:SECRET */
@@ -64,6 +65,7 @@ typedef struct {
   json_t *(*registrations_json)(const sip_svc_t *s);
   void (*addr)(const sip_svc_t *s, char *out, size_t len);
   int (*is_gateway)(const sip_svc_t *s);
+  int (*set_public)(sip_svc_t *s, int on);
 } node_sip_api_t;
 
 /* Load p2psip-sip.so (once).  Returns 0, or -1 with a reason in err. */

@@ -113,6 +113,10 @@ static int o_sip(node_opts_t *o, const char *v, char *err, size_t len) {
   return check_addr(v, "sip", err, len) ? -1 : set_str(&o->sip, v);
 }
 
+static int o_sip_cache(node_opts_t *o, const char *v, char *err, size_t len) {
+  return set_int(&o->sip_cache_ms, v, 0, 60000, "sip-cache-ms", err, len);
+}
+
 static int o_gateway(node_opts_t *o, const char *v, char *err, size_t len) {
   o->gateway = strcmp(v, "0") != 0;
   return 0;
@@ -220,6 +224,8 @@ static const opt_def_t opt_table[] = {
     {"refresh", 1, o_refresh, "SECONDS", "how often owners re-store their values (default 30)"},
     {"stabilize-max", 1, o_stab, "MS", "longest ring upkeep interval when quiet (default 30000)"},
     {"sip", 1, o_sip, "IP:PORT", "serve SIP phones on UDP and TCP there (registrar, proxy)"},
+    {"sip-cache-ms", 1, o_sip_cache, "MS", "reuse a user record found in the DHT this long when\n"
+     "                             proxying (default 2000, 0 = ask the DHT every time)"},
     {"gateway", 0, o_gateway, "", "act as P2PSIP proxy peer to public SIP domains (needs --sip)"},
     {"dns", 1, o_dns, "IP[:PORT]", "DNS server for RFC 3263 lookups (default: resolv.conf)"},
     {"dns-update", 1, o_dns_update, "IP[:PORT]", "register the proxy peer in DNS there (RFC 2136)"},
@@ -311,6 +317,7 @@ static void defaults(node_opts_t *o) {
   o->successors = 8;
   o->log_level = LOG_INFO;
   o->refresh_s = 30;
+  o->sip_cache_ms = 2000;
   o->listen = strdup("127.0.0.1:0");
   o->public_mode = strdup("auto");
 }

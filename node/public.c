@@ -32,6 +32,9 @@ static void decide(node_t *n, bool pub, const char *why) {
   if (!changed) return;
   log_info("%s: %s", pub ? "public" : "not public", why);
   node_roles_apply(n);
+  /* A SIP node that is not public keeps a flow to a proxy peer so that
+   * calls can reach it through its NAT (sip/flow.c). */
+  if (n->sip && !n->leaving) n->sipapi->set_public(n->sip, pub);
 }
 
 static void schedule(node_t *n, unsigned ms);

@@ -55,11 +55,15 @@ int sip__uri_is_overlay(const sip_svc_t *s, const url_t *u)
 }
 
 /* True when u names this node's own SIP address: one of the agent's Via
- * sent-by values (host and port, 5060 when absent). */
+ * sent-by values (host and port, 5060 when absent), or, behind a NAT, the
+ * reflexive address the node's flow learnt (records and Record-Routes
+ * name it, so requests from outside carry it in their Route). */
 int sip__uri_is_self(const sip_svc_t *s, const url_t *u)
 {
   if (!u || !u->url_host || (u->url_type != url_sip && u->url_type != url_sips))
     return 0;
+  if (sip__flow_is_reflexive(s, u))
+    return 1;
   const char *port = u->url_port && u->url_port[0] ? u->url_port : "5060";
   for (const sip_via_t *v = nta_agent_via(s->agent); v; v = v->v_next) {
     const char *vport = v->v_port ? v->v_port : "5060";
@@ -147,6 +151,9 @@ static int copy_config(sip_svc_t *s, const sip_config_t *cfg)
   s->tsig = cfg->tsig ? strdup(cfg->tsig) : NULL;
   s->dns_address = cfg->dns_address ? strdup(cfg->dns_address) : NULL;
   s->gateway = cfg->gateway != 0;
+  s->locate_cache_ms = cfg->locate_cache_ms < 0    ? 0
+                       : cfg->locate_cache_ms == 0 ? SIP_LOCATE_CACHE_MS
+                                                   : (unsigned)cfg->locate_cache_ms;
   s->listen = cfg->listen;
   if (!s->overlay || (cfg->dns && !s->dns) || (cfg->dns_update && !s->dns_update) ||
       (cfg->tsig && !s->tsig) || (cfg->dns_address && !s->dns_address))
@@ -181,6 +188,8 @@ static int learn_address(sip_svc_t *s)
   snprintf(s->hostport, sizeof s->hostport, "%s:%u", s->host, s->port);
   snprintf(s->self_lr, sizeof s->self_lr, "<sip:%s;lr>", s->hostport);
   snprintf(s->overlay_lr, sizeof s->overlay_lr, "<sip:%s;lr>", s->overlay);
+  snprintf(s->gw_rr_in, sizeof s->gw_rr_in, "%s, %s", s->self_lr, s->overlay_lr);
+  snprintf(s->gw_rr_out, sizeof s->gw_rr_out, "%s, %s", s->overlay_lr, s->self_lr);
   return dht_addr_parse(s->hostport, &s->listen) < 0 ? -EINVAL : 0;
 }
 
@@ -238,6 +247,8 @@ int sip_new(uv_loop_t *loop, dht_t *dht, const sip_config_t *cfg, sip_svc_t **ou
     rc = sip__loop_new(loop, &s->loop);
   if (rc == 0)
     rc = create_agent(s);
+  if (rc == 0)
+    rc = sip__flow_new(s);
   if (rc == 0) {
     s->sweep = su_timer_create(su_root_task(sip__loop_root(s->loop)), 1000);
     s->republish = su_timer_create(su_root_task(sip__loop_root(s->loop)), SIP_PEER_REPUBLISH_MS);
@@ -269,6 +280,15 @@ int sip_start(sip_svc_t *s)
            s->gateway ? " as proxy peer" : "");
   if (s->gateway)
     sip__gateway_start(s);
+  sip__flow_update(s);
+  return 0;
+}
+
+int sip_set_public(sip_svc_t *s, int on)
+{
+  s->public_known = 1;
+  s->is_public = on != 0;
+  sip__flow_update(s);
   return 0;
 }
 
@@ -280,6 +300,7 @@ int sip_set_gateway(sip_svc_t *s, int on)
   s->gateway = on;
   if (!s->started || s->stopping)
     return 0;
+  sip__flow_update(s); /* a proxy peer needs no flow to another */
   if (on)
     return sip__gateway_start(s);
   sip__gateway_stop(s, NULL);
@@ -326,6 +347,7 @@ void sip_stop(sip_svc_t *s, void (*cb)(sip_svc_t *s, void *arg), void *arg)
     return;
   s->stopping = 1;
   su_timer_reset(s->sweep);
+  sip__flow_update(s);
   /* A guard: the callback comes in time whatever the DHT and DNS do. */
   su_timer_set(s->stop_timer, on_stop_timer, (su_timer_arg_t *)s);
   s->stop_pending = 1; /* ourselves, so that nothing finishes inside this call */
@@ -343,8 +365,10 @@ void sip_free(sip_svc_t *s)
     return;
   sip__dht_detach_all(s);
   sip__proxy_free_all(s);
+  sip__flow_free(s);
   sip__peers_free(s);
   sip__reg_free_all(s);
+  sip__dht_cache_free(s);
   sip__dnsreg_free(s);
   su_timer_destroy(s->sweep);
   su_timer_destroy(s->republish);
@@ -460,7 +484,7 @@ json_t *sip_stats_json(const sip_svc_t *s)
   const sip_counters_t *c = &s->c;
   json_t *counters = json_pack(
       "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,"
-      "s:I,s:I,s:I,s:I}",
+      "s:I,s:I,s:I,s:I,s:I,s:I}",
       "requests", (json_int_t)c->requests, "responses_forwarded", (json_int_t)c->responses_fwd,
       "acks_forwarded", (json_int_t)c->acks_fwd, "stray_forwarded", (json_int_t)c->stray_fwd,
       "registers", (json_int_t)c->registers, "register_ok", (json_int_t)c->register_ok,
@@ -473,13 +497,15 @@ json_t *sip_stats_json(const sip_svc_t *s)
       (json_int_t)c->loops, "too_many_hops", (json_int_t)c->too_many_hops, "bad_requests",
       (json_int_t)(c->bad_requests + bad), "cancels", (json_int_t)c->cancels, "no_peer",
       (json_int_t)c->no_peer, "dns_updates", (json_int_t)c->dns_updates, "dns_update_failed",
-      (json_int_t)c->dns_update_failed, "transport_bad_messages", (json_int_t)bad);
-  return json_pack("{s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o}", "listen", s->hostport,
-                   "overlay", s->overlay, "gateway", s->gateway, "registrations",
+      (json_int_t)c->dns_update_failed, "transport_bad_messages", (json_int_t)bad,
+      "lookups_cached", (json_int_t)c->cache_hits, "lookups_stale", (json_int_t)c->stale);
+  json_t *flow = sip__flow_json(s);
+  return json_pack("{s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o, s:o}", "listen",
+                   s->hostport, "overlay", s->overlay, "gateway", s->gateway, "registrations",
                    (json_int_t)sip__regs_count(s), "transactions", "proxy",
                    (json_int_t)s->n_ptx, "server", (json_int_t)server_tr, "client",
                    (json_int_t)client_tr, "proxy_peers_known", s->n_peers, "counters",
-                   counters ? counters : json_object());
+                   counters ? counters : json_object(), "flow", flow ? flow : json_object());
 }
 
 json_t *sip_registrations_json(const sip_svc_t *s)

@@ -15,7 +15,107 @@ struct sip_op {
   sip_op_t *next, **prevp;
   sip_op_cb cb;
   void *ctx;
+  char *keep; /* a cached get: the name its answer is kept under */
 };
+
+/* ---- the get cache ------------------------------------------------------
+ *
+ * A proxy peer locates the callee of every INVITE; the same user record
+ * fetched a moment ago answers the next call as well as the DHT would (a
+ * registration changes it at most every few seconds, and a stale answer
+ * costs one failed branch, after which the entry is forgotten: proxy.c).
+ * Direct-mapped: a name evicts whatever shared its slot, so memory stays
+ * bounded by SIP_GCACHE_SLOTS * SIP_GCACHE_BYTES. */
+typedef struct {
+  char *name;
+  uint64_t at;         /* uv_now() of the fetch */
+  size_t n;
+  dht_value_t *v;      /* vid and body point into blob */
+  char *blob;
+} sip_gentry_t;
+
+struct sip_gcache {
+  sip_gentry_t e[SIP_GCACHE_SLOTS];
+};
+
+static uint32_t name_slot(const char *name)
+{
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+    h = (h ^ *p) * 16777619u;
+  return h % SIP_GCACHE_SLOTS;
+}
+
+static void gentry_clear(sip_gentry_t *e)
+{
+  free(e->name), free(e->v), free(e->blob);
+  memset(e, 0, sizeof *e);
+}
+
+static void gcache_keep(sip_svc_t *s, const char *name, const dht_value_t *v, size_t n)
+{
+  size_t bytes = 0;
+  for (size_t i = 0; i < n; i++)
+    bytes += strlen(v[i].vid) + 1 + v[i].body_len;
+  if (n == 0 || n > SIP_MAX_CONTACTS || bytes > SIP_GCACHE_BYTES)
+    return;
+  if (!s->gcache && !(s->gcache = calloc(1, sizeof *s->gcache)))
+    return;
+  sip_gentry_t *e = &s->gcache->e[name_slot(name)];
+  gentry_clear(e);
+  e->name = strdup(name);
+  e->v = calloc(n, sizeof *e->v);
+  e->blob = malloc(bytes);
+  if (!e->name || !e->v || !e->blob) {
+    gentry_clear(e);
+    return;
+  }
+  char *p = e->blob;
+  for (size_t i = 0; i < n; i++) {
+    e->v[i] = v[i];
+    size_t vl = strlen(v[i].vid) + 1;
+    e->v[i].vid = memcpy(p, v[i].vid, vl);
+    p += vl;
+    e->v[i].body = memcpy(p, v[i].body, v[i].body_len);
+    p += v[i].body_len;
+  }
+  e->n = n, e->at = sip__now_ms(s);
+}
+
+/* The entry for name if it is younger than max_ms, its values aged. */
+static sip_gentry_t *gcache_find(sip_svc_t *s, const char *name, unsigned max_ms)
+{
+  if (!s->gcache)
+    return NULL;
+  sip_gentry_t *e = &s->gcache->e[name_slot(name)];
+  if (!e->name || strcmp(e->name, name) != 0)
+    return NULL;
+  uint64_t age = sip__now_ms(s) - e->at;
+  if (age >= max_ms) {
+    gentry_clear(e);
+    return NULL;
+  }
+  return e;
+}
+
+void sip__dht_forget(sip_svc_t *s, const char *name)
+{
+  if (s->gcache && s->gcache->e[name_slot(name)].name &&
+      strcmp(s->gcache->e[name_slot(name)].name, name) == 0)
+    gentry_clear(&s->gcache->e[name_slot(name)]);
+}
+
+void sip__dht_cache_free(sip_svc_t *s)
+{
+  if (!s->gcache)
+    return;
+  for (size_t i = 0; i < SIP_GCACHE_SLOTS; i++)
+    gentry_clear(&s->gcache->e[i]);
+  free(s->gcache);
+  s->gcache = NULL;
+}
+
+/* ---- operations -------------------------------------------------------- */
 
 static sip_op_t *op_new(sip_svc_t *s, sip_op_cb cb, void *ctx)
 {
@@ -45,8 +145,11 @@ static void op_done(sip_op_t *op, int status, const dht_value_t *v, size_t n)
 {
   sip_svc_t *s = op->s;
   op_unlink(op);
+  if (s && op->keep && status >= 0)
+    gcache_keep(s, op->keep, v, n);
   if (s && op->cb)
     op->cb(s, op->ctx, status, v, n);
+  free(op->keep);
   free(op);
 }
 
@@ -65,6 +168,7 @@ static int op_started(sip_op_t *op, int rc)
 {
   if (rc < 0) {
     op_unlink(op);
+    free(op->keep);
     free(op);
   }
   return rc;
@@ -75,6 +179,32 @@ int sip__dht_get(sip_svc_t *s, const char *name, sip_op_cb cb, void *ctx)
   sip_op_t *op = op_new(s, cb, ctx);
   if (!op)
     return -ENOMEM;
+  return op_started(op, dht_get(s->dht, name, on_get, op));
+}
+
+int sip__dht_get_cached(sip_svc_t *s, const char *name, unsigned max_ms, sip_op_cb cb, void *ctx)
+{
+  sip_gentry_t *e = max_ms ? gcache_find(s, name, max_ms) : NULL;
+  if (e) {
+    /* Aged copies: the caller sees the lifetimes the DHT would give now. */
+    dht_value_t v[SIP_MAX_CONTACTS];
+    uint32_t age_s = (uint32_t)((sip__now_ms(s) - e->at) / 1000);
+    for (size_t i = 0; i < e->n; i++) {
+      v[i] = e->v[i];
+      v[i].expires_in = v[i].expires_in > age_s ? v[i].expires_in - age_s : 0;
+    }
+    s->c.cache_hits++;
+    cb(s, ctx, SIP_GET_CACHED, v, e->n);
+    return 0;
+  }
+  sip_op_t *op = op_new(s, cb, ctx);
+  if (!op)
+    return -ENOMEM;
+  if (max_ms && !(op->keep = strdup(name))) {
+    op_unlink(op);
+    free(op);
+    return -ENOMEM;
+  }
   return op_started(op, dht_get(s->dht, name, on_get, op));
 }
 

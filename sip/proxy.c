@@ -48,7 +48,10 @@ struct sip_ptx {
   sip_method_t method;
   char hash[17];
   const char *rr; /* Record-Route to add, or NULL */
+  char *aor;      /* the user record located, or NULL */
+  uint32_t targets; /* signature of the bindings the branches went to */
   unsigned cancelled : 1, replied : 1, finished : 1;
+  unsigned cached : 1, relocated : 1; /* targets from the cache; looked up again */
   sip_branch_t br[SIP_MAX_BRANCHES];
   int n_br, n_live;
   int best_status;
@@ -59,7 +62,7 @@ static void branch_send(sip_branch_t *b);
 
 /* ---- lifetime ---------------------------------------------------------- */
 
-static void ptx_free(sip_ptx_t *t)
+static void drop_branches(sip_ptx_t *t)
 {
   for (int i = 0; i < t->n_br; i++) {
     sip_branch_t *b = &t->br[i];
@@ -68,10 +71,17 @@ static void ptx_free(sip_ptx_t *t)
       nta_outgoing_destroy(b->orq);
     free(b->ruri), free(b->route), free(b->next), free(b->peers);
   }
+  t->n_br = t->n_live = 0;
+}
+
+static void ptx_free(sip_ptx_t *t)
+{
+  drop_branches(t);
   if (t->irq)
     nta_incoming_destroy(t->irq);
   msg_destroy(t->msg);
   msg_destroy(t->best);
+  free(t->aor);
   *t->prevp = t->next;
   if (t->next)
     t->next->prevp = t->prevp;
@@ -218,6 +228,31 @@ static void cancel_branches(sip_ptx_t *t, const sip_branch_t *except)
   ptx_release(t);
 }
 
+static void locate(sip_ptx_t *t, unsigned max_ms);
+
+/* Final answers that may mean the user record we used is stale: the
+ * contact or its node is gone, or the record says so. */
+static int may_be_stale(int status)
+{
+  return status == 404 || status == 408 || status == 410 || status == 480 || status >= 500;
+}
+
+/* Every branch to targets from the cache failed as a stale record would
+ * make them fail: forget the record and look the user up again in the DHT
+ * (once), so that a phone that moved meets no failed call.  1: doing so. */
+static int relocate(sip_ptx_t *t)
+{
+  if (!t->aor || !t->cached || t->relocated || t->cancelled || t->replied || !t->irq ||
+      !may_be_stale(t->best_status ? t->best_status : 408))
+    return 0;
+  t->relocated = 1;
+  t->s->c.stale++;
+  sip__dht_forget(t->s, t->aor);
+  drop_branches(t);
+  locate(t, 0);
+  return 1;
+}
+
 static void branch_done(sip_branch_t *b)
 {
   sip_ptx_t *t = b->t;
@@ -225,8 +260,10 @@ static void branch_done(sip_branch_t *b)
     return;
   b->live = 0;
   su_timer_reset(b->failover);
-  if (--t->n_live > 0)
+  if (--t->n_live > 0 || relocate(t))
     return;
+  if (t->aor && !t->replied && may_be_stale(t->best_status ? t->best_status : 408))
+    sip__dht_forget(t->s, t->aor);
   send_best(t);
   ptx_finish(t);
 }
@@ -443,27 +480,62 @@ static int by_q(const void *a, const void *b)
   return ((const sip_binding_t *)b)->q1000 - ((const sip_binding_t *)a)->q1000;
 }
 
-/* One branch per live binding, best q first (parallel forking). */
+/* One branch per live binding, best q first (parallel forking).  A binding
+ * registered through this node goes to its phone's flow; one registered
+ * elsewhere gets Route <path;lr> pushed (RFC 3327-like), and a node behind
+ * a NAT is reached through the proxy peer holding its flow: <edge;lr>
+ * first (flow.c; left out when that peer is this node). */
 static void fork_to(sip_ptx_t *t, sip_binding_t *bs, size_t n)
 {
   sip_svc_t *s = t->s;
-  char self[128], flow[128];
-  snprintf(self, sizeof self, "sip:%s", s->hostport);
+  char flow[128];
   qsort(bs, n, sizeof *bs, by_q);
   su_home_t home[1];
   su_home_init(home);
+  int local = 0;
   for (size_t i = 0; i < n; i++) {
-    if (strcmp(bs[i].path, self) == 0) {
+    url_t *path = sip__binding_hop_ok(bs[i].path) ? url_make(home, bs[i].path) : NULL;
+    url_t *edge = sip__binding_hop_ok(bs[i].edge) ? url_make(home, bs[i].edge) : NULL;
+    if (!path)
+      continue;
+    if (sip__uri_is_self(s, path)) {
       url_t *u = url_make(home, bs[i].uri);
       add_branch(t, bs[i].uri, NULL, u ? local_flow(s, u, flow, sizeof flow) : NULL);
-    } else {
-      char route[300];
-      snprintf(route, sizeof route, "<%s;lr>", bs[i].path);
-      add_branch(t, bs[i].uri, route, NULL);
+      local++;
+      continue;
     }
+    char route[450];
+    if (edge && !sip__uri_is_self(s, edge))
+      snprintf(route, sizeof route, "<%s;lr>, <%s;lr>", bs[i].edge, bs[i].path);
+    else
+      snprintf(route, sizeof route, "<%s;lr>", bs[i].path);
+    add_branch(t, bs[i].uri, route, NULL);
   }
   su_home_deinit(home);
+  /* The Record-Route was chosen before the lookup (prepare): correct it
+   * now that the targets are known.  A proxy peer stays on the path of its
+   * own phones; a node behind a NAT calling its own phones needs no way in
+   * from outside. */
+  if (t->rr && local && s->gateway)
+    t->rr = s->gw_rr_in;
+  else if (t->rr && local == (int)n && sip__flow_rr(s, 1))
+    t->rr = s->self_lr;
   start_branches(t);
+}
+
+/* Order-independent: the DHT returns values in any order. */
+static uint32_t targets_sig(const sip_binding_t *bs, size_t n)
+{
+  uint32_t sig = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint32_t h = 2166136261u;
+    const char *parts[] = {bs[i].uri, "|", bs[i].path, "|", bs[i].edge ? bs[i].edge : ""};
+    for (size_t k = 0; k < sizeof parts / sizeof *parts; k++)
+      for (const char *p = parts[k]; *p; p++)
+        h = (h ^ (uint8_t)*p) * 16777619u;
+    sig ^= h;
+  }
+  return sig;
 }
 
 static void on_located(sip_svc_t *s, void *ctx, int status, const dht_value_t *v, size_t n)
@@ -486,6 +558,7 @@ static void on_located(sip_svc_t *s, void *ctx, int status, const dht_value_t *v
     else
       sip__binding_clear(&b);
   }
+  uint32_t sig = targets_sig(bs, live);
   if (status < 0 && status != DHT_ENOTFOUND && known == 0) {
     s->c.lookup_failed++;
     fail(t, 504);
@@ -493,7 +566,11 @@ static void on_located(sip_svc_t *s, void *ctx, int status, const dht_value_t *v
     s->c.not_found += known == 0;
     s->c.expired += known > 0;
     fail(t, known ? 480 : 404);
+  } else if (t->relocated && sig == t->targets) {
+    send_best(t); /* the DHT says what the cache said: that failure stands */
+    ptx_finish(t);
   } else {
+    t->cached = status == SIP_GET_CACHED, t->targets = sig;
     fork_to(t, bs, live);
   }
   for (size_t i = 0; i < live; i++)
@@ -501,13 +578,17 @@ static void on_located(sip_svc_t *s, void *ctx, int status, const dht_value_t *v
   ptx_release(t);
 }
 
-static void locate(sip_ptx_t *t)
+/* Looks the Request-URI's user up; max_ms: how old a cached answer may be. */
+static void locate(sip_ptx_t *t, unsigned max_ms)
 {
-  const url_t *u = t->sip->sip_request->rq_url;
-  char aor[600];
-  snprintf(aor, sizeof aor, "sip:%s@%s", u->url_user, t->s->overlay);
+  if (!t->aor) {
+    const url_t *u = t->sip->sip_request->rq_url;
+    char aor[600];
+    snprintf(aor, sizeof aor, "sip:%s@%s", u->url_user, t->s->overlay);
+    t->aor = strdup(aor);
+  }
   ptx_hold(t);
-  if (sip__dht_get(t->s, aor, on_located, t) < 0) {
+  if (!t->aor || sip__dht_get_cached(t->s, t->aor, max_ms, on_located, t) < 0) {
     ptx_release(t);
     fail(t, 500);
   }
@@ -595,9 +676,22 @@ static void prepare(sip_ptx_t *t)
   }
   /* A proxy peer names the overlay, not itself (spec 3.1), so in-dialog
    * requests reach whichever proxy peer is alive; other nodes stay on the
-   * path of their own phones' dialogs. */
-  if (is_dialog_creating(t->sip))
-    t->rr = s->gateway ? s->overlay_lr : s->self_lr;
+   * path of their own phones' dialogs.  A proxy peer also stays on the
+   * path of dialogs of phones registered through it (only it has their
+   * flows), and a node behind a NAT puts its private address on its
+   * phones' side and its way in (edge, reflexive address) on the other:
+   * RFC 5658-style double Record-Route, the entry nearest each side
+   * reachable from it. */
+  if (!is_dialog_creating(t->sip))
+    return;
+  if (s->gateway) {
+    int dir = sip__reg_direction(s, t->msg, t->sip);
+    t->rr = dir > 0 ? s->gw_rr_in : dir < 0 ? s->gw_rr_out : s->overlay_lr;
+  } else if (sip__flow_rr(s, 1)) {
+    t->rr = sip__flow_rr(s, sip__reg_direction(s, t->msg, t->sip) > 0);
+  } else {
+    t->rr = s->self_lr;
+  }
 }
 
 int sip__proxy(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, const char *hash)
@@ -625,7 +719,7 @@ int sip__proxy(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, const 
       nta_incoming_treply(irq, SIP_100_TRYING, TAG_END());
   }
   if (hop == SIP_HOP_LOCATE)
-    locate(t);
+    locate(t, s->locate_cache_ms);
   else if (hop == SIP_HOP_PEER)
     via_peer(t);
   else

@@ -8,7 +8,13 @@
  *    "expires": 3600, "q": 1000, "call_id": "...", "cseq": 7,
  *    "path": "sip:192.0.2.1:5060",   (the node it came through, RFC 3327-like)
  *    "node": "<node id hex>",
- *    "received": "198.51.100.7:40000", "transport": "udp"}
+ *    "received": "198.51.100.7:40000", "transport": "udp",
+ *    "edge": "sip:192.0.2.9:5060"}   (optional: see below)
+ *
+ * A node behind a NAT is reached through the proxy peer that holds its
+ * flow (flow.c): "edge" names that proxy peer and "path" the node's
+ * reflexive address, so callers route <edge;lr>,<path;lr>.  Records
+ * without "edge" (older nodes, public nodes) decode with edge "".
  *
  * The value lives SIP_GRACE_S seconds longer than the contact, so that the
  * remaining contact lifetime is the DHT's expires_in minus the grace; that
@@ -29,6 +35,10 @@ char *sip__binding_encode(const sip_binding_t *b, uint32_t expires)
                         "cseq", (json_int_t)b->cseq, "path", b->path, "node", b->node,
                         "received", b->received ? b->received : "",
                         "transport", b->transport ? b->transport : "");
+  if (o && b->edge && b->edge[0] && json_object_set_new(o, "edge", json_string(b->edge)) < 0) {
+    json_decref(o);
+    return NULL;
+  }
   if (!o)
     return NULL;
   char *text = json_dumps(o, JSON_COMPACT);
@@ -39,8 +49,16 @@ char *sip__binding_encode(const sip_binding_t *b, uint32_t expires)
 void sip__binding_clear(sip_binding_t *b)
 {
   free(b->aor), free(b->contact), free(b->uri), free(b->call_id);
-  free(b->path), free(b->node), free(b->received), free(b->transport);
+  free(b->path), free(b->node), free(b->received), free(b->transport), free(b->edge);
   memset(b, 0, sizeof *b);
+}
+
+/* A path or edge goes into a Route header of requests: only a plain
+ * "sip:HOST[:PORT]" can, whatever another node wrote. */
+int sip__binding_hop_ok(const char *u)
+{
+  return u && strncmp(u, "sip:", 4) == 0 && u[4] && strlen(u) < 200 &&
+         !strpbrk(u, " \t\r\n<>;,\"@?");
 }
 
 static int dup_field(json_t *o, const char *key, size_t max, char **out)
@@ -71,6 +89,10 @@ int sip__binding_decode(const dht_value_t *v, sip_binding_t *out)
   err |= dup_field(o, "node", 64, &out->node);
   err |= dup_field(o, "received", 80, &out->received);
   err |= dup_field(o, "transport", 16, &out->transport);
+  if (json_object_get(o, "edge"))
+    err |= dup_field(o, "edge", 256, &out->edge);
+  else if (!(out->edge = strdup("")))
+    err = -ENOMEM;
   json_t *q = json_object_get(o, "q"), *cseq = json_object_get(o, "cseq");
   if (!json_is_integer(q) || !json_is_integer(cseq))
     err = -EINVAL;

@@ -8,6 +8,7 @@
  * in a local table: the admin socket shows them, and the proxy uses them to
  * reach its own phones through the address their REGISTER came from.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,13 +21,14 @@
 
 struct sip_reg {
   sip_reg_t *next, **pprev; /* s->regs, for walks */
-  sip_reg_t *hnext;         /* s->reg_hash chain, for REGISTER's lookup */
+  sip_reg_t *hnext[3];      /* s->reg_hash chains, by value id, contact, source */
   su_home_t *home; /* everything below */
   url_t *url;
   char *aor, *uri, *contact, *vid, *call_id, *received, *transport;
   uint32_t cseq;
   int q1000;
   uint64_t expires_at; /* uv_now() milliseconds */
+  unsigned gen;        /* s->route_gen when the record was last put */
 };
 
 typedef struct {
@@ -65,32 +67,64 @@ static void reg_free(sip_reg_t *r)
   free(r);
 }
 
-/* Bindings are kept in a list (walks: sweep, admin, contact match) and a
- * hash table by value id (every REGISTER replaces one): a registrar node
- * may hold tens of thousands, and a linear search per REGISTER made its
- * cost grow with them. */
-static sip_reg_t **reg_slot(const sip_svc_t *s, const char *vid)
+/* Bindings are kept in a list (walks: sweep, admin) and hashed three ways:
+ * by value id (every REGISTER replaces one), by the contact's host and
+ * port (the proxy reaching its own phones) and by the address the REGISTER
+ * came from (whether a request comes from one of them).  A registrar node
+ * may hold tens of thousands: a linear search per request made its cost
+ * grow with them. */
+enum { BY_VID, BY_CONTACT, BY_SOURCE };
+
+static uint32_t fnv(uint32_t h, const char *p, int fold)
 {
-  uint32_t h = 2166136261u; /* FNV-1a: vids are hex digests, any hash will do */
-  for (const char *p = vid; *p; p++)
-    h = (h ^ (uint8_t)*p) * 16777619u;
-  return &s->reg_hash[h & (s->reg_nb - 1)];
+  for (; p && *p; p++)
+    h = (h ^ (uint8_t)(fold ? tolower((unsigned char)*p) : *p)) * 16777619u;
+  return h;
+}
+
+/* Hosts compare without case and a missing port is the scheme's default,
+ * so that URLs url_cmp() finds equal have equal keys. */
+static uint32_t url_key(const url_t *u)
+{
+  const char *port = u->url_port && u->url_port[0] ? u->url_port
+                     : u->url_type == url_sips    ? "5061"
+                                                  : "5060";
+  return fnv(fnv(2166136261u, u->url_host, 1) ^ ':', port, 0);
+}
+
+static sip_reg_t **reg_slot(const sip_svc_t *s, int idx, uint32_t key)
+{
+  return &s->reg_hash[idx][key & (s->reg_nb - 1)];
+}
+
+static uint32_t reg_key(const sip_reg_t *r, int idx)
+{
+  if (idx == BY_VID)
+    return fnv(2166136261u, r->vid, 0);
+  return idx == BY_CONTACT ? url_key(r->url) : fnv(2166136261u, r->received, 0);
+}
+
+static void reg_hash_add(sip_svc_t *s, sip_reg_t *r)
+{
+  for (int i = 0; i < 3; i++) {
+    sip_reg_t **slot = reg_slot(s, i, reg_key(r, i));
+    r->hnext[i] = *slot;
+    *slot = r;
+  }
 }
 
 static void reg_hash_grow(sip_svc_t *s)
 {
   size_t nb = s->reg_nb ? s->reg_nb * 2 : 64;
-  sip_reg_t **h = calloc(nb, sizeof *h);
+  sip_reg_t **h = calloc(3 * nb, sizeof *h);
   if (!h)
     return; /* longer chains are slower, not wrong */
-  free(s->reg_hash);
-  s->reg_hash = h;
+  free(s->reg_hash[0]);
+  for (int i = 0; i < 3; i++)
+    s->reg_hash[i] = h + (size_t)i * nb;
   s->reg_nb = nb;
-  for (sip_reg_t *r = s->regs; r; r = r->next) {
-    sip_reg_t **slot = reg_slot(s, r->vid);
-    r->hnext = *slot;
-    *slot = r;
-  }
+  for (sip_reg_t *r = s->regs; r; r = r->next)
+    reg_hash_add(s, r);
 }
 
 static void reg_link(sip_svc_t *s, sip_reg_t *r)
@@ -103,11 +137,8 @@ static void reg_link(sip_svc_t *s, sip_reg_t *r)
   s->n_regs++;
   if (s->n_regs > s->reg_nb)
     reg_hash_grow(s); /* rebuilds the chains, r included */
-  else {
-    sip_reg_t **slot = reg_slot(s, r->vid);
-    r->hnext = *slot;
-    *slot = r;
-  }
+  else
+    reg_hash_add(s, r);
 }
 
 static void reg_unlink(sip_svc_t *s, sip_reg_t *r)
@@ -115,12 +146,12 @@ static void reg_unlink(sip_svc_t *s, sip_reg_t *r)
   *r->pprev = r->next;
   if (r->next)
     r->next->pprev = r->pprev;
-  if (s->reg_nb) {
-    sip_reg_t **pp = reg_slot(s, r->vid);
+  for (int i = 0; i < 3 && s->reg_nb; i++) {
+    sip_reg_t **pp = reg_slot(s, i, reg_key(r, i));
     while (*pp && *pp != r)
-      pp = &(*pp)->hnext;
+      pp = &(*pp)->hnext[i];
     if (*pp)
-      *pp = r->hnext;
+      *pp = r->hnext[i];
   }
   s->n_regs--;
 }
@@ -129,7 +160,7 @@ static void reg_drop(sip_svc_t *s, const char *aor, const char *vid)
 {
   if (!s->reg_nb)
     return;
-  for (sip_reg_t *r = *reg_slot(s, vid); r; r = r->hnext) {
+  for (sip_reg_t *r = *reg_slot(s, BY_VID, fnv(2166136261u, vid, 0)); r; r = r->hnext[BY_VID]) {
     if (strcmp(r->vid, vid) == 0 && strcmp(r->aor, aor) == 0) {
       reg_unlink(s, r);
       reg_free(r);
@@ -155,6 +186,7 @@ static int reg_save(sip_svc_t *s, const rtx_t *x, const intent_t *in)
   r->received = su_strdup(h, x->received), r->transport = su_strdup(h, x->transport);
   r->cseq = x->sip->sip_cseq->cs_seq, r->q1000 = in->q1000;
   r->expires_at = sip__now_ms(s) + (uint64_t)in->expires * 1000;
+  r->gen = s->route_gen;
   if (!r->url || !r->aor || !r->uri || !r->contact || !r->vid || !r->call_id) {
     reg_free(r);
     return -ENOMEM;
@@ -166,7 +198,9 @@ static int reg_save(sip_svc_t *s, const rtx_t *x, const intent_t *in)
 const sip_reg_t *sip__reg_by_contact(const sip_svc_t *s, const url_t *u)
 {
   uint64_t now = sip__now_ms(s);
-  for (const sip_reg_t *r = s->regs; r; r = r->next)
+  if (!s->reg_nb || !u->url_host)
+    return NULL;
+  for (const sip_reg_t *r = *reg_slot(s, BY_CONTACT, url_key(u)); r; r = r->hnext[BY_CONTACT])
     if (r->expires_at > now && url_cmp(r->url, u) == 0)
       return r;
   return NULL;
@@ -190,6 +224,71 @@ const char *sip__reg_flow(const sip_reg_t *r, char *buf, size_t len)
   snprintf(buf, len, "sip:%s;transport=%s", r->received,
            r->transport && r->transport[0] ? r->transport : "udp");
   return buf;
+}
+
+/* The route into this node changed (flow.c): put the records of the
+ * bindings held here again, with the new path and edge, a batch at a time
+ * so that thousands of phones do not flood the DHT at once.  Each batch
+ * walks from the head: O(n) per batch, fine for what one node holds. */
+size_t sip__reg_reput(sip_svc_t *s, size_t max)
+{
+  uint64_t now = sip__now_ms(s);
+  char path[128], edge[128], node[DHT_ID_HEX];
+  sip__flow_route(s, path, sizeof path, edge, sizeof edge);
+  dht_id_hex(&dht_self(s->dht)->id, node);
+  size_t done = 0, left = 0;
+  for (sip_reg_t *r = s->regs; r; r = r->next) {
+    if (r->gen == s->route_gen || r->expires_at <= now + 1000)
+      continue;
+    if (done >= max) {
+      left++;
+      continue;
+    }
+    uint32_t expires = (uint32_t)((r->expires_at - now) / 1000);
+    sip_binding_t b = {.aor = r->aor, .contact = r->contact, .uri = r->uri,
+                       .call_id = r->call_id, .path = path, .node = node,
+                       .received = r->received, .transport = r->transport, .edge = edge,
+                       .cseq = r->cseq, .q1000 = r->q1000};
+    char *body = sip__binding_encode(&b, expires);
+    if (!body || sip__dht_put(s, r->aor, r->vid, DHT_KIND_USER, body, expires + SIP_GRACE_S,
+                              NULL, NULL) < 0)
+      log_warn("re-putting the binding of %s failed", r->aor);
+    free(body);
+    r->gen = s->route_gen;
+    done++;
+  }
+  return left;
+}
+
+/* Whether a request is about one of this node's phones: it goes to one
+ * when no Route is left and its Request-URI is a contact registered here;
+ * it comes from one when its Contact is such a contact or its source is
+ * the address a REGISTER came from.  Linear walks over the bindings: the
+ * proxy asks only for dialog-creating requests, and only on proxy peers
+ * and nodes behind a NAT. */
+int sip__reg_direction(const sip_svc_t *s, msg_t *msg, const sip_t *sip)
+{
+  if (!s->regs)
+    return 0;
+  if (!sip->sip_route && sip__reg_by_contact(s, sip->sip_request->rq_url))
+    return 1;
+  if (sip->sip_contact && sip->sip_contact->m_url->url_type != url_any &&
+      sip__reg_by_contact(s, sip->sip_contact->m_url))
+    return -1;
+  su_addrinfo_t *ai = msg_addrinfo(msg);
+  if (!ai || !ai->ai_addr || ai->ai_addrlen > sizeof(struct sockaddr_storage))
+    return 0;
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+  char src[80];
+  dht_addr_str(&ss, src, sizeof src);
+  uint64_t now = sip__now_ms(s);
+  for (const sip_reg_t *r = *reg_slot(s, BY_SOURCE, fnv(2166136261u, src, 0)); r;
+       r = r->hnext[BY_SOURCE])
+    if (r->expires_at > now && r->received && strcmp(r->received, src) == 0)
+      return -1;
+  return 0;
 }
 
 void sip__reg_sweep(sip_svc_t *s)
@@ -244,8 +343,8 @@ void sip__reg_free_all(sip_svc_t *s)
     s->regs = r->next;
     reg_free(r);
   }
-  free(s->reg_hash);
-  s->reg_hash = NULL;
+  free(s->reg_hash[0]);
+  memset(s->reg_hash, 0, sizeof s->reg_hash);
   s->reg_nb = s->n_regs = 0;
 }
 
@@ -448,6 +547,7 @@ static void on_stored(sip_svc_t *s, void *ctx, int status, const dht_value_t *v,
     x->failed = 1;
     log_warn("storing a binding of %s failed: %d", x->aor, status);
   }
+  sip__dht_forget(s, x->aor); /* our proxy must not reuse what we just changed */
   if (--x->pending > 0)
     return;
   if (x->failed)
@@ -499,12 +599,12 @@ static int store(rtx_t *x, intent_t *in)
   }
   if (in->expires == 0)
     return in->match >= 0 ? (x->removed[in->match] = 0, withdraw(x, in->match)) : 1;
-  char path[128];
-  snprintf(path, sizeof path, "sip:%s", s->hostport);
+  char path[128], edge[128];
+  sip__flow_route(s, path, sizeof path, edge, sizeof edge);
   sip_binding_t b = {.aor = x->aor, .contact = in->contact, .uri = in->uri,
                      .call_id = (char *)x->sip->sip_call_id->i_id, .path = path,
                      .node = x->node, .received = x->received, .transport = x->transport,
-                     .cseq = x->sip->sip_cseq->cs_seq, .q1000 = in->q1000};
+                     .edge = edge, .cseq = x->sip->sip_cseq->cs_seq, .q1000 = in->q1000};
   char *body = sip__binding_encode(&b, in->expires);
   int rc = body ? sip__dht_put(s, x->aor, in->vid, DHT_KIND_USER, body,
                                in->expires + SIP_GRACE_S, on_stored, x)

@@ -107,11 +107,24 @@ static int route_is_ours(const sip_svc_t *s, const url_t *u)
 }
 
 /* RFC 3261 16.4: drop the Route entries that name us.  A proxy peer also
- * owns the overlay identifier. */
+ * owns the overlay identifier.
+ *
+ * Behind a NAT our Record-Route is <private>,<reflexive>,<edge> on the
+ * side of our phones (flow.c).  A request from a phone pops the first two
+ * and would then go back in through the edge proxy peer, a detour that
+ * breaks when that peer dies: we reach the outside directly, so the edge
+ * right after our own two entries is popped too. */
 void sip__pop_routes(sip_svc_t *s, msg_t *msg, sip_t *sip)
 {
-  int n = 0;
-  while (sip->sip_route && n++ < SIP_MAX_ROUTES && route_is_ours(s, sip->sip_route->r_url))
+  int n = 0, own_then_reflexive = 0, prev_own = 0;
+  while (sip->sip_route && n++ < SIP_MAX_ROUTES && route_is_ours(s, sip->sip_route->r_url)) {
+    int reflexive = sip__flow_is_reflexive(s, sip->sip_route->r_url);
+    own_then_reflexive = prev_own && reflexive;
+    prev_own = !reflexive;
+    sip_route_remove(msg, sip);
+  }
+  if (own_then_reflexive && sip->sip_route && !s->gateway &&
+      host_is_ip_address(sip->sip_route->r_url->url_host))
     sip_route_remove(msg, sip);
 }
 

@@ -39,6 +39,7 @@ typedef struct {
   const char *dns_update;         /* "IP[:PORT]" for RFC 2136 updates, or NULL: none */
   const char *tsig;               /* "NAME:ALG:BASE64SECRET" signing the updates, or NULL */
   const char *dns_address;        /* address put in the A/AAAA record; NULL: listen's */
+  int locate_cache_ms;            /* reuse a located user record this long; 0: 2000, < 0: never */
 } sip_config_t;
 
 /* Create the service: binds UDP and TCP on cfg->listen (so sip_addr() knows
@@ -56,6 +57,16 @@ int sip_start(sip_svc_t *s);
  * is public, or no longer is).  Publishes or withdraws as sip_start() and
  * sip_stop() do.  Returns 0. */
 int sip_set_gateway(sip_svc_t *s, int on);
+
+/* Tell the service whether node/ decided the node is public (reachable at
+ * its own address).  A node that is not public and not a proxy peer keeps
+ * a flow to one proxy peer (RFC 5626 style: a keep-alive OPTIONS from its
+ * SIP UDP socket every SIP_FLOW_KEEPALIVE_MS), learns its reflexive
+ * address from the answer's Via received/rport and, while that address is
+ * not its own (a NAT is in between), publishes its users' records with the
+ * route in: the proxy peer ("edge"), then the reflexive address ("path").
+ * Before the first call the node is taken as public.  Returns 0. */
+int sip_set_public(sip_svc_t *s, int on);
 
 /* Stop taking new requests, withdraw the proxy-peer value and DNS records,
  * then call cb (never from inside this call).  Registrations this node put

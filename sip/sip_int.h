@@ -47,11 +47,25 @@
 #define SIP_FAILOVER_MS 4000     /* no answer at all from a peer: try another */
 #define SIP_STOP_MAX_MS 2000     /* sip_stop() calls back within this */
 
+/* User records a proxy reuses instead of asking the DHT again (dhtop.c). */
+#define SIP_LOCATE_CACHE_MS 2000 /* default age limit; --sip-cache-ms */
+#define SIP_GCACHE_SLOTS 512     /* names kept at most */
+#define SIP_GCACHE_BYTES 8192    /* larger answers are not kept */
+
+/* The flow from a node that is not public to one proxy peer (flow.c,
+ * RFC 5626 3.5 style keep-alives, but with OPTIONS). */
+#define SIP_FLOW_KEEPALIVE_MS 20000 /* under the 30 s of common UDP NAT bindings */
+#define SIP_FLOW_TIMEOUT_MS 4000    /* no answer to a keep-alive: the peer failed */
+#define SIP_FLOW_RETRY_MS 2000      /* no peer known, or after a failure */
+#define SIP_FLOW_REPUT_BATCH 64     /* user records re-put per SIP_FLOW_REPUT_MS */
+#define SIP_FLOW_REPUT_MS 100
+
 typedef struct sip_loop sip_loop_t;
 typedef struct sip_ptx sip_ptx_t;
 typedef struct sip_reg sip_reg_t;
 typedef struct sip_op sip_op_t;
 typedef struct sip_dnsreg sip_dnsreg_t;
+typedef struct sip_flow sip_flow_t;
 
 /* Counters shown by {"cmd":"sip"}. */
 typedef struct {
@@ -61,6 +75,7 @@ typedef struct {
   uint64_t proxied, via_peer, peer_failover, to_public, from_public;
   uint64_t loops, too_many_hops, bad_requests, cancels, no_peer;
   uint64_t dns_updates, dns_update_failed;
+  uint64_t cache_hits, stale;
 } sip_counters_t;
 
 /* A proxy peer as found under sip:OVERLAY. */
@@ -93,7 +108,7 @@ struct sip_svc {
   sip_ptx_t *ptx;      /* live proxy transactions */
   unsigned n_ptx;
   sip_reg_t *regs;     /* bindings this node put */
-  sip_reg_t **reg_hash; /* the same, by value id (registrar.c) */
+  sip_reg_t **reg_hash[3]; /* the same, hashed three ways (registrar.c) */
   size_t reg_nb, n_regs;
   struct sip_rtx *rtx; /* REGISTERs waiting for the DHT */
   sip_op_t *ops;       /* DHT operations in flight */
@@ -119,7 +134,21 @@ struct sip_svc {
   int stop_pending;
   su_timer_t *stop_timer;
 
+  /* Public or not (sip_set_public) and the flow a private node keeps to
+   * a proxy peer (flow.c).  route_gen changes whenever the route into this
+   * node that user records carry changes (registrar.c re-puts them). */
+  int public_known, is_public;
+  sip_flow_t *flow;
+  unsigned route_gen;
+  /* A proxy peer's double Record-Route for dialogs of its own phones
+   * (RFC 5658 style): its own address on the phone's side, the overlay on
+   * the other.  "in": toward the phone; "out": from it. */
+  char gw_rr_in[450], gw_rr_out[450];
+
   sip_counters_t c;
+
+  struct sip_gcache *gcache; /* recent DHT answers (dhtop.c), or NULL */
+  unsigned locate_cache_ms;  /* how long a located user record is reused; 0: never */
 };
 
 /* loop.c: the one file that knows there are two event loops. */
@@ -148,6 +177,13 @@ int sip__dht_put(sip_svc_t *s, const char *name, const char *vid, uint8_t kind,
                  const char *body, uint32_t ttl, sip_op_cb cb, void *ctx);
 int sip__dht_remove(sip_svc_t *s, const char *name, const char *vid, sip_op_cb cb, void *ctx);
 void sip__dht_detach_all(sip_svc_t *s);
+/* A get answered from an answer for the same name fetched less than max_ms
+ * ago (perhaps before returning; status SIP_GET_CACHED), else from the
+ * DHT, whose answer is kept when it has values.  max_ms 0: a plain get. */
+#define SIP_GET_CACHED 1
+int sip__dht_get_cached(sip_svc_t *s, const char *name, unsigned max_ms, sip_op_cb cb, void *ctx);
+void sip__dht_forget(sip_svc_t *s, const char *name);
+void sip__dht_cache_free(sip_svc_t *s);
 
 /* registrar.c */
 int sip__register(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip);
@@ -161,6 +197,7 @@ size_t sip__regs_count(const sip_svc_t *s);
 /* record.c: the user record stored in the DHT. */
 typedef struct {
   char *aor, *contact, *uri, *call_id, *path, *node, *received, *transport;
+  char *edge;        /* "sip:IP:PORT" of the proxy peer to go through first, or "" */
   uint32_t cseq;
   int q1000;         /* q times 1000 */
   int32_t remaining; /* seconds until the contact expires; <= 0: expired */
@@ -169,6 +206,32 @@ typedef struct {
 char *sip__binding_encode(const sip_binding_t *b, uint32_t expires);
 int sip__binding_decode(const dht_value_t *v, sip_binding_t *out); /* malloc'd strings */
 void sip__binding_clear(sip_binding_t *b);
+/* Nonzero when a path or edge is a plain "sip:HOST[:PORT]" we may put
+ * into a Route header. */
+int sip__binding_hop_ok(const char *u);
+
+/* registrar.c, for the proxy: does a request go to (> 0) or come from
+ * (< 0) a phone registered through this node, or neither (0)?  Re-puts up
+ * to max user records whose route is older than s->route_gen; returns how
+ * many are left. */
+int sip__reg_direction(const sip_svc_t *s, msg_t *msg, const sip_t *sip);
+size_t sip__reg_reput(sip_svc_t *s, size_t max);
+
+/* flow.c */
+int sip__flow_new(sip_svc_t *s);
+void sip__flow_free(sip_svc_t *s);
+/* Starts or stops the flow as started/stopping/gateway/is_public say. */
+void sip__flow_update(sip_svc_t *s);
+/* The route into this node for user records: path "sip:IP:PORT" (the
+ * reflexive address behind a NAT, else our own) and edge "sip:IP:PORT" of
+ * the proxy peer holding the flow, or "". */
+void sip__flow_route(const sip_svc_t *s, char *path, size_t plen, char *edge, size_t elen);
+/* Nonzero when u names our reflexive address (behind a NAT only). */
+int sip__flow_is_reflexive(const sip_svc_t *s, const url_t *u);
+/* Double Record-Route of a node behind a NAT (RFC 5658 style), toward its
+ * phone (> 0) or from it; NULL when no NAT is in the way. */
+const char *sip__flow_rr(const sip_svc_t *s, int toward_phone);
+json_t *sip__flow_json(const sip_svc_t *s);
 
 /* proxy.c */
 int sip__proxy(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, const char *hash);

@@ -21,7 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     sip_binding_t c;
     memset(&c, 0, sizeof(c));
     if (sip__binding_decode(&w, &c) != 0 || !same_str(b.aor, c.aor) || !same_str(b.contact, c.contact) ||
-        !same_str(b.path, c.path) || b.cseq != c.cseq)
+        !same_str(b.path, c.path) || !same_str(b.edge, c.edge) || b.cseq != c.cseq)
       abort();
     sip__binding_clear(&c);
     free(text);

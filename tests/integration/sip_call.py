@@ -20,10 +20,12 @@ N = 16
 def test(h):
     if not su.SIPP:
         p2p.skip("sipp is not installed")
-    c = su.sip_cluster(h, N)
+    # alice's node keeps located records long enough for the moves below to
+    # meet a stale one.
+    c = su.sip_cluster(h, N, node_args={11: ["--sip-cache-ms", "30000"]})
     nodes = c.alive()
     bob_node, alice_node, other = nodes[3], nodes[11], nodes[7]
-    ports = su.pick_udp_tcp(4)
+    ports = su.pick_udp_tcp(6)
     bob_reg, bob_uas, alice_uac = ports, ports + 1, ports + 2
 
     st = alice_node.status()
@@ -72,6 +74,36 @@ def test(h):
           "alice's node looked bob up and proxied INVITE, ACK and BYE", sa["counters"])
     check(sb["registrations"] == 1 and sb["counters"]["register_ok"] == 1,
           "bob's node holds one registration", sb)
+    moved(h, c, alice_node, bob_node, other, ports)
+
+
+def call(h, c, alice_node, uas_port, uac_port, name):
+    uas = su.Sipp(h, name + "-uas", su.UAS_XML, None, uas_port, timeout=30)
+    uac = su.Sipp(h, name + "-uac", su.uac_xml(hold_ms=200), su.sip_addr(c, alice_node), uac_port,
+                  keys=[("user", "alice"), ("domain", OVERLAY), ("callee", "bob"),
+                        ("callee_domain", OVERLAY)], timeout=30)
+    return uac.wait(), uas.wait(), uac
+
+
+def moved(h, c, alice_node, bob_node, other, ports):
+    """alice's node reuses bob's record from its cache, and a stale one
+    (bob moved to another node and contact) costs no failed call: the dead
+    branch sends it back to the DHT."""
+    bob_reg, bob_uas, alice_uac, bob_uas2 = ports, ports + 1, ports + 2, ports + 3
+    before = su.sip_stats(alice_node)["counters"]
+    rc_uac, rc_uas, _ = call(h, c, alice_node, bob_uas, alice_uac, "again")
+    after = su.sip_stats(alice_node)["counters"]
+    check(rc_uac == 0 and rc_uas == 0 and after["lookups_cached"] > before["lookups_cached"],
+          "a second call reuses the record alice's node located for the first",
+          (rc_uac, rc_uas, before.get("lookups_cached"), after.get("lookups_cached")))
+    rc1, _ = su.sipp_register(h, su.sip_addr(c, other), "bob", bob_uas2, bob_reg, expires=120)
+    rc2, _ = su.sipp_register(h, su.sip_addr(c, bob_node), "bob", bob_uas, bob_reg, expires=0, cseq=2)
+    check(rc1 == 0 and rc2 == 0, "bob moves: registers through %r, unregisters at %r" % (other, bob_node))
+    rc_uac, rc_uas, uac = call(h, c, alice_node, bob_uas2, alice_uac, "moved")
+    end = su.sip_stats(alice_node)["counters"]
+    check(rc_uac == 0 and rc_uas == 0, "the next call reaches bob at his new contact", uac.describe())
+    check(end["lookups_stale"] >= 1, "it went to the stale record first, then back to the DHT",
+          {k: end.get(k) for k in ("lookups", "lookups_cached", "lookups_stale")})
 
 
 if __name__ == "__main__":

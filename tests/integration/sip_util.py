@@ -388,24 +388,8 @@ REG_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 </scenario>
 """
 
-UAS_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="uas">
-  <recv request="INVITE" crlf="true"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 180 Ringing
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      [last_Record-Route:]
-      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <send retrans="500">
+# The UAS's answer: 200 with an SDP offer, retransmitted until the ACK.
+OK_200_SDP = """  <send retrans="500">
     <![CDATA[
       SIP/2.0 200 OK
       [last_Via:]
@@ -428,7 +412,26 @@ UAS_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 
     ]]>
   </send>
-  <recv request="ACK" crlf="true"/>
+"""
+
+UAS_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="uas">
+  <recv request="INVITE" crlf="true"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 180 Ringing
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      [last_Record-Route:]
+      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+      Content-Length: 0
+
+    ]]>
+  </send>
+""" + OK_200_SDP + """  <recv request="ACK" crlf="true"/>
   <recv request="BYE"/>
   <send>
     <![CDATA[
@@ -449,6 +452,28 @@ UAS_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 
 # The UAC's BYE waits for an action ("pause" of a few seconds) so a test can
 # do something in the middle of the call (kill a proxy peer).
+# The caller's side of an answer: provisional responses, the 200 (its
+# Record-Route kept as the route set), the ACK along it.
+ANSWERED_ACK = """  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rrs="true"/>
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:[user]@[domain]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[callee]@[callee_domain]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      [routes]
+      Contact: <sip:[user]@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+
 UAC_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="uac">
   <send retrans="500">
@@ -474,25 +499,7 @@ UAC_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 
     ]]>
   </send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="200" rrs="true"/>
-  <send>
-    <![CDATA[
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:[user]@[domain]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[callee]@[callee_domain]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      [routes]
-      Contact: <sip:[user]@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <pause milliseconds="%(hold_ms)d"/>
+""" + ANSWERED_ACK + """  <pause milliseconds="%(hold_ms)d"/>
   <send retrans="500">
     <![CDATA[
       BYE [next_url] SIP/2.0
@@ -515,6 +522,82 @@ UAC_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 
 def uac_xml(hold_ms=500, bye_timeout_ms=20000):
     return UAC_XML % {"hold_ms": hold_ms, "bye_timeout_ms": bye_timeout_ms}
+
+
+# The callee hangs up: after the ACK it sends the BYE along the route set it
+# learnt from the INVITE's Record-Route (in order, RFC 3261 12.1.1) to the
+# caller's Contact, through the node it got the INVITE from.
+UAS_BYE_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="uas-bye">
+  <recv request="INVITE" crlf="true" rrs="true">
+    <action>
+      <ereg regexp=".*" search_in="hdr" header="From:" check_it="true" assign_to="remote"/>
+      <ereg regexp=".*" search_in="hdr" header="To:" check_it="true" assign_to="local"/>
+    </action>
+  </recv>
+""" + OK_200_SDP + """  <recv request="ACK" crlf="true"/>
+  <pause milliseconds="%(hold_ms)d"/>
+  <send retrans="500">
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: [$local];tag=[pid]SIPpTag01[call_number]
+      To: [$remote]
+      [last_Call-ID:]
+      CSeq: 1 BYE
+      [routes]
+      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200" timeout="%(bye_timeout_ms)d"/>
+</scenario>
+"""
+
+# The caller of UAS_BYE_XML: it answers the callee's BYE.
+UAC_GETS_BYE_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="uac-gets-bye">
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:[callee]@[callee_domain] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:[user]@[domain]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[callee]@[callee_domain]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:[user]@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+""" + ANSWERED_ACK + """  <recv request="BYE" timeout="%(bye_timeout_ms)d"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <timewait milliseconds="500"/>
+</scenario>
+"""
+
+
+def uas_bye_xml(hold_ms=300, bye_timeout_ms=20000):
+    return UAS_BYE_XML % {"hold_ms": hold_ms, "bye_timeout_ms": bye_timeout_ms}
+
+
+def uac_gets_bye_xml(bye_timeout_ms=20000):
+    return UAC_GETS_BYE_XML % {"bye_timeout_ms": bye_timeout_ms}
 
 
 class Sipp:

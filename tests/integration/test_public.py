@@ -7,7 +7,11 @@ TEST-NET-1), a router that masquerades, and a private segment behind it
 themselves public (a peer sees them at their own address and connects
 back) and take the proxy peer role; a node behind the NAT must join the
 overlay through them, find itself not public (its peer sees the router's
-address) and stay without the role.  Everything is removed at the end.
+address) and stay without the role.  Then SIP across the NAT: the node
+behind it keeps a flow to a proxy peer (sip/flow.c), calls go both ways
+with either side hanging up, and the flow moves when its proxy peer dies.
+P2PSIP_PCAP=1 records SIP packets on both sides (tcpdump) in the run
+directory.  Everything is removed at the end.
 Skipped where the machine forbids namespaces (not root, no ip netns)."""
 
 import json
@@ -119,42 +123,141 @@ def sipp(where, tmp, name, xml, remote, ip, port, keys, timeout=20):
                             stderr=open(os.path.join(tmp, name + ".err"), "w"))
 
 
-def call_across_nat(tmp):
-    """bob registers behind the NAT through b, alice on the public segment
-    through a1; bob calls alice through the overlay.  (Calls *into* the NAT
-    need a flow kept open from b to a public node, which is not built yet:
-    b's SIP port cannot be reached from outside.)"""
+def messages(tmp, name):
+    """A sipp trace as sip_util.Msg objects (with .direction)."""
+    import types
     import sip_util
+    return sip_util.Sipp.messages(types.SimpleNamespace(trace=os.path.join(tmp, name + ".msg")))
+
+
+def has(msgs, direction, what, status=None, method=None):
+    for m in msgs:
+        if m.direction != direction:
+            continue
+        if what == "request" and not m.is_response and m.method == method:
+            return True
+        if what == "response" and m.is_response and m.status == status and m.cseq_method() == method:
+            return True
+    return False
+
+
+def call(tmp, name, caller, callee, callee_hangs_up=False):
+    """One call from caller to callee (dicts: where, node, ip, port, user),
+    hung up by the caller or the callee.  Returns (ok, detail): ok when
+    INVITE/200/ACK and BYE/200 each reached the other end and both sipp
+    instances finished their scenario."""
+    import sip_util
+    if callee_hangs_up:
+        uas_xml, uac_xml = sip_util.uas_bye_xml(hold_ms=300), sip_util.uac_gets_bye_xml()
+    else:
+        uas_xml, uac_xml = sip_util.UAS_XML, sip_util.uac_xml(hold_ms=300)
+    uas = sipp(callee["where"], tmp, name + "-uas", uas_xml, "", callee["ip"], callee["port"], [])
+    time.sleep(0.5)
+    uac = sipp(caller["where"], tmp, name + "-uac", uac_xml, caller["node"], caller["ip"], caller["port"],
+               [("user", caller["user"]), ("domain", "overlay.test"), ("callee", callee["user"]),
+                ("callee_domain", "overlay.test")])
+    rcs = []
+    for p in (uac, uas):
+        try:
+            rcs.append(p.wait(40))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rcs.append(p.wait())
+    c, d = messages(tmp, name + "-uac"), messages(tmp, name + "-uas")
+    hanger, other = (d, c) if callee_hangs_up else (c, d)
+    steps = {"200 to INVITE at the caller": has(c, "received", "response", 200, "INVITE"),
+             "ACK at the callee": has(d, "received", "request", method="ACK"),
+             "BYE at the other end": has(other, "received", "request", method="BYE"),
+             "200 to BYE back": has(hanger, "received", "response", 200, "BYE"),
+             "sipp rc 0": rcs == [0, 0]}
+    return all(steps.values()), {k: v for k, v in steps.items() if not v}
+
+
+def flow_of(sock):
+    return admin(sock, {"cmd": "sip"})["sip"]["flow"]
+
+
+def record_route_in(sock, user, peer):
+    """The user's record as a node reads it, when it carries the route
+    through proxy peer `peer` (edge) to the NATed node's reflexive address."""
+    got = admin(sock, {"cmd": "get", "key": "sip:%s@overlay.test" % user})
+    for v in got.get("values", []):
+        body = v.get("value")
+        if isinstance(body, dict) and body.get("edge") == peer and body.get("path", "").startswith(
+                "sip:192.0.2.1:"):
+            return body
+    return None
+
+
+def calls_across_nat(tmp, procs, socks):
+    """Phones on both sides of the NAT: bob registers through b (behind it),
+    alice through a1.  b keeps a flow to one proxy peer, so its records
+    carry the route in (edge = that peer, path = b's reflexive address);
+    calls go both ways and each side can hang up; then the flow's proxy
+    peer is killed and b moves to the other one."""
+    import sip_util
+    a1, a2, b = socks["a1"], socks["a2"], socks["b"]
     reg = lambda where, node, ip, user, port: sipp(
-        where, tmp, "reg-" + user, sip_util.REG_XML, node, ip, port + 1,
+        where, tmp, "reg-%s-%d" % (user, port), sip_util.REG_XML, node, ip, port + 1,
         [("user", user), ("domain", "overlay.test"), ("contact_port", port), ("reg_cseq", 1),
-         ("expires", 120)])
+         ("expires", 300)])
     r1 = reg("priv", "198.51.100.2:5060", "198.51.100.2", "bob", 5070)
     r2 = reg("pub", "192.0.2.2:5060", "192.0.2.2", "alice", 5080)
     ok = r1.wait(20) == 0 and r2.wait(20) == 0
     check(ok, "phones register on both sides of the NAT")
     if not ok:
         return
-    uas = sipp("pub", tmp, "uas-alice", sip_util.UAS_XML, "", "192.0.2.2", 5080, [])
-    time.sleep(0.5)
-    uac = sipp("priv", tmp, "uac-bob", sip_util.uac_xml(hold_ms=300), "198.51.100.2:5060", "198.51.100.2",
-               5070, [("user", "bob"), ("domain", "overlay.test"), ("callee", "alice"),
-                      ("callee_domain", "overlay.test")])
-    rc_uac, rc_uas = uac.wait(30), uas.wait(30)
+    flow = wait(lambda: (lambda f: f if f["state"] == "up" and f["natted"] else None)(flow_of(b)), 30)
+    check(flow and flow["reflexive"].startswith("192.0.2.1:") and flow["peer"] in (
+        "sip:192.0.2.2:5060", "sip:192.0.2.2:5061"),
+        "b keeps a flow to a proxy peer and learns its reflexive address (the router's)", flow)
+    if not flow:
+        return
+    rec = wait(lambda: record_route_in(a1, "bob", flow["peer"]), 15)
+    check(rec and rec["path"] == "sip:" + flow["reflexive"],
+          "bob's record carries the route in: edge = the flow's proxy peer, path = b's reflexive address", rec)
+    bob = {"where": "priv", "node": "198.51.100.2:5060", "ip": "198.51.100.2", "port": 5070, "user": "bob"}
+    alice = {"where": "pub", "node": "192.0.2.2:5060", "ip": "192.0.2.2", "port": 5080, "user": "alice"}
+    ok, why = call(tmp, "bob-alice", bob, alice)
+    check(ok, "bob (behind the NAT) calls alice (public): INVITE/200/ACK and the BYE complete", why)
+    ok, why = call(tmp, "alice-bob", alice, bob)
+    check(ok, "alice calls bob INTO the NAT: INVITE/200/ACK and alice's BYE complete", why)
+    ok, why = call(tmp, "alice-bob-2", alice, bob, callee_hangs_up=True)
+    check(ok, "alice calls bob into the NAT and bob hangs up: his BYE reaches her", why)
+    # A caller whose node is not b's edge: its node routes <edge;lr>,<path;lr>.
+    other = "192.0.2.2:5061" if flow["peer"].endswith(":5060") else "192.0.2.2:5060"
+    r = reg("pub", other, "192.0.2.2", "carol", 5086)
+    check(r.wait(20) == 0, "carol registers through the proxy peer that is not b's edge")
+    carol = {"where": "pub", "node": other, "ip": "192.0.2.2", "port": 5086, "user": "carol"}
+    ok, why = call(tmp, "carol-bob", carol, bob, callee_hangs_up=True)
+    check(ok, "carol calls bob through the other proxy peer and b's edge; bob hangs up", why)
+    inv = [m for m in messages(tmp, "carol-bob-uas") if not m.is_response and m.method == "INVITE"]
+    vias = [v.split()[1].split(";")[0] for v in (inv[0].all("via") if inv else [])]
+    vias = [v if ":" in v else v + ":5060" for v in vias]  # sent-by without port: 5060
+    check(vias[-3:-1] == [flow["peer"][4:], other] and vias[0] == "198.51.100.2:5060",
+          "the INVITE went carol -> her node -> b's edge -> b", vias)
 
-    def lines(name):
-        try:
-            return open(os.path.join(tmp, name + ".msg"), errors="replace").read().splitlines()
-        except OSError:
-            return []
-    got_200 = any(ln.startswith("SIP/2.0 200") for ln in lines("uac-bob"))
-    got_ack = any(ln.startswith("ACK ") for ln in lines("uas-alice"))
-    check(got_200 and got_ack, "a phone behind the NAT calls one on the public segment through the overlay: "
-          "INVITE answered 200 across the NAT, ACK delivered", (got_200, got_ack))
-    # Known gap: the BYE follows Route <sip:overlay.test;lr> from the
-    # private node, which resolves the overlay through DNS; these test hosts
-    # have no DNS, so it fails here (sip_gateway.py covers it with named).
-    print("# BYE across the NAT without DNS: uac rc %s, uas rc %s" % (rc_uac, rc_uas))
+    # The flow's proxy peer dies: b moves to the other one and re-puts bob.
+    victim = "a1" if flow["peer"].endswith(":5060") else "a2"
+    survivor, ssock = ("a2", a2) if victim == "a1" else ("a1", a1)
+    speer = "sip:192.0.2.2:%d" % (5061 if survivor == "a2" else 5060)
+    for name, p in procs:
+        if name == victim:
+            p.kill()
+            p.wait()
+    t0 = time.monotonic()
+    moved = wait(lambda: (lambda f: f if f["state"] == "up" and f["peer"] == speer else None)(flow_of(b)), 45)
+    print("# flow moved from %s to %s in %.1f s" % (flow["peer"], speer, time.monotonic() - t0))
+    check(moved and moved["moves"] >= 1, "with the flow's proxy peer (%s) killed, b moves its flow to %s"
+          % (victim, survivor), flow_of(b))
+    rec = wait(lambda: record_route_in(ssock, "bob", speer), 20)
+    check(rec, "and re-puts bob's record with the new edge", rec)
+    if victim == "a1":  # alice's own node died with it: she registers through a2
+        alice = dict(alice, node="192.0.2.2:5061", port=5084)
+        r = reg("pub", alice["node"], "192.0.2.2", "alice", 5084)
+        check(r.wait(20) == 0, "alice registers again through the surviving proxy peer")
+    ok, why = call(tmp, "alice-bob-3", alice, bob)
+    check(ok, "after the move a new call into the NAT completes (INVITE/200/ACK/BYE)", why)
 
 
 def main():
@@ -186,6 +289,14 @@ def main():
             procs.append((name, subprocess.Popen(argv, stdout=log, stderr=log)))
             return sock
 
+        if os.environ.get("P2PSIP_PCAP") and shutil.which("tcpdump"):
+            # Debugging aid: SIP packets on both sides of the NAT.
+            for where in ("pub", "priv"):
+                argv = ["ip", "netns", "exec", NS[where], "tcpdump", "-i", "any", "-n", "-U", "-w",
+                        os.path.join(tmp, where + ".pcap"), "udp portrange 5060-5090"]
+                procs.append(("tcpdump-" + where, subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                                                   stderr=subprocess.DEVNULL)))
+            time.sleep(0.5)
         a1 = start("a1", "pub", "192.0.2.2:7000", "192.0.2.2:5060", "192.0.2.2:3478")
         time.sleep(0.3)
         a2 = start("a2", "pub", "192.0.2.2:7001", "192.0.2.2:5061", "192.0.2.2:3479", "192.0.2.2:7000")
@@ -232,7 +343,7 @@ def main():
         check(cred.get("ok") and cred["username"].endswith(":alice") and cred["password"],
               "the node behind the NAT mints TURN credentials for its phones", cred)
         if shutil.which("sipp"):
-            call_across_nat(tmp)
+            calls_across_nat(tmp, procs, {"a1": a1, "a2": a2, "b": b})
         else:
             print("# sipp not installed: no call across the NAT")
     finally:

@@ -38,6 +38,8 @@ static void roundtrip(void)
   ASSERT_UINT_EQ(d.cseq, 4294967295u);
   ASSERT_EQ(d.q1000, 500);
   ASSERT_EQ(d.remaining, 3590);
+  ASSERT_STR_EQ(d.edge, ""); /* a public node's record names no edge */
+  ASSERT(strstr(body, "\"edge\"") == NULL);
   sip__binding_clear(&d);
   /* Within the grace period the contact has expired but the record is there. */
   v = value(body, SIP_GRACE_S - 1);
@@ -45,6 +47,64 @@ static void roundtrip(void)
   ASSERT_LE(d.remaining, 0);
   sip__binding_clear(&d);
   free(body);
+}
+
+/* A node behind a NAT: the route in is the proxy peer (edge), then its
+ * reflexive address (path). */
+static void edge(void)
+{
+  sip_binding_t b = {.aor = "sip:bob@overlay.test", .contact = "<sip:bob@198.51.100.2:5070>",
+                     .uri = "sip:bob@198.51.100.2:5070", .call_id = "c@h",
+                     .path = "sip:192.0.2.1:5060", .node = "ab", .received = "198.51.100.2:5071",
+                     .transport = "udp", .edge = "sip:192.0.2.2:5061", .cseq = 1, .q1000 = 1000};
+  char *body = sip__binding_encode(&b, 60);
+  ASSERT(body != NULL);
+  dht_value_t v = value(body, 60 + SIP_GRACE_S);
+  sip_binding_t d;
+  ASSERT_OK(sip__binding_decode(&v, &d));
+  ASSERT_STR_EQ(d.edge, "sip:192.0.2.2:5061");
+  ASSERT_STR_EQ(d.path, "sip:192.0.2.1:5060");
+  sip__binding_clear(&d);
+  free(body);
+  /* A record from an older node, without the field, still decodes. */
+  v = value("{\"aor\":\"a\",\"contact\":\"c\",\"uri\":\"u\",\"call_id\":\"i\",\"path\":\"p\","
+            "\"node\":\"n\",\"received\":\"\",\"transport\":\"\",\"q\":1000,\"cseq\":1}", 400);
+  ASSERT_OK(sip__binding_decode(&v, &d));
+  ASSERT_STR_EQ(d.edge, "");
+  sip__binding_clear(&d);
+  /* An edge that is not a string, or longer than any address, is refused. */
+  static const char *bad[] = {
+      "{\"aor\":\"a\",\"contact\":\"c\",\"uri\":\"u\",\"call_id\":\"i\",\"path\":\"p\",\"node\":\"n\","
+      "\"received\":\"\",\"transport\":\"\",\"q\":1000,\"cseq\":1,\"edge\":5}",
+      "{\"aor\":\"a\",\"contact\":\"c\",\"uri\":\"u\",\"call_id\":\"i\",\"path\":\"p\",\"node\":\"n\","
+      "\"received\":\"\",\"transport\":\"\",\"q\":1000,\"cseq\":1,\"edge\":null}",
+      NULL};
+  for (int i = 0; bad[i]; i++) {
+    v = value(bad[i], 400);
+    ASSERT_EQ(sip__binding_decode(&v, &d), -EINVAL);
+    ASSERT(d.edge == NULL && d.aor == NULL);
+  }
+  char big[2048];
+  snprintf(big, sizeof big,
+           "{\"aor\":\"a\",\"contact\":\"c\",\"uri\":\"u\",\"call_id\":\"i\",\"path\":\"p\","
+           "\"node\":\"n\",\"received\":\"\",\"transport\":\"\",\"q\":1000,\"cseq\":1,"
+           "\"edge\":\"sip:%0300d\"}", 0);
+  v = value(big, 400);
+  ASSERT_EQ(sip__binding_decode(&v, &d), -EINVAL);
+}
+
+/* What may go into a Route header from a record. */
+static void hops(void)
+{
+  ASSERT(sip__binding_hop_ok("sip:192.0.2.1:5060"));
+  ASSERT(sip__binding_hop_ok("sip:[2001:db8::1]:5060"));
+  ASSERT(!sip__binding_hop_ok(NULL));
+  ASSERT(!sip__binding_hop_ok(""));
+  ASSERT(!sip__binding_hop_ok("sip:"));
+  ASSERT(!sip__binding_hop_ok("tel:+15550100"));
+  ASSERT(!sip__binding_hop_ok("sip:192.0.2.1>, <sip:203.0.113.9"));
+  ASSERT(!sip__binding_hop_ok("sip:192.0.2.1;maddr=203.0.113.9"));
+  ASSERT(!sip__binding_hop_ok("sip:evil@192.0.2.1"));
 }
 
 static void refused(void)
@@ -86,6 +146,8 @@ static void refused(void)
 int main(void)
 {
   roundtrip();
+  edge();
+  hops();
   refused();
   return 0;
 }
