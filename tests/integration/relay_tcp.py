@@ -4,13 +4,15 @@ transport stays UDP), on the same IP and port as UDP.
 
 coturn's turnutils_uclient -t relays between two clients over channels (odd
 payload sizes, so ChannelData padding is exercised both ways) and over
-Send/Data indications with no loss; the turn: record lists "tcp".  A raw
-client checks what uclient cannot show: Binding over TCP, an allocation
-bound to its connection (data for the client comes down it, padded; the same
-address and port over UDP is another 5-tuple; closing the connection deletes
-the allocation), and a packet from one TCP client's allocation to another's
-relayed address, handed over in process, framed for B's connection.  Bad streams (garbage, a length that never arrives, huge
-lengths, a malformed message in good framing) close only their own
+Send/Data indications with no loss, every packet handed from one allocation
+to the other in process; the turn: record lists "tcp".  A raw client checks
+what uclient cannot show: Binding over TCP, an allocation bound to its
+connection (data for the client comes down it, padded; the same address and
+port over UDP is another 5-tuple; closing the connection deletes the
+allocation), and a packet from one TCP client's allocation to another's
+relayed address, handed over in process and framed for B's connection only
+once B has a permission.  Bad streams (garbage, a length that never arrives,
+huge lengths, a malformed message in good framing) close only their own
 connection and are counted while a uclient over TCP keeps relaying with no
 loss; the connection limit (1000) refuses the next one.
 (turnutils_stunclient has no TCP mode, hence the raw Binding.)"""
@@ -30,6 +32,7 @@ sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import p2p  # noqa: E402
 from p2p import check, info  # noqa: E402
+from relay_turn import parse_attrs  # noqa: E402  (the STUN attribute walk)
 
 SECRET = "relay-tcp-secret"
 COOKIE = 0x2112A442
@@ -45,16 +48,6 @@ def xaddr(ip, port, txid=b""):
     """XOR-PEER-ADDRESS value for an IPv4 address (RFC 8489 14.2)."""
     x = struct.unpack("!I", socket.inet_aton(ip))[0] ^ COOKIE
     return struct.pack("!BBHI", 0, 1, port ^ (COOKIE >> 16), x)
-
-
-def parse_attrs(msg):
-    out = {}
-    p = 20
-    while p + 4 <= len(msg):
-        t, n = struct.unpack("!HH", msg[p:p + 4])
-        out.setdefault(t, msg[p + 4:p + 4 + n])
-        p += 4 + n + (4 - n % 4) % 4
-    return out
 
 
 def unxor(v):

@@ -3,11 +3,19 @@
 turnutils_stunclient gets the right mapped address; turnutils_uclient with
 credentials minted by the node (admin "turn-credentials") allocates, binds
 channels (and reserves RTCP ports) and relays between two clients with no
-loss; Send indications work too; wrong credentials are refused; garbage,
+loss, and since both clients allocate on this relay the packets go from
+one allocation to the other in process (relayed_internal) with the same
+result; a raw client shows that such a packet still needs the receiving
+allocation's permission and arrives framed as a Data indication or
+ChannelData from the sender's relayed address, while packets to other peers
+still cross the sockets; Send indications work too; wrong credentials are
+refused; garbage,
 truncated attributes, wrong lengths, bad MESSAGE-INTEGRITY and a flood of
 Allocates are dropped or answered with the right error code while the relay
 keeps serving; a node whose TURN port is taken runs on without the role."""
 
+import hashlib
+import hmac
 import os
 import re
 import shutil
@@ -62,6 +70,157 @@ def error_code(resp):
     return None
 
 
+def xaddr(ip, port):
+    """XOR-PEER-ADDRESS value for an IPv4 address (RFC 8489 14.2)."""
+    x = struct.unpack("!I", socket.inet_aton(ip))[0] ^ COOKIE
+    return struct.pack("!BBHI", 0, 1, port ^ (COOKIE >> 16), x)
+
+
+def unxor(v):
+    port = struct.unpack("!H", v[2:4])[0] ^ (COOKIE >> 16)
+    ip = socket.inet_ntoa(struct.pack("!I", struct.unpack("!I", v[4:8])[0] ^ COOKIE))
+    return ip, port
+
+
+def parse_attrs(msg):
+    out = {}
+    p = 20
+    while p + 4 <= len(msg):
+        t, n = struct.unpack("!HH", msg[p:p + 4])
+        out.setdefault(t, msg[p + 4:p + 4 + n])
+        p += 4 + n + (4 - n % 4) % 4
+    return out
+
+
+class UdpTurn:
+    """A minimal TURN client over UDP with long-term credentials."""
+
+    def __init__(self, server, user, password, realm):
+        self.s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.s.bind(("127.0.0.1", 0))
+        self.server, self.user, self.realm = server, user, realm
+        self.key = hashlib.md5(("%s:%s:%s" % (user, realm, password)).encode()).digest()
+        self.nonce = None
+        self.relayed = None
+
+    def request(self, method, body=b""):
+        """A signed request (after the 401 that gives the nonce); the response."""
+        for _ in range(3):
+            txid = os.urandom(12)
+            b = body
+            if self.nonce:
+                b += (attr(0x0006, self.user.encode()) + attr(0x0014, self.realm.encode()) +
+                      attr(0x0015, self.nonce))
+                hdr = struct.pack("!HHI", method, len(b) + 24, COOKIE) + txid
+                b += attr(0x0008, hmac.new(self.key, hdr + b, hashlib.sha1).digest())
+            self.s.sendto(struct.pack("!HHI", method, len(b), COOKIE) + txid + b, self.server)
+            r = self.recv(1.0, lambda m: m[8:20] == txid)
+            if r is not None and error_code(r) == 401 and not self.nonce:
+                self.nonce = parse_attrs(r)[0x0015]
+                continue
+            return r
+        return None
+
+    def recv(self, timeout, want=lambda m: True):
+        """The next datagram from the server that want() accepts, or None."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.s.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                m = self.s.recv(70000)
+            except socket.timeout:
+                return None
+            if want(m):
+                return m
+        return None
+
+    def allocate(self):
+        r = self.request(0x0003, attr(0x0019, b"\x11\0\0\0"))
+        if r is not None and error_code(r) == 0:
+            self.relayed = unxor(parse_attrs(r)[0x0016])
+        return r
+
+    def send_ind(self, peer, data):
+        self.s.sendto(stun_req(0x0016, attr(0x0012, xaddr(*peer)) + attr(0x0013, data)), self.server)
+
+
+def data_ind(m):
+    """(peer, data) of a Data indication, else None."""
+    if m is None or len(m) < 20 or struct.unpack("!H", m[:2])[0] != 0x0017:
+        return None
+    a = parse_attrs(m)
+    return unxor(a[0x0012]), a[0x0013]
+
+
+def raw_internal(node, server, cred):
+    """Two raw clients allocating on this relay: a packet from A to B's
+    relayed address is handed over in process, and B's side behaves as its
+    socket would have: dropped without B's permission for A's relayed
+    address, a Data indication from A's relayed address with it, ChannelData
+    once B binds a channel.  A packet to a plain UDP peer is not handed over."""
+    def st():
+        return node.admin_ok({"cmd": "relay"})["relay"]
+    a = UdpTurn(server, cred["username"], cred["password"], cred["realm"])
+    b = UdpTurn(server, cred["username"], cred["password"], cred["realm"])
+    plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    plain.bind(("127.0.0.1", 0))
+    try:
+        check(error_code(a.allocate()) == 0 and error_code(b.allocate()) == 0,
+              "raw clients A and B allocate (%s, %s)" % (a.relayed, b.relayed))
+        # A without a permission for B: dropped on A's side, nothing handed over.
+        s0 = st()
+        a.send_ind(b.relayed, b"no-perm-at-a")
+        check(b.recv(0.5) is None, "without A's permission for B nothing reaches B")
+        s1 = st()
+        check(s1["relayed_internal"] == s0["relayed_internal"] and
+              s1["dropped"]["no_permission"] == s0["dropped"]["no_permission"] + 1,
+              "... dropped at A and counted", (s0["dropped"], s1["dropped"]))
+        check(error_code(a.request(0x0008, attr(0x0012, xaddr(*b.relayed)) +
+                                   attr(0x0012, xaddr(*plain.getsockname())))) == 0,
+              "A: CreatePermission for B's relayed address and a plain peer")
+        # B has no permission for A's relayed address: handed over, dropped at B.
+        a.send_ind(b.relayed, b"no-perm-at-b")
+        check(b.recv(0.5) is None, "without B's permission for A's relayed address nothing reaches B")
+        s2 = st()
+        check(s2["relayed_internal"] == s1["relayed_internal"] + 1 and
+              s2["dropped"]["no_permission"] == s1["dropped"]["no_permission"] + 1 and
+              s2["rx"]["from_peers"] == s1["rx"]["from_peers"] + 1,
+              "... handed over in process, then dropped by B's permission check and counted",
+              (s1, s2))
+        check(error_code(b.request(0x0008, attr(0x0012, xaddr(*a.relayed)))) == 0,
+              "B: CreatePermission for A's relayed address")
+        a.send_ind(b.relayed, b"hello B")
+        got = data_ind(b.recv(1.0))
+        check(got == (a.relayed, b"hello B"),
+              "B gets a Data indication from A's relayed address with the data: %r" % (got,))
+        # A channel on B to A's relayed address: ChannelData.
+        check(error_code(b.request(0x0009, attr(0x000C, b"\x40\x07\0\0") +
+                                   attr(0x0012, xaddr(*a.relayed)))) == 0, "B binds channel 0x4007 to A")
+        a.send_ind(b.relayed, b"odd-5")
+        m = b.recv(1.0)
+        check(m == b"\x40\x07\x00\x05odd-5", "B gets ChannelData 0x4007 from A: %r" % (m,))
+        s3 = st()
+        check(s3["relayed_internal"] == s2["relayed_internal"] + 2, "both went the internal way")
+        # To a plain peer: through A's socket, as before.
+        a.send_ind(plain.getsockname(), b"to-plain")
+        plain.settimeout(1.0)
+        try:
+            d, frm = plain.recvfrom(2048)
+        except socket.timeout:
+            d, frm = None, None
+        check(d == b"to-plain" and frm == a.relayed, "a plain peer gets A's packet from A's relayed address")
+        plain.sendto(b"from-plain", a.relayed)
+        got = data_ind(a.recv(1.0))
+        check(got == (plain.getsockname(), b"from-plain"), "... and A gets the plain peer's answer: %r" % (got,))
+        check(st()["relayed_internal"] == s3["relayed_internal"], "... neither was handed over in process")
+    finally:
+        for c in (a, b):
+            if c.relayed:
+                c.request(0x0004, attr(0x000D, b"\0\0\0\0"))
+            c.s.close()
+        plain.close()
+
+
 def uclient(args, timeout=60):
     r = subprocess.run(["turnutils_uclient"] + args, capture_output=True, text=True, timeout=timeout)
     return r.stdout + r.stderr
@@ -111,12 +270,24 @@ def test(h):
     rs = node.admin_ok({"cmd": "relay"})["relay"]
     check(rs["rx"]["channel_data"] >= 2000 and rs["tx"]["to_clients"] >= 2000,
           "the relay counted the ChannelData it relayed", rs)
+    # Both clients of each pair allocate here: every data packet went from
+    # one allocation to the other in process, none through the sockets.
+    check(rs["relayed_internal"] == sent and rs["rx"]["from_peers"] == sent and
+          rs["tx"]["to_peers"] == sent,
+          "... all %d of them handed from allocation to allocation in process (relayed_internal %d)"
+          % (sent, rs["relayed_internal"]), rs)
+
+    raw_internal(node, server, cred)
 
     # Send and Data indications (-s).
+    rs = node.admin_ok({"cmd": "relay"})["relay"]
     out = uclient(auth + ["-y", "-s", "-c", "-n", "50", "-m", "4", "-l", "160", "-e", "127.0.0.1", "127.0.0.1"])
     (sent, got), lost = totals(out)
     check(sent == 200 and got == sent and lost == 0,
           "uclient with Send/Data indications: %d sent, %d received" % (sent, got), out[-600:])
+    rs2 = node.admin_ok({"cmd": "relay"})["relay"]
+    check(rs2["relayed_internal"] - rs["relayed_internal"] == sent,
+          "... in process too (%d more)" % (rs2["relayed_internal"] - rs["relayed_internal"]))
 
     # Wrong credentials: refused.
     before = node.admin_ok({"cmd": "relay"})["relay"]
@@ -167,8 +338,6 @@ def test(h):
     # quota (default 100) answers 486, then the relay still serves others.
     socks = []
     codes = {}
-    import hashlib
-    import hmac
     key = hashlib.md5(("%s:%s:%s" % (cred["username"], p2p.OVERLAY, cred["password"])).encode()).digest()
     for i in range(130):
         fs = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
