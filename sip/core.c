@@ -484,7 +484,7 @@ json_t *sip_stats_json(const sip_svc_t *s)
   const sip_counters_t *c = &s->c;
   json_t *counters = json_pack(
       "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,"
-      "s:I,s:I,s:I,s:I,s:I,s:I}",
+      "s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
       "requests", (json_int_t)c->requests, "responses_forwarded", (json_int_t)c->responses_fwd,
       "acks_forwarded", (json_int_t)c->acks_fwd, "stray_forwarded", (json_int_t)c->stray_fwd,
       "registers", (json_int_t)c->registers, "register_ok", (json_int_t)c->register_ok,
@@ -497,7 +497,9 @@ json_t *sip_stats_json(const sip_svc_t *s)
       (json_int_t)c->loops, "too_many_hops", (json_int_t)c->too_many_hops, "bad_requests",
       (json_int_t)(c->bad_requests + bad), "cancels", (json_int_t)c->cancels, "no_peer",
       (json_int_t)c->no_peer, "dns_updates", (json_int_t)c->dns_updates, "dns_update_failed",
-      (json_int_t)c->dns_update_failed, "transport_bad_messages", (json_int_t)bad,
+      (json_int_t)c->dns_update_failed, "dns_gc_checks", (json_int_t)c->dns_gc_checks,
+      "dns_stale_removed", (json_int_t)c->dns_stale_removed, "transport_bad_messages",
+      (json_int_t)bad,
       "lookups_cached", (json_int_t)c->cache_hits, "lookups_stale", (json_int_t)c->stale);
   json_t *flow = sip__flow_json(s);
   return json_pack("{s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o, s:o}", "listen",

@@ -9,12 +9,21 @@
  *     _sip._tcp.OVERLAY.  SRV 10 10 <port> pp-<...>.OVERLAY.
  * (first deleting any older address of that name), sends it again every
  * DNS_REFRESH_MS, and on leave deletes exactly these records.
+ *
+ * A proxy peer that crashes deletes nothing, so the live ones clean up
+ * after it: every GC_INTERVAL_MS a check asks the server for the SRV
+ * RRsets of _sip._udp and _sip._tcp, then the DHT for the proxy peers
+ * under sip:OVERLAY (gateway.c), and a target pp-<hex12>.OVERLAY. whose
+ * node is absent from two consecutive checks loses its SRV records and
+ * its A/AAAA RRsets in one signed UPDATE.  Names of any other form are
+ * never touched: an operator's own records stay.
  */
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <ldns/ldns.h>
 
@@ -25,11 +34,45 @@
 #define DNS_RETRY_MS 500
 #define DNS_TRIES 3
 #define DNS_FUDGE 300
+#define DNS_RECV_MAX 4096 /* the receive buffer, and the EDNS size we announce */
+
+/* The clean-up runs once per re-put of the proxy peer values: a crashed
+ * peer's value is gone from the DHT SIP_PEER_TTL_S after its last put, and
+ * its records from DNS at most two intervals later. */
+#define GC_INTERVAL_MS SIP_PEER_REPUBLISH_MS
+#define GC_STRIKES 2     /* consecutive checks a peer must be missing from */
+#define GC_MAX_SRV 64    /* SRV records looked at per answer (STYLE 8) */
+#define GC_MAX_CAND 64   /* missing peers remembered between checks */
+#define GC_MAX_DELETE 8  /* peers removed per UPDATE; the rest wait a check */
+#define GC_HOST_LEN 320
+
+/* One DNS message in flight: its wire form, sent again by the retry
+ * timer, and what its answer must carry (the id and, with a key, a TSIG
+ * over our MAC). */
+typedef struct {
+  uv_timer_t retry;
+  uint16_t id;
+  ldns_rdf *mac;
+  uint8_t *wire;
+  size_t wire_len;
+  int tries;
+} dns_flight_t;
+
+enum gc_phase { GC_IDLE, GC_QUERY_UDP, GC_QUERY_TCP, GC_DHT, GC_DELETE };
+
+/* A pp- target missing from the DHT at check number `check`. */
+typedef struct {
+  char host[GC_HOST_LEN];
+  unsigned strikes;
+  uint64_t check;
+} gc_cand_t;
 
 struct sip_dnsreg {
   sip_svc_t *s; /* NULL once the service is gone */
   uv_udp_t udp;
-  uv_timer_t retry, refresh;
+  uv_timer_t refresh, gc;
+  dns_flight_t reg; /* our own records */
+  dns_flight_t gcq; /* the clean-up's queries and deletes */
   int handles;
   struct sockaddr_storage server;
   char zone[300], host[320], addr[INET6_ADDRSTRLEN];
@@ -37,12 +80,19 @@ struct sip_dnsreg {
   int v6;
   char key_name[256], key_alg[80], key_secret[256];
   int have_key;
-  int removing, tries;
-  uint16_t id;
-  ldns_rdf *mac; /* TSIG MAC of the update in flight, to check the answer */
-  uint8_t *wire;
-  size_t wire_len;
+  int removing;
   void (*done)(sip_svc_t *s); /* after the removal */
+
+  /* The clean-up (see the top of the file). */
+  enum gc_phase phase;
+  char asked[320];     /* the SRV owner name asked for */
+  int self_seen;       /* bit 0: our _sip._udp SRV was in the answer; bit 1: _tcp */
+  ldns_rr_list *seen;  /* SRV records naming pp- targets, this check */
+  uint64_t check;      /* checks completed with a usable DHT answer */
+  gc_cand_t cand[GC_MAX_CAND];
+  int n_cand;
+  char doomed[GC_MAX_DELETE][GC_HOST_LEN]; /* in the UPDATE in flight */
+  int n_doomed;
 };
 
 static void finish_removal(sip_dnsreg_t *d);
@@ -82,6 +132,23 @@ static int add_rr(ldns_rr_list *list, const char *text, ldns_rr_class cls, uint3
   return 0;
 }
 
+/* RFC 2136 2.5.2: delete an RRset (class ANY, ttl 0, no rdata). */
+static int add_rrset_delete(ldns_rr_list *list, const char *owner_text, ldns_rr_type type)
+{
+  ldns_rr *rr = ldns_rr_new();
+  ldns_rdf *owner = ldns_dname_new_frm_str(owner_text);
+  if (!rr || !owner) {
+    ldns_rr_free(rr), ldns_rdf_deep_free(owner);
+    return -ENOMEM;
+  }
+  ldns_rr_set_owner(rr, owner);
+  ldns_rr_set_type(rr, type);
+  ldns_rr_set_class(rr, LDNS_RR_CLASS_ANY);
+  ldns_rr_set_ttl(rr, 0);
+  ldns_rr_list_push_rr(list, rr);
+  return 0;
+}
+
 /* The update section: RFC 2136 2.5.1 adds, 2.5.2 deletes an RRset (class
  * ANY, no rdata), 2.5.4 deletes one RR (class NONE, ttl 0). */
 static ldns_rr_list *update_rrs(const sip_dnsreg_t *d, int removing)
@@ -94,20 +161,8 @@ static ldns_rr_list *update_rrs(const sip_dnsreg_t *d, int removing)
   const char *type = d->v6 ? "AAAA" : "A";
   ldns_rr_class cls = removing ? LDNS_RR_CLASS_NONE : LDNS_RR_CLASS_IN;
   uint32_t ttl = removing ? 0 : DNS_TTL;
-  if (!removing) {
-    ldns_rr *any = ldns_rr_new();
-    ldns_rdf *owner = ldns_dname_new_frm_str(d->host);
-    if (!any || !owner) {
-      ldns_rr_free(any), ldns_rdf_deep_free(owner);
-      ldns_rr_list_deep_free(list);
-      return NULL;
-    }
-    ldns_rr_set_owner(any, owner);
-    ldns_rr_set_type(any, d->v6 ? LDNS_RR_TYPE_AAAA : LDNS_RR_TYPE_A);
-    ldns_rr_set_class(any, LDNS_RR_CLASS_ANY);
-    ldns_rr_set_ttl(any, 0);
-    ldns_rr_list_push_rr(list, any);
-  }
+  if (!removing)
+    err |= add_rrset_delete(list, d->host, d->v6 ? LDNS_RR_TYPE_AAAA : LDNS_RR_TYPE_A);
   snprintf(text, sizeof text, "%s %u IN %s %s", d->host, DNS_TTL, type, d->addr);
   err |= add_rr(list, text, cls, ttl);
   snprintf(text, sizeof text, "_sip._udp.%s %u IN SRV 10 10 %u %s", d->zone, DNS_TTL, d->port,
@@ -123,60 +178,72 @@ static ldns_rr_list *update_rrs(const sip_dnsreg_t *d, int removing)
   return list;
 }
 
-static void clear_flight(sip_dnsreg_t *d)
+/* ---- messages in flight ------------------------------------------------ */
+
+static void flight_clear(dns_flight_t *f)
 {
-  ldns_rdf_deep_free(d->mac);
-  d->mac = NULL;
-  free(d->wire);
-  d->wire = NULL, d->wire_len = 0;
+  ldns_rdf_deep_free(f->mac);
+  f->mac = NULL;
+  free(f->wire);
+  f->wire = NULL, f->wire_len = 0;
 }
 
-/* Builds and signs the UPDATE; its wire form waits in d->wire. */
-static int build(sip_dnsreg_t *d)
+/* Gives pkt an id, signs it and keeps its wire form in f; frees pkt. */
+static int flight_load(sip_dnsreg_t *d, dns_flight_t *f, ldns_pkt *pkt)
 {
-  clear_flight(d);
-  ldns_rdf *zone = ldns_dname_new_frm_str(d->zone);
-  ldns_rr_list *up = update_rrs(d, d->removing);
-  /* The packet takes the zone name and copies the list. */
-  ldns_pkt *pkt = zone && up ? ldns_update_pkt_new(zone, LDNS_RR_CLASS_IN, NULL, up, NULL)
-                             : NULL;
-  ldns_rr_list_deep_free(up);
-  if (!pkt) {
-    if (!up)
-      ldns_rdf_deep_free(zone);
-    return -ENOMEM;
-  }
+  flight_clear(f);
+  uv_timer_stop(&f->retry);
+  f->tries = 0;
   ldns_pkt_set_random_id(pkt);
-  d->id = ldns_pkt_id(pkt);
+  f->id = ldns_pkt_id(pkt);
   int rc = 0;
   if (d->have_key &&
       ldns_pkt_tsig_sign(pkt, d->key_name, d->key_secret, DNS_FUDGE, d->key_alg, NULL) !=
           LDNS_STATUS_OK)
     rc = -EINVAL;
   if (rc == 0 && d->have_key && ldns_pkt_tsig(pkt))
-    d->mac = ldns_rdf_clone(ldns_rr_rdf(ldns_pkt_tsig(pkt), 3));
-  if (rc == 0 && ldns_pkt2wire(&d->wire, pkt, &d->wire_len) != LDNS_STATUS_OK)
+    f->mac = ldns_rdf_clone(ldns_rr_rdf(ldns_pkt_tsig(pkt), 3));
+  if (rc == 0 && ldns_pkt2wire(&f->wire, pkt, &f->wire_len) != LDNS_STATUS_OK)
     rc = -EINVAL;
   ldns_pkt_free(pkt);
+  if (rc < 0)
+    flight_clear(f);
   return rc;
 }
 
 static void on_retry(uv_timer_t *t);
 
-static void send_update(sip_dnsreg_t *d)
+static void flight_send(sip_dnsreg_t *d, dns_flight_t *f)
 {
-  uv_buf_t buf = uv_buf_init((char *)d->wire, (unsigned)d->wire_len);
+  uv_buf_t buf = uv_buf_init((char *)f->wire, (unsigned)f->wire_len);
   int rc = uv_udp_try_send(&d->udp, &buf, 1, (const struct sockaddr *)&d->server);
   if (rc < 0)
-    log_info("DNS update not sent: %s", uv_strerror(rc));
-  uv_timer_start(&d->retry, on_retry, DNS_RETRY_MS, 0);
+    log_info("DNS message not sent: %s", uv_strerror(rc));
+  f->tries++;
+  uv_timer_start(&f->retry, on_retry, DNS_RETRY_MS, 0);
 }
+
+/* An update of the zone with the given update section (copied). */
+static ldns_pkt *update_pkt(const sip_dnsreg_t *d, const ldns_rr_list *up)
+{
+  ldns_rdf *zone = ldns_dname_new_frm_str(d->zone);
+  /* The packet takes the zone name and copies the list. */
+  ldns_pkt *pkt = zone && up ? ldns_update_pkt_new(zone, LDNS_RR_CLASS_IN, NULL, up, NULL)
+                             : NULL;
+  if (!pkt)
+    ldns_rdf_deep_free(zone);
+  return pkt;
+}
+
+/* ---- our own records ----------------------------------------------------- */
 
 static void start_update(sip_dnsreg_t *d, int removing)
 {
   d->removing = removing;
-  d->tries = 0;
-  if (build(d) < 0) {
+  ldns_rr_list *up = update_rrs(d, removing);
+  ldns_pkt *pkt = update_pkt(d, up);
+  ldns_rr_list_deep_free(up);
+  if (!pkt || flight_load(d, &d->reg, pkt) < 0) {
     log_warn("DNS update for %s cannot be built (check --tsig)", d->zone);
     if (d->s)
       d->s->c.dns_update_failed++;
@@ -184,67 +251,22 @@ static void start_update(sip_dnsreg_t *d, int removing)
       finish_removal(d);
     return;
   }
-  d->tries = 1;
-  send_update(d);
+  flight_send(d, &d->reg);
 }
 
-static void on_retry(uv_timer_t *t)
+static void reg_timed_out(sip_dnsreg_t *d)
 {
-  sip_dnsreg_t *d = t->data;
-  if (!d->wire)
-    return;
-  if (d->tries++ < DNS_TRIES) {
-    send_update(d);
-    return;
-  }
   log_warn("DNS server did not answer the update for %s", d->zone);
-  clear_flight(d);
   if (d->s)
     d->s->c.dns_update_failed++;
   if (d->removing)
     finish_removal(d);
 }
 
-static void on_refresh(uv_timer_t *t)
+static void reg_answered(sip_dnsreg_t *d, ldns_pkt_rcode rcode)
 {
-  sip_dnsreg_t *d = t->data;
-  if (!d->removing && !d->wire)
-    start_update(d, 0);
-}
-
-/* An answer is taken only if it matches the id and, with a key, carries a
- * valid TSIG over our MAC; anything else on the socket is ignored. */
-static int answer_ok(sip_dnsreg_t *d, const uint8_t *data, size_t len, ldns_pkt_rcode *rcode)
-{
-  ldns_pkt *pkt = NULL;
-  if (len < 12 || ldns_wire2pkt(&pkt, data, len) != LDNS_STATUS_OK)
-    return 0;
-  int ok = ldns_pkt_id(pkt) == d->id && ldns_pkt_qr(pkt);
-  *rcode = ldns_pkt_get_rcode(pkt);
-  if (ok && d->have_key && *rcode == LDNS_RCODE_NOERROR)
-    ok = ldns_pkt_tsig_verify(pkt, data, len, d->key_name, d->key_secret, d->mac);
-  ldns_pkt_free(pkt);
-  return ok;
-}
-
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-  static char space[4096]; /* one datagram at a time, parsed at once */
-  *buf = uv_buf_init(space, sizeof space);
-}
-
-static void on_recv(uv_udp_t *u, ssize_t n, const uv_buf_t *buf, const struct sockaddr *from,
-                    unsigned flags)
-{
-  sip_dnsreg_t *d = u->data;
-  ldns_pkt_rcode rcode;
-  if (n <= 0 || !d->wire || !answer_ok(d, (const uint8_t *)buf->base, (size_t)n, &rcode))
-    return;
-  uv_timer_stop(&d->retry);
-  clear_flight(d);
   if (rcode == LDNS_RCODE_NOERROR) {
-    log_info("DNS %s %s for %s", d->removing ? "removed" : "added", d->host,
-             d->zone);
+    log_info("DNS %s %s for %s", d->removing ? "removed" : "added", d->host, d->zone);
     if (d->s)
       d->s->c.dns_updates++;
   } else {
@@ -256,13 +278,382 @@ static void on_recv(uv_udp_t *u, ssize_t n, const uv_buf_t *buf, const struct so
     finish_removal(d);
 }
 
+static void on_refresh(uv_timer_t *t)
+{
+  sip_dnsreg_t *d = t->data;
+  if (!d->removing && !d->reg.wire)
+    start_update(d, 0);
+}
+
+/* ---- the clean-up of crashed peers' records ---------------------------- */
+
+/* The name in rdf as lower-case text with the final dot; -EINVAL if it is
+ * not a domain name or does not fit. */
+static int dname_text(const ldns_rdf *rdf, char *out, size_t len)
+{
+  if (!rdf || ldns_rdf_get_type(rdf) != LDNS_RDF_TYPE_DNAME)
+    return -EINVAL;
+  char *t = ldns_rdf2str(rdf);
+  int ok = t && strlen(t) < len;
+  if (ok) {
+    for (size_t i = 0; t[i]; i++)
+      out[i] = (char)tolower((unsigned char)t[i]);
+    out[strlen(t)] = '\0';
+  }
+  free(t);
+  return ok ? 0 : -EINVAL;
+}
+
+/* Nonzero for "pp-<12 hex>.ZONE." exactly: the only names we may delete.
+ * ldns prints unusual bytes of a label as \DDD, which no hex test passes. */
+static int is_pp_name(const sip_dnsreg_t *d, const char *name)
+{
+  if (strncmp(name, "pp-", 3) != 0 || strlen(name) != 16 + strlen(d->zone) || name[15] != '.')
+    return 0;
+  for (int i = 3; i < 15; i++)
+    if (!isdigit((unsigned char)name[i]) && !(name[i] >= 'a' && name[i] <= 'f'))
+      return 0;
+  return strcmp(name + 16, d->zone) == 0;
+}
+
+static void gc_reset(sip_dnsreg_t *d)
+{
+  uv_timer_stop(&d->gcq.retry);
+  flight_clear(&d->gcq);
+  ldns_rr_list_deep_free(d->seen);
+  d->seen = NULL;
+  d->n_doomed = 0;
+  d->phase = GC_IDLE;
+}
+
+/* A check that cannot finish: what it saw so far is dropped, and so are
+ * the strikes, since "consecutive" is no longer true. */
+static void gc_fail(sip_dnsreg_t *d, const char *why)
+{
+  log_debug("DNS clean-up check for %s abandoned: %s", d->zone, why);
+  gc_reset(d);
+  d->n_cand = 0;
+}
+
+static void gc_query(sip_dnsreg_t *d, const char *label, enum gc_phase phase)
+{
+  snprintf(d->asked, sizeof d->asked, "%s.%s", label, d->zone);
+  ldns_rdf *name = ldns_dname_new_frm_str(d->asked);
+  ldns_pkt *pkt = name ? ldns_pkt_query_new(name, LDNS_RR_TYPE_SRV, LDNS_RR_CLASS_IN, 0) : NULL;
+  if (!pkt) {
+    ldns_rdf_deep_free(name);
+    gc_fail(d, "cannot build the query");
+    return;
+  }
+  ldns_pkt_set_edns_udp_size(pkt, DNS_RECV_MAX);
+  if (flight_load(d, &d->gcq, pkt) < 0) {
+    gc_fail(d, "cannot sign the query");
+    return;
+  }
+  d->phase = phase;
+  flight_send(d, &d->gcq);
+}
+
+/* Keeps the SRV records of the answer that name a pp- target.  The answer
+ * is untrusted even when signed: at most GC_MAX_SRV records are looked
+ * at, and each must be an SRV of the name asked, in class IN, with four
+ * fields whose last is a domain name. */
+static int gc_collect(sip_dnsreg_t *d, ldns_pkt *pkt)
+{
+  char name[GC_HOST_LEN];
+  const ldns_rr_list *q = ldns_pkt_question(pkt);
+  if (ldns_rr_list_rr_count(q) != 1 ||
+      ldns_rr_get_type(ldns_rr_list_rr(q, 0)) != LDNS_RR_TYPE_SRV ||
+      dname_text(ldns_rr_owner(ldns_rr_list_rr(q, 0)), name, sizeof name) < 0 ||
+      strcmp(name, d->asked) != 0)
+    return -EINVAL;
+  if (!d->seen && !(d->seen = ldns_rr_list_new()))
+    return -ENOMEM;
+  const ldns_rr_list *an = ldns_pkt_answer(pkt);
+  size_t n = ldns_rr_list_rr_count(an);
+  for (size_t i = 0; i < n && i < GC_MAX_SRV; i++) {
+    const ldns_rr *rr = ldns_rr_list_rr(an, i);
+    if (ldns_rr_get_type(rr) != LDNS_RR_TYPE_SRV ||
+        ldns_rr_get_class(rr) != LDNS_RR_CLASS_IN || ldns_rr_rd_count(rr) != 4 ||
+        dname_text(ldns_rr_owner(rr), name, sizeof name) < 0 || strcmp(name, d->asked) != 0 ||
+        dname_text(ldns_rr_rdf(rr, 3), name, sizeof name) < 0 || !is_pp_name(d, name))
+      continue;
+    if (strcmp(name, d->host) == 0) {
+      d->self_seen |= d->phase == GC_QUERY_UDP ? 1 : 2;
+      continue;
+    }
+    ldns_rr *copy = ldns_rr_clone(rr);
+    if (!copy || !ldns_rr_list_push_rr(d->seen, copy)) {
+      ldns_rr_free(copy);
+      return -ENOMEM;
+    }
+  }
+  return 0;
+}
+
+static gc_cand_t *cand_find(sip_dnsreg_t *d, const char *host)
+{
+  for (int i = 0; i < d->n_cand; i++)
+    if (strcmp(d->cand[i].host, host) == 0)
+      return &d->cand[i];
+  return NULL;
+}
+
+/* One strike for a target missing from this check's DHT answer; it is
+ * doomed once missing from GC_STRIKES checks in a row. */
+static void gc_strike(sip_dnsreg_t *d, const char *host)
+{
+  gc_cand_t *c = cand_find(d, host);
+  if (c && c->check == d->check)
+    return; /* seen twice in this check (udp and tcp) */
+  if (!c) {
+    if (d->n_cand == GC_MAX_CAND)
+      return;
+    c = &d->cand[d->n_cand++];
+    snprintf(c->host, sizeof c->host, "%s", host);
+    c->strikes = 0, c->check = 0;
+  }
+  c->strikes = c->check + 1 == d->check ? c->strikes + 1 : 1;
+  c->check = d->check;
+  if (c->strikes >= GC_STRIKES && d->n_doomed < GC_MAX_DELETE)
+    snprintf(d->doomed[d->n_doomed++], GC_HOST_LEN, "%s", host);
+}
+
+/* Targets not missing from this check are forgiven. */
+static void cand_prune(sip_dnsreg_t *d)
+{
+  int k = 0;
+  for (int i = 0; i < d->n_cand; i++)
+    if (d->cand[i].check == d->check)
+      d->cand[k++] = d->cand[i];
+  d->n_cand = k;
+}
+
+static int is_doomed(const sip_dnsreg_t *d, const char *host)
+{
+  for (int i = 0; i < d->n_doomed; i++)
+    if (strcmp(d->doomed[i], host) == 0)
+      return 1;
+  return 0;
+}
+
+/* The doomed peers' SRV records exactly as the server gave them (RFC 2136
+ * 2.5.4, class NONE) and their A and AAAA RRsets (2.5.2). */
+static ldns_rr_list *gc_delete_rrs(const sip_dnsreg_t *d)
+{
+  ldns_rr_list *list = ldns_rr_list_new();
+  int err = !list;
+  char host[GC_HOST_LEN];
+  for (size_t i = 0; !err && i < ldns_rr_list_rr_count(d->seen); i++) {
+    const ldns_rr *rr = ldns_rr_list_rr(d->seen, i);
+    if (dname_text(ldns_rr_rdf(rr, 3), host, sizeof host) < 0 || !is_doomed(d, host))
+      continue;
+    ldns_rr *del = ldns_rr_clone(rr);
+    err = !del;
+    if (del) {
+      ldns_rr_set_class(del, LDNS_RR_CLASS_NONE);
+      ldns_rr_set_ttl(del, 0);
+      ldns_rr_list_push_rr(list, del);
+    }
+  }
+  for (int i = 0; !err && i < d->n_doomed; i++)
+    err = add_rrset_delete(list, d->doomed[i], LDNS_RR_TYPE_A) < 0 ||
+          add_rrset_delete(list, d->doomed[i], LDNS_RR_TYPE_AAAA) < 0;
+  if (err) {
+    ldns_rr_list_deep_free(list);
+    return NULL;
+  }
+  return list;
+}
+
+static void gc_delete(sip_dnsreg_t *d)
+{
+  ldns_rr_list *up = gc_delete_rrs(d);
+  ldns_pkt *pkt = update_pkt(d, up);
+  ldns_rr_list_deep_free(up);
+  if (!pkt || flight_load(d, &d->gcq, pkt) < 0) {
+    gc_fail(d, "cannot build the update");
+    return;
+  }
+  for (int i = 0; i < d->n_doomed; i++)
+    log_info("DNS clean-up: removing %s (SRV and A/AAAA): its node has not been under sip:%.*s "
+             "in the DHT for %d checks %d s apart",
+             d->doomed[i], (int)strlen(d->zone) - 1, d->zone, GC_STRIKES,
+             GC_INTERVAL_MS / 1000);
+  d->phase = GC_DELETE;
+  flight_send(d, &d->gcq);
+}
+
+static void gc_deleted(sip_dnsreg_t *d, ldns_pkt_rcode rcode)
+{
+  if (rcode != LDNS_RCODE_NOERROR) {
+    log_warn("DNS clean-up update for %s refused: rcode %d", d->zone, (int)rcode);
+    if (d->s)
+      d->s->c.dns_update_failed++;
+    gc_reset(d);
+    return;
+  }
+  for (int i = 0; i < d->n_doomed; i++) {
+    log_info("DNS clean-up: removed %s from %s", d->doomed[i], d->zone);
+    gc_cand_t *c = cand_find(d, d->doomed[i]);
+    if (c)
+      *c = d->cand[--d->n_cand];
+    if (d->s)
+      d->s->c.dns_stale_removed++;
+  }
+  gc_reset(d);
+}
+
+static void gc_answered(sip_dnsreg_t *d, ldns_pkt *pkt, ldns_pkt_rcode rcode)
+{
+  if (d->phase == GC_DELETE) {
+    gc_deleted(d, rcode);
+    return;
+  }
+  /* NXDOMAIN: no proxy peer has an SRV record of that kind. */
+  if ((rcode != LDNS_RCODE_NOERROR && rcode != LDNS_RCODE_NXDOMAIN) || gc_collect(d, pkt) < 0) {
+    gc_fail(d, "bad answer to the SRV query");
+    return;
+  }
+  if (d->phase == GC_QUERY_UDP) {
+    gc_query(d, "_sip._tcp", GC_QUERY_TCP);
+    return;
+  }
+  /* Another peer may have taken us for dead (our value missing from the
+   * DHT for a while): come back now rather than at the next refresh. */
+  if (d->self_seen != 3 && !d->reg.wire && !d->removing) {
+    log_info("DNS: our records %s are missing from %s: adding them again", d->host, d->zone);
+    start_update(d, 0);
+  }
+  if (ldns_rr_list_rr_count(d->seen) == 0) {
+    gc_reset(d); /* nothing to compare: no need to ask the DHT */
+    d->n_cand = 0;
+    return;
+  }
+  d->phase = GC_DHT;
+  if (!d->s || sip__gateway_peer_ids(d->s) < 0)
+    gc_fail(d, "cannot ask the DHT");
+}
+
+static int id_listed(const dht_id_t *ids, size_t n, const char *host)
+{
+  char hex[DHT_ID_HEX];
+  for (size_t i = 0; i < n; i++) {
+    dht_id_hex(&ids[i], hex);
+    if (strncasecmp(hex, host + 3, 12) == 0)
+      return 1;
+  }
+  return 0;
+}
+
+void sip__dnsreg_peers(sip_svc_t *s, int status, const dht_id_t *ids, size_t n)
+{
+  sip_dnsreg_t *d = s->dnsreg;
+  if (!d || d->phase != GC_DHT)
+    return;
+  /* An answer without ourselves is not one to judge others by: our own
+   * value may not have been stored yet, or the DHT may be split. */
+  if (status < 0 || !id_listed(ids, n, d->host)) {
+    gc_fail(d, status < 0 ? "no answer from the DHT" : "our own value is not in the answer");
+    return;
+  }
+  d->check++;
+  s->c.dns_gc_checks++;
+  char host[GC_HOST_LEN];
+  for (size_t i = 0; i < ldns_rr_list_rr_count(d->seen); i++)
+    if (dname_text(ldns_rr_rdf(ldns_rr_list_rr(d->seen, i), 3), host, sizeof host) == 0 &&
+        !id_listed(ids, n, host))
+      gc_strike(d, host);
+  cand_prune(d);
+  if (d->n_doomed > 0)
+    gc_delete(d);
+  else
+    gc_reset(d);
+}
+
+static void on_gc(uv_timer_t *t)
+{
+  sip_dnsreg_t *d = t->data;
+  if (!d->s || d->removing)
+    return;
+  if (d->phase != GC_IDLE)
+    gc_fail(d, "the previous check did not finish in time");
+  d->self_seen = 0;
+  gc_query(d, "_sip._udp", GC_QUERY_UDP);
+}
+
+/* ---- the socket ---------------------------------------------------------- */
+
+static void on_retry(uv_timer_t *t)
+{
+  sip_dnsreg_t *d = t->data;
+  dns_flight_t *f = t == &d->reg.retry ? &d->reg : &d->gcq;
+  if (!f->wire)
+    return;
+  if (f->tries < DNS_TRIES) {
+    flight_send(d, f);
+    return;
+  }
+  flight_clear(f);
+  if (f == &d->reg)
+    reg_timed_out(d);
+  else
+    gc_fail(d, "the DNS server did not answer");
+}
+
+/* An answer is taken only if it matches the id of a message in flight
+ * and, with a key, carries a valid TSIG over that message's MAC; anything
+ * else on the socket is ignored. */
+static int answer_ok(sip_dnsreg_t *d, const dns_flight_t *f, ldns_pkt *pkt, const uint8_t *data,
+                     size_t len)
+{
+  if (!f->wire || ldns_pkt_id(pkt) != f->id)
+    return 0;
+  if (d->have_key && ldns_pkt_get_rcode(pkt) == LDNS_RCODE_NOERROR)
+    return ldns_pkt_tsig_verify(pkt, data, len, d->key_name, d->key_secret, f->mac);
+  return 1;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+  static char space[DNS_RECV_MAX]; /* one datagram at a time, parsed at once */
+  *buf = uv_buf_init(space, sizeof space);
+}
+
+static void on_recv(uv_udp_t *u, ssize_t n, const uv_buf_t *buf, const struct sockaddr *from,
+                    unsigned flags)
+{
+  sip_dnsreg_t *d = u->data;
+  const uint8_t *data = (const uint8_t *)buf->base;
+  ldns_pkt *pkt = NULL;
+  if (n < 12 || (flags & UV_UDP_PARTIAL) ||
+      ldns_wire2pkt(&pkt, data, (size_t)n) != LDNS_STATUS_OK)
+    return;
+  dns_flight_t *f = NULL;
+  if (ldns_pkt_qr(pkt) && answer_ok(d, &d->reg, pkt, data, (size_t)n))
+    f = &d->reg;
+  else if (ldns_pkt_qr(pkt) && answer_ok(d, &d->gcq, pkt, data, (size_t)n))
+    f = &d->gcq;
+  if (f) {
+    uv_timer_stop(&f->retry);
+    flight_clear(f);
+    if (f == &d->reg)
+      reg_answered(d, ldns_pkt_get_rcode(pkt));
+    else
+      gc_answered(d, pkt, ldns_pkt_get_rcode(pkt));
+  }
+  ldns_pkt_free(pkt);
+}
+
 static int open_socket(sip_dnsreg_t *d, uv_loop_t *uv)
 {
   uv_udp_init(uv, &d->udp);
-  uv_timer_init(uv, &d->retry);
+  uv_timer_init(uv, &d->reg.retry);
+  uv_timer_init(uv, &d->gcq.retry);
   uv_timer_init(uv, &d->refresh);
-  d->udp.data = d->retry.data = d->refresh.data = d;
-  d->handles = 3;
+  uv_timer_init(uv, &d->gc);
+  d->udp.data = d->reg.retry.data = d->gcq.retry.data = d->refresh.data = d->gc.data = d;
+  d->handles = 5;
   struct sockaddr_storage any;
   memset(&any, 0, sizeof any);
   any.ss_family = d->server.ss_family;
@@ -292,6 +683,12 @@ static int configure(sip_dnsreg_t *d, sip_svc_t *s)
   return 0;
 }
 
+static void start_timers(sip_dnsreg_t *d)
+{
+  uv_timer_start(&d->refresh, on_refresh, DNS_REFRESH_MS, DNS_REFRESH_MS);
+  uv_timer_start(&d->gc, on_gc, GC_INTERVAL_MS, GC_INTERVAL_MS);
+}
+
 int sip__dnsreg_start(sip_svc_t *s)
 {
   if (s->dnsreg) { /* the gateway role comes back (sip_set_gateway) */
@@ -299,7 +696,7 @@ int sip__dnsreg_start(sip_svc_t *s)
     if (d->handles == 0)
       return -EIO;
     d->done = NULL;
-    uv_timer_start(&d->refresh, on_refresh, DNS_REFRESH_MS, DNS_REFRESH_MS);
+    start_timers(d);
     start_update(d, 0);
     return 0;
   }
@@ -319,7 +716,7 @@ int sip__dnsreg_start(sip_svc_t *s)
     log_warn("DNS update socket: %s", uv_strerror(rc));
     return rc;
   }
-  uv_timer_start(&d->refresh, on_refresh, DNS_REFRESH_MS, DNS_REFRESH_MS);
+  start_timers(d);
   start_update(d, 0);
   return 0;
 }
@@ -336,18 +733,25 @@ void sip__dnsreg_stop(sip_svc_t *s, void (*done)(sip_svc_t *s))
 {
   sip_dnsreg_t *d = s->dnsreg;
   uv_timer_stop(&d->refresh);
-  uv_timer_stop(&d->retry);
+  uv_timer_stop(&d->gc);
+  gc_fail(d, "the gateway role stops");
   d->done = done;
   start_update(d, 1);
+}
+
+static void free_state(sip_dnsreg_t *d)
+{
+  flight_clear(&d->reg);
+  flight_clear(&d->gcq);
+  ldns_rr_list_deep_free(d->seen);
+  free(d);
 }
 
 static void on_closed(uv_handle_t *h)
 {
   sip_dnsreg_t *d = h->data;
-  if (--d->handles == 0) {
-    clear_flight(d);
-    free(d);
-  }
+  if (--d->handles == 0)
+    free_state(d);
 }
 
 void sip__dnsreg_free(sip_svc_t *s)
@@ -358,11 +762,12 @@ void sip__dnsreg_free(sip_svc_t *s)
   s->dnsreg = NULL;
   d->s = NULL, d->done = NULL;
   if (d->handles == 0) {
-    clear_flight(d);
-    free(d);
+    free_state(d);
     return;
   }
   uv_close((uv_handle_t *)&d->udp, on_closed);
-  uv_close((uv_handle_t *)&d->retry, on_closed);
+  uv_close((uv_handle_t *)&d->reg.retry, on_closed);
+  uv_close((uv_handle_t *)&d->gcq.retry, on_closed);
   uv_close((uv_handle_t *)&d->refresh, on_closed);
+  uv_close((uv_handle_t *)&d->gc, on_closed);
 }

@@ -6,7 +6,9 @@
  * Published value: vid = node id hex, kind DHT_KIND_PROXY, ttl
  * SIP_PEER_TTL_S, body {"uri":"sip:IP:PORT","node":"<hex>","transports":
  * ["udp","tcp"]}.  It is put again every SIP_PEER_REPUBLISH_MS, so it
- * outlives no crash by more than the ttl, and removed on leave.
+ * outlives no crash by more than the ttl, and removed on leave.  The ids
+ * of the values found there also tell dnsreg.c which proxy peers are
+ * alive: the DNS records of the others are removed.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -207,6 +209,34 @@ int sip__peers_get(sip_svc_t *s, void (*cb)(sip_svc_t *, void *, int), void *ctx
   w[s->n_waiters].cb = cb, w[s->n_waiters].ctx = ctx;
   s->n_waiters++;
   return 0;
+}
+
+/* ---- the live proxy peers, for the DNS clean-up ------------------------ */
+
+/* Both the owner (set by the DHT) and the value id (the node id in hex,
+ * as publish() puts it) count as live: with more ids the clean-up only
+ * removes less. */
+static void on_peer_ids(sip_svc_t *s, void *ctx, int status, const dht_value_t *v, size_t n)
+{
+  if (status < 0 || n > SIP_DNSGC_MAX_PEERS) {
+    sip__dnsreg_peers(s, status < 0 ? status : -E2BIG, NULL, 0);
+    return;
+  }
+  dht_id_t ids[2 * SIP_DNSGC_MAX_PEERS];
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    ids[k++] = v[i].owner;
+    if (dht_id_parse(v[i].vid, &ids[k]) == 0)
+      k++;
+  }
+  sip__dnsreg_peers(s, 0, ids, k);
+}
+
+int sip__gateway_peer_ids(sip_svc_t *s)
+{
+  char name[300];
+  peer_name(s, name, sizeof name);
+  return sip__dht_get(s, name, on_peer_ids, NULL);
 }
 
 void sip__peers_free(sip_svc_t *s)

@@ -40,8 +40,11 @@
 #define SIP_GRACE_S 300
 
 /* Proxy peers (spec 3.1, 3.3.1). */
-#define SIP_PEER_TTL_S 60        /* lifetime of our sip:OVERLAY value */
-#define SIP_PEER_REPUBLISH_MS 20000
+/* A crashed proxy peer leaves the list, and (dnsreg.c) DNS, this soon:
+ * the same 30 s as a relay's turn:OVERLAY value with the default --refresh
+ * and as our DNS records' TTL.  Re-put three times per lifetime. */
+#define SIP_PEER_TTL_S 30        /* lifetime of our sip:OVERLAY value */
+#define SIP_PEER_REPUBLISH_MS 10000
 #define SIP_PEER_RETRY_MS 2000    /* the first re-put, and after a failure */
 #define SIP_PEER_CACHE_MS 5000   /* how long a fetched peer list is reused */
 #define SIP_FAILOVER_MS 4000     /* no answer at all from a peer: try another */
@@ -75,6 +78,7 @@ typedef struct {
   uint64_t proxied, via_peer, peer_failover, to_public, from_public;
   uint64_t loops, too_many_hops, bad_requests, cancels, no_peer;
   uint64_t dns_updates, dns_update_failed;
+  uint64_t dns_gc_checks, dns_stale_removed; /* dnsreg.c's clean-up */
   uint64_t cache_hits, stale;
 } sip_counters_t;
 
@@ -258,10 +262,18 @@ void sip__gateway_stop(sip_svc_t *s, void (*done)(sip_svc_t *s));
 int sip__peers_get(sip_svc_t *s, void (*cb)(sip_svc_t *, void *, int), void *ctx);
 void sip__peer_failed(sip_svc_t *s, const char *uri);
 void sip__peers_free(sip_svc_t *s);
+/* For the DNS clean-up: asks the DHT (no cache) for the values under
+ * sip:OVERLAY and passes their owners and value ids to sip__dnsreg_peers()
+ * (later, never from inside this call); -errno if it cannot ask. */
+#define SIP_DNSGC_MAX_PEERS 256 /* a longer list is not taken as complete */
+int sip__gateway_peer_ids(sip_svc_t *s);
 
 /* dnsreg.c: RFC 2136 UPDATE with TSIG. */
 int sip__dnsreg_start(sip_svc_t *s);
 void sip__dnsreg_stop(sip_svc_t *s, void (*done)(sip_svc_t *s));
 void sip__dnsreg_free(sip_svc_t *s);
+/* The proxy peers in the DHT for the clean-up of crashed peers' records:
+ * status < 0 when the DHT gave no complete answer; ids borrowed. */
+void sip__dnsreg_peers(sip_svc_t *s, int status, const dht_id_t *ids, size_t n);
 
 #endif

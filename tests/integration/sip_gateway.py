@@ -179,8 +179,10 @@ def test(h):
     ports = su.pick_udp_tcp(14)
     overlay_to_public(h, c, kam, nodes[0], gw_addrs, ports)
     public_aor(h, c, kam, nodes[5], gws[0], ports)
-    # Last, as the killed proxy peer's SRV stays in DNS (a crash withdraws
-    # nothing) and kamailio forwards 2xx ACKs statelessly, with no failover.
+    # Last, as the killed proxy peer's SRV stays in DNS until the live ones
+    # clean it up (sip_dnsgc.py: a crash withdraws nothing, the records go
+    # some 30-50 s later) and kamailio forwards 2xx ACKs statelessly, with
+    # no failover.
     dead = public_to_overlay(h, c, kam, named, nodes[4], gws, ports)
     dead2 = overlay_failover(h, c, kam, nodes[0], gws, ports)
     alive = [g for g in gws if g is not dead and g is not dead2]
