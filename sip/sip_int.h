@@ -38,6 +38,7 @@
 /* A user record stays in the DHT this long after its contact expired, so
  * that a lookup can tell "expired" (480) from "never registered" (404). */
 #define SIP_GRACE_S 300
+#define SIP_SWEEP_BATCH 2048 /* bindings looked at per sweep (every second) */
 
 /* Proxy peers (spec 3.1, 3.3.1). */
 /* A crashed proxy peer leaves the list, and (dnsreg.c) DNS, this soon:
@@ -113,6 +114,7 @@ struct sip_svc {
   unsigned n_ptx;
   sip_reg_t *regs;     /* bindings this node put */
   sip_reg_t **reg_hash[3]; /* the same, hashed three ways (registrar.c) */
+  sip_reg_t *reg_cursor;   /* where the next sweep resumes, or NULL: the head */
   size_t reg_nb, n_regs;
   struct sip_rtx *rtx; /* REGISTERs waiting for the DHT */
   sip_op_t *ops;       /* DHT operations in flight */
