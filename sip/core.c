@@ -167,9 +167,29 @@ static int on_stray(nta_outgoing_magic_t *magic, nta_outgoing_t *orq, sip_t cons
 
 /* Requests nothing else matched; nta calls this only without a default
  * leg, which we always have, so there is nothing to do. */
+static void stateful(sip_svc_t *s, msg_t *msg, sip_t *sip);
+static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip);
+
+/* Every request that matches no transaction comes here (there is no
+ * default leg).  The last hop to a phone registered through this node and
+ * ACKs go on statelessly; everything else gets a server transaction. */
 static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg, sip_t *sip)
 {
-  msg_destroy(msg);
+  sip_svc_t *s = (sip_svc_t *)magic;
+  if (!sip || !sip->sip_request) {
+    msg_destroy(msg);
+    return 0;
+  }
+  sip_method_t m = sip->sip_request->rq_method;
+  int edge = m != sip_method_register && sip__edge_hop(s, sip);
+  if (!s->started || s->stopping || (!edge && m != sip_method_ack)) {
+    if (m == sip_method_cancel && s->started && !s->stopping) /* matched no transaction of ours */
+      nta_msg_treply(agent, msg, SIP_481_NO_TRANSACTION, TAG_END());
+    else
+      stateful(s, msg, sip);
+    return 0;
+  }
+  stateless(s, msg, sip);
   return 0;
 }
 
@@ -219,7 +239,11 @@ static int create_agent(sip_svc_t *s)
                               TAG_END());
   if (!s->agent)
     return -EADDRINUSE;
+  /* Not the default leg (it would take every request before on_stateless
+   * could choose): a leg for a name no request carries, which stateful()
+   * gives transactions to and flow.c sends its keep-alives through. */
   s->leg = nta_leg_tcreate(s->agent, on_request, (nta_leg_magic_t *)s, NTATAG_NO_DIALOG(1),
+                           URLTAG_URL("sip:leg.p2psip.invalid"),
                            TAG_END());
   s->stateless_irq = nta_incoming_default(s->agent);
   s->stateless_orq = nta_outgoing_default(s->agent, on_stray, (nta_outgoing_magic_t *)s);
@@ -422,6 +446,49 @@ static int serve_self(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip)
   }
 }
 
+/* A server transaction for the request, then on_request(), whose status
+ * is answered as nta answers a leg callback's. */
+static void stateful(sip_svc_t *s, msg_t *msg, sip_t *sip)
+{
+  nta_incoming_t *irq = nta_incoming_create(s->agent, s->leg, msg, sip, TAG_END());
+  if (!irq)
+    return; /* nta has freed msg */
+  int status = on_request((nta_leg_magic_t *)s, s->leg, irq, sip);
+  if (status == 0)
+    return;
+  if (status < 100 || status > 699 ||
+      (sip->sip_request->rq_method == sip_method_invite && status < 300 && status >= 200))
+    status = 500;
+  if (nta_incoming_status(irq) < 200)
+    nta_incoming_treply(irq, status, NULL, TAG_END());
+  if (status >= 200)
+    nta_incoming_destroy(irq);
+}
+
+/* An ACK, or a request for one of our phones (sip__edge_hop), that passes
+ * the checks: no transaction.  One that fails them goes the stateful way,
+ * which answers it. */
+static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip)
+{
+  char hash[17];
+  sip__loop_hash(sip, hash);
+  int ack = sip->sip_request->rq_method == sip_method_ack;
+  if (sip__check_request(s, msg, sip) != 0) {
+    if (ack)
+      msg_destroy(msg), s->c.bad_requests++;
+    else
+      stateful(s, msg, sip);
+    return;
+  }
+  s->c.requests++;
+  int edge = sip__edge_hop(s, sip);
+  sip__pop_routes(s, msg, sip);
+  if (edge)
+    sip__proxy_edge(s, msg, sip, hash);
+  else
+    sip__proxy(s, NULL, msg, sip, hash); /* an ACK along its route set */
+}
+
 static int on_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *irq,
                       sip_t const *csip)
 {
@@ -484,7 +551,7 @@ json_t *sip_stats_json(const sip_svc_t *s)
   const sip_counters_t *c = &s->c;
   json_t *counters = json_pack(
       "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,"
-      "s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
+      "s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
       "requests", (json_int_t)c->requests, "responses_forwarded", (json_int_t)c->responses_fwd,
       "acks_forwarded", (json_int_t)c->acks_fwd, "stray_forwarded", (json_int_t)c->stray_fwd,
       "registers", (json_int_t)c->registers, "register_ok", (json_int_t)c->register_ok,
@@ -500,7 +567,8 @@ json_t *sip_stats_json(const sip_svc_t *s)
       (json_int_t)c->dns_update_failed, "dns_gc_checks", (json_int_t)c->dns_gc_checks,
       "dns_stale_removed", (json_int_t)c->dns_stale_removed, "transport_bad_messages",
       (json_int_t)bad,
-      "lookups_cached", (json_int_t)c->cache_hits, "lookups_stale", (json_int_t)c->stale);
+      "lookups_cached", (json_int_t)c->cache_hits, "lookups_stale", (json_int_t)c->stale,
+      "stateless_forwarded", (json_int_t)c->stateless);
   json_t *flow = sip__flow_json(s);
   return json_pack("{s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o, s:o}", "listen",
                    s->hostport, "overlay", s->overlay, "gateway", s->gateway, "registrations",

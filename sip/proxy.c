@@ -662,17 +662,16 @@ static int is_dialog_creating(const sip_t *sip)
 }
 
 /* RFC 3261 16.6 steps 3-4: Max-Forwards and Record-Route. */
-static void prepare(sip_ptx_t *t)
+static const char *hop_prepare(sip_svc_t *s, msg_t *msg, sip_t *sip)
 {
-  sip_svc_t *s = t->s;
-  sip_max_forwards_t *mf = t->sip->sip_max_forwards;
+  sip_max_forwards_t *mf = sip->sip_max_forwards;
   if (mf) {
     mf->mf_count--;
     msg_fragment_clear(mf->mf_common);
   } else {
     char str[16];
     snprintf(str, sizeof str, "%d", SIP_MAX_FORWARDS);
-    sip_add_tl(t->msg, t->sip, SIPTAG_MAX_FORWARDS_STR(str), TAG_END());
+    sip_add_tl(msg, sip, SIPTAG_MAX_FORWARDS_STR(str), TAG_END());
   }
   /* A proxy peer names the overlay, not itself (spec 3.1), so in-dialog
    * requests reach whichever proxy peer is alive; other nodes stay on the
@@ -682,16 +681,67 @@ static void prepare(sip_ptx_t *t)
    * phones' side and its way in (edge, reflexive address) on the other:
    * RFC 5658-style double Record-Route, the entry nearest each side
    * reachable from it. */
-  if (!is_dialog_creating(t->sip))
-    return;
+  if (!is_dialog_creating(sip))
+    return NULL;
   if (s->gateway) {
-    int dir = sip__reg_direction(s, t->msg, t->sip);
-    t->rr = dir > 0 ? s->gw_rr_in : dir < 0 ? s->gw_rr_out : s->overlay_lr;
-  } else if (sip__flow_rr(s, 1)) {
-    t->rr = sip__flow_rr(s, sip__reg_direction(s, t->msg, t->sip) > 0);
-  } else {
-    t->rr = s->self_lr;
+    int dir = sip__reg_direction(s, msg, sip);
+    return dir > 0 ? s->gw_rr_in : dir < 0 ? s->gw_rr_out : s->overlay_lr;
   }
+  if (sip__flow_rr(s, 1))
+    return sip__flow_rr(s, sip__reg_direction(s, msg, sip) > 0);
+  return s->self_lr;
+}
+
+static void prepare(sip_ptx_t *t)
+{
+  t->rr = hop_prepare(t->s, t->msg, t->sip);
+}
+
+/* ---- the last hop, statelessly ------------------------------------------ */
+
+int sip__edge_hop(const sip_svc_t *s, const sip_t *sip)
+{
+  int n = 0;
+  for (const sip_route_t *r = sip->sip_route; r; r = r->r_next)
+    if (n++ >= SIP_MAX_ROUTES || !sip__route_is_ours(s, r->r_url))
+      return 0;
+  const url_t *u = sip->sip_request->rq_url;
+  return u->url_type == url_sip && !sip__host_is_overlay(s, u->url_host) &&
+         !sip__uri_is_self(s, u) && sip__reg_by_hostport(s, u) != NULL;
+}
+
+/* RFC 3261 16.11.  A request for a phone registered through this node has
+ * nowhere else to go: the upstream proxy (or the phone at the other end)
+ * keeps the transaction, so this hop needs none.  Without one it costs a
+ * parse and a send, and holds no memory: with a transaction sofia kept
+ * each INVITE for 32 s (bench-sip, docs/BENCHMARKS.md).  The branch is a
+ * function of the incoming one, so a retransmission, the CANCEL and the
+ * ACK of a failure get the same branch as the INVITE they belong to, and
+ * responses come back matching no transaction: sip__stray_response() sends
+ * them on along the Via. */
+void sip__proxy_edge(sip_svc_t *s, msg_t *msg, sip_t *sip, const char *hash)
+{
+  const sip_reg_t *r = sip__reg_by_hostport(s, sip->sip_request->rq_url);
+  char flow[128], key[64];
+  const char *next = r ? sip__reg_flow(r, flow, sizeof flow) : NULL;
+  const char *rr = hop_prepare(s, msg, sip);
+  if (rr) {
+    sip_record_route_t *h = sip_record_route_make(msg_home(msg), rr);
+    if (!h || msg_header_insert(msg, (msg_pub_t *)sip, (msg_header_t *)h) < 0) {
+      msg_destroy(msg);
+      return;
+    }
+  }
+  uint32_t h = 2166136261u;
+  const char *in = sip->sip_via && sip->sip_via->v_branch ? sip->sip_via->v_branch : "";
+  for (const char *p = in; *p; p++)
+    h = (h ^ (uint8_t)*p) * 16777619u;
+  snprintf(key, sizeof key, "z9hG4bK.p2p%s.%08x", hash, h);
+  if (sip->sip_request->rq_method == sip_method_ack)
+    s->c.acks_fwd++;
+  s->c.proxied++, s->c.stateless++;
+  nta_msg_tsend(s->agent, msg, next ? URL_STRING_MAKE(next) : NULL, NTATAG_BRANCH_KEY(key),
+                TAG_END()); /* takes msg, even when it fails */
 }
 
 int sip__proxy(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, const char *hash)

@@ -197,6 +197,21 @@ static int reg_save(sip_svc_t *s, const rtx_t *x, const intent_t *in)
   return 0;
 }
 
+/* A binding of the phone at u's host and port, whatever the user part: the
+ * Contact a phone puts in its dialogs need not be the one it registered. */
+const sip_reg_t *sip__reg_by_hostport(const sip_svc_t *s, const url_t *u)
+{
+  uint64_t now = sip__now_ms(s);
+  if (!s->reg_nb || !u->url_host)
+    return NULL;
+  uint32_t key = url_key(u);
+  for (const sip_reg_t *r = *reg_slot(s, BY_CONTACT, key); r; r = r->hnext[BY_CONTACT])
+    if (r->expires_at > now && url_key(r->url) == key && host_cmp(r->url->url_host, u->url_host) == 0 &&
+        strcmp(url_port(r->url), url_port(u)) == 0)
+      return r;
+  return NULL;
+}
+
 const sip_reg_t *sip__reg_by_contact(const sip_svc_t *s, const url_t *u)
 {
   uint64_t now = sip__now_ms(s);

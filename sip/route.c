@@ -99,7 +99,7 @@ int sip__check_request(sip_svc_t *s, msg_t *msg, sip_t *sip)
   return 0;
 }
 
-static int route_is_ours(const sip_svc_t *s, const url_t *u)
+int sip__route_is_ours(const sip_svc_t *s, const url_t *u)
 {
   if (sip__uri_is_self(s, u))
     return 1;
@@ -117,7 +117,7 @@ static int route_is_ours(const sip_svc_t *s, const url_t *u)
 void sip__pop_routes(sip_svc_t *s, msg_t *msg, sip_t *sip)
 {
   int n = 0, own_then_reflexive = 0, prev_own = 0;
-  while (sip->sip_route && n++ < SIP_MAX_ROUTES && route_is_ours(s, sip->sip_route->r_url)) {
+  while (sip->sip_route && n++ < SIP_MAX_ROUTES && sip__route_is_ours(s, sip->sip_route->r_url)) {
     int reflexive = sip__flow_is_reflexive(s, sip->sip_route->r_url);
     own_then_reflexive = prev_own && reflexive;
     prev_own = !reflexive;

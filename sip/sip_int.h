@@ -9,6 +9,7 @@
 
 #include <sofia-sip/msg_addr.h>
 #include <sofia-sip/nta.h>
+#include <sofia-sip/nta_stateless.h>
 #include <sofia-sip/nta_tport.h>
 #include <sofia-sip/sip.h>
 #include <sofia-sip/sip_header.h>
@@ -80,7 +81,7 @@ typedef struct {
   uint64_t loops, too_many_hops, bad_requests, cancels, no_peer;
   uint64_t dns_updates, dns_update_failed;
   uint64_t dns_gc_checks, dns_stale_removed; /* dnsreg.c's clean-up */
-  uint64_t cache_hits, stale;
+  uint64_t cache_hits, stale, stateless;
 } sip_counters_t;
 
 /* A proxy peer as found under sip:OVERLAY. */
@@ -194,6 +195,7 @@ void sip__dht_cache_free(sip_svc_t *s);
 /* registrar.c */
 int sip__register(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip);
 const sip_reg_t *sip__reg_by_contact(const sip_svc_t *s, const url_t *u);
+const sip_reg_t *sip__reg_by_hostport(const sip_svc_t *s, const url_t *u);
 const char *sip__reg_flow(const sip_reg_t *r, char *buf, size_t len);
 void sip__reg_sweep(sip_svc_t *s);
 void sip__reg_free_all(sip_svc_t *s);
@@ -243,6 +245,11 @@ json_t *sip__flow_json(const sip_svc_t *s);
 int sip__proxy(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, const char *hash);
 void sip__proxy_free_all(sip_svc_t *s);
 int sip__stray_response(sip_svc_t *s, nta_outgoing_t *orq, const sip_t *sip);
+/* Nonzero when the request's only way on is a phone registered through this
+ * node (Routes left name only us): sip__proxy_edge() then forwards it
+ * statelessly, taking msg. */
+int sip__edge_hop(const sip_svc_t *s, const sip_t *sip);
+void sip__proxy_edge(sip_svc_t *s, msg_t *msg, sip_t *sip, const char *hash);
 
 /* route.c: RFC 3261 16.3-16.4 checks and the choice of next hop. */
 enum sip_hop {
@@ -253,6 +260,7 @@ enum sip_hop {
 };
 int sip__check_request(sip_svc_t *s, msg_t *msg, sip_t *sip); /* 0 or a status */
 void sip__pop_routes(sip_svc_t *s, msg_t *msg, sip_t *sip);
+int sip__route_is_ours(const sip_svc_t *s, const url_t *u); /* a Route entry naming us */
 enum sip_hop sip__next_hop(const sip_svc_t *s, const sip_t *sip);
 void sip__loop_hash(const sip_t *sip, char out[17]);
 

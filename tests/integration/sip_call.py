@@ -74,6 +74,9 @@ def test(h):
           "alice's node looked bob up and proxied INVITE, ACK and BYE", sa["counters"])
     check(sb["registrations"] == 1 and sb["counters"]["register_ok"] == 1,
           "bob's node holds one registration", sb)
+    check(sb["counters"]["stateless_forwarded"] >= 3,
+          "bob's node, the last hop to his phone, forwarded INVITE, ACK and BYE without transactions",
+          sb["counters"])
     moved(h, c, alice_node, bob_node, other, ports)
 
 
