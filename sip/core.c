@@ -185,6 +185,12 @@ static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg
   if (!s->started || s->stopping || (!edge && m != sip_method_ack)) {
     if (m == sip_method_cancel && s->started && !s->stopping) /* matched no transaction of ours */
       nta_msg_treply(agent, msg, SIP_481_NO_TRANSACTION, TAG_END());
+    else if (sip__proxy_full(s) && m != sip_method_register)
+      /* Overloaded: refuse before making a transaction, whose 503 sofia
+       * would retransmit until ACKed, which costs most when we can least
+       * afford it. */
+      nta_msg_treply(agent, msg, SIP_503_SERVICE_UNAVAILABLE, SIPTAG_RETRY_AFTER_STR("5"),
+                     TAG_END());
     else
       stateful(s, msg, sip);
     return 0;

@@ -744,6 +744,11 @@ void sip__proxy_edge(sip_svc_t *s, msg_t *msg, sip_t *sip, const char *hash)
                 TAG_END()); /* takes msg, even when it fails */
 }
 
+int sip__proxy_full(const sip_svc_t *s)
+{
+  return s->n_ptx >= SIP_MAX_TRANSACTIONS;
+}
+
 int sip__proxy(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, const char *hash)
 {
   int is_ack = sip->sip_request->rq_method == sip_method_ack;

@@ -243,6 +243,7 @@ json_t *sip__flow_json(const sip_svc_t *s);
 
 /* proxy.c */
 int sip__proxy(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, const char *hash);
+int sip__proxy_full(const sip_svc_t *s); /* no room for another proxy transaction */
 void sip__proxy_free_all(sip_svc_t *s);
 int sip__stray_response(sip_svc_t *s, nta_outgoing_t *orq, const sip_t *sip);
 /* Nonzero when the request's only way on is a phone registered through this
