@@ -168,7 +168,7 @@ static int on_stray(nta_outgoing_magic_t *magic, nta_outgoing_t *orq, sip_t cons
 /* Requests nothing else matched; nta calls this only without a default
  * leg, which we always have, so there is nothing to do. */
 static void stateful(sip_svc_t *s, msg_t *msg, sip_t *sip);
-static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip);
+static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int edge);
 
 /* Every request that matches no transaction comes here (there is no
  * default leg).  The last hop to a phone registered through this node and
@@ -182,10 +182,12 @@ static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg
   }
   sip_method_t m = sip->sip_request->rq_method;
   int edge = m != sip_method_register && sip__edge_hop(s, sip);
+  if (m == sip_method_cancel && !edge) { /* it matched no transaction of ours */
+    nta_msg_treply(agent, msg, SIP_481_NO_TRANSACTION, TAG_END());
+    return 0;
+  }
   if (!s->started || s->stopping || (!edge && m != sip_method_ack)) {
-    if (m == sip_method_cancel && s->started && !s->stopping) /* matched no transaction of ours */
-      nta_msg_treply(agent, msg, SIP_481_NO_TRANSACTION, TAG_END());
-    else if (sip__proxy_full(s) && m != sip_method_register)
+    if (sip__proxy_full(s) && m != sip_method_register)
       /* Overloaded: refuse before making a transaction, whose 503 sofia
        * would retransmit until ACKed, which costs most when we can least
        * afford it. */
@@ -195,7 +197,7 @@ static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg
       stateful(s, msg, sip);
     return 0;
   }
-  stateless(s, msg, sip);
+  stateless(s, msg, sip, edge);
   return 0;
 }
 
@@ -474,7 +476,7 @@ static void stateful(sip_svc_t *s, msg_t *msg, sip_t *sip)
 /* An ACK, or a request for one of our phones (sip__edge_hop), that passes
  * the checks: no transaction.  One that fails them goes the stateful way,
  * which answers it. */
-static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip)
+static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int edge)
 {
   char hash[17];
   sip__loop_hash(sip, hash);
@@ -487,7 +489,6 @@ static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip)
     return;
   }
   s->c.requests++;
-  int edge = sip__edge_hop(s, sip);
   sip__pop_routes(s, msg, sip);
   if (edge)
     sip__proxy_edge(s, msg, sip, hash);
@@ -503,8 +504,6 @@ static int on_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *ir
     return 503;
   s->c.requests++;
   sip_method_t method = csip->sip_request->rq_method;
-  if (method == sip_method_cancel)
-    return 481; /* nta gives us only CANCELs that match no transaction */
   msg_t *msg = nta_incoming_getrequest(irq);
   sip_t *sip = sip_object(msg);
   if (!msg || !sip) {

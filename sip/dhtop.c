@@ -100,9 +100,9 @@ static sip_gentry_t *gcache_find(sip_svc_t *s, const char *name, unsigned max_ms
 
 void sip__dht_forget(sip_svc_t *s, const char *name)
 {
-  if (s->gcache && s->gcache->e[name_slot(name)].name &&
-      strcmp(s->gcache->e[name_slot(name)].name, name) == 0)
-    gentry_clear(&s->gcache->e[name_slot(name)]);
+  sip_gentry_t *e = s->gcache ? &s->gcache->e[name_slot(name)] : NULL;
+  if (e && e->name && strcmp(e->name, name) == 0)
+    gentry_clear(e);
 }
 
 void sip__dht_cache_free(sip_svc_t *s)

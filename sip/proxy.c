@@ -752,7 +752,7 @@ int sip__proxy_full(const sip_svc_t *s)
 int sip__proxy(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, const char *hash)
 {
   int is_ack = sip->sip_request->rq_method == sip_method_ack;
-  if (s->n_ptx >= SIP_MAX_TRANSACTIONS) {
+  if (sip__proxy_full(s)) {
     msg_destroy(msg);
     return is_ack ? 200 : 503;
   }

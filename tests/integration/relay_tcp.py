@@ -32,28 +32,11 @@ sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import p2p  # noqa: E402
 from p2p import check, info  # noqa: E402
-from relay_turn import parse_attrs  # noqa: E402  (the STUN attribute walk)
+from relay_turn import COOKIE, attr, parse_attrs, unxor, xaddr  # noqa: E402  (STUN helpers)
 
 SECRET = "relay-tcp-secret"
-COOKIE = 0x2112A442
 IDLE = 10        # RELAY_TCP_IDLE in relay/relay_int.h
 MAX_CLIENTS = 1000  # RELAY_TCP_MAX_CLIENTS
-
-
-def attr(t, v):
-    return struct.pack("!HH", t, len(v)) + v + b"\0" * ((4 - len(v) % 4) % 4)
-
-
-def xaddr(ip, port, txid=b""):
-    """XOR-PEER-ADDRESS value for an IPv4 address (RFC 8489 14.2)."""
-    x = struct.unpack("!I", socket.inet_aton(ip))[0] ^ COOKIE
-    return struct.pack("!BBHI", 0, 1, port ^ (COOKIE >> 16), x)
-
-
-def unxor(v):
-    port = struct.unpack("!H", v[2:4])[0] ^ (COOKIE >> 16)
-    ip = socket.inet_ntoa(struct.pack("!I", struct.unpack("!I", v[4:8])[0] ^ COOKIE))
-    return ip, port
 
 
 def error_code(msg):

@@ -388,6 +388,22 @@ REG_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 </scenario>
 """
 
+# The answer to a BYE.
+OK_TO_BYE = """  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+
 # The UAS's answer: 200 with an SDP offer, retransmitted until the ACK.
 OK_200_SDP = """  <send retrans="500">
     <![CDATA[
@@ -433,25 +449,10 @@ UAS_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
   </send>
 """ + OK_200_SDP + """  <recv request="ACK" crlf="true"/>
   <recv request="BYE"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <timewait milliseconds="500"/>
+""" + OK_TO_BYE + """  <timewait milliseconds="500"/>
 </scenario>
 """
 
-# The UAC's BYE waits for an action ("pause" of a few seconds) so a test can
-# do something in the middle of the call (kill a proxy peer).
 # The caller's side of an answer: provisional responses, the 200 (its
 # Record-Route kept as the route set), the ACK along it.
 ANSWERED_ACK = """  <recv response="100" optional="true"/>
@@ -474,6 +475,8 @@ ANSWERED_ACK = """  <recv response="100" optional="true"/>
   </send>
 """
 
+# The UAC's BYE waits for an action ("pause" of a few seconds) so a test can
+# do something in the middle of the call (kill a proxy peer).
 UAC_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="uac">
   <send retrans="500">
@@ -574,20 +577,7 @@ UAC_GETS_BYE_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
     ]]>
   </send>
 """ + ANSWERED_ACK + """  <recv request="BYE" timeout="%(bye_timeout_ms)d"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <timewait milliseconds="500"/>
+""" + OK_TO_BYE + """  <timewait milliseconds="500"/>
 </scenario>
 """
 
