@@ -218,61 +218,68 @@ static long conn_parse(dht__conn_t *c, const uint8_t *buf, size_t len) {
   return (long)off;
 }
 
-static int keep_tail(dht__conn_t *c, const uint8_t *p, size_t len) {
-  if (len > c->rcap) {
-    /* Bounded: proto_frame_decode rejects a body above PROTO_MAX_BODY
-     * before we ever hold that much. */
-    uint8_t *nb = realloc(c->rbuf, len);
+static void bad_frame(dht__conn_t *c, long err) {
+  char a[64];
+  dht_addr_str(&c->addr, a, sizeof(a));
+  c->d->stats.bad_frames++;
+  log_warn("bad frame from %s: %s; closing the connection", a, proto_strerror((int)err));
+  conn_close(c, NULL);
+}
+
+/* Move up to len bytes of the frame being assembled into rbuf, never more
+ * than that frame needs; returns bytes taken or a negative error.  The
+ * bound is on the one frame (its declared body is checked against
+ * PROTO_MAX_BODY as soon as its header is in), not on what a read brought:
+ * a peer may pipeline many large frames in one go. */
+static long fill_frame(dht__conn_t *c, const uint8_t *data, size_t len) {
+  long size = proto_frame_size(c->rbuf, c->rlen);
+  if (size < 0) return size;
+  size_t want = size ? (size_t)size : PROTO_HDR_LEN;
+  size_t take = want - c->rlen < len ? want - c->rlen : len;
+  if (want > c->rcap) {
+    uint8_t *nb = realloc(c->rbuf, want);
     if (!nb) return -ENOMEM;
     c->rbuf = nb;
-    c->rcap = len;
+    c->rcap = want;
   }
-  memmove(c->rbuf, p, len);
-  c->rlen = len;
-  return 0;
+  memcpy(c->rbuf + c->rlen, data, take);
+  c->rlen += take;
+  return (long)take;
 }
 
 static void conn_feed(dht__conn_t *c, const uint8_t *data, size_t len) {
-  const uint8_t *buf = data;
-  size_t total = len;
-  if (c->rlen) {
-    if (keep_tail(c, c->rbuf, c->rlen) || c->rlen + len > PROTO_HDR_LEN + PROTO_MAX_BODY) {
-      conn_close(c, "frame too large");
-      return;
-    }
-    if (c->rlen + len > c->rcap) {
-      uint8_t *nb = realloc(c->rbuf, c->rlen + len);
-      if (!nb) {
-        conn_close(c, "out of memory");
+  while (len > 0 && !c->closing) {
+    if (c->rlen == 0) { /* the common case: whole frames straight from the read */
+      long used = conn_parse(c, data, len);
+      if (used < 0) {
+        bad_frame(c, used);
         return;
       }
-      c->rbuf = nb;
-      c->rcap = c->rlen + len;
+      data += used;
+      len -= (size_t)used;
+      if (len == 0 || c->closing) break;
     }
-    memcpy(c->rbuf + c->rlen, data, len);
-    buf = c->rbuf;
-    total = c->rlen + len;
-  }
-  long used = conn_parse(c, buf, total);
-  if (used < 0) {
-    char a[64];
-    dht_addr_str(&c->addr, a, sizeof(a));
-    c->d->stats.bad_frames++;
-    log_warn("bad frame from %s: %s; closing the connection", a, proto_strerror((int)used));
-    conn_close(c, NULL);
-    return;
-  }
-  if (c->closing) return;
-  size_t rest = total - (size_t)used;
-  if (rest == 0) {
-    c->rlen = 0;
-    if (c->rcap > 4096) { /* don't keep a big buffer for an idle peer */
-      free(c->rbuf);
-      c->rbuf = NULL;
-      c->rcap = 0;
+    long took = fill_frame(c, data, len);
+    if (took < 0) {
+      if (took == -ENOMEM) conn_close(c, "out of memory");
+      else bad_frame(c, took);
+      return;
     }
-  } else if (keep_tail(c, buf + used, rest)) {
-    conn_close(c, "out of memory");
+    data += took;
+    len -= (size_t)took;
+    if (c->rlen >= PROTO_HDR_LEN && proto_frame_size(c->rbuf, c->rlen) == (long)c->rlen) {
+      long used = conn_parse(c, c->rbuf, c->rlen);
+      if (used < 0) {
+        bad_frame(c, used);
+        return;
+      }
+      c->rlen = 0;
+    }
+  }
+  if (c->rlen == 0 && c->rcap > 4096) { /* don't keep a big buffer for an idle peer */
+    free(c->rbuf);
+    c->rbuf = NULL;
+    c->rcap = 0;
   }
 }
 

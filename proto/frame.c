@@ -118,7 +118,7 @@ static int cdone(const proto_cur_t *c, int err) {
 
 /* Frames ------------------------------------------------------------------ */
 
-long proto_frame_decode(const uint8_t *buf, size_t len, proto_frame_t *out) {
+long proto_frame_size(const uint8_t *buf, size_t len) {
   /* Check what we can as early as we can: a stranger talking HTTP or TLS to
    * the peer port is told off after its first two bytes. */
   if (len >= 1 && buf[0] != PROTO_MAGIC0) return PROTO_EMAGIC;
@@ -126,17 +126,23 @@ long proto_frame_decode(const uint8_t *buf, size_t len, proto_frame_t *out) {
   if (len >= 3 && buf[2] != PROTO_VERSION) return PROTO_EVERSION;
   if (len >= 4 && (buf[3] == 0 || buf[3] > PROTO_TYPE_MAX)) return PROTO_EINVAL;
   if (len < PROTO_HDR_LEN) return PROTO_NEED_MORE;
-  proto_cur_t c = {buf + 4, buf + PROTO_HDR_LEN};
-  uint32_t txid, blen;
-  proto_get_u32(&c, &txid);
+  proto_cur_t c = {buf + 8, buf + PROTO_HDR_LEN};
+  uint32_t blen;
   proto_get_u32(&c, &blen);
   if (blen > PROTO_MAX_BODY) return PROTO_ETOOBIG;
-  if (len - PROTO_HDR_LEN < blen) return PROTO_NEED_MORE;
-  out->type = buf[3];
-  out->txid = txid;
-  out->body_len = blen;
-  out->body = buf + PROTO_HDR_LEN;
   return (long)(PROTO_HDR_LEN + blen);
+}
+
+long proto_frame_decode(const uint8_t *buf, size_t len, proto_frame_t *out) {
+  long size = proto_frame_size(buf, len);
+  if (size <= 0) return size;
+  if (len < (size_t)size) return PROTO_NEED_MORE;
+  proto_cur_t c = {buf + 4, buf + 8};
+  proto_get_u32(&c, &out->txid);
+  out->type = buf[3];
+  out->body_len = (uint32_t)(size - PROTO_HDR_LEN);
+  out->body = buf + PROTO_HDR_LEN;
+  return size;
 }
 
 void proto_frame_header(uint8_t *hdr, uint8_t type, uint32_t txid, uint32_t body_len) {

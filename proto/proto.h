@@ -173,6 +173,10 @@ typedef struct {
  * whole frame's size when it is complete, PROTO_NEED_MORE when more bytes
  * are needed, or a negative error (the connection should be closed). */
 long proto_frame_decode(const uint8_t *buf, size_t len, proto_frame_t *out);
+/* The size of the whole frame (header and body) whose first len bytes are
+ * in buf, once its header is complete and valid; PROTO_NEED_MORE before
+ * that, or a negative error.  The body need not have arrived. */
+long proto_frame_size(const uint8_t *buf, size_t len);
 /* Write a header for a body of body_len bytes into hdr[PROTO_HDR_LEN]. */
 void proto_frame_header(uint8_t *hdr, uint8_t type, uint32_t txid, uint32_t body_len);
 
