@@ -3,6 +3,8 @@
 #include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
 
 #include "dht/internal.h"
 #include "dht/log.h"
@@ -32,6 +34,20 @@ static void on_sweep(uv_timer_t *t) {
   malloc_trim(0);
 }
 
+/* Jitter and random picks need no secrecy, only that processes started
+ * together do not draw the same numbers: splitmix64 seeded from the OS. */
+uint32_t dht__rand(dht_t *d) {
+  uint64_t z = (d->rng += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return (uint32_t)((z ^ (z >> 31)) >> 32);
+}
+
+static void rng_seed(dht_t *d) {
+  if (getrandom(&d->rng, sizeof(d->rng), GRND_NONBLOCK) != sizeof(d->rng))
+    d->rng = (uint64_t)uv_hrtime() ^ ((uint64_t)getpid() << 32);
+}
+
 static void timers_init(dht_t *d) {
   uv_timer_t *timers[] = {&d->stab_timer, &d->join_timer, &d->refresh_timer, &d->sweep_timer,
                           &d->repair_timer, &d->leave_timer, &d->owned_timer};
@@ -56,6 +72,7 @@ int dht_new(uv_loop_t *loop, const dht_config_t *cfg, dht_t **out) {
   dht_t *d = calloc(1, sizeof(*d));
   if (!d) return -ENOMEM;
   d->loop = loop;
+  rng_seed(d);
   snprintf(d->overlay, sizeof(d->overlay), "%s", cfg->overlay);
   d->replicas = cfg->replicas;
   d->nsucc = cfg->succ_list ? cfg->succ_list : 8;

@@ -153,6 +153,9 @@ void dht__ops_close(dht_t *d);
 
 /* The node ----------------------------------------------------------------- */
 
+/* A random number from the node's own generator, seeded per process. */
+uint32_t dht__rand(dht_t *d);
+
 typedef struct dht__owned dht__owned_t;
 
 struct dht {
@@ -216,6 +219,7 @@ struct dht {
   dht_left_cb left_cb;
   void *left_arg;
   dht_stats_t stats;
+  uint64_t rng; /* dht__rand() state */
 };
 
 #endif

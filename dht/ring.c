@@ -201,7 +201,7 @@ static void self_check(dht_t *d) {
     if (!x || is_self(d, x) || dht__node_eq(x, &d->succ[0]) || (prev && dht__node_eq(prev, x)))
       continue;
     prev = x;
-    if (rand() % ++n == 0) pick = x;
+    if (dht__rand(d) % (unsigned)++n == 0) pick = x;
   }
   if (!pick || d->check_inflight) {
     d->check_ok = pick ? d->check_ok : true;
@@ -316,7 +316,7 @@ static void on_stab_timer(uv_timer_t *t) { stabilize(t->data); }
 static void stab_schedule(dht_t *d, unsigned ms) {
   /* Jitter of up to a quarter keeps hundreds of nodes started together
    * from stabilizing in lockstep. */
-  unsigned jitter = ms / 4 ? (unsigned)(rand() % (int)(ms / 4)) : 0;
+  unsigned jitter = ms / 4 ? dht__rand(d) % (ms / 4) : 0;
   uv_timer_start(&d->stab_timer, on_stab_timer, ms - ms / 8 + jitter, 0);
 }
 

@@ -150,7 +150,7 @@ static void on_get(dht_t *d, int status, const dht_value_t *vals, size_t nv, int
     if (!v) v = json_null(); /* not JSON and not UTF-8: say so rather than fail */
     char owner[DHT_ID_HEX];
     dht_id_hex(&vals[i].owner, owner);
-    json_array_append_new(list, json_pack("{s:o, s:s, s:i, s:s, s:i}", "value", v, "owner", owner,
+    json_array_append_new(list, json_pack("{s:o, s:s, s:I, s:s, s:I}", "value", v, "owner", owner,
                                           "expires_in", (json_int_t)vals[i].expires_in,
                                           "value_id", vals[i].vid, "kind", (json_int_t)vals[i].kind));
   }

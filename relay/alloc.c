@@ -358,7 +358,11 @@ static void deliver(relay_alloc_t *a, const proto_stun_addr_t *peer, uint8_t *da
    * that care bind channels). */
   static uint8_t out[PROTO_STUN_MAX_MSG];
   uint8_t txid[PROTO_STUN_TXID_LEN];
-  for (int i = 0; i < PROTO_STUN_TXID_LEN; i++) txid[i] = (uint8_t)rand();
+  /* Transaction ids must not be guessable (RFC 8489 section 6). */
+  if (RAND_bytes(txid, sizeof(txid)) != 1) {
+    r->c.dropped_other++;
+    return;
+  }
   proto_stun_builder_t b;
   proto_stun_begin(&b, out, sizeof(out), proto_stun_type(PROTO_STUN_DATA, PROTO_STUN_INDICATION),
                    txid);

@@ -92,6 +92,23 @@ def pipelined_big_stores(c, t):
     check(t.admin_ok({"cmd": "stats"})["bad_frames"] == bad0, "no bad frame counted for valid frames")
 
 
+def long_ttl(c, t):
+    """A value stored with a TTL above 2^31 s reads back with that TTL, not a
+    negative one (the admin JSON packs it as a 64-bit integer)."""
+    key = c.keys_owned_by(t, 1, prefix="ttl-")[0]
+    s = peer_conn(t)
+    try:
+        s.sendall(hello(p2p.OVERLAY) + store_frame(p2p.key_id(key), [value_bytes("v", b'"x"', ttl=3000000000)],
+                                                   txid=20, flags=1))
+        got = [f for f in read_frames(s, 2) if f[0] == 12]
+    finally:
+        s.close()
+    check(len(got) == 1, "STORE with ttl 3e9 answered")
+    vals = p2p.get_values(t, key)
+    check(len(vals) == 1 and 2999999000 <= vals[0]["expires_in"] <= 3000000000,
+          "expires_in of a 3e9 s TTL reads back as ~3e9", vals)
+
+
 def peer_conn(node):
     s = socket.create_connection((node.host, node.port), timeout=5)
     return s
@@ -170,6 +187,7 @@ def test(h):
          frame(11, bytes(20) + b"\x00" + b"\xff\xff", txid=3)),
     ]
     pipelined_big_stores(c, t)
+    long_ttl(c, t)
     bad0 = t.admin_ok({"cmd": "stats"})["bad_frames"]
     slow = []
     for what, data in cases:
