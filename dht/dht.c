@@ -27,6 +27,7 @@ static void on_sweep(uv_timer_t *t) {
   dht_t *d = t->data;
   size_t n = dht__store_sweep(&d->store, uv_now(d->loop));
   if (n) log_debug("swept %zu expired values", n);
+  dht__repl_drop_stale(d);
   dht__rpc_reap(d);
   /* Hand memory freed since (closed connections, swept values) back to the
    * kernel: with hundreds of nodes per machine, a node's high-water mark

@@ -53,6 +53,7 @@ typedef struct dht__key {
   struct dht__key *next; /* hash chain */
   dht__value_t *values;
   int n, cap;
+  uint64_t confirmed; /* loop time of the last STORE that named this key */
 } dht__key_t;
 
 typedef struct {
@@ -68,12 +69,15 @@ dht__key_t *dht__store_find(dht__store_t *s, const dht_id_t *key);
 int dht__store_apply(dht__store_t *s, const dht_id_t *key, const proto_value_t *v, uint64_t now);
 /* Drop values whose expiry passed; returns how many. */
 size_t dht__store_sweep(dht__store_t *s, uint64_t now);
+/* Drop every key for which drop(k, arg) is true; returns how many. */
+size_t dht__store_drop_keys(dht__store_t *s, bool (*drop)(const dht__key_t *k, void *arg), void *arg);
 /* Call fn for every key. fn must not change the store. */
 void dht__store_each(dht__store_t *s, void (*fn)(dht__key_t *k, void *arg), void *arg);
 size_t dht__store_live(const dht__store_t *s, uint64_t now);
 /* Live values (not expired, not tombstones) of one key. */
 int dht__store_live_in(const dht__key_t *k, uint64_t now);
-/* Encode the live values (tombstones included) of k into a STORE body. */
+/* Encode the values of k with a second or more to live (tombstones
+ * included) into a STORE body. */
 long dht__store_encode(const dht__key_t *k, uint8_t flags, uint64_t now, uint8_t *buf, size_t len);
 /* Bytes a STORE of k needs at most. */
 size_t dht__store_encoded_size(const dht__key_t *k);
@@ -149,6 +153,10 @@ void dht__repl_pred_changed(dht_t *d, const dht_node_t *old, bool had_old);
 void dht__repl_give_range(dht_t *d, const dht_node_t *x);
 void dht__repl_handover(dht_t *d, const dht_node_t *to, int n_to, dht__rpc_cb cb, void *arg);
 void dht__owned_refresh_all(dht_t *d);
+/* The node has just joined: send the puts made before (ops.c). */
+void dht__owned_joined(dht_t *d);
+/* Drop keys this node no longer replicates (see ops.c). */
+void dht__repl_drop_stale(dht_t *d);
 void dht__ops_close(dht_t *d);
 
 /* The node ----------------------------------------------------------------- */
@@ -204,6 +212,7 @@ struct dht {
   /* Data. */
   dht__store_t store;
   dht__owned_t **owned; /* hash table by key (ops.c) */
+  struct join_wait *join_waits; /* puts made before the join (ops.c) */
   size_t owned_nb, owned_n;
   uv_timer_t refresh_timer;
   uv_timer_t sweep_timer;

@@ -613,6 +613,48 @@ static int owned_set(dht_t *d, const char *name, const char *vid, uint8_t kind, 
   return 0;
 }
 
+/* A put or remove made before the node has joined the ring has nowhere to
+ * go yet (its lookup would end at this node alone): it waits here and is
+ * sent the moment the join completes, so that the value is visible at once
+ * and not only after the next refresh. */
+typedef struct join_wait {
+  struct join_wait *next;
+  dht__owned_t *o;
+  dht_put_cb cb;
+  void *arg;
+} join_wait_t;
+
+static int owned_store_or_wait(dht_t *d, dht__owned_t *o, dht_put_cb cb, void *arg) {
+  if (d->joined) return owned_store(d, o, cb, arg);
+  join_wait_t *w = malloc(sizeof(*w));
+  if (!w) return -ENOMEM;
+  *w = (join_wait_t){.next = d->join_waits, .o = o, .cb = cb, .arg = arg};
+  d->join_waits = w;
+  return 0;
+}
+
+void dht__owned_joined(dht_t *d) {
+  join_wait_t *w = d->join_waits;
+  d->join_waits = NULL;
+  for (join_wait_t *next; w; w = next) {
+    next = w->next;
+    w->o->has_primary = false;
+    int err = owned_store(d, w->o, w->cb, w->arg);
+    if (err && w->cb) w->cb(d, err, 0, w->arg);
+    free(w);
+  }
+}
+
+static void join_waits_fail(dht_t *d) {
+  join_wait_t *w = d->join_waits;
+  d->join_waits = NULL;
+  for (join_wait_t *next; w; w = next) {
+    next = w->next;
+    if (w->cb) w->cb(d, DHT_ECLOSING, 0, w->arg);
+    free(w);
+  }
+}
+
 int dht_put(dht_t *d, const char *name, const char *vid, uint8_t kind, const void *body,
             size_t len, uint32_t ttl_s, dht_put_cb cb, void *arg) {
   if (d->closed || d->leaving) return DHT_ECLOSING;
@@ -620,7 +662,7 @@ int dht_put(dht_t *d, const char *name, const char *vid, uint8_t kind, const voi
   int err = owned_set(d, name, vid, kind, 0, body, len, ttl_s, &o);
   if (err) return err;
   d->stats.puts++;
-  return owned_store(d, o, cb, arg);
+  return owned_store_or_wait(d, o, cb, arg);
 }
 
 int dht_remove(dht_t *d, const char *name, const char *vid, dht_put_cb cb, void *arg) {
@@ -639,10 +681,11 @@ int dht_remove(dht_t *d, const char *name, const char *vid, dht_put_cb cb, void 
   uint64_t now = uv_now(d->loop);
   uint32_t ttl = o->expires > now ? (uint32_t)((o->expires - now + 999) / 1000) : 1;
   int err = owned_set(d, name, vid, o->kind, PROTO_VF_TOMBSTONE, NULL, 0, ttl, &o);
-  return err ? err : owned_store(d, o, cb, arg);
+  return err ? err : owned_store_or_wait(d, o, cb, arg);
 }
 
 void dht__owned_refresh_all(dht_t *d) {
+  if (!d->joined) return; /* dht__owned_joined() sends them */
   uint64_t now = uv_now(d->loop);
   for (size_t b = 0; b < d->owned_nb; b++) {
     for (dht__owned_t **pp = &d->owned[b]; *pp;) {
@@ -661,141 +704,222 @@ void dht__owned_refresh_all(dht_t *d) {
 
 /* Get ------------------------------------------------------------------------ */
 
+/* A get asks the key's primary and its first replica at once and merges
+ * their answers by value id, the higher sequence number winning, so that a
+ * tombstone on one beats a stale live copy on the other (a node that has
+ * just left the replica set, or missed the removal).  An answer holding
+ * anything for the key, tombstones included, is authoritative: only while
+ * every answer is empty (a node that joined a moment ago) are the next
+ * replicas asked, one at a time.  A node whose answer lacked the winning
+ * version of some value gets the merged set back (read repair), so the
+ * newer value or tombstone goes where the stale one was served. */
+#define GET_PARALLEL 2
+
+typedef struct get_op get_op_t;
+
 typedef struct {
+  get_op_t *g;
+  uint8_t *body; /* a copy of the answer, a STORE-encoded body; NULL: none */
+  size_t len;
+} get_answer_t;
+
+struct get_op {
   dht_t *d;
   dht_id_t key;
   dht_node_t targets[GET_TRIES];
-  int n_targets, next, hops, empty_answers;
-  bool empty_at[GET_TRIES]; /* targets that answered with nothing */
+  get_answer_t ans[GET_TRIES];
+  int n_targets, next, waiting, hops;
   dht_get_cb cb;
   void *arg;
-} get_op_t;
+};
 
-static void get_next(get_op_t *g);
-static void read_repair(get_op_t *g, const uint8_t *body, size_t len);
-
-/* Hand the live values of a STORE-encoded body to the caller. */
-static void get_deliver(get_op_t *g, const proto_store_t *s) {
-  /* Value ids are copied out to be NUL-terminated; both arrays live on the
-   * heap, sized by the values actually present, to keep the stack small. */
-  size_t cap = s ? s->count : 0, n = 0;
-  dht_value_t *vals = cap ? calloc(cap, sizeof(*vals)) : NULL;
-  char *vids = cap ? malloc(cap * (PROTO_MAX_VALUE_ID + 1)) : NULL;
-  if (cap && (!vals || !vids)) cap = 0;
-  proto_cur_t it = s ? s->values : (proto_cur_t){0};
+typedef struct {
   proto_value_t v;
-  while (n < cap && proto_value_next(&it, &v) == 1) {
-    if (v.flags & PROTO_VF_TOMBSTONE) continue;
-    char *vid = vids + n * (PROTO_MAX_VALUE_ID + 1);
-    memcpy(vid, v.vid, v.vid_len);
-    vid[v.vid_len] = '\0';
-    vals[n] = (dht_value_t){.vid = vid, .kind = v.kind, .seq = v.seq, .expires_in = v.ttl,
-                            .body = v.body, .body_len = v.body_len};
-    memcpy(vals[n].owner.b, v.owner, DHT_ID_LEN);
-    n++;
-  }
-  g->cb(g->d, DHT_OK, vals, n, g->hops, g->arg);
-  free(vals);
-  free(vids);
-  free(g);
+  unsigned holders; /* answers that hold exactly this version (bit per target) */
+} merged_t;
+
+static int merged_cmp(const void *a, const void *b) {
+  const proto_value_t *x = &((const merged_t *)a)->v, *y = &((const merged_t *)b)->v;
+  size_t n = x->vid_len < y->vid_len ? x->vid_len : y->vid_len;
+  int c = memcmp(x->vid, y->vid, n);
+  if (c || x->vid_len != y->vid_len) return c ? c : (x->vid_len < y->vid_len ? -1 : 1);
+  if (x->seq != y->seq) return x->seq > y->seq ? -1 : 1;
+  return x->ttl > y->ttl ? -1 : x->ttl < y->ttl;
 }
 
-static size_t live_count(const proto_store_t *s) {
-  proto_cur_t it = s->values;
-  proto_value_t v;
+/* The newest version of every value id in the answers; returns the count
+ * (0 with *out NULL when there is nothing, -ENOMEM). */
+static int get_merge(get_op_t *g, merged_t **out) {
+  size_t total = 0;
+  proto_store_t s[GET_TRIES];
+  for (int i = 0; i < g->next; i++)
+    if (g->ans[i].body && proto_store_decode(g->ans[i].body, g->ans[i].len, &s[i]) == 0) total += s[i].count;
+    else s[i].count = 0;
+  *out = NULL;
+  if (total == 0) return 0;
+  merged_t *m = malloc(total * sizeof(*m));
+  if (!m) return -ENOMEM;
   size_t n = 0;
-  while (proto_value_next(&it, &v) == 1) n += !(v.flags & PROTO_VF_TOMBSTONE);
-  return n;
+  for (int i = 0; i < g->next; i++) {
+    proto_cur_t it = s[i].values;
+    while (s[i].count && n < total && proto_value_next(&it, &m[n].v) == 1) m[n++].holders = 1u << i;
+  }
+  qsort(m, n, sizeof(*m), merged_cmp);
+  size_t w = 0;
+  for (size_t r = 0; r < n; r++) {
+    const proto_value_t *x = &m[r].v;
+    if (w && x->vid_len == m[w - 1].v.vid_len && memcmp(x->vid, m[w - 1].v.vid, x->vid_len) == 0) {
+      if (x->seq == m[w - 1].v.seq) m[w - 1].holders |= m[r].holders;
+      continue;
+    }
+    m[w++] = m[r];
+  }
+  *out = m;
+  return (int)w;
 }
 
-/* Read repair: the targets asked before this one answered with nothing
- * (a node that just joined, or restarted with its old id); give them what
- * this one holds, tombstones included. */
-static void read_repair(get_op_t *g, const uint8_t *body, size_t len) {
+/* Give the merged set to every node that answered without the newest
+ * version of some value. */
+static void get_repair(get_op_t *g, const merged_t *m, int n) {
   dht_t *d = g->d;
-  uint8_t *copy = malloc(len);
-  if (!copy) return;
-  memcpy(copy, body, len);
-  copy[PROTO_ID_LEN] = PROTO_STORE_REPLICA;
-  for (int i = 0; i < g->next - 1; i++) {
-    if (!g->empty_at[i]) continue;
+  unsigned all = ~0u;
+  for (int i = 0; i < n; i++) all &= m[i].holders;
+  size_t cap = PROTO_ID_LEN + 3;
+  for (int i = 0; i < n; i++) cap += 64 + m[i].v.vid_len + m[i].v.body_len;
+  uint8_t *buf = NULL;
+  long len = -1;
+  for (int i = 0; i < g->next; i++) {
+    if (!g->ans[i].body || (all & (1u << i))) continue;
+    if (!buf) {
+      if (!(buf = malloc(cap))) return;
+      proto_wcur_t w = {buf, buf + cap, 0};
+      proto_store_begin(&w, g->key.b, PROTO_STORE_REPLICA);
+      for (int j = 0; j < n; j++) proto_store_add(&w, &m[j].v);
+      len = proto_store_end(&w, buf);
+    }
+    if (len <= 0 || len > PROTO_MAX_BODY) break;
     if (is_self(d, &g->targets[i])) {
       proto_store_t s;
-      if (proto_store_decode(copy, len, &s) == 0) apply_store(d, &s);
+      if (proto_store_decode(buf, (size_t)len, &s) == 0) apply_store(d, &s);
     } else {
-      dht__rpc_call(d, &g->targets[i].addr, PROTO_STORE, copy, len, on_replica_stored_ignore, NULL);
+      dht__rpc_call(d, &g->targets[i].addr, PROTO_STORE, buf, (size_t)len, on_replica_stored_ignore, NULL);
     }
   }
-  free(copy);
-}
-
-static void on_fetch_r(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer, void *arg) {
-  get_op_t *g = arg;
-  proto_store_t s;
-  if (status || proto_store_decode(f->body, f->body_len, &s)) {
-    get_next(g);
-    return;
-  }
-  /* An empty answer may come from a node that joined a moment ago or
-   * restarted: ask the other replicas before saying there is nothing. */
-  if (live_count(&s) == 0) {
-    g->empty_answers++;
-    g->empty_at[g->next - 1] = true;
-    if (g->next < g->n_targets) {
-      get_next(g);
-      return;
-    }
-  } else if (g->empty_answers) {
-    read_repair(g, f->body, f->body_len);
-  }
-  get_deliver(g, &s);
-}
-
-static void get_local(get_op_t *g) {
-  dht_t *d = g->d;
-  dht__key_t *k = dht__store_find(&d->store, &g->key);
-  if (!k || dht__store_live_in(k, uv_now(d->loop)) == 0) {
-    g->empty_answers++;
-    g->empty_at[g->next - 1] = true;
-    if (g->next < g->n_targets) {
-      get_next(g);
-      return;
-    }
-    get_deliver(g, NULL);
-    return;
-  }
-  size_t cap = dht__store_encoded_size(k);
-  uint8_t *buf = malloc(cap);
-  proto_store_t s;
-  long n = buf ? dht__store_encode(k, 0, uv_now(d->loop), buf, cap) : -1;
-  if (n < 0 || proto_store_decode(buf, (size_t)n, &s)) {
-    free(buf);
-    get_next(g);
-    return;
-  }
-  if (g->empty_answers) read_repair(g, buf, (size_t)n);
-  get_deliver(g, &s);
   free(buf);
 }
 
-static void get_next(get_op_t *g) {
-  dht_t *d = g->d;
-  while (g->next < g->n_targets && !d->closed) {
-    const dht_node_t *t = &g->targets[g->next++];
-    if (is_self(d, t)) {
-      get_local(g);
-      return;
-    }
-    uint8_t buf[PROTO_ID_LEN];
-    memcpy(buf, g->key.b, PROTO_ID_LEN);
-    if (dht__rpc_call(d, &t->addr, PROTO_FETCH, buf, sizeof(buf), on_fetch_r, g) == 0) return;
-  }
-  if (g->empty_answers) {
-    get_deliver(g, NULL);
+static void get_free(get_op_t *g) {
+  for (int i = 0; i < g->next; i++) free(g->ans[i].body);
+  free(g);
+}
+
+/* Hand the live values of the merged answers to the caller. */
+static void get_deliver(get_op_t *g) {
+  merged_t *m;
+  int n = get_merge(g, &m);
+  dht_value_t *vals = n > 0 ? calloc((size_t)n, sizeof(*vals)) : NULL;
+  char *vids = n > 0 ? malloc((size_t)n * (PROTO_MAX_VALUE_ID + 1)) : NULL;
+  if (n < 0 || (n > 0 && (!vals || !vids))) {
+    free(vals);
+    free(vids);
+    free(m);
+    g->cb(g->d, -ENOMEM, NULL, 0, g->hops, g->arg);
+    get_free(g);
     return;
   }
-  g->cb(d, DHT_ETIMEDOUT, NULL, 0, g->hops, g->arg);
-  free(g);
+  get_repair(g, m, n);
+  size_t k = 0;
+  for (int i = 0; i < n; i++) {
+    const proto_value_t *v = &m[i].v;
+    if (v->flags & PROTO_VF_TOMBSTONE) continue;
+    char *vid = vids + k * (PROTO_MAX_VALUE_ID + 1);
+    memcpy(vid, v->vid, v->vid_len);
+    vid[v->vid_len] = '\0';
+    vals[k] = (dht_value_t){.vid = vid, .kind = v->kind, .seq = v->seq, .expires_in = v->ttl,
+                            .body = v->body, .body_len = v->body_len};
+    memcpy(vals[k].owner.b, v->owner, DHT_ID_LEN);
+    k++;
+  }
+  g->cb(g->d, DHT_OK, vals, k, g->hops, g->arg);
+  free(vals);
+  free(vids);
+  free(m);
+  get_free(g);
+}
+
+static bool answer_has_values(const get_answer_t *a) {
+  proto_store_t s;
+  return a->body && proto_store_decode(a->body, a->len, &s) == 0 && s.count > 0;
+}
+
+static void get_ask(get_op_t *g, int i);
+
+/* Every question out so far is answered (or failed). */
+static void get_settle(get_op_t *g) {
+  bool any = false, values = false;
+  for (int i = 0; i < g->next; i++) {
+    any |= g->ans[i].body != NULL;
+    values |= answer_has_values(&g->ans[i]);
+  }
+  if (!values && g->next < g->n_targets && !g->d->closed) {
+    g->waiting = 1;
+    get_ask(g, g->next++);
+    return;
+  }
+  if (any) {
+    get_deliver(g);
+    return;
+  }
+  g->cb(g->d, DHT_ETIMEDOUT, NULL, 0, g->hops, g->arg);
+  get_free(g);
+}
+
+static void get_answered(get_answer_t *a, const uint8_t *body, size_t len) {
+  get_op_t *g = a->g;
+  if (body && (a->body = malloc(len ? len : 1))) {
+    memcpy(a->body, body, len);
+    a->len = len;
+  }
+  if (--g->waiting == 0) get_settle(g);
+}
+
+static void on_fetch_r(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer, void *arg) {
+  proto_store_t s;
+  bool ok = status == 0 && proto_store_decode(f->body, f->body_len, &s) == 0 &&
+            memcmp(s.key, ((get_answer_t *)arg)->g->key.b, PROTO_ID_LEN) == 0;
+  get_answered(arg, ok ? f->body : NULL, ok ? f->body_len : 0);
+}
+
+/* Our own answer, encoded as a peer's would be. */
+static void get_local(get_answer_t *a) {
+  dht_t *d = a->g->d;
+  dht__key_t *k = dht__store_find(&d->store, &a->g->key);
+  uint8_t small[PROTO_ID_LEN + 3];
+  size_t cap = k ? dht__store_encoded_size(k) : sizeof(small);
+  uint8_t *buf = k ? malloc(cap) : small;
+  long n = -1;
+  if (k && buf) {
+    n = dht__store_encode(k, 0, uv_now(d->loop), buf, cap);
+  } else if (!k) {
+    proto_wcur_t w = {buf, buf + cap, 0};
+    proto_store_begin(&w, a->g->key.b, 0);
+    n = proto_store_end(&w, buf);
+  }
+  get_answered(a, n >= 0 ? buf : NULL, n >= 0 ? (size_t)n : 0);
+  if (k) free(buf);
+}
+
+/* Ask target i; the answer arrives through get_answered(), which may run
+ * before this returns (our own store, or a call that fails at once). */
+static void get_ask(get_op_t *g, int i) {
+  get_answer_t *a = &g->ans[i];
+  a->g = g;
+  if (is_self(g->d, &g->targets[i])) {
+    get_local(a);
+    return;
+  }
+  if (dht__rpc_call(g->d, &g->targets[i].addr, PROTO_FETCH, g->key.b, PROTO_ID_LEN, on_fetch_r, a))
+    get_answered(a, NULL, 0);
 }
 
 static void on_get_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, int hops,
@@ -809,7 +933,10 @@ static void on_get_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, 
   }
   g->n_targets = n < GET_TRIES ? n : GET_TRIES;
   memcpy(g->targets, nodes, (size_t)g->n_targets * sizeof(*nodes));
-  get_next(g);
+  int first = g->n_targets < GET_PARALLEL ? g->n_targets : GET_PARALLEL;
+  g->waiting = first + 1; /* held until every question is out */
+  while (g->next < first) get_ask(g, g->next++);
+  if (--g->waiting == 0) get_settle(g);
 }
 
 int dht_get(dht_t *d, const char *name, dht_get_cb cb, void *arg) {
@@ -952,7 +1079,28 @@ void dht__repl_handover(dht_t *d, const dht_node_t *to, int n_to, dht__rpc_cb cb
   d->handover_sent = p.sent;
 }
 
+/* A node that leaves a key's replica set (a node joined in front of it)
+ * is told nothing, and its copy would otherwise stay until the values
+ * expire, ready to be served stale.  Every replica hears of each key it
+ * holds at least every second refresh interval (the primary's push), so a
+ * key nobody has stored here for five intervals is not ours to keep.  With
+ * no predecessor known we cannot tell, and keep everything. */
+#define REPLICA_LEASE_REFRESHES 5
+
+static bool key_stale(const dht__key_t *k, void *arg) {
+  dht_t *d = arg;
+  uint64_t now = uv_now(d->loop), lease = (uint64_t)d->refresh_ms * REPLICA_LEASE_REFRESHES;
+  return now - k->confirmed > lease && !dht__is_primary(d, &k->key);
+}
+
+void dht__repl_drop_stale(dht_t *d) {
+  if (!d->has_pred || d->leaving) return;
+  size_t n = dht__store_drop_keys(&d->store, key_stale, d);
+  if (n) log_info("dropped %zu keys this node no longer replicates", n);
+}
+
 void dht__ops_close(dht_t *d) {
+  join_waits_fail(d);
   for (size_t b = 0; b < d->owned_nb; b++) {
     for (dht__owned_t *o = d->owned[b], *next; o; o = next) {
       next = o->next;

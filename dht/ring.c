@@ -593,6 +593,11 @@ int dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const
 
 /* Join --------------------------------------------------------------------- */
 
+static void set_joined(dht_t *d) {
+  d->joined = true;
+  dht__owned_joined(d);
+}
+
 static void join_retry(dht_t *d);
 
 static void on_join_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, int hops,
@@ -624,6 +629,7 @@ static void on_join_lookup(dht_t *d, int status, const dht_node_t *nodes, int n,
   send_self(d, &d->succ[0], PROTO_JOIN, NULL, NULL);
   dht__ring_changed(d);
   stabilize(d);
+  dht__owned_joined(d);
 }
 
 static int join_attempt;
@@ -642,7 +648,7 @@ static void on_bootstrap_ping(dht_t *d, int status, const proto_frame_t *f, cons
   dht_node_t b;
   dht__node_from_proto(&pn, &b);
   if (is_self(d, &b)) { /* we are our own bootstrap: a new ring */
-    d->joined = true;
+    set_joined(d);
     dht__ring_changed(d);
     return;
   }
@@ -664,7 +670,7 @@ static void join_retry(dht_t *d) {
 void dht__ring_start(dht_t *d) {
   d->stab_interval = d->stab_min;
   if (d->n_bootstrap == 0) {
-    d->joined = true;
+    set_joined(d);
     log_info("started a new ring");
     stab_schedule(d, d->stab_min);
     return;

@@ -133,6 +133,7 @@ int dht__store_apply(dht__store_t *s, const dht_id_t *key, const proto_value_t *
   if (memchr(in->vid, '\0', in->vid_len)) return 0;
   dht__key_t *k = key_get(s, key);
   if (!k) return 0;
+  k->confirmed = now;
   dht__value_t *v = value_find(k, in->vid, in->vid_len);
   if (v) {
     uint64_t exp = now + (uint64_t)in->ttl * 1000;
@@ -183,6 +184,20 @@ size_t dht__store_sweep(dht__store_t *s, uint64_t now) {
   return dropped;
 }
 
+size_t dht__store_drop_keys(dht__store_t *s, bool (*drop)(const dht__key_t *k, void *arg), void *arg) {
+  size_t n = 0;
+  for (size_t b = 0; b < s->nbuckets; b++) {
+    for (dht__key_t *k = s->buckets[b], *next; k; k = next) {
+      next = k->next;
+      if (!drop(k, arg)) continue;
+      s->nvalues -= (size_t)k->n;
+      unlink_key(s, k);
+      n++;
+    }
+  }
+  return n;
+}
+
 void dht__store_each(dht__store_t *s, void (*fn)(dht__key_t *k, void *arg), void *arg) {
   for (size_t b = 0; b < s->nbuckets; b++)
     for (dht__key_t *k = s->buckets[b]; k; k = k->next) fn(k, arg);
@@ -216,13 +231,16 @@ long dht__store_encode(const dht__key_t *k, uint8_t flags, uint64_t now, uint8_t
   proto_store_begin(&w, k->key.b, flags);
   for (int i = 0; i < k->n; i++) {
     const dht__value_t *v = &k->values[i];
-    if (v->expires <= now) continue;
-    /* Round the remaining life up so that a value never arrives already
-     * expired at a node whose sweep runs a little earlier. */
+    /* Round the remaining life down, and leave out what has less than a
+     * second: a copy must never outlive its original.  Rounding up let two
+     * replicas that read repair kept in step extend each other's copy of a
+     * value whose owner had died, a second at a time, for as long as
+     * someone kept reading it. */
+    if (v->expires < now + 1000) continue;
     proto_value_t pv = {
         .vid = (const uint8_t *)v->vid, .vid_len = (uint8_t)strlen(v->vid),
         .kind = v->kind, .flags = v->flags, .seq = v->seq,
-        .ttl = (uint32_t)((v->expires - now + 999) / 1000),
+        .ttl = (uint32_t)((v->expires - now) / 1000),
         .body = v->body, .body_len = v->body_len,
     };
     memcpy(pv.owner, v->owner.b, DHT_ID_LEN);

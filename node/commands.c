@@ -290,6 +290,22 @@ static json_t *cmd_turn_credentials(node_t *n, json_t *req) {
   return cred;
 }
 
+/* remove ------------------------------------------------------------------ */
+
+static json_t *cmd_remove(node_t *n, json_t *req, node_reply_fn reply, void *arg) {
+  json_t *vid = json_object_get(req, "value_id");
+  pending_t *p = pending_new(n, reply, arg);
+  int err = p ? dht_remove(n->dht, json_string_value(json_object_get(req, "key")),
+                           vid ? json_string_value(vid) : NULL, on_put, p)
+              : -ENOMEM;
+  if (err) {
+    free(p);
+    return fail("remove: %s", err == -ENOENT ? "this node put no such value (only its owner may remove it)"
+                                             : dht_strerror(err));
+  }
+  return NULL;
+}
+
 /* dispatch ---------------------------------------------------------------- */
 
 const char *const node_role_commands[] = {"sip", "registrations", "relay", NULL};
@@ -307,6 +323,8 @@ void node_admin_dispatch(node_t *n, json_t *req, node_reply_fn reply, void *arg)
       r = cmd_put(n, req, reply, arg);
     } else if (strcmp(c, "get") == 0) {
       r = cmd_get(n, req, reply, arg);
+    } else if (strcmp(c, "remove") == 0) {
+      r = cmd_remove(n, req, reply, arg);
     } else if (strcmp(c, "lookup") == 0) {
       r = cmd_lookup(n, req, reply, arg);
     } else if (strcmp(c, "stats") == 0) {

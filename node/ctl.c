@@ -20,6 +20,7 @@ static void usage(FILE *f) {
              "  status                 the node's id, ring neighbours, fingers, roles\n"
              "  put KEY JSON [TTL]     store a JSON value under KEY (TTL seconds, default 3600)\n"
              "  get KEY                the values stored under KEY\n"
+             "  remove KEY [VALUE_ID]  withdraw a value this node put (default value id: the node's id)\n"
              "  lookup KEY             the node responsible for KEY, and the path to it\n"
              "  stats                  message, lookup and memory counters\n"
              "  leave                  leave the overlay gracefully and exit\n"
@@ -52,9 +53,13 @@ static json_t *build(int argc, char **argv) {
   if (strcmp(cmd, "turn-credentials") == 0 && (argc == 2 || argc == 3))
     return json_pack("{s:s, s:s, s:I}", "cmd", cmd, "user", argv[1], "ttl",
                      (json_int_t)(argc == 3 ? strtol(argv[2], NULL, 10) : 86400));
+  if (strcmp(cmd, "remove") == 0 && (argc == 2 || argc == 3))
+    return argc == 2 ? json_pack("{s:s, s:s}", "cmd", cmd, "key", argv[1])
+                     : json_pack("{s:s, s:s, s:s}", "cmd", cmd, "key", argv[1], "value_id", argv[2]);
   if ((strcmp(cmd, "get") == 0 || strcmp(cmd, "lookup") == 0) && argc == 2)
     return json_pack("{s:s, s:s}", "cmd", cmd, "key", argv[1]);
-  if (argc == 1 && strcmp(cmd, "put") && strcmp(cmd, "get") && strcmp(cmd, "lookup") && strcmp(cmd, "raw"))
+  if (argc == 1 && strcmp(cmd, "put") && strcmp(cmd, "get") && strcmp(cmd, "lookup") && strcmp(cmd, "remove") &&
+      strcmp(cmd, "raw"))
     return json_pack("{s:s}", "cmd", cmd);
   return NULL;
 }

@@ -18,6 +18,16 @@ static int need_key(json_t *req, const char *cmd, char *err, size_t len) {
   return -1;
 }
 
+/* An optional value id: 1 to 255 bytes, no NUL. */
+static int check_vid(json_t *vid, const char *cmd, char *err, size_t len) {
+  if (vid && (!json_is_string(vid) || json_string_length(vid) == 0 || json_string_length(vid) > 255 ||
+              strlen(json_string_value(vid)) != json_string_length(vid))) {
+    snprintf(err, len, "%s: \"value_id\" must be a string of 1 to 255 bytes", cmd);
+    return -1;
+  }
+  return 0;
+}
+
 static int check_put(json_t *req, char *err, size_t len) {
   if (need_key(req, "put", err, len)) return -1;
   json_t *ttl = json_object_get(req, "ttl"), *vid = json_object_get(req, "value_id");
@@ -29,12 +39,12 @@ static int check_put(json_t *req, char *err, size_t len) {
     snprintf(err, len, "put: \"ttl\" must be an integer number of seconds, 1 to %d", MAX_TTL);
     return -1;
   }
-  if (vid && (!json_is_string(vid) || json_string_length(vid) == 0 || json_string_length(vid) > 255 ||
-              strlen(json_string_value(vid)) != json_string_length(vid))) {
-    snprintf(err, len, "put: \"value_id\" must be a string of 1 to 255 bytes");
-    return -1;
-  }
-  return 0;
+  return check_vid(vid, "put", err, len);
+}
+
+static int check_remove(json_t *req, char *err, size_t len) {
+  if (need_key(req, "remove", err, len)) return -1;
+  return check_vid(json_object_get(req, "value_id"), "remove", err, len);
 }
 
 static int check_key(json_t *req, char *err, size_t len) {
@@ -65,7 +75,7 @@ static const struct {
   const char *name;
   int (*check)(json_t *req, char *err, size_t len);
 } core_commands[] = {
-    {"status", check_none}, {"put", check_put},    {"get", check_key},
+    {"status", check_none}, {"put", check_put},    {"get", check_key}, {"remove", check_remove},
     {"lookup", check_key},  {"stats", check_none}, {"leave", check_none},
     {"relays", check_none}, {"turn-credentials", check_turn_cred},
 };
