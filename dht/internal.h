@@ -92,6 +92,10 @@ typedef void (*dht__rpc_cb)(dht_t *d, int status, const proto_frame_t *frame,
                             const dht_node_t *peer, void *arg);
 
 int dht__rpc_listen(dht_t *d);
+/* Bind t, before it connects to `to`, to our listen address when that is a
+ * specific one, so that the peer sees us at the address we publish (a host
+ * with several addresses would otherwise pick the route's source). */
+int dht__bind_source(dht_t *d, uv_tcp_t *t, const struct sockaddr_storage *to);
 /* Send a request to addr and call cb with its response.  Returns 0 or a
  * negative code (then cb is never called).  Returns before sending. */
 int dht__rpc_call(dht_t *d, const struct sockaddr_storage *addr, uint8_t type,

@@ -72,7 +72,8 @@ int dht__reach_answer(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
   p->tcp.data = p->timer.data = p->req.data = p;
   p->closing = 0;
   uv_timer_start(&p->timer, on_probe_timeout, REACH_CONNECT_MS, 0);
-  if (uv_tcp_connect(&p->req, &p->tcp, (const struct sockaddr *)&to, on_probe_connect))
+  if (dht__bind_source(d, &p->tcp, &to) ||
+      uv_tcp_connect(&p->req, &p->tcp, (const struct sockaddr *)&to, on_probe_connect))
     probe_finish(p, 0);
   return 0;
 }

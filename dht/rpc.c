@@ -382,6 +382,21 @@ static void on_connect(uv_connect_t *req, int status) {
   }
 }
 
+int dht__bind_source(dht_t *d, uv_tcp_t *t, const struct sockaddr_storage *to) {
+  struct sockaddr_storage src = d->self.addr;
+  if (src.ss_family != to->ss_family) return 0;
+  if (src.ss_family == AF_INET) {
+    struct sockaddr_in *a = (struct sockaddr_in *)&src;
+    if (a->sin_addr.s_addr == htonl(INADDR_ANY)) return 0;
+    a->sin_port = 0;
+  } else {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&src;
+    if (IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr)) return 0;
+    a->sin6_port = 0;
+  }
+  return uv_tcp_bind(t, (const struct sockaddr *)&src, 0);
+}
+
 static dht__conn_t *conn_to(dht_t *d, const struct sockaddr_storage *addr) {
   for (dht__conn_t *c = d->conns; c; c = c->next)
     if (!c->closing && (c->outgoing || c->have_peer) && addr_eq(&c->addr, addr)) return c;
@@ -389,7 +404,8 @@ static dht__conn_t *conn_to(dht_t *d, const struct sockaddr_storage *addr) {
   if (!c) return NULL;
   c->addr = *addr;
   c->remote = *addr;
-  int err = uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)addr, on_connect);
+  int err = dht__bind_source(d, &c->tcp, addr);
+  if (!err) err = uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)addr, on_connect);
   if (err) {
     conn_close(c, uv_strerror(err));
     return NULL;
