@@ -101,6 +101,36 @@ static size_t issue(const test_ca_t *t, const dht_cert_info_t *w, X509 **x, EVP_
   return (size_t)n;
 }
 
+/* A CA for overlay with t's key and subject name: one an operator must
+ * never make.  Free only its .ca. */
+static test_ca_t reuse_key(const test_ca_t *t, const char *overlay) {
+  X509 *x;
+  EVP_PKEY *unused;
+  test_ca_t r = {NULL, t->key};
+  ASSERT_OK(dht_cert_ca_create(overlay, keytype, now - DAY, now + DAY, &x, &unused, err,
+                               sizeof err));
+  const EVP_MD *md = keytype == DHT_CERT_ED25519 ? NULL : EVP_sha256();
+  X509_NAME *name = X509_get_subject_name(dht_cert_ca_x509(t->ca));
+  ASSERT(X509_set_subject_name(x, name) && X509_set_issuer_name(x, name));
+  ASSERT(X509_set_pubkey(x, t->key) && X509_sign(x, t->key, md) > 0);
+  ASSERT_OK(dht_cert_ca_new(x, NULL, &r.ca, err, sizeof err));
+  X509_free(x);
+  EVP_PKEY_free(unused);
+  return r;
+}
+
+/* OpenSSL alone accepts x as issued by t's CA. */
+static int chain_verifies(const test_ca_t *t, X509 *x) {
+  X509_STORE *st = X509_STORE_new();
+  X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+  ASSERT(st && ctx && X509_STORE_add_cert(st, dht_cert_ca_x509(t->ca)));
+  ASSERT(X509_STORE_CTX_init(ctx, st, x, NULL));
+  int ok = X509_verify_cert(ctx) == 1;
+  X509_STORE_CTX_free(ctx);
+  X509_STORE_free(st);
+  return ok;
+}
+
 static dht_cert_creds_t *creds_of(const test_ca_t *t, const dht_cert_info_t *w) {
   X509 *x;
   EVP_PKEY *k;
@@ -239,28 +269,18 @@ static void test_verify(void) {
   X509_free(x);
   EVP_PKEY_free(k);
 
-  /* Our CA's key reused for another overlay: a CA certificate for
-   * other.test with the same key; what it issues verifies as a chain, and
-   * the overlay check is what refuses it. */
-  X509 *ox;
-  dht_cert_ca_t *oca;
-  EVP_PKEY *unused;
-  ASSERT_OK(dht_cert_ca_create("other.test", keytype, now - DAY, now + DAY, &ox, &unused, err,
-                               sizeof err));
-  const EVP_MD *md = keytype == DHT_CERT_ED25519 ? NULL : EVP_sha256();
-  ASSERT(X509_set_pubkey(ox, t.key) && X509_sign(ox, t.key, md) > 0);
-  ASSERT_OK(dht_cert_ca_new(ox, NULL, &oca, err, sizeof err));
-  test_ca_t reuse = {oca, t.key};
+  /* Our CA's key and name reused for another overlay: what that CA
+   * issues verifies as a chain, and the overlay check is what refuses it. */
+  test_ca_t reuse = reuse_key(&t, "other.test");
   dht_cert_info_t wo = node_info(0x11, "other.test");
   n = issue(&reuse, &wo, &x, &k, der);
+  ASSERT(chain_verifies(&t, x));
   ASSERT_REFUSED(dht_cert_check(t.ca, der, n, &c, err, sizeof err),
                  "of overlay other.test, not overlay.test");
-  ASSERT_OK(dht_cert_check(oca, der, n, &c, err, sizeof err));
+  ASSERT_OK(dht_cert_check(reuse.ca, der, n, &c, err, sizeof err));
   X509_free(x);
   EVP_PKEY_free(k);
-  dht_cert_ca_free(oca);
-  X509_free(ox);
-  EVP_PKEY_free(unused);
+  dht_cert_ca_free(reuse.ca);
 
   /* Expired, and not yet valid. */
   dht_cert_info_t we = node_info(0x22, OVERLAY);
@@ -528,6 +548,35 @@ static void pair_talk(tls_pair_t *p) {
   ASSERT_EQ(b, 'y');
 }
 
+/* A client context that presents any certificate, as an attacker's would. */
+static SSL_CTX *raw_ctx(const test_ca_t *t, const dht_cert_info_t *w) {
+  X509 *x;
+  EVP_PKEY *k;
+  uint8_t der[DHT_CERT_MAX_DER];
+  issue(t, w, &x, &k, der);
+  SSL_CTX *ctx = SSL_CTX_new(TLS_method());
+  ASSERT(ctx && SSL_CTX_use_certificate(ctx, x) == 1 && SSL_CTX_use_PrivateKey(ctx, k) == 1);
+  X509_free(x);
+  EVP_PKEY_free(k);
+  return ctx;
+}
+
+/* A server of our overlay refuses the client for the reason want (an
+ * X509_V_ERR_*); the client learns on its first read (TLS 1.3). */
+static void refused_by_server(SSL_CTX *client, SSL_CTX *server, long want) {
+  tls_pair_t p;
+  dht_id_t id;
+  uint8_t byte;
+  pair_new(&p, client, server);
+  pair_run(&p);
+  ASSERT_EQ(p.s_done, -1);
+  ASSERT_EQ(SSL_get_verify_result(p.s), want);
+  ASSERT_EQ(dht_cert_peer_id(p.s, &id), -EACCES);
+  ASSERT(SSL_read(p.c, &byte, 1) <= 0);
+  ERR_clear_error();
+  pair_free(&p);
+}
+
 static SSL_CTX *ctx_of(test_ca_t *t, dht_cert_creds_t *self) {
   SSL_CTX *ctx;
   ASSERT_OK(dht_cert_tls_ctx(t->ca, self, &ctx, err, sizeof err));
@@ -556,21 +605,28 @@ static void test_tls(void) {
   pair_talk(&p);
   pair_free(&p);
 
-  /* A client of another CA: the server refuses it, and the client, whose
-   * handshake completed first (TLS 1.3), learns on its first read. */
-  pair_new(&p, cm, cb);
-  pair_run(&p);
-  ASSERT_EQ(p.s_done, -1);
-  ASSERT_EQ(dht_cert_peer_id(p.s, &id), -EACCES);
-  uint8_t byte;
-  ASSERT(SSL_read(p.c, &byte, 1) <= 0);
-  ERR_clear_error();
-  pair_free(&p);
+  /* Clients the server refuses (clients that do not check the server, so
+   * the server's check is the one that fails): a node of another CA; a
+   * node of another overlay whose CA reused our CA's key and name; a user
+   * of our overlay; no certificate at all. */
+  test_ca_t reuse = reuse_key(&t, "other.test");
+  dht_cert_info_t io = node_info(0xc3, "other.test"), iu = user_info("mallory");
+  SSL_CTX *raw[] = {raw_ctx(&other, &ia), raw_ctx(&reuse, &io), raw_ctx(&t, &iu),
+                    SSL_CTX_new(TLS_method())};
+  /* The second and third pass OpenSSL's chain check; ours refuses them. */
+  long why[] = {X509_V_ERR_CERT_SIGNATURE_FAILURE, X509_V_ERR_APPLICATION_VERIFICATION,
+                X509_V_ERR_APPLICATION_VERIFICATION, X509_V_OK};
+  for (int i = 0; i < 4; i++) {
+    refused_by_server(raw[i], cb, why[i]);
+    SSL_CTX_free(raw[i]);
+  }
+  dht_cert_ca_free(reuse.ca);
 
   /* A server of another CA: the client refuses it. */
   pair_new(&p, ca_, cm);
   pair_run(&p);
   ASSERT_EQ(p.c_done, -1);
+  ASSERT_EQ(SSL_get_verify_result(p.c), X509_V_ERR_CERT_SIGNATURE_FAILURE);
   ASSERT_EQ(dht_cert_peer_id(p.c, &id), -EACCES);
   pair_free(&p);
 
