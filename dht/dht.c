@@ -6,6 +6,9 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include <openssl/ssl.h>
+
+#include "dht/cert.h"
 #include "dht/internal.h"
 #include "dht/log.h"
 
@@ -64,6 +67,7 @@ static int config_check(const dht_config_t *cfg) {
   if (cfg->replicas < 1 || cfg->replicas > DHT_MAX_SUCC) return -EINVAL;
   if (cfg->succ_list && (cfg->succ_list < 3 || cfg->succ_list > DHT_MAX_SUCC)) return -EINVAL;
   if (cfg->n_bootstrap < 0) return -EINVAL;
+  if (!cfg->ca != !cfg->creds || (cfg->ca && cfg->node_id)) return -EINVAL;
   return 0;
 }
 
@@ -99,7 +103,18 @@ int dht_new(uv_loop_t *loop, const dht_config_t *cfg, dht_t **out) {
     *out = d; /* the caller runs the loop to finish closing, then frees */
     return err;
   }
-  if (cfg->node_id) {
+  if (cfg->ca) {
+    char why[256];
+    if (dht_cert_tls_ctx(cfg->ca, cfg->creds, &d->tls, why, sizeof(why))) {
+      log_warn("TLS: %s", why);
+      dht_close(d);
+      *out = d;
+      return -EINVAL;
+    }
+  }
+  if (cfg->creds) {
+    d->self.id = dht_cert_info(dht_cert_creds_cert(cfg->creds))->node;
+  } else if (cfg->node_id) {
     d->self.id = *cfg->node_id;
   } else {
     char a[64];
@@ -147,7 +162,7 @@ static void send_leave(dht_t *d, const dht_node_t *to) {
     dht__node_to_proto(&d->succ[i], &r.succ[r.n++]);
   uint8_t buf[64 + (PROTO_MAX_NODES + 1) * 40];
   long n = proto_neigh_r_encode(buf, sizeof(buf), &r);
-  if (n > 0 && dht__rpc_call(d, &to->addr, PROTO_LEAVE, buf, (size_t)n, on_leave_ack, NULL) == 0)
+  if (n > 0 && dht__rpc_call(d, to, PROTO_LEAVE, buf, (size_t)n, on_leave_ack, NULL) == 0)
     d->leave_waiting++;
 }
 
@@ -189,6 +204,7 @@ void dht_free(dht_t *d) {
   if (!d) return;
   dht__store_free(&d->store);
   dht__ops_close(d);
+  SSL_CTX_free(d->tls);
   free(d->bootstrap);
   free(d);
 }

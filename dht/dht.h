@@ -27,6 +27,8 @@
 #define DHT_MAX_PATH 32 /* hops a lookup may take before it gives up */
 
 typedef struct dht dht_t;
+typedef struct dht_cert_ca dht_cert_ca_t;       /* dht/cert.h */
+typedef struct dht_cert_creds dht_cert_creds_t; /* dht/cert.h */
 
 typedef struct {
   uint8_t b[DHT_ID_LEN];
@@ -70,6 +72,12 @@ typedef struct {
   unsigned stabilize_max_ms; /* once it is quiet */
   unsigned refresh_ms;       /* owners re-store their values this often */
   unsigned rpc_timeout_ms;
+  /* The secured mode (both NULL: the open mode): the overlay CA and this
+   * node's certificate and key (dht/cert.h).  Peer links are then TLS 1.3
+   * with mutual authentication, and the node id is the certificate's
+   * (node_id must be NULL).  Borrowed: both must outlive the node. */
+  dht_cert_ca_t *ca;
+  const dht_cert_creds_t *creds;
 } dht_config_t;
 
 /* Status codes passed to callbacks. */
@@ -148,6 +156,9 @@ typedef struct {
   uint64_t puts, gets, stores_in, values_stored;
   uint64_t hops_hist[DHT_MAX_PATH + 1];
   uint64_t connections;
+  uint64_t tls_failed;   /* secured mode: handshakes or sessions that failed */
+  uint64_t auth_refused; /* frames whose claims disagree with the peer's certificate */
+  uint64_t deadline_closes; /* connections closed for no HELLO or no frame end in time */
   uint64_t out_by_type[24]; /* requests and replies sent, by frame type */
 } dht_stats_t;
 /* Name of a frame type for out_by_type ("find", "store_r"...), or NULL. */

@@ -96,10 +96,13 @@ int dht__rpc_listen(dht_t *d);
  * specific one, so that the peer sees us at the address we publish (a host
  * with several addresses would otherwise pick the route's source). */
 int dht__bind_source(dht_t *d, uv_tcp_t *t, const struct sockaddr_storage *to);
-/* Send a request to addr and call cb with its response.  Returns 0 or a
- * negative code (then cb is never called).  Returns before sending. */
-int dht__rpc_call(dht_t *d, const struct sockaddr_storage *addr, uint8_t type,
-                  const uint8_t *body, size_t len, dht__rpc_cb cb, void *arg);
+/* Send a request to node `to` and call cb with its response.  It goes on
+ * our own connection to to->addr, or on one to->id opened to us (its id
+ * certified in the secured mode; in the open mode nothing is): a node
+ * behind a NAT can be reached only that way.  Returns 0 or a negative code
+ * (then cb is never called).  Returns before sending. */
+int dht__rpc_call(dht_t *d, const dht_node_t *to, uint8_t type, const uint8_t *body, size_t len,
+                  dht__rpc_cb cb, void *arg);
 void dht__rpc_reply(dht_t *d, dht__conn_t *c, uint8_t type, uint32_t txid,
                     const uint8_t *body, size_t len);
 /* Fail pending calls to addr and close its connections (a node we found
@@ -208,6 +211,7 @@ struct dht {
   unsigned stab_rounds;
 
   /* Transport. */
+  struct ssl_ctx_st *tls; /* secured mode: the TLS context (SSL_CTX); NULL: open */
   uv_tcp_t listener;
   dht__conn_t *conns;
   uint32_t next_txid;

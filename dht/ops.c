@@ -182,7 +182,7 @@ static void lookup_step(lookup_t *l) {
     memcpy(q.key, l->key.b, DHT_ID_LEN);
     uint8_t buf[PROTO_ID_LEN];
     long n = proto_find_encode(buf, sizeof(buf), &q);
-    if (dht__rpc_call(d, &l->asked.addr, PROTO_FIND, buf, (size_t)n, on_find, l) == 0) return;
+    if (dht__rpc_call(d, &l->asked, PROTO_FIND, buf, (size_t)n, on_find, l) == 0) return;
   }
   l->status = DHT_ETIMEDOUT;
   lookup_finish(l);
@@ -285,7 +285,7 @@ static void fan_out(dht_t *d, const uint8_t *body, size_t len, fanout_cb cb, voi
   fo->waiting = 1; /* held until every call is out, so cb fires once */
   for (int i = 0; i < d->replicas - 1 && i < d->n_succ; i++) {
     fo->waiting++;
-    if (dht__rpc_call(d, &d->succ[i].addr, PROTO_STORE, copy, len, on_replica_stored, fo))
+    if (dht__rpc_call(d, &d->succ[i], PROTO_STORE, copy, len, on_replica_stored, fo))
       fo->waiting--;
   }
   free(copy);
@@ -416,7 +416,7 @@ static void store_op_next(store_op_t *op) {
       fan_out(d, op->body, op->len, on_local_fanout, op);
       return;
     }
-    if (dht__rpc_call(d, &t->addr, PROTO_STORE, op->body, op->len, on_store_r, op) == 0) return;
+    if (dht__rpc_call(d, t, PROTO_STORE, op->body, op->len, on_store_r, op) == 0) return;
   }
   if (op->lookup_if_fails && !d->closed) {
     op->lookup_if_fails = false;
@@ -802,7 +802,7 @@ static void get_repair(get_op_t *g, const merged_t *m, int n) {
       proto_store_t s;
       if (proto_store_decode(buf, (size_t)len, &s) == 0) apply_store(d, &s);
     } else {
-      dht__rpc_call(d, &g->targets[i].addr, PROTO_STORE, buf, (size_t)len, on_replica_stored_ignore, NULL);
+      dht__rpc_call(d, &g->targets[i], PROTO_STORE, buf, (size_t)len, on_replica_stored_ignore, NULL);
     }
   }
   free(buf);
@@ -918,7 +918,7 @@ static void get_ask(get_op_t *g, int i) {
     get_local(a);
     return;
   }
-  if (dht__rpc_call(g->d, &g->targets[i].addr, PROTO_FETCH, g->key.b, PROTO_ID_LEN, on_fetch_r, a))
+  if (dht__rpc_call(g->d, &g->targets[i], PROTO_FETCH, g->key.b, PROTO_ID_LEN, on_fetch_r, a))
     get_answered(a, NULL, 0);
 }
 
@@ -1002,10 +1002,10 @@ static void push_key(dht__key_t *k, void *arg) {
     for (int i = 0; i < p->n_to; i++) {
       if (is_self(d, &p->to[i])) continue;
       if (p->cb) {
-        if (dht__rpc_call(d, &p->to[i].addr, PROTO_STORE, buf, (size_t)n, p->cb, p->arg) == 0)
+        if (dht__rpc_call(d, &p->to[i], PROTO_STORE, buf, (size_t)n, p->cb, p->arg) == 0)
           p->sent++;
       } else {
-        dht__rpc_call(d, &p->to[i].addr, PROTO_STORE, buf, (size_t)n, on_replica_stored_ignore, NULL);
+        dht__rpc_call(d, &p->to[i], PROTO_STORE, buf, (size_t)n, on_replica_stored_ignore, NULL);
       }
     }
   }

@@ -116,7 +116,7 @@ int dht_check_reachable(dht_t *d, uint16_t port, dht_reach_cb cb, void *arg) {
   uint8_t buf[8];
   proto_reach_t q = {.port = port};
   long n = proto_reach_encode(buf, sizeof(buf), &q);
-  int err = dht__rpc_call(d, &peer->addr, PROTO_REACH, buf, (size_t)n, on_reach_r, a);
+  int err = dht__rpc_call(d, peer, PROTO_REACH, buf, (size_t)n, on_reach_r, a);
   if (err) free(a);
   return err;
 }

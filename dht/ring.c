@@ -85,7 +85,7 @@ static void revive_check(dht_t *d, const dht_node_t *x) {
   dht_node_t *copy = malloc(sizeof(*copy));
   if (!copy) return;
   *copy = *x;
-  if (dht__rpc_call(d, &x->addr, PROTO_PING, NULL, 0, on_revive_ping, copy)) free(copy);
+  if (dht__rpc_call(d, x, PROTO_PING, NULL, 0, on_revive_ping, copy)) free(copy);
 }
 
 /* Successor list ----------------------------------------------------------- */
@@ -152,7 +152,7 @@ static void ignore_reply(dht_t *d, int status, const proto_frame_t *f, const dht
 static void send_self(dht_t *d, const dht_node_t *to, uint8_t type, dht__rpc_cb cb, void *arg) {
   uint8_t body[64];
   long n = proto_node_encode(body, sizeof(body), &d->self_wire);
-  if (dht__rpc_call(d, &to->addr, type, body, (size_t)n, cb ? cb : ignore_reply, arg) && cb)
+  if (dht__rpc_call(d, to, type, body, (size_t)n, cb ? cb : ignore_reply, arg) && cb)
     cb(d, -ECONNREFUSED, NULL, to, arg);
 }
 
@@ -163,7 +163,7 @@ static void poke(dht_t *d, const dht_node_t *to, const dht_node_t *news) {
   proto_node_t pn;
   dht__node_to_proto(news, &pn);
   long n = proto_node_encode(body, sizeof(body), &pn);
-  if (!is_self(d, to)) dht__rpc_call(d, &to->addr, PROTO_POKE, body, (size_t)n, ignore_reply, NULL);
+  if (!is_self(d, to)) dht__rpc_call(d, to, PROTO_POKE, body, (size_t)n, ignore_reply, NULL);
 }
 
 /* NOTIFY_R and POKE carry a node worth a look (or nothing). */
@@ -305,7 +305,7 @@ static void stabilize(dht_t *d) {
   d->stab_target = d->succ[0];
   uint8_t body[64];
   long n = proto_node_encode(body, sizeof(body), &d->self_wire);
-  if (dht__rpc_call(d, &d->succ[0].addr, PROTO_NEIGH, body, (size_t)n, on_neigh, NULL)) {
+  if (dht__rpc_call(d, &d->succ[0], PROTO_NEIGH, body, (size_t)n, on_neigh, NULL)) {
     dht__ring_forget(d, &d->succ[0]);
     stab_done(d, false);
   }
@@ -480,7 +480,7 @@ void dht__peer_lost(dht_t *d, const dht_node_t *peer) {
   dht_node_t *x = malloc(sizeof(*x));
   if (!x) return;
   *x = *peer;
-  if (dht__rpc_call(d, &peer->addr, PROTO_PING, NULL, 0, on_ping_check, x)) {
+  if (dht__rpc_call(d, peer, PROTO_PING, NULL, 0, on_ping_check, x)) {
     dht__ring_forget(d, x);
     free(x);
   }
@@ -659,8 +659,8 @@ static void on_bootstrap_ping(dht_t *d, int status, const proto_frame_t *f, cons
 
 static void join_try(uv_timer_t *t) {
   dht_t *d = t->data;
-  const struct sockaddr_storage *b = &d->bootstrap[join_attempt++ % d->n_bootstrap];
-  if (dht__rpc_call(d, b, PROTO_PING, NULL, 0, on_bootstrap_ping, NULL)) join_retry(d);
+  dht_node_t b = {.addr = d->bootstrap[join_attempt++ % d->n_bootstrap]}; /* id unknown yet */
+  if (dht__rpc_call(d, &b, PROTO_PING, NULL, 0, on_bootstrap_ping, NULL)) join_retry(d);
 }
 
 static void join_retry(dht_t *d) {

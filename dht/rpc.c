@@ -1,16 +1,28 @@
 /*
  * Connections, framing, transaction ids and timeouts.
  *
- * One TCP connection per peer and direction, reused for every request; the
- * first frame each way is HELLO, which names the sender's node and overlay.
- * Requests and responses are matched by txid.  This file is the only one
- * that touches sockets: a TLS layer would slot in between the uv_tcp_t and
- * conn_feed()/conn_send() without anything above noticing.
+ * One TCP connection per peer and direction: our requests go out on
+ * connections we opened, and an accepted connection carries only the
+ * other side's requests and our answers, so no one can have traffic for
+ * another node routed down its connection by claiming that node's address
+ * in a HELLO.  The first frame each way is HELLO, which names the sender's
+ * node and overlay.  Requests and responses are matched by txid.  This file
+ * is the only one that touches sockets.
+ *
+ * In the secured mode every connection is TLS 1.3 with mutual
+ * authentication against the overlay CA (dht/cert.h), through memory BIOs
+ * between the uv_tcp_t and conn_feed()/conn_send(): frames wait until the
+ * handshake is done, and a HELLO must name the node id the peer's
+ * certificate carries.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "dht/cert.h"
 #include "dht/internal.h"
 #include "dht/log.h"
 
@@ -20,6 +32,15 @@
  * every node it ever asked. */
 #define CONN_IDLE_MS 120000
 #define CONN_IDLE_STRANGER_MS 45000 /* outlives a refresh interval: refreshes reuse it */
+/* An opener closes its idle connections itself (above), so an accepted
+ * connection idle for longer is held by someone who forgot it or keeps it
+ * on purpose. */
+#define CONN_IDLE_INBOUND_MS (2 * CONN_IDLE_MS + 30000)
+/* Time to complete the TLS handshake and the HELLO, and to finish a frame
+ * once it has begun: a peer cannot hold a connection and a half-filled
+ * frame buffer open for free. */
+#define CONN_HELLO_MS 10000
+#define CONN_FRAME_MS 30000
 
 typedef struct wreq {
   uv_write_t req;
@@ -44,6 +65,12 @@ struct dht__conn {
   int refs;     /* answers pending on this connection (dht__conn_ref) */
   struct sockaddr_storage remote; /* the other end: whom we dialled, or who dialled us */
   bool handle_closed;
+  bool ready;   /* frames may flow: connected, and the TLS handshake done */
+  SSL *ssl;     /* secured mode: the TLS session; rbio in, wbio out */
+  BIO *rbio, *wbio;
+  dht_id_t auth_id; /* secured mode: the peer's certified node id once ready */
+  uint64_t opened;  /* loop time */
+  uint64_t frame_since; /* loop time the frame being assembled in rbuf began */
 };
 
 typedef struct dht__pending {
@@ -130,6 +157,36 @@ static void write_now(dht__conn_t *c, wreq_t *w) {
   }
 }
 
+/* Send what TLS has written to the wire BIO. */
+static void tls_flush(dht__conn_t *c) {
+  size_t pend;
+  while (!c->closing && (pend = BIO_ctrl_pending(c->wbio)) > 0) {
+    wreq_t *w = malloc(sizeof(*w) + pend);
+    if (!w) {
+      conn_close(c, "out of memory");
+      return;
+    }
+    int n = BIO_read(c->wbio, w->data, (int)pend);
+    w->len = n > 0 ? (size_t)n : 0;
+    write_now(c, w);
+  }
+}
+
+/* A whole frame to the peer: encrypted in the secured mode. */
+static void conn_write(dht__conn_t *c, wreq_t *w) {
+  if (!c->ssl) {
+    write_now(c, w);
+    return;
+  }
+  int n = SSL_write(c->ssl, w->data, (int)w->len);
+  free(w);
+  if (n <= 0) {
+    conn_close(c, "TLS write failed");
+    return;
+  }
+  tls_flush(c);
+}
+
 static void conn_send(dht__conn_t *c, uint8_t type, uint32_t txid, const uint8_t *body, size_t len) {
   if (c->closing) return;
   wreq_t *w = malloc(sizeof(*w) + PROTO_HDR_LEN + len);
@@ -145,12 +202,25 @@ static void conn_send(dht__conn_t *c, uint8_t type, uint32_t txid, const uint8_t
   c->d->stats.out_by_type[type]++;
   c->d->stats.bytes_out += w->len;
   c->last_active = uv_now(c->d->loop);
-  if (!c->connected) {
+  if (!c->ready) {
     *c->queue_tail = w;
     c->queue_tail = &w->next;
     return;
   }
-  write_now(c, w);
+  conn_write(c, w);
+}
+
+/* The connection is up (and authenticated): send what waited. */
+static void conn_ready(dht__conn_t *c) {
+  c->ready = true;
+  wreq_t *w = c->queue;
+  c->queue = NULL;
+  c->queue_tail = &c->queue;
+  for (wreq_t *next; w; w = next) {
+    next = w->next;
+    if (c->closing) free(w);
+    else conn_write(c, w);
+  }
 }
 
 static void send_hello(dht__conn_t *c, uint8_t type) {
@@ -173,7 +243,17 @@ static int on_hello(dht__conn_t *c, const proto_frame_t *f) {
     log_warn("peer speaks for overlay \"%.*s\", not ours: closing", h.overlay_len, h.overlay);
     return PROTO_EINVAL;
   }
-  dht__node_from_proto(&h.self, &c->peer);
+  dht_node_t claimed;
+  dht__node_from_proto(&h.self, &claimed);
+  if (c->ssl && !dht__id_eq(&claimed.id, &c->auth_id)) {
+    char a[64], id[DHT_ID_HEX];
+    dht_addr_str(&c->remote, a, sizeof(a));
+    dht_id_hex(&c->auth_id, id);
+    c->d->stats.auth_refused++;
+    log_warn("peer %s (certified as %s) claims another node id in its HELLO: closing", a, id);
+    return PROTO_EINVAL;
+  }
+  c->peer = claimed;
   c->have_peer = true;
   if (!c->outgoing) c->addr = c->peer.addr;
   if (f->type == PROTO_HELLO && !c->hello_sent) send_hello(c, PROTO_HELLO_R);
@@ -232,6 +312,7 @@ static void bad_frame(dht__conn_t *c, long err) {
  * PROTO_MAX_BODY as soon as its header is in), not on what a read brought:
  * a peer may pipeline many large frames in one go. */
 static long fill_frame(dht__conn_t *c, const uint8_t *data, size_t len) {
+  if (c->rlen == 0) c->frame_since = uv_now(c->d->loop);
   long size = proto_frame_size(c->rbuf, c->rlen);
   if (size < 0) return size;
   size_t want = size ? (size_t)size : PROTO_HDR_LEN;
@@ -287,15 +368,91 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   *buf = uv_buf_init((char *)read_buf, sizeof(read_buf));
 }
 
+/* TLS ------------------------------------------------------------------------ */
+
+static void tls_refused(dht__conn_t *c, const char *what) {
+  char a[64], why[160];
+  dht_addr_str(&c->remote, a, sizeof(a));
+  unsigned long e = ERR_peek_last_error();
+  ERR_error_string_n(e, why, sizeof(why));
+  ERR_clear_error();
+  c->d->stats.tls_failed++;
+  log_warn("TLS with %s %s: %s; closing", a, what, e ? why : "connection closed");
+  conn_close(c, NULL);
+}
+
+static int tls_start(dht__conn_t *c) {
+  dht_t *d = c->d;
+  if (!d->tls) return 0;
+  c->ssl = SSL_new(d->tls);
+  c->rbio = BIO_new(BIO_s_mem());
+  c->wbio = BIO_new(BIO_s_mem());
+  if (!c->ssl || !c->rbio || !c->wbio) {
+    BIO_free(c->rbio);
+    BIO_free(c->wbio);
+    c->rbio = c->wbio = NULL;
+    return -ENOMEM;
+  }
+  BIO_set_mem_eof_return(c->rbio, -1); /* empty means "more to come" */
+  SSL_set_bio(c->ssl, c->rbio, c->wbio);
+  if (c->outgoing) SSL_set_connect_state(c->ssl);
+  else SSL_set_accept_state(c->ssl);
+  return 0;
+}
+
+/* Drive the handshake; once it is done, learn who the peer is. */
+static void tls_handshake(dht__conn_t *c) {
+  int r = SSL_do_handshake(c->ssl);
+  tls_flush(c);
+  if (c->closing) return;
+  if (r != 1) {
+    int e = SSL_get_error(c->ssl, r);
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) tls_refused(c, "handshake failed");
+    return;
+  }
+  if (dht_cert_peer_id(c->ssl, &c->auth_id)) {
+    tls_refused(c, "peer not authenticated");
+    return;
+  }
+  conn_ready(c);
+}
+
+/* Plaintext decrypted from what arrives; libuv's read buffer is free again
+ * once the bytes are in the BIO. */
+static uint8_t tls_plain[16 * 1024];
+
+static void tls_input(dht__conn_t *c, const uint8_t *data, size_t len) {
+  if (BIO_write(c->rbio, data, (int)len) != (int)len) {
+    conn_close(c, "out of memory");
+    return;
+  }
+  if (!c->ready) tls_handshake(c);
+  while (c->ready && !c->closing) {
+    int n = SSL_read(c->ssl, tls_plain, sizeof(tls_plain));
+    if (n > 0) {
+      conn_feed(c, tls_plain, (size_t)n);
+      continue;
+    }
+    int e = SSL_get_error(c->ssl, n);
+    if (e == SSL_ERROR_WANT_READ) break;
+    if (e == SSL_ERROR_ZERO_RETURN) conn_close(c, "peer closed TLS");
+    else tls_refused(c, "session failed");
+    return;
+  }
+  if (!c->closing) tls_flush(c); /* alerts, key updates */
+}
+
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   dht__conn_t *c = s->data;
   if (n < 0) {
-    conn_close(c, n == UV_EOF ? NULL : uv_strerror((int)n));
+    if (c->ssl && !c->ready && n == UV_EOF) tls_refused(c, "closed during the handshake");
+    else conn_close(c, n == UV_EOF ? NULL : uv_strerror((int)n));
     return;
   }
   if (n == 0) return;
   c->last_active = uv_now(c->d->loop);
-  conn_feed(c, (const uint8_t *)buf->base, (size_t)n);
+  if (c->ssl) tls_input(c, (const uint8_t *)buf->base, (size_t)n);
+  else conn_feed(c, (const uint8_t *)buf->base, (size_t)n);
 }
 
 /* Connection lifecycle ----------------------------------------------------- */
@@ -305,6 +462,7 @@ static void conn_free(dht__conn_t *c) {
     next = w->next;
     free(w);
   }
+  SSL_free(c->ssl); /* frees its BIOs */
   free(c->rbuf);
   free(c);
 }
@@ -353,11 +511,15 @@ static dht__conn_t *conn_new(dht_t *d, bool outgoing) {
   c->tcp.data = c;
   c->outgoing = outgoing;
   c->queue_tail = &c->queue;
-  c->last_active = uv_now(d->loop);
+  c->last_active = c->opened = uv_now(d->loop);
   c->next = d->conns;
   d->conns = c;
   d->stats.connections++;
   uv_tcp_nodelay(&c->tcp, 1);
+  if (tls_start(c)) {
+    conn_close(c, "out of memory");
+    return NULL;
+  }
   return c;
 }
 
@@ -373,13 +535,8 @@ static void on_connect(uv_connect_t *req, int status) {
     conn_close(c, "cannot read");
     return;
   }
-  wreq_t *w = c->queue;
-  c->queue = NULL;
-  c->queue_tail = &c->queue;
-  for (wreq_t *next; w && !c->closing; w = next) {
-    next = w->next;
-    write_now(c, w);
-  }
+  if (c->ssl) tls_handshake(c); /* our ClientHello */
+  else conn_ready(c);
 }
 
 int dht__bind_source(dht_t *d, uv_tcp_t *t, const struct sockaddr_storage *to) {
@@ -397,9 +554,14 @@ int dht__bind_source(dht_t *d, uv_tcp_t *t, const struct sockaddr_storage *to) {
   return uv_tcp_bind(t, (const struct sockaddr *)&src, 0);
 }
 
-static dht__conn_t *conn_to(dht_t *d, const struct sockaddr_storage *addr) {
-  for (dht__conn_t *c = d->conns; c; c = c->next)
-    if (!c->closing && (c->outgoing || c->have_peer) && addr_eq(&c->addr, addr)) return c;
+static dht__conn_t *conn_to(dht_t *d, const dht_node_t *to) {
+  const struct sockaddr_storage *addr = &to->addr;
+  for (dht__conn_t *c = d->conns; c; c = c->next) {
+    if (c->closing) continue;
+    if (c->outgoing ? addr_eq(&c->addr, addr)
+                    : c->have_peer && dht__node_eq(&c->peer, to) && addr_eq(&c->peer.addr, addr))
+      return c;
+  }
   dht__conn_t *c = conn_new(d, true);
   if (!c) return NULL;
   c->addr = *addr;
@@ -428,6 +590,7 @@ static void on_accept(uv_stream_t *server, int status) {
   uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->addr, &len);
   c->remote = c->addr;
   c->connected = true;
+  if (!c->ssl) conn_ready(c); /* TLS: once the client's handshake is in */
 }
 
 int dht__rpc_listen(dht_t *d) {
@@ -442,12 +605,12 @@ int dht__rpc_listen(dht_t *d) {
   return 0;
 }
 
-int dht__rpc_call(dht_t *d, const struct sockaddr_storage *addr, uint8_t type,
-                  const uint8_t *body, size_t len, dht__rpc_cb cb, void *arg) {
+int dht__rpc_call(dht_t *d, const dht_node_t *to, uint8_t type, const uint8_t *body, size_t len,
+                  dht__rpc_cb cb, void *arg) {
   if (d->closed) return DHT_ECLOSING;
   pending_t *p = calloc(1, sizeof(*p));
   if (!p) return -ENOMEM;
-  dht__conn_t *c = conn_to(d, addr);
+  dht__conn_t *c = conn_to(d, to);
   if (!c) {
     free(p);
     return -ECONNREFUSED;
@@ -481,25 +644,42 @@ void dht__rpc_drop(dht_t *d, const struct sockaddr_storage *addr) {
   }
 }
 
-/* Close connections nobody used for a while; the ring's own traffic keeps
- * the neighbours' connections alive. */
+static bool conn_busy(dht_t *d, const dht__conn_t *c) {
+  for (pending_t *p = d->pending; p; p = p->next)
+    if (p->conn == c) return true;
+  return false;
+}
+
+/* Why c should be closed now, or NULL. */
+static const char *conn_overdue(dht_t *d, dht__conn_t *c, uint64_t now) {
+  if (!c->have_peer && now - c->opened > CONN_HELLO_MS) return "no HELLO in time";
+  if (c->rlen && now - c->frame_since > CONN_FRAME_MS) return "frame not completed in time";
+  uint64_t idle = now - c->last_active;
+  if (!c->outgoing) return idle > CONN_IDLE_INBOUND_MS ? "idle" : NULL;
+  /* Only the side that opened a connection closes it when merely idle: an
+   * EOF on an accepted connection then means the opener chose to stop or
+   * died, and does not set off a liveness check on every idle close. */
+  if (idle < CONN_IDLE_STRANGER_MS) return NULL;
+  if (idle < CONN_IDLE_MS && c->have_peer && dht__ring_knows(d, &c->peer)) return NULL;
+  return conn_busy(d, c) ? NULL : "idle";
+}
+
+/* Close connections nobody used for a while (the ring's own traffic keeps
+ * the neighbours' connections alive), and those that overstay a deadline. */
 void dht__rpc_reap(dht_t *d) {
   uint64_t now = uv_now(d->loop);
   for (dht__conn_t *c = d->conns, *next; c; c = next) {
     next = c->next;
-    /* Only the side that opened a connection closes it when idle: an EOF
-     * on an accepted connection then means the opener chose to stop or
-     * died, and does not set off a liveness check on every idle close. */
-    if (!c->outgoing) continue;
-    uint64_t idle = now - c->last_active;
-    if (idle < CONN_IDLE_STRANGER_MS) continue;
-    if (idle < CONN_IDLE_MS && c->have_peer && dht__ring_knows(d, &c->peer)) continue;
-    bool busy = false;
-    for (pending_t *p = d->pending; p && !busy; p = p->next) busy = p->conn == c;
-    if (!busy) {
-      c->have_peer = false; /* an idle close says nothing about liveness */
-      conn_close(c, "idle");
+    const char *why = conn_overdue(d, c, now);
+    if (!why) continue;
+    if (why[0] != 'i') {
+      char a[64];
+      dht_addr_str(&c->remote, a, sizeof(a));
+      d->stats.deadline_closes++;
+      log_warn("peer %s: %s; closing the connection", a, why);
     }
+    c->have_peer = false; /* none of this says anything about liveness */
+    conn_close(c, why);
   }
 }
 

@@ -246,15 +246,24 @@ static json_t *cmd_stats(node_t *n) {
   static const char *const sm_names[] = {"pss_kb", "pss_anon_kb", "private_dirty_kb", NULL};
   proc_kb(mem, "/proc/self/status", st_keys, st_names);
   proc_kb(mem, "/proc/self/smaps_rollup", sm_keys, sm_names);
-  return json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o}",
-                   "ok", 1, "msgs_in", (json_int_t)s.msgs_in, "msgs_out", (json_int_t)s.msgs_out,
-                   "bytes_in", (json_int_t)s.bytes_in, "bytes_out", (json_int_t)s.bytes_out,
-                   "lookups", (json_int_t)s.lookups, "lookups_failed", (json_int_t)s.lookups_failed,
-                   "hops_histogram", hist, "rpc_timeouts", (json_int_t)s.rpc_timeouts,
-                   "bad_frames", (json_int_t)s.bad_frames, "connections", (json_int_t)s.connections,
-                   "puts", (json_int_t)s.puts, "gets", (json_int_t)s.gets,
-                   "stores_in", (json_int_t)s.stores_in, "values_stored", (json_int_t)s.values_stored,
-                   "memory", mem, "msgs_out_by_type", by_type);
+  const struct {
+    const char *name;
+    uint64_t v;
+  } counters[] = {
+      {"msgs_in", s.msgs_in},         {"msgs_out", s.msgs_out},
+      {"bytes_in", s.bytes_in},       {"bytes_out", s.bytes_out},
+      {"lookups", s.lookups},         {"lookups_failed", s.lookups_failed},
+      {"rpc_timeouts", s.rpc_timeouts}, {"bad_frames", s.bad_frames},
+      {"connections", s.connections}, {"tls_failed", s.tls_failed},
+      {"auth_refused", s.auth_refused}, {"deadline_closes", s.deadline_closes},
+      {"puts", s.puts},               {"gets", s.gets},
+      {"stores_in", s.stores_in},     {"values_stored", s.values_stored},
+  };
+  json_t *r = json_pack("{s:b, s:o, s:o, s:o}", "ok", 1, "hops_histogram", hist, "memory", mem,
+                        "msgs_out_by_type", by_type);
+  for (size_t i = 0; i < sizeof(counters) / sizeof(*counters); i++)
+    json_object_set_new(r, counters[i].name, json_integer((json_int_t)counters[i].v));
+  return r;
 }
 
 /* relays, turn-credentials, relay ------------------------------------------ */
