@@ -118,6 +118,35 @@ int dht_id_parse(const char *hex, dht_id_t *out); /* 40 hex digits: 0, else -EIN
 void dht_addr_str(const struct sockaddr_storage *ss, char *out, size_t len);
 int dht_addr_parse(const char *s, struct sockaddr_storage *out);
 
+/* Address ranges (addr.c).  An IPv4 or IPv6 prefix, host bits zero. */
+typedef struct {
+  uint8_t family; /* AF_INET or AF_INET6 */
+  uint8_t bits;   /* prefix length: up to 32 or 128 */
+  uint8_t ip[16]; /* the network address (4 bytes used for IPv4) */
+} dht_cidr_t;
+#define DHT_CIDR_STRLEN 52 /* "ffff:...:ffff/128" and a NUL */
+
+/* "10.0.0.0/8", "fc00::/7", or a bare address (a /32 or /128).  Host bits
+ * set ("10.1.2.3/8") are refused.  Returns 0 or -EINVAL. */
+int dht_cidr_parse(const char *s, dht_cidr_t *out);
+/* "CIDR[,CIDR...]" appended to out[*n..max-1]; *n moves only on success.
+ * Returns 0, -EINVAL (an entry does not parse) or -E2BIG (more than max). */
+int dht_cidr_parse_list(const char *s, dht_cidr_t *out, int *n, int max);
+void dht_cidr_str(const dht_cidr_t *c, char *out, size_t len);
+/* 1 if the range holds the address's IP (the port is ignored), else 0.
+ * An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is a.b.c.d to an IPv4
+ * range and itself to an IPv6 range. */
+int dht_cidr_match(const dht_cidr_t *c, const struct sockaddr_storage *ss);
+int dht_cidr_list_match(const dht_cidr_t *list, int n, const struct sockaddr_storage *ss);
+/* 1 if the address is loopback, private, link-local, multicast, reserved,
+ * documentation or otherwise special-purpose (the IANA registries; the list
+ * and its RFCs are in addr.c), i.e. not one to send to on a stranger's
+ * behalf; the IPv4 address inside an IPv4-mapped or 6to4 (2002::/16)
+ * address decides for it.  Other families count as special. */
+int dht_addr_special(const struct sockaddr_storage *ss);
+/* 1 for 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104. */
+int dht_addr_loopback(const struct sockaddr_storage *ss);
+
 /* Put a value under name and keep it there until ttl_s runs out: the node
  * re-stores it every refresh interval and after ring changes.  vid NULL
  * means this node's id in hex.  A later put with the same (name, vid)

@@ -1,6 +1,7 @@
 /*
  * Internal state of the dht module, shared by its files:
  *   id.c     identifier arithmetic, SHA-1, addresses
+ *   addr.c   address ranges and the special-purpose set (public API only)
  *   store.c  the values this node holds, with expiry
  *   rpc.c    connections, framing, transaction ids, timeouts
  *   ring.c   Chord: join, stabilize, notify, fingers, leave

@@ -291,7 +291,11 @@ static json_t *cmd_turn_credentials(node_t *n, json_t *req) {
   const node_opts_t *o = n->opts;
   if (!o->turn_secret) return fail("turn-credentials: this node has no --turn-secret");
   json_t *ttl = json_object_get(req, "ttl"), *cred;
-  unsigned t = ttl ? (unsigned)json_integer_value(ttl) : 86400;
+  /* Relays refuse credentials that live longer than --turn-max-ttl: mint
+   * none they would refuse (the overlay's nodes share the setting). */
+  unsigned max = (unsigned)o->turn_max_ttl;
+  unsigned t = ttl ? (unsigned)json_integer_value(ttl) : (max < 86400 ? max : 86400);
+  if (t > max) return fail("turn-credentials: ttl %u is above --turn-max-ttl (%u)", t, max);
   if (relay_mint_credentials(o->turn_secret, o->turn_realm ? o->turn_realm : o->overlay,
                              json_string_value(json_object_get(req, "user")), t, &cred))
     return fail("turn-credentials: invalid user or ttl");

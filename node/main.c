@@ -73,12 +73,22 @@ static void relay_setup(node_t *n, const node_opts_t *o) {
     log_warn("relay: no --turn-secret; running without the relay role");
     return;
   }
+  /* The node's other addresses are never peers (relay/peers.c, rule 3). */
+  struct sockaddr_storage own[2];
+  int n_own = 0;
+  own[n_own++] = dht_self(n->dht)->addr;
+  if (o->sip && dht_addr_parse(o->sip, &own[n_own]) == 0) n_own++;
   relay_config_t rc = {.overlay = o->overlay, .secret = o->turn_secret, .realm = o->turn_realm,
                        .port_min = (uint16_t)o->relay_port_min,
                        .port_max = (uint16_t)o->relay_port_max,
                        .allow_loopback_peers = o->allow_loopback_peers,
+                       .allow_peers = o->relay_allow, .n_allow_peers = o->n_relay_allow,
+                       .deny_peers = o->relay_deny, .n_deny_peers = o->n_relay_deny,
+                       .own_addrs = own, .n_own_addrs = n_own,
                        .quota_per_user = (unsigned)o->quota_user,
+                       .quota_per_ip = (unsigned)o->quota_ip,
                        .quota_total = (unsigned)o->quota_total,
+                       .max_credential_ttl = (unsigned)o->turn_max_ttl,
                        .record_ttl = (unsigned)(o->refresh_s > 0 ? o->refresh_s : 30)};
   if (o->turn) {
     dht_addr_parse(o->turn, &rc.listen);

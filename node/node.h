@@ -40,7 +40,13 @@ typedef struct {
   char *turn_realm;  /* --turn-realm R (default: the overlay) */
   int relay_port_min, relay_port_max; /* --relay-ports MIN-MAX */
   int allow_loopback_peers;           /* --allow-loopback-peers */
+  dht_cidr_t relay_allow[RELAY_MAX_PEER_RANGES]; /* --relay-allow-peers */
+  int n_relay_allow;
+  dht_cidr_t relay_deny[RELAY_MAX_PEER_RANGES];  /* --relay-deny-peers */
+  int n_relay_deny;
   int quota_user, quota_total;        /* --relay-quota PER_USER:TOTAL */
+  int quota_ip;                       /* --relay-quota-ip N */
+  int turn_max_ttl;                   /* --turn-max-ttl SECONDS (default 86400) */
   int relay;                          /* --relay: serve TURN whatever --public decides */
 } node_opts_t;
 

@@ -207,6 +207,58 @@ static int o_relay_quota(node_opts_t *o, const char *v, char *err, size_t len) {
   return 0;
 }
 
+static int o_relay_quota_ip(node_opts_t *o, const char *v, char *err, size_t len) {
+  return set_int(&o->quota_ip, v, 1, 100000, "relay-quota-ip", err, len);
+}
+
+static int o_turn_max_ttl(node_opts_t *o, const char *v, char *err, size_t len) {
+  return set_int(&o->turn_max_ttl, v, 60, 30 * 86400, "turn-max-ttl", err, len);
+}
+
+static int set_ranges(dht_cidr_t *list, int *n, const char *v, const char *name, char *err,
+                      size_t len) {
+  int rc = dht_cidr_parse_list(v, list, n, RELAY_MAX_PEER_RANGES);
+  if (rc == -E2BIG)
+    snprintf(err, len, "--%s: at most %d ranges", name, RELAY_MAX_PEER_RANGES);
+  else if (rc)
+    snprintf(err, len, "--%s: expected CIDR[,CIDR...] such as 10.1.0.0/16 (host bits zero), got \"%s\"",
+             name, v);
+  return rc ? -1 : 0;
+}
+
+static int o_relay_allow(node_opts_t *o, const char *v, char *err, size_t len) {
+  return set_ranges(o->relay_allow, &o->n_relay_allow, v, "relay-allow-peers", err, len);
+}
+
+static int o_relay_deny(node_opts_t *o, const char *v, char *err, size_t len) {
+  return set_ranges(o->relay_deny, &o->n_relay_deny, v, "relay-deny-peers", err, len);
+}
+
+static void clear_relay_allow(node_opts_t *o) { o->n_relay_allow = 0; }
+static void clear_relay_deny(node_opts_t *o) { o->n_relay_deny = 0; }
+
+static void clear_bootstrap(node_opts_t *o) {
+  for (int i = 0; i < o->n_bootstrap; i++) free(o->bootstrap[i]);
+  o->n_bootstrap = 0;
+}
+
+/* Options that add to a list, and how to empty it: flags replace a list
+ * from the config file rather than add to it. */
+static const struct {
+  opt_set_fn set;
+  void (*clear)(node_opts_t *o);
+} list_opts[] = {
+    {o_bootstrap, clear_bootstrap},
+    {o_relay_allow, clear_relay_allow},
+    {o_relay_deny, clear_relay_deny},
+};
+
+static void (*list_clear(opt_set_fn set))(node_opts_t *) {
+  for (size_t i = 0; i < sizeof(list_opts) / sizeof(*list_opts); i++)
+    if (list_opts[i].set == set) return list_opts[i].clear;
+  return NULL;
+}
+
 static int o_relay(node_opts_t *o, const char *v, char *err, size_t len) {
   o->relay = strcmp(v, "0") != 0;
   return 0;
@@ -235,8 +287,18 @@ static const opt_def_t opt_table[] = {
     {"turn-secret", 1, o_turn_secret, "S", "the overlay's shared secret for TURN credentials"},
     {"turn-realm", 1, o_turn_realm, "R", "TURN realm (default: the overlay)"},
     {"relay-ports", 1, o_relay_ports, "MIN-MAX", "relayed UDP ports (default 49152-65535)"},
-    {"relay-quota", 1, o_relay_quota, "USER:TOTAL", "live TURN allocations per user and in all (default 100:1000)"},
-    {"allow-loopback-peers", 0, o_allow_loopback, "", "let TURN relay to loopback peers (tests)"},
+    {"relay-quota", 1, o_relay_quota, "USER:TOTAL", "live TURN allocations per user name (the NAME of\n"
+     "                             EXPIRY:NAME) and in all (default 100:1000)"},
+    {"relay-quota-ip", 1, o_relay_quota_ip, "N", "live TURN allocations per client IP, IPv6 per /64\n"
+     "                             (default 100)"},
+    {"turn-max-ttl", 1, o_turn_max_ttl, "SECONDS", "refuse TURN credentials expiring later than this\n"
+     "                             from now (default 86400; turn-credentials mints up to it)"},
+    {"relay-allow-peers", 1, o_relay_allow, "CIDRS", "let TURN relay to these ranges (CIDR[,CIDR...])\n"
+     "                             despite the special-purpose deny list, e.g. a\n"
+     "                             testbed's 10.1.0.0/16 (repeatable)"},
+    {"relay-deny-peers", 1, o_relay_deny, "CIDRS", "never let TURN relay to these ranges (CIDR[,CIDR...]);\n"
+     "                             wins over every allow (repeatable)"},
+    {"allow-loopback-peers", 0, o_allow_loopback, "", "let TURN relay to 127.0.0.0/8 and ::1 (tests)"},
     {"public", 1, o_public, "auto|yes|no", "take the public roles (proxy peer, relay): auto (default)\n"
      "                             when a peer sees us at our address and can connect back"},
 };
@@ -318,6 +380,7 @@ static void defaults(node_opts_t *o) {
   o->log_level = LOG_INFO;
   o->refresh_s = 30;
   o->sip_cache_ms = 2000;
+  o->turn_max_ttl = RELAY_DEFAULT_CRED_TTL;
   o->listen = strdup("127.0.0.1:0");
   o->public_mode = strdup("auto");
 }
@@ -331,7 +394,7 @@ int node_opts_parse(int argc, char **argv, node_opts_t *o, char *err, size_t err
   lo[N_OPTS + 2] = (struct option){"version", 0, NULL, 'V'};
   lo[N_OPTS + 3] = (struct option){0};
   defaults(o);
-  int bootstrap_flag = 0;
+  unsigned char list_flag[N_OPTS] = {0};
   /* Pass 1 finds --config; pass 2 applies flags over it. */
   for (int pass = 0; pass < 2; pass++) {
     optind = 0;
@@ -355,11 +418,10 @@ int node_opts_parse(int argc, char **argv, node_opts_t *o, char *err, size_t err
       }
       if (pass == 0) continue;
       /* Flags replace a list from the config file rather than add to it. */
-      if (opt_table[c - 256].set == o_bootstrap && !bootstrap_flag++) {
-        for (int i = 0; i < o->n_bootstrap; i++) free(o->bootstrap[i]);
-        o->n_bootstrap = 0;
-      }
-      if (opt_table[c - 256].set(o, optarg ? optarg : "1", err, errlen)) return -1;
+      const opt_def_t *def = &opt_table[c - 256];
+      void (*clear)(node_opts_t *) = list_clear(def->set);
+      if (clear && !list_flag[c - 256]++) clear(o);
+      if (def->set(o, optarg ? optarg : "1", err, errlen)) return -1;
     }
     if (optind < argc) {
       snprintf(err, errlen, "unexpected argument \"%s\" (see --help)", argv[optind]);

@@ -23,12 +23,8 @@
 /* The allocation table ----------------------------------------------------- */
 
 static size_t addr_hash(const proto_stun_addr_t *a) {
-  uint32_t h = 2166136261u; /* FNV-1a */
-  size_t n = a->family == 6 ? 16 : 4;
-  for (size_t i = 0; i < n; i++) h = (h ^ a->ip[i]) * 16777619u;
-  h = (h ^ (a->port & 0xff)) * 16777619u;
-  h = (h ^ (a->port >> 8)) * 16777619u;
-  return h;
+  uint8_t port[2] = {(uint8_t)(a->port & 0xff), (uint8_t)(a->port >> 8)};
+  return relay__fnv(relay__fnv(RELAY_FNV_BASIS, a->ip, a->family == 6 ? 16 : 4), port, 2);
 }
 
 /* Over TCP the connection is the 5-tuple and holds its allocation; over
@@ -47,7 +43,7 @@ static relay_alloc_t *find_alloc(const relay_t *r, relay_conn_t *conn,
 /* Our relayed addresses, for handing a packet from one allocation to
  * another in process (see handover).  Every allocation, over UDP or TCP,
  * has a UDP relayed address and sits in this table too. */
-static relay_alloc_t *find_relayed(const relay_t *r, const proto_stun_addr_t *addr) {
+relay_alloc_t *relay__find_relayed(const relay_t *r, const proto_stun_addr_t *addr) {
   if (!r->n_buckets) return NULL;
   relay_alloc_t *a = r->rbuckets[addr_hash(addr) & (r->n_buckets - 1)];
   while (a && !relay__addr_eq(&a->relayed, addr)) a = a->rnext;
@@ -109,9 +105,11 @@ static void on_sock_closed(uv_handle_t *h) {
   relay__handle_gone(r);
 }
 
-/* Unlink now; the memory goes when the socket's close callback runs. */
+/* Unlink now (its quotas free at once); the memory goes when the socket's
+ * close callback runs. */
 static void alloc_free(relay_alloc_t *a) {
   table_remove(a->r, a);
+  relay__quota_release(a->r, a);
   if (a->conn) relay__conn_set_alloc(a->conn, NULL);
   a->conn = NULL;
   uv_close((uv_handle_t *)&a->sock, on_sock_closed);
@@ -127,28 +125,7 @@ void relay__free_all_allocs(relay_t *r) {
   relay__sweep_resv(r, 1);
 }
 
-/* Peers ---------------------------------------------------------------- */
-
-/* Special-purpose addresses a relay must not send to unless told
- * (RFC 8656 section 21.3 leaves the policy to the server; coturn's
- * defaults refuse the same): unspecified, loopback, link-local, multicast,
- * broadcast, reserved, and IPv4-mapped forms of them. */
-int relay__forbidden_peer(const relay_t *r, const proto_stun_addr_t *a) {
-  const uint8_t *ip = a->ip;
-  if (a->family == 6) {
-    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    static const uint8_t zero[15] = {0};
-    if (memcmp(ip, mapped, 12) == 0) {
-      proto_stun_addr_t v4 = {.family = 4, .port = a->port};
-      memcpy(v4.ip, ip + 12, 4);
-      return relay__forbidden_peer(r, &v4);
-    }
-    if (memcmp(ip, zero, 15) == 0) return ip[15] == 0 || !r->allow_loopback; /* :: and ::1 */
-    return ip[0] == 0xff || (ip[0] == 0xfe && (ip[1] & 0xc0) == 0x80);
-  }
-  if (ip[0] == 127) return !r->allow_loopback;
-  return ip[0] == 0 || (ip[0] == 169 && ip[1] == 254) || ip[0] >= 224;
-}
+/* Permissions and channels --------------------------------------------- */
 
 static relay_perm_t *find_perm(relay_alloc_t *a, const proto_stun_addr_t *peer) {
   size_t n = peer->family == 6 ? 16 : 4;
@@ -214,11 +191,13 @@ static uint8_t handover_buf[RELAY_HEADROOM + RELAY_TCP_BUF + 4];
  * permissions and framed by b's channel or as a Data indication, sent down
  * b's client transport (deliver, the same code as on_peer_recv).  a's side
  * is checked before we get here, as for any peer: a has a live permission
- * for b's relayed address.  Permission rule: our relayed addresses are
- * peers like any other; CreatePermission and ChannelBind apply
- * relay__forbidden_peer to them, so on a relay that listens on 127.0.0.1
- * they need --allow-loopback-peers exactly as the socket path would, and on
- * a public address nothing special applies.  Lifetimes, quotas, counters
+ * for b's relayed address.  Permission rule: CreatePermission and
+ * ChannelBind apply relay__forbidden_peer to our relayed addresses too;
+ * they are on the node's own IP, where only the relayed address of a live
+ * allocation is a peer (peers.c, rule 3), whatever range that IP is in,
+ * since the packet never leaves the process; every other port of ours is
+ * refused there, and per packet on the socket path (send_peer), because a
+ * permission covers every port of an IP.  Lifetimes, quotas, counters
  * of a and b are untouched: b is found only while it is in the table
  * (alloc_free unlinks it first), to_peer and peer_in count the datagram as
  * the two sockets would have; relayed_internal counts the hand-overs.  The
@@ -251,8 +230,12 @@ static int handover(relay_alloc_t *a, relay_alloc_t *b, const uint8_t *p, size_t
 
 static void send_peer(relay_alloc_t *a, const proto_stun_addr_t *peer, const uint8_t *p, size_t n) {
   relay_t *r = a->r;
-  relay_alloc_t *b = find_relayed(r, peer);
+  relay_alloc_t *b = relay__find_relayed(r, peer);
   if (b && handover(a, b, p, n) == 0) return;
+  if (!b && relay__own_peer_denied(r, peer)) {
+    r->c.dropped_peer_denied++; /* another port of this host (peers.c, rule 3) */
+    return;
+  }
   struct sockaddr_storage ss;
   relay__addr_to_sa(peer, &ss);
   uv_buf_t buf = uv_buf_init((char *)p, (unsigned)n);
@@ -324,7 +307,9 @@ void relay__on_indication(relay_t *r, relay_conn_t *conn, const proto_stun_msg_t
     return;
   }
   if (!perm_live(a, &peer, relay__now_ms(r))) {
-    r->c.dropped_no_perm++;
+    /* No permission can exist for a denied peer: say which it was. */
+    if (relay__forbidden_peer(r, &peer)) r->c.dropped_peer_denied++;
+    else r->c.dropped_no_perm++;
     return;
   }
   send_peer(a, &peer, da.val, da.len);
@@ -384,6 +369,10 @@ static void on_peer_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
   if (nread < 0 || !from || (flags & UV_UDP_PARTIAL)) return;
   proto_stun_addr_t peer;
   relay__addr_from_sa(from, &peer);
+  if (relay__own_peer_denied(a->r, &peer)) {
+    a->r->c.dropped_peer_denied++; /* a service of this host, not a peer */
+    return;
+  }
   deliver(a, &peer, (uint8_t *)buf->base, (size_t)nread);
 }
 
@@ -443,13 +432,6 @@ static int check_unknown(relay_req_t *q) {
   proto_stun_add_unknown(&b, unknown, n);
   relay__reply_send(q, &b);
   return -1;
-}
-
-static unsigned user_allocs(const relay_t *r, const char *user, size_t ulen) {
-  unsigned n = 0;
-  for (const relay_alloc_t *a = r->allocs; a; a = a->next)
-    if (strlen(a->user) == ulen && memcmp(a->user, user, ulen) == 0) n++;
-  return n;
 }
 
 static uint32_t granted_lifetime(const proto_stun_msg_t *m) {
@@ -622,29 +604,28 @@ static void on_allocate(relay_req_t *q) {
     relay__reply_error(q, (uint16_t)code, NULL);
     return;
   }
-  if (user_allocs(r, q->user, q->ulen) >= r->quota_user) code = 486;
-  else if (r->n_allocs >= r->quota_total) code = 508;
-  if (code) {
-    r->c.quota_refusals++;
+  if ((code = relay__quota_check(r, q->user, q->ulen, &q->src)) != 0) {
     relay__reply_error(q, (uint16_t)code, NULL);
     return;
   }
   relay_alloc_t *a = calloc(1, sizeof(*a));
-  if (!a || table_grow(r) < 0 || !(a->user = strndup(q->user, q->ulen))) {
+  if (a) a->r = r, a->client = q->src, a->conn = q->conn;
+  if (!a || table_grow(r) < 0 || !(a->user = strndup(q->user, q->ulen)) ||
+      relay__quota_take(r, a) < 0) {
     if (a) free(a->user);
     free(a);
     relay__reply_error(q, 500, NULL);
     return;
   }
-  a->r = r, a->client = q->src, a->conn = q->conn;
   uint8_t token[PROTO_STUN_TOKEN_LEN];
   int has_token;
   int rc = bind_relayed(r, a, &w, token, &has_token);
   if (rc < 0) {
     if (rc == -EIO) {
       table_insert(r, a);
-      alloc_free(a);
+      alloc_free(a); /* closes the handle, releases the quotas */
     } else {
+      relay__quota_release(r, a);
       free(a->user);
       free(a);
     }
@@ -713,7 +694,10 @@ static int peer_check(relay_req_t *q, relay_alloc_t *a, const proto_stun_attr_t 
                       proto_stun_addr_t *peer) {
   if (proto_stun_get_xaddr(at, q->m->txid, peer) < 0) return 400;
   if (peer->family != a->relayed.family) return 443;
-  if (relay__forbidden_peer(q->r, peer)) return 403;
+  if (relay__forbidden_peer(q->r, peer)) {
+    q->r->c.peers_denied++;
+    return 403;
+  }
   return 0;
 }
 
@@ -830,7 +814,8 @@ void relay__tick(uv_timer_t *t) {
 json_t *relay__alloc_stats(const relay_t *r) {
   size_t perms = 0, chans = 0;
   for (const relay_alloc_t *a = r->allocs; a; a = a->next) perms += a->n_perms, chans += a->n_chans;
-  return json_pack("{sI sI sI sI sI}", "allocations", (json_int_t)r->n_allocs, "permissions",
-                   (json_int_t)perms, "channels", (json_int_t)chans, "quota_per_user",
-                   (json_int_t)r->quota_user, "quota_total", (json_int_t)r->quota_total);
+  json_t *j = json_pack("{sI sI sI}", "allocations", (json_int_t)r->n_allocs, "permissions",
+                        (json_int_t)perms, "channels", (json_int_t)chans);
+  relay__quota_stats(r, j);
+  return j;
 }

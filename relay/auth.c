@@ -70,8 +70,30 @@ static int check_nonce(const relay_t *r, const proto_stun_addr_t *src, const cha
   return (uint64_t)time(NULL) <= expiry ? 1 : 0;
 }
 
+/* The credential's EXPIRY against the clock: 0 if live and no further
+ * away than max_cred_ttl (+ RELAY_CRED_SKEW), else -1, counted.  The far
+ * side is what bounds a credential handed to a UA: anyone with the
+ * overlay's secret can mint one that expires in 2100, and a relay that
+ * took it would honour a leaked credential for ever. */
+static int check_expiry(relay_t *r, const char *user, size_t ulen) {
+  uint64_t expiry, now = (uint64_t)time(NULL);
+  if (proto_stun_rest_expiry(user, ulen, &expiry) < 0) return -1; /* cannot happen: keyed */
+  if (expiry < now) {
+    r->c.cred_expired++;
+    return -1;
+  }
+  if (expiry - now > (uint64_t)r->max_cred_ttl + RELAY_CRED_SKEW) {
+    r->c.cred_too_long++;
+    return -1;
+  }
+  return 0;
+}
+
 /* RFC 8489 section 9.2.4, in its order: missing attributes 400; a bad
- * username or MESSAGE-INTEGRITY 401; then a stale nonce 438. */
+ * username or MESSAGE-INTEGRITY 401; then a stale nonce 438.  The key is
+ * derived whatever the credential's EXPIRY (now 0 below), so that an
+ * expired or too distant EXPIRY is counted only for a request that proves
+ * the credential: its 401 comes after the MESSAGE-INTEGRITY check. */
 int relay__authenticate(relay_req_t *q) {
   relay_t *r = q->r;
   const proto_stun_msg_t *m = q->m;
@@ -93,9 +115,9 @@ int relay__authenticate(relay_req_t *q) {
   uint8_t *key = q->keybuf;
   int nonce_ok = check_nonce(r, &q->src, nonce, nlen);
   if (nonce_ok < 0 || rlen != strlen(r->realm) || memcmp(realm, r->realm, rlen) != 0 ||
-      proto_stun_rest_key(user, ulen, r->realm, rlen, (const uint8_t *)r->secret, r->secret_len,
-                          (uint64_t)time(NULL), key) < 0 ||
-      proto_stun_check_integrity(m, key, PROTO_STUN_KEY_LEN) < 0) {
+      proto_stun_rest_key(user, ulen, r->realm, rlen, (const uint8_t *)r->secret, r->secret_len, 0,
+                          key) < 0 ||
+      proto_stun_check_integrity(m, key, PROTO_STUN_KEY_LEN) < 0 || check_expiry(r, user, ulen) < 0) {
     r->c.auth_failures++;
     relay__reply_error(q, 401, NULL);
     return -1;

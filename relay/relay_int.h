@@ -1,7 +1,9 @@
 /*
  * Internals of relay/, shared by server.c (sockets, demux, replies),
  * auth.c (nonces, credentials), alloc.c (allocations, permissions,
- * channels, expiry, quotas) and records.c (the turn: value).
+ * channels, expiry), peers.c (which peers are allowed), quota.c
+ * (allocations counted per user name and client IP), tcp.c and records.c
+ * (the turn: value).
  */
 #ifndef P2PSIP_RELAY_INT_H
 #define P2PSIP_RELAY_INT_H
@@ -101,12 +103,23 @@ struct relay_alloc {
   relay_chan_t *chans;
 };
 
+/* quota.c: a count per key (user name or client IP). */
+typedef struct relay_count relay_count_t;
+typedef struct {
+  relay_count_t **b;
+  size_t nb, n; /* buckets (0 or a power of 2), keys */
+} relay_counts_t;
+
 typedef struct {
   uint64_t stun_in, chan_in, peer_in, bytes_in;
   uint64_t to_peer, to_client, bytes_out;
   uint64_t dropped_malformed, dropped_other, dropped_no_alloc, dropped_no_perm;
   uint64_t send_errors;
   uint64_t requests, errors_sent, auth_failures, stale_nonces, quota_refusals;
+  uint64_t quota_user, quota_ip, quota_total; /* quota_refusals by cause */
+  uint64_t peers_denied;             /* CreatePermission/ChannelBind answered 403 */
+  uint64_t dropped_peer_denied;      /* Send, ChannelData or a datagram to or from a denied peer */
+  uint64_t cred_expired, cred_too_long; /* 401 for the credential's EXPIRY */
   uint64_t allocs_made, allocs_expired;
   uint64_t tcp_accepted, tcp_refused, tcp_closed_malformed, tcp_closed_idle, tcp_closed_peer;
   uint64_t tcp_queue_drops;
@@ -124,7 +137,13 @@ struct relay {
   proto_stun_addr_t listen;
   uint16_t port_min, port_max, port_next;
   int allow_loopback;
-  unsigned quota_user, quota_total, record_ttl;
+  dht_cidr_t allow[RELAY_MAX_PEER_RANGES], deny[RELAY_MAX_PEER_RANGES];
+  int n_allow, n_deny;
+  proto_stun_addr_t own[RELAY_MAX_OWN_ADDRS]; /* the node's IPs (ports 0) */
+  int8_t own_listed[RELAY_MAX_OWN_ADDRS]; /* each one's allow (1) / deny (-1) listing */
+  int n_own;
+  unsigned quota_user, quota_ip, quota_total, record_ttl, max_cred_ttl;
+  relay_counts_t by_name, by_ip; /* live allocations per user name, per client IP */
   uv_udp_t udp;
   uv_tcp_t tcp; /* the TURN port's listener, same IP and port */
   uv_check_t flush; /* sends the TURN port's batch once per loop turn */
@@ -200,8 +219,32 @@ void relay__alloc_conn_gone(relay_conn_t *c);
 void relay__tick(uv_timer_t *t);
 void relay__sweep_resv(relay_t *r, int all);
 void relay__free_all_allocs(relay_t *r);
-int relay__forbidden_peer(const relay_t *r, const proto_stun_addr_t *a);
+/* The live allocation whose relayed address is addr, or NULL. */
+relay_alloc_t *relay__find_relayed(const relay_t *r, const proto_stun_addr_t *addr);
 json_t *relay__alloc_stats(const relay_t *r);
+
+/* peers.c: the peer rules (see there). */
+/* 1 if a client may not make us send to a (403), else 0. */
+int relay__forbidden_peer(const relay_t *r, const proto_stun_addr_t *a);
+/* relay__forbidden_peer for one of the node's own IPs, else 0: cheap
+ * enough per packet (a few compares for other IPs). */
+int relay__own_peer_denied(const relay_t *r, const proto_stun_addr_t *a);
+/* Copy the allow/deny lists and own addresses: 0 or -EINVAL. */
+int relay__peers_config(relay_t *r, const relay_config_t *cfg);
+json_t *relay__peers_stats(const relay_t *r);
+
+/* quota.c */
+#define RELAY_FNV_BASIS 2166136261u
+uint32_t relay__fnv(uint32_t h, const void *p, size_t n);
+/* 0 if an Allocate by user from client is within the quotas, else the
+ * error code (486 per user or per IP, 508 in all), counted. */
+int relay__quota_check(relay_t *r, const char *user, size_t ulen, const proto_stun_addr_t *client);
+/* Count a in (0 or -ENOMEM) / out (when it is unlinked). */
+int relay__quota_take(relay_t *r, const relay_alloc_t *a);
+void relay__quota_release(relay_t *r, const relay_alloc_t *a);
+void relay__quota_free(relay_t *r);
+/* Adds quota_per_user, quota_per_ip, quota_total, users, client_ips to j. */
+void relay__quota_stats(const relay_t *r, json_t *j);
 
 /* tcp.c */
 /* Bind the listener at the TURN address (plain syscalls, like the UDP

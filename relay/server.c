@@ -290,6 +290,7 @@ int relay__bind_socket(const struct sockaddr_storage *ss, int *fd_out) {
 }
 
 static void relay_release(relay_t *r) {
+  relay__quota_free(r);
   free(r->overlay);
   free(r->secret);
   free(r->realm);
@@ -318,9 +319,11 @@ static int copy_config(relay_t *r, const relay_config_t *cfg) {
   r->port_min = cfg->port_min ? cfg->port_min : 49152;
   r->port_max = cfg->port_max ? cfg->port_max : 65535;
   if (r->port_min > r->port_max) return -EINVAL;
-  r->allow_loopback = cfg->allow_loopback_peers;
+  if (relay__peers_config(r, cfg) < 0) return -EINVAL;
   r->quota_user = cfg->quota_per_user ? cfg->quota_per_user : 100;
+  r->quota_ip = cfg->quota_per_ip ? cfg->quota_per_ip : 100;
   r->quota_total = cfg->quota_total ? cfg->quota_total : 1000;
+  r->max_cred_ttl = cfg->max_credential_ttl ? cfg->max_credential_ttl : RELAY_DEFAULT_CRED_TTL;
   r->record_ttl = cfg->record_ttl ? cfg->record_ttl : 60;
   if (RAND_bytes(r->nonce_key, sizeof(r->nonce_key)) != 1) return -EIO;
   /* Start the port search somewhere random, so relays sharing one IP (a
@@ -473,6 +476,8 @@ json_t *relay_stats_json(const relay_t *r) {
   const relay_counters_t *c = &r->c;
   json_t *j = relay__alloc_stats(r);
   json_object_set_new(j, "addr", json_string(a));
+  json_object_set_new(j, "max_credential_ttl", json_integer((json_int_t)r->max_cred_ttl));
+  json_object_set_new(j, "peers", relay__peers_stats(r));
   json_object_set_new(j, "realm", json_string(r->realm));
   json_object_set_new(j, "transports", json_pack("[ss]", "udp", "tcp"));
   json_object_set_new(j, "tcp", relay__tcp_stats(r));
@@ -490,10 +495,17 @@ json_t *relay_stats_json(const relay_t *r) {
                 "stale_nonces", (json_int_t)c->stale_nonces, "quota_refusals",
                 (json_int_t)c->quota_refusals, "allocations_made", (json_int_t)c->allocs_made,
                 "allocations_expired", (json_int_t)c->allocs_expired));
+  json_object_set_new(
+      j, "refused",
+      json_pack("{sI sI sI sI sI sI}", "peer_denied", (json_int_t)c->peers_denied, "quota_user",
+                (json_int_t)c->quota_user, "quota_ip", (json_int_t)c->quota_ip, "quota_total",
+                (json_int_t)c->quota_total, "credential_expired", (json_int_t)c->cred_expired,
+                "credential_too_long", (json_int_t)c->cred_too_long));
   json_object_set_new(j, "dropped",
-                      json_pack("{sI sI sI sI}", "malformed", (json_int_t)c->dropped_malformed,
+                      json_pack("{sI sI sI sI sI}", "malformed", (json_int_t)c->dropped_malformed,
                                 "no_allocation", (json_int_t)c->dropped_no_alloc,
-                                "no_permission", (json_int_t)c->dropped_no_perm, "other",
+                                "no_permission", (json_int_t)c->dropped_no_perm, "peer_denied",
+                                (json_int_t)c->dropped_peer_denied, "other",
                                 (json_int_t)c->dropped_other));
   /* Also counted in tx.to_peers and rx.from_peers (alloc.c, handover). */
   json_object_set_new(j, "relayed_internal", json_integer((json_int_t)c->relayed_internal));

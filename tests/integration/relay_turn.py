@@ -14,6 +14,7 @@ truncated attributes, wrong lengths, bad MESSAGE-INTEGRITY and a flood of
 Allocates are dropped or answered with the right error code while the relay
 keeps serving; a node whose TURN port is taken runs on without the role."""
 
+import base64
 import hashlib
 import hmac
 import os
@@ -70,14 +71,22 @@ def error_code(resp):
     return None
 
 
-def xaddr(ip, port):
-    """XOR-PEER-ADDRESS value for an IPv4 address (RFC 8489 14.2)."""
-    x = struct.unpack("!I", socket.inet_aton(ip))[0] ^ COOKIE
-    return struct.pack("!BBHI", 0, 1, port ^ (COOKIE >> 16), x)
+def xaddr(ip, port, txid=None):
+    """XOR-PEER-ADDRESS value (RFC 8489 14.2); an IPv6 address needs the
+    transaction id."""
+    if ":" not in ip:
+        x = struct.unpack("!I", socket.inet_aton(ip))[0] ^ COOKIE
+        return struct.pack("!BBHI", 0, 1, port ^ (COOKIE >> 16), x)
+    key = struct.pack("!I", COOKIE) + txid
+    x = bytes(a ^ b for a, b in zip(socket.inet_pton(socket.AF_INET6, ip), key))
+    return struct.pack("!BBH", 0, 2, port ^ (COOKIE >> 16)) + x
 
 
-def unxor(v):
+def unxor(v, txid=None):
     port = struct.unpack("!H", v[2:4])[0] ^ (COOKIE >> 16)
+    if v[1] == 2:
+        key = struct.pack("!I", COOKIE) + txid
+        return socket.inet_ntop(socket.AF_INET6, bytes(a ^ b for a, b in zip(v[4:20], key))), port
     ip = socket.inet_ntoa(struct.pack("!I", struct.unpack("!I", v[4:8])[0] ^ COOKIE))
     return ip, port
 
@@ -92,22 +101,31 @@ def parse_attrs(msg):
     return out
 
 
-class UdpTurn:
-    """A minimal TURN client over UDP with long-term credentials."""
+def rest_credential(secret, name, expiry):
+    """A credential minted as any holder of the overlay's secret can
+    (EXPIRY:NAME, base64 HMAC-SHA1): (username, password)."""
+    user = "%d:%s" % (expiry, name)
+    return user, base64.b64encode(hmac.new(secret.encode(), user.encode(), hashlib.sha1).digest()).decode()
 
-    def __init__(self, server, user, password, realm):
-        self.s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.s.bind(("127.0.0.1", 0))
+
+class UdpTurn:
+    """A minimal TURN client over UDP with long-term credentials, bound to
+    local (127.0.0.1 by default; "::1" for IPv6)."""
+
+    def __init__(self, server, user, password, realm, local="127.0.0.1"):
+        self.s = socket.socket(socket.AF_INET6 if ":" in local else socket.AF_INET, socket.SOCK_DGRAM)
+        self.s.bind((local, 0))
         self.server, self.user, self.realm = server, user, realm
         self.key = hashlib.md5(("%s:%s:%s" % (user, realm, password)).encode()).digest()
         self.nonce = None
         self.relayed = None
 
     def request(self, method, body=b""):
-        """A signed request (after the 401 that gives the nonce); the response."""
+        """A signed request (after the 401 that gives the nonce); the response.
+        body may be a function of the transaction id (IPv6 XOR addresses)."""
         for _ in range(3):
             txid = os.urandom(12)
-            b = body
+            b = body(txid) if callable(body) else body
             if self.nonce:
                 b += (attr(0x0006, self.user.encode()) + attr(0x0014, self.realm.encode()) +
                       attr(0x0015, self.nonce))
@@ -137,11 +155,28 @@ class UdpTurn:
     def allocate(self):
         r = self.request(0x0003, attr(0x0019, b"\x11\0\0\0"))
         if r is not None and error_code(r) == 0:
-            self.relayed = unxor(parse_attrs(r)[0x0016])
+            self.relayed = unxor(parse_attrs(r)[0x0016], r[8:20])
         return r
 
+    def permission(self, *peers):
+        """CreatePermission for (ip, port) peers: the response's error code."""
+        return error_code(self.request(0x0008, lambda t: b"".join(attr(0x0012, xaddr(ip, port, t))
+                                                                  for ip, port in peers)))
+
+    def channel_bind(self, chan, peer):
+        return error_code(self.request(0x0009, lambda t: attr(0x000C, struct.pack("!HH", chan, 0)) +
+                                       attr(0x0012, xaddr(peer[0], peer[1], t))))
+
+    def close(self):
+        """Delete the allocation, if any (Refresh with LIFETIME 0), and close."""
+        if self.relayed:
+            self.request(0x0004, attr(0x000D, b"\0\0\0\0"))
+        self.s.close()
+
     def send_ind(self, peer, data):
-        self.s.sendto(stun_req(0x0016, attr(0x0012, xaddr(*peer)) + attr(0x0013, data)), self.server)
+        txid = os.urandom(12)
+        self.s.sendto(stun_req(0x0016, attr(0x0012, xaddr(peer[0], peer[1], txid)) + attr(0x0013, data),
+                               txid), self.server)
 
 
 def data_ind(m):
@@ -149,7 +184,7 @@ def data_ind(m):
     if m is None or len(m) < 20 or struct.unpack("!H", m[:2])[0] != 0x0017:
         return None
     a = parse_attrs(m)
-    return unxor(a[0x0012]), a[0x0013]
+    return unxor(a[0x0012], m[8:20]), a[0x0013]
 
 
 def raw_internal(node, server, cred):
@@ -215,9 +250,7 @@ def raw_internal(node, server, cred):
         check(st()["relayed_internal"] == s3["relayed_internal"], "... neither was handed over in process")
     finally:
         for c in (a, b):
-            if c.relayed:
-                c.request(0x0004, attr(0x000D, b"\0\0\0\0"))
-            c.s.close()
+            c.close()
         plain.close()
 
 
@@ -364,9 +397,12 @@ def test(h):
         fs.close()
     bind = ask(s, stun_req(0x0001), server)
     check(error_code(bind) == 0, "after the floods the relay still answers Binding")
+    check(rs["refused"]["quota_user"] >= 30, "... refused by the per-user quota and counted", rs["refused"])
+    # 127.0.0.1 holds as many allocations as the per-IP quota (100) allows:
+    # another user from another address still relays.
     cred2 = node.admin_ok({"cmd": "turn-credentials", "user": "bob", "ttl": 600})
     out = uclient(["-u", cred2["username"], "-w", cred2["password"], "-p", str(turn_port), "-y", "-c",
-                   "-n", "50", "-m", "2", "-l", "160", "-e", "127.0.0.1", "127.0.0.1"])
+                   "-n", "50", "-m", "2", "-l", "160", "-L", "127.0.0.2", "-e", "127.0.0.1", "127.0.0.1"])
     (sent, got), lost = totals(out)
     check(sent == 100 and got == 100 and lost == 0, "... and relays for another user (%d/%d)" % (got, sent))
 

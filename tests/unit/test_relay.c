@@ -27,15 +27,19 @@ static struct sockaddr_in relay_sa;
 static const char *SECRET = "overlay-secret";
 static const char *REALM = "overlay.test";
 
-static int udp_socket(struct sockaddr_in *bound) {
+/* A UDP socket on ip (127.0.0.0/8: every address is this host's). */
+static int udp_socket_at(const char *ip, struct sockaddr_in *bound) {
   int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
   ASSERT(fd >= 0);
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  struct sockaddr_in sa = {.sin_family = AF_INET};
+  ASSERT(inet_pton(AF_INET, ip, &sa.sin_addr) == 1);
   ASSERT_OK(bind(fd, (struct sockaddr *)&sa, sizeof(sa)));
   socklen_t sl = sizeof(*bound);
   getsockname(fd, (struct sockaddr *)bound, &sl);
   return fd;
 }
+
+static int udp_socket(struct sockaddr_in *bound) { return udp_socket_at("127.0.0.1", bound); }
 
 /* Run the relay's loop until fd has a datagram (or 1 s passes). */
 static ssize_t wait_recv(int fd, uint8_t *buf, size_t size, struct sockaddr_in *from) {
@@ -176,10 +180,9 @@ static void send_indication(int fd, const proto_stun_addr_t *peer, const char *d
   send_to(fd, buf, (size_t)n, &relay_sa);
 }
 
-static void start_relay(unsigned quota_user, int allow_loopback) {
-  relay_config_t cfg = {.overlay = "overlay.test", .secret = SECRET, .port_min = 42000,
-                        .port_max = 42999, .allow_loopback_peers = allow_loopback,
-                        .quota_per_user = quota_user, .quota_total = 50};
+/* A relay on 127.0.0.1 with cfg's policy and quotas. */
+static void start_relay_cfg(relay_config_t cfg) {
+  cfg.overlay = "overlay.test", cfg.secret = SECRET, cfg.port_min = 42000, cfg.port_max = 42999;
   struct sockaddr_in *sa = (struct sockaddr_in *)&cfg.listen;
   sa->sin_family = AF_INET, sa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   ASSERT_OK(relay_new(&loop, NULL, &cfg, &relay));
@@ -198,6 +201,11 @@ static void start_relay(unsigned quota_user, int allow_loopback) {
   osa->sin_port = relay_sa.sin_port;
   ASSERT_EQ(relay_new(&loop, NULL, &cfg, &other), -EADDRINUSE);
   ASSERT(other == NULL);
+}
+
+static void start_relay(unsigned quota_user, int allow_loopback) {
+  start_relay_cfg((relay_config_t){.allow_loopback_peers = allow_loopback,
+                                   .quota_per_user = quota_user, .quota_total = 50});
 }
 
 static int stopped;
@@ -422,30 +430,89 @@ static void test_quota(void) {
     ASSERT_EQ(allocate(fds[i], &c, &relayed), i < 2 ? 0 : 486);
   }
   ASSERT_EQ(counter("requests", "quota_refusals"), 1);
+  ASSERT_EQ(counter("refused", "quota_user"), 1);
   ASSERT_EQ(counter(NULL, "allocations"), before + 2);
+  /* Minting again for the same name (another EXPIRY) does not evade it. */
+  cred_make(&c, "bob", 900, SECRET);
+  ASSERT_EQ(allocate(fds[2], &c, &relayed), 486);
+  ASSERT_EQ(counter("refused", "quota_user"), 2);
   for (int i = 0; i < 3; i++) close(fds[i]);
 }
 
-static void test_forbidden(void) {
-  relay_t r = {.allow_loopback = 0};
-  proto_stun_addr_t a = {.family = 4, .port = 1, .ip = {127, 0, 0, 1}};
-  ASSERT(relay__forbidden_peer(&r, &a));
-  r.allow_loopback = 1;
-  ASSERT(!relay__forbidden_peer(&r, &a));
-  uint8_t bad[][4] = {{0, 0, 0, 0}, {169, 254, 1, 1}, {224, 0, 0, 1}, {255, 255, 255, 255}};
-  for (size_t i = 0; i < 4; i++) {
-    memcpy(a.ip, bad[i], 4);
-    ASSERT(relay__forbidden_peer(&r, &a));
+static proto_stun_addr_t addr_of(const char *ip, uint16_t port) {
+  proto_stun_addr_t a = {.port = port};
+  if (inet_pton(AF_INET, ip, a.ip) == 1) {
+    a.family = 4;
+  } else {
+    ASSERT(inet_pton(AF_INET6, ip, a.ip) == 1);
+    a.family = 6;
   }
-  uint8_t ok[4] = {192, 0, 2, 7};
-  memcpy(a.ip, ok, 4);
-  ASSERT(!relay__forbidden_peer(&r, &a));
-  proto_stun_addr_t v6 = {.family = 6, .ip = {[15] = 1}};
-  r.allow_loopback = 0;
-  ASSERT(relay__forbidden_peer(&r, &v6)); /* ::1 */
-  uint8_t mapped[16] = {[10] = 0xff, [11] = 0xff, [12] = 127, [15] = 1};
-  memcpy(v6.ip, mapped, 16);
-  ASSERT(relay__forbidden_peer(&r, &v6)); /* ::ffff:127.0.0.1 */
+  return a;
+}
+
+static int forbidden(const relay_t *r, const char *ip) {
+  proto_stun_addr_t a = addr_of(ip, 5000);
+  return relay__forbidden_peer(r, &a);
+}
+
+/* The peer rules of relay/peers.c, in their order, without sockets. */
+static void test_forbidden(void) {
+  relay_t r = {0};
+  const char *denied[] = {"127.0.0.1", "0.0.0.0", "169.254.1.1", "224.0.0.1", "255.255.255.255",
+                          "10.0.0.1", "172.16.0.1", "192.168.1.1", "100.64.0.1", "198.18.0.1",
+                          "192.0.0.1", "192.0.2.7", "::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
+                          "fc00::1", "fec0::1", "64:ff9b::102:304", "fe80::1", "ff02::1",
+                          "2002:c0a8:0101::1"};
+  for (size_t i = 0; i < sizeof(denied) / sizeof(*denied); i++) {
+    if (!forbidden(&r, denied[i])) {
+      fprintf(stderr, "%s allowed\n", denied[i]);
+      ASSERT(0);
+    }
+  }
+  ASSERT(!forbidden(&r, "8.8.8.8"));
+  ASSERT(!forbidden(&r, "2001:4860::8888"));
+  ASSERT(!forbidden(&r, "::ffff:8.8.8.8"));
+  /* --allow-loopback-peers: 127/8 and ::1, nothing else. */
+  r.allow_loopback = 1;
+  ASSERT(!forbidden(&r, "127.0.0.1") && !forbidden(&r, "127.9.9.9") && !forbidden(&r, "::1"));
+  ASSERT(forbidden(&r, "10.0.0.1") && forbidden(&r, "::2") && forbidden(&r, "fe80::1"));
+  /* Allow punches a hole, deny wins over allow and over loopback. */
+  int n = 0;
+  ASSERT_OK(dht_cidr_parse_list("10.1.0.0/16,fd00::/8", r.allow, &n, RELAY_MAX_PEER_RANGES));
+  r.n_allow = n, n = 0;
+  ASSERT_OK(dht_cidr_parse_list("10.1.2.0/24,127.0.0.5,8.8.0.0/16", r.deny, &n,
+                                RELAY_MAX_PEER_RANGES));
+  r.n_deny = n;
+  ASSERT(!forbidden(&r, "10.1.3.4") && !forbidden(&r, "fd12::1"));
+  ASSERT(forbidden(&r, "10.1.2.3") && forbidden(&r, "10.2.0.1") && forbidden(&r, "fc00::1"));
+  ASSERT(forbidden(&r, "127.0.0.5") && !forbidden(&r, "127.0.0.6"));
+  ASSERT(forbidden(&r, "8.8.8.8") && !forbidden(&r, "8.9.8.8")); /* deny: any range */
+  /* The node's own IPs (public ones here): no port of them is a peer
+   * unless it is the relayed address of a live allocation (none here)... */
+  relay_config_t cfg = {0};
+  struct sockaddr_storage other_own;
+  ASSERT_OK(dht_addr_parse("8.9.9.9:3478", &cfg.listen));
+  ASSERT_OK(dht_addr_parse("8.9.9.7:7000", &other_own));
+  cfg.own_addrs = &other_own, cfg.n_own_addrs = 1;
+  relay_t o = {0};
+  ASSERT_OK(relay__peers_config(&o, &cfg));
+  ASSERT(forbidden(&o, "8.9.9.9") && forbidden(&o, "::ffff:8.9.9.9") && forbidden(&o, "8.9.9.7"));
+  proto_stun_addr_t self = addr_of("8.9.9.9", 3478), other = addr_of("8.9.9.8", 3478);
+  ASSERT(relay__own_peer_denied(&o, &self) && !relay__own_peer_denied(&o, &other));
+  /* ... unless explicitly allowed, and an explicit deny holds per packet. */
+  dht_cidr_t one;
+  ASSERT_OK(dht_cidr_parse("8.9.9.9", &one));
+  cfg.allow_peers = &one, cfg.n_allow_peers = 1;
+  relay_t o2 = {0};
+  ASSERT_OK(relay__peers_config(&o2, &cfg));
+  ASSERT(!forbidden(&o2, "8.9.9.9") && !relay__own_peer_denied(&o2, &self));
+  cfg.deny_peers = &one, cfg.n_deny_peers = 1;
+  relay_t o3 = {0};
+  ASSERT_OK(relay__peers_config(&o3, &cfg));
+  ASSERT(forbidden(&o3, "8.9.9.9") && relay__own_peer_denied(&o3, &self));
+  /* Too many ranges or own addresses: refused. */
+  cfg.n_allow_peers = RELAY_MAX_PEER_RANGES + 1;
+  ASSERT_EQ(relay__peers_config(&o3, &cfg), -EINVAL);
 }
 
 static void test_loopback_refused(int fd) {
@@ -455,6 +522,175 @@ static void test_loopback_refused(int fd) {
   ASSERT_EQ(allocate(fd, &c, &relayed), 0);
   ASSERT_EQ(permission(fd, &c, &peer), 403);
   ASSERT_EQ(channel_bind(fd, &c, 0x4000, &peer), 403);
+}
+
+/* Live state for the tests below: a client socket per allocation. */
+typedef struct {
+  int fd;
+  struct sockaddr_in sa;
+  cred_t c;
+  proto_stun_addr_t relayed;
+} client_t;
+
+static int client_alloc(client_t *cl, const char *ip, const char *name, int64_t valid_for) {
+  cl->fd = udp_socket_at(ip, &cl->sa);
+  cred_make(&cl->c, name, valid_for, SECRET);
+  return allocate(cl->fd, &cl->c, &cl->relayed);
+}
+
+static void refresh_zero(client_t *cl) {
+  uint8_t buf[256], rbuf[512];
+  proto_stun_builder_t b;
+  proto_stun_msg_t m;
+  begin(&b, buf, sizeof(buf), PROTO_STUN_REFRESH, PROTO_STUN_REQUEST);
+  proto_stun_add_u32(&b, PROTO_STUN_A_LIFETIME, 0);
+  sign(&b, &cl->c);
+  ASSERT_EQ(exchange(cl->fd, &b, rbuf, sizeof(rbuf), &m), 0);
+}
+
+static struct sockaddr_in sa_of(const proto_stun_addr_t *a) {
+  struct sockaddr_storage ss;
+  struct sockaddr_in sa;
+  relay__addr_to_sa(a, &ss);
+  memcpy(&sa, &ss, sizeof(sa));
+  return sa;
+}
+
+/* Special-purpose peers, --relay-allow/deny-peers and the node's own IP on
+ * a relay without --allow-loopback-peers, while two honest clients relay
+ * to each other through it (in process: their relayed addresses are ours). */
+static void test_peers_live(void) {
+  dht_cidr_t allow[1], deny[1];
+  ASSERT_OK(dht_cidr_parse("10.1.0.0/16", &allow[0]));
+  ASSERT_OK(dht_cidr_parse("10.1.2.0/24", &deny[0]));
+  start_relay_cfg((relay_config_t){.allow_peers = allow, .n_allow_peers = 1, .deny_peers = deny,
+                                   .n_deny_peers = 1});
+  client_t a, b;
+  ASSERT_EQ(client_alloc(&a, "127.0.0.1", "alice", 600), 0);
+  ASSERT_EQ(client_alloc(&b, "127.0.0.1", "bob", 600), 0);
+  struct sockaddr_in psa;
+  int pfd = udp_socket(&psa); /* a service of this host on 127.0.0.1 */
+  uint8_t rbuf[512];
+  struct sockaddr_in from;
+  /* The ranges of issue 10, one CreatePermission each, and a ChannelBind. */
+  const char *bad[] = {"10.0.0.1", "172.16.0.1", "192.168.1.1", "100.64.0.1", "198.18.0.1",
+                       "192.0.0.1", "127.0.0.2", "10.1.2.3"};
+  for (int round = 0; round < 2; round++) { /* repeated: still refused, still counted */
+    json_int_t before = counter("refused", "peer_denied");
+    for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+      proto_stun_addr_t p = addr_of(bad[i], 9);
+      ASSERT_EQ(permission(a.fd, &a.c, &p), 403);
+    }
+    proto_stun_addr_t ten = addr_of("10.0.0.1", 9), self = addr_of("127.0.0.1", 9);
+    ASSERT_EQ(channel_bind(a.fd, &a.c, 0x4000, &ten), 403);
+    ASSERT_EQ(channel_bind(a.fd, &a.c, 0x4000, &self), 403); /* our IP, not a relayed address */
+    ASSERT_EQ(counter("refused", "peer_denied") - before, 10);
+  }
+  proto_stun_addr_t allowed = addr_of("10.1.3.4", 9);
+  ASSERT_EQ(permission(a.fd, &a.c, &allowed), 0); /* the hole --relay-allow-peers punched */
+  /* Each other's relayed addresses, on our loopback IP: allowed (rule 3). */
+  ASSERT_EQ(permission(a.fd, &a.c, &b.relayed), 0);
+  ASSERT_EQ(permission(b.fd, &b.c, &a.relayed), 0);
+  proto_stun_addr_t svc;
+  peer_of(&psa, &svc);
+  ASSERT_EQ(permission(a.fd, &a.c, &svc), 403);
+  /* A's permission covers 127.0.0.1, every port: only relayed addresses
+   * are served; the host's service gets nothing, counted. */
+  json_int_t dropped = counter("dropped", "peer_denied");
+  send_indication(a.fd, &svc, "to a local service");
+  proto_stun_addr_t ten = addr_of("10.0.0.1", 9);
+  send_indication(a.fd, &ten, "to a private network");
+  expect_nothing(pfd);
+  ASSERT_EQ(counter("dropped", "peer_denied") - dropped, 2);
+  /* ... nor can the service reach A through its relayed address. */
+  struct sockaddr_in arel = sa_of(&a.relayed);
+  send_to(pfd, "from a local service", 20, &arel);
+  expect_nothing(a.fd);
+  ASSERT_EQ(counter("dropped", "peer_denied") - dropped, 3);
+  /* Meanwhile A and B relay to each other. */
+  json_int_t internal = counter(NULL, "relayed_internal");
+  for (int i = 0; i < 20; i++) {
+    send_indication(a.fd, &b.relayed, "honest");
+    ssize_t n = wait_recv(b.fd, rbuf, sizeof(rbuf), &from);
+    ASSERT(n > 0);
+    proto_stun_msg_t m;
+    proto_stun_attr_t at;
+    ASSERT_OK(proto_stun_parse(rbuf, (size_t)n, &m));
+    ASSERT(proto_stun_find(&m, PROTO_STUN_A_DATA, &at));
+    ASSERT(at.len == 6 && memcmp(at.val, "honest", 6) == 0);
+  }
+  ASSERT_EQ(counter(NULL, "relayed_internal") - internal, 20);
+  json_t *j = relay_stats_json(relay);
+  json_t *peers = json_object_get(j, "peers");
+  ASSERT_STR_EQ(json_string_value(json_array_get(json_object_get(peers, "allow"), 0)), "10.1.0.0/16");
+  ASSERT_STR_EQ(json_string_value(json_array_get(json_object_get(peers, "deny"), 0)), "10.1.2.0/24");
+  ASSERT(json_is_false(json_object_get(peers, "allow_loopback")));
+  json_decref(j);
+  stop_relay();
+  close(a.fd), close(b.fd), close(pfd);
+}
+
+/* Credentials: the EXPIRY must lie between now and now + max_credential_ttl
+ * (+ RELAY_CRED_SKEW); refused ones count only once they prove the secret. */
+static void test_credentials(void) {
+  start_relay_cfg((relay_config_t){.max_credential_ttl = 3600});
+  client_t cl;
+  int64_t y2100 = 4102444800 - (int64_t)time(NULL);
+  for (int round = 0; round < 2; round++) {
+    ASSERT_EQ(client_alloc(&cl, "127.0.0.1", "eve", y2100), 401);
+    close(cl.fd);
+    ASSERT_EQ(client_alloc(&cl, "127.0.0.1", "eve", 3600 + RELAY_CRED_SKEW + 60), 401);
+    close(cl.fd);
+    ASSERT_EQ(client_alloc(&cl, "127.0.0.1", "eve", -1), 401);
+    close(cl.fd);
+  }
+  ASSERT_EQ(counter("refused", "credential_too_long"), 4);
+  ASSERT_EQ(counter("refused", "credential_expired"), 2);
+  /* Without the secret: a plain auth failure, not a credential counted. */
+  cl.fd = udp_socket(&cl.sa);
+  cred_make(&cl.c, "eve", y2100, "not-the-secret");
+  ASSERT_EQ(allocate(cl.fd, &cl.c, &cl.relayed), 401);
+  close(cl.fd);
+  ASSERT_EQ(counter("refused", "credential_too_long"), 4);
+  ASSERT_EQ(counter("requests", "auth_failures"), 7);
+  ASSERT_EQ(counter(NULL, "max_credential_ttl"), 3600);
+  /* Up to the maximum: fine. */
+  ASSERT_EQ(client_alloc(&cl, "127.0.0.1", "alice", 3600), 0);
+  close(cl.fd);
+  stop_relay();
+}
+
+/* Quotas: per client IP (ten self-minted names from one IP), per user name
+ * (one name, an EXPIRY per allocation, from several IPs), in all; a slot
+ * freed by a deleted allocation can be taken again. */
+static void test_quotas(void) {
+  start_relay_cfg((relay_config_t){.quota_per_user = 3, .quota_per_ip = 4, .quota_total = 9});
+  client_t cl[20];
+  int k = 0;
+  char name[16], ip[16];
+  for (int i = 0; i < 10; i++) {
+    snprintf(name, sizeof(name), "self%d", i);
+    ASSERT_EQ(client_alloc(&cl[k++], "127.0.0.2", name, 600), i < 4 ? 0 : 486);
+  }
+  ASSERT_EQ(counter("refused", "quota_ip"), 6);
+  for (int i = 0; i < 5; i++) {
+    snprintf(ip, sizeof(ip), "127.0.0.%d", 3 + i);
+    ASSERT_EQ(client_alloc(&cl[k++], ip, "mallory", 600 + i), i < 3 ? 0 : 486);
+  }
+  ASSERT_EQ(counter("refused", "quota_user"), 2);
+  ASSERT_EQ(counter(NULL, "users"), 4 + 1);
+  ASSERT_EQ(counter(NULL, "client_ips"), 1 + 3);
+  ASSERT_EQ(client_alloc(&cl[k++], "127.0.0.20", "carol", 600), 0);
+  ASSERT_EQ(client_alloc(&cl[k++], "127.0.0.21", "dave", 600), 0);
+  ASSERT_EQ(client_alloc(&cl[k++], "127.0.0.22", "erin", 600), 508); /* 9 in all */
+  ASSERT_EQ(counter("refused", "quota_total"), 1);
+  ASSERT_EQ(counter("requests", "quota_refusals"), 6 + 2 + 1);
+  /* Deleting an allocation frees its slots at once. */
+  refresh_zero(&cl[0]);
+  ASSERT_EQ(client_alloc(&cl[k++], "127.0.0.2", "self10", 600), 0);
+  ASSERT_EQ(counter(NULL, "allocations"), 9);
+  for (int i = 0; i < k; i++) close(cl[i].fd);
+  stop_relay();
 }
 
 static void test_mint(void) {
@@ -503,6 +739,9 @@ int main(void) {
   int lfd = udp_socket(&csa);
   test_loopback_refused(lfd);
   stop_relay();
+  test_peers_live();
+  test_credentials();
+  test_quotas();
   close(lfd);
   close(cfd);
   close(pfd);
