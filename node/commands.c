@@ -59,6 +59,7 @@ static json_t *cmd_status(node_t *n) {
   dht_addr_str(&self->addr, addr, sizeof(addr));
   json_t *r = json_pack("{s:b, s:s, s:s}", "ok", 1, "id", id, "listen", addr);
   json_object_set_new(r, "overlay", json_string(n->opts->overlay));
+  json_object_set_new(r, "security", json_string(n->ca ? "tls" : "open"));
   json_t *roles = json_array();
   json_array_append_new(roles, json_string("dht"));
   if (n->sip) {

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "dht/cert.h"
 #include "dht/log.h"
 #include "node/node.h"
 
@@ -126,13 +127,42 @@ static void raise_nofile(void) {
   }
 }
 
+/* The secured mode's CA and credentials, or a loud word on the open mode. */
+static int trust_setup(node_t *n, const node_opts_t *o, char *err, size_t errlen) {
+  if (!o->ca) {
+    log_warn("OPEN MODE: peer links are not authenticated and stored values not signed; anyone who "
+             "reaches the peer port can join, store, replace or remove anything. For a lab testbed "
+             "only: give --ca, --cert and --key (p2psip-ca) to run secured");
+    return 0;
+  }
+  char why[300];
+  if (dht_cert_ca_load(o->ca, o->overlay, &n->ca, why, sizeof(why)) ||
+      dht_cert_creds_load(n->ca, o->cert, o->key, &n->creds, why, sizeof(why))) {
+    snprintf(err, errlen, "%s", why);
+    return -1;
+  }
+  if (dht_cert_info(dht_cert_creds_cert(n->creds))->kind != DHT_CERT_NODE) {
+    snprintf(err, errlen, "--cert %s is not a node certificate (p2psip-ca node)", o->cert);
+    return -1;
+  }
+  return 0;
+}
+
+static void trust_free(node_t *n) {
+  dht_cert_creds_free(n->creds);
+  dht_cert_ca_free(n->ca);
+  n->creds = NULL;
+  n->ca = NULL;
+}
+
 static int dht_setup(node_t *n, const node_opts_t *o, char *err, size_t errlen) {
   struct sockaddr_storage boots[NODE_MAX_BOOTSTRAP];
   dht_id_t id;
   dht_config_t cfg = {.overlay = o->overlay, .replicas = o->replicas, .succ_list = o->successors,
                       .refresh_ms = (unsigned)o->refresh_s * 1000u,
                       .stabilize_max_ms = (unsigned)o->stabilize_max_ms,
-                      .bootstrap = boots, .n_bootstrap = o->n_bootstrap};
+                      .bootstrap = boots, .n_bootstrap = o->n_bootstrap,
+                      .ca = n->ca, .creds = n->creds};
   dht_addr_parse(o->listen, &cfg.listen); /* checked by node_opts_parse */
   for (int i = 0; i < o->n_bootstrap; i++) dht_addr_parse(o->bootstrap[i], &boots[i]);
   if (o->node_id) {
@@ -207,12 +237,19 @@ int main(int argc, char **argv) {
   raise_nofile();
 
   node_t n = {.loop = uv_default_loop(), .opts = &opts};
+  if (trust_setup(&n, &opts, err, sizeof(err))) {
+    fprintf(stderr, "p2psipd: %s\n", err);
+    trust_free(&n);
+    node_opts_free(&opts);
+    return 1;
+  }
   if (dht_setup(&n, &opts, err, sizeof(err))) {
     fprintf(stderr, "p2psipd: %s\n", err);
     if (n.dht) {
       shutdown_all(&n);
       uv_run(n.loop, UV_RUN_DEFAULT);
       dht_free(n.dht);
+      trust_free(&n);
     }
     node_opts_free(&opts);
     return 1;
@@ -226,6 +263,7 @@ int main(int argc, char **argv) {
       shutdown_all(&n);
       uv_run(n.loop, UV_RUN_DEFAULT);
       dht_free(n.dht);
+      trust_free(&n);
       node_opts_free(&opts);
       return 1;
     }
@@ -243,6 +281,7 @@ int main(int argc, char **argv) {
     shutdown_all(&n);
     uv_run(n.loop, UV_RUN_DEFAULT);
     dht_free(n.dht);
+    trust_free(&n);
     node_opts_free(&opts);
     return 1;
   }
@@ -264,6 +303,7 @@ int main(int argc, char **argv) {
   node_public_start(&n);
   uv_run(n.loop, UV_RUN_DEFAULT);
   dht_free(n.dht);
+  trust_free(&n);
   free(n.admin);
   node_opts_free(&opts);
   uv_loop_close(n.loop);

@@ -48,6 +48,7 @@ typedef struct {
   int quota_ip;                       /* --relay-quota-ip N */
   int turn_max_ttl;                   /* --turn-max-ttl SECONDS (default 86400) */
   int relay;                          /* --relay: serve TURN whatever --public decides */
+  char *ca, *cert, *key; /* --ca/--cert/--key: the secured mode (p2psip-ca files) */
 } node_opts_t;
 
 /* Parse argv (and the --config file it names; flags win over the file).
@@ -97,6 +98,8 @@ struct node {
   uv_timer_t exit_timer;
   bool leaving;
   int exit_code;
+  dht_cert_ca_t *ca;        /* secured mode: the overlay CA; NULL: open mode */
+  dht_cert_creds_t *creds;  /* secured mode: our certificate and key */
 };
 
 /* Admin socket: listen on path (mode 0600).  Returns 0 or -errno. */

@@ -99,6 +99,18 @@ static int o_node_id(node_opts_t *o, const char *v, char *err, size_t len) {
   return set_str(&o->node_id, v);
 }
 
+static int o_file(char **dst, const char *v, const char *name, char *err, size_t len) {
+  if (!*v || strlen(v) > 4096) {
+    snprintf(err, len, "--%s: expected a file name", name);
+    return -1;
+  }
+  return set_str(dst, v);
+}
+
+static int o_ca(node_opts_t *o, const char *v, char *err, size_t len) { return o_file(&o->ca, v, "ca", err, len); }
+static int o_cert(node_opts_t *o, const char *v, char *err, size_t len) { return o_file(&o->cert, v, "cert", err, len); }
+static int o_key(node_opts_t *o, const char *v, char *err, size_t len) { return o_file(&o->key, v, "key", err, len); }
+
 static int o_log_level(node_opts_t *o, const char *v, char *err, size_t len) {
   int l = log_level_parse(v);
   if (l < 0) {
@@ -271,7 +283,12 @@ static const opt_def_t opt_table[] = {
     {"admin", 1, o_admin, "PATH", "JSON admin unix socket, mode 0600 (default: none)"},
     {"replicas", 1, o_replicas, "N", "copies of every stored key (default 3)"},
     {"successors", 1, o_successors, "N", "successor list length (default 8, at least 3)"},
-    {"node-id", 1, o_node_id, "HEX40", "node identifier (default: SHA-1 of the listen IP:PORT)"},
+    {"ca", 1, o_ca, "FILE", "the overlay CA certificate (p2psip-ca init): secured mode, TLS\n"
+     "                             peer links with this node's --cert and --key"},
+    {"cert", 1, o_cert, "FILE", "this node's certificate (p2psip-ca node); it gives the node id"},
+    {"key", 1, o_key, "FILE", "this node's private key"},
+    {"node-id", 1, o_node_id, "HEX40", "node identifier, open mode only (default: SHA-1 of the\n"
+     "                             listen IP:PORT)"},
     {"log-level", 1, o_log_level, "LEVEL", "error, warn, info (default) or debug"},
     {"refresh", 1, o_refresh, "SECONDS", "how often owners re-store their values (default 30)"},
     {"stabilize-max", 1, o_stab, "MS", "longest ring upkeep interval when quiet (default 30000)"},
@@ -436,6 +453,14 @@ int node_opts_parse(int argc, char **argv, node_opts_t *o, char *err, size_t err
     snprintf(err, errlen, "--%s needs --sip", o->gateway ? "gateway" : "dns-update");
     return -1;
   }
+  if (!o->ca != !o->cert || !o->ca != !o->key) {
+    snprintf(err, errlen, "--ca, --cert and --key go together (the secured mode)");
+    return -1;
+  }
+  if (o->ca && o->node_id) {
+    snprintf(err, errlen, "--node-id: in the secured mode the node id is the one in --cert");
+    return -1;
+  }
   if (o->relay && !o->turn_secret) {
     snprintf(err, errlen, "--relay needs --turn-secret");
     return -1;
@@ -461,5 +486,8 @@ void node_opts_free(node_opts_t *o) {
   free(o->turn);
   free(o->turn_secret);
   free(o->turn_realm);
+  free(o->ca);
+  free(o->cert);
+  free(o->key);
   memset(o, 0, sizeof(*o));
 }
