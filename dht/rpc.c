@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -542,16 +543,28 @@ static void on_connect(uv_connect_t *req, int status) {
 int dht__bind_source(dht_t *d, uv_tcp_t *t, const struct sockaddr_storage *to) {
   struct sockaddr_storage src = d->self.addr;
   if (src.ss_family != to->ss_family) return 0;
+  socklen_t len;
   if (src.ss_family == AF_INET) {
     struct sockaddr_in *a = (struct sockaddr_in *)&src;
     if (a->sin_addr.s_addr == htonl(INADDR_ANY)) return 0;
     a->sin_port = 0;
+    len = sizeof(*a);
   } else {
     struct sockaddr_in6 *a = (struct sockaddr_in6 *)&src;
     if (IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr)) return 0;
     a->sin6_port = 0;
+    len = sizeof(*a);
   }
-  return uv_tcp_bind(t, (const struct sockaddr *)&src, 0);
+  int fd = socket(src.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  /* The port is left to connect(): a bind to (IP, 0) would reserve a port
+   * for every socket whatever its destination, and hundreds of nodes on
+   * one address would run out of ephemeral ports (Linux 4.2+). */
+  int one = 1;
+  setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+  int err = bind(fd, (const struct sockaddr *)&src, len) ? -errno : uv_tcp_open(t, fd);
+  if (err) close(fd);
+  return err;
 }
 
 static dht__conn_t *conn_to(dht_t *d, const dht_node_t *to) {

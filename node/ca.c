@@ -47,7 +47,7 @@
 typedef struct {
   const char *pos[2];
   int npos;
-  const char *overlay, *users, *password, *key, *ca, *days;
+  const char *overlay, *users, *password, *key, *ca, *days, *node_id;
 } args_t;
 
 static void usage(FILE *f) {
@@ -56,10 +56,13 @@ static void usage(FILE *f) {
           "  init CADIR --overlay FQDN [--key ed25519|p256] [--days N]\n"
           "      make the overlay's CA: CADIR/ca.crt and CADIR/ca.key (mode 0600);\n"
           "      --key is the key type of the CA and of everything it issues\n"
-          "      (default ed25519), --days its validity (default 3650)\n"
-          "  node CADIR OUT [--overlay FQDN] [--days N]\n"
+          "      (default p256: OpenSSL verifies it faster), --days its validity\n"
+          "      (default 3650)\n"
+          "  node CADIR OUT [--overlay FQDN] [--days N] [--node-id HEX40]\n"
           "      a node key and certificate, OUT.crt and OUT.key (0600), with a\n"
-          "      node id the CA draws at random; prints the node id\n"
+          "      node id the CA draws at random; prints the node id.  --node-id:\n"
+          "      the CA's operator places the node (testbeds whose ring shape\n"
+          "      matters); a node never chooses its own id\n"
           "  user CADIR USER --users DIR [--password PW|-] [--overlay FQDN] [--days N]\n"
           "      a certificate for sip:USER@OVERLAY and its digest credentials for\n"
           "      the user's home node: DIR/USER.crt, USER.key, USER.digest (0600);\n"
@@ -164,9 +167,9 @@ static void validity(dht_cert_info_t *w, const dht_cert_ca_t *ca, const char *da
 
 static int cmd_init(const args_t *a) {
   if (!a->overlay) die(2, "init needs --overlay FQDN");
-  int keytype = !a->key || strcmp(a->key, "ed25519") == 0 ? DHT_CERT_ED25519
-                : strcmp(a->key, "p256") == 0             ? DHT_CERT_P256
-                                                          : 0;
+  int keytype = a->key && strcmp(a->key, "ed25519") == 0 ? DHT_CERT_ED25519
+                : !a->key || strcmp(a->key, "p256") == 0   ? DHT_CERT_P256
+                                                           : 0;
   if (!keytype) die(2, "--key: ed25519 or p256");
   char overlay[DHT_CERT_MAX_OVERLAY + 2], err[512];
   snprintf(overlay, sizeof(overlay), "%s", a->overlay);
@@ -213,7 +216,11 @@ static int cmd_node(const args_t *a) {
   dht_cert_ca_t *ca = load_ca(a->pos[0], a->overlay, &ca_key);
   dht_cert_info_t w = {.kind = DHT_CERT_NODE};
   validity(&w, ca, a->days, 365);
-  if (RAND_bytes(w.node.b, DHT_ID_LEN) != 1) die(1, "no random bytes");
+  if (a->node_id) {
+    if (dht_id_parse(a->node_id, &w.node)) die(2, "--node-id: 40 hex digits");
+  } else if (RAND_bytes(w.node.b, DHT_ID_LEN) != 1) {
+    die(1, "no random bytes");
+  }
   issue(ca, ca_key, &w, "", a->pos[1], NULL);
   char hex[DHT_ID_HEX];
   dht_id_hex(&w.node, hex);
@@ -332,15 +339,16 @@ typedef struct {
 
 static const command_t commands[] = {
     {"init", 1, " --overlay --key --days ", cmd_init},
-    {"node", 2, " --overlay --days ", cmd_node},
+    {"node", 2, " --overlay --days --node-id ", cmd_node},
     {"user", 2, " --overlay --days --users --password ", cmd_user},
     {"show", 1, " --ca ", cmd_show},
 };
 
 static const char **option_slot(args_t *a, const char *name) {
   static const char *const names[] = {"--overlay", "--users", "--password", "--key", "--ca",
-                                      "--days"};
-  const char **slots[] = {&a->overlay, &a->users, &a->password, &a->key, &a->ca, &a->days};
+                                      "--days", "--node-id"};
+  const char **slots[] = {&a->overlay, &a->users, &a->password, &a->key, &a->ca, &a->days,
+                          &a->node_id};
   for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
     if (strcmp(name, names[i]) == 0) return slots[i];
   return NULL;

@@ -78,7 +78,7 @@ def test_init_node(h, d):
     check(mode(cakey) == 0o600, "init: ca.key is mode 0600", oct(mode(cakey)))
     check(san(cacrt) == [("DNS", OVERLAY)], "ca.crt names the overlay (lowercased)", san(cacrt))
     _, text = openssl("x509", "-in", cacrt, "-noout", "-text")
-    check("CA:TRUE" in text and "ED25519" in text, "ca.crt: a CA, Ed25519 by default", text[:400])
+    check("CA:TRUE" in text and "prime256v1" in text, "ca.crt: a CA, P-256 by default", text[:400])
     check(verified(cacrt, cacrt), "ca.crt is self-signed")
 
     ids = []
@@ -104,13 +104,22 @@ def test_init_node(h, d):
     check(rc == 0 and "node-id: %s" % ids[0] in out and "overlay: %s" % OVERLAY in out and
           "issued-by:" in out, "show --ca: the node id, the overlay, verified", (rc, out, err))
 
-    p256 = os.path.join(d, "ca256")
-    rc, out, err = ca_tool(h, "init", p256, "--overlay", OVERLAY, "--key", "p256")
-    rc2, out2, err2 = ca_tool(h, "node", p256, os.path.join(d, "n256"))
-    _, text = openssl("x509", "-in", os.path.join(d, "n256.crt"), "-noout", "-text")
-    check(rc == 0 and rc2 == 0 and "prime256v1" in text and "ecdsa-with-SHA256" in text and
-          verified(os.path.join(p256, "ca.crt"), os.path.join(d, "n256.crt")),
-          "init --key p256: the CA and its nodes use P-256", (rc, err, rc2, err2, text[:300]))
+    ced = os.path.join(d, "caed")
+    rc, out, err = ca_tool(h, "init", ced, "--overlay", OVERLAY, "--key", "ed25519")
+    rc2, out2, err2 = ca_tool(h, "node", ced, os.path.join(d, "ned"))
+    _, text = openssl("x509", "-in", os.path.join(d, "ned.crt"), "-noout", "-text")
+    check(rc == 0 and rc2 == 0 and "ED25519" in text and
+          verified(os.path.join(ced, "ca.crt"), os.path.join(d, "ned.crt")),
+          "init --key ed25519: the CA and its nodes use Ed25519", (rc, err, rc2, err2, text[:300]))
+
+    placed = "00000000000000000000000000000000000000aa"
+    rc, out, err = ca_tool(h, "node", ca, os.path.join(d, "placed"), "--node-id", placed)
+    _, text = openssl("x509", "-in", os.path.join(d, "placed.crt"), "-noout", "-text")
+    check(rc == 0 and out.strip() == placed and ("p2psip:%s@%s" % (placed, OVERLAY)) in text,
+          "node --node-id: the CA's operator places a node (testbeds)", (rc, out, err))
+    rc, out, err = ca_tool(h, "node", ca, os.path.join(d, "badid"), "--node-id", "xyz")
+    check(rc == 2 and err.count("\n") == 1 and not os.path.exists(os.path.join(d, "badid.crt")),
+          "node --node-id with a bad id: one line, exit 2, no file", (rc, err))
     return ca, cacrt
 
 

@@ -434,7 +434,7 @@ class Cluster:
 
     def __init__(self, rundir, binary, overlay=OVERLAY, host=HOST, base_port=None,
                  replicas=3, successors=None, refresh=None, log_level=os.environ.get("P2PSIP_LOG_LEVEL", "info"),
-                 extra_args=(), workers=16, die_with_parent=True, new_session=None):
+                 extra_args=(), workers=16, die_with_parent=True, new_session=None, secure=None):
         self.rundir = os.path.abspath(rundir)
         self.binary = os.path.abspath(binary)
         self.overlay = overlay
@@ -449,7 +449,14 @@ class Cluster:
         self.die_with_parent = die_with_parent
         self.new_session = (not die_with_parent) if new_session is None else new_session
         self.nodes = []
+        # The secured mode (TLS peer links, certificates from an overlay CA
+        # made here) by default when P2PSIP_SECURE=1: the ring tests run in
+        # both modes.
+        self.secure = os.environ.get("P2PSIP_SECURE") == "1" if secure is None else secure
+        self.cadir = os.path.join(self.rundir, "ca")
         os.makedirs(self.rundir, exist_ok=True)
+        if self.secure and not os.path.exists(os.path.join(self.cadir, "ca.crt")):
+            ca_tool("init", self.cadir, "--overlay", overlay)
         # sockaddr_un.sun_path holds 107 bytes and a NUL.
         if len(os.path.join(self.rundir, "node99999.sock")) > 107:
             raise ValueError("run dir path too long for unix sockets: %s" % self.rundir)
@@ -465,8 +472,20 @@ class Cluster:
                 raise ValueError("no base port and no port given")
             port = self.base_port + idx
         n = Node(idx, port, self.rundir, self.host, node_id)
+        if self.secure:
+            n.id = self.enrol(n)
         self.nodes.append(n)
         return n
+
+    def enrol(self, n):
+        """A certificate for node n from the cluster's CA; returns its node
+        id (n's forced id, placed by the CA, or one the CA drew)."""
+        base = os.path.join(self.rundir, "node%d" % n.index)
+        for ext in (".crt", ".key"):
+            if os.path.exists(base + ext):
+                os.unlink(base + ext)
+        extra = ["--node-id", n.forced_id] if n.forced_id else []
+        return ca_tool("node", self.cadir, base, *extra).strip()
 
     def alive(self):
         """Nodes believed alive whose process is still running."""
@@ -481,7 +500,7 @@ class Cluster:
         d = {"binary": self.binary, "overlay": self.overlay, "host": self.host,
              "base_port": self.base_port, "replicas": self.replicas,
              "successors": self.successors, "refresh": self.refresh,
-             "log_level": self.log_level, "extra_args": self.extra_args,
+             "log_level": self.log_level, "extra_args": self.extra_args, "secure": self.secure,
              "nodes": [n.to_json() for n in self.nodes]}
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
@@ -495,7 +514,7 @@ class Cluster:
         c = cls(rundir, d["binary"], overlay=d["overlay"], host=d["host"],
                 base_port=d["base_port"], replicas=d["replicas"], successors=d.get("successors"),
                 refresh=d.get("refresh"), log_level=d.get("log_level", "info"),
-                extra_args=d.get("extra_args", ()), **kw)
+                extra_args=d.get("extra_args", ()), secure=d.get("secure", False), **kw)
         c.nodes = [Node.from_json(x, c.rundir) for x in d["nodes"]]
         return c
 
@@ -512,7 +531,10 @@ class Cluster:
             a += ["--successors", str(self.successors)]
         if self.refresh is not None:
             a += ["--refresh", str(self.refresh)]
-        if node.forced_id:
+        if self.secure:
+            base = os.path.join(self.rundir, "node%d" % node.index)
+            a += ["--ca", os.path.join(self.cadir, "ca.crt"), "--cert", base + ".crt", "--key", base + ".key"]
+        elif node.forced_id:
             a += ["--node-id", node.forced_id]
         return a + self.extra_args
 
@@ -780,6 +802,17 @@ def expect(cond, what, detail=None):
 
 def info(msg):
     print("# " + msg, flush=True)
+
+
+def ca_tool(*args):
+    """Run p2psip-ca; returns its stdout, raises with its stderr on failure."""
+    tool = find_binary("P2PSIP_CA", "build/node/p2psip-ca")
+    if not tool:
+        raise RuntimeError("no p2psip-ca binary (build it, or set P2PSIP_CA)")
+    r = subprocess.run([tool] + list(args), capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise RuntimeError("p2psip-ca %s: %s" % (" ".join(args), r.stderr.strip()))
+    return r.stdout
 
 
 def find_binary(env="P2PSIP_BIN", rel="build/node/p2psipd"):

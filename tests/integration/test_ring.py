@@ -25,10 +25,13 @@ def test(h):
 
     sts = c.status_all()
     bad = [(n, st) for n, st in ((n, sts[n.index]) for n in nodes)
-           if not (isinstance(st, dict) and st.get("id") == p2p.addr_id(n.addr)
+           # Open mode: SHA-1 of "IP:PORT"; secured: the id in the node's certificate.
+           if not (isinstance(st, dict) and st.get("id") == (n.id if c.secure else p2p.addr_id(n.addr))
                    and st.get("listen") == n.addr and st.get("overlay") == p2p.OVERLAY
+                   and st.get("security") == ("tls" if c.secure else "open")
                    and "dht" in (st.get("roles") or []) and st.get("records") == 0)]
-    check(not bad, "status of every node: id = SHA-1(\"IP:PORT\"), listen, overlay, role dht, 0 records",
+    check(not bad, "status of every node: id = SHA-1(\"IP:PORT\") (secured: the certificate's), listen, overlay, security, "
+          "role dht, 0 records",
           bad[:3])
 
     t1 = time.monotonic()
