@@ -123,10 +123,12 @@ def caption(snap):
     if snap["missing"]:
         parts.append("%d did not answer" % len(snap["missing"]))
     if snap["not_running"]:
-        parts.append("%d stopped or killed" % snap["not_running"])
+        parts.append("%d not running" % snap["not_running"])
     parts.append("overlay %s" % snap["overlay"])
     parts.append(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap["time"])))
-    if consistent(snap):
+    if not snap["nodes"]:
+        parts.append("no node answered")
+    elif consistent(snap):
         parts.append("ring consistent")
     else:
         parts.append("ring INCONSISTENT: %d wrong successors, %d wrong predecessors" %
@@ -167,7 +169,7 @@ svg { font-family: sans-serif; background: #fff; }
 .r-plain { fill: #3b6ea5; } .r-sip { fill: #27ae60; } .r-gateway { fill: #8e44ad; } .r-relay { fill: #e67e22; }
 .also-relay { stroke: #e67e22; stroke-width: 2.5; }
 .succ { fill: none; stroke: #8aa; stroke-width: 1.2; }
-.succ.wrong { stroke: #d00; stroke-width: 2.5; }
+.succ.wrong { stroke: #d00; stroke-width: 2.5; } .node.lost { stroke: #d00; stroke-width: 2.5; }
 .fingers { display: none; fill: none; stroke: #444; stroke-width: 1; stroke-opacity: .7; pointer-events: none; }
 .nd:hover .fingers, .nd:target .fingers, .nd.sel .fingers { display: inline; }
 .nd:target > .node, .nd.sel > .node { stroke: #000; stroke-width: 3; }
@@ -207,7 +209,7 @@ def _f(x):
 def _radii(snap):
     """Node radius from its records: the area grows with them."""
     n = max(1, len(snap["nodes"]))
-    rmin = max(2.0, min(6.0, 2 * math.pi * R / n * 0.3))
+    rmin = max(2.5, min(6.0, 2 * math.pi * R / n * 0.3))
     rmax = min(14.0, rmin * 2.5)
     top = max([e["records"] for e in snap["nodes"]] + [1])
     return {e["id"]: rmin + (rmax - rmin) * math.sqrt(e["records"] / top) for e in snap["nodes"]}
@@ -265,7 +267,8 @@ def _node(e, rad, label):
         out.append('<path class="fingers" d="%s"/>' % d)
     out.append('<circle class="node %s" data-id="%s" data-roles="%s" data-index="%d" data-records="%d" '
                'cx="%s" cy="%s" r="%s"><title>%s</title></circle>' %
-               (_role_classes(e["roles"]), e["id"], roles, e["index"], e["records"],
+               (_role_classes(e["roles"]) + ("" if e["succ_ok"] or e["succ"] else " lost"), e["id"], roles,
+                e["index"], e["records"],
                 _f(x), _f(y), _f(rad), escape(tip)))
     if label:
         lx, ly = _pt(e["id"], R + 18)
@@ -287,7 +290,7 @@ def _legend(snap):
         y += 20
     top = max([e["records"] for e in snap["nodes"]] + [0])
     for line in ("orange ring: also a relay", "size: records (0 to %d)" % top,
-                 "arc: first successor (red: wrong)", "hover or click a node: its fingers"):
+                 "arc: first successor (red: wrong)", "red outline: no successor", "hover or click a node: its fingers"):
         out.append('<text x="2" y="%d">%s</text>' % (y + 4, escape(line)))
         y += 18
     out.append("</g>")
@@ -304,7 +307,7 @@ def _histogram(snap, x0=930, y0=150, w=430, h=330):
         out.append('<text class="tick" x="%d" y="%d">no lookups yet</text></g>' % (x0 + 10, y0 + h / 2))
         return out
     top, bins = max(hist), max(len(hist), 2)
-    bw = w / bins
+    bw, step = w / bins, (bins + 15) // 16  # at most 16 labels
 
     def xat(hops):  # the centre of the bar of `hops`, also between bars
         return x0 + bw * (hops + 0.5)
@@ -313,8 +316,9 @@ def _histogram(snap, x0=930, y0=150, w=430, h=330):
         out.append('<rect class="bar" data-hops="%d" data-count="%d" x="%s" y="%s" width="%s" height="%s">'
                    '<title>%d hops: %d lookups</title></rect>' %
                    (hops, cnt, _f(xat(hops) - bw * 0.4), _f(y0 + h - bh), _f(bw * 0.8), _f(bh), hops, cnt))
-        out.append('<text class="tick" x="%s" y="%d" text-anchor="middle">%d</text>' % (_f(xat(hops)), y0 + h + 15,
-                                                                                        hops))
+        if hops % step == 0:
+            out.append('<text class="tick" x="%s" y="%d" text-anchor="middle">%d</text>' % (_f(xat(hops)), y0 + h + 15,
+                                                                                            hops))
     out.append('<text class="tick" x="%d" y="%d">%d</text>' % (x0 - 4, y0 + 4, top))
     marks = [("log", 0.5 * math.log2(n) if n > 1 else 0.0, "\u00bd\u00b7log\u2082N = %.2f"),
              ("mean", snap["mean_hops"], "mean = %.2f")]
@@ -490,14 +494,16 @@ class Watch:
         self.svgs = {}  # script flag -> (snapshot, lookup_seq, svg)
 
     def _gather(self):
+        snap, err = None, None
         try:
-            snap, err = gather(self.load(), self.workers, self.timeout, deadline=max(30.0, 4 * self.timeout)), None
-        except Exception as e:  # a broken run dir shows on the page; the server goes on
-            snap, err = None, "%s: %s" % (type(e).__name__, e)
-        with self.lock:
-            if snap is not None:
-                self.snap, self.snap_at = snap, time.monotonic()
-            self.error, self.thread = err, None
+            snap = gather(self.load(), self.workers, self.timeout, deadline=max(30.0, 4 * self.timeout))
+        except (Exception, SystemExit) as e:  # a run dir gone shows on the page; the server goes on
+            err = "%s: %s" % (type(e).__name__, e)
+        finally:
+            with self.lock:
+                if snap is not None:
+                    self.snap, self.snap_at = snap, time.monotonic()
+                self.error, self.thread = err, None
 
     def current(self, wait=None):
         """The newest snapshot, after waiting (at most `wait` seconds) for a
@@ -595,7 +601,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _json(self, code, obj):
         self._send(code, "application/json", json.dumps(obj) + "\n")
 
+    def _foreign(self):
+        """Refuse (403) a request named for another host (a DNS rebinding
+        page) or sent from another site's page (a cross-site POST).  A
+        request without Host (HTTP/1.0 by hand) comes from no browser."""
+        port = self.server.server_address[1]
+        ours = ("127.0.0.1:%d" % port, "localhost:%d" % port)
+        origin = self.headers.get("Origin")
+        if self.headers.get("Host") in ours + (None,) and (origin is None or origin in ["http://" + h for h in ours]):
+            return False
+        self._send(403, "text/plain", "this server answers only pages of http://127.0.0.1:%d/\n" % port)
+        return True
+
     def do_GET(self):
+        if self._foreign():
+            return
         w = self.server.watch
         url = urllib.parse.urlsplit(self.path)
         if url.path == "/":
@@ -619,6 +639,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(404, "text/plain", "not found\n")
 
     def do_POST(self):
+        if self._foreign():
+            return
         if urllib.parse.urlsplit(self.path).path != "/lookup":
             return self._send(404, "text/plain", "not found\n")
         try:

@@ -16,7 +16,9 @@
   the URL's #HEX40) to the key's owner.
 - The server's limits: an over-long key, an unknown node, a too large body
   are refused; connections beyond 16 get 503 while the others stay open,
-  and once the idle ones time out the page is served again.
+  and once the idle ones time out the page is served again; a request for
+  another host name (DNS rebinding) or a POST from another site's page is
+  refused with 403.
 """
 
 import html.parser
@@ -122,6 +124,9 @@ def check_drawing():
     check([m.get("data-roles") for m in marks_of(root)] == ["", "relay", "", "", ""], "drawing: data-roles")
     bars = [int(e.get("data-count")) for e in root.iter(SVG + "rect") if e.get("class") == "bar"]
     check(bars == [0, 10, 5], "drawing: the histogram sums the nodes' histograms", bars)
+    root = ET.fromstring(ringpicture.render_svg(ringpicture.snapshot([], "overlay.test", missing=[0, 1])))
+    check(not marks_of(root) and "no node answered" in root.find(SVG + "title").text,
+          "drawing: a ring where no node answered says so", root.find(SVG + "title").text)
 
 
 # testbed picture ----------------------------------------------------------------
@@ -245,10 +250,10 @@ def start_watch(h, c):
     return url
 
 
-def http(url, data=None, timeout=30):
+def http(url, data=None, timeout=30, headers=None):
     """(status, body) of a GET, or a POST of data (bytes)."""
     try:
-        with urllib.request.urlopen(url, data=data, timeout=timeout) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, data, headers or {}), timeout=timeout) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
@@ -284,6 +289,12 @@ def check_limits(url):
     st, body = http(url + "lookup", form({"key": "k", "from": "0" * 40}).encode())
     check(st == 400 and "no answering node" in body, "a lookup from an unknown node is refused (400)", (st, body))
     host, port = "127.0.0.1", int(url.rsplit(":", 1)[1].strip("/"))
+    st, _ = http(url + "state.json", headers={"Host": "rebound.example:%d" % port})
+    check(st == 403, "a request named for another host (DNS rebinding) is refused (403)", st)
+    st, _ = http(url + "lookup", form({"key": "csrf-key"}).encode(), headers={"Origin": "http://evil.example"})
+    lk = json.loads(http(url + "state.json")[1])["lookup"]
+    check(st == 403 and (lk or {}).get("key") != "csrf-key", "a lookup posted by another site's page is refused "
+          "(403) and not run", (st, lk))
     with socket.create_connection((host, port), timeout=10) as s:
         s.sendall(b"POST /lookup HTTP/1.0\r\nContent-Length: 100000\r\n\r\n")
         reply = s.recv(200)
