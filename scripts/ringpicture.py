@@ -18,7 +18,6 @@ import http.server
 import json
 import math
 import os
-import socketserver
 import sys
 import threading
 import time
