@@ -446,7 +446,10 @@ static void tls_input(dht__conn_t *c, const uint8_t *data, size_t len) {
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   dht__conn_t *c = s->data;
   if (n < 0) {
-    if (c->ssl && !c->ready && n == UV_EOF) tls_refused(c, "closed during the handshake");
+    /* A close before any byte came (a REACH probe testing that the port
+     * connects, a port scan) is no failed handshake. */
+    if (c->ssl && !c->ready && n == UV_EOF && SSL_in_before(c->ssl)) conn_close(c, NULL);
+    else if (c->ssl && !c->ready && n == UV_EOF) tls_refused(c, "closed during the handshake");
     else conn_close(c, n == UV_EOF ? NULL : uv_strerror((int)n));
     return;
   }
