@@ -112,6 +112,8 @@ int dht_new(uv_loop_t *loop, const dht_config_t *cfg, dht_t **out) {
       return -EINVAL;
     }
   }
+  d->ca = cfg->ca;
+  d->creds = cfg->creds;
   if (cfg->creds) {
     d->self.id = dht_cert_info(dht_cert_creds_cert(cfg->creds))->node;
   } else if (cfg->node_id) {

@@ -16,6 +16,7 @@
 #define P2PSIP_DHT_H
 
 #include <netinet/in.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -86,6 +87,7 @@ enum {
   DHT_ETIMEDOUT = -110,  /* no answer from the nodes that should know */
   DHT_ENOTFOUND = -2,    /* no value under that key */
   DHT_ECLOSING = -125,   /* the node is leaving */
+  DHT_EREFUSED = -13,    /* the responsible node refused the value (access rules, limits) */
 };
 
 typedef void (*dht_put_cb)(dht_t *d, int status, int replicas, void *arg);
@@ -117,6 +119,8 @@ int dht_id_parse(const char *hex, dht_id_t *out); /* 40 hex digits: 0, else -EIN
 /* "IP:PORT" ("[v6]:PORT"); out needs 64 bytes. */
 void dht_addr_str(const struct sockaddr_storage *ss, char *out, size_t len);
 int dht_addr_parse(const char *s, struct sockaddr_storage *out);
+/* Same family, address and port. */
+bool dht_addr_eq(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
 
 /* Address ranges (addr.c).  An IPv4 or IPv6 prefix, host bits zero. */
 typedef struct {
@@ -153,6 +157,12 @@ int dht_addr_loopback(const struct sockaddr_storage *ss);
  * replaces it (higher sequence number).  body is copied. */
 int dht_put(dht_t *d, const char *name, const char *vid, uint8_t kind, const void *body,
             size_t len, uint32_t ttl_s, dht_put_cb cb, void *arg);
+/* The same, signed with signer's certificate instead of the node's own
+ * (the secured mode: a home node puts its users' records with their
+ * certificates, dht/cert.h).  signer is borrowed: it must outlive the
+ * value (and its removal).  NULL: the node's own, as dht_put. */
+int dht_put_as(dht_t *d, const dht_cert_creds_t *signer, const char *name, const char *vid,
+               uint8_t kind, const void *body, size_t len, uint32_t ttl_s, dht_put_cb cb, void *arg);
 /* Withdraw a value this node put (a tombstone replaces it everywhere).
  * cb may be NULL. */
 int dht_remove(dht_t *d, const char *name, const char *vid, dht_put_cb cb, void *arg);
@@ -188,6 +198,7 @@ typedef struct {
   uint64_t tls_failed;   /* secured mode: handshakes or sessions that failed */
   uint64_t auth_refused; /* frames whose claims disagree with the peer's certificate */
   uint64_t deadline_closes; /* connections closed for no HELLO or no frame end in time */
+  uint64_t values_refused;  /* values not stored: access rules, caps */
   uint64_t out_by_type[24]; /* requests and replies sent, by frame type */
 } dht_stats_t;
 /* Name of a frame type for out_by_type ("find", "store_r"...), or NULL. */

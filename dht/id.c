@@ -103,6 +103,16 @@ void dht_addr_str(const struct sockaddr_storage *ss, char *out, size_t len) {
   }
 }
 
+bool dht_addr_eq(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+  if (a->ss_family != b->ss_family) return false;
+  if (a->ss_family == AF_INET) {
+    const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+    return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+  }
+  const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+  return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+}
+
 int dht_addr_parse(const char *s, struct sockaddr_storage *out) {
   char host[INET6_ADDRSTRLEN + 2];
   const char *colon = strrchr(s, ':');

@@ -47,6 +47,12 @@ typedef struct dht__value {
   uint64_t expires; /* loop time, ms */
   uint8_t *body;
   uint32_t body_len;
+  /* PROTO_VF_SIGNED: as signed (the secured mode); cert holds the DER
+   * certificate and the signature after it. */
+  uint64_t expires_abs; /* unix seconds */
+  uint8_t *cert;
+  uint16_t cert_len;
+  dht_id_t signer; /* who may replace it: the node id, or SHA-1 of the user's AOR */
 } dht__value_t;
 
 typedef struct dht__key {
@@ -66,8 +72,12 @@ void dht__store_init(dht__store_t *s);
 void dht__store_free(dht__store_t *s);
 dht__key_t *dht__store_find(dht__store_t *s, const dht_id_t *key);
 /* Apply one value (newer sequence wins; same sequence keeps the later
- * expiry).  Returns 1 if it changed the store, 0 if it was older. */
-int dht__store_apply(dht__store_t *s, const dht_id_t *key, const proto_value_t *v, uint64_t now);
+ * expiry).  signer: who signed it (secured mode), or NULL.  Returns 1 if
+ * it changed the store, 0 if it was older. */
+int dht__store_apply(dht__store_t *s, const dht_id_t *key, const proto_value_t *v,
+                     const dht_id_t *signer, uint64_t now);
+/* The value with id vid under k, or NULL. */
+dht__value_t *dht__store_value(dht__key_t *k, const uint8_t *vid, size_t len);
 /* Drop values whose expiry passed; returns how many. */
 size_t dht__store_sweep(dht__store_t *s, uint64_t now);
 /* Drop every key for which drop(k, arg) is true; returns how many. */
@@ -82,6 +92,19 @@ int dht__store_live_in(const dht__key_t *k, uint64_t now);
 long dht__store_encode(const dht__key_t *k, uint8_t flags, uint64_t now, uint8_t *buf, size_t len);
 /* Bytes a STORE of k needs at most. */
 size_t dht__store_encoded_size(const dht__key_t *k);
+
+/* Access (access.c) --------------------------------------------------------- */
+
+/* Longest life a value of kind may have, in seconds. */
+uint32_t dht__ttl_cap(uint8_t kind);
+/* May v be stored under key here?  old: the version held now, or NULL.
+ * NULL with *signer (secured mode) and *ttl (the life to keep it for) set,
+ * or the reason for refusing it. */
+const char *dht__value_check(dht_t *d, const dht_id_t *key, const proto_value_t *v,
+                             const dht__value_t *old, dht_id_t *signer, uint32_t *ttl);
+/* Log a refused value: who sent it (NULL: ourselves), under which key, why. */
+void dht__log_refused(dht_t *d, const dht_node_t *from, const dht_id_t *key,
+                      const proto_value_t *v, const char *why);
 
 /* RPC ---------------------------------------------------------------------- */
 
@@ -209,10 +232,15 @@ struct dht {
   } dead[DHT_DEAD_SLOTS]; /* ring.c */
   bool has_boot;
   bool check_ok, check_inflight; /* self_check() in ring.c */
+#define DHT_VOUCHED 64
+  dht_id_t vouched[DHT_VOUCHED]; /* secured mode: second-hand nodes that answered (ring.c) */
+  int vouch_inflight;
   unsigned stab_rounds;
 
   /* Transport. */
   struct ssl_ctx_st *tls; /* secured mode: the TLS context (SSL_CTX); NULL: open */
+  dht_cert_ca_t *ca;          /* secured mode: checks certificates and values */
+  const dht_cert_creds_t *creds; /* secured mode: signs our values */
   uv_tcp_t listener;
   dht__conn_t *conns;
   uint32_t next_txid;

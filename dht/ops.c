@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "dht/cert.h"
 #include "dht/internal.h"
 #include "dht/log.h"
 
@@ -231,16 +232,30 @@ int dht__lookup_via(dht_t *d, const dht_id_t *key, const dht_node_t *start, dht_
 
 /* Storing on the primary and its replicas ----------------------------------- */
 
-/* Apply every value of a decoded STORE; returns how many changed the store. */
-static int apply_store(dht_t *d, const proto_store_t *s) {
+/* Apply every value of a decoded STORE that passes the access checks
+ * (access.c); returns how many were refused.  from: who sent it (NULL:
+ * ourselves), for the log. */
+static int apply_store(dht_t *d, const proto_store_t *s, const dht_node_t *from) {
   dht_id_t key;
   memcpy(key.b, s->key, DHT_ID_LEN);
   proto_cur_t it = s->values;
   proto_value_t v;
-  int changed = 0;
-  while (proto_value_next(&it, &v) == 1) changed += dht__store_apply(&d->store, &key, &v, uv_now(d->loop));
+  int refused = 0;
+  uint64_t now = uv_now(d->loop);
+  while (proto_value_next(&it, &v) == 1) {
+    dht__key_t *k = dht__store_find(&d->store, &key);
+    dht__value_t *old = k ? dht__store_value(k, v.vid, v.vid_len) : NULL;
+    dht_id_t signer;
+    const char *why = dht__value_check(d, &key, &v, old, &signer, &v.ttl);
+    if (why) {
+      if (refused++ == 0) dht__log_refused(d, from, &key, &v, why);
+      continue;
+    }
+    dht__store_apply(&d->store, &key, &v, d->ca ? &signer : NULL, now);
+  }
   d->stats.stores_in++;
-  return changed;
+  d->stats.values_refused += (uint64_t)refused;
+  return refused;
 }
 
 static void on_replica_stored_ignore(dht_t *d, int status, const proto_frame_t *f,
@@ -299,11 +314,12 @@ typedef struct {
   dht__conn_t *conn;
   uint32_t txid;
   uint16_t stored;
+  uint8_t status;
 } store_reply_t;
 
 static void reply_stored(dht_t *d, int copies, void *arg) {
   store_reply_t *sr = arg;
-  proto_store_r_t r = {.status = 0, .stored = sr->stored, .replicas = (uint8_t)copies};
+  proto_store_r_t r = {.status = sr->status, .stored = sr->stored, .replicas = (uint8_t)copies};
   uint8_t buf[8];
   long n = proto_store_r_encode(buf, sizeof(buf), &r);
   /* The connection may have closed meanwhile: our ref keeps it allocated,
@@ -313,14 +329,16 @@ static void reply_stored(dht_t *d, int copies, void *arg) {
   free(sr);
 }
 
-static int answer_store(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
+static int answer_store(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const dht_node_t *peer) {
   proto_store_t s;
   int err = proto_store_decode(f->body, f->body_len, &s);
   if (err) return err;
-  apply_store(d, &s);
+  int refused = apply_store(d, &s, peer);
   store_reply_t *sr = malloc(sizeof(*sr));
   if (!sr) return 0;
-  *sr = (store_reply_t){.conn = c, .txid = f->txid, .stored = s.count};
+  /* A refusal is told, so the sender logs it and does not try elsewhere. */
+  *sr = (store_reply_t){.conn = c, .txid = f->txid, .stored = (uint16_t)(s.count - refused),
+                        .status = refused ? PROTO_STORE_REFUSED : 0};
   dht__conn_ref(c);
   if (s.flags & PROTO_STORE_REPLICA) {
     reply_stored(d, 1, sr);
@@ -360,7 +378,7 @@ static int answer_fetch(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
 int dht__handle_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const dht_node_t *peer) {
   switch (f->type) {
   case PROTO_FIND: return answer_find(d, c, f);
-  case PROTO_STORE: return answer_store(d, c, f);
+  case PROTO_STORE: return answer_store(d, c, f, peer);
   case PROTO_FETCH: return answer_fetch(d, c, f);
   case PROTO_REACH: return dht__reach_answer(d, c, f);
   default: return dht__ring_on_request(d, c, f, peer);
@@ -397,7 +415,19 @@ static void store_op_next(store_op_t *op);
 static void on_store_r(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer, void *arg) {
   store_op_t *op = arg;
   proto_store_r_t r;
-  if (status || proto_store_r_decode(f->body, f->body_len, &r) || r.status) {
+  if (status || proto_store_r_decode(f->body, f->body_len, &r)) {
+    store_op_next(op);
+    return;
+  }
+  if (r.status == PROTO_STORE_REFUSED) {
+    char a[64];
+    dht_addr_str(&peer->addr, a, sizeof(a));
+    log_warn("store: %s refused %u of our values (access rules; its log says why)", a,
+             (unsigned)(r.stored < 1 ? 1 : r.stored));
+    store_op_done(op, DHT_EREFUSED, 0);
+    return;
+  }
+  if (r.status) {
     store_op_next(op);
     return;
   }
@@ -412,7 +442,10 @@ static void store_op_next(store_op_t *op) {
     const dht_node_t *t = &op->targets[op->next++];
     if (is_self(d, t)) {
       proto_store_t s;
-      if (proto_store_decode(op->body, op->len, &s) == 0) apply_store(d, &s);
+      if (proto_store_decode(op->body, op->len, &s) == 0 && apply_store(d, &s, NULL)) {
+        store_op_done(op, DHT_EREFUSED, 0);
+        return;
+      }
       fan_out(d, op->body, op->len, on_local_fanout, op);
       return;
     }
@@ -476,6 +509,10 @@ struct dht__owned {
   dht_node_t primary; /* where the last store landed */
   bool has_primary;
   unsigned stores;
+  /* Secured mode: who signs it, and the signature over this version. */
+  const dht_cert_creds_t *signer;
+  uint64_t expires_abs; /* unix seconds */
+  uint8_t sig[PROTO_SIG_LEN];
 };
 
 /* Refreshes go straight to the node that took the last store, skipping
@@ -552,7 +589,15 @@ static int owned_store(dht_t *d, dht__owned_t *o, dht_put_cb cb, void *arg) {
       .body = o->body, .body_len = (uint32_t)o->len,
   };
   memcpy(v.owner, d->self.id.b, DHT_ID_LEN);
-  size_t cap = PROTO_ID_LEN + 3 + 64 + strlen(o->vid) + o->len;
+  if (o->signer) {
+    size_t len;
+    dht_cert_der(dht_cert_creds_cert(o->signer), &v.cert, &len);
+    v.cert_len = (uint16_t)len;
+    v.flags |= PROTO_VF_SIGNED;
+    v.expires = o->expires_abs;
+    v.sig = o->sig;
+  }
+  size_t cap = PROTO_ID_LEN + 3 + 64 + strlen(o->vid) + o->len + 10 + v.cert_len + PROTO_SIG_LEN;
   uint8_t *buf = malloc(cap);
   if (!buf) return -ENOMEM;
   proto_wcur_t w = {buf, buf + cap, 0};
@@ -567,14 +612,25 @@ static int owned_store(dht_t *d, dht__owned_t *o, dht_put_cb cb, void *arg) {
   return store_op(d, &o->key, buf, (size_t)n, cached ? &o->primary : NULL, cb, arg);
 }
 
-static int owned_set(dht_t *d, const char *name, const char *vid, uint8_t kind, uint8_t flags,
-                     const void *body, size_t len, uint32_t ttl_s, dht__owned_t **out) {
+/* Sign o's current version (secured mode). */
+static int owned_sign(dht__owned_t *o) {
+  dht_cert_value_t cv = {.vid = (const uint8_t *)o->vid, .vid_len = strlen(o->vid), .kind = o->kind,
+                         .flags = (uint8_t)(o->flags | PROTO_VF_SIGNED), .seq = o->seq,
+                         .expires = o->expires_abs, .body = o->body, .body_len = o->len};
+  cv.key = o->key;
+  return dht_cert_sign(o->signer, &cv, o->sig);
+}
+
+static int owned_set(dht_t *d, const dht_cert_creds_t *signer, const char *name, const char *vid,
+                     uint8_t kind, uint8_t flags, const void *body, size_t len, uint32_t ttl_s,
+                     dht__owned_t **out) {
   char hex[DHT_ID_HEX];
   if (!vid) {
     dht_id_hex(&d->self.id, hex);
     vid = hex;
   }
-  if (!*vid || strlen(vid) > PROTO_MAX_VALUE_ID || len > PROTO_MAX_VALUE_BODY || ttl_s == 0)
+  if (!*vid || strlen(vid) > PROTO_MAX_VALUE_ID || len > PROTO_MAX_VALUE_BODY || ttl_s == 0 ||
+      ttl_s > dht__ttl_cap(kind))
     return -EINVAL;
   dht_id_t key;
   dht_id_of(name, &key);
@@ -609,6 +665,9 @@ static int owned_set(dht_t *d, const char *name, const char *vid, uint8_t kind, 
   o->seq = next_seq(o);
   o->stores = 0; /* a new put looks its key up */
   o->expires = uv_now(d->loop) + (uint64_t)ttl_s * 1000;
+  o->expires_abs = (uint64_t)time(NULL) + ttl_s;
+  o->signer = signer;
+  if (signer && owned_sign(o)) return -EINVAL;
   *out = o;
   return 0;
 }
@@ -655,14 +714,19 @@ static void join_waits_fail(dht_t *d) {
   }
 }
 
-int dht_put(dht_t *d, const char *name, const char *vid, uint8_t kind, const void *body,
-            size_t len, uint32_t ttl_s, dht_put_cb cb, void *arg) {
+int dht_put_as(dht_t *d, const dht_cert_creds_t *signer, const char *name, const char *vid,
+               uint8_t kind, const void *body, size_t len, uint32_t ttl_s, dht_put_cb cb, void *arg) {
   if (d->closed || d->leaving) return DHT_ECLOSING;
   dht__owned_t *o;
-  int err = owned_set(d, name, vid, kind, 0, body, len, ttl_s, &o);
+  int err = owned_set(d, signer ? signer : d->creds, name, vid, kind, 0, body, len, ttl_s, &o);
   if (err) return err;
   d->stats.puts++;
   return owned_store_or_wait(d, o, cb, arg);
+}
+
+int dht_put(dht_t *d, const char *name, const char *vid, uint8_t kind, const void *body,
+            size_t len, uint32_t ttl_s, dht_put_cb cb, void *arg) {
+  return dht_put_as(d, NULL, name, vid, kind, body, len, ttl_s, cb, arg);
 }
 
 int dht_remove(dht_t *d, const char *name, const char *vid, dht_put_cb cb, void *arg) {
@@ -677,10 +741,11 @@ int dht_remove(dht_t *d, const char *name, const char *vid, dht_put_cb cb, void 
   dht__owned_t *o = owned_find(d, &key, name, vid);
   if (!o) return -ENOENT;
   /* The tombstone lives as long as the value would have, so that no stale
-   * replica can bring the value back. */
+   * replica can bring the value back; it is signed by whoever signed the
+   * value. */
   uint64_t now = uv_now(d->loop);
   uint32_t ttl = o->expires > now ? (uint32_t)((o->expires - now + 999) / 1000) : 1;
-  int err = owned_set(d, name, vid, o->kind, PROTO_VF_TOMBSTONE, NULL, 0, ttl, &o);
+  int err = owned_set(d, o->signer, name, vid, o->kind, PROTO_VF_TOMBSTONE, NULL, 0, ttl, &o);
   return err ? err : owned_store_or_wait(d, o, cb, arg);
 }
 
@@ -747,6 +812,23 @@ static int merged_cmp(const void *a, const void *b) {
   return x->ttl > y->ttl ? -1 : x->ttl < y->ttl;
 }
 
+/* The reader checks what it is given as the primary and the replicas
+ * did (secured mode): a node that answers with a forged value cannot hide
+ * the real one behind a higher sequence number. */
+static bool readable(dht_t *d, const dht_id_t *key, const proto_value_t *v) {
+  if (!d->ca) return true;
+  dht__key_t *k = dht__store_find(&d->store, key);
+  dht_id_t signer;
+  uint32_t ttl;
+  const char *why = dht__value_check(d, key, v, k ? dht__store_value(k, v->vid, v->vid_len) : NULL,
+                                     &signer, &ttl);
+  if (why) {
+    d->stats.values_refused++;
+    log_info("get: dropped value %.*s from an answer: %s", (int)v->vid_len, (const char *)v->vid, why);
+  }
+  return !why;
+}
+
 /* The newest version of every value id in the answers; returns the count
  * (0 with *out NULL when there is nothing, -ENOMEM). */
 static int get_merge(get_op_t *g, merged_t **out) {
@@ -762,7 +844,8 @@ static int get_merge(get_op_t *g, merged_t **out) {
   size_t n = 0;
   for (int i = 0; i < g->next; i++) {
     proto_cur_t it = s[i].values;
-    while (s[i].count && n < total && proto_value_next(&it, &m[n].v) == 1) m[n++].holders = 1u << i;
+    while (s[i].count && n < total && proto_value_next(&it, &m[n].v) == 1)
+      if (readable(g->d, &g->key, &m[n].v)) m[n++].holders = 1u << i;
   }
   qsort(m, n, sizeof(*m), merged_cmp);
   size_t w = 0;
@@ -800,7 +883,7 @@ static void get_repair(get_op_t *g, const merged_t *m, int n) {
     if (len <= 0 || len > PROTO_MAX_BODY) break;
     if (is_self(d, &g->targets[i])) {
       proto_store_t s;
-      if (proto_store_decode(buf, (size_t)len, &s) == 0) apply_store(d, &s);
+      if (proto_store_decode(buf, (size_t)len, &s) == 0) apply_store(d, &s, NULL);
     } else {
       dht__rpc_call(d, &g->targets[i], PROTO_STORE, buf, (size_t)len, on_replica_stored_ignore, NULL);
     }

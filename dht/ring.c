@@ -371,7 +371,49 @@ static void fix_finger(dht_t *d, bool refresh) {
   }
 }
 
+/* Second-hand nodes ---------------------------------------------------------
+ *
+ * In the secured mode a node named by someone else (a lookup answer, a
+ * POKE, a NOTIFY answer) becomes a successor or finger only once it has
+ * answered a PING on a connection whose certificate carries its id: a peer
+ * cannot slip a node id of its choosing, or another node's address, into
+ * our tables.  Nodes that passed are remembered in a small direct-mapped
+ * cache, so a node is pinged once, not once per answer that names it.
+ */
+#define VOUCH_INFLIGHT 8
+
+static dht_id_t *vouch_slot(dht_t *d, const dht_id_t *id) {
+  return &d->vouched[id->b[DHT_ID_LEN - 1] % DHT_VOUCHED];
+}
+
+static void adopt(dht_t *d, const dht_node_t *x);
+
+static void on_vouch_ping(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
+                          void *arg) {
+  dht_node_t *x = arg;
+  d->vouch_inflight--;
+  if (status == 0 && !d->leaving && dht__node_eq(peer, x)) {
+    *vouch_slot(d, &x->id) = x->id;
+    adopt(d, x);
+  }
+  free(x);
+}
+
 void dht__ring_saw(dht_t *d, const dht_node_t *x) {
+  if (is_self(d, x) || d->leaving || dead_recently(d, x)) return;
+  if (!d->tls || dht__id_eq(vouch_slot(d, &x->id), &x->id)) {
+    adopt(d, x);
+    return;
+  }
+  if (d->vouch_inflight >= VOUCH_INFLIGHT) return; /* it will be named again */
+  dht_node_t *copy = malloc(sizeof(*copy));
+  if (!copy) return;
+  *copy = *x;
+  if (dht__rpc_call(d, x, PROTO_PING, NULL, 0, on_vouch_ping, copy)) free(copy);
+  else d->vouch_inflight++;
+}
+
+static void adopt(dht_t *d, const dht_node_t *x) {
   /* A live node we just heard from may be a closer finger than what we
    * have: taking it costs nothing and shortens lookups early on. */
   if (is_self(d, x) || d->leaving || dead_recently(d, x)) return;
@@ -488,6 +530,22 @@ void dht__peer_lost(dht_t *d, const dht_node_t *peer) {
 
 /* Requests ----------------------------------------------------------------- */
 
+/* NEIGH, NOTIFY and JOIN name the node that sends them (a LEAVE is about
+ * its sender by construction): a node may speak only for itself, as its
+ * HELLO (certified in the secured mode) says who it is.  Otherwise anyone
+ * could make us adopt a predecessor of its choosing or hand a range of
+ * keys to it. */
+static int claim_is_peer(dht_t *d, const dht_node_t *x, const dht_node_t *peer, int type) {
+  if (dht__node_eq(x, peer) && dht_addr_eq(&x->addr, &peer->addr)) return 0;
+  char a[64], who[DHT_ID_HEX], named[DHT_ID_HEX];
+  dht_addr_str(&peer->addr, a, sizeof(a));
+  dht_id_hex(&peer->id, who);
+  dht_id_hex(&x->id, named);
+  d->stats.auth_refused++;
+  log_warn("%s from %.8s (%s) names another node, %.8s: refused", dht_frame_name(type), who, a, named);
+  return PROTO_EINVAL;
+}
+
 static void on_notify(dht_t *d, const dht_node_t *x) {
   if (is_self(d, x)) return;
   dead_clear(d, x);
@@ -554,6 +612,7 @@ int dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const
     if (f->body_len) {
       if ((err = proto_node_decode(f->body, f->body_len, &pn))) return err;
       dht__node_from_proto(&pn, &x);
+      if ((err = claim_is_peer(d, &x, peer, f->type))) return err;
       on_notify(d, &x);
     }
     n = encode_neigh(d, buf, sizeof(buf));
@@ -561,6 +620,7 @@ int dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const
   case PROTO_NOTIFY:
     if ((err = proto_node_decode(f->body, f->body_len, &pn))) return err;
     dht__node_from_proto(&pn, &x);
+    if ((err = claim_is_peer(d, &x, peer, f->type))) return err;
     on_notify(d, &x);
     /* Answer with our predecessor: if it lies between the notifier and
      * us, the notifier has the wrong successor and learns the right one. */
@@ -576,6 +636,7 @@ int dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const
   case PROTO_JOIN:
     if ((err = proto_node_decode(f->body, f->body_len, &pn))) return err;
     dht__node_from_proto(&pn, &x);
+    if ((err = claim_is_peer(d, &x, peer, f->type))) return err;
     on_notify(d, &x);
     if (d->has_pred && dht__node_eq(&d->pred, &x)) dht__repl_give_range(d, &x);
     break;

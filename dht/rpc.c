@@ -70,6 +70,7 @@ struct dht__conn {
   SSL *ssl;     /* secured mode: the TLS session; rbio in, wbio out */
   BIO *rbio, *wbio;
   dht_id_t auth_id; /* secured mode: the peer's certified node id once ready */
+  dht_id_t expect;  /* outgoing: the node we meant to reach (zero: unknown) */
   uint64_t opened;  /* loop time */
   uint64_t frame_since; /* loop time the frame being assembled in rbuf began */
 };
@@ -88,16 +89,6 @@ typedef struct dht__pending {
 /* libuv reads into this and calls us at once, so one buffer serves every
  * connection; only the tail of an incomplete frame is copied out. */
 static uint8_t read_buf[64 * 1024];
-
-static bool addr_eq(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
-  if (a->ss_family != b->ss_family) return false;
-  if (a->ss_family == AF_INET) {
-    const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-    return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-  }
-  const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-  return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
-}
 
 static void conn_close(dht__conn_t *c, const char *why);
 
@@ -252,6 +243,18 @@ static int on_hello(dht__conn_t *c, const proto_frame_t *f) {
     dht_id_hex(&c->auth_id, id);
     c->d->stats.auth_refused++;
     log_warn("peer %s (certified as %s) claims another node id in its HELLO: closing", a, id);
+    return PROTO_EINVAL;
+  }
+  static const dht_id_t unknown;
+  if (c->outgoing && !dht__id_eq(&c->expect, &unknown) && !dht__id_eq(&claimed.id, &c->expect)) {
+    /* Stale ring state (a node restarted with another id), or a node that
+     * names someone else's address as its own. */
+    char a[64], want[DHT_ID_HEX], got[DHT_ID_HEX];
+    dht_addr_str(&c->remote, a, sizeof(a));
+    dht_id_hex(&c->expect, want);
+    dht_id_hex(&claimed.id, got);
+    c->d->stats.auth_refused++;
+    log_warn("the node at %s is %.8s, not the %.8s we were told of: closing", a, got, want);
     return PROTO_EINVAL;
   }
   c->peer = claimed;
@@ -571,15 +574,19 @@ int dht__bind_source(dht_t *d, uv_tcp_t *t, const struct sockaddr_storage *to) {
 }
 
 static dht__conn_t *conn_to(dht_t *d, const dht_node_t *to) {
+  static const dht_id_t unknown;
   const struct sockaddr_storage *addr = &to->addr;
+  bool any_id = dht__id_eq(&to->id, &unknown);
   for (dht__conn_t *c = d->conns; c; c = c->next) {
     if (c->closing) continue;
-    if (c->outgoing ? addr_eq(&c->addr, addr)
-                    : c->have_peer && dht__node_eq(&c->peer, to) && addr_eq(&c->peer.addr, addr))
+    if (c->outgoing ? dht_addr_eq(&c->addr, addr) && (any_id || dht__id_eq(&c->expect, &to->id) ||
+                                                  (c->have_peer && dht__node_eq(&c->peer, to)))
+                    : c->have_peer && dht__node_eq(&c->peer, to) && dht_addr_eq(&c->peer.addr, addr))
       return c;
   }
   dht__conn_t *c = conn_new(d, true);
   if (!c) return NULL;
+  c->expect = to->id;
   c->addr = *addr;
   c->remote = *addr;
   int err = dht__bind_source(d, &c->tcp, addr);
@@ -656,7 +663,7 @@ const struct sockaddr_storage *dht__conn_remote(const dht__conn_t *c) { return &
 void dht__rpc_drop(dht_t *d, const struct sockaddr_storage *addr) {
   for (dht__conn_t *c = d->conns, *next; c; c = next) {
     next = c->next;
-    if (addr_eq(&c->addr, addr)) conn_close(c, "dropped");
+    if (dht_addr_eq(&c->addr, addr)) conn_close(c, "dropped");
   }
 }
 

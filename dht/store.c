@@ -18,6 +18,7 @@ void dht__store_init(dht__store_t *s) {
 static void value_free(dht__value_t *v) {
   free(v->vid);
   free(v->body);
+  free(v->cert);
 }
 
 static void key_free(dht__key_t *k) {
@@ -83,16 +84,27 @@ static dht__key_t *key_get(dht__store_t *s, const dht_id_t *key) {
   return k;
 }
 
-static int value_set(dht__value_t *v, const proto_value_t *in, uint64_t now) {
-  uint8_t *body = NULL;
-  if (in->body_len) {
-    body = malloc(in->body_len);
-    if (!body) return -1;
-    memcpy(body, in->body, in->body_len);
+static int value_set(dht__value_t *v, const proto_value_t *in, const dht_id_t *signer, uint64_t now) {
+  uint8_t *body = NULL, *cert = NULL;
+  bool signed_ = in->flags & PROTO_VF_SIGNED;
+  if ((in->body_len && !(body = malloc(in->body_len))) ||
+      (signed_ && !(cert = malloc((size_t)in->cert_len + PROTO_SIG_LEN)))) {
+    free(body);
+    return -1;
+  }
+  if (in->body_len) memcpy(body, in->body, in->body_len);
+  if (signed_) {
+    memcpy(cert, in->cert, in->cert_len);
+    memcpy(cert + in->cert_len, in->sig, PROTO_SIG_LEN);
   }
   free(v->body);
+  free(v->cert);
   v->body = body;
   v->body_len = in->body_len;
+  v->cert = cert;
+  v->cert_len = signed_ ? in->cert_len : 0;
+  v->expires_abs = in->expires;
+  if (signer) v->signer = *signer;
   v->kind = in->kind;
   v->flags = in->flags;
   memcpy(v->owner.b, in->owner, DHT_ID_LEN);
@@ -101,7 +113,7 @@ static int value_set(dht__value_t *v, const proto_value_t *in, uint64_t now) {
   return 0;
 }
 
-static dht__value_t *value_find(dht__key_t *k, const uint8_t *vid, size_t len) {
+dht__value_t *dht__store_value(dht__key_t *k, const uint8_t *vid, size_t len) {
   for (int i = 0; i < k->n; i++)
     if (strlen(k->values[i].vid) == len && memcmp(k->values[i].vid, vid, len) == 0)
       return &k->values[i];
@@ -127,14 +139,15 @@ static dht__value_t *value_add(dht__store_t *s, dht__key_t *k, const proto_value
   return v;
 }
 
-int dht__store_apply(dht__store_t *s, const dht_id_t *key, const proto_value_t *in, uint64_t now) {
+int dht__store_apply(dht__store_t *s, const dht_id_t *key, const proto_value_t *in,
+                     const dht_id_t *signer, uint64_t now) {
   if (in->ttl == 0) return 0;
   /* A value id with a NUL in it would be cut short by strlen: refuse it. */
   if (memchr(in->vid, '\0', in->vid_len)) return 0;
   dht__key_t *k = key_get(s, key);
   if (!k) return 0;
   k->confirmed = now;
-  dht__value_t *v = value_find(k, in->vid, in->vid_len);
+  dht__value_t *v = dht__store_value(k, in->vid, in->vid_len);
   if (v) {
     uint64_t exp = now + (uint64_t)in->ttl * 1000;
     if (in->seq < v->seq || (in->seq == v->seq && exp <= v->expires)) return 0;
@@ -145,7 +158,7 @@ int dht__store_apply(dht__store_t *s, const dht_id_t *key, const proto_value_t *
   } else if (!(v = value_add(s, k, in))) {
     return 0;
   }
-  if (value_set(v, in, now)) {
+  if (value_set(v, in, signer, now)) {
     /* Out of memory: drop the half-made value rather than keep garbage. */
     value_free(v);
     *v = k->values[--k->n];
@@ -222,7 +235,8 @@ int dht__store_live_in(const dht__key_t *k, uint64_t now) {
 size_t dht__store_encoded_size(const dht__key_t *k) {
   size_t n = PROTO_ID_LEN + 3;
   for (int i = 0; i < k->n; i++)
-    n += 1 + strlen(k->values[i].vid) + 2 + PROTO_ID_LEN + 8 + 4 + 4 + k->values[i].body_len;
+    n += 1 + strlen(k->values[i].vid) + 2 + PROTO_ID_LEN + 8 + 4 + 4 + k->values[i].body_len +
+         (k->values[i].cert_len ? 8 + 2 + k->values[i].cert_len + PROTO_SIG_LEN : 0);
   return n;
 }
 
@@ -242,6 +256,8 @@ long dht__store_encode(const dht__key_t *k, uint8_t flags, uint64_t now, uint8_t
         .kind = v->kind, .flags = v->flags, .seq = v->seq,
         .ttl = (uint32_t)((v->expires - now) / 1000),
         .body = v->body, .body_len = v->body_len,
+        .expires = v->expires_abs, .cert = v->cert, .cert_len = v->cert_len,
+        .sig = v->cert ? v->cert + v->cert_len : NULL,
     };
     memcpy(pv.owner, v->owner.b, DHT_ID_LEN);
     proto_store_add(&w, &pv);

@@ -43,6 +43,7 @@ static const char *dht_strerror(int status) {
   switch (status) {
   case DHT_ETIMEDOUT: return "no answer from the nodes responsible";
   case DHT_ECLOSING: return "node is leaving";
+  case DHT_EREFUSED: return "refused by the responsible node (access rules or limits)";
   case -EINVAL: return "invalid argument";
   case -ENOMEM: return "out of memory";
   }
@@ -129,7 +130,7 @@ static json_t *cmd_put(node_t *n, json_t *req, node_reply_fn reply, void *arg) {
   free(body);
   if (err) {
     free(p);
-    return fail("put: %s", err == -EINVAL ? "value too large or invalid" : dht_strerror(err));
+    return fail("put: %s", err == -EINVAL ? "value too large or invalid, or ttl beyond the cap" : dht_strerror(err));
   }
   return NULL;
 }
@@ -257,6 +258,7 @@ static json_t *cmd_stats(node_t *n) {
       {"rpc_timeouts", s.rpc_timeouts}, {"bad_frames", s.bad_frames},
       {"connections", s.connections}, {"tls_failed", s.tls_failed},
       {"auth_refused", s.auth_refused}, {"deadline_closes", s.deadline_closes},
+      {"values_refused", s.values_refused},
       {"puts", s.puts},               {"gets", s.gets},
       {"stores_in", s.stores_in},     {"values_stored", s.values_stored},
   };

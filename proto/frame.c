@@ -1,6 +1,7 @@
 /* Peer protocol frames and bodies.  See proto.h for the layout. */
 #include "proto/proto.h"
 
+#include <stdbool.h>
 #include <string.h>
 
 const char *proto_strerror(int err) {
@@ -361,8 +362,22 @@ static int get_value(proto_cur_t *c, proto_value_t *v) {
       proto_get_u32(c, &v->ttl) || proto_get_u32(c, &v->body_len))
     return PROTO_ETRUNC;
   if (v->body_len > PROTO_MAX_VALUE_BODY) return PROTO_ETOOBIG;
+  if (v->flags & ~PROTO_VF_ALL) return PROTO_EINVAL;
   if (proto_get_sub(c, v->body_len, &sub)) return PROTO_ETRUNC;
   v->body = sub.p;
+  if (!(v->flags & PROTO_VF_SIGNED)) {
+    v->expires = 0;
+    v->cert = v->sig = NULL;
+    v->cert_len = 0;
+    return 0;
+  }
+  if (proto_get_u64(c, &v->expires) || proto_get_u16(c, &v->cert_len)) return PROTO_ETRUNC;
+  if (v->cert_len == 0) return PROTO_EINVAL;
+  if (v->cert_len > PROTO_MAX_CERT) return PROTO_ETOOBIG;
+  if (proto_get_sub(c, v->cert_len, &sub)) return PROTO_ETRUNC;
+  v->cert = sub.p;
+  if (proto_get_sub(c, PROTO_SIG_LEN, &sub)) return PROTO_ETRUNC;
+  v->sig = sub.p;
   return 0;
 }
 
@@ -392,7 +407,9 @@ void proto_store_begin(proto_wcur_t *w, const uint8_t key[PROTO_ID_LEN], uint8_t
 }
 
 void proto_store_add(proto_wcur_t *w, const proto_value_t *v) {
-  if (v->vid_len == 0 || v->body_len > PROTO_MAX_VALUE_BODY) {
+  bool signed_ = v->flags & PROTO_VF_SIGNED;
+  if (v->vid_len == 0 || v->body_len > PROTO_MAX_VALUE_BODY || (v->flags & ~PROTO_VF_ALL) ||
+      (signed_ && (v->cert_len == 0 || v->cert_len > PROTO_MAX_CERT || !v->cert || !v->sig))) {
     w->err = PROTO_EINVAL;
     return;
   }
@@ -405,6 +422,12 @@ void proto_store_add(proto_wcur_t *w, const proto_value_t *v) {
   proto_put_u32(w, v->ttl);
   proto_put_u32(w, v->body_len);
   proto_put_bytes(w, v->body, v->body_len);
+  if (signed_) {
+    proto_put_u64(w, v->expires);
+    proto_put_u16(w, v->cert_len);
+    proto_put_bytes(w, v->cert, v->cert_len);
+    proto_put_bytes(w, v->sig, PROTO_SIG_LEN);
+  }
 }
 
 long proto_store_end(proto_wcur_t *w, uint8_t *start) {

@@ -113,9 +113,18 @@ typedef struct {
   uint32_t ttl; /* seconds left; relative so clocks need not agree */
   const uint8_t *body;
   uint32_t body_len;
+  /* PROTO_VF_SIGNED (the secured mode): what the signer signed and how. */
+  uint64_t expires;     /* absolute expiry, unix seconds */
+  const uint8_t *cert;  /* the signer's certificate, DER */
+  uint16_t cert_len;    /* 1..PROTO_MAX_CERT */
+  const uint8_t *sig;   /* PROTO_SIG_LEN bytes */
 } proto_value_t;
 
 #define PROTO_VF_TOMBSTONE 0x01 /* the owner removed it; keep until ttl */
+#define PROTO_VF_SIGNED 0x02    /* expires, cert and sig follow the body */
+#define PROTO_VF_ALL (PROTO_VF_TOMBSTONE | PROTO_VF_SIGNED)
+#define PROTO_MAX_CERT 2048
+#define PROTO_SIG_LEN 64
 
 /* Frame bodies ------------------------------------------------------------ */
 
@@ -151,8 +160,9 @@ typedef struct {
   proto_cur_t values; /* iterate with proto_value_next() */
 } proto_store_t;      /* also the body of PROTO_FETCH_R (flags unused) */
 
+#define PROTO_STORE_REFUSED 1 /* STORE_R status: values refused by the access rules */
 typedef struct {
-  uint8_t status; /* 0 ok, else an error */
+  uint8_t status; /* 0 ok, else an error (PROTO_STORE_REFUSED) */
   uint16_t stored;
   uint8_t replicas; /* copies the receiver made, counting itself */
 } proto_store_r_t;

@@ -93,20 +93,28 @@ def pipelined_big_stores(c, t):
 
 
 def long_ttl(c, t):
-    """A value stored with a TTL above 2^31 s reads back with that TTL, not a
-    negative one (the admin JSON packs it as a 64-bit integer)."""
-    key = c.keys_owned_by(t, 1, prefix="ttl-")[0]
+    """A value whose TTL is beyond its kind's cap (366 days for admin values)
+    is refused with a status the sender sees and counted; one at the cap
+    reads back with that TTL (the admin JSON packs it as a 64-bit integer:
+    it used to come back negative above 2^31 s)."""
+    cap = 366 * 86400
+    keys = c.keys_owned_by(t, 2, prefix="ttl-")
+    refused0 = t.admin_ok({"cmd": "stats"})["values_refused"]
     s = peer_conn(t)
     try:
-        s.sendall(hello(p2p.OVERLAY) + store_frame(p2p.key_id(key), [value_bytes("v", b'"x"', ttl=3000000000)],
-                                                   txid=20, flags=1))
-        got = [f for f in read_frames(s, 2) if f[0] == 12]
+        s.sendall(hello(p2p.OVERLAY) +
+                  store_frame(p2p.key_id(keys[0]), [value_bytes("v", b'"x"', ttl=3000000000)], txid=20, flags=1) +
+                  store_frame(p2p.key_id(keys[1]), [value_bytes("v", b'"y"', ttl=cap)], txid=21, flags=1))
+        got = [(f[1], f[2][:1]) for f in read_frames(s, 3) if f[0] == 12]
     finally:
         s.close()
-    check(len(got) == 1, "STORE with ttl 3e9 answered")
-    vals = p2p.get_values(t, key)
-    check(len(vals) == 1 and 2999999000 <= vals[0]["expires_in"] <= 3000000000,
-          "expires_in of a 3e9 s TTL reads back as ~3e9", vals)
+    check(got == [(20, b"\x01"), (21, b"\x00")], "a STORE with ttl 3e9 s is refused (status 1), one at the cap "
+          "is taken", got)
+    check(p2p.get_values(t, keys[0]) == [], "nothing of the refused value is kept")
+    check(t.admin_ok({"cmd": "stats"})["values_refused"] == refused0 + 1, "the refusal is counted in values_refused")
+    vals = p2p.get_values(t, keys[1])
+    check(len(vals) == 1 and cap - 1000 <= vals[0]["expires_in"] <= cap,
+          "expires_in of a value at the cap reads back as the cap", vals)
 
 
 def peer_conn(node):

@@ -25,26 +25,26 @@ static void test_sets_and_seq(void) {
   dht_id_t key;
   dht_id_of("sip:overlay.test", &key);
   proto_value_t a = val("proxy-a", 10, 60, "A1"), b = val("proxy-b", 5, 60, "B1");
-  ASSERT_EQ(dht__store_apply(&s, &key, &a, 0), 1);
-  ASSERT_EQ(dht__store_apply(&s, &key, &b, 0), 1);
+  ASSERT_EQ(dht__store_apply(&s, &key, &a, NULL, 0), 1);
+  ASSERT_EQ(dht__store_apply(&s, &key, &b, NULL, 0), 1);
   ASSERT_EQ(dht__store_find(&s, &key)->n, 2); /* two proxy peers side by side */
   ASSERT_EQ(s.nkeys, 1);
   /* Older sequence loses, newer wins. */
   proto_value_t old = val("proxy-a", 9, 600, "A0"), newer = val("proxy-a", 11, 60, "A2");
-  ASSERT_EQ(dht__store_apply(&s, &key, &old, 0), 0);
+  ASSERT_EQ(dht__store_apply(&s, &key, &old, NULL, 0), 0);
   ASSERT_MEM_EQ(find(&s, &key, "proxy-a")->body, "A1", 2);
-  ASSERT_EQ(dht__store_apply(&s, &key, &newer, 0), 1);
+  ASSERT_EQ(dht__store_apply(&s, &key, &newer, NULL, 0), 1);
   ASSERT_MEM_EQ(find(&s, &key, "proxy-a")->body, "A2", 2);
   /* Same sequence: a refresh extends the life, a shorter one is ignored. */
   proto_value_t refresh = val("proxy-a", 11, 120, "A2");
-  ASSERT_EQ(dht__store_apply(&s, &key, &refresh, 1000), 1);
+  ASSERT_EQ(dht__store_apply(&s, &key, &refresh, NULL, 1000), 1);
   ASSERT_UINT_EQ(find(&s, &key, "proxy-a")->expires, 121000);
-  ASSERT_EQ(dht__store_apply(&s, &key, &newer, 0), 0);
+  ASSERT_EQ(dht__store_apply(&s, &key, &newer, NULL, 0), 0);
   /* A NUL inside a value id is refused. */
   proto_value_t nul = val("x", 1, 60, "");
   nul.vid = (const uint8_t *)"a\0b";
   nul.vid_len = 3;
-  ASSERT_EQ(dht__store_apply(&s, &key, &nul, 0), 0);
+  ASSERT_EQ(dht__store_apply(&s, &key, &nul, NULL, 0), 0);
   dht__store_free(&s);
 }
 
@@ -55,9 +55,9 @@ static void test_expiry(void) {
   dht_id_of("sip:alice@overlay.test", &k1);
   dht_id_of("turn:overlay.test", &k2);
   proto_value_t shortv = val("c1", 1, 10, "x"), longv = val("c2", 1, 100, "y"), t = val("r", 1, 10, "z");
-  dht__store_apply(&s, &k1, &shortv, 0);
-  dht__store_apply(&s, &k1, &longv, 0);
-  dht__store_apply(&s, &k2, &t, 0);
+  dht__store_apply(&s, &k1, &shortv, NULL, 0);
+  dht__store_apply(&s, &k1, &longv, NULL, 0);
+  dht__store_apply(&s, &k2, &t, NULL, 0);
   ASSERT_EQ(dht__store_live(&s, 0), 3);
   ASSERT_EQ(dht__store_sweep(&s, 9999), 0);
   ASSERT_EQ(dht__store_sweep(&s, 10000), 2);
@@ -66,7 +66,7 @@ static void test_expiry(void) {
   ASSERT(find(&s, &k1, "c2") != NULL);
   /* ttl 0 is never stored. */
   proto_value_t zero = val("c3", 1, 0, "w");
-  ASSERT_EQ(dht__store_apply(&s, &k1, &zero, 0), 0);
+  ASSERT_EQ(dht__store_apply(&s, &k1, &zero, NULL, 0), 0);
   dht__store_free(&s);
 }
 
@@ -77,10 +77,10 @@ static void test_tombstone_and_encode(void) {
   dht_id_of("k", &key);
   proto_value_t v = val("v", 1, 60, "body"), dead = val("v", 2, 60, "");
   dead.flags = PROTO_VF_TOMBSTONE;
-  dht__store_apply(&s, &key, &v, 0);
-  ASSERT_EQ(dht__store_apply(&s, &key, &dead, 0), 1);
+  dht__store_apply(&s, &key, &v, NULL, 0);
+  ASSERT_EQ(dht__store_apply(&s, &key, &dead, NULL, 0), 1);
   ASSERT_EQ(dht__store_live(&s, 0), 0); /* removed, but remembered */
-  ASSERT_EQ(dht__store_apply(&s, &key, &v, 0), 0); /* a stale copy cannot resurrect it */
+  ASSERT_EQ(dht__store_apply(&s, &key, &v, NULL, 0), 0); /* a stale copy cannot resurrect it */
   /* Encode what we hold and decode it again. */
   dht__key_t *k = dht__store_find(&s, &key);
   uint8_t buf[512];
@@ -99,7 +99,7 @@ static void test_tombstone_and_encode(void) {
     snprintf(name, sizeof(name), "key%d", i);
     dht_id_t kk;
     dht_id_of(name, &kk);
-    dht__store_apply(&s, &kk, &v, 0);
+    dht__store_apply(&s, &kk, &v, NULL, 0);
   }
   for (int i = 0; i < 1000; i++) {
     char name[16];
