@@ -117,8 +117,18 @@ int dht_addr_parse(const char *s, struct sockaddr_storage *out);
 int dht_put(dht_t *d, const char *name, const char *vid, uint8_t kind, const void *body,
             size_t len, uint32_t ttl_s, dht_put_cb cb, void *arg);
 /* Withdraw a value this node put (a tombstone replaces it everywhere).
- * cb may be NULL. */
+ * cb may be NULL; -ENOENT when this node has not put (name, vid) since it
+ * started. */
 int dht_remove(dht_t *d, const char *name, const char *vid, dht_put_cb cb, void *arg);
+/* Withdraw a value as dht_get() returned it, whoever put it: this node
+ * before it restarted (its table of what it put starts empty), or another
+ * node.  A tombstone with a sequence number above v->seq and this node's
+ * clock replaces it everywhere, and this node keeps re-storing it for
+ * v->expires_in seconds (or longer if it put the value itself), so that no
+ * stale copy comes back.  Reads v->vid, v->kind, v->seq and v->expires_in
+ * only.  cb may be NULL. */
+int dht_remove_value(dht_t *d, const char *name, const dht_value_t *v, dht_put_cb cb,
+                     void *arg);
 /* Fetch the live values under name. */
 int dht_get(dht_t *d, const char *name, dht_get_cb cb, void *arg);
 /* Find the node responsible for key. */

@@ -623,6 +623,23 @@ int dht_put(dht_t *d, const char *name, const char *vid, uint8_t kind, const voi
   return owned_store(d, o, cb, arg);
 }
 
+/* A tombstone for (name, vid) that beats sequence number `above`, kept
+ * (owned) for ttl_s seconds or as long as our own value would have lived,
+ * whichever is longer: no stale replica can bring the value back. */
+static int tombstone(dht_t *d, const char *name, const char *vid, uint8_t kind, uint64_t above,
+                     uint32_t ttl_s, dht_put_cb cb, void *arg) {
+  dht_id_t key;
+  dht_id_of(name, &key);
+  dht__owned_t *o = owned_find(d, &key, name, vid);
+  uint64_t now = uv_now(d->loop);
+  if (o && o->expires > now + (uint64_t)ttl_s * 1000)
+    ttl_s = (uint32_t)((o->expires - now + 999) / 1000);
+  int err = owned_set(d, name, vid, kind, PROTO_VF_TOMBSTONE, NULL, 0, ttl_s ? ttl_s : 1, &o);
+  if (err) return err;
+  if (o->seq <= above && above < UINT64_MAX) o->seq = above + 1;
+  return owned_store(d, o, cb, arg);
+}
+
 int dht_remove(dht_t *d, const char *name, const char *vid, dht_put_cb cb, void *arg) {
   if (d->closed || d->leaving) return DHT_ECLOSING;
   char hex[DHT_ID_HEX];
@@ -634,12 +651,17 @@ int dht_remove(dht_t *d, const char *name, const char *vid, dht_put_cb cb, void 
   dht_id_of(name, &key);
   dht__owned_t *o = owned_find(d, &key, name, vid);
   if (!o) return -ENOENT;
-  /* The tombstone lives as long as the value would have, so that no stale
-   * replica can bring the value back. */
-  uint64_t now = uv_now(d->loop);
-  uint32_t ttl = o->expires > now ? (uint32_t)((o->expires - now + 999) / 1000) : 1;
-  int err = owned_set(d, name, vid, o->kind, PROTO_VF_TOMBSTONE, NULL, 0, ttl, &o);
-  return err ? err : owned_store(d, o, cb, arg);
+  return tombstone(d, name, vid, o->kind, 0, 1, cb, arg);
+}
+
+int dht_remove_value(dht_t *d, const char *name, const dht_value_t *v, dht_put_cb cb,
+                     void *arg) {
+  if (d->closed || d->leaving) return DHT_ECLOSING;
+  if (!v || !v->vid) return -EINVAL;
+  /* One second more than the copy said: expires_in is rounded, and the
+   * owner's copy may outlive the one we read by that much. */
+  uint32_t ttl = v->expires_in < UINT32_MAX ? v->expires_in + 1 : v->expires_in;
+  return tombstone(d, name, v->vid, v->kind, v->seq, ttl, cb, arg);
 }
 
 void dht__owned_refresh_all(dht_t *d) {
@@ -700,14 +722,6 @@ static void get_deliver(get_op_t *g, const proto_store_t *s) {
   free(g);
 }
 
-static size_t live_count(const proto_store_t *s) {
-  proto_cur_t it = s->values;
-  proto_value_t v;
-  size_t n = 0;
-  while (proto_value_next(&it, &v) == 1) n += !(v.flags & PROTO_VF_TOMBSTONE);
-  return n;
-}
-
 /* Read repair: the targets asked before this one answered with nothing
  * (a node that just joined, or restarted with its old id); give them what
  * this one holds, tombstones included. */
@@ -737,8 +751,11 @@ static void on_fetch_r(dht_t *d, int status, const proto_frame_t *f, const dht_n
     return;
   }
   /* An empty answer may come from a node that joined a moment ago or
-   * restarted: ask the other replicas before saying there is nothing. */
-  if (live_count(&s) == 0) {
+   * restarted: ask the other replicas before saying there is nothing.  An
+   * answer with tombstones is not empty: the values were removed, and a
+   * node further on may hold a stale copy (one that left the replica set
+   * keeps its copies until they expire) that would bring them back. */
+  if (s.count == 0) {
     g->empty_answers++;
     g->empty_at[g->next - 1] = true;
     if (g->next < g->n_targets) {
@@ -754,7 +771,17 @@ static void on_fetch_r(dht_t *d, int status, const proto_frame_t *f, const dht_n
 static void get_local(get_op_t *g) {
   dht_t *d = g->d;
   dht__key_t *k = dht__store_find(&d->store, &g->key);
-  if (!k || dht__store_live_in(k, uv_now(d->loop)) == 0) {
+  size_t cap = k ? dht__store_encoded_size(k) : 0;
+  uint8_t *buf = k ? malloc(cap) : NULL;
+  proto_store_t s;
+  long n = buf ? dht__store_encode(k, 0, uv_now(d->loop), buf, cap) : -1;
+  if (k && (n < 0 || proto_store_decode(buf, (size_t)n, &s))) {
+    free(buf);
+    get_next(g);
+    return;
+  }
+  if (!k || s.count == 0) { /* as in on_fetch_r: tombstones are an answer */
+    free(buf);
     g->empty_answers++;
     g->empty_at[g->next - 1] = true;
     if (g->next < g->n_targets) {
@@ -762,15 +789,6 @@ static void get_local(get_op_t *g) {
       return;
     }
     get_deliver(g, NULL);
-    return;
-  }
-  size_t cap = dht__store_encoded_size(k);
-  uint8_t *buf = malloc(cap);
-  proto_store_t s;
-  long n = buf ? dht__store_encode(k, 0, uv_now(d->loop), buf, cap) : -1;
-  if (n < 0 || proto_store_decode(buf, (size_t)n, &s)) {
-    free(buf);
-    get_next(g);
     return;
   }
   if (g->empty_answers) read_repair(g, buf, (size_t)n);

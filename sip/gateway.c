@@ -103,7 +103,7 @@ void sip__gateway_stop(sip_svc_t *s, void (*done)(sip_svc_t *s))
   su_timer_reset(s->republish);
   s->gw_done = done;
   s->gw_pending = 1;
-  if (sip__dht_remove(s, name, NULL, on_removed, NULL) == 0)
+  if (sip__dht_remove(s, name, NULL, NULL, on_removed, NULL) == 0)
     s->gw_pending++;
   if (s->dnsreg) {
     s->gw_pending++;

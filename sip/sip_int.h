@@ -182,7 +182,10 @@ typedef void (*sip_op_cb)(sip_svc_t *s, void *ctx, int status, const dht_value_t
 int sip__dht_get(sip_svc_t *s, const char *name, sip_op_cb cb, void *ctx);
 int sip__dht_put(sip_svc_t *s, const char *name, const char *vid, uint8_t kind,
                  const char *body, uint32_t ttl, sip_op_cb cb, void *ctx);
-int sip__dht_remove(sip_svc_t *s, const char *name, const char *vid, sip_op_cb cb, void *ctx);
+/* Removes a value this node put since it started (seen NULL: dht_remove),
+ * or, whoever put it, one a get returned (dht_remove_value). */
+int sip__dht_remove(sip_svc_t *s, const char *name, const char *vid, const dht_value_t *seen,
+                    sip_op_cb cb, void *ctx);
 void sip__dht_detach_all(sip_svc_t *s);
 /* A get answered from an answer for the same name fetched less than max_ms
  * ago (perhaps before returning; status SIP_GET_CACHED), else from the
@@ -210,6 +213,8 @@ typedef struct {
   int q1000;         /* q times 1000 */
   int32_t remaining; /* seconds until the contact expires; <= 0: expired */
   char vid[DHT_ID_HEX + 8];
+  uint64_t seq;      /* the DHT value's sequence number and life (expires_in), */
+  uint32_t ttl;      /* which a removal must outlast (dht_remove_value) */
 } sip_binding_t;
 char *sip__binding_encode(const sip_binding_t *b, uint32_t expires);
 int sip__binding_decode(const dht_value_t *v, sip_binding_t *out); /* malloc'd strings */

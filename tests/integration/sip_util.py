@@ -84,6 +84,11 @@ def sip_addr(cluster, node):
     return "%s:%d" % (HOST, sip_port(cluster, node))
 
 
+def sip_dest(cluster, node):
+    """(host, port) of node's SIP socket, for Ua.send_raw / Ua.do."""
+    return (HOST, sip_port(cluster, node))
+
+
 def has_sip(binary):
     """True if this p2psipd knows --sip (the SIP role is wired in)."""
     try:
@@ -363,6 +368,15 @@ class Ua:
 
 def status_of(m):
     return m.status if isinstance(m, Msg) else m
+
+
+def reg_bindings(resp):
+    """{contact uri: expires} from a REGISTER response."""
+    out = {}
+    for v in resp.all("contact"):
+        m = re.search(r"expires=(\d+)", v)
+        out[uri_of(v)] = int(m.group(1)) if m else None
+    return out
 
 
 # sipp -------------------------------------------------------------------------------
