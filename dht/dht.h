@@ -135,6 +135,14 @@ int dht_get(dht_t *d, const char *name, dht_get_cb cb, void *arg);
 int dht_lookup(dht_t *d, const dht_id_t *key, dht_lookup_cb cb, void *arg);
 /* Called whenever the successor list or the predecessor changes. */
 void dht_watch(dht_t *d, dht_succ_cb cb, void *arg);
+/* Called when this node finds another node dead and drops it from its ring
+ * tables: a request to it failed or timed out, or a connection to a
+ * neighbour closed and a ping found nothing listening.  Not for a node
+ * that leaves gracefully, and once per node until it is heard from again.
+ * node (id and peer address) is valid during the call only.  One callback
+ * per dht_t: a later call replaces it; NULL stops the calls. */
+typedef void (*dht_dead_cb)(dht_t *d, const dht_node_t *node, void *arg);
+void dht_on_dead(dht_t *d, dht_dead_cb cb, void *arg);
 
 /* Ask a peer which address it sees us at and whether it can open a TCP
  * connection back to that address at port (our peer port if 0).  cb gets
