@@ -300,14 +300,10 @@ int sip__reg_direction(const sip_svc_t *s, msg_t *msg, const sip_t *sip)
   if (sip->sip_contact && sip->sip_contact->m_url->url_type != url_any &&
       sip__reg_by_contact(s, sip->sip_contact->m_url))
     return -1;
-  su_addrinfo_t *ai = msg_addrinfo(msg);
-  if (!ai || !ai->ai_addr || ai->ai_addrlen > sizeof(struct sockaddr_storage))
-    return 0;
-  struct sockaddr_storage ss;
-  memset(&ss, 0, sizeof ss);
-  memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
   char src[80];
-  dht_addr_str(&ss, src, sizeof src);
+  sip__msg_source(msg, src, sizeof src);
+  if (!src[0])
+    return 0;
   uint64_t now = sip__now_ms(s);
   for (const sip_reg_t *r = *reg_slot(s, BY_SOURCE, fnv(2166136261u, src, 0)); r;
        r = r->hnext[BY_SOURCE])
@@ -529,12 +525,7 @@ static int check_contacts(rtx_t *x, long *too_brief)
 static void note_source(rtx_t *x)
 {
   su_addrinfo_t *ai = msg_addrinfo(x->msg);
-  if (ai && ai->ai_addr && ai->ai_addrlen <= sizeof(struct sockaddr_storage)) {
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
-    dht_addr_str(&ss, x->received, sizeof x->received);
-  }
+  sip__msg_source(x->msg, x->received, sizeof x->received);
   snprintf(x->transport, sizeof x->transport, "%s",
            ai && ai->ai_protocol == IPPROTO_TCP ? "tcp" : "udp");
   char hex[DHT_ID_HEX];

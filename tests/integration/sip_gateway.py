@@ -142,14 +142,7 @@ def public_aor(h, c, kam, alice_node, gw, ports):
 
 
 def test(h):
-    if not su.SIPP or not os.path.exists(su.KAMAILIO) or not os.path.exists(su.NAMED):
-        p2p.skip("needs sipp, kamailio and named")
-    if not su.has_sip(h.binary):
-        p2p.skip("%s has no --sip option" % h.binary)
-    su.private_resolv_conf(h.rundir)
-    kport = su.pick_udp_tcp(1)
-    named = su.Named(h, kport)
-    kam = su.Kamailio(h, kport)
+    named, kam = su.public_network(h)
     gw_args = ["--gateway", "--dns", "127.0.0.1", "--dns-update", "127.0.0.1", "--tsig", named.tsig]
     args = {i: (gw_args if i in GATEWAYS else ["--dns", "127.0.0.1"]) for i in range(N)}
     c = su.sip_cluster(h, N, node_args=args)
