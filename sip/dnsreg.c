@@ -40,7 +40,12 @@
 
 #include "sip/sip_int.h"
 
-#define DNS_TTL 30
+/* Resolvers keep a record this long: a crashed peer leaves DNS within
+ * milliseconds (a peer reported dead), but a proxy such as kamailio that
+ * looked the overlay up just before keeps sending there, and loses the
+ * stateless ACK of a 2xx, until its copy expires.  The load is a few
+ * queries per resolver and TTL; 30 s cost calls for 30 s after a crash. */
+#define DNS_TTL 5
 #define DNS_REFRESH_MS 60000
 #define DNS_RETRY_MS 500
 #define DNS_TRIES 3
@@ -122,6 +127,7 @@ struct sip_dnsreg {
   int n_doomed;
   gc_peer_t known[GC_MAX_CAND]; /* what reports may name, and the reported ones */
   int n_known;
+  gc_peer_t stranger;      /* a reported peer that is not among them (one at a time) */
 
   /* The check of a reported peer, while `fast` is set. */
   int fast;
@@ -386,7 +392,7 @@ static void on_kick(uv_timer_t *t);
 static gc_peer_t *down_next(sip_dnsreg_t *d, uint64_t *wait)
 {
   uint64_t now = uv_now(d->kick.loop);
-  gc_peer_t *best = NULL;
+  gc_peer_t *best = d->stranger.queued ? &d->stranger : NULL;
   for (int i = 0; i < d->n_known; i++)
     if (d->known[i].queued && (!best || d->known[i].due < best->due))
       best = &d->known[i];
@@ -706,10 +712,12 @@ static gc_peer_t *known_find(gc_peer_t *list, int n, const char *hex)
 }
 
 /* The pp- targets of this check's SRV answers, keeping what we knew of
- * those that were there before.  A report that names any other peer costs
- * nothing: a forged one cannot make us query the server for names it made
- * up, and one report per peer waits at most, so forged ones cannot crowd
- * out a real one. */
+ * those that were there before.  Each is checked at most once per
+ * DOWN_RECHECK_MS, and one report per peer waits at most, so forged
+ * reports about live peers can neither flood the server nor crowd out a
+ * real one.  A report naming any other peer (one that joined DNS since
+ * our last look, or a name made up) is "the stranger": one at a time, at
+ * most one a DOWN_RECHECK_MS, it costs a new look at the SRV records. */
 static void remember_targets(sip_dnsreg_t *d)
 {
   gc_peer_t old[GC_MAX_CAND];
@@ -742,9 +750,13 @@ void sip__dnsreg_suspect(sip_svc_t *s, const char *id_hex, const char *by)
   for (int i = 0; ok && i < 12; i++)
     hex[i] = (char)tolower((unsigned char)id_hex[i]);
   gc_peer_t *p = ok ? known_find(d->known, d->n_known, hex) : NULL;
+  if (ok && !p && !d->stranger.queued) {
+    p = &d->stranger;
+    snprintf(p->hex, sizeof p->hex, "%s", hex);
+  }
   const char *why = !ok                                  ? "not a node id"
                     : strncmp(hex, d->host + 3, 12) == 0 ? "that is this node"
-                    : !p                                 ? "not an SRV target at the last look"
+                    : !p                                 ? "another unknown peer waits"
                     : p->queued || (d->fast && strcmp(d->fast_hex, hex) == 0)
                         ? "a check is under way"
                         : NULL;
@@ -778,7 +790,7 @@ static void down_targets(sip_dnsreg_t *d)
       d->ports[d->n_ports++] = p;
   }
   if (d->n_ports == 0) {
-    log_info("DNS: %s is no longer in %s", d->down_host, d->zone);
+    log_info("DNS: %s is not in %s", d->down_host, d->zone);
     gc_reset(d);
     return;
   }
@@ -1077,7 +1089,7 @@ void sip__dnsreg_stop(sip_svc_t *s, void (*done)(sip_svc_t *s))
   uv_timer_stop(&d->refresh);
   uv_timer_stop(&d->gc);
   d->n_known = d->gc_due = 0;
-  d->fast = 0;
+  d->stranger.queued = d->fast = 0;
   gc_fail(d, "the gateway role stops");
   d->done = done;
   start_update(d, 1);

@@ -42,9 +42,9 @@
 #define SIP_SWEEP_BATCH 2048 /* bindings looked at per sweep (every second) */
 
 /* Proxy peers (spec 3.1, 3.3.1). */
-/* A crashed proxy peer leaves the list, and (dnsreg.c) DNS, this soon:
- * the same 30 s as a relay's turn:OVERLAY value with the default --refresh
- * and as our DNS records' TTL.  Re-put three times per lifetime. */
+/* A crashed proxy peer leaves the list this soon (and DNS, when no one
+ * reports it dead: dnsreg.c): the same 30 s as a relay's turn:OVERLAY
+ * value with the default --refresh.  Re-put three times per lifetime. */
 #define SIP_PEER_TTL_S 30        /* lifetime of our sip:OVERLAY value */
 #define SIP_PEER_REPUBLISH_MS 10000
 #define SIP_PEER_RETRY_MS 2000    /* the first re-put, and after a failure */
