@@ -237,6 +237,12 @@ def check_false_alarms(c, named, live, victim, lport, vport):
           "six reports at once naming peers not in DNS: %d look(s) at the SRV records, the rest "
           "ignored, nothing removed" % looks, st)
     st0 = counters(live)
+    report(tester, c, live, "not-an-id;" + "z" * 900)
+    st = counters(live)
+    check(st["dns_down_ignored"] == st0["dns_down_ignored"] + 1 and
+          st["dns_down_checks"] == st0["dns_down_checks"],
+          "a report whose value is not a node id is ignored", st)
+    st0 = st
 
     report(tester, c, live, victim.id)
     p2p.wait_until(lambda: counters(live)["dns_down_alive"] == st0["dns_down_alive"] + 1,
