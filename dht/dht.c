@@ -218,6 +218,11 @@ void dht_watch(dht_t *d, dht_succ_cb cb, void *arg) {
   d->watch_arg = arg;
 }
 
+void dht_on_dead(dht_t *d, dht_dead_cb cb, void *arg) {
+  d->dead_cb = cb;
+  d->dead_arg = arg;
+}
+
 const dht_node_t *dht_self(const dht_t *d) { return &d->self; }
 
 const dht_node_t *dht_predecessor(const dht_t *d) { return d->has_pred ? &d->pred : NULL; }

@@ -164,14 +164,34 @@ int dht_put(dht_t *d, const char *name, const char *vid, uint8_t kind, const voi
 int dht_put_as(dht_t *d, const dht_cert_creds_t *signer, const char *name, const char *vid,
                uint8_t kind, const void *body, size_t len, uint32_t ttl_s, dht_put_cb cb, void *arg);
 /* Withdraw a value this node put (a tombstone replaces it everywhere).
- * cb may be NULL. */
+ * cb may be NULL; -ENOENT when this node has not put (name, vid) since it
+ * started. */
 int dht_remove(dht_t *d, const char *name, const char *vid, dht_put_cb cb, void *arg);
+/* Withdraw a value as dht_get() returned it, whoever put it: this node
+ * before it restarted (its table of what it put starts empty), or another
+ * node.  A tombstone with a sequence number above v->seq and this node's
+ * clock replaces it everywhere, and this node keeps re-storing it for
+ * v->expires_in seconds (or longer if it put the value itself), so that no
+ * stale copy comes back.  Reads v->vid, v->kind, v->seq and v->expires_in
+ * only.  signer: as for dht_put_as() (in the secured mode only a signer
+ * the access rules let write the value can remove it).  cb may be NULL. */
+int dht_remove_value(dht_t *d, const dht_cert_creds_t *signer, const char *name,
+                     const dht_value_t *v, dht_put_cb cb,
+                     void *arg);
 /* Fetch the live values under name. */
 int dht_get(dht_t *d, const char *name, dht_get_cb cb, void *arg);
 /* Find the node responsible for key. */
 int dht_lookup(dht_t *d, const dht_id_t *key, dht_lookup_cb cb, void *arg);
 /* Called whenever the successor list or the predecessor changes. */
 void dht_watch(dht_t *d, dht_succ_cb cb, void *arg);
+/* Called when this node finds another node dead and drops it from its ring
+ * tables: a request to it failed or timed out, or a connection to a
+ * neighbour closed and a ping found nothing listening.  Not for a node
+ * that leaves gracefully, and once per node until it is heard from again.
+ * node (id and peer address) is valid during the call only.  One callback
+ * per dht_t: a later call replaces it; NULL stops the calls. */
+typedef void (*dht_dead_cb)(dht_t *d, const dht_node_t *node, void *arg);
+void dht_on_dead(dht_t *d, dht_dead_cb cb, void *arg);
 
 /* Ask a peer which address it sees us at and whether it can open a TCP
  * connection back to that address at port (our peer port if 0).  cb gets

@@ -262,6 +262,8 @@ struct dht {
 
   dht_succ_cb watch_cb;
   void *watch_arg;
+  dht_dead_cb dead_cb;
+  void *dead_arg;
   dht_left_cb left_cb;
   void *left_arg;
   dht_stats_t stats;

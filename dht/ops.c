@@ -621,9 +621,12 @@ static int owned_sign(dht__owned_t *o) {
   return dht_cert_sign(o->signer, &cv, o->sig);
 }
 
+/* Make (name, vid) an owned value with this body (a tombstone with flags
+ * PROTO_VF_TOMBSTONE), a sequence number above `above` and ours so far,
+ * signed by signer (secured mode). */
 static int owned_set(dht_t *d, const dht_cert_creds_t *signer, const char *name, const char *vid,
                      uint8_t kind, uint8_t flags, const void *body, size_t len, uint32_t ttl_s,
-                     dht__owned_t **out) {
+                     uint64_t above, dht__owned_t **out) {
   char hex[DHT_ID_HEX];
   if (!vid) {
     dht_id_hex(&d->self.id, hex);
@@ -663,6 +666,7 @@ static int owned_set(dht_t *d, const dht_cert_creds_t *signer, const char *name,
   o->kind = kind;
   o->flags = flags;
   o->seq = next_seq(o);
+  if (o->seq <= above && above < UINT64_MAX) o->seq = above + 1;
   o->stores = 0; /* a new put looks its key up */
   o->expires = uv_now(d->loop) + (uint64_t)ttl_s * 1000;
   o->expires_abs = (uint64_t)time(NULL) + ttl_s;
@@ -718,7 +722,7 @@ int dht_put_as(dht_t *d, const dht_cert_creds_t *signer, const char *name, const
                uint8_t kind, const void *body, size_t len, uint32_t ttl_s, dht_put_cb cb, void *arg) {
   if (d->closed || d->leaving) return DHT_ECLOSING;
   dht__owned_t *o;
-  int err = owned_set(d, signer ? signer : d->creds, name, vid, kind, 0, body, len, ttl_s, &o);
+  int err = owned_set(d, signer ? signer : d->creds, name, vid, kind, 0, body, len, ttl_s, 0, &o);
   if (err) return err;
   d->stats.puts++;
   return owned_store_or_wait(d, o, cb, arg);
@@ -727,6 +731,22 @@ int dht_put_as(dht_t *d, const dht_cert_creds_t *signer, const char *name, const
 int dht_put(dht_t *d, const char *name, const char *vid, uint8_t kind, const void *body,
             size_t len, uint32_t ttl_s, dht_put_cb cb, void *arg) {
   return dht_put_as(d, NULL, name, vid, kind, body, len, ttl_s, cb, arg);
+}
+
+/* A tombstone for (name, vid) that beats sequence number `above`, kept
+ * (owned) for ttl_s seconds or as long as our own value would have lived,
+ * whichever is longer: no stale replica can bring the value back. */
+static int tombstone(dht_t *d, const dht_cert_creds_t *signer, const char *name, const char *vid,
+                     uint8_t kind, uint64_t above, uint32_t ttl_s, dht_put_cb cb, void *arg) {
+  dht_id_t key;
+  dht_id_of(name, &key);
+  dht__owned_t *o = owned_find(d, &key, name, vid);
+  uint64_t now = uv_now(d->loop);
+  if (o && o->expires > now + (uint64_t)ttl_s * 1000)
+    ttl_s = (uint32_t)((o->expires - now + 999) / 1000);
+  int err = owned_set(d, signer, name, vid, kind, PROTO_VF_TOMBSTONE, NULL, 0, ttl_s ? ttl_s : 1,
+                      above, &o);
+  return err ? err : owned_store_or_wait(d, o, cb, arg);
 }
 
 int dht_remove(dht_t *d, const char *name, const char *vid, dht_put_cb cb, void *arg) {
@@ -740,13 +760,17 @@ int dht_remove(dht_t *d, const char *name, const char *vid, dht_put_cb cb, void 
   dht_id_of(name, &key);
   dht__owned_t *o = owned_find(d, &key, name, vid);
   if (!o) return -ENOENT;
-  /* The tombstone lives as long as the value would have, so that no stale
-   * replica can bring the value back; it is signed by whoever signed the
-   * value. */
-  uint64_t now = uv_now(d->loop);
-  uint32_t ttl = o->expires > now ? (uint32_t)((o->expires - now + 999) / 1000) : 1;
-  int err = owned_set(d, o->signer, name, vid, o->kind, PROTO_VF_TOMBSTONE, NULL, 0, ttl, &o);
-  return err ? err : owned_store_or_wait(d, o, cb, arg);
+  return tombstone(d, o->signer, name, vid, o->kind, 0, 1, cb, arg);
+}
+
+int dht_remove_value(dht_t *d, const dht_cert_creds_t *signer, const char *name,
+                     const dht_value_t *v, dht_put_cb cb, void *arg) {
+  if (d->closed || d->leaving) return DHT_ECLOSING;
+  if (!v || !v->vid) return -EINVAL;
+  /* One second more than the copy said: expires_in is rounded, and the
+   * owner's copy may outlive the one we read by that much. */
+  uint32_t ttl = v->expires_in < UINT32_MAX ? v->expires_in + 1 : v->expires_in;
+  return tombstone(d, signer ? signer : d->creds, name, v->vid, v->kind, v->seq, ttl, cb, arg);
 }
 
 void dht__owned_refresh_all(dht_t *d) {

@@ -473,8 +473,13 @@ bool dht__ring_knows(const dht_t *d, const dht_node_t *x) {
   return false;
 }
 
-void dht__ring_forget(dht_t *d, const dht_node_t *x) {
-  if (is_self(d, x)) return;
+/* died: found dead (not a graceful leave), which the dht_on_dead()
+ * callback hears of the first time. */
+static void forget(dht_t *d, const dht_node_t *node, bool died) {
+  if (is_self(d, node)) return;
+  /* node may point into d->succ, which succ_set() rewrites. */
+  const dht_node_t copy = *node, *x = &copy;
+  bool fresh = died && !dead_recently(d, x);
   node_log("forgetting", x);
   dead_add(d, x);
   dht_node_t list[DHT_MAX_SUCC];
@@ -492,7 +497,10 @@ void dht__ring_forget(dht_t *d, const dht_node_t *x) {
     if (d->finger_ok[i] && dht__node_eq(&d->finger[i], x)) d->finger_ok[i] = false;
   if (d->has_boot && dht__node_eq(&d->boot, x)) d->has_boot = false;
   dht__rpc_drop(d, &x->addr);
+  if (fresh && d->dead_cb && !d->leaving) d->dead_cb(d, x, d->dead_arg);
 }
+
+void dht__ring_forget(dht_t *d, const dht_node_t *x) { forget(d, x, true); }
 
 bool dht__is_primary(const dht_t *d, const dht_id_t *key) {
   if (d->n_succ == 0) return true;
@@ -583,7 +591,7 @@ static void on_leave(dht_t *d, const dht_node_t *x, const proto_neigh_r_t *r) {
       d->has_pred = false;
     }
   }
-  dht__ring_forget(d, x);
+  forget(d, x, false);
 }
 
 static long encode_neigh(const dht_t *d, uint8_t *buf, size_t len) {

@@ -92,6 +92,20 @@ int sip__parse_hostport(const char *str, unsigned default_port, struct sockaddr_
   return dht_addr_parse(spec, out) < 0 ? -EINVAL : 0;
 }
 
+void sip__msg_source(msg_t *msg, char *out, size_t len)
+{
+  su_addrinfo_t *ai = msg_addrinfo(msg);
+  snprintf(out, len, "%s", "");
+  /* Messages nta makes itself carry an address of no family. */
+  if (ai && ai->ai_addr && ai->ai_addrlen <= sizeof(struct sockaddr_storage) &&
+      (ai->ai_addr->sa_family == AF_INET || ai->ai_addr->sa_family == AF_INET6)) {
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+    dht_addr_str(&ss, out, len);
+  }
+}
+
 void sip__addr_ip(const struct sockaddr_storage *ss, char *ip, size_t len, unsigned *port)
 {
   if (ss->ss_family == AF_INET) {
@@ -281,6 +295,8 @@ int sip_new(uv_loop_t *loop, dht_t *dht, const sip_config_t *cfg, sip_svc_t **ou
     rc = create_agent(s);
   if (rc == 0)
     rc = sip__flow_new(s);
+  if (rc == 0)
+    sip__gateway_watch(s, 1);
   if (rc == 0) {
     s->sweep = su_timer_create(su_root_task(sip__loop_root(s->loop)), 1000);
     s->republish = su_timer_create(su_root_task(sip__loop_root(s->loop)), SIP_PEER_REPUBLISH_MS);
@@ -395,7 +411,10 @@ void sip_free(sip_svc_t *s)
 {
   if (!s)
     return;
+  if (s->dht)
+    sip__gateway_watch(s, 0);
   sip__dht_detach_all(s);
+  sip__pings_free(s);
   sip__proxy_free_all(s);
   sip__flow_free(s);
   sip__peers_free(s);
@@ -445,9 +464,13 @@ static int serve_self(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip)
   switch (sip->sip_request->rq_method) {
   case sip_method_register:
     return sip__register(s, irq, msg, sip);
-  case sip_method_options:
+  case sip_method_options: {
+    char from[80];
+    sip__msg_source(msg, from, sizeof from);
+    sip__peer_news(s, sip, from);
     msg_destroy(msg);
     return answer_options(irq);
+  }
   default:
     msg_destroy(msg);
     return 404;
@@ -574,6 +597,14 @@ json_t *sip_stats_json(const sip_svc_t *s)
       (json_int_t)bad,
       "lookups_cached", (json_int_t)c->cache_hits, "lookups_stale", (json_int_t)c->stale,
       "stateless_forwarded", (json_int_t)c->stateless);
+  /* A proxy peer found dead (gateway.c, dnsreg.c). */
+  const struct { const char *name; uint64_t v; } down[] = {
+      {"peer_down_reported", c->down_reported}, {"dns_down_heard", c->down_heard},
+      {"dns_down_ignored", c->down_ignored},    {"dns_down_checks", c->down_checks},
+      {"dns_down_alive", c->down_alive},        {"dns_down_removed", c->down_removed},
+      {"dns_readded", c->dns_readded}};
+  for (size_t i = 0; counters && i < sizeof down / sizeof *down; i++)
+    json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);
   return json_pack("{s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o, s:o}", "listen",
                    s->hostport, "overlay", s->overlay, "gateway", s->gateway, "registrations",

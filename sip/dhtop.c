@@ -217,12 +217,14 @@ int sip__dht_put(sip_svc_t *s, const char *name, const char *vid, uint8_t kind,
   return op_started(op, dht_put(s->dht, name, vid, kind, body, strlen(body), ttl, on_put, op));
 }
 
-int sip__dht_remove(sip_svc_t *s, const char *name, const char *vid, sip_op_cb cb, void *ctx)
+int sip__dht_remove(sip_svc_t *s, const char *name, const char *vid, const dht_value_t *seen,
+                    sip_op_cb cb, void *ctx)
 {
   sip_op_t *op = op_new(s, cb, ctx);
   if (!op)
     return -ENOMEM;
-  return op_started(op, dht_remove(s->dht, name, vid, on_put, op));
+  return op_started(op, seen ? dht_remove_value(s->dht, NULL, name, seen, on_put, op)
+                             : dht_remove(s->dht, name, vid, on_put, op));
 }
 
 void sip__dht_detach_all(sip_svc_t *s)

@@ -17,6 +17,17 @@
  * node is absent from two consecutive checks loses its SRV records and
  * its A/AAAA RRsets in one signed UPDATE.  Names of any other form are
  * never touched: an operator's own records stay.
+ *
+ * That takes 30-50 s.  A peer reported dead (gateway.c: the overlay finds
+ * a crash within milliseconds) is checked at once instead: its SRV
+ * records, then the addresses of its pp- name, come from the server, and
+ * an OPTIONS to each address at the SRV port must go unanswered (an ICMP
+ * error, or nothing within DOWN_PROBE_MS) before its records are removed.
+ * The evidence is what callers would meet at the address DNS gives them,
+ * whoever sent the report.  A peer removed while alive (stopped or cut
+ * off for a moment) is told so by an OPTIONS that nta keeps retransmitting
+ * for 32 s, and adds its records again as soon as it gets it; failing
+ * that, at its next check, which finds them missing.
  */
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -29,7 +40,12 @@
 
 #include "sip/sip_int.h"
 
-#define DNS_TTL 30
+/* Resolvers keep a record this long: a crashed peer leaves DNS within
+ * milliseconds (a peer reported dead), but a proxy such as kamailio that
+ * looked the overlay up just before keeps sending there, and loses the
+ * stateless ACK of a 2xx, until its copy expires.  The load is a few
+ * queries per resolver and TTL; 30 s cost calls for 30 s after a crash. */
+#define DNS_TTL 5
 #define DNS_REFRESH_MS 60000
 #define DNS_RETRY_MS 500
 #define DNS_TRIES 3
@@ -46,6 +62,13 @@
 #define GC_MAX_DELETE 8  /* peers removed per UPDATE; the rest wait a check */
 #define GC_HOST_LEN 320
 
+/* A peer reported dead (the fast check). */
+#define DOWN_MAX_ADDR 4       /* addresses (address, port pairs) probed */
+#define DOWN_PROBE_MS 1000    /* an address that does not answer by then is dead */
+#define DOWN_RECHECK_MS 1000  /* a peer is checked at most this often; reports wait */
+#define DNS_READD_MIN_MS 1000 /* re-adds of our records on another's word, at most */
+#define HEX12 13              /* the 12 hex digits of a pp- name, and a NUL */
+
 /* One DNS message in flight: its wire form, sent again by the retry
  * timer, and what its answer must carry (the id and, with a key, a TSIG
  * over our MAC). */
@@ -58,7 +81,16 @@ typedef struct {
   int tries;
 } dns_flight_t;
 
-enum gc_phase { GC_IDLE, GC_QUERY_UDP, GC_QUERY_TCP, GC_DHT, GC_DELETE };
+enum gc_phase { GC_IDLE, GC_QUERY_UDP, GC_QUERY_TCP, GC_DHT, GC_ADDR_A, GC_ADDR_AAAA, GC_PROBE,
+                GC_DELETE };
+
+/* A pp- target (not ours) of the last SRV answers, which reports may name. */
+typedef struct {
+  char hex[HEX12];
+  uint64_t checked; /* uv_now() when its last check began; 0: never */
+  uint64_t due;     /* reported: check it from then on */
+  int queued;
+} gc_peer_t;
 
 /* A pp- target missing from the DHT at check number `check`. */
 typedef struct {
@@ -93,6 +125,21 @@ struct sip_dnsreg {
   int n_cand;
   char doomed[GC_MAX_DELETE][GC_HOST_LEN]; /* in the UPDATE in flight */
   int n_doomed;
+  gc_peer_t known[GC_MAX_CAND]; /* what reports may name, and the reported ones */
+  int n_known;
+  gc_peer_t stranger;      /* a reported peer that is not among them (one at a time) */
+
+  /* The check of a reported peer, while `fast` is set. */
+  int fast;
+  char fast_hex[HEX12];
+  int gc_due;              /* a periodic check waits for the fast one to end */
+  uv_timer_t kick;         /* starts the next check; the probe's deadline */
+  char down_host[GC_HOST_LEN];
+  unsigned ports[2];       /* of the suspect's SRV records */
+  int n_ports;
+  char probe[DOWN_MAX_ADDR][80]; /* "sip:IP:PORT" to probe, from DNS */
+  int n_probe, probe_at, probe_ping;
+  uint64_t readd_at;       /* uv_now() of the last re-add on another's word */
 };
 
 static void finish_removal(sip_dnsreg_t *d);
@@ -278,14 +325,36 @@ static void reg_answered(sip_dnsreg_t *d, ldns_pkt_rcode rcode)
     finish_removal(d);
 }
 
+/* The refresh, and a re-add after another peer removed our records
+ * (sip__dnsreg_removed).  An update still in flight is replaced: the
+ * server may have taken it before the other peer's removal. */
 static void on_refresh(uv_timer_t *t)
 {
   sip_dnsreg_t *d = t->data;
-  if (!d->removing && !d->reg.wire)
+  d->readd_at = uv_now(t->loop);
+  if (!d->removing)
     start_update(d, 0);
 }
 
+void sip__dnsreg_removed(sip_svc_t *s, const char *host, const char *by)
+{
+  sip_dnsreg_t *d = s->dnsreg;
+  if (!d || d->removing || d->handles == 0 || strcasecmp(host, d->host) != 0)
+    return;
+  log_info("DNS: %s says it removed our records %s: adding them again", by, d->host);
+  s->c.dns_readded++;
+  uint64_t now = uv_now(s->uv), next = d->readd_at + DNS_READD_MIN_MS;
+  uv_timer_start(&d->refresh, on_refresh, next > now ? next - now : 0, DNS_REFRESH_MS);
+}
+
 /* ---- the clean-up of crashed peers' records ---------------------------- */
+
+/* A peer reported dead: see "a peer reported dead" below. */
+static void remember_targets(sip_dnsreg_t *d);
+static void down_targets(sip_dnsreg_t *d);
+static void down_addresses(sip_dnsreg_t *d, ldns_pkt *pkt, ldns_pkt_rcode rcode);
+static void probe_failed(sip_dnsreg_t *d, const char *why);
+static void down_removed(sip_dnsreg_t *d);
 
 /* The name in rdf as lower-case text with the final dot; -EINVAL if it is
  * not a domain name or does not fit. */
@@ -316,30 +385,66 @@ static int is_pp_name(const sip_dnsreg_t *d, const char *name)
   return strcmp(name + 16, d->zone) == 0;
 }
 
+static void on_kick(uv_timer_t *t);
+
+/* The reported peer to check next: the one due first, or NULL; *wait is
+ * how long until it is due (0 when it is). */
+static gc_peer_t *down_next(sip_dnsreg_t *d, uint64_t *wait)
+{
+  uint64_t now = uv_now(d->kick.loop);
+  gc_peer_t *best = d->stranger.queued ? &d->stranger : NULL;
+  for (int i = 0; i < d->n_known; i++)
+    if (d->known[i].queued && (!best || d->known[i].due < best->due))
+      best = &d->known[i];
+  *wait = best && best->due > now ? best->due - now : 0;
+  return best;
+}
+
+/* The next check (from the loop, not from inside this one): a reported
+ * peer once it is due, or a periodic check that had to wait. */
+static void gc_kick(sip_dnsreg_t *d)
+{
+  uint64_t wait;
+  if (!d->s || d->removing || !d->handles || d->phase != GC_IDLE)
+    return;
+  if (d->gc_due || down_next(d, &wait))
+    uv_timer_start(&d->kick, on_kick, d->gc_due ? 0 : wait, 0);
+}
+
+/* Ends the check in progress, whatever its state. */
 static void gc_reset(sip_dnsreg_t *d)
 {
   uv_timer_stop(&d->gcq.retry);
+  uv_timer_stop(&d->kick);
   flight_clear(&d->gcq);
   ldns_rr_list_deep_free(d->seen);
   d->seen = NULL;
   d->n_doomed = 0;
   d->phase = GC_IDLE;
+  if (d->probe_ping >= 0 && d->s)
+    sip__ping_cancel(d->s, d->probe_ping);
+  d->probe_ping = -1;
+  d->fast = 0;
+  gc_kick(d);
 }
 
 /* A check that cannot finish: what it saw so far is dropped, and so are
- * the strikes, since "consecutive" is no longer true. */
+ * the strikes of a periodic check, since "consecutive" is no longer true. */
 static void gc_fail(sip_dnsreg_t *d, const char *why)
 {
   log_debug("DNS clean-up check for %s abandoned: %s", d->zone, why);
+  if (!d->fast)
+    d->n_cand = 0;
   gc_reset(d);
-  d->n_cand = 0;
 }
 
-static void gc_query(sip_dnsreg_t *d, const char *label, enum gc_phase phase)
+/* Asks the server for the RRset (name, type); the answer comes to
+ * gc_answered() in the given phase. */
+static void gc_ask(sip_dnsreg_t *d, const char *owner, ldns_rr_type type, enum gc_phase phase)
 {
-  snprintf(d->asked, sizeof d->asked, "%s.%s", label, d->zone);
+  snprintf(d->asked, sizeof d->asked, "%s", owner);
   ldns_rdf *name = ldns_dname_new_frm_str(d->asked);
-  ldns_pkt *pkt = name ? ldns_pkt_query_new(name, LDNS_RR_TYPE_SRV, LDNS_RR_CLASS_IN, 0) : NULL;
+  ldns_pkt *pkt = name ? ldns_pkt_query_new(name, type, LDNS_RR_CLASS_IN, 0) : NULL;
   if (!pkt) {
     ldns_rdf_deep_free(name);
     gc_fail(d, "cannot build the query");
@@ -354,6 +459,23 @@ static void gc_query(sip_dnsreg_t *d, const char *label, enum gc_phase phase)
   flight_send(d, &d->gcq);
 }
 
+static void gc_query(sip_dnsreg_t *d, const char *label, enum gc_phase phase)
+{
+  char owner[GC_HOST_LEN];
+  snprintf(owner, sizeof owner, "%s.%s", label, d->zone);
+  gc_ask(d, owner, LDNS_RR_TYPE_SRV, phase);
+}
+
+/* Nonzero when the answer is to the one question we asked: (asked, type). */
+static int question_ok(const sip_dnsreg_t *d, ldns_pkt *pkt, ldns_rr_type type)
+{
+  char name[GC_HOST_LEN];
+  const ldns_rr_list *q = ldns_pkt_question(pkt);
+  return ldns_rr_list_rr_count(q) == 1 && ldns_rr_get_type(ldns_rr_list_rr(q, 0)) == type &&
+         dname_text(ldns_rr_owner(ldns_rr_list_rr(q, 0)), name, sizeof name) == 0 &&
+         strcmp(name, d->asked) == 0;
+}
+
 /* Keeps the SRV records of the answer that name a pp- target.  The answer
  * is untrusted even when signed: at most GC_MAX_SRV records are looked
  * at, and each must be an SRV of the name asked, in class IN, with four
@@ -361,11 +483,7 @@ static void gc_query(sip_dnsreg_t *d, const char *label, enum gc_phase phase)
 static int gc_collect(sip_dnsreg_t *d, ldns_pkt *pkt)
 {
   char name[GC_HOST_LEN];
-  const ldns_rr_list *q = ldns_pkt_question(pkt);
-  if (ldns_rr_list_rr_count(q) != 1 ||
-      ldns_rr_get_type(ldns_rr_list_rr(q, 0)) != LDNS_RR_TYPE_SRV ||
-      dname_text(ldns_rr_owner(ldns_rr_list_rr(q, 0)), name, sizeof name) < 0 ||
-      strcmp(name, d->asked) != 0)
+  if (!question_ok(d, pkt, LDNS_RR_TYPE_SRV))
     return -EINVAL;
   if (!d->seen && !(d->seen = ldns_rr_list_new()))
     return -ENOMEM;
@@ -466,7 +584,7 @@ static ldns_rr_list *gc_delete_rrs(const sip_dnsreg_t *d)
   return list;
 }
 
-static void gc_delete(sip_dnsreg_t *d)
+static void gc_delete(sip_dnsreg_t *d, const char *why)
 {
   ldns_rr_list *up = gc_delete_rrs(d);
   ldns_pkt *pkt = update_pkt(d, up);
@@ -476,10 +594,7 @@ static void gc_delete(sip_dnsreg_t *d)
     return;
   }
   for (int i = 0; i < d->n_doomed; i++)
-    log_info("DNS clean-up: removing %s (SRV and A/AAAA): its node has not been under sip:%.*s "
-             "in the DHT for %d checks %d s apart",
-             d->doomed[i], (int)strlen(d->zone) - 1, d->zone, GC_STRIKES,
-             GC_INTERVAL_MS / 1000);
+    log_info("DNS clean-up: removing %s (SRV and A/AAAA): %s", d->doomed[i], why);
   d->phase = GC_DELETE;
   flight_send(d, &d->gcq);
 }
@@ -501,6 +616,8 @@ static void gc_deleted(sip_dnsreg_t *d, ldns_pkt_rcode rcode)
     if (d->s)
       d->s->c.dns_stale_removed++;
   }
+  if (d->fast && d->s)
+    down_removed(d);
   gc_reset(d);
 }
 
@@ -508,6 +625,10 @@ static void gc_answered(sip_dnsreg_t *d, ldns_pkt *pkt, ldns_pkt_rcode rcode)
 {
   if (d->phase == GC_DELETE) {
     gc_deleted(d, rcode);
+    return;
+  }
+  if (d->phase == GC_ADDR_A || d->phase == GC_ADDR_AAAA) {
+    down_addresses(d, pkt, rcode);
     return;
   }
   /* NXDOMAIN: no proxy peer has an SRV record of that kind. */
@@ -524,6 +645,11 @@ static void gc_answered(sip_dnsreg_t *d, ldns_pkt *pkt, ldns_pkt_rcode rcode)
   if (d->self_seen != 3 && !d->reg.wire && !d->removing) {
     log_info("DNS: our records %s are missing from %s: adding them again", d->host, d->zone);
     start_update(d, 0);
+  }
+  remember_targets(d);
+  if (d->fast) {
+    down_targets(d);
+    return;
   }
   if (ldns_rr_list_rr_count(d->seen) == 0) {
     gc_reset(d); /* nothing to compare: no need to ask the DHT */
@@ -565,10 +691,204 @@ void sip__dnsreg_peers(sip_svc_t *s, int status, const dht_id_t *ids, size_t n)
         !id_listed(ids, n, host))
       gc_strike(d, host);
   cand_prune(d);
+  char why[200];
+  snprintf(why, sizeof why,
+           "its node has not been under sip:%.*s in the DHT for %d checks %d s apart",
+           (int)strlen(d->zone) - 1, d->zone, GC_STRIKES, GC_INTERVAL_MS / 1000);
   if (d->n_doomed > 0)
-    gc_delete(d);
+    gc_delete(d, why);
   else
     gc_reset(d);
+}
+
+/* ---- a peer reported dead ------------------------------------------------ */
+
+static gc_peer_t *known_find(gc_peer_t *list, int n, const char *hex)
+{
+  for (int i = 0; i < n; i++)
+    if (strncmp(list[i].hex, hex, 12) == 0)
+      return &list[i];
+  return NULL;
+}
+
+/* The pp- targets of this check's SRV answers, keeping what we knew of
+ * those that were there before.  Each is checked at most once per
+ * DOWN_RECHECK_MS, and one report per peer waits at most, so forged
+ * reports about live peers can neither flood the server nor crowd out a
+ * real one.  A report naming any other peer (one that joined DNS since
+ * our last look, or a name made up) is "the stranger": one at a time, at
+ * most one a DOWN_RECHECK_MS, it costs a new look at the SRV records. */
+static void remember_targets(sip_dnsreg_t *d)
+{
+  gc_peer_t old[GC_MAX_CAND];
+  int n_old = d->n_known;
+  memcpy(old, d->known, sizeof *old * (size_t)n_old);
+  char host[GC_HOST_LEN];
+  d->n_known = 0;
+  for (size_t i = 0; i < ldns_rr_list_rr_count(d->seen) && d->n_known < GC_MAX_CAND; i++) {
+    if (dname_text(ldns_rr_rdf(ldns_rr_list_rr(d->seen, i), 3), host, sizeof host) < 0 ||
+        known_find(d->known, d->n_known, host + 3))
+      continue;
+    const gc_peer_t *was = known_find(old, n_old, host + 3);
+    gc_peer_t *p = &d->known[d->n_known++];
+    if (was)
+      *p = *was;
+    else
+      *p = (gc_peer_t){.checked = 0};
+    snprintf(p->hex, sizeof p->hex, "%.12s", host + 3);
+  }
+}
+
+void sip__dnsreg_suspect(sip_svc_t *s, const char *id_hex, const char *by)
+{
+  sip_dnsreg_t *d = s->dnsreg;
+  if (!d || d->removing || d->handles == 0)
+    return;
+  s->c.down_heard++;
+  char hex[HEX12] = "";
+  int ok = strspn(id_hex, "0123456789abcdefABCDEF") >= 12;
+  for (int i = 0; ok && i < 12; i++)
+    hex[i] = (char)tolower((unsigned char)id_hex[i]);
+  gc_peer_t *p = ok ? known_find(d->known, d->n_known, hex) : NULL;
+  if (ok && !p && !d->stranger.queued) {
+    p = &d->stranger;
+    snprintf(p->hex, sizeof p->hex, "%s", hex);
+  }
+  const char *why = !ok                                  ? "not a node id"
+                    : strncmp(hex, d->host + 3, 12) == 0 ? "that is this node"
+                    : !p                                 ? "another unknown peer waits"
+                    : p->queued || (d->fast && strcmp(d->fast_hex, hex) == 0)
+                        ? "a check is under way"
+                        : NULL;
+  if (why) {
+    s->c.down_ignored++;
+    log_debug("DNS: pp-%s reported down by %s: ignored (%s)", ok ? hex : "?", by, why);
+    return;
+  }
+  uint64_t now = uv_now(s->uv);
+  p->queued = 1;
+  p->due = p->checked && p->checked + DOWN_RECHECK_MS > now ? p->checked + DOWN_RECHECK_MS : now;
+  log_info("DNS: pp-%s.%s reported down by %s: checking it", hex, d->zone, by);
+  gc_kick(d);
+}
+
+/* After the SRV answers: the ports of the suspect's records, then its
+ * addresses. */
+static void down_targets(sip_dnsreg_t *d)
+{
+  char host[GC_HOST_LEN];
+  snprintf(d->down_host, sizeof d->down_host, "pp-%s.%s", d->fast_hex, d->zone);
+  d->n_ports = d->n_probe = 0;
+  for (size_t i = 0; i < ldns_rr_list_rr_count(d->seen); i++) {
+    const ldns_rr *rr = ldns_rr_list_rr(d->seen, i);
+    const ldns_rdf *port = ldns_rr_rdf(rr, 2);
+    if (dname_text(ldns_rr_rdf(rr, 3), host, sizeof host) < 0 ||
+        strcmp(host, d->down_host) != 0 || ldns_rdf_get_type(port) != LDNS_RDF_TYPE_INT16)
+      continue;
+    unsigned p = ldns_rdf2native_int16(port);
+    if (p && d->n_ports < 2 && (d->n_ports == 0 || d->ports[0] != p))
+      d->ports[d->n_ports++] = p;
+  }
+  if (d->n_ports == 0) {
+    log_info("DNS: %s is not in %s", d->down_host, d->zone);
+    gc_reset(d);
+    return;
+  }
+  gc_ask(d, d->down_host, LDNS_RR_TYPE_A, GC_ADDR_A);
+}
+
+static void probe_next(sip_dnsreg_t *d);
+
+/* The A, then the AAAA records of the suspect's name: each address at
+ * each SRV port is a place callers would send to. */
+static void down_addresses(sip_dnsreg_t *d, ldns_pkt *pkt, ldns_pkt_rcode rcode)
+{
+  int v4 = d->phase == GC_ADDR_A;
+  ldns_rr_type type = v4 ? LDNS_RR_TYPE_A : LDNS_RR_TYPE_AAAA;
+  if ((rcode != LDNS_RCODE_NOERROR && rcode != LDNS_RCODE_NXDOMAIN) ||
+      !question_ok(d, pkt, type)) {
+    gc_fail(d, "bad answer to the address query");
+    return;
+  }
+  const ldns_rr_list *an = ldns_pkt_answer(pkt);
+  char name[GC_HOST_LEN], ip[INET6_ADDRSTRLEN];
+  for (size_t i = 0; i < ldns_rr_list_rr_count(an) && i < GC_MAX_SRV; i++) {
+    const ldns_rr *rr = ldns_rr_list_rr(an, i);
+    const ldns_rdf *a = ldns_rr_rd_count(rr) == 1 ? ldns_rr_rdf(rr, 0) : NULL;
+    if (!a || ldns_rr_get_type(rr) != type || ldns_rr_get_class(rr) != LDNS_RR_CLASS_IN ||
+        dname_text(ldns_rr_owner(rr), name, sizeof name) < 0 || strcmp(name, d->asked) != 0 ||
+        ldns_rdf_size(a) != (v4 ? 4u : 16u) ||
+        !inet_ntop(v4 ? AF_INET : AF_INET6, ldns_rdf_data(a), ip, sizeof ip))
+      continue;
+    for (int j = 0; j < d->n_ports && d->n_probe < DOWN_MAX_ADDR; j++)
+      snprintf(d->probe[d->n_probe++], sizeof d->probe[0], v4 ? "sip:%s:%u" : "sip:[%s]:%u", ip,
+               d->ports[j]);
+  }
+  if (v4) {
+    gc_ask(d, d->down_host, LDNS_RR_TYPE_AAAA, GC_ADDR_AAAA);
+    return;
+  }
+  d->probe_at = 0;
+  probe_next(d);
+}
+
+/* No answer from the suspect itself: it is dead for everyone who looks
+ * it up.  An answer, whatever its status, shows it alive. */
+static void on_probe(sip_svc_t *s, void *ctx, int status)
+{
+  sip_dnsreg_t *d = ctx;
+  if (d->phase != GC_PROBE)
+    return;
+  d->probe_ping = -1;
+  if (status == 0) {
+    probe_failed(d, "no SIP answer (ICMP error)");
+    return;
+  }
+  log_info("DNS: %s was reported down but answers %d at %s: keeping its records", d->down_host,
+           status, d->probe[d->probe_at]);
+  s->c.down_alive++;
+  gc_reset(d);
+}
+
+static void probe_next(sip_dnsreg_t *d)
+{
+  if (d->probe_at == d->n_probe) {
+    snprintf(d->doomed[0], GC_HOST_LEN, "%s", d->down_host);
+    d->n_doomed = 1;
+    gc_delete(d, d->n_probe ? "it was reported down, and nothing answers SIP at its address"
+                            : "it was reported down, and its name has no address");
+    return;
+  }
+  d->phase = GC_PROBE;
+  d->probe_ping = sip__ping(d->s, d->probe[d->probe_at], NULL, on_probe, d);
+  if (d->probe_ping < 0) {
+    gc_fail(d, "cannot send the probe"); /* no evidence: the records stay */
+    return;
+  }
+  uv_timer_start(&d->kick, on_kick, DOWN_PROBE_MS, 0);
+}
+
+static void probe_failed(sip_dnsreg_t *d, const char *why)
+{
+  uv_timer_stop(&d->kick);
+  if (d->probe_ping >= 0)
+    sip__ping_cancel(d->s, d->probe_ping);
+  d->probe_ping = -1;
+  log_info("DNS: probe of %s at %s: %s", d->down_host, d->probe[d->probe_at], why);
+  d->probe_at++;
+  probe_next(d);
+}
+
+/* The peer may be alive after all (stopped or cut off for a moment): tell
+ * it, so that it adds its records again as soon as it can
+ * (sip__dnsreg_removed); nta retransmits for 32 s. */
+static void down_removed(sip_dnsreg_t *d)
+{
+  d->s->c.down_removed++;
+  char header[GC_HOST_LEN + 40];
+  snprintf(header, sizeof header, "%s: %s", SIP_HDR_DNS_REMOVED, d->down_host);
+  for (int i = 0; i < d->n_probe; i++)
+    sip__ping(d->s, d->probe[i], header, NULL, NULL);
 }
 
 static void on_gc(uv_timer_t *t)
@@ -576,10 +896,41 @@ static void on_gc(uv_timer_t *t)
   sip_dnsreg_t *d = t->data;
   if (!d->s || d->removing)
     return;
+  if (d->phase != GC_IDLE && d->fast) {
+    d->gc_due = 1; /* after the check of a reported peer */
+    return;
+  }
   if (d->phase != GC_IDLE)
     gc_fail(d, "the previous check did not finish in time");
+  d->gc_due = 0;
   d->self_seen = 0;
   gc_query(d, "_sip._udp", GC_QUERY_UDP);
+}
+
+static void on_kick(uv_timer_t *t)
+{
+  sip_dnsreg_t *d = t->data;
+  if (!d->s || d->removing)
+    return;
+  if (d->phase == GC_PROBE) {
+    probe_failed(d, "no answer in time");
+    return;
+  }
+  uint64_t wait;
+  gc_peer_t *p = d->phase == GC_IDLE ? down_next(d, &wait) : NULL;
+  if (p && wait == 0) {
+    p->queued = 0;
+    p->checked = uv_now(t->loop);
+    memcpy(d->fast_hex, p->hex, sizeof d->fast_hex);
+    d->fast = 1;
+    d->self_seen = 0;
+    d->s->c.down_checks++;
+    gc_query(d, "_sip._udp", GC_QUERY_UDP);
+  } else if (d->phase == GC_IDLE && d->gc_due) {
+    on_gc(&d->gc);
+  } else {
+    gc_kick(d); /* a reported peer that is not due yet */
+  }
 }
 
 /* ---- the socket ---------------------------------------------------------- */
@@ -652,8 +1003,10 @@ static int open_socket(sip_dnsreg_t *d, uv_loop_t *uv)
   uv_timer_init(uv, &d->gcq.retry);
   uv_timer_init(uv, &d->refresh);
   uv_timer_init(uv, &d->gc);
+  uv_timer_init(uv, &d->kick);
   d->udp.data = d->reg.retry.data = d->gcq.retry.data = d->refresh.data = d->gc.data = d;
-  d->handles = 5;
+  d->kick.data = d;
+  d->handles = 6;
   struct sockaddr_storage any;
   memset(&any, 0, sizeof any);
   any.ss_family = d->server.ss_family;
@@ -704,6 +1057,7 @@ int sip__dnsreg_start(sip_svc_t *s)
   if (!d)
     return -ENOMEM;
   d->s = s;
+  d->probe_ping = -1;
   int rc = configure(d, s);
   if (rc < 0) {
     log_warn("bad --dns-update or --tsig");
@@ -734,6 +1088,8 @@ void sip__dnsreg_stop(sip_svc_t *s, void (*done)(sip_svc_t *s))
   sip_dnsreg_t *d = s->dnsreg;
   uv_timer_stop(&d->refresh);
   uv_timer_stop(&d->gc);
+  d->n_known = d->gc_due = 0;
+  d->stranger.queued = d->fast = 0;
   gc_fail(d, "the gateway role stops");
   d->done = done;
   start_update(d, 1);
@@ -760,6 +1116,9 @@ void sip__dnsreg_free(sip_svc_t *s)
   if (!d)
     return;
   s->dnsreg = NULL;
+  if (d->probe_ping >= 0)
+    sip__ping_cancel(s, d->probe_ping);
+  d->probe_ping = -1;
   d->s = NULL, d->done = NULL;
   if (d->handles == 0) {
     free_state(d);
@@ -770,4 +1129,5 @@ void sip__dnsreg_free(sip_svc_t *s)
   uv_close((uv_handle_t *)&d->gcq.retry, on_closed);
   uv_close((uv_handle_t *)&d->refresh, on_closed);
   uv_close((uv_handle_t *)&d->gc, on_closed);
+  uv_close((uv_handle_t *)&d->kick, on_closed);
 }

@@ -8,9 +8,12 @@
  * ["udp","tcp"]}.  It is put again every SIP_PEER_REPUBLISH_MS, so it
  * outlives no crash by more than the ttl, and removed on leave.  The ids
  * of the values found there also tell dnsreg.c which proxy peers are
- * alive: the DNS records of the others are removed.
+ * alive: the DNS records of the others are removed.  And the list tells a
+ * node that found a node dead whether that was a proxy peer, and which
+ * proxy peers to tell (the end of this file).
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -103,7 +106,7 @@ void sip__gateway_stop(sip_svc_t *s, void (*done)(sip_svc_t *s))
   su_timer_reset(s->republish);
   s->gw_done = done;
   s->gw_pending = 1;
-  if (sip__dht_remove(s, name, NULL, on_removed, NULL) == 0)
+  if (sip__dht_remove(s, name, NULL, NULL, on_removed, NULL) == 0)
     s->gw_pending++;
   if (s->dnsreg) {
     s->gw_pending++;
@@ -243,4 +246,116 @@ void sip__peers_free(sip_svc_t *s)
 {
   free(s->waiters);
   s->waiters = NULL, s->n_waiters = 0;
+}
+
+/* ---- a proxy peer found dead ---------------------------------------------
+ *
+ * The overlay notices a crash within milliseconds: the dead node's ring
+ * neighbours see their connections to it close and a ping refused
+ * (dht_on_dead).  A proxy peer is seldom such a neighbour, so the node
+ * that notices asks the DHT whether the dead node was a proxy peer (its id
+ * is the value id or the owner of a value under sip:OVERLAY) and, if so,
+ * tells the SIP_DOWN_REPORTS other proxy peers whose ids are nearest the
+ * dead one (every neighbour picks the same ones) by an OPTIONS carrying
+ * "P2PSIP-Peer-Down: <id>"; a proxy peer doing DNS registration that
+ * notices checks too.  For the proxy peer that hears it this is a hint to
+ * check, never evidence: dnsreg.c probes the address DNS gives. */
+
+static int names(const dht_value_t *v, const dht_id_t *id)
+{
+  dht_id_t vid;
+  return memcmp(&v->owner, id, sizeof *id) == 0 ||
+         (dht_id_parse(v->vid, &vid) == 0 && memcmp(&vid, id, sizeof *id) == 0);
+}
+
+/* Nonzero when a is nearer to `to` than b (XOR distance). */
+static int nearer(const dht_id_t *a, const dht_id_t *b, const dht_id_t *to)
+{
+  for (int i = 0; i < DHT_ID_LEN; i++) {
+    int x = a->b[i] ^ to->b[i], y = b->b[i] ^ to->b[i];
+    if (x != y)
+      return x < y;
+  }
+  return 0;
+}
+
+/* The values of the SIP_DOWN_REPORTS proxy peers nearest dead, other
+ * than dead and ourselves; returns how many (indices into v). */
+static int pick_told(sip_svc_t *s, const dht_id_t *dead, const dht_value_t *v, size_t n,
+                     size_t *out, dht_id_t *ids)
+{
+  int k = 0;
+  for (size_t i = 0; i < n; i++) {
+    dht_id_t id;
+    if (dht_id_parse(v[i].vid, &id) < 0 || names(&v[i], dead) ||
+        memcmp(&id, &dht_self(s->dht)->id, sizeof id) == 0)
+      continue;
+    int pos = k;
+    while (pos > 0 && nearer(&id, &ids[pos - 1], dead))
+      pos--;
+    if (pos >= SIP_DOWN_REPORTS)
+      continue;
+    k += k < SIP_DOWN_REPORTS;
+    memmove(out + pos + 1, out + pos, sizeof *out * (size_t)(k - 1 - pos));
+    memmove(ids + pos + 1, ids + pos, sizeof *ids * (size_t)(k - 1 - pos));
+    out[pos] = i, ids[pos] = id;
+  }
+  return k;
+}
+
+static void on_down_values(sip_svc_t *s, void *ctx, int status, const dht_value_t *v, size_t n)
+{
+  int slot = (int)(intptr_t)ctx;
+  dht_id_t dead = s->down[slot].id;
+  s->down[slot].used = 0;
+  size_t i = 0;
+  while (status >= 0 && i < n && !names(&v[i], &dead))
+    i++;
+  if (status < 0 || i == n || s->stopping)
+    return; /* not a proxy peer, or the DHT cannot tell */
+  char hex[DHT_ID_HEX], header[100];
+  dht_id_hex(&dead, hex);
+  snprintf(header, sizeof header, "%s: %s", SIP_HDR_PEER_DOWN, hex);
+  if (s->gateway && s->dnsreg)
+    sip__dnsreg_suspect(s, hex, "this node");
+  size_t told[SIP_DOWN_REPORTS];
+  dht_id_t ids[SIP_DOWN_REPORTS];
+  int k = pick_told(s, &dead, v, n, told, ids);
+  for (int j = 0; j < k; j++) {
+    sip_peer_t p;
+    if (peer_decode(&v[told[j]], &p) < 0 || sip__ping(s, p.uri, header, NULL, NULL) < 0)
+      continue;
+    s->c.down_reported++;
+    log_info("proxy peer %.12s found dead: telling proxy peer %s", hex, p.uri);
+  }
+}
+
+static void on_dead(dht_t *dht, const dht_node_t *node, void *arg)
+{
+  sip_svc_t *s = arg;
+  int slot = 0;
+  while (slot < SIP_DOWN_PENDING && s->down[slot].used)
+    slot++;
+  if (!s->started || s->stopping || slot == SIP_DOWN_PENDING)
+    return; /* a burst of deaths: the DNS clean-up's checks catch the rest */
+  char name[300];
+  peer_name(s, name, sizeof name);
+  s->down[slot].id = node->id;
+  if (sip__dht_get(s, name, on_down_values, (void *)(intptr_t)slot) == 0)
+    s->down[slot].used = 1;
+}
+
+void sip__gateway_watch(sip_svc_t *s, int on)
+{
+  dht_on_dead(s->dht, on ? on_dead : NULL, s);
+}
+
+void sip__peer_news(sip_svc_t *s, const sip_t *sip, const char *from)
+{
+  const char *down = sip__header_value(sip, SIP_HDR_PEER_DOWN);
+  const char *removed = sip__header_value(sip, SIP_HDR_DNS_REMOVED);
+  if (down && s->gateway && s->dnsreg)
+    sip__dnsreg_suspect(s, down, from);
+  if (removed && s->gateway && s->dnsreg)
+    sip__dnsreg_removed(s, removed, from);
 }

@@ -108,6 +108,7 @@ int sip__binding_decode(const dht_value_t *v, sip_binding_t *out)
     return -EINVAL;
   }
   strcpy(out->vid, v->vid);
+  out->seq = v->seq, out->ttl = v->expires_in;
   out->remaining = (int32_t)(v->expires_in > INT32_MAX ? INT32_MAX : v->expires_in) - SIP_GRACE_S;
   return 0;
 }

@@ -158,22 +158,30 @@ static void reg_unlink(sip_svc_t *s, sip_reg_t *r)
   s->n_regs--;
 }
 
-static void reg_drop(sip_svc_t *s, const char *aor, const char *vid)
+static sip_reg_t *reg_find(const sip_svc_t *s, const char *aor, const char *vid)
 {
   if (!s->reg_nb)
-    return;
-  for (sip_reg_t *r = *reg_slot(s, BY_VID, fnv(2166136261u, vid, 0)); r; r = r->hnext[BY_VID]) {
-    if (strcmp(r->vid, vid) == 0 && strcmp(r->aor, aor) == 0) {
-      reg_unlink(s, r);
-      reg_free(r);
-      return;
-    }
+    return NULL;
+  for (sip_reg_t *r = *reg_slot(s, BY_VID, fnv(2166136261u, vid, 0)); r; r = r->hnext[BY_VID])
+    if (strcmp(r->vid, vid) == 0 && strcmp(r->aor, aor) == 0)
+      return r;
+  return NULL;
+}
+
+static void reg_drop(sip_svc_t *s, const char *aor, const char *vid)
+{
+  sip_reg_t *r = reg_find(s, aor, vid);
+  if (r) {
+    reg_unlink(s, r);
+    reg_free(r);
   }
 }
 
-static int reg_save(sip_svc_t *s, const rtx_t *x, const intent_t *in)
+/* Enters b (its aor, uri, contact, vid, call_id, received, transport,
+ * cseq, q) into the table for `expires` seconds, replacing what was there. */
+static int reg_save(sip_svc_t *s, const sip_binding_t *b, uint32_t expires)
 {
-  reg_drop(s, x->aor, in->vid);
+  reg_drop(s, b->aor, b->vid);
   sip_reg_t *r = calloc(1, sizeof *r);
   su_home_t *h = r ? su_home_new(sizeof *h) : NULL;
   if (!h) {
@@ -181,13 +189,13 @@ static int reg_save(sip_svc_t *s, const rtx_t *x, const intent_t *in)
     return -ENOMEM;
   }
   r->home = h;
-  r->url = url_make(h, in->uri);
-  r->aor = su_strdup(h, x->aor), r->uri = su_strdup(h, in->uri);
-  r->contact = su_strdup(h, in->contact), r->vid = su_strdup(h, in->vid);
-  r->call_id = su_strdup(h, x->sip->sip_call_id->i_id);
-  r->received = su_strdup(h, x->received), r->transport = su_strdup(h, x->transport);
-  r->cseq = x->sip->sip_cseq->cs_seq, r->q1000 = in->q1000;
-  r->expires_at = sip__now_ms(s) + (uint64_t)in->expires * 1000;
+  r->url = url_make(h, b->uri);
+  r->aor = su_strdup(h, b->aor), r->uri = su_strdup(h, b->uri);
+  r->contact = su_strdup(h, b->contact), r->vid = su_strdup(h, b->vid);
+  r->call_id = su_strdup(h, b->call_id);
+  r->received = su_strdup(h, b->received), r->transport = su_strdup(h, b->transport);
+  r->cseq = b->cseq, r->q1000 = b->q1000;
+  r->expires_at = sip__now_ms(s) + (uint64_t)expires * 1000;
   r->gen = s->route_gen;
   if (!r->url || !r->aor || !r->uri || !r->contact || !r->vid || !r->call_id) {
     reg_free(r);
@@ -292,14 +300,10 @@ int sip__reg_direction(const sip_svc_t *s, msg_t *msg, const sip_t *sip)
   if (sip->sip_contact && sip->sip_contact->m_url->url_type != url_any &&
       sip__reg_by_contact(s, sip->sip_contact->m_url))
     return -1;
-  su_addrinfo_t *ai = msg_addrinfo(msg);
-  if (!ai || !ai->ai_addr || ai->ai_addrlen > sizeof(struct sockaddr_storage))
-    return 0;
-  struct sockaddr_storage ss;
-  memset(&ss, 0, sizeof ss);
-  memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
   char src[80];
-  dht_addr_str(&ss, src, sizeof src);
+  sip__msg_source(msg, src, sizeof src);
+  if (!src[0])
+    return 0;
   uint64_t now = sip__now_ms(s);
   for (const sip_reg_t *r = *reg_slot(s, BY_SOURCE, fnv(2166136261u, src, 0)); r;
        r = r->hnext[BY_SOURCE])
@@ -521,12 +525,7 @@ static int check_contacts(rtx_t *x, long *too_brief)
 static void note_source(rtx_t *x)
 {
   su_addrinfo_t *ai = msg_addrinfo(x->msg);
-  if (ai && ai->ai_addr && ai->ai_addrlen <= sizeof(struct sockaddr_storage)) {
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
-    dht_addr_str(&ss, x->received, sizeof x->received);
-  }
+  sip__msg_source(x->msg, x->received, sizeof x->received);
   snprintf(x->transport, sizeof x->transport, "%s",
            ai && ai->ai_protocol == IPPROTO_TCP ? "tcp" : "udp");
   char hex[DHT_ID_HEX];
@@ -589,25 +588,18 @@ static int ordering_ok(const rtx_t *x, const sip_binding_t *b)
          x->sip->sip_cseq->cs_seq > b->cseq;
 }
 
-/* Withdraws an existing binding.  Only its owner can remove a DHT value;
- * a binding another node put is overwritten by one that has expired. */
+/* Withdraws an existing binding, whoever put it: this node since it
+ * started, this node before a restart (its DHT no longer knows it put the
+ * value), or another node.  A tombstone that outlasts the value as found
+ * replaces it, so that lookups find nothing (404) at once. */
 static int withdraw(rtx_t *x, int i)
 {
   sip_binding_t *b = &x->ex[i];
   x->removed[i] = 1;
   x->s->c.unregisters++;
   reg_drop(x->s, x->aor, b->vid);
-  if (strcmp(b->node, x->node) == 0)
-    return sip__dht_remove(x->s, x->aor, b->vid, on_stored, x);
-  sip_binding_t dead = *b;
-  dead.call_id = (char *)x->sip->sip_call_id->i_id;
-  dead.cseq = x->sip->sip_cseq->cs_seq;
-  char *body = sip__binding_encode(&dead, 0);
-  int rc = body ? sip__dht_put(x->s, x->aor, b->vid, DHT_KIND_USER, body, SIP_GRACE_S,
-                               on_stored, x)
-                : -ENOMEM;
-  free(body);
-  return rc;
+  dht_value_t seen = {.vid = b->vid, .kind = DHT_KIND_USER, .seq = b->seq, .expires_in = b->ttl};
+  return sip__dht_remove(x->s, x->aor, b->vid, &seen, on_stored, x);
 }
 
 static int store(rtx_t *x, intent_t *in)
@@ -636,8 +628,9 @@ static int store(rtx_t *x, intent_t *in)
                                in->expires + SIP_GRACE_S, on_stored, x)
                 : -ENOMEM;
   free(body);
+  memcpy(b.vid, in->vid, sizeof b.vid);
   if (rc == 0)
-    reg_save(s, x, in);
+    reg_save(s, &b, in->expires);
   return rc;
 }
 
@@ -681,12 +674,30 @@ static void apply(rtx_t *x)
   on_stored(x->s, x, 0, NULL, 0);
 }
 
+/* Bindings this node put before it restarted (they name this node, and
+ * the table, which starts empty, lacks them) go back into the table: the
+ * proxy reaches those phones through the address their REGISTER came from
+ * again, and the admin lists them.  Their DHT values stay as they are
+ * until a refresh replaces them (a newer sequence number) or an
+ * unregistration removes them (withdraw). */
+static void adopt(rtx_t *x)
+{
+  for (int i = 0; i < x->n_ex; i++) {
+    const sip_binding_t *b = &x->ex[i];
+    if (b->remaining > 0 && strcmp(b->node, x->node) == 0 && !reg_find(x->s, x->aor, b->vid) &&
+        strcmp(b->aor, x->aor) == 0 && reg_save(x->s, b, (uint32_t)b->remaining) == 0)
+      log_info("took back the binding of %s to %s, put before this node restarted", x->aor,
+               b->uri);
+  }
+}
+
 static void on_bindings(sip_svc_t *s, void *ctx, int status, const dht_value_t *v, size_t n)
 {
   rtx_t *x = ctx;
   for (size_t i = 0; i < n && x->n_ex < 2 * SIP_MAX_CONTACTS; i++)
     if (sip__binding_decode(&v[i], &x->ex[x->n_ex]) == 0)
       x->n_ex++;
+  adopt(x);
   if (status < 0 && status != DHT_ENOTFOUND)
     log_info("bindings of %s not fetched (%d); registering anyway", x->aor,
              status);

@@ -42,15 +42,21 @@
 #define SIP_SWEEP_BATCH 2048 /* bindings looked at per sweep (every second) */
 
 /* Proxy peers (spec 3.1, 3.3.1). */
-/* A crashed proxy peer leaves the list, and (dnsreg.c) DNS, this soon:
- * the same 30 s as a relay's turn:OVERLAY value with the default --refresh
- * and as our DNS records' TTL.  Re-put three times per lifetime. */
+/* A crashed proxy peer leaves the list this soon (and DNS, when no one
+ * reports it dead: dnsreg.c): the same 30 s as a relay's turn:OVERLAY
+ * value with the default --refresh.  Re-put three times per lifetime. */
 #define SIP_PEER_TTL_S 30        /* lifetime of our sip:OVERLAY value */
 #define SIP_PEER_REPUBLISH_MS 10000
 #define SIP_PEER_RETRY_MS 2000    /* the first re-put, and after a failure */
 #define SIP_PEER_CACHE_MS 5000   /* how long a fetched peer list is reused */
 #define SIP_FAILOVER_MS 4000     /* no answer at all from a peer: try another */
 #define SIP_STOP_MAX_MS 2000     /* sip_stop() calls back within this */
+/* A proxy peer found dead (gateway.c, dnsreg.c, ping.c). */
+#define SIP_MAX_PINGS 32         /* OPTIONS of ping.c in flight */
+#define SIP_DOWN_PENDING 8       /* deaths being looked up under sip:OVERLAY at once */
+#define SIP_DOWN_REPORTS 2       /* proxy peers told of each death */
+#define SIP_HDR_PEER_DOWN "P2PSIP-Peer-Down"     /* value: the dead node's id, 40 hex */
+#define SIP_HDR_DNS_REMOVED "P2PSIP-DNS-Removed" /* value: the pp- name removed */
 
 /* User records a proxy reuses instead of asking the DHT again (dhtop.c). */
 #define SIP_LOCATE_CACHE_MS 2000 /* default age limit; --sip-cache-ms */
@@ -71,6 +77,7 @@ typedef struct sip_reg sip_reg_t;
 typedef struct sip_op sip_op_t;
 typedef struct sip_dnsreg sip_dnsreg_t;
 typedef struct sip_flow sip_flow_t;
+typedef struct sip_ping sip_ping_t;
 
 /* Counters shown by {"cmd":"sip"}. */
 typedef struct {
@@ -82,6 +89,12 @@ typedef struct {
   uint64_t dns_updates, dns_update_failed;
   uint64_t dns_gc_checks, dns_stale_removed; /* dnsreg.c's clean-up */
   uint64_t cache_hits, stale, stateless;
+  /* A proxy peer found dead: deaths this node told proxy peers of; suspects
+   * a proxy peer heard of (from others or itself), ignored (not in DNS, or
+   * checked a moment ago), checked, found answering, removed; re-adds of
+   * our own records after another peer removed them. */
+  uint64_t down_reported, down_heard, down_ignored, down_checks, down_alive, down_removed;
+  uint64_t dns_readded;
 } sip_counters_t;
 
 /* A proxy peer as found under sip:OVERLAY. */
@@ -153,6 +166,8 @@ struct sip_svc {
   char gw_rr_in[450], gw_rr_out[450];
 
   sip_counters_t c;
+  sip_ping_t *pings;   /* ping.c: SIP_MAX_PINGS slots, or NULL */
+  struct { dht_id_t id; int used; } down[SIP_DOWN_PENDING]; /* gateway.c */
 
   struct sip_gcache *gcache; /* recent DHT answers (dhtop.c), or NULL */
   unsigned locate_cache_ms;  /* how long a located user record is reused; 0: never */
@@ -176,13 +191,18 @@ int sip__host_is_overlay(const sip_svc_t *s, const char *host);
 /* "IP", "IP:PORT", "[v6]:PORT" or bare v6; 0 or -EINVAL. */
 int sip__parse_hostport(const char *str, unsigned default_port, struct sockaddr_storage *out);
 void sip__addr_ip(const struct sockaddr_storage *ss, char *ip, size_t len, unsigned *port);
+/* "IP:PORT" a request came from, or "". */
+void sip__msg_source(msg_t *msg, char *out, size_t len);
 
 /* dhtop.c: DHT calls whose callbacks survive sip_free (STYLE 16). */
 typedef void (*sip_op_cb)(sip_svc_t *s, void *ctx, int status, const dht_value_t *v, size_t n);
 int sip__dht_get(sip_svc_t *s, const char *name, sip_op_cb cb, void *ctx);
 int sip__dht_put(sip_svc_t *s, const char *name, const char *vid, uint8_t kind,
                  const char *body, uint32_t ttl, sip_op_cb cb, void *ctx);
-int sip__dht_remove(sip_svc_t *s, const char *name, const char *vid, sip_op_cb cb, void *ctx);
+/* Removes a value this node put since it started (seen NULL: dht_remove),
+ * or, whoever put it, one a get returned (dht_remove_value). */
+int sip__dht_remove(sip_svc_t *s, const char *name, const char *vid, const dht_value_t *seen,
+                    sip_op_cb cb, void *ctx);
 void sip__dht_detach_all(sip_svc_t *s);
 /* A get answered from an answer for the same name fetched less than max_ms
  * ago (perhaps before returning; status SIP_GET_CACHED), else from the
@@ -210,6 +230,8 @@ typedef struct {
   int q1000;         /* q times 1000 */
   int32_t remaining; /* seconds until the contact expires; <= 0: expired */
   char vid[DHT_ID_HEX + 8];
+  uint64_t seq;      /* the DHT value's sequence number and life (expires_in), */
+  uint32_t ttl;      /* which a removal must outlast (dht_remove_value) */
 } sip_binding_t;
 char *sip__binding_encode(const sip_binding_t *b, uint32_t expires);
 int sip__binding_decode(const dht_value_t *v, sip_binding_t *out); /* malloc'd strings */
@@ -278,6 +300,27 @@ void sip__peers_free(sip_svc_t *s);
  * (later, never from inside this call); -errno if it cannot ask. */
 #define SIP_DNSGC_MAX_PEERS 256 /* a longer list is not taken as complete */
 int sip__gateway_peer_ids(sip_svc_t *s);
+/* Hears (on) or stops hearing of nodes the DHT finds dead; a dead proxy
+ * peer is reported to proxy peers (SIP_HDR_PEER_DOWN). */
+void sip__gateway_watch(sip_svc_t *s, int on);
+/* An OPTIONS to this node may carry news of a proxy peer found dead
+ * (SIP_HDR_PEER_DOWN) or of our own records removed (SIP_HDR_DNS_REMOVED);
+ * from: its source, for the log. */
+void sip__peer_news(sip_svc_t *s, const sip_t *sip, const char *from);
+
+/* ping.c: OPTIONS carrying news between proxy peers. */
+typedef void (*sip_ping_cb)(sip_svc_t *s, void *ctx, int status);
+/* Sends OPTIONS to uri ("sip:HOST:PORT") with one more header line
+ * ("Name: value") unless header is NULL.  cb, unless NULL, gets the status
+ * of the peer's final answer, or 0 when none came from it (an ICMP error,
+ * or nta gave up), once, never from inside this call, unless
+ * sip__ping_cancel() comes first.  Returns a handle >= 0 or -errno
+ * (-EBUSY: SIP_MAX_PINGS in flight). */
+int sip__ping(sip_svc_t *s, const char *uri, const char *header, sip_ping_cb cb, void *ctx);
+void sip__ping_cancel(sip_svc_t *s, int handle);
+void sip__pings_free(sip_svc_t *s);
+/* The value of an extension header of a request, or NULL. */
+const char *sip__header_value(const sip_t *sip, const char *name);
 
 /* dnsreg.c: RFC 2136 UPDATE with TSIG. */
 int sip__dnsreg_start(sip_svc_t *s);
@@ -286,5 +329,12 @@ void sip__dnsreg_free(sip_svc_t *s);
 /* The proxy peers in the DHT for the clean-up of crashed peers' records:
  * status < 0 when the DHT gave no complete answer; ids borrowed. */
 void sip__dnsreg_peers(sip_svc_t *s, int status, const dht_id_t *ids, size_t n);
+/* A hint from `by` (for the log) that the proxy peer with this id (hex;
+ * its first 12 digits name its records) may be dead: checked soon if its
+ * pp- name was in DNS at the last look (see dnsreg.c). */
+void sip__dnsreg_suspect(sip_svc_t *s, const char *id_hex, const char *by);
+/* `by` says it removed the pp- name `host` from DNS: if that is ours, we
+ * add our records again (at most once per DNS_READD_MIN_MS). */
+void sip__dnsreg_removed(sip_svc_t *s, const char *host, const char *by);
 
 #endif

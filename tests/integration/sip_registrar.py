@@ -6,7 +6,6 @@ parallel forking with CANCEL of the other branch, CANCEL from the caller,
 over UDP and to a TCP contact."""
 
 import os
-import re
 import sys
 import time
 
@@ -18,17 +17,7 @@ from p2p import HOST, OVERLAY, check, info  # noqa: E402
 N = 5
 
 
-def addr(c, n):
-    return (HOST, su.sip_port(c, n))
-
-
-def bindings(resp):
-    """{contact uri: expires} from a REGISTER response."""
-    out = {}
-    for v in resp.all("contact"):
-        m = re.search(r"expires=(\d+)", v)
-        out[su.uri_of(v)] = int(m.group(1)) if m else None
-    return out
+addr, bindings = su.sip_dest, su.reg_bindings
 
 
 def test_registrar(c, A, B):

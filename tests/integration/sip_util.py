@@ -84,6 +84,11 @@ def sip_addr(cluster, node):
     return "%s:%d" % (HOST, sip_port(cluster, node))
 
 
+def sip_dest(cluster, node):
+    """(host, port) of node's SIP socket, for Ua.send_raw / Ua.do."""
+    return (HOST, sip_port(cluster, node))
+
+
 def has_sip(binary):
     """True if this p2psipd knows --sip (the SIP role is wired in)."""
     try:
@@ -94,12 +99,15 @@ def has_sip(binary):
 
 
 def sip_cluster(h, n, node_args=None, **kw):
-    """Start n SIP nodes (node_args: index -> extra argv) and wait until the
-    ring is consistent."""
+    """Start n SIP nodes (node_args: index -> extra argv, or a function of
+    the nodes' ids in index order that returns that, for roles that depend
+    on the ring order) and wait until the ring is consistent."""
     if not has_sip(h.binary):
         p2p.skip("%s has no --sip option" % h.binary)
     sub = os.path.join(h.rundir, "c%d" % len(h.clusters))
     base = p2p.pick_ports(max(n, 1))
+    if callable(node_args):
+        node_args = node_args([p2p.addr_id("%s:%d" % (HOST, base + i)) for i in range(n)])
     sip_base = pick_udp_tcp(max(n, 1) + 1)
     c = SipCluster(sub, h.binary, sip_base, node_args=node_args, base_port=base, **kw)
     h.clusters.append(c)
@@ -363,6 +371,15 @@ class Ua:
 
 def status_of(m):
     return m.status if isinstance(m, Msg) else m
+
+
+def reg_bindings(resp):
+    """{contact uri: expires} from a REGISTER response."""
+    out = {}
+    for v in resp.all("contact"):
+        m = re.search(r"expires=(\d+)", v)
+        out[uri_of(v)] = int(m.group(1)) if m else None
+    return out
 
 
 # sipp -------------------------------------------------------------------------------
@@ -935,6 +952,20 @@ class Kamailio:
         except OSError:
             return []
         return [l for l in text.splitlines() if re.search(pattern, l)]
+
+
+def public_network(h):
+    """named (example.com and the overlay zone) and kamailio as the proxy of
+    example.com resolving through it, inside the test's namespaces: returns
+    (named, kamailio).  Skips without sipp, kamailio, named or --sip."""
+    if not SIPP or not os.path.exists(KAMAILIO) or not os.path.exists(NAMED):
+        p2p.skip("needs sipp, kamailio and named")
+    if not has_sip(h.binary):
+        p2p.skip("%s has no --sip option" % h.binary)
+    private_resolv_conf(h.rundir)
+    kport = pick_udp_tcp(1)
+    named = Named(h, kport)
+    return named, Kamailio(h, kport)
 
 
 REG_AUTH_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
