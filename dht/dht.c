@@ -61,6 +61,19 @@ static void timers_init(dht_t *d) {
   }
 }
 
+static void limits_init(dht_limits_t *l, const dht_limits_t *want) {
+  *l = *want;
+  if (!l->conns) l->conns = 4096;
+  if (!l->conns_per_ip) l->conns_per_ip = 512;
+  if (!l->frame_kb) l->frame_kb = 65536;
+  if (!l->key_values) l->key_values = 1024;
+  if (!l->owner_key_values) l->owner_key_values = 32;
+  if (!l->owner_values) l->owner_values = 200000;
+  if (!l->owner_kb) l->owner_kb = 131072;
+  if (!l->hello_ms) l->hello_ms = 10000;
+  if (!l->frame_ms) l->frame_ms = 30000;
+}
+
 static int config_check(const dht_config_t *cfg) {
   size_t olen = cfg->overlay ? strlen(cfg->overlay) : 0;
   if (olen == 0 || olen > PROTO_MAX_OVERLAY) return -EINVAL;
@@ -86,6 +99,7 @@ int dht_new(uv_loop_t *loop, const dht_config_t *cfg, dht_t **out) {
   d->stab_max = cfg->stabilize_max_ms ? cfg->stabilize_max_ms : 30000;
   d->refresh_ms = cfg->refresh_ms ? cfg->refresh_ms : 30000;
   d->rpc_timeout = cfg->rpc_timeout_ms ? cfg->rpc_timeout_ms : 1000;
+  limits_init(&d->limits, &cfg->limits);
   d->self.addr = cfg->listen;
   if (cfg->n_bootstrap) {
     d->bootstrap = malloc((size_t)cfg->n_bootstrap * sizeof(*d->bootstrap));

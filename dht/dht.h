@@ -60,6 +60,21 @@ typedef struct {
   size_t body_len;
 } dht_value_t;
 
+/* Limits no peer can exceed; 0 takes the default in brackets.  Defaults
+ * are far above what a 500-node testbed on one machine uses. */
+typedef struct {
+  unsigned conns;            /* accepted peer connections in all [4096] */
+  unsigned conns_per_ip;     /* accepted connections from one IP [512] */
+  unsigned frame_kb;         /* KiB of unfinished frames held over all connections [65536] */
+  unsigned key_values;       /* values under one key [1024]; and never more bytes than
+                              * one FETCH answer carries */
+  unsigned owner_key_values; /* values one owner may keep under one key [32] */
+  unsigned owner_values;     /* values of one owner stored here [200000] */
+  unsigned owner_kb;         /* KiB of one owner's values stored here [131072] */
+  unsigned hello_ms;         /* to finish the TLS handshake and HELLO [10000] */
+  unsigned frame_ms;         /* to finish a frame once begun [30000] */
+} dht_limits_t;
+
 typedef struct {
   const char *overlay;           /* overlay identifier, e.g. "overlay.test" */
   struct sockaddr_storage listen; /* peer protocol; port 0 picks one */
@@ -79,6 +94,7 @@ typedef struct {
    * (node_id must be NULL).  Borrowed: both must outlive the node. */
   dht_cert_ca_t *ca;
   const dht_cert_creds_t *creds;
+  dht_limits_t limits;
 } dht_config_t;
 
 /* Status codes passed to callbacks. */
@@ -218,7 +234,14 @@ typedef struct {
   uint64_t tls_failed;   /* secured mode: handshakes or sessions that failed */
   uint64_t auth_refused; /* frames whose claims disagree with the peer's certificate */
   uint64_t deadline_closes; /* connections closed for no HELLO or no frame end in time */
-  uint64_t values_refused;  /* values not stored: access rules, caps */
+  uint64_t values_refused;  /* values not stored: access rules, caps, limits */
+  /* Refused at a limit (dht_limits_t), by limit. */
+  uint64_t refused_conns;      /* conns, conns_per_ip */
+  uint64_t refused_frames;     /* frame_kb */
+  uint64_t refused_key_full;   /* key_values, or a FETCH answer's size */
+  uint64_t refused_owner_key;  /* owner_key_values */
+  uint64_t refused_owner;      /* owner_values, owner_kb */
+  uint64_t refused_not_mine;   /* primary STOREs for keys of another node's range */
   uint64_t out_by_type[24]; /* requests and replies sent, by frame type */
 } dht_stats_t;
 /* Name of a frame type for out_by_type ("find", "store_r"...), or NULL. */

@@ -41,6 +41,7 @@ void dht__node_from_proto(const proto_node_t *p, dht_node_t *n);
 
 typedef struct dht__value {
   char *vid;
+  uint8_t vid_len;
   uint8_t kind, flags;
   dht_id_t owner;
   uint64_t seq;
@@ -61,12 +62,23 @@ typedef struct dht__key {
   dht__value_t *values;
   int n, cap;
   uint64_t confirmed; /* loop time of the last STORE that named this key */
+  size_t bytes;       /* the values' wire size (a FETCH answer less its header) */
+  uint32_t *index;    /* by value id, once there are more than a few (store.c) */
+  uint32_t index_cap;
+  bool index_stale;
 } dht__key_t;
+
+typedef struct dht__owner dht__owner_t; /* what one owner holds here (store.c) */
 
 typedef struct {
   dht__key_t **buckets;
   size_t nbuckets, nkeys, nvalues;
+  dht__owner_t **owners;
+  size_t owners_nb, owners_n;
 } dht__store_t;
+
+/* Why dht__store_admit() refuses a value. */
+enum { DHT__FULL_KEY = 1, DHT__FULL_OWNER_KEY, DHT__FULL_OWNER };
 
 void dht__store_init(dht__store_t *s);
 void dht__store_free(dht__store_t *s);
@@ -76,6 +88,10 @@ dht__key_t *dht__store_find(dht__store_t *s, const dht_id_t *key);
  * it changed the store, 0 if it was older. */
 int dht__store_apply(dht__store_t *s, const dht_id_t *key, const proto_value_t *v,
                      const dht_id_t *signer, uint64_t now);
+/* Whether the store may take `in` under key from its signer (secured
+ * mode) or owner (open mode) within the limits: 0, or DHT__FULL_*. */
+int dht__store_admit(dht__store_t *s, const dht_id_t *key, const proto_value_t *in,
+                     const dht_id_t *signer, const dht_limits_t *lim);
 /* The value with id vid under k, or NULL. */
 dht__value_t *dht__store_value(dht__key_t *k, const uint8_t *vid, size_t len);
 /* Drop values whose expiry passed; returns how many. */
@@ -243,6 +259,7 @@ struct dht {
   const dht_cert_creds_t *creds; /* secured mode: signs our values */
   uv_tcp_t listener;
   dht__conn_t *conns;
+  size_t frame_bytes; /* unfinished frames held, all connections (rpc.c) */
   uint32_t next_txid;
   struct dht__pending *pending;
 
@@ -267,6 +284,7 @@ struct dht {
   dht_left_cb left_cb;
   void *left_arg;
   dht_stats_t stats;
+  dht_limits_t limits;
   uint64_t rng; /* dht__rand() state */
 };
 

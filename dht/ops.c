@@ -232,6 +232,17 @@ int dht__lookup_via(dht_t *d, const dht_id_t *key, const dht_node_t *start, dht_
 
 /* Storing on the primary and its replicas ----------------------------------- */
 
+/* The store's limits (dht_limits_t): NULL, or which one v would exceed. */
+static const char *over_limit(dht_t *d, const dht_id_t *key, const proto_value_t *v,
+                              const dht_id_t *signer) {
+  switch (dht__store_admit(&d->store, key, v, signer, &d->limits)) {
+  case 0: return NULL;
+  case DHT__FULL_KEY: d->stats.refused_key_full++; return "the key is full (values or one FETCH answer's size)";
+  case DHT__FULL_OWNER_KEY: d->stats.refused_owner_key++; return "the owner's values under this key at the limit";
+  default: d->stats.refused_owner++; return "the owner's values on this node at the limit";
+  }
+}
+
 /* Apply every value of a decoded STORE that passes the access checks
  * (access.c); returns how many were refused.  from: who sent it (NULL:
  * ourselves), for the log. */
@@ -247,6 +258,7 @@ static int apply_store(dht_t *d, const proto_store_t *s, const dht_node_t *from)
     dht__value_t *old = k ? dht__store_value(k, v.vid, v.vid_len) : NULL;
     dht_id_t signer;
     const char *why = dht__value_check(d, &key, &v, old, &signer, &v.ttl);
+    if (!why) why = over_limit(d, &key, &v, d->ca ? &signer : NULL);
     if (why) {
       if (refused++ == 0) dht__log_refused(d, from, &key, &v, why);
       continue;
@@ -329,10 +341,34 @@ static void reply_stored(dht_t *d, int copies, void *arg) {
   free(sr);
 }
 
+/* A primary STORE belongs here when the key is in our range, when we do
+ * not know our range yet (no predecessor: just joined, or it died), or
+ * when it comes from our predecessor (a leaving predecessor hands over
+ * everything it holds). */
+static bool primary_ok(const dht_t *d, const dht_id_t *key, const dht_node_t *from) {
+  return !d->joined || !d->has_pred || dht__is_primary(d, key) || dht__node_eq(from, &d->pred);
+}
+
+static void reply_status(dht_t *d, dht__conn_t *c, uint32_t txid, uint8_t status) {
+  proto_store_r_t r = {.status = status};
+  uint8_t buf[8];
+  long n = proto_store_r_encode(buf, sizeof(buf), &r);
+  dht__rpc_reply(d, c, PROTO_STORE_R, txid, buf, (size_t)n);
+}
+
 static int answer_store(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const dht_node_t *peer) {
   proto_store_t s;
   int err = proto_store_decode(f->body, f->body_len, &s);
   if (err) return err;
+  dht_id_t key;
+  memcpy(key.b, s.key, DHT_ID_LEN);
+  if (!(s.flags & PROTO_STORE_REPLICA) && !primary_ok(d, &key, peer)) {
+    /* Told so, the sender tries the next node; a primary STORE fans out,
+     * so taking keys of others' ranges would let one peer fill three. */
+    d->stats.refused_not_mine++;
+    reply_status(d, c, f->txid, PROTO_STORE_NOT_MINE);
+    return 0;
+  }
   int refused = apply_store(d, &s, peer);
   store_reply_t *sr = malloc(sizeof(*sr));
   if (!sr) return 0;

@@ -37,11 +37,7 @@
  * connection idle for longer is held by someone who forgot it or keeps it
  * on purpose. */
 #define CONN_IDLE_INBOUND_MS (2 * CONN_IDLE_MS + 30000)
-/* Time to complete the TLS handshake and the HELLO, and to finish a frame
- * once it has begun: a peer cannot hold a connection and a half-filled
- * frame buffer open for free. */
-#define CONN_HELLO_MS 10000
-#define CONN_FRAME_MS 30000
+
 
 typedef struct wreq {
   uv_write_t req;
@@ -302,6 +298,22 @@ static long conn_parse(dht__conn_t *c, const uint8_t *buf, size_t len) {
   return (long)off;
 }
 
+static void rbuf_free(dht__conn_t *c) {
+  c->d->frame_bytes -= c->rcap;
+  free(c->rbuf);
+  c->rbuf = NULL;
+  c->rcap = 0;
+}
+
+/* A peer is dropped at a limit: say who and why. */
+static void conn_warn(dht__conn_t *c, const char *why) {
+  char a[64];
+  dht_addr_str(&c->remote, a, sizeof(a));
+  log_warn("peer %s: %s; closing the connection", a, why);
+  c->have_peer = false; /* a limit says nothing about the peer's liveness */
+  conn_close(c, NULL);
+}
+
 static void bad_frame(dht__conn_t *c, long err) {
   char a[64];
   dht_addr_str(&c->addr, a, sizeof(a));
@@ -322,8 +334,14 @@ static long fill_frame(dht__conn_t *c, const uint8_t *data, size_t len) {
   size_t want = size ? (size_t)size : PROTO_HDR_LEN;
   size_t take = want - c->rlen < len ? want - c->rlen : len;
   if (want > c->rcap) {
+    /* All connections together may hold only so much of unfinished
+     * frames: many peers each sending most of a large frame cannot make
+     * us hold gigabytes. */
+    dht_t *d = c->d;
+    if (d->frame_bytes - c->rcap + want > (size_t)d->limits.frame_kb * 1024) return -ENOBUFS;
     uint8_t *nb = realloc(c->rbuf, want);
     if (!nb) return -ENOMEM;
+    d->frame_bytes += want - c->rcap;
     c->rbuf = nb;
     c->rcap = want;
   }
@@ -345,6 +363,11 @@ static void conn_feed(dht__conn_t *c, const uint8_t *data, size_t len) {
       if (len == 0 || c->closing) break;
     }
     long took = fill_frame(c, data, len);
+    if (took == -ENOBUFS) {
+      c->d->stats.refused_frames++;
+      conn_warn(c, "unfinished frames of all peers at the limit (frame_kb)");
+      return;
+    }
     if (took < 0) {
       if (took == -ENOMEM) conn_close(c, "out of memory");
       else bad_frame(c, took);
@@ -361,11 +384,7 @@ static void conn_feed(dht__conn_t *c, const uint8_t *data, size_t len) {
       c->rlen = 0;
     }
   }
-  if (c->rlen == 0 && c->rcap > 4096) { /* don't keep a big buffer for an idle peer */
-    free(c->rbuf);
-    c->rbuf = NULL;
-    c->rcap = 0;
-  }
+  if (c->rlen == 0 && c->rcap > 4096) rbuf_free(c); /* don't keep a big buffer for an idle peer */
 }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
@@ -470,7 +489,7 @@ static void conn_free(dht__conn_t *c) {
     free(w);
   }
   SSL_free(c->ssl); /* frees its BIOs */
-  free(c->rbuf);
+  rbuf_free(c);
   free(c);
 }
 
@@ -599,6 +618,25 @@ static dht__conn_t *conn_to(dht_t *d, const dht_node_t *to) {
   return c;
 }
 
+static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+  if (a->ss_family != b->ss_family) return false;
+  if (a->ss_family == AF_INET)
+    return ((const struct sockaddr_in *)a)->sin_addr.s_addr == ((const struct sockaddr_in *)b)->sin_addr.s_addr;
+  return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr, &((const struct sockaddr_in6 *)b)->sin6_addr, 16) == 0;
+}
+
+/* Accepted connections in all and from one IP (c itself included). */
+static const char *accept_over_limit(dht_t *d, const dht__conn_t *c) {
+  unsigned all = 0, same = 0;
+  for (const dht__conn_t *x = d->conns; x; x = x->next) {
+    if (x->outgoing || x->closing) continue;
+    all++;
+    same += same_ip(&x->remote, &c->remote);
+  }
+  if (all > d->limits.conns) return "accepted connections at the limit (conns)";
+  return same > d->limits.conns_per_ip ? "connections from its address at the limit (conns_per_ip)" : NULL;
+}
+
 static void on_accept(uv_stream_t *server, int status) {
   dht_t *d = server->data;
   if (status < 0) return;
@@ -613,6 +651,12 @@ static void on_accept(uv_stream_t *server, int status) {
   uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->addr, &len);
   c->remote = c->addr;
   c->connected = true;
+  const char *over = accept_over_limit(d, c);
+  if (over) {
+    d->stats.refused_conns++;
+    conn_warn(c, over);
+    return;
+  }
   if (!c->ssl) conn_ready(c); /* TLS: once the client's handshake is in */
 }
 
@@ -675,8 +719,9 @@ static bool conn_busy(dht_t *d, const dht__conn_t *c) {
 
 /* Why c should be closed now, or NULL. */
 static const char *conn_overdue(dht_t *d, dht__conn_t *c, uint64_t now) {
-  if (!c->have_peer && now - c->opened > CONN_HELLO_MS) return "no HELLO in time";
-  if (c->rlen && now - c->frame_since > CONN_FRAME_MS) return "frame not completed in time";
+  /* A peer cannot hold a connection, or a half-filled frame buffer, for free. */
+  if (!c->have_peer && now - c->opened > d->limits.hello_ms) return "no HELLO in time (hello-ms)";
+  if (c->rlen && now - c->frame_since > d->limits.frame_ms) return "frame not completed in time (frame-ms)";
   uint64_t idle = now - c->last_active;
   if (!c->outgoing) return idle > CONN_IDLE_INBOUND_MS ? "idle" : NULL;
   /* Only the side that opened a connection closes it when merely idle: an

@@ -258,7 +258,10 @@ static json_t *cmd_stats(node_t *n) {
       {"rpc_timeouts", s.rpc_timeouts}, {"bad_frames", s.bad_frames},
       {"connections", s.connections}, {"tls_failed", s.tls_failed},
       {"auth_refused", s.auth_refused}, {"deadline_closes", s.deadline_closes},
-      {"values_refused", s.values_refused},
+      {"values_refused", s.values_refused}, {"refused_conns", s.refused_conns},
+      {"refused_frames", s.refused_frames}, {"refused_key_full", s.refused_key_full},
+      {"refused_owner_key", s.refused_owner_key}, {"refused_owner", s.refused_owner},
+      {"refused_not_mine", s.refused_not_mine},
       {"puts", s.puts},               {"gets", s.gets},
       {"stores_in", s.stores_in},     {"values_stored", s.values_stored},
   };

@@ -162,7 +162,7 @@ static int dht_setup(node_t *n, const node_opts_t *o, char *err, size_t errlen) 
                       .refresh_ms = (unsigned)o->refresh_s * 1000u,
                       .stabilize_max_ms = (unsigned)o->stabilize_max_ms,
                       .bootstrap = boots, .n_bootstrap = o->n_bootstrap,
-                      .ca = n->ca, .creds = n->creds};
+                      .ca = n->ca, .creds = n->creds, .limits = o->limits};
   dht_addr_parse(o->listen, &cfg.listen); /* checked by node_opts_parse */
   for (int i = 0; i < o->n_bootstrap; i++) dht_addr_parse(o->bootstrap[i], &boots[i]);
   if (o->node_id) {

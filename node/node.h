@@ -49,6 +49,7 @@ typedef struct {
   int turn_max_ttl;                   /* --turn-max-ttl SECONDS (default 86400) */
   int relay;                          /* --relay: serve TURN whatever --public decides */
   char *ca, *cert, *key; /* --ca/--cert/--key: the secured mode (p2psip-ca files) */
+  dht_limits_t limits;   /* --limit NAME=N (0: the default) */
 } node_opts_t;
 
 /* Parse argv (and the --config file it names; flags win over the file).

@@ -2,6 +2,7 @@
  * the config file accepts exactly the long option names. */
 #include <errno.h>
 #include <getopt.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -271,6 +272,37 @@ static void (*list_clear(opt_set_fn set))(node_opts_t *) {
   return NULL;
 }
 
+/* --limit NAME=N: one of the limits no peer can exceed (dht_limits_t). */
+static const struct {
+  const char *name;
+  size_t off;
+} limit_names[] = {
+    {"conns", offsetof(dht_limits_t, conns)},
+    {"conns-per-ip", offsetof(dht_limits_t, conns_per_ip)},
+    {"frame-kb", offsetof(dht_limits_t, frame_kb)},
+    {"key-values", offsetof(dht_limits_t, key_values)},
+    {"owner-key-values", offsetof(dht_limits_t, owner_key_values)},
+    {"owner-values", offsetof(dht_limits_t, owner_values)},
+    {"owner-kb", offsetof(dht_limits_t, owner_kb)},
+    {"hello-ms", offsetof(dht_limits_t, hello_ms)},
+    {"frame-ms", offsetof(dht_limits_t, frame_ms)},
+};
+
+static int o_limit(node_opts_t *o, const char *v, char *err, size_t len) {
+  const char *eq = strchr(v, '=');
+  for (size_t i = 0; eq && i < sizeof(limit_names) / sizeof(*limit_names); i++) {
+    if (strlen(limit_names[i].name) != (size_t)(eq - v) || strncmp(v, limit_names[i].name, (size_t)(eq - v)))
+      continue;
+    int n;
+    if (set_int(&n, eq + 1, 1, 100000000, "limit", err, len)) return -1;
+    *(unsigned *)((char *)&o->limits + limit_names[i].off) = (unsigned)n;
+    return 0;
+  }
+  snprintf(err, len, "--limit: expected NAME=N with NAME one of conns, conns-per-ip, frame-kb, key-values, "
+                     "owner-key-values, owner-values, owner-kb, hello-ms, frame-ms; got \"%.100s\"", v);
+  return -1;
+}
+
 static int o_relay(node_opts_t *o, const char *v, char *err, size_t len) {
   o->relay = strcmp(v, "0") != 0;
   return 0;
@@ -290,6 +322,13 @@ static const opt_def_t opt_table[] = {
     {"node-id", 1, o_node_id, "HEX40", "node identifier, open mode only (default: SHA-1 of the\n"
      "                             listen IP:PORT)"},
     {"log-level", 1, o_log_level, "LEVEL", "error, warn, info (default) or debug"},
+    {"limit", 1, o_limit, "NAME=N", "a limit no peer can exceed (repeatable; defaults in brackets):\n"
+     "                             conns [4096] accepted peer connections, conns-per-ip [512],\n"
+     "                             frame-kb [65536] unfinished frames of all peers, key-values\n"
+     "                             [1024] values under a key, owner-key-values [32] one owner's\n"
+     "                             values under a key, owner-values [200000] and owner-kb\n"
+     "                             [131072] one owner's values on this node, hello-ms [10000]\n"
+     "                             to finish TLS and HELLO, frame-ms [30000] to finish a frame"},
     {"refresh", 1, o_refresh, "SECONDS", "how often owners re-store their values (default 30)"},
     {"stabilize-max", 1, o_stab, "MS", "longest ring upkeep interval when quiet (default 30000)"},
     {"sip", 1, o_sip, "IP:PORT", "serve SIP phones on UDP and TCP there (registrar, proxy)"},

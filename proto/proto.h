@@ -160,7 +160,8 @@ typedef struct {
   proto_cur_t values; /* iterate with proto_value_next() */
 } proto_store_t;      /* also the body of PROTO_FETCH_R (flags unused) */
 
-#define PROTO_STORE_REFUSED 1 /* STORE_R status: values refused by the access rules */
+#define PROTO_STORE_REFUSED 1  /* STORE_R status: values refused by the access rules or limits */
+#define PROTO_STORE_NOT_MINE 2 /* STORE_R status: a primary STORE for a key of another range */
 typedef struct {
   uint8_t status; /* 0 ok, else an error (PROTO_STORE_REFUSED) */
   uint16_t stored;

@@ -74,10 +74,14 @@ def store_frame(key_hex, values, txid, flags=0):
     return frame(STORE, body, txid=txid)
 
 
+_leftover = {}  # socket -> bytes read past the last whole frame
+
+
 def read_frames(s, count, timeout=10.0):
-    """Read count frames (type, txid, body); fewer if the peer closes or the
-    time runs out."""
-    buf, out = b"", []
+    """Read at least count frames (type, txid, body), HELLO_R included; fewer
+    if the peer closes or the time runs out.  Bytes of a frame not yet whole
+    wait for the next call on the same socket."""
+    buf, out = _leftover.pop(s, b""), []
     deadline = time.monotonic() + timeout
     while len(out) < count and time.monotonic() < deadline:
         while len(buf) >= 12 and len(buf) >= 12 + struct.unpack(">I", buf[8:12])[0]:
@@ -96,6 +100,12 @@ def read_frames(s, count, timeout=10.0):
         if not chunk:
             break
         buf += chunk
+    while len(buf) >= 12 and len(buf) >= 12 + struct.unpack(">I", buf[8:12])[0]:
+        n = struct.unpack(">I", buf[8:12])[0]
+        out.append((buf[3], struct.unpack(">I", buf[4:8])[0], buf[12:12 + n]))
+        buf = buf[12 + n:]
+    if buf:
+        _leftover[s] = buf
     return out
 
 
@@ -116,9 +126,14 @@ def closed_by_peer(s, timeout=5.0):
 
 def store_status(s, txid, timeout=10.0):
     """The status byte of the STORE_R for txid, or None if none came."""
-    for t, x, body in read_frames(s, 2, timeout):
-        if t == STORE_R and x == txid:
-            return body[0]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        frames = read_frames(s, 1, deadline - time.monotonic())
+        if not frames:
+            return None
+        for t, x, body in frames:
+            if t == STORE_R and x == txid:
+                return body[0]
     return None
 
 

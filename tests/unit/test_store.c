@@ -112,7 +112,73 @@ static void test_tombstone_and_encode(void) {
   dht__store_free(&s);
 }
 
+/* Many values under one key: found through the index, after removals too;
+ * the key's size is what an encode of it takes; the limits refuse at the
+ * right count. */
+static void test_index_and_limits(void) {
+  dht__store_t s;
+  dht__store_init(&s);
+  dht_id_t key;
+  dht_id_of("big-key", &key);
+  char vids[300][8];
+  for (int i = 0; i < 300; i++) {
+    snprintf(vids[i], sizeof(vids[i]), "v%d", i);
+    proto_value_t v = val(vids[i], 1, 60 + (uint32_t)(i % 7), "body");
+    ASSERT_EQ(dht__store_apply(&s, &key, &v, NULL, 0), 1);
+  }
+  dht__key_t *k = dht__store_find(&s, &key);
+  for (int i = 0; i < 300; i++) ASSERT_EQ(dht__store_value(k, (const uint8_t *)vids[i], strlen(vids[i])) != NULL, 1);
+  ASSERT_EQ(dht__store_value(k, (const uint8_t *)"v300", 4) == NULL, 1);
+  ASSERT_EQ(dht__store_sweep(&s, 62 * 1000 + 1), 3 * 43); /* ttl 60, 61, 62 gone */
+  for (int i = 0; i < 300; i++)
+    ASSERT_EQ(dht__store_value(k, (const uint8_t *)vids[i], strlen(vids[i])) != NULL, i % 7 >= 3);
+  uint8_t buf[PROTO_MAX_BODY];
+  long n = dht__store_encode(k, 0, 0, buf, sizeof(buf));
+  ASSERT_EQ((size_t)n, dht__store_encoded_size(k));
+
+  dht__store_free(&s);
+  dht__store_init(&s);
+  dht_limits_t lim = {.key_values = 4, .owner_key_values = 3, .owner_values = 5, .owner_kb = 1};
+  dht_id_t k2, k3;
+  dht_id_of("k2", &k2);
+  dht_id_of("k3", &k3);
+  proto_value_t a = val("a", 1, 60, "x"), b = val("b", 1, 60, "x"), c = val("c", 1, 60, "x"),
+                d = val("d", 1, 60, "x");
+  ASSERT_EQ(dht__store_admit(&s, &k2, &a, NULL, &lim), 0);
+  dht__store_apply(&s, &k2, &a, NULL, 0);
+  dht__store_apply(&s, &k2, &b, NULL, 0);
+  dht__store_apply(&s, &k2, &c, NULL, 0);
+  ASSERT_EQ(dht__store_admit(&s, &k2, &d, NULL, &lim), DHT__FULL_OWNER_KEY);
+  proto_value_t c2 = val("c", 2, 60, "y"); /* replacing one's own value is fine */
+  ASSERT_EQ(dht__store_admit(&s, &k2, &c2, NULL, &lim), 0);
+  proto_value_t e = val("e", 1, 60, "x");
+  memset(e.owner, 0x22, sizeof(e.owner));
+  ASSERT_EQ(dht__store_admit(&s, &k2, &e, NULL, &lim), 0); /* another owner */
+  dht__store_apply(&s, &k2, &e, NULL, 0);
+  memset(d.owner, 0x22, sizeof(d.owner));
+  ASSERT_EQ(dht__store_admit(&s, &k2, &d, NULL, &lim), DHT__FULL_KEY); /* 4 values */
+  dht__store_apply(&s, &k3, &d, NULL, 0);
+  proto_value_t f = val("f", 1, 60, "x"), g = val("g", 1, 60, "x");
+  ASSERT_EQ(dht__store_admit(&s, &k3, &f, NULL, &lim), 0);
+  dht__store_apply(&s, &k3, &f, NULL, 0);
+  /* 0x11.. holds a, b, c under k2 and f under k3; 0x22.. e and d. */
+  lim.owner_values = 4;
+  ASSERT_EQ(dht__store_admit(&s, &k3, &g, NULL, &lim), DHT__FULL_OWNER);
+  proto_value_t big = val("h", 1, 60, "x");
+  char body[2000];
+  memset(body, 'b', sizeof(body));
+  big.body = (const uint8_t *)body;
+  big.body_len = sizeof(body);
+  memset(big.owner, 0x33, sizeof(big.owner));
+  ASSERT_EQ(dht__store_admit(&s, &k3, &big, NULL, &lim), 0); /* a new owner: no total yet */
+  dht__store_apply(&s, &k3, &big, NULL, 0);
+  big.vid = (const uint8_t *)"i";
+  ASSERT_EQ(dht__store_admit(&s, &k3, &big, NULL, &lim), DHT__FULL_OWNER); /* over owner_kb */
+  dht__store_free(&s);
+}
+
 int main(void) {
+  test_index_and_limits();
   test_sets_and_seq();
   test_expiry();
   test_tombstone_and_encode();
