@@ -107,6 +107,15 @@ int dht_cidr_list_match(const dht_cidr_t *list, int n, const struct sockaddr_sto
   return 0;
 }
 
+int dht_addr_same_net(const struct sockaddr_storage *a, const struct sockaddr_storage *b, unsigned v4_bits,
+                      unsigned v6_bits) {
+  const uint8_t *ia, *va, *ib, *vb;
+  int fa = addr_bytes(a, &ia, &va), fb = addr_bytes(b, &ib, &vb);
+  if (fa < 0 || fb < 0) return 0;
+  if (va || vb) return va && vb && prefix_eq(va, vb, v4_bits);
+  return prefix_eq(ia, ib, v6_bits);
+}
+
 static int v4_special(const uint8_t *v4) {
   for (size_t i = 0; i < sizeof(special_v4) / sizeof(*special_v4); i++)
     if (prefix_eq(special_v4[i].ip, v4, special_v4[i].bits)) return 1;

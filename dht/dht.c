@@ -72,6 +72,7 @@ static void limits_init(dht_limits_t *l, const dht_limits_t *want) {
   if (!l->owner_kb) l->owner_kb = 131072;
   if (!l->hello_ms) l->hello_ms = 10000;
   if (!l->frame_ms) l->frame_ms = 30000;
+  /* ids_per_net 0 stays 0 (off) on loopback; dht_new sets it otherwise. */
 }
 
 static int config_check(const dht_config_t *cfg) {
@@ -128,6 +129,7 @@ int dht_new(uv_loop_t *loop, const dht_config_t *cfg, dht_t **out) {
   }
   d->ca = cfg->ca;
   d->creds = cfg->creds;
+  if (!d->limits.ids_per_net && !dht_addr_loopback(&d->self.addr)) d->limits.ids_per_net = 8;
   if (cfg->creds) {
     d->self.id = dht_cert_info(dht_cert_creds_cert(cfg->creds))->node;
   } else if (cfg->node_id) {

@@ -73,6 +73,8 @@ typedef struct {
   unsigned owner_kb;         /* KiB of one owner's values stored here [131072] */
   unsigned hello_ms;         /* to finish the TLS handshake and HELLO [10000] */
   unsigned frame_ms;         /* to finish a frame once begun [30000] */
+  unsigned ids_per_net;      /* fingers in one /24 (IPv4) or /48 (IPv6) [8; off when
+                              * listening on loopback, a testbed on one host] */
 } dht_limits_t;
 
 typedef struct {
@@ -164,6 +166,10 @@ int dht_cidr_list_match(const dht_cidr_t *list, int n, const struct sockaddr_sto
  * behalf; the IPv4 address inside an IPv4-mapped or 6to4 (2002::/16)
  * address decides for it.  Other families count as special. */
 int dht_addr_special(const struct sockaddr_storage *ss);
+/* 1 if a and b share their first v4_bits (IPv4, mapped ones included)
+ * or v6_bits (IPv6) bits. */
+int dht_addr_same_net(const struct sockaddr_storage *a, const struct sockaddr_storage *b, unsigned v4_bits,
+                      unsigned v6_bits);
 /* 1 for 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104. */
 int dht_addr_loopback(const struct sockaddr_storage *ss);
 
@@ -242,6 +248,7 @@ typedef struct {
   uint64_t refused_owner_key;  /* owner_key_values */
   uint64_t refused_owner;      /* owner_values, owner_kb */
   uint64_t refused_not_mine;   /* primary STOREs for keys of another node's range */
+  uint64_t refused_net;        /* fingers not taken: ids_per_net */
   uint64_t out_by_type[24]; /* requests and replies sent, by frame type */
 } dht_stats_t;
 /* Name of a frame type for out_by_type ("find", "store_r"...), or NULL. */

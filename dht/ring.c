@@ -331,10 +331,32 @@ void dht__ring_changed(dht_t *d) {
 
 /* Fingers ------------------------------------------------------------------ */
 
+/* At most ids_per_net distinct fingers in one /24 or /48: someone who
+ * holds many certificates (or, in the open mode, many ids) on one network
+ * cannot fill our routing table.  Successors are exempt: they must be the
+ * true ones. */
+static bool finger_room(const dht_t *d, const dht_node_t *x) {
+  if (!d->limits.ids_per_net) return true;
+  unsigned same = 0;
+  const dht_node_t *prev = NULL;
+  for (int i = 0; i < DHT_BITS; i++) {
+    if (!d->finger_ok[i] || (prev && dht__node_eq(prev, &d->finger[i]))) continue;
+    prev = &d->finger[i];
+    if (dht__node_eq(prev, x)) return true;
+    same += dht_addr_same_net(&prev->addr, &x->addr, 24, 48);
+  }
+  return same < d->limits.ids_per_net;
+}
+
+
 static void on_finger(dht_t *d, int status, const dht_node_t *nodes, int n, int hops,
                       const dht_id_t *path, int path_len, void *arg) {
   int i = (int)(intptr_t)arg;
   if (status || n == 0 || d->leaving) return;
+  if (!finger_room(d, &nodes[0])) {
+    d->stats.refused_net++;
+    return;
+  }
   d->finger[i] = nodes[0];
   d->finger_ok[i] = true;
 }
@@ -430,6 +452,10 @@ static void adopt(dht_t *d, const dht_node_t *x) {
    * not beyond x none below is (fingers grow with their index).  This runs
    * for every node of every lookup answer: keep it short. */
   int j = dht__id_top_bit(&x->id, &d->self.id);
+  if (d->limits.ids_per_net && !finger_room(d, x)) {
+    d->stats.refused_net++;
+    return;
+  }
   for (int i = j; i >= 0; i--) {
     if (!d->finger_ok[i]) continue;
     if (!dht__between(&x->id, &d->self.id, &d->finger[i].id)) break;

@@ -261,7 +261,7 @@ static json_t *cmd_stats(node_t *n) {
       {"values_refused", s.values_refused}, {"refused_conns", s.refused_conns},
       {"refused_frames", s.refused_frames}, {"refused_key_full", s.refused_key_full},
       {"refused_owner_key", s.refused_owner_key}, {"refused_owner", s.refused_owner},
-      {"refused_not_mine", s.refused_not_mine},
+      {"refused_not_mine", s.refused_not_mine}, {"refused_net", s.refused_net},
       {"puts", s.puts},               {"gets", s.gets},
       {"stores_in", s.stores_in},     {"values_stored", s.values_stored},
   };

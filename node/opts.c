@@ -286,6 +286,7 @@ static const struct {
     {"owner-kb", offsetof(dht_limits_t, owner_kb)},
     {"hello-ms", offsetof(dht_limits_t, hello_ms)},
     {"frame-ms", offsetof(dht_limits_t, frame_ms)},
+    {"ids-per-net", offsetof(dht_limits_t, ids_per_net)},
 };
 
 static int o_limit(node_opts_t *o, const char *v, char *err, size_t len) {
@@ -299,7 +300,7 @@ static int o_limit(node_opts_t *o, const char *v, char *err, size_t len) {
     return 0;
   }
   snprintf(err, len, "--limit: expected NAME=N with NAME one of conns, conns-per-ip, frame-kb, key-values, "
-                     "owner-key-values, owner-values, owner-kb, hello-ms, frame-ms; got \"%.100s\"", v);
+                     "owner-key-values, owner-values, owner-kb, hello-ms, frame-ms, ids-per-net; got \"%.100s\"", v);
   return -1;
 }
 
@@ -328,7 +329,8 @@ static const opt_def_t opt_table[] = {
      "                             [1024] values under a key, owner-key-values [32] one owner's\n"
      "                             values under a key, owner-values [200000] and owner-kb\n"
      "                             [131072] one owner's values on this node, hello-ms [10000]\n"
-     "                             to finish TLS and HELLO, frame-ms [30000] to finish a frame"},
+     "                             to finish TLS and HELLO, frame-ms [30000] to finish a frame,\n"
+     "                             ids-per-net [8, none on loopback] fingers in one /24 or /48"},
     {"refresh", 1, o_refresh, "SECONDS", "how often owners re-store their values (default 30)"},
     {"stabilize-max", 1, o_stab, "MS", "longest ring upkeep interval when quiet (default 30000)"},
     {"sip", 1, o_sip, "IP:PORT", "serve SIP phones on UDP and TCP there (registrar, proxy)"},
