@@ -87,16 +87,20 @@ def rms(samples):
     return math.sqrt(sum(x * x for x in samples) / len(samples)) / 32768.0 if samples else 0.0
 
 
-def analyse(path, freqs, skip_s=0.3):
+def analyse(path, freqs, skip_s=0.3, frame_s=0.02, loud=0.1):
     """What a recording holds: seconds, rms, the power of each frequency in
-    freqs and the strongest of them (the first skip_s seconds, where jitter
-    buffers fill, left out)."""
+    freqs and the strongest of them, and coverage: the share of 20 ms
+    frames louder than rms `loud` (audio that kept flowing, not a burst).
+    The first skip_s seconds, where jitter buffers fill, are left out."""
     rate, s = read_wav(path)
     body = s[int(skip_s * rate):]
     p = {f: power(body, rate, f) for f in freqs}
+    n = max(1, int(frame_s * rate))
+    frames = [body[i:i + n] for i in range(0, len(body) - n + 1, n)]
     return {"seconds": round(len(s) / rate, 2), "rms": round(rms(body), 4),
             "power": {f: round(v, 5) for f, v in p.items()},
-            "dominant": max(p, key=p.get) if body else None}
+            "dominant": max(p, key=p.get) if body else None,
+            "coverage": round(sum(rms(f) > loud for f in frames) / len(frames), 3) if frames else 0.0}
 
 
 # ctrl_tcp ------------------------------------------------------------------------

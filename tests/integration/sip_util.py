@@ -594,7 +594,9 @@ class Sipp:
     """One sipp process; its message trace lands in the run dir."""
 
     def __init__(self, h, name, xml, remote, local_port, keys=(), transport="u1", extra=(),
-                 calls=1, timeout=30):
+                 calls=1, timeout=30, host=HOST, prefix=()):
+        """host: the address it binds; prefix: runs it elsewhere (["ip",
+        "netns", "exec", NS])."""
         if not SIPP:
             p2p.skip("sipp is not installed")
         self.name = name
@@ -604,8 +606,8 @@ class Sipp:
         self.trace = os.path.join(h.rundir, name + ".msg")
         self.errs = os.path.join(h.rundir, name + ".err")
         self.out = os.path.join(h.rundir, name + ".out")
-        argv = [SIPP] + ([remote] if remote else []) + [
-            "-sf", sf, "-i", HOST, "-p", str(local_port), "-m", str(calls), "-t", transport,
+        argv = list(prefix) + [SIPP] + ([remote] if remote else []) + [
+            "-sf", sf, "-i", host, "-p", str(local_port), "-m", str(calls), "-t", transport,
             "-trace_msg", "-message_file", self.trace, "-trace_err", "-error_file", self.errs,
             "-timeout", "%ds" % timeout, "-timeout_error", "-nostdin"]
         for k, v in keys:
@@ -979,10 +981,10 @@ REG_AUTH_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 """
 
 
-def sipp_register_auth(h, via_addr, user, contact, local_port, domain="example.com", name=None):
+def sipp_register_auth(h, via_addr, user, contact, local_port, domain="example.com", name=None, **kw):
     """REGISTER user@domain through via_addr, answering the digest challenge
-    with password "secret"."""
+    with password "secret" (kw: Sipp's host and prefix)."""
     s = Sipp(h, name or "regauth-%s" % user, REG_AUTH_XML, via_addr, local_port,
              keys=[("user", user), ("domain", domain), ("contact", contact)],
-             extra=["-au", user, "-ap", "secret"], timeout=20)
+             extra=["-au", user, "-ap", "secret"], timeout=20, **kw)
     return s.wait(), s
