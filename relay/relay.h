@@ -82,7 +82,9 @@ void relay_stop(relay_t *r, void (*cb)(relay_t *r, void *arg), void *arg);
 void relay_free(relay_t *r);
 
 /* Counters and live state, a new reference: {"addr","realm","transports",
- * "allocations","permissions","channels","users","client_ips",
+ * "allocations","permissions","channels","allocation_list" (the first
+ * 64: {"user","client","transport","relayed","to_peers",
+ * "to_client","permissions","channels"}),"users","client_ips",
  * "quota_per_user","quota_per_ip","quota_total","max_credential_ttl",
  * "peers":{"allow","deny","allow_loopback"}, "rx":{...},"tx":{...},
  * "requests":{...},"refused":{...},"dropped":{...},"tcp":{"connections",...},

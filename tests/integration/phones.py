@@ -15,12 +15,19 @@ JSON.  The account line comes from the caller, typically from
 baresip facts this relies on (1.0, checked in its source):
 - `net_interface` takes an interface name or an IP; a phone binds SIP and
   RTP there (on a loopback testbed it must be given, or baresip picks an
-  interface address nobody routes to);
+  interface address nobody routes to); `sip_listen IP:PORT` takes PORT for
+  UDP and TCP and PORT+1 for TLS, so phones on one IP need ports 2 apart;
 - module ice skips loopback and link-local addresses as host candidates,
   so ICE needs a real interface address (network namespaces here);
 - one STUN/TURN server per account: `stunserver=turn:HOST:PORT`,
   `stunuser=`, `stunpass=` (without them the SIP user name and auth_pass);
-- `answermode=auto` answers incoming calls at once.
+  parameter values end at `;` or a blank and are not unquoted;
+- `medianat=turn` relays every call through that server (channels to the
+  other side's SDP address); `medianat=ice` makes it one ICE candidate
+  (README "Phones" on why the tests use turn);
+- `answermode=auto` answers incoming calls at once;
+- ctrl_tcp events: REGISTER_OK/FAIL, CALL_INCOMING, CALL_ESTABLISHED,
+  CALL_RTPESTAB (the first RTP packet came in), CALL_CLOSED.
 
 Audio checks: tone() writes a sine, dominant() finds the strongest of some
 frequencies in a recording with a Goertzel filter, so a check can say

@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import json
 import os
-import re
 import subprocess
 import sys
 

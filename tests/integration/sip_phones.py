@@ -33,7 +33,6 @@ per-allocation counters while it is up, and by the route it took.
 """
 
 import os
-import subprocess
 import sys
 import time
 
@@ -279,5 +278,5 @@ def test(h):
 
 
 if __name__ == "__main__":
-    su.enter_netns(os.path.abspath(__file__))
+    su.enter_netns(os.path.abspath(__file__), required=True)  # root in CI: no namespaces is a failure
     p2p.run("sip_phones", test, timeout=150)

@@ -741,12 +741,13 @@ UNSHARE_ARGS = ["--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-
                 "--propagation", "private"]
 
 
-def enter_netns(script):
+def enter_netns(script, required=False):
     """Re-run script inside new network, mount and PID namespaces (so named
     can own 127.0.0.1:53, kamailio can be given its own resolv.conf without
     touching the host, and nothing started inside outlives the test: when
     the script, PID 1 there, ends, the kernel kills the rest), or skip when
-    that is not allowed.  Returns only inside the namespace."""
+    that is not allowed (fail, with required).  Returns only inside the
+    namespace."""
     if os.environ.get(NETNS_ENV) == "1":
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
         return
@@ -754,9 +755,10 @@ def enter_netns(script):
     probe = subprocess.run([unshare] + UNSHARE_ARGS + ["true"],
                            capture_output=True) if unshare else None
     if not probe or probe.returncode != 0:
-        print("SKIP: cannot create namespaces (unshare %s): %s" % (" ".join(UNSHARE_ARGS),
-              probe.stderr.decode(errors="replace").strip() if probe else "no unshare"))
-        raise SystemExit(p2p.SKIP)
+        print("%s: cannot create namespaces (unshare %s): %s" % (
+            "FAIL" if required else "SKIP", " ".join(UNSHARE_ARGS),
+            probe.stderr.decode(errors="replace").strip() if probe else "no unshare"))
+        raise SystemExit(1 if required else p2p.SKIP)
     env = dict(os.environ, **{NETNS_ENV: "1"})
     os.execvpe(unshare, [unshare] + UNSHARE_ARGS +
                [os.environ.get("PYTHON", __import__("sys").executable), script], env)
