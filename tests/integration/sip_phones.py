@@ -153,6 +153,7 @@ def talk(caller, callee, uri, relays, what):
     caller.hangup()
     caller.wait_event("CALL_CLOSED", 5, what, since=mc)
     callee.wait_event("CALL_CLOSED", 5, what, since=md)
+    info("%s: dial to both ends closed in %.1fs" % (what, time.monotonic() - t0))
     heard = {}
     for p in (caller, callee):
         recs = p.archive_recordings(what.split()[0] + "-%d" % int(t0))
@@ -230,7 +231,7 @@ def test(h):
                    "alice's node behind the NAT lists both relays")
     flow = p2p.wait_until(lambda: (lambda f: f if f.get("state") == "up" else None)(
         b.admin_ok({"cmd": "sip"})["sip"]["flow"]), 30, "b keeps a flow to a proxy peer")
-    info("b's flow: %s" % flow)
+    info("namespaces, named, kamailio, 3 nodes and b's flow to %s up after %.1fs" % (flow["peer"], h.elapsed()))
 
     acfg, bcfg = phone_config(b, "alice"), phone_config(a2, "bob")
     info("alice: %s" % acfg["account"])
