@@ -2,12 +2,14 @@
  * now or from a DHT callback.  Field names are an interface: tools outside
  * the project read them. */
 #include <errno.h>
+#include <openssl/rand.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "dht/log.h"
+#include "proto/stun.h"
 #include "node/node.h"
 
 typedef struct {
@@ -293,20 +295,182 @@ static json_t *cmd_relays(node_t *n, node_reply_fn reply, void *arg) {
   return NULL;
 }
 
-static json_t *cmd_turn_credentials(node_t *n, json_t *req) {
+/* Mint a TURN credential for user, living ttl seconds (NULL: a day, or
+ * --turn-max-ttl if lower).  Returns NULL with *cred set, or the failure
+ * answer (cmd names the command in it). */
+static json_t *mint(node_t *n, const char *cmd, const char *user, json_t *ttl, json_t **cred) {
   const node_opts_t *o = n->opts;
-  if (!o->turn_secret) return fail("turn-credentials: this node has no --turn-secret");
-  json_t *ttl = json_object_get(req, "ttl"), *cred;
+  if (!o->turn_secret) return fail("%s: this node has no --turn-secret", cmd);
   /* Relays refuse credentials that live longer than --turn-max-ttl: mint
    * none they would refuse (the overlay's nodes share the setting). */
   unsigned max = (unsigned)o->turn_max_ttl;
   unsigned t = ttl ? (unsigned)json_integer_value(ttl) : (max < 86400 ? max : 86400);
-  if (t > max) return fail("turn-credentials: ttl %u is above --turn-max-ttl (%u)", t, max);
-  if (relay_mint_credentials(o->turn_secret, o->turn_realm ? o->turn_realm : o->overlay,
-                             json_string_value(json_object_get(req, "user")), t, &cred))
-    return fail("turn-credentials: invalid user or ttl");
+  if (t > max) return fail("%s: ttl %u is above --turn-max-ttl (%u)", cmd, t, max);
+  if (relay_mint_credentials(o->turn_secret, o->turn_realm ? o->turn_realm : o->overlay, user, t, cred))
+    return fail("%s: invalid user or ttl", cmd);
+  return NULL;
+}
+
+static json_t *cmd_turn_credentials(node_t *n, json_t *req) {
+  json_t *cred;
+  json_t *err = mint(n, "turn-credentials", json_string_value(json_object_get(req, "user")),
+                     json_object_get(req, "ttl"), &cred);
+  if (err) return err;
   json_object_set_new(cred, "ok", json_true());
   return cred;
+}
+
+/* phone-config ------------------------------------------------------------ */
+
+/* What a phone attached to this node needs (spec 3.3.2, 5.1): the node as
+ * its registrar and outbound proxy, the overlay's relay agent peers, and a
+ * fresh TURN credential; for baresip also the account line, which holds
+ * one TURN server, picked at random so that phones spread over the relays.
+ * Media "relay" (baresip's medianat=turn) sends every call through it;
+ * "ice" makes it one ICE candidate among the phone's own (README, "Phones"
+ * says why relay is the default for baresip 1.0). */
+typedef struct {
+  pending_t p;
+  json_t *answer; /* aor, registrar, turn: filled before the relay lookup */
+  int baresip;
+} phone_req_t;
+
+/* How long a relay has to answer the STUN Binding that shows it is alive. */
+#define PHONE_PROBE_MS 1000
+
+/* Relays a phone can use: an address that parses as IP:PORT (written
+ * again in canonical form, since the value came from any node of the
+ * overlay and ends up in a config file) and UDP among the transports. */
+static json_t *usable_relays(json_t *list) {
+  json_t *out = json_array(), *e;
+  size_t i, j;
+  json_array_foreach(list, i, e) {
+    struct sockaddr_storage ss;
+    const char *a = json_string_value(json_object_get(e, "addr"));
+    json_t *tr = json_object_get(e, "transports"), *t;
+    int udp = 0;
+    json_array_foreach(tr, j, t) udp |= json_is_string(t) && strcmp(json_string_value(t), "udp") == 0;
+    if (!a || !udp || dht_addr_parse(a, &ss) < 0) continue;
+    char canon[64];
+    dht_addr_str(&ss, canon, sizeof(canon));
+    json_array_append_new(out, json_pack("{s:s, s:O, s:O}", "addr", canon, "transports", tr, "owner",
+                                         json_object_get(e, "owner")));
+  }
+  return out;
+}
+
+static uint32_t pick(size_t n) {
+  uint32_t r = 0;
+  if (RAND_bytes((unsigned char *)&r, sizeof(r)) != 1) r = (uint32_t)uv_hrtime();
+  return r % (uint32_t)n;
+}
+
+/* baresip 1.0's account syntax: parameters after the AOR, values without
+ * ';' or blanks (they are not unquoted); libre adds ";lr" to outbound. */
+static json_t *baresip_account(json_t *a) {
+  json_t *turn = json_object_get(a, "turn");
+  const char *media = json_string_value(json_object_get(a, "media"));
+  char *line = NULL;
+  if (asprintf(&line, "<%s>;outbound=%s;medianat=%s;stunserver=turn:%s;stunuser=%s;stunpass=%s",
+               json_string_value(json_object_get(a, "aor")), json_string_value(json_object_get(a, "registrar")),
+               strcmp(media, "ice") == 0 ? "ice" : "turn", json_string_value(json_object_get(a, "relay")),
+               json_string_value(json_object_get(turn, "username")),
+               json_string_value(json_object_get(turn, "password"))) < 0)
+    return NULL;
+  json_t *s = json_string(line);
+  free(line);
+  return s;
+}
+
+static void phone_reply(phone_req_t *q, json_t *r) {
+  q->p.reply(q->p.n, r, q->p.arg);
+  json_decref(q->answer);
+  free(q);
+}
+
+/* The relays that answered: pick one; the others are listed too. */
+static void on_phone_probed(json_t *alive, void *arg) {
+  phone_req_t *q = arg;
+  json_t *a = q->answer, *tried = json_object_get(a, "relays"), *e;
+  if (json_array_size(alive) == 0) {
+    phone_reply(q, fail("phone-config: none of the %zu relays under turn:%s answered a STUN Binding within %d ms",
+                        json_array_size(tried), q->p.n->opts->overlay, PHONE_PROBE_MS));
+    json_decref(alive);
+    return;
+  }
+  json_t *silent = json_array();
+  size_t i;
+  json_array_foreach(tried, i, e) {
+    size_t j;
+    json_t *x;
+    int ok = 0;
+    json_array_foreach(alive, j, x) ok |= x == e;
+    if (!ok) json_array_append(silent, json_object_get(e, "addr"));
+  }
+  json_object_set_new(a, "unanswered", silent);
+  json_object_set(a, "relay", json_object_get(json_array_get(alive, pick(json_array_size(alive))), "addr"));
+  json_object_set_new(a, "relays", alive);
+  if (q->baresip) json_object_set_new(a, "account", baresip_account(a));
+  phone_reply(q, json_incref(a));
+}
+
+/* The overlay's list: keep the usable entries (at most RELAY_PROBE_MAX, a
+ * random choice if there are more) and ask each whether it is alive. */
+static void on_phone_relays(json_t *list, void *arg) {
+  phone_req_t *q = arg;
+  json_t *usable = list ? usable_relays(list) : NULL;
+  json_decref(list);
+  if (!usable) {
+    phone_reply(q, fail("phone-config: the overlay did not answer for turn:%s", q->p.n->opts->overlay));
+    return;
+  }
+  while (json_array_size(usable) > RELAY_PROBE_MAX) json_array_remove(usable, pick(json_array_size(usable)));
+  json_object_set_new(q->answer, "relays", usable);
+  int rc = json_array_size(usable) ? relay_probe(q->p.n->loop, usable, PHONE_PROBE_MS, on_phone_probed, q)
+                                   : -ENOENT;
+  if (rc == -ENOENT)
+    phone_reply(q, fail("phone-config: no relay agent peer in the overlay (nothing usable under turn:%s)",
+                        q->p.n->opts->overlay));
+  else if (rc)
+    phone_reply(q, fail("phone-config: cannot probe the relays: %s", dht_strerror(rc)));
+}
+
+static json_t *cmd_phone_config(node_t *n, json_t *req, node_reply_fn reply, void *arg) {
+  const char *user = json_string_value(json_object_get(req, "user"));
+  const char *format = json_string_value(json_object_get(req, "format"));
+  const char *media = json_string_value(json_object_get(req, "media"));
+  char sa[64], reg[80], aor[400];
+  if (!n->sip)
+    return fail("phone-config: this node has no SIP role (start it with --sip): it is the phone's registrar");
+  if (!n->opts->turn_secret)
+    return fail("phone-config: this node cannot provision relays: it has no --turn-secret "
+                "(the overlay's TURN secret)");
+  /* The address sofia put in its Via: a real one even for --sip 0.0.0.0. */
+  n->sipapi->addr(n->sip, sa, sizeof(sa));
+  snprintf(reg, sizeof(reg), "sip:%s", sa);
+  json_t *cred, *err = mint(n, "phone-config", user, json_object_get(req, "ttl"), &cred);
+  if (err) return err;
+  json_t *uname = json_object_get(cred, "username");
+  uint64_t expires = 0;
+  proto_stun_rest_expiry(json_string_value(uname), json_string_length(uname), &expires);
+  json_object_set_new(cred, "expires", json_integer((json_int_t)expires));
+  snprintf(aor, sizeof(aor), "sip:%s@%s", user, n->opts->overlay);
+  phone_req_t *q = malloc(sizeof(*q));
+  if (!q) {
+    json_decref(cred);
+    return fail("out of memory");
+  }
+  *q = (phone_req_t){{n, reply, arg},
+                     json_pack("{s:b, s:s, s:s, s:s, s:s, s:o}", "ok", 1, "user", user, "aor", aor, "registrar",
+                               reg, "media", media ? media : "relay", "turn", cred),
+                     !format || strcmp(format, "baresip") == 0};
+  int rc = relay_list(n->dht, n->opts->overlay, on_phone_relays, q);
+  if (rc) {
+    json_decref(q->answer);
+    free(q);
+    return fail("phone-config: %s", dht_strerror(rc));
+  }
+  return NULL;
 }
 
 /* remove ------------------------------------------------------------------ */
@@ -359,6 +523,8 @@ void node_admin_dispatch(node_t *n, json_t *req, node_reply_fn reply, void *arg)
       r = cmd_relays(n, reply, arg);
     } else if (strcmp(c, "turn-credentials") == 0) {
       r = cmd_turn_credentials(n, req);
+    } else if (strcmp(c, "phone-config") == 0) {
+      r = cmd_phone_config(n, req, reply, arg);
     } else if (strcmp(c, "relay") == 0) {
       r = n->relay ? json_pack("{s:b, s:o}", "ok", 1, "relay", relay_stats_json(n->relay))
                    : fail("relay: this node has no relay role");

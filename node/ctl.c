@@ -26,8 +26,58 @@ static void usage(FILE *f) {
              "  leave                  leave the overlay gracefully and exit\n"
              "  relays                 the relay agent peers (TURN) the overlay offers\n"
              "  turn-credentials USER [TTL]  mint TURN credentials for a UA\n"
+             "  phone-config USER [TTL] [--format baresip|json] [--media relay|ice]\n"
+             "                         a phone's settings: this node as registrar and outbound\n"
+             "                         proxy, an overlay relay and a fresh TURN credential (TTL\n"
+             "                         seconds, default a day); media through the relay always,\n"
+             "                         or as an ICE candidate; baresip: an accounts file,\n"
+             "                         json: the admin answer\n"
              "  CMD                    any other admin command without arguments\n"
              "  raw JSON               send a request object as given\n");
+}
+
+/* phone-config --format baresip prints an accounts file, not JSON. */
+static int as_accounts;
+
+static json_t *build_phone_config(int argc, char **argv) {
+  const char *format = "baresip", *media = "relay", *ttl = NULL, *user = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--format") == 0 && i + 1 < argc)
+      format = argv[++i];
+    else if (strcmp(argv[i], "--media") == 0 && i + 1 < argc)
+      media = argv[++i];
+    else if (!user)
+      user = argv[i];
+    else if (!ttl)
+      ttl = argv[i];
+    else
+      return NULL;
+  }
+  char *end = NULL;
+  long t = ttl ? strtol(ttl, &end, 10) : 0;
+  if (!user || (ttl && (*end || t <= 0)) || (strcmp(format, "baresip") && strcmp(format, "json")))
+    return NULL;
+  as_accounts = strcmp(format, "baresip") == 0;
+  json_t *req =
+      json_pack("{s:s, s:s, s:s, s:s}", "cmd", argv[0], "user", user, "format", format, "media", media);
+  if (ttl) json_object_set_new(req, "ttl", json_integer(t));
+  return req;
+}
+
+/* The answer as a baresip accounts file: what it is, then the line. */
+static void print_accounts(json_t *r) {
+  json_t *turn = json_object_get(r, "turn"), *relays = json_object_get(r, "relays"), *e;
+  time_t exp = (time_t)json_integer_value(json_object_get(turn, "expires"));
+  char when[64];
+  size_t i;
+  strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime(&exp));
+  printf("# %s through %s; TURN credential valid until %s\n# relays:", json_string_value(json_object_get(r, "aor")),
+         json_string_value(json_object_get(r, "registrar")), when);
+  json_array_foreach(relays, i, e) {
+    const char *a = json_string_value(json_object_get(e, "addr"));
+    printf(" %s%s", a, strcmp(a, json_string_value(json_object_get(r, "relay"))) ? "" : " (this account's)");
+  }
+  printf("\n%s\n", json_string_value(json_object_get(r, "account")));
 }
 
 static json_t *build(int argc, char **argv) {
@@ -53,6 +103,7 @@ static json_t *build(int argc, char **argv) {
   if (strcmp(cmd, "turn-credentials") == 0 && (argc == 2 || argc == 3))
     return json_pack("{s:s, s:s, s:I}", "cmd", cmd, "user", argv[1], "ttl",
                      (json_int_t)(argc == 3 ? strtol(argv[2], NULL, 10) : 86400));
+  if (strcmp(cmd, "phone-config") == 0) return build_phone_config(argc, argv);
   if (strcmp(cmd, "remove") == 0 && (argc == 2 || argc == 3))
     return argc == 2 ? json_pack("{s:s, s:s}", "cmd", cmd, "key", argv[1])
                      : json_pack("{s:s, s:s, s:s}", "cmd", cmd, "key", argv[1], "value_id", argv[2]);
@@ -145,9 +196,13 @@ int main(int argc, char **argv) {
     fprintf(stderr, "p2psipctl: answer is not JSON: %s\n", je.text);
     return 1;
   }
-  json_dumpf(resp, stdout, JSON_INDENT(2));
-  putchar('\n');
   int rc = json_is_true(json_object_get(resp, "ok")) ? 0 : 1;
+  if (rc == 0 && as_accounts && json_is_string(json_object_get(resp, "account"))) {
+    print_accounts(resp);
+  } else {
+    json_dumpf(resp, stdout, JSON_INDENT(2));
+    putchar('\n');
+  }
   json_decref(resp);
   return rc;
 }

@@ -53,22 +53,57 @@ static int check_key(json_t *req, char *err, size_t len) {
 
 static int check_none(json_t *req, char *err, size_t len) { return 0; }
 
+/* A credential's optional ttl: up to 30 days. */
+static int check_ttl(json_t *req, const char *cmd, char *err, size_t len) {
+  json_t *ttl = json_object_get(req, "ttl");
+  if (ttl && (!json_is_integer(ttl) || json_integer_value(ttl) < 1 || json_integer_value(ttl) > 30 * 86400)) {
+    snprintf(err, len, "%s: \"ttl\" must be 1 to %d seconds", cmd, 30 * 86400);
+    return -1;
+  }
+  return 0;
+}
+
+/* An optional field that must be one of two strings. */
+static int check_choice(json_t *req, const char *cmd, const char *field, const char *a, const char *b, char *err,
+                        size_t len) {
+  json_t *v = json_object_get(req, field);
+  const char *s = json_string_value(v);
+  if (v && (!s || (strcmp(s, a) && strcmp(s, b)))) {
+    snprintf(err, len, "%s: \"%s\" must be \"%s\" or \"%s\"", cmd, field, a, b);
+    return -1;
+  }
+  return 0;
+}
+
 /* A name without ':' (the username is "EXPIRY:NAME"), and a ttl up to 30
  * days. */
 static int check_turn_cred(json_t *req, char *err, size_t len) {
-  json_t *user = json_object_get(req, "user"), *ttl = json_object_get(req, "ttl");
+  json_t *user = json_object_get(req, "user");
   const char *u = json_string_value(user);
   if (!u || !*u || json_string_length(user) > 256 || strlen(u) != json_string_length(user) ||
       strchr(u, ':')) {
     snprintf(err, len, "turn-credentials: \"user\" must be 1 to 256 bytes without ':'");
     return -1;
   }
-  if (ttl && (!json_is_integer(ttl) || json_integer_value(ttl) < 1 ||
-              json_integer_value(ttl) > 30 * 86400)) {
-    snprintf(err, len, "turn-credentials: \"ttl\" must be 1 to %d seconds", 30 * 86400);
+  return check_ttl(req, "turn-credentials", err, len);
+}
+
+/* The user part of sip:USER@OVERLAY, written into a phone's config: 1 to
+ * 64 of RFC 3261's unreserved characters other than the quote and
+ * parentheses (so it needs no escaping in a URI or a config line). */
+#define PHONE_USER_CHARS "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*"
+static int check_phone_config(json_t *req, char *err, size_t len) {
+  json_t *user = json_object_get(req, "user");
+  const char *u = json_string_value(user);
+  size_t ul = u ? json_string_length(user) : 0;
+  if (!u || ul == 0 || ul > 64 || strspn(u, PHONE_USER_CHARS) != ul) {
+    snprintf(err, len, "phone-config: \"user\" must be 1 to 64 letters, digits or -_.!~*");
     return -1;
   }
-  return 0;
+  if (check_choice(req, "phone-config", "format", "baresip", "json", err, len) ||
+      check_choice(req, "phone-config", "media", "relay", "ice", err, len))
+    return -1;
+  return check_ttl(req, "phone-config", err, len);
 }
 
 static const struct {
@@ -77,7 +112,7 @@ static const struct {
 } core_commands[] = {
     {"status", check_none}, {"put", check_put},    {"get", check_key}, {"remove", check_remove},
     {"lookup", check_key},  {"stats", check_none}, {"leave", check_none},
-    {"relays", check_none}, {"turn-credentials", check_turn_cred},
+    {"relays", check_none}, {"turn-credentials", check_turn_cred}, {"phone-config", check_phone_config},
 };
 
 int node_request_check(json_t *req, const char *const *extra, char *err, size_t len) {

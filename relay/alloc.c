@@ -222,6 +222,7 @@ static int handover(relay_alloc_t *a, relay_alloc_t *b, const uint8_t *p, size_t
     return -1;
   }
   r->c.to_peer++;
+  a->to_peers++;
   r->c.bytes_out += n;
   r->c.relayed_internal++;
   deliver(b, &a->relayed, d, n);
@@ -244,6 +245,7 @@ static void send_peer(relay_alloc_t *a, const proto_stun_addr_t *peer, const uin
     return;
   }
   r->c.to_peer++;
+  a->to_peers++;
   r->c.bytes_out += n;
 }
 
@@ -335,7 +337,7 @@ static void deliver(relay_alloc_t *a, const proto_stun_addr_t *peer, uint8_t *da
     size_t len = n + PROTO_STUN_CHAN_HDR_LEN;
     /* Over TCP, ChannelData is padded to 4 (RFC 8656 section 12.5). */
     while (a->conn && len % 4) hdr[len++] = 0;
-    if (relay__send_client(r, a->conn, &a->client, hdr, len) == 0) r->c.to_client++;
+    if (relay__send_client(r, a->conn, &a->client, hdr, len) == 0) r->c.to_client++, a->to_client++;
     return;
   }
   /* A Data indication needs the data padded inside the message, so it is
@@ -358,7 +360,7 @@ static void deliver(relay_alloc_t *a, const proto_stun_addr_t *peer, uint8_t *da
     r->c.dropped_other++; /* a datagram too big to wrap */
     return;
   }
-  if (relay__send_client(r, a->conn, &a->client, out, (size_t)len) == 0) r->c.to_client++;
+  if (relay__send_client(r, a->conn, &a->client, out, (size_t)len) == 0) r->c.to_client++, a->to_client++;
 }
 
 /* A datagram on a relayed socket, read into r->rbuf after RELAY_HEADROOM
@@ -811,11 +813,33 @@ void relay__tick(uv_timer_t *t) {
   }
 }
 
+/* One allocation in the stats: whose, where, and what it relayed. */
+static json_t *alloc_json(const relay_alloc_t *a) {
+  char client[64], relayed[64];
+  struct sockaddr_storage ss;
+  relay__addr_to_sa(&a->client, &ss);
+  dht_addr_str(&ss, client, sizeof(client));
+  relay__addr_to_sa(&a->relayed, &ss);
+  dht_addr_str(&ss, relayed, sizeof(relayed));
+  /* The name passed the credential check, so a node minted it from admin
+   * JSON (UTF-8); an odd one still gets a line. */
+  json_t *user = json_string(a->user);
+  return json_pack("{so ss ss ss sI sI sI sI}", "user", user ? user : json_string("(not UTF-8)"),
+                   "client", client, "transport", a->conn ? "tcp" : "udp", "relayed", relayed,
+                   "to_peers", (json_int_t)a->to_peers, "to_client", (json_int_t)a->to_client,
+                   "permissions", (json_int_t)a->n_perms, "channels", (json_int_t)a->n_chans);
+}
+
 json_t *relay__alloc_stats(const relay_t *r) {
   size_t perms = 0, chans = 0;
-  for (const relay_alloc_t *a = r->allocs; a; a = a->next) perms += a->n_perms, chans += a->n_chans;
-  json_t *j = json_pack("{sI sI sI}", "allocations", (json_int_t)r->n_allocs, "permissions",
-                        (json_int_t)perms, "channels", (json_int_t)chans);
+  json_t *list = json_array();
+  for (const relay_alloc_t *a = r->allocs; a; a = a->next) {
+    perms += a->n_perms, chans += a->n_chans;
+    /* The answer stays small on a busy relay: the first ones only. */
+    if (json_array_size(list) < RELAY_STATS_ALLOCS) json_array_append_new(list, alloc_json(a));
+  }
+  json_t *j = json_pack("{sI sI sI so}", "allocations", (json_int_t)r->n_allocs, "permissions",
+                        (json_int_t)perms, "channels", (json_int_t)chans, "allocation_list", list);
   relay__quota_stats(r, j);
   return j;
 }

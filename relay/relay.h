@@ -82,7 +82,9 @@ void relay_stop(relay_t *r, void (*cb)(relay_t *r, void *arg), void *arg);
 void relay_free(relay_t *r);
 
 /* Counters and live state, a new reference: {"addr","realm","transports",
- * "allocations","permissions","channels","users","client_ips",
+ * "allocations","permissions","channels","allocation_list" (the first
+ * 64: {"user","client","transport","relayed","to_peers",
+ * "to_client","permissions","channels"}),"users","client_ips",
  * "quota_per_user","quota_per_ip","quota_total","max_credential_ttl",
  * "peers":{"allow","deny","allow_loopback"}, "rx":{...},"tx":{...},
  * "requests":{...},"refused":{...},"dropped":{...},"tcp":{"connections",...},
@@ -101,6 +103,15 @@ void relay_addr(const relay_t *r, char *out, size_t len);
  * [{"addr":"IP:PORT","transports":["udp","tcp"],"owner":HEX40},...] (cb owns
  * it; empty if there is none) or NULL if the lookup failed. */
 int relay_list(dht_t *d, const char *overlay, void (*cb)(json_t *relays, void *arg), void *arg);
+/* Which relays answer now: a STUN Binding request over UDP to each entry
+ * of relays (as relay_list gives them, at most RELAY_PROBE_MAX; an "addr"
+ * that does not parse never answers); cb(alive, arg) runs once, from the
+ * loop, when all have answered or after timeout_ms, with a new array (cb
+ * owns it) of the entries that answered, in their order.  Returns 0, or
+ * -E2BIG / -ENOMEM without calling cb. */
+#define RELAY_PROBE_MAX 16
+int relay_probe(uv_loop_t *loop, json_t *relays, unsigned timeout_ms, void (*cb)(json_t *alive, void *arg),
+                void *arg);
 /* Mint {"username":"EXPIRY:USER","password":S,"realm":S,"ttl":N} valid ttl
  * seconds from now (ttl 1..86400*30; a relay refuses credentials that
  * expire later than its max_credential_ttl from now).  Returns 0 or

@@ -24,6 +24,7 @@
 /* Caps that bound what one client can make us hold. */
 #define RELAY_MAX_PERMS 64
 #define RELAY_MAX_CHANS 64
+#define RELAY_STATS_ALLOCS 64 /* allocations listed in the stats, at most */
 #define RELAY_RESV_LIFETIME 30 /* RFC 8656 7.2: about 30 s */
 #define RELAY_PORT_TRIES 64 /* binds tried per Allocate before 508 */
 #define RELAY_REMOVE_WAIT_MS 2000 /* relay_stop waits this long for dht_remove */
@@ -101,6 +102,7 @@ struct relay_alloc {
   uint16_t n_perms, n_chans;
   relay_perm_t *perms;
   relay_chan_t *chans;
+  uint64_t to_peers, to_client; /* datagrams relayed each way (stats' allocation_list) */
 };
 
 /* quota.c: a count per key (user name or client IP). */

@@ -22,6 +22,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     json_t *key = json_object_get(req, "key");
     if (!json_is_string(key) || json_string_length(key) == 0) abort();
   }
+  /* A phone-config user goes into a config line: only its safe set. */
+  if (!strcmp(c, "phone-config")) {
+    json_t *user = json_object_get(req, "user");
+    const char *u = json_string_value(user);
+    if (!u || !*u || strspn(u, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*") !=
+                         json_string_length(user))
+      abort();
+  }
   char *text = json_dumps(req, JSON_COMPACT);
   if (!text) abort();
   free(text);

@@ -611,7 +611,9 @@ class Sipp:
     """One sipp process; its message trace lands in the run dir."""
 
     def __init__(self, h, name, xml, remote, local_port, keys=(), transport="u1", extra=(),
-                 calls=1, timeout=30):
+                 calls=1, timeout=30, host=HOST, prefix=()):
+        """host: the address it binds; prefix: runs it elsewhere (["ip",
+        "netns", "exec", NS])."""
         if not SIPP:
             p2p.skip("sipp is not installed")
         self.name = name
@@ -621,8 +623,8 @@ class Sipp:
         self.trace = os.path.join(h.rundir, name + ".msg")
         self.errs = os.path.join(h.rundir, name + ".err")
         self.out = os.path.join(h.rundir, name + ".out")
-        argv = [SIPP] + ([remote] if remote else []) + [
-            "-sf", sf, "-i", HOST, "-p", str(local_port), "-m", str(calls), "-t", transport,
+        argv = list(prefix) + [SIPP] + ([remote] if remote else []) + [
+            "-sf", sf, "-i", host, "-p", str(local_port), "-m", str(calls), "-t", transport,
             "-trace_msg", "-message_file", self.trace, "-trace_err", "-error_file", self.errs,
             "-timeout", "%ds" % timeout, "-timeout_error", "-nostdin"]
         for k, v in keys:
@@ -730,14 +732,14 @@ def tail(path, n=20):
         return ["(no %s: %s)" % (path, e)]
 
 
-def wait_port(port, kind=socket.SOCK_DGRAM, timeout=10.0):
-    """Wait until something listens on 127.0.0.1:port (TCP: connectable;
-    UDP: bound, seen as the bind failing)."""
+def wait_port(port, kind=socket.SOCK_DGRAM, timeout=10.0, host=HOST):
+    """Wait until something listens on host:port (TCP: connectable; UDP
+    on 127.0.0.1: bound, seen as the bind failing)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if kind == socket.SOCK_STREAM:
             try:
-                socket.create_connection((HOST, port), timeout=0.5).close()
+                socket.create_connection((host, port), timeout=0.5).close()
                 return True
             except OSError:
                 pass
@@ -756,12 +758,13 @@ UNSHARE_ARGS = ["--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-
                 "--propagation", "private"]
 
 
-def enter_netns(script):
+def enter_netns(script, required=False):
     """Re-run script inside new network, mount and PID namespaces (so named
     can own 127.0.0.1:53, kamailio can be given its own resolv.conf without
     touching the host, and nothing started inside outlives the test: when
     the script, PID 1 there, ends, the kernel kills the rest), or skip when
-    that is not allowed.  Returns only inside the namespace."""
+    that is not allowed (fail, with required).  Returns only inside the
+    namespace."""
     if os.environ.get(NETNS_ENV) == "1":
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
         return
@@ -769,9 +772,10 @@ def enter_netns(script):
     probe = subprocess.run([unshare] + UNSHARE_ARGS + ["true"],
                            capture_output=True) if unshare else None
     if not probe or probe.returncode != 0:
-        print("SKIP: cannot create namespaces (unshare %s): %s" % (" ".join(UNSHARE_ARGS),
-              probe.stderr.decode(errors="replace").strip() if probe else "no unshare"))
-        raise SystemExit(p2p.SKIP)
+        print("%s: cannot create namespaces (unshare %s): %s" % (
+            "FAIL" if required else "SKIP", " ".join(UNSHARE_ARGS),
+            probe.stderr.decode(errors="replace").strip() if probe else "no unshare"))
+        raise SystemExit(1 if required else p2p.SKIP)
     env = dict(os.environ, **{NETNS_ENV: "1"})
     os.execvpe(unshare, [unshare] + UNSHARE_ARGS +
                [os.environ.get("PYTHON", __import__("sys").executable), script], env)
@@ -795,7 +799,9 @@ class Named:
 
     KEY = "p2psip-key"
 
-    def __init__(self, h, kam_port, overlay=OVERLAY):
+    def __init__(self, h, kam_port, overlay=OVERLAY, listen=(), kam_ip="127.0.0.1"):
+        """listen: addresses to serve on besides 127.0.0.1; kam_ip:
+        kamailio's address (sip.example.com)."""
         self.dir = os.path.join(h.rundir, "named")
         os.makedirs(self.dir, exist_ok=True)
         self.secret = __import__("base64").b64encode(os.urandom(32)).decode()
@@ -806,7 +812,7 @@ class Named:
             f.write("""options {
   directory "%(d)s";
   pid-file none;
-  listen-on port 53 { 127.0.0.1; };
+  listen-on port 53 { %(listen)s };
   listen-on-v6 { none; };
   recursion no;
   dnssec-validation no;
@@ -818,7 +824,8 @@ controls { };
 key "%(k)s" { algorithm hmac-sha256; secret "%(s)s"; };
 zone "example.com" { type primary; file "%(d)s/example.com.zone"; };
 zone "%(o)s" { type primary; file "%(d)s/overlay.zone"; allow-update { key "%(k)s"; }; };
-""" % {"d": self.dir, "k": self.KEY, "s": self.secret, "o": overlay})
+""" % {"d": self.dir, "k": self.KEY, "s": self.secret, "o": overlay,
+       "listen": " ".join(a + ";" for a in ("127.0.0.1",) + tuple(listen))})
         with open(os.path.join(self.dir, "example.com.zone"), "w") as f:
             f.write("""$TTL 30
 @ IN SOA ns.example.com. admin.example.com. 1 60 60 600 30
@@ -826,8 +833,8 @@ zone "%(o)s" { type primary; file "%(d)s/overlay.zone"; allow-update { key "%(k)
 ns IN A 127.0.0.1
 @ IN NAPTR 10 10 "S" "SIP+D2U" "" _sip._udp.example.com.
 _sip._udp IN SRV 10 10 %d sip.example.com.
-sip IN A 127.0.0.1
-""" % kam_port)
+sip IN A %s
+""" % (kam_port, kam_ip))
         with open(os.path.join(self.dir, "overlay.zone"), "w") as f:
             f.write("""$TTL 30
 @ IN SOA ns.%(o)s. admin.%(o)s. 1 60 60 600 30
@@ -858,8 +865,8 @@ debug=2
 log_stderror=yes
 children=2
 tcp_children=1
-listen=udp:127.0.0.1:%(port)d
-listen=tcp:127.0.0.1:%(port)d
+listen=udp:%(host)s:%(port)d
+listen=tcp:%(host)s:%(port)d
 alias="example.com"
 use_dns_cache=on
 use_dns_failover=on
@@ -928,22 +935,22 @@ class Kamailio:
     "secret" for every user), on 127.0.0.1:port, resolving by RFC 3263
     through the namespace's resolv.conf (named), with DNS failover."""
 
-    def __init__(self, h, port, overlay=OVERLAY):
-        self.port = port
+    def __init__(self, h, port, overlay=OVERLAY, host=HOST):
+        self.port, self.host = port, host
         self.cfg = os.path.join(h.rundir, "kamailio.cfg")
         with open(self.cfg, "w") as f:
-            f.write(KAMAILIO_CFG % {"port": port, "overlay": overlay})
+            f.write(KAMAILIO_CFG % {"port": port, "overlay": overlay, "host": host})
         self.log = os.path.join(h.rundir, "kamailio.log")
         chk = subprocess.run([KAMAILIO, "-c", "-f", self.cfg], capture_output=True, timeout=20)
         if chk.returncode != 0:
             raise p2p.Failure("kamailio config: %s" % chk.stderr.decode(errors="replace")[-800:])
         self.proc = start_proc(h, [KAMAILIO, "-DD", "-E", "-f", self.cfg], self.log)
-        if not wait_port(port, socket.SOCK_STREAM, 15):
+        if not wait_port(port, socket.SOCK_STREAM, 15, host):
             raise p2p.Failure("kamailio did not start: %s" % " | ".join(tail(self.log, 8)))
 
     @property
     def addr(self):
-        return "%s:%d" % (HOST, self.port)
+        return "%s:%d" % (self.host, self.port)
 
     def log_lines(self, pattern):
         try:
@@ -1007,10 +1014,10 @@ REG_AUTH_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 """
 
 
-def sipp_register_auth(h, via_addr, user, contact, local_port, domain="example.com", name=None):
+def sipp_register_auth(h, via_addr, user, contact, local_port, domain="example.com", name=None, **kw):
     """REGISTER user@domain through via_addr, answering the digest challenge
-    with password "secret"."""
+    with password "secret" (kw: Sipp's host and prefix)."""
     s = Sipp(h, name or "regauth-%s" % user, REG_AUTH_XML, via_addr, local_port,
              keys=[("user", user), ("domain", domain), ("contact", contact)],
-             extra=["-au", user, "-ap", "secret"], timeout=20)
+             extra=["-au", user, "-ap", "secret"], timeout=20, **kw)
     return s.wait(), s

@@ -26,53 +26,25 @@ import time
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import netns  # noqa: E402
 BIN = os.environ.get("P2PSIP_BIN", os.path.join(HERE, "..", "..", "build", "node", "p2psipd"))
 TAG = "p2pt%d" % (os.getpid() % 100000)
-NS = {"pub": TAG + "pub", "rtr": TAG + "rtr", "priv": TAG + "prv"}
+NET = netns.Nat(TAG)  # pub (192.0.2.2), a masquerading router, priv (198.51.100.2)
+NS = NET.ns
 FAILED = []
-
-
-def sh(*args, check=True):
-    return subprocess.run(args, check=check, capture_output=True, text=True)
+sh = netns.sh
 
 
 def ns(name, *args, check=True):
-    return sh("ip", "netns", "exec", NS[name], *args, check=check)
+    return NET.run(name, *args, check=check)
 
 
 def setup():
-    for n in NS.values():
-        sh("ip", "netns", "add", n)
-    # veth pairs: pub <-> rtr, priv <-> rtr
-    sh("ip", "link", "add", TAG + "a0", "type", "veth", "peer", "name", TAG + "a1")
-    sh("ip", "link", "add", TAG + "b0", "type", "veth", "peer", "name", TAG + "b1")
-    sh("ip", "link", "set", TAG + "a0", "netns", NS["pub"])
-    sh("ip", "link", "set", TAG + "a1", "netns", NS["rtr"])
-    sh("ip", "link", "set", TAG + "b0", "netns", NS["priv"])
-    sh("ip", "link", "set", TAG + "b1", "netns", NS["rtr"])
-    for n in NS:
-        ns(n, "ip", "link", "set", "lo", "up")
-    ns("pub", "ip", "addr", "add", "192.0.2.2/24", "dev", TAG + "a0")
-    ns("pub", "ip", "link", "set", TAG + "a0", "up")
-    ns("pub", "ip", "route", "add", "default", "via", "192.0.2.1")
-    ns("rtr", "ip", "addr", "add", "192.0.2.1/24", "dev", TAG + "a1")
-    ns("rtr", "ip", "addr", "add", "198.51.100.1/24", "dev", TAG + "b1")
-    ns("rtr", "ip", "link", "set", TAG + "a1", "up")
-    ns("rtr", "ip", "link", "set", TAG + "b1", "up")
-    ns("rtr", "sysctl", "-qw", "net.ipv4.ip_forward=1")
-    ns("rtr", "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "198.51.100.0/24",
-       "-o", TAG + "a1", "-j", "MASQUERADE")
-    # A NAT, not just a router: nothing from outside may open a connection in.
-    ns("rtr", "iptables", "-A", "FORWARD", "-i", TAG + "a1", "-o", TAG + "b1", "-m", "conntrack",
-       "--ctstate", "NEW", "-j", "DROP")
-    ns("priv", "ip", "addr", "add", "198.51.100.2/24", "dev", TAG + "b0")
-    ns("priv", "ip", "link", "set", TAG + "b0", "up")
-    ns("priv", "ip", "route", "add", "default", "via", "198.51.100.1")
+    NET.setup()
 
 
 def teardown():
-    for n in NS.values():
-        sh("ip", "netns", "del", n, check=False)
+    NET.teardown()
 
 
 def admin(path, req, timeout=5.0):

@@ -621,6 +621,21 @@ static void test_peers_live(void) {
   }
   ASSERT_EQ(counter(NULL, "relayed_internal") - internal, 20);
   json_t *j = relay_stats_json(relay);
+  /* Per allocation: A sent the 20 (the dropped ones do not count), B's
+   * phone got them. */
+  json_t *list = json_object_get(j, "allocation_list"), *e;
+  size_t i, seen = 0;
+  ASSERT_EQ(json_array_size(list), 2);
+  json_array_foreach(list, i, e) {
+    const char *user = strchr(json_string_value(json_object_get(e, "user")), ':') + 1;
+    int is_a = strcmp(user, "alice") == 0;
+    ASSERT(is_a || strcmp(user, "bob") == 0);
+    ASSERT_EQ(json_integer_value(json_object_get(e, "to_peers")), is_a ? 20 : 0);
+    ASSERT_EQ(json_integer_value(json_object_get(e, "to_client")), is_a ? 0 : 20);
+    ASSERT_STR_EQ(json_string_value(json_object_get(e, "transport")), "udp");
+    seen |= 1u << is_a;
+  }
+  ASSERT_EQ(seen, 3);
   json_t *peers = json_object_get(j, "peers");
   ASSERT_STR_EQ(json_string_value(json_array_get(json_object_get(peers, "allow"), 0)), "10.1.0.0/16");
   ASSERT_STR_EQ(json_string_value(json_array_get(json_object_get(peers, "deny"), 0)), "10.1.2.0/24");
