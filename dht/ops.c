@@ -889,6 +889,12 @@ static bool readable(dht_t *d, const dht_id_t *key, const proto_value_t *v) {
   return !why;
 }
 
+static bool same_version(const proto_value_t *a, const proto_value_t *b) {
+  return a->seq == b->seq && a->flags == b->flags && a->body_len == b->body_len &&
+         memcmp(a->body, b->body, a->body_len) == 0 &&
+         (!(a->flags & PROTO_VF_SIGNED) || memcmp(a->sig, b->sig, PROTO_SIG_LEN) == 0);
+}
+
 /* The newest version of every value id in the answers; returns the count
  * (0 with *out NULL when there is nothing, -ENOMEM). */
 static int get_merge(get_op_t *g, merged_t **out) {
@@ -904,18 +910,25 @@ static int get_merge(get_op_t *g, merged_t **out) {
   size_t n = 0;
   for (int i = 0; i < g->next; i++) {
     proto_cur_t it = s[i].values;
-    while (s[i].count && n < total && proto_value_next(&it, &m[n].v) == 1)
-      if (readable(g->d, &g->key, &m[n].v)) m[n++].holders = 1u << i;
+    while (s[i].count && n < total && proto_value_next(&it, &m[n].v) == 1) m[n++].holders = 1u << i;
   }
   qsort(m, n, sizeof(*m), merged_cmp);
+  /* Per value id, newest first: the winner is the newest version that
+   * passes the checks (one check per value in the common case); answers
+   * holding the very same version count as its holders. */
   size_t w = 0;
+  bool have = false;
   for (size_t r = 0; r < n; r++) {
     const proto_value_t *x = &m[r].v;
-    if (w && x->vid_len == m[w - 1].v.vid_len && memcmp(x->vid, m[w - 1].v.vid, x->vid_len) == 0) {
-      if (x->seq == m[w - 1].v.seq) m[w - 1].holders |= m[r].holders;
+    bool same_vid = r > 0 && x->vid_len == m[r - 1].v.vid_len && memcmp(x->vid, m[r - 1].v.vid, x->vid_len) == 0;
+    if (!same_vid) have = false;
+    if (have) {
+      if (same_version(x, &m[w - 1].v)) m[w - 1].holders |= m[r].holders;
       continue;
     }
+    if (!readable(g->d, &g->key, x)) continue;
     m[w++] = m[r];
+    have = true;
   }
   *out = m;
   return (int)w;

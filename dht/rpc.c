@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/buffer.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
@@ -145,6 +146,31 @@ static void write_now(dht__conn_t *c, wreq_t *w) {
   }
 }
 
+/* A memory BIO keeps the largest buffer it ever held; once drained, a big
+ * one is swapped for a fresh BIO so that hundreds of idle links stay small
+ * (one STORE of 256 KiB would otherwise leave that much behind). */
+static BIO *tls_fresh_bio(BIO *b) {
+  BUF_MEM *m;
+  if (BIO_ctrl_pending(b) || BIO_get_mem_ptr(b, &m) != 1 || !m || m->max <= 256) return NULL;
+  BIO *nb = BIO_new(BIO_s_mem());
+  if (nb) BIO_set_mem_eof_return(nb, -1); /* empty means "more to come" */
+  return nb;
+}
+
+static void tls_trim(dht__conn_t *c) {
+  if (!c->ready) return; /* the handshake keeps a buffering BIO over wbio */
+  BIO *nb;
+  if ((nb = tls_fresh_bio(c->rbio))) {
+    SSL_set0_rbio(c->ssl, nb);
+    c->rbio = nb;
+  }
+  if ((nb = tls_fresh_bio(c->wbio))) {
+    SSL_set0_wbio(c->ssl, nb);
+    c->wbio = nb;
+  }
+  SSL_free_buffers(c->ssl); /* a no-op while a record is half read */
+}
+
 /* Send what TLS has written to the wire BIO. */
 static void tls_flush(dht__conn_t *c) {
   size_t pend;
@@ -158,6 +184,7 @@ static void tls_flush(dht__conn_t *c) {
     w->len = n > 0 ? (size_t)n : 0;
     write_now(c, w);
   }
+  if (!c->closing) tls_trim(c);
 }
 
 /* A whole frame to the peer: encrypted in the secured mode. */
