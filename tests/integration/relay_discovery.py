@@ -4,7 +4,9 @@
 relay (address, transports, owner); a relay killed with SIGKILL drops out
 of every list within one refresh interval (its value's ttl); a relay that
 leaves with SIGTERM withdraws its value at once; p2psipctl relays prints
-the same list."""
+the same list.  The relays, started alike, send Data indications with
+transaction ids none of them repeats (they come from a real random source,
+not an unseeded rand() that every process draws alike)."""
 
 import json
 import os
@@ -15,6 +17,7 @@ import time
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import p2p  # noqa: E402
+import relay_turn as rt  # noqa: E402
 from p2p import check, info  # noqa: E402
 
 N = 16
@@ -38,7 +41,7 @@ def test(h):
         if node.index in RELAYS:
             port = turn_base + RELAYS.index(node.index)
             turn[node.index] = "127.0.0.1:%d" % port
-            a += ["--relay", "--turn", turn[node.index], "--turn-secret", "s",
+            a += ["--relay", "--turn", turn[node.index], "--turn-secret", "s", "--allow-loopback-peers",
                   "--relay-ports", "%d-%d" % (11000 + 100 * node.index, 11099 + 100 * node.index)]
         return a
     c.argv = argv
@@ -59,6 +62,30 @@ def test(h):
                          text=True, timeout=10).stdout
     got = sorted(x["addr"] for x in json.loads(out)["relays"])
     check(got == sorted(turn.values()), "p2psipctl relays prints the same addresses", out)
+
+    # Data indication transaction ids, three from each relay.
+    txids = []
+    for i in RELAYS:
+        node = c.nodes[i]
+        cred = node.admin_ok({"cmd": "turn-credentials", "user": "txid", "ttl": 600})
+        host, port = turn[i].rsplit(":", 1)
+        a = rt.UdpTurn((host, int(port)), cred["username"], cred["password"], cred["realm"])
+        peer = rt.socket.socket(rt.socket.AF_INET, rt.socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        try:
+            check(rt.error_code(a.allocate()) == 0 and
+                  rt.error_code(a.request(0x0008, rt.attr(0x0012, rt.xaddr(*peer.getsockname())))) == 0,
+                  "relay %d: allocation and a permission for a peer" % i)
+            for k in range(3):
+                peer.sendto(b"from-peer-%d" % k, a.relayed)
+                m = a.recv(2.0, lambda m: rt.data_ind(m) is not None)
+                check(m is not None, "relay %d: Data indication %d arrives" % (i, k))
+                txids.append(m[8:20])
+        finally:
+            a.s.close()
+            peer.close()
+    check(len(set(txids)) == len(txids), "%d Data indications from %d relay processes: no transaction id repeats"
+          % (len(txids), len(RELAYS)))
 
     victim = c.nodes[RELAYS[0]]
     t0 = time.monotonic()
