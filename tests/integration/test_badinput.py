@@ -14,57 +14,21 @@ import time
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import p2p  # noqa: E402
+import peerproto as pp  # noqa: E402
 from p2p import check, expect, info  # noqa: E402
 
 N = 4
 
 
-def frame(ftype, body, txid=1, magic=b"PS", version=1, length=None):
-    return magic + bytes([version, ftype]) + struct.pack(">II", txid, len(body) if length is None else length) + body
-
-
-def node_bytes(nid_hex, ip, port):
-    return bytes.fromhex(nid_hex) + b"\x04" + socket.inet_aton(ip) + struct.pack(">H", port)
+frame, node_bytes, store_frame, read_frames = pp.frame, pp.node_bytes, pp.store_frame, pp.read_frames
 
 
 def hello(overlay, nid_hex=None, port=1):
-    nid = nid_hex or p2p.addr_id("127.0.0.1:%d" % port)
-    ov = overlay.encode()
-    return frame(1, node_bytes(nid, "127.0.0.1", port) + bytes([len(ov)]) + ov)
+    return pp.hello(overlay, nid_hex or p2p.addr_id("127.0.0.1:%d" % port), "127.0.0.1", port)
 
 
-def value_bytes(vid, body, seq=1, ttl=300, kind=1, owner=bytes(20), flags=0):
-    v = vid.encode()
-    return (bytes([len(v)]) + v + bytes([kind, flags]) + owner + struct.pack(">QII", seq, ttl, len(body)) + body)
-
-
-def store_frame(key_hex, values, txid, flags=0):
-    body = bytes.fromhex(key_hex) + bytes([flags]) + struct.pack(">H", len(values)) + b"".join(values)
-    return frame(11, body, txid=txid)
-
-
-def read_frames(s, count, timeout=10.0):
-    """Read count frames (type, txid, body); fewer if the peer closes or the time runs out."""
-    buf, out = b"", []
-    deadline = time.monotonic() + timeout
-    while len(out) < count and time.monotonic() < deadline:
-        while len(buf) >= 12 and len(buf) >= 12 + struct.unpack(">I", buf[8:12])[0]:
-            n = struct.unpack(">I", buf[8:12])[0]
-            out.append((buf[3], struct.unpack(">I", buf[4:8])[0], buf[12:12 + n]))
-            buf = buf[12 + n:]
-        if len(out) >= count:
-            break
-        s.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            chunk = s.recv(65536)
-        except socket.timeout:
-            break
-        except ConnectionResetError:
-            chunk = b""
-        if not chunk:
-            break
-        buf += chunk
-    return out
+def value_bytes(vid, body, seq=1, ttl=300):
+    return pp.Value(vid, body, seq=seq, ttl=ttl).encode()
 
 
 def pipelined_big_stores(c, t):
