@@ -104,8 +104,13 @@ size_t dht__store_live(const dht__store_t *s, uint64_t now);
 /* Live values (not expired, not tombstones) of one key. */
 int dht__store_live_in(const dht__key_t *k, uint64_t now);
 /* Encode the values of k with a second or more to live (tombstones
- * included) into a STORE body. */
-long dht__store_encode(const dht__key_t *k, uint8_t flags, uint64_t now, uint8_t *buf, size_t len);
+ * included) into a STORE body; same: as PROTO_VF_SAME refreshes. */
+long dht__store_encode(const dht__key_t *k, uint8_t flags, bool same, uint64_t now, uint8_t *buf,
+                       size_t len);
+/* A PROTO_VF_SAME refresh: extend the version held (a signed one no
+ * further than its signed expiry; wall: unix seconds).  1 if held, else 0. */
+int dht__store_refresh(dht__store_t *s, const dht_id_t *key, const proto_value_t *in, uint64_t now,
+                       int64_t wall);
 /* Bytes a STORE of k needs at most. */
 size_t dht__store_encoded_size(const dht__key_t *k);
 
@@ -192,7 +197,8 @@ int dht__lookup(dht_t *d, const dht_id_t *key, dht__lookup_cb cb, void *arg);
 int dht__lookup_via(dht_t *d, const dht_id_t *key, const dht_node_t *start,
                     dht__lookup_cb cb, void *arg);
 /* Replication upkeep after ring changes. */
-/* Push every key we are primary for to our replicas, now. */
+/* Push every key we are primary for to our replicas, as refreshes (the
+ * periodic round: replicas ask for what they lack). */
 void dht__repl_repair_now(dht_t *d);
 void dht__repl_succ_changed(dht_t *d, const dht_node_t *old, int n_old);
 void dht__repl_pred_changed(dht_t *d, const dht_node_t *old, bool had_old);

@@ -244,16 +244,24 @@ static const char *over_limit(dht_t *d, const dht_id_t *key, const proto_value_t
 }
 
 /* Apply every value of a decoded STORE that passes the access checks
- * (access.c); returns how many were refused.  from: who sent it (NULL:
- * ourselves), for the log. */
-static int apply_store(dht_t *d, const proto_store_t *s, const dht_node_t *from) {
+ * (access.c), and the PROTO_VF_SAME refreshes of versions we hold; returns
+ * how many were refused, and *missing (if not NULL) how many refreshes
+ * named a version we do not hold.  from: who sent it (NULL: ourselves),
+ * for the log. */
+static int apply_store(dht_t *d, const proto_store_t *s, const dht_node_t *from, int *missing) {
   dht_id_t key;
   memcpy(key.b, s->key, DHT_ID_LEN);
   proto_cur_t it = s->values;
   proto_value_t v;
-  int refused = 0;
+  int refused = 0, lacking = 0;
   uint64_t now = uv_now(d->loop);
+  int64_t wall = (int64_t)time(NULL);
   while (proto_value_next(&it, &v) == 1) {
+    if (v.flags & PROTO_VF_SAME) {
+      if (v.ttl > dht__ttl_cap(v.kind)) v.ttl = dht__ttl_cap(v.kind);
+      lacking += !dht__store_refresh(&d->store, &key, &v, now, wall);
+      continue;
+    }
     dht__key_t *k = dht__store_find(&d->store, &key);
     dht__value_t *old = k ? dht__store_value(k, v.vid, v.vid_len) : NULL;
     dht_id_t signer;
@@ -267,6 +275,7 @@ static int apply_store(dht_t *d, const proto_store_t *s, const dht_node_t *from)
   }
   d->stats.stores_in++;
   d->stats.values_refused += (uint64_t)refused;
+  if (missing) *missing = lacking;
   return refused;
 }
 
@@ -277,16 +286,24 @@ typedef void (*fanout_cb)(dht_t *d, int copies, void *arg);
 
 typedef struct {
   int waiting, copies;
+  dht_id_t key;
   fanout_cb cb;
   void *arg;
 } fanout_t;
+
+static void send_key(dht_t *d, const dht_id_t *key, const dht_node_t *to);
 
 static void on_replica_stored(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
                               void *arg) {
   fanout_t *fo = arg;
   proto_store_r_t r;
-  if (status == 0 && proto_store_r_decode(f->body, f->body_len, &r) == 0 && r.status == 0)
-    fo->copies++;
+  bool ok = status == 0 && proto_store_r_decode(f->body, f->body_len, &r) == 0;
+  if (ok && r.status == PROTO_STORE_NEED_FULL) {
+    /* A replica without the version a refresh names: it gets the key. */
+    send_key(d, &fo->key, peer);
+    r.status = 0;
+  }
+  if (ok && r.status == 0) fo->copies++;
   if (--fo->waiting == 0) {
     fo->cb(d, fo->copies, fo->arg);
     free(fo);
@@ -306,6 +323,7 @@ static void fan_out(dht_t *d, const uint8_t *body, size_t len, fanout_cb cb, voi
   }
   memcpy(copy, body, len);
   copy[PROTO_ID_LEN] |= PROTO_STORE_REPLICA;
+  memcpy(fo->key.b, body, DHT_ID_LEN);
   fo->cb = cb;
   fo->arg = arg;
   fo->copies = 1;
@@ -369,12 +387,13 @@ static int answer_store(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const 
     reply_status(d, c, f->txid, PROTO_STORE_NOT_MINE);
     return 0;
   }
-  int refused = apply_store(d, &s, peer);
+  int missing, refused = apply_store(d, &s, peer, &missing);
   store_reply_t *sr = malloc(sizeof(*sr));
   if (!sr) return 0;
-  /* A refusal is told, so the sender logs it and does not try elsewhere. */
-  *sr = (store_reply_t){.conn = c, .txid = f->txid, .stored = (uint16_t)(s.count - refused),
-                        .status = refused ? PROTO_STORE_REFUSED : 0};
+  /* A refusal is told, so the sender logs it and does not try elsewhere;
+   * refreshes of versions we lack, so the sender sends them whole. */
+  *sr = (store_reply_t){.conn = c, .txid = f->txid, .stored = (uint16_t)(s.count - refused - missing),
+                        .status = refused ? PROTO_STORE_REFUSED : missing ? PROTO_STORE_NEED_FULL : 0};
   dht__conn_ref(c);
   if (s.flags & PROTO_STORE_REPLICA) {
     reply_stored(d, 1, sr);
@@ -400,7 +419,7 @@ static int answer_fetch(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
   if (!buf) return 0;
   long n;
   if (k) {
-    n = dht__store_encode(k, 0, uv_now(d->loop), buf, cap);
+    n = dht__store_encode(k, 0, false, uv_now(d->loop), buf, cap);
   } else {
     proto_wcur_t w = {buf, buf + cap, 0};
     proto_store_begin(&w, key.b, 0);
@@ -426,8 +445,10 @@ int dht__handle_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const 
 typedef struct {
   dht_t *d;
   dht_id_t key;
-  uint8_t *body;
+  uint8_t *body; /* what is sent: the value, or a PROTO_VF_SAME refresh of it */
   size_t len;
+  uint8_t *full; /* the value itself when body is a refresh, else NULL */
+  size_t full_len;
   dht_node_t targets[STORE_TRIES];
   int n_targets, next, hops;
   bool lookup_if_fails; /* targets came from a cache: look up if they fail */
@@ -443,10 +464,21 @@ static void store_op_done(store_op_t *op, int status, int copies) {
   if (status == DHT_OK && op->next > 0) owned_note_primary(op->d, &op->key, &op->targets[op->next - 1]);
   if (op->cb) op->cb(op->d, status, copies, op->arg);
   free(op->body);
+  free(op->full);
   free(op);
 }
 
 static void store_op_next(store_op_t *op);
+
+/* The target lacks the version a refresh names: send it the value. */
+static bool store_op_full(store_op_t *op) {
+  if (!op->full) return false;
+  free(op->body);
+  op->body = op->full;
+  op->len = op->full_len;
+  op->full = NULL;
+  return true;
+}
 
 static void on_store_r(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer, void *arg) {
   store_op_t *op = arg;
@@ -463,6 +495,7 @@ static void on_store_r(dht_t *d, int status, const proto_frame_t *f, const dht_n
     store_op_done(op, DHT_EREFUSED, 0);
     return;
   }
+  if (r.status == PROTO_STORE_NEED_FULL && store_op_full(op)) op->next--; /* same target again */
   if (r.status) {
     store_op_next(op);
     return;
@@ -478,9 +511,14 @@ static void store_op_next(store_op_t *op) {
     const dht_node_t *t = &op->targets[op->next++];
     if (is_self(d, t)) {
       proto_store_t s;
-      if (proto_store_decode(op->body, op->len, &s) == 0 && apply_store(d, &s, NULL)) {
+      int missing = 0;
+      if (proto_store_decode(op->body, op->len, &s) == 0 && apply_store(d, &s, NULL, &missing)) {
         store_op_done(op, DHT_EREFUSED, 0);
         return;
+      }
+      if (missing && store_op_full(op)) {
+        op->next--;
+        continue;
       }
       fan_out(d, op->body, op->len, on_local_fanout, op);
       return;
@@ -507,16 +545,20 @@ static void on_store_lookup(dht_t *d, int status, const dht_node_t *nodes, int n
   store_op_next(op);
 }
 
-/* Takes ownership of body (a complete STORE body).  With a known primary
- * (a refresh), store there first and look up only if it fails. */
-static int store_op(dht_t *d, const dht_id_t *key, uint8_t *body, size_t len,
-                    const dht_node_t *primary, dht_put_cb cb, void *arg) {
+/* Takes ownership of body (a complete STORE body) and of full (the same
+ * values whole when body holds PROTO_VF_SAME refreshes; else NULL).  With a
+ * known primary (a refresh), store there first and look up only if it
+ * fails. */
+static int store_op(dht_t *d, const dht_id_t *key, uint8_t *body, size_t len, uint8_t *full,
+                    size_t full_len, const dht_node_t *primary, dht_put_cb cb, void *arg) {
   store_op_t *op = calloc(1, sizeof(*op));
   if (!op) {
     free(body);
+    free(full);
     return -ENOMEM;
   }
-  *op = (store_op_t){.d = d, .key = *key, .body = body, .len = len, .cb = cb, .arg = arg};
+  *op = (store_op_t){.d = d, .key = *key, .body = body, .len = len, .full = full,
+                     .full_len = full_len, .cb = cb, .arg = arg};
   if (primary) {
     op->targets[0] = *primary;
     op->n_targets = 1;
@@ -526,6 +568,7 @@ static int store_op(dht_t *d, const dht_id_t *key, uint8_t *body, size_t len,
   int err = dht__lookup(d, key, on_store_lookup, op);
   if (err) {
     free(body);
+    free(full);
     free(op);
   }
   return err;
@@ -616,16 +659,19 @@ static uint64_t next_seq(const dht__owned_t *o) {
   return o && o->seq >= now ? o->seq + 1 : now;
 }
 
-static int owned_store(dht_t *d, dht__owned_t *o, dht_put_cb cb, void *arg) {
+/* o as a STORE body: the value whole, or (same) a PROTO_VF_SAME refresh. */
+static long owned_encode(dht_t *d, const dht__owned_t *o, bool same, uint8_t **out) {
   uint64_t now = uv_now(d->loop);
-  if (o->expires <= now) return -ETIMEDOUT;
   proto_value_t v = {
       .vid = (const uint8_t *)o->vid, .vid_len = (uint8_t)strlen(o->vid), .kind = o->kind,
       .flags = o->flags, .seq = o->seq, .ttl = (uint32_t)((o->expires - now + 999) / 1000),
       .body = o->body, .body_len = (uint32_t)o->len,
   };
   memcpy(v.owner, d->self.id.b, DHT_ID_LEN);
-  if (o->signer) {
+  if (same) {
+    v.flags |= PROTO_VF_SAME;
+    v.body_len = 0;
+  } else if (o->signer) {
     size_t len;
     dht_cert_der(dht_cert_creds_cert(o->signer), &v.cert, &len);
     v.cert_len = (uint16_t)len;
@@ -633,7 +679,7 @@ static int owned_store(dht_t *d, dht__owned_t *o, dht_put_cb cb, void *arg) {
     v.expires = o->expires_abs;
     v.sig = o->sig;
   }
-  size_t cap = PROTO_ID_LEN + 3 + 64 + strlen(o->vid) + o->len + 10 + v.cert_len + PROTO_SIG_LEN;
+  size_t cap = PROTO_ID_LEN + 3 + 64 + strlen(o->vid) + v.body_len + 10 + v.cert_len + PROTO_SIG_LEN;
   uint8_t *buf = malloc(cap);
   if (!buf) return -ENOMEM;
   proto_wcur_t w = {buf, buf + cap, 0};
@@ -644,8 +690,26 @@ static int owned_store(dht_t *d, dht__owned_t *o, dht_put_cb cb, void *arg) {
     free(buf);
     return -EINVAL;
   }
+  *out = buf;
+  return n;
+}
+
+/* Store o: whole the first time a version goes out, then as refreshes that
+ * carry no body or certificate (a node that lacks the version asks for
+ * it whole). */
+static int owned_store(dht_t *d, dht__owned_t *o, dht_put_cb cb, void *arg) {
+  if (o->expires <= uv_now(d->loop)) return -ETIMEDOUT;
+  uint8_t *full, *same = NULL;
+  long n = owned_encode(d, o, false, &full), m = 0;
+  if (n < 0) return (int)n;
+  if (o->stores > 0 && (m = owned_encode(d, o, true, &same)) < 0) {
+    free(full);
+    return (int)m;
+  }
   bool cached = o->has_primary && (o->stores++ % OWNED_LOOKUP_EVERY) != 0;
-  return store_op(d, &o->key, buf, (size_t)n, cached ? &o->primary : NULL, cb, arg);
+  const dht_node_t *primary = cached ? &o->primary : NULL;
+  if (same) return store_op(d, &o->key, same, (size_t)m, full, (size_t)n, primary, cb, arg);
+  return store_op(d, &o->key, full, (size_t)n, NULL, 0, primary, cb, arg);
 }
 
 /* Sign o's current version (secured mode). */
@@ -956,7 +1020,7 @@ static void get_repair(get_op_t *g, const merged_t *m, int n) {
     if (len <= 0 || len > PROTO_MAX_BODY) break;
     if (is_self(d, &g->targets[i])) {
       proto_store_t s;
-      if (proto_store_decode(buf, (size_t)len, &s) == 0) apply_store(d, &s, NULL);
+      if (proto_store_decode(buf, (size_t)len, &s) == 0) apply_store(d, &s, NULL, NULL);
     } else {
       dht__rpc_call(d, &g->targets[i], PROTO_STORE, buf, (size_t)len, on_replica_stored_ignore, NULL);
     }
@@ -1055,7 +1119,7 @@ static void get_local(get_answer_t *a) {
   uint8_t *buf = k ? malloc(cap) : small;
   long n = -1;
   if (k && buf) {
-    n = dht__store_encode(k, 0, uv_now(d->loop), buf, cap);
+    n = dht__store_encode(k, 0, false, uv_now(d->loop), buf, cap);
   } else if (!k) {
     proto_wcur_t w = {buf, buf + cap, 0};
     proto_store_begin(&w, a->g->key.b, 0);
@@ -1141,10 +1205,29 @@ typedef struct {
   int n_to;
   const dht_id_t *lo, *hi; /* push keys in (lo, hi]; NULL lo: keys we are primary for */
   uint8_t flags;
+  bool same; /* as PROTO_VF_SAME refreshes: replicas that lack a key ask for it */
   dht__rpc_cb cb;
   void *arg;
   int sent;
 } push_t;
+
+/* Send key k as we hold it, whole, to a node as a replica copy. */
+static void send_key(dht_t *d, const dht_id_t *key, const dht_node_t *to) {
+  dht__key_t *k = dht__store_find(&d->store, key);
+  if (!k) return;
+  size_t cap = dht__store_encoded_size(k);
+  uint8_t *buf = malloc(cap);
+  long n = buf ? dht__store_encode(k, PROTO_STORE_REPLICA, false, uv_now(d->loop), buf, cap) : -1;
+  if (n > 0 && n <= PROTO_MAX_BODY) dht__rpc_call(d, to, PROTO_STORE, buf, (size_t)n, on_replica_stored_ignore, NULL);
+  free(buf);
+}
+
+static void on_push_r(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer, void *arg) {
+  proto_store_r_t r;
+  if (status == 0 && proto_store_r_decode(f->body, f->body_len, &r) == 0 && r.status == PROTO_STORE_NEED_FULL)
+    send_key(d, arg, peer);
+  free(arg);
+}
 
 static void push_key(dht__key_t *k, void *arg) {
   push_t *p = arg;
@@ -1153,13 +1236,17 @@ static void push_key(dht__key_t *k, void *arg) {
   size_t cap = dht__store_encoded_size(k);
   uint8_t *buf = malloc(cap);
   if (!buf) return;
-  long n = dht__store_encode(k, p->flags, uv_now(d->loop), buf, cap);
+  long n = dht__store_encode(k, p->flags, p->same, uv_now(d->loop), buf, cap);
   if (n > 0 && n <= PROTO_MAX_BODY) {
     for (int i = 0; i < p->n_to; i++) {
       if (is_self(d, &p->to[i])) continue;
+      dht_id_t *key;
       if (p->cb) {
         if (dht__rpc_call(d, &p->to[i], PROTO_STORE, buf, (size_t)n, p->cb, p->arg) == 0)
           p->sent++;
+      } else if (p->same && (key = malloc(sizeof(*key)))) {
+        *key = k->key;
+        if (dht__rpc_call(d, &p->to[i], PROTO_STORE, buf, (size_t)n, on_push_r, key)) free(key);
       } else {
         dht__rpc_call(d, &p->to[i], PROTO_STORE, buf, (size_t)n, on_replica_stored_ignore, NULL);
       }
@@ -1168,15 +1255,19 @@ static void push_key(dht__key_t *k, void *arg) {
   free(buf);
 }
 
-static void repair_now(uv_timer_t *t) {
-  dht_t *d = t->data;
+/* Push every key we are primary for to our replicas: whole after ring
+ * changes (new replicas), as refreshes on the periodic round (the replicas
+ * hold them already, and ask for what they lack). */
+static void push_replicas(dht_t *d, bool same) {
   if (d->leaving || d->store.nkeys == 0) return;
   int n = d->replicas - 1 < d->n_succ ? d->replicas - 1 : d->n_succ;
-  push_t p = {.d = d, .to = d->succ, .n_to = n, .flags = PROTO_STORE_REPLICA};
+  push_t p = {.d = d, .to = d->succ, .n_to = n, .flags = PROTO_STORE_REPLICA, .same = same};
   if (n > 0) dht__store_each(&d->store, push_key, &p);
 }
 
-void dht__repl_repair_now(dht_t *d) { repair_now(&d->repair_timer); }
+static void repair_now(uv_timer_t *t) { push_replicas(t->data, false); }
+
+void dht__repl_repair_now(dht_t *d) { push_replicas(d, true); }
 
 /* Repairs are batched: during a burst of joins the ring around a node
  * changes many times a second, and one push after it settles is enough. */

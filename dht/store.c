@@ -341,6 +341,24 @@ int dht__store_apply(dht__store_t *s, const dht_id_t *key, const proto_value_t *
   return 1;
 }
 
+int dht__store_refresh(dht__store_t *s, const dht_id_t *key, const proto_value_t *in, uint64_t now,
+                       int64_t wall) {
+  dht__key_t *k = dht__store_find(s, key);
+  dht__value_t *v = k ? dht__store_value(k, in->vid, in->vid_len) : NULL;
+  if (!v || v->seq != in->seq) return 0;
+  uint64_t ttl = in->ttl;
+  /* A signed value lives no longer than its signer said, whoever relays the
+   * refresh (a minute of clock skew allowed, as for whole values). */
+  if (v->cert) {
+    int64_t left = (int64_t)v->expires_abs - wall + 60;
+    ttl = left <= 0 ? 0 : (uint64_t)left < ttl ? (uint64_t)left : ttl;
+  }
+  uint64_t exp = now + ttl * 1000;
+  if (exp > v->expires) v->expires = exp;
+  k->confirmed = now;
+  return 1;
+}
+
 /* Dropping ------------------------------------------------------------------------- */
 
 static void unlink_key(dht__store_t *s, dht__key_t *k) {
@@ -407,7 +425,7 @@ int dht__store_live_in(const dht__key_t *k, uint64_t now) {
 
 size_t dht__store_encoded_size(const dht__key_t *k) { return PROTO_ID_LEN + 3 + k->bytes; }
 
-long dht__store_encode(const dht__key_t *k, uint8_t flags, uint64_t now, uint8_t *buf, size_t len) {
+long dht__store_encode(const dht__key_t *k, uint8_t flags, bool same, uint64_t now, uint8_t *buf, size_t len) {
   proto_wcur_t w = {buf, buf + len, 0};
   proto_store_begin(&w, k->key.b, flags);
   for (int i = 0; i < k->n; i++) {
@@ -427,6 +445,10 @@ long dht__store_encode(const dht__key_t *k, uint8_t flags, uint64_t now, uint8_t
         .sig = v->cert ? v->cert + v->cert_len : NULL,
     };
     memcpy(pv.owner, v->owner.b, DHT_ID_LEN);
+    if (same) {
+      pv.flags = (uint8_t)((pv.flags & ~PROTO_VF_SIGNED) | PROTO_VF_SAME);
+      pv.body_len = 0;
+    }
     proto_store_add(&w, &pv);
   }
   return proto_store_end(&w, buf);

@@ -363,6 +363,7 @@ static int get_value(proto_cur_t *c, proto_value_t *v) {
     return PROTO_ETRUNC;
   if (v->body_len > PROTO_MAX_VALUE_BODY) return PROTO_ETOOBIG;
   if (v->flags & ~PROTO_VF_ALL) return PROTO_EINVAL;
+  if ((v->flags & PROTO_VF_SAME) && ((v->flags & PROTO_VF_SIGNED) || v->body_len)) return PROTO_EINVAL;
   if (proto_get_sub(c, v->body_len, &sub)) return PROTO_ETRUNC;
   v->body = sub.p;
   if (!(v->flags & PROTO_VF_SIGNED)) {
@@ -409,6 +410,7 @@ void proto_store_begin(proto_wcur_t *w, const uint8_t key[PROTO_ID_LEN], uint8_t
 void proto_store_add(proto_wcur_t *w, const proto_value_t *v) {
   bool signed_ = v->flags & PROTO_VF_SIGNED;
   if (v->vid_len == 0 || v->body_len > PROTO_MAX_VALUE_BODY || (v->flags & ~PROTO_VF_ALL) ||
+      ((v->flags & PROTO_VF_SAME) && (signed_ || v->body_len)) ||
       (signed_ && (v->cert_len == 0 || v->cert_len > PROTO_MAX_CERT || !v->cert || !v->sig))) {
     w->err = PROTO_EINVAL;
     return;

@@ -122,7 +122,12 @@ typedef struct {
 
 #define PROTO_VF_TOMBSTONE 0x01 /* the owner removed it; keep until ttl */
 #define PROTO_VF_SIGNED 0x02    /* expires, cert and sig follow the body */
-#define PROTO_VF_ALL (PROTO_VF_TOMBSTONE | PROTO_VF_SIGNED)
+/* "Keep the version (value id, sequence number) you hold for ttl more":
+ * a refresh without the body, certificate and signature the receiver
+ * already has.  Never with PROTO_VF_SIGNED; the body is empty.  One the
+ * receiver does not hold makes it answer PROTO_STORE_NEED_FULL. */
+#define PROTO_VF_SAME 0x04
+#define PROTO_VF_ALL (PROTO_VF_TOMBSTONE | PROTO_VF_SIGNED | PROTO_VF_SAME)
 #define PROTO_MAX_CERT 2048
 #define PROTO_SIG_LEN 64
 
@@ -162,6 +167,7 @@ typedef struct {
 
 #define PROTO_STORE_REFUSED 1  /* STORE_R status: values refused by the access rules or limits */
 #define PROTO_STORE_NOT_MINE 2 /* STORE_R status: a primary STORE for a key of another range */
+#define PROTO_STORE_NEED_FULL 3 /* STORE_R status: PROTO_VF_SAME values not held here: send them whole */
 typedef struct {
   uint8_t status; /* 0 ok, else an error (PROTO_STORE_REFUSED) */
   uint16_t stored;

@@ -84,7 +84,7 @@ static void test_tombstone_and_encode(void) {
   /* Encode what we hold and decode it again. */
   dht__key_t *k = dht__store_find(&s, &key);
   uint8_t buf[512];
-  long n = dht__store_encode(k, 0, 30000, buf, sizeof(buf));
+  long n = dht__store_encode(k, 0, false, 30000, buf, sizeof(buf));
   ASSERT_GT(n, 0);
   ASSERT_LE((size_t)n, dht__store_encoded_size(k));
   proto_store_t st;
@@ -133,7 +133,7 @@ static void test_index_and_limits(void) {
   for (int i = 0; i < 300; i++)
     ASSERT_EQ(dht__store_value(k, (const uint8_t *)vids[i], strlen(vids[i])) != NULL, i % 7 >= 3);
   uint8_t buf[PROTO_MAX_BODY];
-  long n = dht__store_encode(k, 0, 0, buf, sizeof(buf));
+  long n = dht__store_encode(k, 0, false, 0, buf, sizeof(buf));
   ASSERT_EQ((size_t)n, dht__store_encoded_size(k));
 
   dht__store_free(&s);
