@@ -298,7 +298,9 @@ static const opt_def_t opt_table[] = {
     {"gateway", 0, o_gateway, "", "act as P2PSIP proxy peer to public SIP domains (needs --sip)"},
     {"dns", 1, o_dns, "IP[:PORT]", "DNS server for RFC 3263 lookups (default: resolv.conf)"},
     {"dns-update", 1, o_dns_update, "IP[:PORT]", "register the proxy peer in DNS there (RFC 2136)"},
-    {"tsig", 1, o_tsig, "NAME:ALG:SECRET", "TSIG key signing the DNS updates"},
+    {"tsig", 1, o_tsig, "NAME:ALG:SECRET", "TSIG key signing the DNS updates: one per proxy\n"
+     "                             peer, named pp-<first 12 hex of the node id>.OVERLAY\n"
+     "                             (docs/DNS.md)"},
     {"relay", 0, o_relay, "", "serve TURN whatever --public decides (needs --turn-secret)"},
     {"turn", 1, o_turn, "IP:PORT", "TURN address (default: the listen IP, port 3478)"},
     {"turn-secret", 1, o_turn_secret, "S", "the overlay's shared secret for TURN credentials"},
