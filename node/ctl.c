@@ -26,6 +26,7 @@ static void usage(FILE *f) {
              "  leave                  leave the overlay gracefully and exit\n"
              "  relays                 the relay agent peers (TURN) the overlay offers\n"
              "  turn-credentials USER [TTL]  mint TURN credentials for a UA\n"
+             "  check-public           ask peers again now whether this node is public\n"
              "  CMD                    any other admin command without arguments\n"
              "  raw JSON               send a request object as given\n");
 }

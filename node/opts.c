@@ -319,7 +319,8 @@ static const opt_def_t opt_table[] = {
      "                             wins over every allow (repeatable)"},
     {"allow-loopback-peers", 0, o_allow_loopback, "", "let TURN relay to 127.0.0.0/8 and ::1 (tests)"},
     {"public", 1, o_public, "auto|yes|no", "take the public roles (proxy peer, relay): auto (default)\n"
-     "                             when a peer sees us at our address and can connect back"},
+     "                             when two independent peers see us at our address and\n"
+     "                             connect back, and more peers agree than disagree"},
 };
 #define N_OPTS (sizeof(opt_table) / sizeof(*opt_table))
 

@@ -77,7 +77,7 @@ static const struct {
 } core_commands[] = {
     {"status", check_none}, {"put", check_put},    {"get", check_key}, {"remove", check_remove},
     {"lookup", check_key},  {"stats", check_none}, {"leave", check_none},
-    {"relays", check_none}, {"turn-credentials", check_turn_cred},
+    {"relays", check_none}, {"turn-credentials", check_turn_cred}, {"check-public", check_none},
 };
 
 int node_request_check(json_t *req, const char *const *extra, char *err, size_t len) {
