@@ -222,6 +222,11 @@ void dht_on_dead(dht_t *d, dht_dead_cb cb, void *arg);
 typedef void (*dht_reach_cb)(dht_t *d, int status, const struct sockaddr_storage *seen,
                              int reachable, void *arg);
 int dht_check_reachable(dht_t *d, uint16_t port, dht_reach_cb cb, void *arg);
+/* The same, asking the given peer (one that dht_successors(),
+ * dht_predecessor() or dht_fingers() listed; copied): node/ asks several
+ * and decides only on the agreement of two.  -EINVAL for ourselves. */
+int dht_ask_reachable(dht_t *d, const dht_node_t *peer, uint16_t port, dht_reach_cb cb,
+                      void *arg);
 
 /* Introspection for the admin socket. */
 const dht_node_t *dht_self(const dht_t *d);

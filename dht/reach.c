@@ -100,10 +100,16 @@ static void on_reach_r(dht_t *d, int status, const proto_frame_t *f, const dht_n
 }
 
 int dht_check_reachable(dht_t *d, uint16_t port, dht_reach_cb cb, void *arg) {
-  if (d->closed || d->leaving) return DHT_ECLOSING;
   /* Any live peer will do; the successor is the one we talk to anyway. */
   const dht_node_t *peer = d->n_succ ? &d->succ[0] : d->has_pred ? &d->pred : NULL;
-  if (!peer) return -EAGAIN;
+  if (!peer && !d->closed && !d->leaving) return -EAGAIN;
+  return dht_ask_reachable(d, peer, port, cb, arg);
+}
+
+int dht_ask_reachable(dht_t *d, const dht_node_t *peer, uint16_t port, dht_reach_cb cb,
+                      void *arg) {
+  if (d->closed || d->leaving) return DHT_ECLOSING;
+  if (!peer || dht__id_eq(&peer->id, &d->self.id)) return -EINVAL;
   if (port == 0) {
     const struct sockaddr_storage *a = &d->self.addr;
     port = ntohs(a->ss_family == AF_INET ? ((const struct sockaddr_in *)a)->sin_port

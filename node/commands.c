@@ -528,6 +528,11 @@ void node_admin_dispatch(node_t *n, json_t *req, node_reply_fn reply, void *arg)
     } else if (strcmp(c, "relay") == 0) {
       r = n->relay ? json_pack("{s:b, s:o}", "ok", 1, "relay", relay_stats_json(n->relay))
                    : fail("relay: this node has no relay role");
+    } else if (strcmp(c, "check-public") == 0) {
+      int rc = node_public_check_now(n);
+      r = rc == 0    ? json_pack("{s:b}", "ok", 1)
+          : rc == -1 ? fail("check-public: the node is public or not by --public %s", n->opts->public_mode)
+                     : fail("check-public: a check is under way");
     } else if (strcmp(c, "leave") == 0) {
       r = json_pack("{s:b}", "ok", 1);
       node_leave(n);

@@ -32,6 +32,7 @@ static void usage(FILE *f) {
              "                         seconds, default a day); media through the relay always,\n"
              "                         or as an ICE candidate; baresip: an accounts file,\n"
              "                         json: the admin answer\n"
+             "  check-public           ask peers again now whether this node is public\n"
              "  CMD                    any other admin command without arguments\n"
              "  raw JSON               send a request object as given\n");
 }

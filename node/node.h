@@ -79,6 +79,14 @@ typedef struct {
 /* Load p2psip-sip.so (once).  Returns 0, or -1 with a reason in err. */
 int node_sip_load(const node_sip_api_t **out, char *err, size_t len);
 
+/* One peer asked whether we are public (public.c). */
+#define NODE_PUB_ASK_MAX 6 /* peers asked per round at most */
+typedef struct {
+  dht_node_t peer;
+  int state; /* public.c's ANS_* */
+  struct sockaddr_storage seen;
+} node_pub_answer_t;
+
 struct node {
   uv_loop_t *loop;
   dht_t *dht;
@@ -90,8 +98,14 @@ struct node {
   char sip_off[256]; /* why the SIP role is off though --sip was given */
   struct {
     bool decided, is_public;
-    char why[200];
+    char why[320];
     uv_timer_t timer;
+    /* The round of questions under way or last done. */
+    unsigned round;
+    bool running;
+    int n_asked, pending, fast_rounds;
+    node_pub_answer_t asked[NODE_PUB_ASK_MAX];
+    uint64_t rounds, answers, dissents; /* dissents: answers against the decision taken */
   } pub; /* public.c */
   node_opts_t *opts;
   struct node_admin *admin;
@@ -119,6 +133,9 @@ extern const char *const node_role_commands[];
 /* Public or not (public.c): start the checks; status JSON. */
 int node_public_start(node_t *n);
 json_t *node_public_json(const node_t *n);
+/* Ask peers again now (admin "check-public"): 0, -1 unless --public auto,
+ * -2 while a round is under way or the node leaves. */
+int node_public_check_now(node_t *n);
 /* Turn the public roles on or off after the decision changed (main.c). */
 void node_roles_apply(node_t *n);
 /* Start a graceful leave and exit (admin "leave", SIGTERM). */

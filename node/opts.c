@@ -339,7 +339,9 @@ static const opt_def_t opt_table[] = {
     {"gateway", 0, o_gateway, "", "act as P2PSIP proxy peer to public SIP domains (needs --sip)"},
     {"dns", 1, o_dns, "IP[:PORT]", "DNS server for RFC 3263 lookups (default: resolv.conf)"},
     {"dns-update", 1, o_dns_update, "IP[:PORT]", "register the proxy peer in DNS there (RFC 2136)"},
-    {"tsig", 1, o_tsig, "NAME:ALG:SECRET", "TSIG key signing the DNS updates"},
+    {"tsig", 1, o_tsig, "NAME:ALG:SECRET", "TSIG key signing the DNS updates: one per proxy\n"
+     "                             peer, named pp-<first 12 hex of the node id>.OVERLAY\n"
+     "                             (docs/DNS.md)"},
     {"relay", 0, o_relay, "", "serve TURN whatever --public decides (needs --turn-secret)"},
     {"turn", 1, o_turn, "IP:PORT", "TURN address (default: the listen IP, port 3478)"},
     {"turn-secret", 1, o_turn_secret, "S", "the overlay's shared secret for TURN credentials"},
@@ -358,7 +360,8 @@ static const opt_def_t opt_table[] = {
      "                             wins over every allow (repeatable)"},
     {"allow-loopback-peers", 0, o_allow_loopback, "", "let TURN relay to 127.0.0.0/8 and ::1 (tests)"},
     {"public", 1, o_public, "auto|yes|no", "take the public roles (proxy peer, relay): auto (default)\n"
-     "                             when a peer sees us at our address and can connect back"},
+     "                             when two independent peers see us at our address and\n"
+     "                             connect back, and more peers agree than disagree"},
 };
 #define N_OPTS (sizeof(opt_table) / sizeof(*opt_table))
 

@@ -602,7 +602,8 @@ json_t *sip_stats_json(const sip_svc_t *s)
       {"peer_down_reported", c->down_reported}, {"dns_down_heard", c->down_heard},
       {"dns_down_ignored", c->down_ignored},    {"dns_down_checks", c->down_checks},
       {"dns_down_alive", c->down_alive},        {"dns_down_removed", c->down_removed},
-      {"dns_readded", c->dns_readded}};
+      {"dns_readded", c->dns_readded},          {"dns_refused", c->dns_refused},
+      {"dns_missing_checks", c->dns_missing_checks}, {"dns_missing_alive", c->dns_missing_alive}};
   for (size_t i = 0; counters && i < sizeof down / sizeof *down; i++)
     json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);

@@ -11,20 +11,25 @@
  * DNS_REFRESH_MS, and on leave deletes exactly these records.
  *
  * A proxy peer that crashes deletes nothing, so the live ones clean up
- * after it: every GC_INTERVAL_MS a check asks the server for the SRV
- * RRsets of _sip._udp and _sip._tcp, then the DHT for the proxy peers
- * under sip:OVERLAY (gateway.c), and a target pp-<hex12>.OVERLAY. whose
- * node is absent from two consecutive checks loses its SRV records and
- * its A/AAAA RRsets in one signed UPDATE.  Names of any other form are
- * never touched: an operator's own records stay.
+ * after it, and they delete only what the server lets every proxy peer's
+ * key write (docs/DNS.md): a dead peer's SRV records, never its pp- name,
+ * which only its own key may change.  Callers find proxy peers through
+ * the SRV records alone, so a pp- name no SRV record names is unused.
  *
- * That takes 30-50 s.  A peer reported dead (gateway.c: the overlay finds
- * a crash within milliseconds) is checked at once instead: its SRV
- * records, then the addresses of its pp- name, come from the server, and
- * an OPTIONS to each address at the SRV port must go unanswered (an ICMP
- * error, or nothing within DOWN_PROBE_MS) before its records are removed.
- * The evidence is what callers would meet at the address DNS gives them,
- * whoever sent the report.  A peer removed while alive (stopped or cut
+ * Nothing but our own look at the peer removes it.  Every GC_INTERVAL_MS a
+ * check asks the server for the SRV RRsets of _sip._udp and _sip._tcp,
+ * then the DHT for the proxy peers under sip:OVERLAY (gateway.c); a target
+ * pp-<hex12>.OVERLAY. whose node is absent from two consecutive checks
+ * becomes a suspect.  So does a peer reported dead (gateway.c: the
+ * overlay finds a crash within milliseconds).  A suspect is checked: its
+ * SRV records, then the addresses of its pp- name, come from the server,
+ * and an OPTIONS to each address at the SRV port must go unanswered (an
+ * ICMP error, or nothing within DOWN_PROBE_MS) before its SRV records are
+ * removed.  The evidence is what callers would meet at the address DNS
+ * gives them: neither a report nor a value missing from the DHT (a forged
+ * tombstone in the open mode, a DHT split) removes a peer that answers.
+ * Names of any other form than pp-<hex12> are never touched: an
+ * operator's own records stay.  A peer removed while alive (stopped or cut
  * off for a moment) is told so by an OPTIONS that nta keeps retransmitting
  * for 32 s, and adds its records again as soon as it gets it; failing
  * that, at its next check, which finds them missing.
@@ -59,7 +64,7 @@
 #define GC_STRIKES 2     /* consecutive checks a peer must be missing from */
 #define GC_MAX_SRV 64    /* SRV records looked at per answer (STYLE 8) */
 #define GC_MAX_CAND 64   /* missing peers remembered between checks */
-#define GC_MAX_DELETE 8  /* peers removed per UPDATE; the rest wait a check */
+#define GC_MAX_SUSPECTS 8 /* suspects per check; the rest wait a check */
 #define GC_HOST_LEN 320
 
 /* A peer reported dead (the fast check). */
@@ -88,8 +93,9 @@ enum gc_phase { GC_IDLE, GC_QUERY_UDP, GC_QUERY_TCP, GC_DHT, GC_ADDR_A, GC_ADDR_
 typedef struct {
   char hex[HEX12];
   uint64_t checked; /* uv_now() when its last check began; 0: never */
-  uint64_t due;     /* reported: check it from then on */
+  uint64_t due;     /* a suspect: check it from then on */
   int queued;
+  int missing;      /* suspected for its absence from the DHT, not a report */
 } gc_peer_t;
 
 /* A pp- target missing from the DHT at check number `check`. */
@@ -123,14 +129,15 @@ struct sip_dnsreg {
   uint64_t check;      /* checks completed with a usable DHT answer */
   gc_cand_t cand[GC_MAX_CAND];
   int n_cand;
-  char doomed[GC_MAX_DELETE][GC_HOST_LEN]; /* in the UPDATE in flight */
-  int n_doomed;
+  char suspects[GC_MAX_SUSPECTS][GC_HOST_LEN]; /* missing from the DHT, this check */
+  int n_suspects;
   gc_peer_t known[GC_MAX_CAND]; /* what reports may name, and the reported ones */
   int n_known;
   gc_peer_t stranger;      /* a reported peer that is not among them (one at a time) */
 
-  /* The check of a reported peer, while `fast` is set. */
+  /* The check of a suspect, while `fast` is set. */
   int fast;
+  int fast_missing;        /* it is a suspect for its absence from the DHT */
   char fast_hex[HEX12];
   int gc_due;              /* a periodic check waits for the fast one to end */
   uv_timer_t kick;         /* starts the next check; the probe's deadline */
@@ -301,6 +308,30 @@ static void start_update(sip_dnsreg_t *d, int removing)
   flight_send(d, &d->reg);
 }
 
+static const char *rcode_name(ldns_pkt_rcode rcode)
+{
+  const ldns_lookup_table *t = ldns_lookup_by_id(ldns_rcodes, (int)rcode);
+  return t ? t->name : "?";
+}
+
+/* An update the server did not take: counted, and a refusal explained
+ * (need: what the zone's update-policy must let our key write). */
+static void update_failed(sip_dnsreg_t *d, const char *what, ldns_pkt_rcode rcode,
+                          const char *need)
+{
+  int refused = rcode == LDNS_RCODE_REFUSED || rcode == LDNS_RCODE_NOTAUTH;
+  if (refused)
+    log_warn("DNS %s for %s refused (%s): the zone's update-policy must let key %s write %s "
+             "(docs/DNS.md)", what, d->zone, rcode_name(rcode), d->have_key ? d->key_name : "(none)",
+             need);
+  else
+    log_warn("DNS %s for %s failed: %s", what, d->zone, rcode_name(rcode));
+  if (!d->s)
+    return;
+  d->s->c.dns_update_failed++;
+  d->s->c.dns_refused += refused;
+}
+
 static void reg_timed_out(sip_dnsreg_t *d)
 {
   log_warn("DNS server did not answer the update for %s", d->zone);
@@ -317,9 +348,9 @@ static void reg_answered(sip_dnsreg_t *d, ldns_pkt_rcode rcode)
     if (d->s)
       d->s->c.dns_updates++;
   } else {
-    log_warn("DNS update for %s refused: rcode %d", d->zone, (int)rcode);
-    if (d->s)
-      d->s->c.dns_update_failed++;
+    char need[GC_HOST_LEN + 80];
+    snprintf(need, sizeof need, "%s (its key should be named so) and the SRV records", d->host);
+    update_failed(d, "update", rcode, need);
   }
   if (d->removing)
     finish_removal(d);
@@ -386,8 +417,10 @@ static int is_pp_name(const sip_dnsreg_t *d, const char *name)
 }
 
 static void on_kick(uv_timer_t *t);
+static gc_peer_t *known_find(gc_peer_t *list, int n, const char *hex);
+static void suspect_queue(sip_dnsreg_t *d, gc_peer_t *p, int missing);
 
-/* The reported peer to check next: the one due first, or NULL; *wait is
+/* The suspect to check next: the one due first, or NULL; *wait is
  * how long until it is due (0 when it is). */
 static gc_peer_t *down_next(sip_dnsreg_t *d, uint64_t *wait)
 {
@@ -419,7 +452,7 @@ static void gc_reset(sip_dnsreg_t *d)
   flight_clear(&d->gcq);
   ldns_rr_list_deep_free(d->seen);
   d->seen = NULL;
-  d->n_doomed = 0;
+  d->n_suspects = 0;
   d->phase = GC_IDLE;
   if (d->probe_ping >= 0 && d->s)
     sip__ping_cancel(d->s, d->probe_ping);
@@ -517,8 +550,8 @@ static gc_cand_t *cand_find(sip_dnsreg_t *d, const char *host)
   return NULL;
 }
 
-/* One strike for a target missing from this check's DHT answer; it is
- * doomed once missing from GC_STRIKES checks in a row. */
+/* One strike for a target missing from this check's DHT answer; it is a
+ * suspect once missing from GC_STRIKES checks in a row. */
 static void gc_strike(sip_dnsreg_t *d, const char *host)
 {
   gc_cand_t *c = cand_find(d, host);
@@ -533,8 +566,8 @@ static void gc_strike(sip_dnsreg_t *d, const char *host)
   }
   c->strikes = c->check + 1 == d->check ? c->strikes + 1 : 1;
   c->check = d->check;
-  if (c->strikes >= GC_STRIKES && d->n_doomed < GC_MAX_DELETE)
-    snprintf(d->doomed[d->n_doomed++], GC_HOST_LEN, "%s", host);
+  if (c->strikes >= GC_STRIKES && d->n_suspects < GC_MAX_SUSPECTS)
+    snprintf(d->suspects[d->n_suspects++], GC_HOST_LEN, "%s", host);
 }
 
 /* Targets not missing from this check are forgiven. */
@@ -547,16 +580,9 @@ static void cand_prune(sip_dnsreg_t *d)
   d->n_cand = k;
 }
 
-static int is_doomed(const sip_dnsreg_t *d, const char *host)
-{
-  for (int i = 0; i < d->n_doomed; i++)
-    if (strcmp(d->doomed[i], host) == 0)
-      return 1;
-  return 0;
-}
-
-/* The doomed peers' SRV records exactly as the server gave them (RFC 2136
- * 2.5.4, class NONE) and their A and AAAA RRsets (2.5.2). */
+/* The suspect's SRV records exactly as the server gave them (RFC 2136
+ * 2.5.4, class NONE).  Not its A/AAAA RRsets: under the zone's policy
+ * only its own key may write its pp- name (docs/DNS.md). */
 static ldns_rr_list *gc_delete_rrs(const sip_dnsreg_t *d)
 {
   ldns_rr_list *list = ldns_rr_list_new();
@@ -564,7 +590,7 @@ static ldns_rr_list *gc_delete_rrs(const sip_dnsreg_t *d)
   char host[GC_HOST_LEN];
   for (size_t i = 0; !err && i < ldns_rr_list_rr_count(d->seen); i++) {
     const ldns_rr *rr = ldns_rr_list_rr(d->seen, i);
-    if (dname_text(ldns_rr_rdf(rr, 3), host, sizeof host) < 0 || !is_doomed(d, host))
+    if (dname_text(ldns_rr_rdf(rr, 3), host, sizeof host) < 0 || strcmp(host, d->down_host) != 0)
       continue;
     ldns_rr *del = ldns_rr_clone(rr);
     err = !del;
@@ -574,9 +600,6 @@ static ldns_rr_list *gc_delete_rrs(const sip_dnsreg_t *d)
       ldns_rr_list_push_rr(list, del);
     }
   }
-  for (int i = 0; !err && i < d->n_doomed; i++)
-    err = add_rrset_delete(list, d->doomed[i], LDNS_RR_TYPE_A) < 0 ||
-          add_rrset_delete(list, d->doomed[i], LDNS_RR_TYPE_AAAA) < 0;
   if (err) {
     ldns_rr_list_deep_free(list);
     return NULL;
@@ -593,8 +616,7 @@ static void gc_delete(sip_dnsreg_t *d, const char *why)
     gc_fail(d, "cannot build the update");
     return;
   }
-  for (int i = 0; i < d->n_doomed; i++)
-    log_info("DNS clean-up: removing %s (SRV and A/AAAA): %s", d->doomed[i], why);
+  log_info("DNS clean-up: removing the SRV records of %s: %s", d->down_host, why);
   d->phase = GC_DELETE;
   flight_send(d, &d->gcq);
 }
@@ -602,21 +624,15 @@ static void gc_delete(sip_dnsreg_t *d, const char *why)
 static void gc_deleted(sip_dnsreg_t *d, ldns_pkt_rcode rcode)
 {
   if (rcode != LDNS_RCODE_NOERROR) {
-    log_warn("DNS clean-up update for %s refused: rcode %d", d->zone, (int)rcode);
-    if (d->s)
-      d->s->c.dns_update_failed++;
+    update_failed(d, "clean-up update", rcode, "the SRV records of _sip._udp and _sip._tcp");
     gc_reset(d);
     return;
   }
-  for (int i = 0; i < d->n_doomed; i++) {
-    log_info("DNS clean-up: removed %s from %s", d->doomed[i], d->zone);
-    gc_cand_t *c = cand_find(d, d->doomed[i]);
-    if (c)
-      *c = d->cand[--d->n_cand];
-    if (d->s)
-      d->s->c.dns_stale_removed++;
-  }
-  if (d->fast && d->s)
+  log_info("DNS clean-up: removed the SRV records of %s from %s", d->down_host, d->zone);
+  gc_cand_t *c = cand_find(d, d->down_host);
+  if (c)
+    *c = d->cand[--d->n_cand];
+  if (d->s)
     down_removed(d);
   gc_reset(d);
 }
@@ -691,14 +707,17 @@ void sip__dnsreg_peers(sip_svc_t *s, int status, const dht_id_t *ids, size_t n)
         !id_listed(ids, n, host))
       gc_strike(d, host);
   cand_prune(d);
-  char why[200];
-  snprintf(why, sizeof why,
-           "its node has not been under sip:%.*s in the DHT for %d checks %d s apart",
-           (int)strlen(d->zone) - 1, d->zone, GC_STRIKES, GC_INTERVAL_MS / 1000);
-  if (d->n_doomed > 0)
-    gc_delete(d, why);
-  else
-    gc_reset(d);
+  /* Absence from the DHT is no evidence of death (a forged tombstone in
+   * the open mode, a split): each such peer is checked at its address. */
+  for (int i = 0; i < d->n_suspects; i++) {
+    gc_peer_t *p = known_find(d->known, d->n_known, d->suspects[i] + 3);
+    if (!p || p->queued)
+      continue;
+    log_info("DNS: %s has not been under sip:%.*s for %d checks %d s apart: checking it",
+             d->suspects[i], (int)strlen(d->zone) - 1, d->zone, GC_STRIKES, GC_INTERVAL_MS / 1000);
+    suspect_queue(d, p, 1);
+  }
+  gc_reset(d);
 }
 
 /* ---- a peer reported dead ------------------------------------------------ */
@@ -765,10 +784,17 @@ void sip__dnsreg_suspect(sip_svc_t *s, const char *id_hex, const char *by)
     log_debug("DNS: pp-%s reported down by %s: ignored (%s)", ok ? hex : "?", by, why);
     return;
   }
-  uint64_t now = uv_now(s->uv);
-  p->queued = 1;
-  p->due = p->checked && p->checked + DOWN_RECHECK_MS > now ? p->checked + DOWN_RECHECK_MS : now;
   log_info("DNS: pp-%s.%s reported down by %s: checking it", hex, d->zone, by);
+  suspect_queue(d, p, 0);
+}
+
+/* A suspect is checked at most once per DOWN_RECHECK_MS. */
+static void suspect_queue(sip_dnsreg_t *d, gc_peer_t *p, int missing)
+{
+  uint64_t now = uv_now(d->kick.loop);
+  p->queued = 1;
+  p->missing = missing;
+  p->due = p->checked && p->checked + DOWN_RECHECK_MS > now ? p->checked + DOWN_RECHECK_MS : now;
   gc_kick(d);
 }
 
@@ -844,19 +870,24 @@ static void on_probe(sip_svc_t *s, void *ctx, int status)
     probe_failed(d, "no SIP answer (ICMP error)");
     return;
   }
-  log_info("DNS: %s was reported down but answers %d at %s: keeping its records", d->down_host,
-           status, d->probe[d->probe_at]);
-  s->c.down_alive++;
+  log_info("DNS: %s was %s but answers %d at %s: keeping its records", d->down_host,
+           d->fast_missing ? "missing from the DHT" : "reported down", status,
+           d->probe[d->probe_at]);
+  if (d->fast_missing)
+    s->c.dns_missing_alive++;
+  else
+    s->c.down_alive++;
   gc_reset(d);
 }
 
 static void probe_next(sip_dnsreg_t *d)
 {
   if (d->probe_at == d->n_probe) {
-    snprintf(d->doomed[0], GC_HOST_LEN, "%s", d->down_host);
-    d->n_doomed = 1;
-    gc_delete(d, d->n_probe ? "it was reported down, and nothing answers SIP at its address"
-                            : "it was reported down, and its name has no address");
+    char why[200];
+    snprintf(why, sizeof why, "%s, and %s",
+             d->fast_missing ? "its node has been missing from the DHT" : "it was reported down",
+             d->n_probe ? "nothing answers SIP at its address" : "its name has no address");
+    gc_delete(d, why);
     return;
   }
   d->phase = GC_PROBE;
@@ -884,7 +915,9 @@ static void probe_failed(sip_dnsreg_t *d, const char *why)
  * (sip__dnsreg_removed); nta retransmits for 32 s. */
 static void down_removed(sip_dnsreg_t *d)
 {
-  d->s->c.down_removed++;
+  d->s->c.dns_stale_removed++;
+  if (!d->fast_missing)
+    d->s->c.down_removed++;
   char header[GC_HOST_LEN + 40];
   snprintf(header, sizeof header, "%s: %s", SIP_HDR_DNS_REMOVED, d->down_host);
   for (int i = 0; i < d->n_probe; i++)
@@ -923,8 +956,12 @@ static void on_kick(uv_timer_t *t)
     p->checked = uv_now(t->loop);
     memcpy(d->fast_hex, p->hex, sizeof d->fast_hex);
     d->fast = 1;
+    d->fast_missing = p->missing;
     d->self_seen = 0;
-    d->s->c.down_checks++;
+    if (p->missing)
+      d->s->c.dns_missing_checks++;
+    else
+      d->s->c.down_checks++;
     gc_query(d, "_sip._udp", GC_QUERY_UDP);
   } else if (d->phase == GC_IDLE && d->gc_due) {
     on_gc(&d->gc);
@@ -1033,6 +1070,9 @@ static int configure(sip_dnsreg_t *d, sip_svc_t *s)
   sip__addr_ip(&self, d->addr, sizeof d->addr, &ignored);
   d->v6 = self.ss_family == AF_INET6;
   d->port = s->port;
+  if (d->have_key && strcasecmp(d->key_name, d->host) != 0)
+    log_info("DNS: registering %s with key %s; a zone with one key per proxy peer "
+             "(docs/DNS.md) wants it named %s", d->host, d->key_name, d->host);
   return 0;
 }
 

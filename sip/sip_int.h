@@ -87,7 +87,12 @@ typedef struct {
   uint64_t proxied, via_peer, peer_failover, to_public, from_public;
   uint64_t loops, too_many_hops, bad_requests, cancels, no_peer;
   uint64_t dns_updates, dns_update_failed;
-  uint64_t dns_gc_checks, dns_stale_removed; /* dnsreg.c's clean-up */
+  uint64_t dns_refused; /* updates the server refused (its update-policy) */
+  /* dnsreg.c's clean-up: checks of the DHT, SRV records of dead peers
+   * removed; peers missing from the DHT for two checks probed, and found
+   * answering (their records kept). */
+  uint64_t dns_gc_checks, dns_stale_removed;
+  uint64_t dns_missing_checks, dns_missing_alive;
   uint64_t cache_hits, stale, stateless;
   /* A proxy peer found dead: deaths this node told proxy peers of; suspects
    * a proxy peer heard of (from others or itself), ignored (not in DNS, or

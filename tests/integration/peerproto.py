@@ -190,3 +190,146 @@ def cert_node_id(crt):
     start = text.index("p2psip:") + len("p2psip:")
     return text[start:start + 40]
 
+
+
+# A ring member that lies ------------------------------------------------------
+
+NEIGH_R, FIND_R, FETCH_R, REACH, REACH_R, FIND_DONE = 8, 6, 14, 21, 22, 0x01
+RING = 1 << 160
+
+
+def between(x, a, b):
+    """x in the ring interval (a, b] (ids as ints)."""
+    return 0 < (x - a) % RING <= (b - a) % RING
+
+
+class Persona:
+    """One fake node: an id, a listening address, the successors it names
+    in NEIGH_R, and the REACH_R it gives: reachable (0/1) and seen
+    ("IP:PORT", or None for the address the question came from)."""
+
+    def __init__(self, overlay, nid, ip, port, succ, reachable, seen=None):
+        self.overlay, self.nid, self.ip, self.port = overlay, nid, ip, port
+        self.succ = succ  # [(id hex, ip, port)]
+        self.reachable, self.seen = reachable, seen
+        self.pred = None
+        self.reach_asked = 0
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((ip, port))
+        self.sock.listen(16)
+
+    def node(self):
+        return node_bytes(self.nid, self.ip, self.port)
+
+    def hello(self, ftype):
+        ov = self.overlay.encode()
+        return frame(ftype, self.node() + bytes([len(ov)]) + ov)
+
+    def answer(self, ftype, txid, body, peer):
+        """The reply to one request (None: none)."""
+        if ftype == HELLO:
+            return self.hello(HELLO + 1)
+        if ftype == PING:
+            return frame(PING + 1, self.node(), txid)
+        if ftype == NEIGH:
+            if len(body) >= 27:
+                self.pred = body[:27]
+            out = (b"\x01" + self.pred) if self.pred else b"\x00"
+            out += bytes([len(self.succ)]) + b"".join(node_bytes(*s) for s in self.succ)
+            return frame(NEIGH_R, out, txid)
+        if ftype == FIND:
+            key = int.from_bytes(body[:20], "big")
+            s0 = self.succ[0]
+            done = between(key, int(self.nid, 16), int(s0[0], 16))
+            return frame(FIND_R, bytes([FIND_DONE if done else 0, 1]) + node_bytes(*s0), txid)
+        if ftype == STORE:
+            count = struct.unpack(">H", body[21:23])[0] if len(body) >= 23 else 0
+            return frame(STORE_R, struct.pack(">BHB", 0, count, 1), txid)
+        if ftype == FETCH:
+            return frame(FETCH_R, body[:20] + b"\x00\x00\x00", txid)
+        if ftype == REACH:
+            self.reach_asked += 1
+            ip, port = (self.seen.rsplit(":", 1) if self.seen else peer)
+            return frame(REACH_R, bytes([self.reachable]) + node_bytes("00" * 20, ip, int(port)), txid)
+        if ftype in (NOTIFY, POKE, JOIN, LEAVE):
+            return frame(ftype + 1, b"", txid)
+        return None
+
+    def serve(self, conn, peer):
+        buf = b""
+        try:
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+                while len(buf) >= 12 and len(buf) >= 12 + struct.unpack(">I", buf[8:12])[0]:
+                    n = struct.unpack(">I", buf[8:12])[0]
+                    ftype, txid, body = buf[3], struct.unpack(">I", buf[4:8])[0], buf[12:12 + n]
+                    buf = buf[12 + n:]
+                    out = self.answer(ftype, txid, body, peer)
+                    if out:
+                        conn.sendall(out)
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def accept_loop(self):
+        import threading
+        while True:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn, peer), daemon=True).start()
+
+    def tell(self, addr, ftype):
+        """Connect to a node and send it one frame naming this persona
+        (POKE: "look at me"; NOTIFY: "I might be your predecessor"), then
+        answer what comes on that connection as a node would: the node may
+        send its requests down it."""
+        import threading
+        host, port = addr.rsplit(":", 1)
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.settimeout(None)
+        s.sendall(self.hello(HELLO) + frame(ftype, self.node(), txid=7))
+        threading.Thread(target=self.serve, args=(s, (host, int(port))), daemon=True).start()
+
+
+def imposter_main(conf):
+    """Run personas from a JSON config until stdin closes: {"overlay": O,
+    "personas": [{"id", "ip", "port", "succ": [[id, ip, port]...],
+    "reachable", "seen", "poke": ADDR or "notify": ADDR}]}.  Prints
+    "ready" once each persona has told its node, then one line per second:
+    the REACH questions each persona answered."""
+    import json
+    import sys
+    import threading
+    c = json.loads(conf)
+    ps = []
+    for p in c["personas"]:
+        x = Persona(c["overlay"], p["id"], p["ip"], p["port"], [tuple(s) for s in p["succ"]],
+                    p["reachable"], p.get("seen"))
+        threading.Thread(target=x.accept_loop, daemon=True).start()
+        ps.append((x, p))
+    for x, p in ps:
+        if p.get("poke"):
+            x.tell(p["poke"], POKE)
+        if p.get("notify"):
+            x.tell(p["notify"], NOTIFY)
+    print("ready", flush=True)
+
+    def report():
+        while True:
+            print("reach " + " ".join(str(x.reach_asked) for x, _ in ps), flush=True)
+            time.sleep(1.0)
+    threading.Thread(target=report, daemon=True).start()
+    sys.stdin.read()
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) == 3 and sys.argv[1] == "imposter":
+        imposter_main(sys.argv[2])

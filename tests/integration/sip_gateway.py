@@ -2,7 +2,9 @@
 """Interworking with a conventional SIP network (spec 3.1, 4.2, 5.2, 5.3),
 all inside a private network namespace: named serves example.com (NAPTR/SRV/A
 to kamailio) and the overlay zone, which the proxy peers fill by RFC 2136
-UPDATE with TSIG; kamailio is example.com's proxy and registrar.
+UPDATE with TSIG, each with a key of its own that the zone's update-policy
+(docs/named-overlay.conf) lets write only its own name and the SRV records;
+kamailio is example.com's proxy and registrar.
 
 - proxy peers publish SRV/A for the overlay in DNS;
 - overlay -> public: alice (ordinary node) calls carol@example.com through a
@@ -162,8 +164,14 @@ def public_aor(h, c, kam, alice_node, gw, ports):
 
 def test(h):
     named, kam = su.public_network(h)
-    gw_args = ["--gateway", "--dns", "127.0.0.1", "--dns-update", "127.0.0.1", "--tsig", named.tsig]
-    args = {i: (gw_args if i in GATEWAYS else ["--dns", "127.0.0.1"]) for i in range(N)}
+
+    def args(ids):
+        """Each proxy peer gets a key of its own (docs/DNS.md)."""
+        out = {i: ["--dns", "127.0.0.1"] + (["--gateway", "--dns-update", "127.0.0.1", "--tsig",
+                                             named.peer_tsig(ids[i])] if i in GATEWAYS else [])
+               for i in range(len(ids))}
+        named.reload()
+        return out
     c = su.sip_cluster(h, N, node_args=args)
     nodes = c.alive()
     gws = [nodes[i] for i in GATEWAYS]

@@ -58,7 +58,10 @@ def pick_udp_tcp(n, lo=20000, hi=32000, tries=60):
 
 class SipCluster(p2p.Cluster):
     """A cluster whose node i also serves SIP on sip_base + i; per-node
-    extra arguments in node_args[i] (e.g. ["--gateway", "--dns", ...])."""
+    extra arguments in node_args[i] (e.g. ["--gateway", "--dns", ...]), or
+    node_args a function of the node ids in index order that returns that
+    mapping, called once when the first node starts (in the secured mode
+    the ids come from the certificates, known only once nodes are added)."""
 
     def __init__(self, rundir, binary, sip_base, node_args=None, **kw):
         super().__init__(rundir, binary, **kw)
@@ -67,6 +70,8 @@ class SipCluster(p2p.Cluster):
 
     def argv(self, node, bootstrap):
         a = super().argv(node, bootstrap)
+        if callable(self.node_args):
+            self.node_args = self.node_args([n.id for n in self.nodes])
         extra = list(self.node_args.get(node.index, []))
         # On loopback every node is reachable, so --public auto would make
         # every SIP node a proxy peer; these tests choose their proxy peers
@@ -101,13 +106,12 @@ def has_sip(binary):
 def sip_cluster(h, n, node_args=None, **kw):
     """Start n SIP nodes (node_args: index -> extra argv, or a function of
     the nodes' ids in index order that returns that, for roles that depend
-    on the ring order) and wait until the ring is consistent."""
+    on the ring order or keys named after ids; secure=True: the secured
+    mode) and wait until the ring is consistent."""
     if not has_sip(h.binary):
         p2p.skip("%s has no --sip option" % h.binary)
     sub = os.path.join(h.rundir, "c%d" % len(h.clusters))
     base = p2p.pick_ports(max(n, 1))
-    if callable(node_args):
-        node_args = node_args([p2p.addr_id("%s:%d" % (HOST, base + i)) for i in range(n)])
     sip_base = pick_udp_tcp(max(n, 1) + 1)
     c = SipCluster(sub, h.binary, sip_base, node_args=node_args, base_port=base, **kw)
     h.clusters.append(c)
@@ -795,18 +799,30 @@ def private_resolv_conf(rundir):
 class Named:
     """bind9 on 127.0.0.1:53 (inside the namespace): example.com points at
     kamailio by NAPTR/SRV/A; the overlay zone starts with only NAPTR records
-    and takes RFC 2136 updates signed with the TSIG key."""
+    and takes RFC 2136 updates under the operator's update-policy of
+    docs/named-overlay.conf: one TSIG key per proxy peer (peer_tsig), named
+    after its pp- name, that may write only that name's address and the
+    _sip._udp/_sip._tcp SRV records; the operator's own key (tsig, KEY)
+    may write anything."""
 
-    KEY = "p2psip-key"
+    KEY = "overlay-admin"
+    POLICY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs",
+                          "named-overlay.conf")
 
     def __init__(self, h, kam_port, overlay=OVERLAY, listen=(), kam_ip="127.0.0.1"):
         """listen: addresses to serve on besides 127.0.0.1; kam_ip:
         kamailio's address (sip.example.com)."""
         self.dir = os.path.join(h.rundir, "named")
         os.makedirs(self.dir, exist_ok=True)
-        self.secret = __import__("base64").b64encode(os.urandom(32)).decode()
+        self.secret = self._secret()
         self.tsig = "%s:hmac-sha256:%s" % (self.KEY, self.secret)
         self.overlay = overlay
+        self.keys = {self.KEY: self.secret}
+        self._write_keys()
+        with open(self.POLICY) as f:
+            policy = f.read().replace("overlay.test", overlay)
+        with open(os.path.join(self.dir, "overlay-zone.conf"), "w") as f:
+            f.write(policy)
         conf = os.path.join(self.dir, "named.conf")
         with open(conf, "w") as f:
             f.write("""options {
@@ -821,11 +837,10 @@ class Named:
   managed-keys-directory "%(d)s";
 };
 controls { };
-key "%(k)s" { algorithm hmac-sha256; secret "%(s)s"; };
+include "%(d)s/keys.conf";
 zone "example.com" { type primary; file "%(d)s/example.com.zone"; };
-zone "%(o)s" { type primary; file "%(d)s/overlay.zone"; allow-update { key "%(k)s"; }; };
-""" % {"d": self.dir, "k": self.KEY, "s": self.secret, "o": overlay,
-       "listen": " ".join(a + ";" for a in ("127.0.0.1",) + tuple(listen))})
+include "%(d)s/overlay-zone.conf";
+""" % {"d": self.dir, "listen": " ".join(a + ";" for a in ("127.0.0.1",) + tuple(listen))})
         with open(os.path.join(self.dir, "example.com.zone"), "w") as f:
             f.write("""$TTL 30
 @ IN SOA ns.example.com. admin.example.com. 1 60 60 600 30
@@ -835,7 +850,7 @@ ns IN A 127.0.0.1
 _sip._udp IN SRV 10 10 %d sip.example.com.
 sip IN A %s
 """ % (kam_port, kam_ip))
-        with open(os.path.join(self.dir, "overlay.zone"), "w") as f:
+        with open(os.path.join(self.dir, "%s.zone" % overlay), "w") as f:
             f.write("""$TTL 30
 @ IN SOA ns.%(o)s. admin.%(o)s. 1 60 60 600 30
 @ IN NS ns.%(o)s.
@@ -844,9 +859,53 @@ ns IN A 127.0.0.1
 @ IN NAPTR 20 10 "S" "SIP+D2T" "" _sip._tcp.%(o)s.
 """ % {"o": overlay})
         self.log = os.path.join(self.dir, "named.log")
+        chk = subprocess.run(["named-checkconf", conf], capture_output=True, timeout=20)
+        if chk.returncode != 0:
+            raise p2p.Failure("named.conf: %s" % (chk.stdout + chk.stderr).decode(errors="replace"))
         self.proc = start_proc(h, [NAMED, "-g", "-n", "1", "-c", conf], self.log)
         if not wait_port(53, socket.SOCK_STREAM, 15):
             raise p2p.Failure("named did not start: %s" % " | ".join(tail(self.log, 8)))
+
+    @staticmethod
+    def _secret():
+        return __import__("base64").b64encode(os.urandom(32)).decode()
+
+    def _write_keys(self):
+        with open(os.path.join(self.dir, "keys.conf"), "w") as f:
+            for name, secret in sorted(self.keys.items()):
+                f.write('key "%s" { algorithm hmac-sha256; secret "%s"; };\n' % (name, secret))
+
+    def pp_name(self, node_id):
+        """A proxy peer's DNS name, as sip/dnsreg.c writes it."""
+        return "pp-%s.%s." % (node_id[:12].lower(), self.overlay)
+
+    def peer_tsig(self, node_id, name=None):
+        """--tsig for the proxy peer with this node id: a key of its own,
+        named after its pp- name (or `name`), known to named after reload()."""
+        name = name or self.pp_name(node_id)
+        if name not in self.keys:
+            self.keys[name] = self._secret()
+            self._write_keys()
+        return "%s:hmac-sha256:%s" % (name, self.keys[name])
+
+    def reload(self, timeout=15.0):
+        """Make named read its keys again (SIGHUP) and wait until it has."""
+        def done():
+            with open(self.log, errors="replace") as f:
+                return f.read().count("reloading configuration succeeded")
+        n0 = done()
+        self.proc.popen.send_signal(signal.SIGHUP)
+        p2p.wait_until(lambda: done() > n0, timeout, "named reloaded its configuration",
+                       describe=lambda x: tail(self.log, 5))
+
+    def nsupdate(self, lines, tsig=None):
+        """Send one UPDATE of the overlay zone signed with tsig (the
+        operator's key by default): (exit code, nsupdate's error output)."""
+        name, alg, secret = (tsig or self.tsig).split(":", 2)
+        script = "server 127.0.0.1 53\nzone %s\n%s\nsend\n" % (self.overlay, "\n".join(lines))
+        r = subprocess.run(["nsupdate", "-y", "%s:%s:%s" % (alg, name, secret)],
+                           input=script.encode(), capture_output=True, timeout=20)
+        return r.returncode, r.stderr.decode(errors="replace")
 
     def query(self, name, rtype):
         """Answer records as text lines (dig +short)."""

@@ -4,10 +4,16 @@
 Three network namespaces made here: a "public" segment (192.0.2.0/24,
 TEST-NET-1), a router that masquerades, and a private segment behind it
 (198.51.100.0/24, TEST-NET-2).  Two nodes on the public segment must find
-themselves public (a peer sees them at their own address and connects
-back) and take the proxy peer role; a node behind the NAT must join the
-overlay through them, find itself not public (its peer sees the router's
-address) and stay without the role.  Then SIP across the NAT: the node
+themselves public (two independent peers see them at their own address
+and connect back; a third public node, a3, without roles, makes the
+second peer each can count on) and take the proxy peer role; a node
+behind the NAT must join the overlay through them, find itself not public
+(its peers see the router's address) and stay without the role.  Then a
+lying peer (tests/integration/peerproto.py's imposter, two fake nodes on
+the public segment) slips in as the successor of a1 and of b and answers
+their REACH questions with lies: a1 "I cannot connect back to you", b
+"you are public at your own address"; asked again, neither decision
+moves, and the lie is counted as a dissent.  Then SIP across the NAT: the node
 behind it keeps a flow to a proxy peer (sip/flow.c), calls go both ways
 with either side hanging up, and the flow moves when its proxy peer dies.
 P2PSIP_PCAP=1 records SIP packets on both sides (tcpdump) in the run
@@ -40,7 +46,8 @@ def ns(name, *args, check=True):
 
 
 def setup():
-    NET.setup()
+    # a1 .2, a3 .3 and the liar .5 on the public segment.
+    NET.setup(public_addrs=(netns.PUBLIC_PREFIX + "2", netns.PUBLIC_PREFIX + "3", netns.PUBLIC_PREFIX + "5"))
 
 
 def teardown():
@@ -232,6 +239,64 @@ def calls_across_nat(tmp, procs, socks):
     check(ok, "after the move a new call into the NAT completes (INVITE/200/ACK/BYE)", why)
 
 
+def succ0(sock):
+    succ = admin(sock, {"cmd": "status"})["successors"]
+    return succ[0]["id"] if succ else None
+
+
+def lying_peer(tmp, socks):
+    """Two fake nodes on the public segment lie to a1 and b about REACH;
+    asked again, neither moves: two independent peers must agree."""
+    st = {k: admin(s, {"cmd": "status"}) for k, s in socks.items()}
+
+    def persona(target, port, reachable, seen, how, to):
+        succ = [[x["id"], x["addr"].rsplit(":", 1)[0], int(x["addr"].rsplit(":", 1)[1])]
+                for x in st[target]["successors"]]
+        return {"id": "%040x" % ((int(st[target]["id"], 16) + 1) % (1 << 160)), "ip": "192.0.2.5",
+                "port": port, "succ": succ, "reachable": reachable, "seen": seen, how: to}
+    # a1 hears "I cannot connect back to you" from a fake successor it is
+    # poked to adopt; b hears "you are public at your own address" from a
+    # fake successor of b's successor's choosing (b is behind the NAT: it
+    # finds the liar when it stabilizes).
+    conf = {"overlay": "overlay.test", "personas": [
+        persona("a1", 7100, 0, None, "poke", st["a1"]["listen"]),
+        persona("b", 7101, 1, st["b"]["listen"], "notify", st["b"]["successors"][0]["addr"])]}
+    liar = subprocess.Popen(["ip", "netns", "exec", NS["pub"], sys.executable, os.path.join(HERE, "peerproto.py"),
+                             "imposter", json.dumps(conf)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=open(os.path.join(tmp, "liar.log"), "w"), text=True)
+    try:
+        check(liar.stdout.readline().strip() == "ready", "the lying peer is up and has told a1 and b's successor")
+        lid = {k: p["id"] for k, p in zip(("a1", "b"), conf["personas"])}
+        inside = wait(lambda: all(succ0(socks[k]) == lid[k] for k in socks), 45)
+        check(inside, "the lying peer is the successor of both a1 and b",
+              {k: succ0(s) for k, s in socks.items()})
+        before = {k: admin(s, {"cmd": "status"})["public"] for k, s in socks.items()}
+        for k, s in socks.items():
+            r = wait(lambda s=s: admin(s, {"cmd": "check-public"}).get("ok"), 10)
+            check(r, "admin check-public starts a new round on %s" % k)
+        after = {k: wait(lambda s=s, k=k: (lambda p: p if p["rounds"] > before[k]["rounds"] else None)(
+            admin(s, {"cmd": "status"})["public"]), 20) for k, s in socks.items()}
+        if not all(after.values()):
+            check(False, "both rounds ended", after)
+            return
+        liar_says = {k: [x for x in after[k]["last"] if x["peer"] == lid[k]] for k in socks}
+        check(after["a1"]["public"] is True and liar_says["a1"] and liar_says["a1"][0]["answer"] == "not reachable"
+              and "agree" in after["a1"]["why"] and after["a1"]["dissents"] > before["a1"]["dissents"],
+              "a1, told by the liar it cannot be reached, stays public on the word of two others; the lie is "
+              "counted as a dissent", after["a1"])
+        check(after["b"]["public"] is False and liar_says["b"] and liar_says["b"][0]["answer"] == "reachable"
+              and "NAT" in after["b"]["why"] and after["b"]["dissents"] > before["b"]["dissents"],
+              "b, told by the liar it is public, stays behind its NAT on the word of two others; the lie is "
+              "counted as a dissent", after["b"])
+        print("# a1: %s\n# b: %s" % (after["a1"]["why"], after["b"]["why"]))
+    finally:
+        liar.stdin.close()
+        liar.terminate()
+        liar.wait(10)
+    healed = wait(lambda: all(succ0(socks[k]) != lid[k] for k in socks), 30)
+    check(healed, "with the liar gone, a1 and b drop it from their ring tables")
+
+
 def main():
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("iptables"):
         print("skip: needs root, ip and iptables to make network namespaces")
@@ -253,8 +318,9 @@ def main():
         def start(name, where, listen, sip, turn, boot=None):
             sock = os.path.join(tmp, name + ".sock")
             argv = ["ip", "netns", "exec", NS[where], BIN, "--overlay", "overlay.test", "--listen", listen,
-                    "--sip", sip, "--turn", turn, "--turn-secret", "overlay-secret", "--admin", sock,
-                    "--log-level", os.environ.get("P2PSIP_LOG_LEVEL", "info")]
+                    "--admin", sock, "--log-level", os.environ.get("P2PSIP_LOG_LEVEL", "info")]
+            if sip:
+                argv += ["--sip", sip, "--turn", turn, "--turn-secret", "overlay-secret"]
             if boot:
                 argv += ["--bootstrap", boot]
             log = open(os.path.join(tmp, name + ".log"), "w")
@@ -272,15 +338,16 @@ def main():
         a1 = start("a1", "pub", "192.0.2.2:7000", "192.0.2.2:5060", "192.0.2.2:3478")
         time.sleep(0.3)
         a2 = start("a2", "pub", "192.0.2.2:7001", "192.0.2.2:5061", "192.0.2.2:3479", "192.0.2.2:7000")
+        a3 = start("a3", "pub", "192.0.2.3:7000", None, None, "192.0.2.2:7000")
         b = start("b", "priv", "198.51.100.2:7000", "198.51.100.2:5060", "198.51.100.2:3478", "192.0.2.2:7000")
 
         def decided(sock):
             st = admin(sock, {"cmd": "status"})
             return st if st["public"]["public"] is not None else None
 
-        sa1, sa2, sb = (wait(lambda s=s: decided(s), 20) for s in (a1, a2, b))
-        check(sa1 and sa2 and sb, "all three nodes reached a decision within 20 s")
-        if not (sa1 and sa2 and sb):
+        sa1, sa2, sa3, sb = (wait(lambda s=s: decided(s), 20) for s in (a1, a2, a3, b))
+        check(sa1 and sa2 and sa3 and sb, "all four nodes reached a decision within 20 s")
+        if not (sa1 and sa2 and sa3 and sb):
             return 1
         for name, st in (("a1", sa1), ("a2", sa2)):
             check(st["public"]["public"] is True, "%s on the public segment is public" % name, st["public"])
@@ -292,9 +359,11 @@ def main():
               "it says why: the peer sees the router's address, not its own", sb["public"]["why"])
         check("gateway" not in sb["roles"] and "relay" not in sb["roles"] and "sip" in sb["roles"],
               "it serves SIP phones but is neither proxy peer nor relay", sb["roles"])
-        # Joined through a public node: a ring of three.
-        ring = wait(lambda: all(len(admin(s, {"cmd": "status"})["successors"]) == 2 for s in (a1, a2, b)), 20)
-        check(ring, "the node behind the NAT is part of a consistent ring of three")
+        # Joined through a public node: a ring of four.
+        ids = {admin(s, {"cmd": "status"})["id"] for s in (a1, a2, a3, b)}
+        ring = wait(lambda: all({x["id"] for x in admin(s, {"cmd": "status"})["successors"]} ==
+                                ids - {admin(s, {"cmd": "status"})["id"]} for s in (a1, a2, a3, b)), 20)
+        check(ring, "the node behind the NAT is part of a consistent ring of four")
         # It stores and reads through the overlay.
         put = admin(b, {"cmd": "put", "key": "sip:nat@overlay.test", "value": {"x": 1}, "ttl": 60})
         check(put.get("ok") is True, "a put from behind the NAT succeeds", put)
@@ -314,6 +383,7 @@ def main():
         cred = admin(b, {"cmd": "turn-credentials", "user": "alice", "ttl": 600})
         check(cred.get("ok") and cred["username"].endswith(":alice") and cred["password"],
               "the node behind the NAT mints TURN credentials for its phones", cred)
+        lying_peer(tmp, {"a1": a1, "b": b})
         if shutil.which("sipp"):
             calls_across_nat(tmp, procs, {"a1": a1, "a2": a2, "b": b})
         else:
