@@ -34,6 +34,10 @@
  * every node it ever asked. */
 #define CONN_IDLE_MS 120000
 #define CONN_IDLE_STRANGER_MS 45000 /* outlives a refresh interval: refreshes reuse it */
+/* A TLS link holds ~20 KB of OpenSSL state where a plain one holds 1 KB,
+ * while a new handshake costs about a millisecond of CPU: with TLS a
+ * stranger's link is not worth keeping for the next refresh. */
+#define CONN_IDLE_STRANGER_TLS_MS 15000
 /* An opener closes its idle connections itself (above), so an accepted
  * connection idle for longer is held by someone who forgot it or keeps it
  * on purpose. */
@@ -754,7 +758,7 @@ static const char *conn_overdue(dht_t *d, dht__conn_t *c, uint64_t now) {
   /* Only the side that opened a connection closes it when merely idle: an
    * EOF on an accepted connection then means the opener chose to stop or
    * died, and does not set off a liveness check on every idle close. */
-  if (idle < CONN_IDLE_STRANGER_MS) return NULL;
+  if (idle < (d->tls ? CONN_IDLE_STRANGER_TLS_MS : CONN_IDLE_STRANGER_MS)) return NULL;
   if (idle < CONN_IDLE_MS && c->have_peer && dht__ring_knows(d, &c->peer)) return NULL;
   return conn_busy(d, c) ? NULL : "idle";
 }
