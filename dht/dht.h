@@ -243,6 +243,7 @@ typedef struct {
   uint64_t hops_hist[DHT_MAX_PATH + 1];
   uint64_t connections;
   uint64_t tls_failed;   /* secured mode: handshakes or sessions that failed */
+  uint64_t tls_handshakes; /* secured mode: handshakes completed */
   uint64_t auth_refused; /* frames whose claims disagree with the peer's certificate */
   uint64_t deadline_closes; /* connections closed for no HELLO or no frame end in time */
   uint64_t values_refused;  /* values not stored: access rules, caps, limits */

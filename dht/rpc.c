@@ -152,10 +152,11 @@ static void write_now(dht__conn_t *c, wreq_t *w) {
 
 /* A memory BIO keeps the largest buffer it ever held; once drained, a big
  * one is swapped for a fresh BIO so that hundreds of idle links stay small
- * (one STORE of 256 KiB would otherwise leave that much behind). */
+ * (one STORE of 256 KiB would otherwise leave that much behind).  OpenSSL's
+ * own record buffers go back by themselves (SSL_MODE_RELEASE_BUFFERS). */
 static BIO *tls_fresh_bio(BIO *b) {
   BUF_MEM *m;
-  if (BIO_ctrl_pending(b) || BIO_get_mem_ptr(b, &m) != 1 || !m || m->max <= 256) return NULL;
+  if (BIO_ctrl_pending(b) || BIO_get_mem_ptr(b, &m) != 1 || !m || m->max <= 4096) return NULL;
   BIO *nb = BIO_new(BIO_s_mem());
   if (nb) BIO_set_mem_eof_return(nb, -1); /* empty means "more to come" */
   return nb;
@@ -172,7 +173,6 @@ static void tls_trim(dht__conn_t *c) {
     SSL_set0_wbio(c->ssl, nb);
     c->wbio = nb;
   }
-  SSL_free_buffers(c->ssl); /* a no-op while a record is half read */
 }
 
 /* Send what TLS has written to the wire BIO. */
@@ -468,6 +468,7 @@ static void tls_handshake(dht__conn_t *c) {
     tls_refused(c, "peer not authenticated");
     return;
   }
+  c->d->stats.tls_handshakes++;
   conn_ready(c);
 }
 

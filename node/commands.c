@@ -259,6 +259,7 @@ static json_t *cmd_stats(node_t *n) {
       {"lookups", s.lookups},         {"lookups_failed", s.lookups_failed},
       {"rpc_timeouts", s.rpc_timeouts}, {"bad_frames", s.bad_frames},
       {"connections", s.connections}, {"tls_failed", s.tls_failed},
+      {"tls_handshakes", s.tls_handshakes},
       {"auth_refused", s.auth_refused}, {"deadline_closes", s.deadline_closes},
       {"values_refused", s.values_refused}, {"refused_conns", s.refused_conns},
       {"refused_frames", s.refused_frames}, {"refused_key_full", s.refused_key_full},
