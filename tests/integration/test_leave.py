@@ -59,6 +59,10 @@ def test(h):
         t1 = time.monotonic()
         c.wait_consistent(timeout=30)
         info("ring consistent again %.1fs after the exit" % (time.monotonic() - t1))
+        try:  # handed over before the exit; stored by the successor as it reads them
+            p2p.wait_until(lambda: c.records()[succ] - before >= PER, 10, "the successor stores the keys")
+        except p2p.WaitTimeout:
+            pass
         after = c.records()[succ]
         check(after - before >= PER, "%s: its successor %s now holds its %d keys (%d -> %d records)"
               % (how, succ[:8], PER, before, after))
