@@ -230,6 +230,19 @@ def wait_until(pred, timeout, what, interval=0.25, describe=None):
         time.sleep(interval)
 
 
+def wait_value(fetch, pred, timeout, what, interval=0.05):
+    """fetch() until pred(value) holds; returns that value (WaitTimeout
+    naming what, with the last value, otherwise).  E.g. a counter that
+    proves a packet was dropped: the proof of a negative, where a short
+    silence would only be a guess on a loaded machine."""
+    last = [None]
+
+    def probe():
+        last[0] = fetch()
+        return last[0] if pred(last[0]) else None
+    return wait_until(probe, timeout, what, interval, describe=lambda _: last[0])
+
+
 # Ports and limits -------------------------------------------------------------
 
 PORT_LO, PORT_HI = 20000, 32000

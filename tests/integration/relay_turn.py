@@ -49,8 +49,7 @@ def attr(t, v):
 def counted(st, pred, what, timeout=10.0):
     """The relay's counters once pred(counters) holds: a drop is proven by
     its counter, not by a silence that a slow machine can fake."""
-    return p2p.wait_until(lambda: (lambda s: s if pred(s) else None)(st()), timeout, what,
-                          0.05, describe=lambda _: st())
+    return p2p.wait_value(st, pred, timeout, what)
 
 
 def ask(sock, data, addr, timeout=5.0):
