@@ -14,6 +14,7 @@ import concurrent.futures
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -68,6 +69,16 @@ def sort_ids(ids):
 def ring_distance(a, b):
     """Clockwise distance from id a to id b."""
     return (id_int(b) - id_int(a)) % RING
+
+
+def even_ids(n, salt="p2psip test ring"):
+    """n node ids spread evenly round the ring, in index order: node i at
+    i/n of the way from an offset (SHA-1 of salt).  Each node owns exactly
+    1/n of the key space, so a test that needs keys a given node owns, or
+    neighbours at known distances, does not depend on the ports it got
+    (default ids are SHA-1 of "IP:PORT": a node may own a sliver)."""
+    off = id_int(key_id(salt))
+    return ["%040x" % ((off + i * RING // n) % RING) for i in range(n)]
 
 
 def responsible_nodes(kid, sorted_ids, replicas):
@@ -219,29 +230,91 @@ def wait_until(pred, timeout, what, interval=0.25, describe=None):
         time.sleep(interval)
 
 
+def wait_value(fetch, pred, timeout, what, interval=0.05):
+    """fetch() until pred(value) holds; returns that value (WaitTimeout
+    naming what, with the last value, otherwise).  E.g. a counter that
+    proves a packet was dropped: the proof of a negative, where a short
+    silence would only be a guess on a loaded machine."""
+    last = [None]
+
+    def probe():
+        last[0] = fetch()
+        return last[0] if pred(last[0]) else None
+    return wait_until(probe, timeout, what, interval, describe=lambda _: last[0])
+
+
 # Ports and limits -------------------------------------------------------------
 
-def port_free(port, host=HOST):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+PORT_LO, PORT_HI = 20000, 32000
+PORT_LOCK = os.path.join(tempfile.gettempdir(), "p2psip-ports.lock")
+_port_lock = None   # fd of PORT_LOCK, open for the life of this process
+_my_ports = []      # (base, n) blocks this process holds
+
+
+def port_free(port, host=HOST, kinds=(socket.SOCK_STREAM, socket.SOCK_DGRAM)):
+    """True if port binds on host for each kind (TCP and UDP by default)."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for k in kinds:
+        s = socket.socket(fam, k)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        finally:
+            s.close()
+    return True
+
+
+def _lock_ports(base, n, op):
+    """Lock (or unlock) bytes base..base+n-1 of PORT_LOCK: one byte per port
+    number.  POSIX record locks belong to this process and vanish when it
+    dies, so a killed test never leaves ports reserved."""
+    global _port_lock
+    if _port_lock is None:
+        try:
+            _port_lock = os.open(PORT_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+            if os.fstat(_port_lock).st_uid == os.geteuid():
+                os.fchmod(_port_lock, 0o666)  # other users' tests share it
+        except OSError as e:
+            info("no port lock file %s (%s): ports are only checked by binding" % (PORT_LOCK, e))
+            _port_lock = -1
+    if _port_lock < 0:
+        return True
     try:
-        s.bind((host, port))
+        fcntl.lockf(_port_lock, op, n, base, os.SEEK_SET)
         return True
     except OSError:
         return False
-    finally:
-        s.close()
 
 
-def pick_ports(n, lo=20000, hi=32000, tries=40):
-    """A base port b such that b..b+n-1 are all free on loopback.  The range
-    sits below Linux's ephemeral ports (32768+) so outgoing connections do
-    not take our listen ports while a node is down."""
+def reserve_ports(base, n, host=HOST):
+    """Take ports base..base+n-1 for this process (TCP and UDP, on every
+    address): True if no other test process holds any of them and each
+    binds on host now.  Held until this process exits."""
+    if any(b < base + n and base < b + m for b, m in _my_ports):
+        return False
+    if not _lock_ports(base, n, fcntl.LOCK_EX | fcntl.LOCK_NB):
+        return False
+    if all(port_free(base + i, host) for i in range(n)):
+        _my_ports.append((base, n))
+        return True
+    _lock_ports(base, n, fcntl.LOCK_UN)
+    return False
+
+
+def pick_ports(n, host=HOST, lo=PORT_LO, hi=PORT_HI, tries=200):
+    """A base port b such that b..b+n-1 are this test's, for TCP and UDP:
+    reserved against every other process that uses this module (a lock
+    file, so two tests never pick the same port even before either binds
+    it) and free on host now (so a leftover or foreign process is avoided).
+    The range sits below Linux's ephemeral ports (32768+) so outgoing
+    connections and port-0 sockets never take them while a node is down."""
     rnd = random.SystemRandom()
     for _ in range(tries):
-        base = rnd.randrange(lo, hi - n)
-        if all(port_free(base + i) for i in range(n)):
+        base = rnd.randrange(lo, hi - n + 1)
+        if reserve_ports(base, n, host):
             return base
-    raise RuntimeError("no %d free consecutive ports in %d-%d" % (n, lo, hi))
+    raise RuntimeError("no %d free consecutive ports in %d-%d on %s" % (n, lo, hi, host))
 
 
 def raise_nofile(want):
@@ -434,12 +507,16 @@ class Cluster:
 
     def __init__(self, rundir, binary, overlay=OVERLAY, host=HOST, base_port=None,
                  replicas=3, successors=None, refresh=None, log_level=os.environ.get("P2PSIP_LOG_LEVEL", "info"),
-                 extra_args=(), workers=16, die_with_parent=True, new_session=None, secure=None):
+                 extra_args=(), workers=16, die_with_parent=True, new_session=None, secure=None,
+                 port_count=None):
         self.rundir = os.path.abspath(rundir)
         self.binary = os.path.abspath(binary)
         self.overlay = overlay
         self.host = host
         self.base_port = base_port
+        # Ports base_port.. reserved for this cluster (None: no limit known);
+        # nodes beyond them get a port picked on their own.
+        self.port_count = port_count
         self.replicas = replicas
         self.successors = successors
         self.refresh = refresh
@@ -470,7 +547,10 @@ class Cluster:
         if port is None:
             if self.base_port is None:
                 raise ValueError("no base port and no port given")
-            port = self.base_port + idx
+            if self.port_count is not None and idx >= self.port_count:
+                port = pick_ports(1, self.host)
+            else:
+                port = self.base_port + idx
         n = Node(idx, port, self.rundir, self.host, node_id)
         if self.secure:
             n.id = self.enrol(n)
@@ -597,9 +677,12 @@ class Cluster:
                                    "\n    ".join(pending[-1].log_tail(25))))
             time.sleep(0.2)
 
-    def start(self, n, wave=50, wave_timeout=60.0, progress=None):
-        """Create and start n more nodes: the first alone, then in waves."""
-        new = [self.add_node() for _ in range(n)]
+    def start(self, n, wave=50, wave_timeout=60.0, progress=None, ids=None):
+        """Create and start n more nodes: the first alone, then in waves.
+        ids: their node ids (e.g. even_ids(n)) instead of the defaults."""
+        if ids is not None and len(ids) != n:
+            raise ValueError("%d ids for %d nodes" % (len(ids), n))
+        new = [self.add_node(node_id=ids[i] if ids else None) for i in range(n)]
         if not self.alive():
             first = new.pop(0)
             self.launch(first, [])
@@ -840,17 +923,22 @@ class Harness:
         self.t0 = time.monotonic()
 
     def cluster(self, n=0, **kw):
-        """A new cluster in its own subdirectory on free ports (started with
-        n nodes if n > 0)."""
+        """A new cluster in its own subdirectory on ports picked for it
+        (pick_ports; `ports` of them, at least n), started with n nodes if
+        n > 0 (ids: their node ids, e.g. even_ids(n), where the test needs
+        the ring's shape)."""
         sub = os.path.join(self.rundir, "c%d" % len(self.clusters))
         nports = max(n, kw.pop("ports", 0), 1)
         wave = kw.pop("wave", 50)
-        kw.setdefault("base_port", pick_ports(nports))
+        ids = kw.pop("ids", None)
+        if "base_port" not in kw:
+            kw["base_port"] = pick_ports(nports, kw.get("host", HOST))
+            kw["port_count"] = nports
         c = Cluster(sub, self.binary, **kw)
         self.clusters.append(c)
         if n:
             t0 = time.monotonic()
-            c.start(n, wave=wave)
+            c.start(n, wave=wave, ids=ids)
             info("%d nodes started and joined in %.1fs" % (n, time.monotonic() - t0))
         return c
 
@@ -889,7 +977,32 @@ class Harness:
                         print("#   " + line)
 
 
+ALLOW_SKIP = "P2PSIP_ALLOW_SKIP"
+
+
+def skips_allowed():
+    """Only where P2PSIP_ALLOW_SKIP=1 may a test skip: a developer's machine
+    without root or some tool.  Everywhere else (CI runs as root with every
+    tool installed) a test that cannot run fails, so that a lost privilege,
+    a tool missing or a probe gone wrong cannot hide a regression."""
+    return os.environ.get(ALLOW_SKIP) == "1"
+
+
+def cannot_run(name, reason):
+    """Exit for a test that cannot run here: 77 (skip) if skips are
+    allowed, else 1 (fail).  For scripts outside run()."""
+    if skips_allowed():
+        print("SKIP %s: %s" % (name, reason), flush=True)
+        sys.exit(SKIP)
+    print("FAIL %s: cannot run: %s (on a machine without it, set %s=1 to skip instead)" %
+          (name, reason, ALLOW_SKIP), flush=True)
+    sys.exit(1)
+
+
 def skip(reason):
+    """The test cannot run here (a tool or a privilege is missing): a skip
+    with P2PSIP_ALLOW_SKIP=1, a failure otherwise (skips_allowed).  Never
+    for a defect of this project's own build: that is a Failure."""
     raise _Skip(reason)
 
 
@@ -901,8 +1014,10 @@ def run(name, fn, timeout=120):
     """Run test fn(harness) with a watchdog; exit 0 pass, 77 skip, 1 fail."""
     h = Harness(name, timeout)
     if not h.binary:
-        print("SKIP %s: no p2psipd binary (set P2PSIP_BIN or build build/node/p2psipd)" % name)
-        sys.exit(SKIP)
+        # Our own build's product: never a skip.
+        print("FAIL %s: no p2psipd binary at %s (build it, or set P2PSIP_BIN)" %
+              (name, os.environ.get("P2PSIP_BIN") or os.path.join(REPO, "build/node/p2psipd")))
+        sys.exit(1)
     if os.environ.get("P2PSIP_BIN") and not os.access(h.binary, os.X_OK):
         print("FAIL %s: P2PSIP_BIN=%s is not executable" % (name, h.binary))
         sys.exit(1)
@@ -919,8 +1034,13 @@ def run(name, fn, timeout=120):
     try:
         fn(h)
     except _Skip as e:
-        skipped = True
-        print("SKIP %s: %s" % (name, e))
+        if skips_allowed():
+            skipped = True
+            print("SKIP %s: %s" % (name, e))
+        else:
+            failed = True
+            print("FAIL %s: cannot run: %s (on a machine without it, set %s=1 to skip instead)" %
+                  (name, e, ALLOW_SKIP))
     except (Failure, WaitTimeout, AdminError, GetError, RuntimeError) as e:
         failed = True
         print("FAIL %s: %s" % (name, e))

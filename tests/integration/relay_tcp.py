@@ -32,7 +32,7 @@ sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import p2p  # noqa: E402
 from p2p import check, info  # noqa: E402
-from relay_turn import COOKIE, attr, parse_attrs, unxor, xaddr  # noqa: E402  (STUN helpers)
+from relay_turn import COOKIE, attr, counted, parse_attrs, unxor, xaddr  # noqa: E402  (STUN helpers)
 
 SECRET = "relay-tcp-secret"
 IDLE = 10        # RELAY_TCP_IDLE in relay/relay_int.h
@@ -50,7 +50,7 @@ class TcpTurn:
     """A minimal TURN client over one TCP connection."""
 
     def __init__(self, server, user, password, realm, local=None):
-        self.s = socket.create_connection(server, timeout=3, source_address=local)
+        self.s = socket.create_connection(server, timeout=10, source_address=local)
         self.user, self.realm = user, realm
         self.key = hashlib.md5(("%s:%s:%s" % (user, realm, password)).encode()).digest()
         self.nonce = None
@@ -142,13 +142,14 @@ def internal_tcp(a, a_relayed, server, cred, stats):
               "A binds channel 0x4002 to B's relayed address")
         s0 = stats()
         a.s.sendall(b"\x40\x02\x00\x03no!\0")
-        b.s.settimeout(0.5)
+        s1 = counted(stats, lambda s: s["dropped"]["no_permission"] > s0["dropped"]["no_permission"],
+                     "the packet to B dropped at B")
+        b.s.settimeout(0.2)
         try:
             m = b.read_msg()
         except socket.timeout:
             m = None
-        b.s.settimeout(3)
-        s1 = stats()
+        b.s.settimeout(10)
         check(m is None and s1["relayed_internal"] == s0["relayed_internal"] + 1 and
               s1["dropped"]["no_permission"] == s0["dropped"]["no_permission"] + 1,
               "without B's permission for A's relayed address: handed over, dropped, counted", m)
@@ -211,7 +212,7 @@ def test(h):
     check(sent == 200 and got == 200 and lost == 0,
           "uclient -t with Send/Data indications: %d sent, %d received" % (sent, got), out[-600:])
     check(stats()["relayed_internal"] - st["relayed_internal"] == sent, "... in process too")
-    p2p.wait_until(lambda: stats()["allocations"] == 0 and stats()["tcp"]["connections"] == 0, 5,
+    p2p.wait_until(lambda: stats()["allocations"] == 0 and stats()["tcp"]["connections"] == 0, 15,
                    "uclient's connections and allocations gone")
     check(True, "closing uclient's connections deleted their allocations")
 
@@ -227,7 +228,7 @@ def test(h):
     relayed = unxor(parse_attrs(r)[0x0016])
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind(("127.0.0.1", 0))
-    peer.settimeout(3)
+    peer.settimeout(10)
     pa = peer.getsockname()
     check(error_code(t.signed(0x0008, attr(0x0012, xaddr(*pa)))) == 0, "CreatePermission over TCP")
     peer.sendto(b"hello", relayed)
@@ -250,7 +251,7 @@ def test(h):
     # Refresh from there finds no allocation (437), over TCP it does.
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     u.bind(t.s.getsockname())
-    u.settimeout(3)
+    u.settimeout(10)
     u.sendto(t.build(0x0004)[0], server)
     check(error_code(u.recv(2048)) == 437, "the TCP client's address and port over UDP: no allocation (437)")
     u.close()
@@ -258,7 +259,7 @@ def test(h):
     check(stats()["allocations"] == 1, "one allocation, held by the connection")
     internal_tcp(t, relayed, server, cred, stats)
     t.s.close()
-    p2p.wait_until(lambda: stats()["allocations"] == 0, 3, "allocation deleted with its connection")
+    p2p.wait_until(lambda: stats()["allocations"] == 0, 10, "allocation deleted with its connection")
     check(True, "closing the connection deleted its allocation")
     peer.close()
 
@@ -269,7 +270,7 @@ def test(h):
                              "-e", "127.0.0.1", "127.0.0.1"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     h.extra_procs.append(load)
-    time.sleep(1)
+    p2p.wait_until(lambda: stats()["allocations"] >= 2, 10, "the load's allocations")
     quick = {
         "garbage": b"\xff" + os.urandom(200),
         "STUN without the magic cookie": struct.pack("!HHI", 1, 0, 0x12345678) + os.urandom(12),
@@ -283,7 +284,7 @@ def test(h):
     for what, data in quick.items():
         s = socket.create_connection(server, timeout=3)
         s.sendall(data)
-        check(closed_within(s, 2), "%s over TCP: connection closed" % what)
+        check(closed_within(s, 5), "%s over TCP: connection closed" % what)
         s.close()
     st = stats()
     n_bad = st["tcp"]["closed_malformed"] - before["tcp"]["closed_malformed"]
@@ -295,7 +296,7 @@ def test(h):
     slow.sendall(struct.pack("!HHI", 1, 100, COOKIE) + os.urandom(12) + b"\0" * 10)
     t0 = time.monotonic()
     check(not closed_within(slow, 3), "a message whose length never arrives: kept while it may come")
-    check(closed_within(slow, IDLE + 3) and IDLE - 1 <= time.monotonic() - t0 <= IDLE + 3,
+    check(closed_within(slow, IDLE + 5) and IDLE - 1 <= time.monotonic() - t0 <= IDLE + 5,
           "... and closed by the idle timeout after %.1fs" % (time.monotonic() - t0))
     check(stats()["tcp"]["closed_idle"] > before["tcp"]["closed_idle"], "... and counted as idle")
     slow.close()
@@ -309,15 +310,15 @@ def test(h):
     try:
         for _ in range(MAX_CLIENTS):
             conns.append(socket.create_connection(server, timeout=3))
-        p2p.wait_until(lambda: stats()["tcp"]["connections"] == MAX_CLIENTS, 5, "1000 connections")
+        p2p.wait_until(lambda: stats()["tcp"]["connections"] == MAX_CLIENTS, 20, "1000 connections")
         extra = socket.create_connection(server, timeout=3)
-        check(closed_within(extra, 2) and stats()["tcp"]["refused"] == 1,
+        check(closed_within(extra, 5) and stats()["tcp"]["refused"] == 1,
               "connection %d is refused (closed at once, counted)" % (MAX_CLIENTS + 1))
         extra.close()
     finally:
         for s in conns:
             s.close()
-    p2p.wait_until(lambda: stats()["tcp"]["connections"] == 0, 5, "the 1000 connections gone")
+    p2p.wait_until(lambda: stats()["tcp"]["connections"] == 0, 20, "the 1000 connections gone")
     b = TcpTurn(server, "", "", "")
     check(error_code(b.request(0x0001, sign=False)) == 0,
           "after all that, Binding over TCP is answered and the node is alive")

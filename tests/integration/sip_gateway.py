@@ -78,11 +78,12 @@ def public_to_overlay(h, c, kam, named, bob_node, gws, ports):
                 return g
         return None
     g = p2p.wait_until(carrier, 10, "a proxy peer carried carol's INVITE")
-    time.sleep(1.0)  # the call is up (200/ACK) well before the 5 s hold ends
+    uas.wait_received("ACK")  # the call is up; the BYE comes 5 s later
     info("killing proxy peer %r mid-call" % g)
     port = " %d " % su.sip_port(c, g)
     t0 = time.monotonic()
     c.kill(g)
+    check(not uas.received("BYE"), "its proxy peer killed mid-call, before the BYE")
     p2p.wait_until(lambda: not any(port in r for r in named.srv()), 60,
                    "the killed proxy peer's SRV records gone", interval=0.05,
                    describe=lambda x: named.srv())
@@ -130,9 +131,10 @@ def overlay_failover(h, c, kam, alice_node, gws, ports):
                 return g
         return None
     g = p2p.wait_until(carrier, 15, "a proxy peer carried alice's INVITE")
-    time.sleep(1.0)
+    uas.wait_received("ACK")
     info("killing proxy peer %r mid-call" % g)
     c.kill(g)
+    check(not uas.received("BYE"), "its proxy peer killed mid-call, before the BYE")
     rc_uac, rc_uas = uac.wait(), uas.wait()
     check(rc_uac == 0 and rc_uas == 0,
           "alice's call to carol survives the loss of its proxy peer: the BYE fails over",

@@ -36,8 +36,7 @@ MAX_TTL = 7200
 
 
 def test(h):
-    if not su.has_sip(h.binary):
-        raise p2p.Failure("%s has no --sip option" % h.binary)
+    su.require_sip(h.binary)
     base = p2p.pick_ports(5)
     sip = su.pick_udp_tcp(5)
     turn = su.pick_udp_tcp(2)

@@ -32,26 +32,10 @@ NAMED = shutil.which("named") or "/usr/sbin/named"
 
 # Ports ------------------------------------------------------------------------
 
-def _free(port, kinds=(socket.SOCK_STREAM, socket.SOCK_DGRAM)):
-    for k in kinds:
-        s = socket.socket(socket.AF_INET, k)
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-        finally:
-            s.close()
-    return True
-
-
-def pick_udp_tcp(n, lo=20000, hi=32000, tries=60):
-    """A base port b such that b..b+n-1 are free for both UDP and TCP."""
-    rnd = random.SystemRandom()
-    for _ in range(tries):
-        base = rnd.randrange(lo, hi - n)
-        if all(_free(base + i) for i in range(n)):
-            return base
-    raise RuntimeError("no %d free UDP+TCP ports" % n)
+def pick_udp_tcp(n):
+    """A base port b such that b..b+n-1 are this test's for UDP and TCP
+    (p2p.pick_ports, which reserves both)."""
+    return p2p.pick_ports(n)
 
 
 # Nodes ------------------------------------------------------------------------
@@ -103,17 +87,24 @@ def has_sip(binary):
     return b"--sip" in r.stdout + r.stderr
 
 
+def require_sip(binary):
+    """Fail (never skip) unless the daemon has the SIP role: its absence is
+    a defect of this build, not of the machine."""
+    if not has_sip(binary):
+        raise p2p.Failure("%s --help does not mention --sip: the SIP role is missing" % binary)
+
+
 def sip_cluster(h, n, node_args=None, **kw):
     """Start n SIP nodes (node_args: index -> extra argv, or a function of
     the nodes' ids in index order that returns that, for roles that depend
     on the ring order or keys named after ids; secure=True: the secured
     mode) and wait until the ring is consistent."""
-    if not has_sip(h.binary):
-        p2p.skip("%s has no --sip option" % h.binary)
+    require_sip(h.binary)
     sub = os.path.join(h.rundir, "c%d" % len(h.clusters))
     base = p2p.pick_ports(max(n, 1))
     sip_base = pick_udp_tcp(max(n, 1) + 1)
-    c = SipCluster(sub, h.binary, sip_base, node_args=node_args, base_port=base, **kw)
+    c = SipCluster(sub, h.binary, sip_base, node_args=node_args, base_port=base,
+                   port_count=max(n, 1), **kw)
     h.clusters.append(c)
     t0 = time.monotonic()
     c.start(n)
@@ -667,6 +658,18 @@ class Sipp:
             out.append(msg)
         return out
 
+    def received(self, method):
+        """True once the trace (written as messages come) shows a request
+        of this method received."""
+        return any(m.direction == "received" and not m.is_response and m.method == method
+                   for m in self.messages())
+
+    def wait_received(self, method, timeout=15.0):
+        """Wait until this sipp has received a method request (e.g. the ACK
+        that puts a call up): a condition, not a guess of how long it takes."""
+        p2p.wait_until(lambda: self.received(method), timeout, "sipp %s received a %s" % (self.name, method),
+                       0.1, describe=lambda _: self.describe())
+
     def describe(self):
         tail = []
         for path in (self.out, self.errs):
@@ -747,7 +750,7 @@ def wait_port(port, kind=socket.SOCK_DGRAM, timeout=10.0, host=HOST):
                 return True
             except OSError:
                 pass
-        elif not _free(port, (socket.SOCK_DGRAM,)):
+        elif not p2p.port_free(port, HOST, (socket.SOCK_DGRAM,)):
             return True
         time.sleep(0.1)
     return False
@@ -766,9 +769,9 @@ def enter_netns(script, required=False):
     """Re-run script inside new network, mount and PID namespaces (so named
     can own 127.0.0.1:53, kamailio can be given its own resolv.conf without
     touching the host, and nothing started inside outlives the test: when
-    the script, PID 1 there, ends, the kernel kills the rest), or skip when
-    that is not allowed (fail, with required).  Returns only inside the
-    namespace."""
+    the script, PID 1 there, ends, the kernel kills the rest), or fail (skip
+    with P2PSIP_ALLOW_SKIP=1, unless required) when that is not allowed.
+    Returns only inside the namespace."""
     if os.environ.get(NETNS_ENV) == "1":
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
         return
@@ -776,10 +779,12 @@ def enter_netns(script, required=False):
     probe = subprocess.run([unshare] + UNSHARE_ARGS + ["true"],
                            capture_output=True) if unshare else None
     if not probe or probe.returncode != 0:
-        print("%s: cannot create namespaces (unshare %s): %s" % (
-            "FAIL" if required else "SKIP", " ".join(UNSHARE_ARGS),
-            probe.stderr.decode(errors="replace").strip() if probe else "no unshare"))
-        raise SystemExit(1 if required else p2p.SKIP)
+        why = "cannot create namespaces (unshare %s): %s" % (
+            " ".join(UNSHARE_ARGS), probe.stderr.decode(errors="replace").strip() if probe else "no unshare")
+        if required:
+            print("FAIL %s: %s" % (os.path.basename(script), why))
+            raise SystemExit(1)
+        p2p.cannot_run(os.path.basename(script), why)
     env = dict(os.environ, **{NETNS_ENV: "1"})
     os.execvpe(unshare, [unshare] + UNSHARE_ARGS +
                [os.environ.get("PYTHON", __import__("sys").executable), script], env)
@@ -1026,8 +1031,7 @@ def public_network(h):
     (named, kamailio).  Skips without sipp, kamailio, named or --sip."""
     if not SIPP or not os.path.exists(KAMAILIO) or not os.path.exists(NAMED):
         p2p.skip("needs sipp, kamailio and named")
-    if not has_sip(h.binary):
-        p2p.skip("%s has no --sip option" % h.binary)
+    require_sip(h.binary)
     private_resolv_conf(h.rundir)
     kport = pick_udp_tcp(1)
     named = Named(h, kport)

@@ -73,7 +73,7 @@ def ctl(h, sock, *args, timeout=15):
 
 def test(h):
     if not h.ctl or not os.access(h.ctl, os.X_OK):
-        p2p.skip("no p2psipctl (set P2PSIP_CTL or build build/node/p2psipctl)")
+        raise p2p.Failure("no p2psipctl (build build/node/p2psipctl, or set P2PSIP_CTL)")
     c = h.cluster(3, replicas=2)
     c.wait_consistent(timeout=40)
     a, b = c.nodes[1], c.nodes[2]

@@ -15,6 +15,10 @@ from p2p import check, info  # noqa: E402
 N = 10
 R = 2
 REFRESH = 3
+# The dead owner's key: its ttl leaves room for the kills and the ring's
+# repair on a slow machine before it must still be read, and is well above
+# REFRESH so that a refresh by anyone would show as the key outliving it.
+MORTAL_TTL = 20
 
 
 def test(h):
@@ -35,7 +39,8 @@ def test(h):
     mortal_owner = next(n for n in c.alive() if n is not writer and n not in holders)
     short = next(k for k in ("sip:mortal%d@overlay.test" % i for i in range(10000))
                  if not set(p2p.responsible_nodes(p2p.key_id(k), ids, R)) & {mortal_owner.id, *(x.id for x in holders)})
-    p2p.put(mortal_owner, short, "mortal", ttl=REFRESH + 4)
+    t_put = time.monotonic()
+    p2p.put(mortal_owner, short, "mortal", ttl=MORTAL_TTL)
 
     t0 = time.monotonic()
     for x in holders + [mortal_owner]:
@@ -43,6 +48,16 @@ def test(h):
     c.wait_consistent(timeout=30)
     info("killed both holders and the owner of the short key; ring consistent after %.1fs" % (time.monotonic() - t0))
     survivors = c.alive()
+
+    def mortal():
+        try:
+            return [v.get("value") for v in p2p.get_values(survivors[-1], short)]
+        except p2p.GetError as e:
+            return e
+    p2p.wait_until(lambda: mortal() == ["mortal"], 10, "the dead owner's key readable", describe=lambda _: mortal())
+    seen = time.monotonic() - t_put
+    check(seen < MORTAL_TTL, "a key whose owner died is still readable before its ttl (%.1fs of %ds)"
+          % (seen, MORTAL_TTL))
 
     def back():
         vals = p2p.get_values(survivors[-1], key)
@@ -52,15 +67,12 @@ def test(h):
     check(vals[0].get("owner") == writer.id,
           "every copy killed: the owner re-stored the key within %.1fs (refresh %ds)" % (time.monotonic() - t1, REFRESH))
 
-    vals = p2p.get_values(survivors[-1], short)
-    check([v.get("value") for v in vals] == ["mortal"], "a key whose owner died is still readable before its ttl")
-    left = REFRESH + 4 - (time.monotonic() - t0)
-    time.sleep(max(0.0, left) + 1.5)
-    try:
-        vals = p2p.get_values(survivors[-1], short)
-    except p2p.GetError as e:
-        vals = e
-    check(vals == [], "... and gone once its ttl ran out: nobody refreshes for a dead owner", vals)
+    # A refresh by anyone would reset its ttl, and it would outlive the wait.
+    p2p.wait_until(lambda: mortal() == [], MORTAL_TTL + 2 * REFRESH + 10 - (time.monotonic() - t_put),
+                   "the dead owner's key expires", describe=lambda _: mortal())
+    gone = time.monotonic() - t_put
+    check(gone >= MORTAL_TTL - 1, "... and gone once its ttl ran out, not before (%.1fs after the put, ttl %ds):"
+          " nobody refreshes for a dead owner" % (gone, MORTAL_TTL))
 
 
 if __name__ == "__main__":

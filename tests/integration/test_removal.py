@@ -40,7 +40,10 @@ def test(h):
     for n in first[1:]:
         c.launch(n, [first[0]])
     c.wait_up(first[1:])
-    c.wait_consistent(timeout=60)
+    # Whole successor lists, not just the neighbours: the put goes to P's
+    # first two successors, and a put made while P knows one of them
+    # stores 2 copies.
+    c.wait_consistent(timeout=60, succ_len=8, full_succ=True)
 
     owner = nodes["owner"]
     r = p2p.put(owner, NAME, {"contact": "sip:carol@192.0.2.7"}, ttl=600)

@@ -95,12 +95,17 @@ def test(h):
     vals = get_or_error(rnd.choice(nodes), "sip:never-put@overlay.test")
     check(vals == [], "get of a key never put: no values (empty list, or ok:false saying not found)", vals)
 
-    p2p.put(a, "sip:short@overlay.test", "brief", ttl=2)
+    # ttl 5: long enough that a slow machine still reads it before it runs
+    # out; then it must go (bounded), and not before its ttl.
+    t0 = time.monotonic()
+    p2p.put(a, "sip:short@overlay.test", "brief", ttl=5)
     vals = p2p.get_values(b, "sip:short@overlay.test")
-    check(len(vals) == 1 and vals[0].get("value") == "brief", "ttl 2: readable at once", vals)
-    time.sleep(3.5)
-    vals = get_or_error(b, "sip:short@overlay.test")
-    check(vals == [], "ttl 2: gone after 3.5 s", vals)
+    check(len(vals) == 1 and vals[0].get("value") == "brief", "ttl 5: readable at once (%.1fs)"
+          % (time.monotonic() - t0), vals)
+    p2p.wait_until(lambda: get_or_error(b, "sip:short@overlay.test") == [], 20, "ttl 5: the value expires",
+                   describe=lambda _: get_or_error(b, "sip:short@overlay.test"))
+    took = time.monotonic() - t0
+    check(took >= 4, "ttl 5: gone after %.1fs, not before its ttl" % took)
 
 
 if __name__ == "__main__":
