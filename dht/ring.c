@@ -421,12 +421,26 @@ static void on_vouch_ping(dht_t *d, int status, const proto_frame_t *f, const dh
   free(x);
 }
 
+/* Would adopt() take x as a successor or a finger?  Only then is a
+ * second-hand node worth a ping (a TLS handshake, most of the time): a
+ * joining node hears of dozens, and checking each made a join storm of
+ * hundreds of nodes feed itself. */
+static bool would_adopt(const dht_t *d, const dht_node_t *x) {
+  if (d->joined && d->n_succ > 0 && dht__between(&x->id, &d->self.id, &d->succ[0].id)) return true;
+  for (int i = dht__id_top_bit(&x->id, &d->self.id); i >= 0; i--) {
+    if (!d->finger_ok[i]) continue;
+    return dht__between(&x->id, &d->self.id, &d->finger[i].id) && !dht__node_eq(x, &d->finger[i]);
+  }
+  return false;
+}
+
 void dht__ring_saw(dht_t *d, const dht_node_t *x) {
   if (is_self(d, x) || d->leaving || dead_recently(d, x)) return;
   if (!d->tls || dht__id_eq(vouch_slot(d, &x->id), &x->id)) {
     adopt(d, x);
     return;
   }
+  if (!would_adopt(d, x)) return;
   if (d->vouch_inflight >= VOUCH_INFLIGHT) return; /* it will be named again */
   dht_node_t *copy = malloc(sizeof(*copy));
   if (!copy) return;

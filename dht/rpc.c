@@ -722,7 +722,13 @@ int dht__rpc_call(dht_t *d, const dht_node_t *to, uint8_t type, const uint8_t *b
   p->txid = ++d->next_txid ? d->next_txid : ++d->next_txid;
   uv_timer_init(d->loop, &p->timer);
   p->timer.data = p;
-  uv_timer_start(&p->timer, pending_timeout, d->rpc_timeout, 0);
+  /* A request that waits for a TLS handshake gets the handshake's time
+   * too: on a loaded machine handshakes queue up, and a timeout here would
+   * drop the half-made link, count its node as dead and start the same
+   * work over (a join storm never converged that way). */
+  unsigned ms = d->rpc_timeout;
+  if (d->tls && !c->ready) ms += d->limits.hello_ms / 2;
+  uv_timer_start(&p->timer, pending_timeout, ms, 0);
   p->next = d->pending;
   d->pending = p;
   conn_send(c, type, p->txid, body, len);
