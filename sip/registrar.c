@@ -486,6 +486,12 @@ static long contact_expires(const sip_t *sip, const sip_contact_t *m)
 static int check_contacts(rtx_t *x, long *too_brief)
 {
   const sip_t *sip = x->sip;
+  /* What the user record cannot hold would be stored as a record nobody
+   * decodes (or not stored at all): the phone would seem registered yet
+   * be unreachable. */
+  if (!sip__record_text_ok(x->aor, SIP_REC_MAX_TEXT) ||
+      !sip__record_text_ok(sip->sip_call_id->i_id, SIP_REC_MAX_TEXT))
+    return 400;
   for (const sip_contact_t *m = sip->sip_contact; m; m = m->m_next) {
     if (m->m_url->url_type == url_any) { /* "*" */
       if (m != sip->sip_contact || m->m_next || !sip->sip_expires ||
@@ -514,6 +520,9 @@ static int check_contacts(rtx_t *x, long *too_brief)
     in->uri = url_e(u, sizeof u, m->m_url) > 0 ? strdup(u) : NULL;
     if (!in->contact || !in->uri)
       return 500;
+    if (!sip__record_text_ok(in->contact, SIP_REC_MAX_CONTACT) ||
+        !sip__record_text_ok(in->uri, SIP_REC_MAX_TEXT))
+      return 400;
   }
   return 0;
 }

@@ -211,6 +211,13 @@ typedef struct {
   int32_t remaining; /* seconds until the contact expires; <= 0: expired */
   char vid[DHT_ID_HEX + 8];
 } sip_binding_t;
+/* Longest text decode takes in these fields: the registrar refuses a
+ * REGISTER whose record would not decode (registered, yet unreachable). */
+#define SIP_REC_MAX_TEXT 512 /* aor, uri, call_id */
+#define SIP_REC_MAX_CONTACT 1024
+/* Nonzero when s can be such a field: UTF-8 (all JSON holds) of at most
+ * max bytes. */
+int sip__record_text_ok(const char *s, size_t max);
 char *sip__binding_encode(const sip_binding_t *b, uint32_t expires);
 int sip__binding_decode(const dht_value_t *v, sip_binding_t *out); /* malloc'd strings */
 void sip__binding_clear(sip_binding_t *b);
