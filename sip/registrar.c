@@ -416,7 +416,7 @@ static void rtx_done(rtx_t *x, int status, const char *phrase)
 
 /* The Contact header value as stored: display name, URI and parameters
  * other than expires and q (the registrar states those itself). */
-static char *contact_value(const sip_contact_t *m)
+char *sip__contact_value(const sip_contact_t *m)
 {
   char url[1024];
   if (url_e(url, sizeof url, m->m_url) <= 0 || strlen(url) >= sizeof url - 1)
@@ -438,7 +438,7 @@ static char *contact_value(const sip_contact_t *m)
 }
 
 /* q-value "0.5" or "1.000" -> 500, 1000; -1 when malformed. */
-static int parse_q(const char *q)
+int sip__parse_q(const char *q)
 {
   if (!q)
     return 1000;
@@ -467,7 +467,7 @@ static int parse_q(const char *q)
 
 /* Seconds asked for one contact (10.2.1.1): its expires parameter, else
  * the Expires header, else our default.  -1 when malformed. */
-static long contact_expires(const sip_t *sip, const sip_contact_t *m)
+long sip__contact_expires(const sip_t *sip, const sip_contact_t *m)
 {
   if (m->m_expires) {
     char *end;
@@ -505,8 +505,8 @@ static int check_contacts(rtx_t *x, long *too_brief)
     if ((m->m_url->url_type != url_sip && m->m_url->url_type != url_sips) ||
         !m->m_url->url_host)
       return 400;
-    long exp = contact_expires(sip, m);
-    int q = parse_q(m->m_q);
+    long exp = sip__contact_expires(sip, m);
+    int q = sip__parse_q(m->m_q);
     if (exp < 0 || q < 0)
       return 400;
     if (exp > 0 && exp < SIP_MIN_EXPIRES) {
@@ -515,7 +515,7 @@ static int check_contacts(rtx_t *x, long *too_brief)
     }
     intent_t *in = &x->in[x->n_in++];
     in->m = m, in->expires = (uint32_t)exp, in->q1000 = q, in->match = -1;
-    in->contact = contact_value(m);
+    in->contact = sip__contact_value(m);
     char u[1024];
     in->uri = url_e(u, sizeof u, m->m_url) > 0 ? strdup(u) : NULL;
     if (!in->contact || !in->uri)

@@ -201,6 +201,13 @@ void sip__reg_sweep(sip_svc_t *s);
 void sip__reg_free_all(sip_svc_t *s);
 json_t *sip__regs_json(const sip_svc_t *s);
 size_t sip__regs_count(const sip_svc_t *s);
+/* A REGISTER's Contact as the user record stores it: display name, URI
+ * and parameters other than expires and q (malloc'd; NULL when it does not
+ * fit); its q-value times 1000 (1000 when q is NULL, -1 when malformed);
+ * and the seconds it asks for, capped at SIP_MAX_EXPIRES (-1: malformed). */
+char *sip__contact_value(const sip_contact_t *m);
+int sip__parse_q(const char *q);
+long sip__contact_expires(const sip_t *sip, const sip_contact_t *m);
 
 /* record.c: the user record stored in the DHT. */
 typedef struct {
@@ -280,6 +287,10 @@ void sip__gateway_stop(sip_svc_t *s, void (*done)(sip_svc_t *s));
 int sip__peers_get(sip_svc_t *s, void (*cb)(sip_svc_t *, void *, int), void *ctx);
 void sip__peer_failed(sip_svc_t *s, const char *uri);
 void sip__peers_free(sip_svc_t *s);
+/* The proxy-peer value's body (malloc'd, NULL when out of memory), and
+ * its decoder for values from other nodes: 0 with p set, or -EINVAL. */
+char *sip__peer_encode(const char *uri, const char *node);
+int sip__peer_decode(const dht_value_t *v, sip_peer_t *p);
 /* For the DNS clean-up: asks the DHT (no cache) for the values under
  * sip:OVERLAY and passes their owners and value ids to sip__dnsreg_peers()
  * (later, never from inside this call); -errno if it cannot ask. */
@@ -293,5 +304,13 @@ void sip__dnsreg_free(sip_svc_t *s);
 /* The proxy peers in the DHT for the clean-up of crashed peers' records:
  * status < 0 when the DHT gave no complete answer; ids borrowed. */
 void sip__dnsreg_peers(sip_svc_t *s, int status, const dht_id_t *ids, size_t n);
+/* The clean-up's reading of an answer to "SRV asked": each SRV record of
+ * asked naming a "pp-<12 hex>.zone" target other than self is cloned onto
+ * *seen (made when NULL); one naming self sets *self_found.  Returns 0,
+ * -EINVAL when the answer is not to that question, or -ENOMEM. */
+struct ldns_struct_pkt;
+struct ldns_struct_rr_list;
+int sip__dns_srv_collect(const struct ldns_struct_pkt *pkt, const char *asked, const char *zone,
+                         const char *self, struct ldns_struct_rr_list **seen, int *self_found);
 
 #endif
