@@ -503,7 +503,7 @@ static int check_contacts(rtx_t *x, long *too_brief)
     if (x->n_in >= SIP_MAX_CONTACTS)
       return 403;
     if ((m->m_url->url_type != url_sip && m->m_url->url_type != url_sips) ||
-        !m->m_url->url_host)
+        !m->m_url->url_host || !host_is_valid(m->m_url->url_host))
       return 400;
     long exp = sip__contact_expires(sip, m);
     int q = sip__parse_q(m->m_q);

@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sofia-sip/hostdomain.h>
+
 #include "sip/sip_int.h"
 #include "tests/fuzz/fuzz.h"
 
@@ -64,7 +66,7 @@ static void check_contact(su_home_t *home, const sip_t *sip, const sip_contact_t
     CHECK(r->m_expires && strtol(r->m_expires, NULL, 10) == exp && sip__parse_q(r->m_q) == q);
   }
   char uri[1024];
-  if (sip->sip_call_id && url_e(uri, sizeof uri, m->m_url) > 0)
+  if (url_e(uri, sizeof uri, m->m_url) > 0)
     check_record(cv, uri, sip->sip_call_id->i_id);
   free(cv);
 }
@@ -72,12 +74,13 @@ static void check_contact(su_home_t *home, const sip_t *sip, const sip_contact_t
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   msg_t *msg = msg_make(sip_default_mclass(), 0, data, (ssize_t)size);
   sip_t *sip = msg ? sip_object(msg) : NULL;
-  if (sip) {
+  if (sip && sip_sanity_check(sip) == 0) { /* else nta answers 400 itself */
     su_home_t home[1] = {SU_HOME_INIT(home)};
     int n = 0;
-    /* The Contacts check_contacts() looks at: sip or sips URIs with a host. */
+    /* The Contacts check_contacts() takes: sip or sips URIs with a host. */
     for (const sip_contact_t *m = sip->sip_contact; m && n < SIP_MAX_CONTACTS; m = m->m_next, n++)
-      if ((m->m_url->url_type == url_sip || m->m_url->url_type == url_sips) && m->m_url->url_host)
+      if ((m->m_url->url_type == url_sip || m->m_url->url_type == url_sips) && m->m_url->url_host &&
+          host_is_valid(m->m_url->url_host))
         check_contact(home, sip, m);
     su_home_deinit(home);
   }
