@@ -419,7 +419,10 @@ static void rtx_done(rtx_t *x, int status, const char *phrase)
 char *sip__contact_value(const sip_contact_t *m)
 {
   char url[1024];
-  if (url_e(url, sizeof url, m->m_url) <= 0 || strlen(url) >= sizeof url - 1)
+  /* url_e() returns the length it needs and skips what does not fit,
+   * leaving those bytes unset: only a whole URL is taken. */
+  issize_t ul = url_e(url, sizeof url, m->m_url);
+  if (ul <= 0 || (size_t)ul >= sizeof url)
     return NULL;
   char buf[2048];
   int named = m->m_display && m->m_display[0];
@@ -503,8 +506,8 @@ static int check_contacts(rtx_t *x, long *too_brief)
     if (x->n_in >= SIP_MAX_CONTACTS)
       return 403;
     if ((m->m_url->url_type != url_sip && m->m_url->url_type != url_sips) ||
-        !m->m_url->url_host || !host_is_valid(m->m_url->url_host))
-      return 400;
+        !m->m_url->url_host || !host_is_valid(m->m_url->url_host) || m->m_url->url_path)
+      return 400; /* a SIP URI has no path: sofia would print "sip:h/p" as "sip:hp" */
     long exp = sip__contact_expires(sip, m);
     int q = sip__parse_q(m->m_q);
     if (exp < 0 || q < 0)
@@ -515,9 +518,12 @@ static int check_contacts(rtx_t *x, long *too_brief)
     }
     intent_t *in = &x->in[x->n_in++];
     in->m = m, in->expires = (uint32_t)exp, in->q1000 = q, in->match = -1;
-    in->contact = sip__contact_value(m);
     char u[1024];
-    in->uri = url_e(u, sizeof u, m->m_url) > 0 ? strdup(u) : NULL;
+    issize_t ul = url_e(u, sizeof u, m->m_url); /* as in sip__contact_value() */
+    if (ul <= 0 || ul > SIP_REC_MAX_TEXT)
+      return 400;
+    in->contact = sip__contact_value(m);
+    in->uri = strdup(u);
     if (!in->contact || !in->uri)
       return 500;
     if (!sip__record_text_ok(in->contact, SIP_REC_MAX_CONTACT) ||

@@ -75,6 +75,9 @@ def cases():
         "Contact: <sip:m@%s:5999>;x=%s" % (HOST, "a" * 1100)])
     yield "Call-ID longer than a user record holds", req(headers=["Call-ID: %s@%s" % ("c" * 600, HOST)])
     yield "Contact host not a host name", req(headers=["Contact: sip:m@>"])
+    yield "Contact with a path", req(headers=["Contact: <sip:m@%s/x:5999>" % HOST])
+    yield "Contact URI longer than a user record holds", req(headers=[
+        "Contact: <sip:m@%s:5999;x=%s>" % (HOST, "a" * 1100)])
     yield "many Vias", req(method="MESSAGE", ruri="sip:bob@" + OVERLAY, headers=[
         "Via: " + ", ".join("SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bK%d" % (6000 + i, i) for i in range(200))])
     yield "many Routes to self", None  # filled in by the test (needs the node's address)
