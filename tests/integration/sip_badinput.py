@@ -76,6 +76,7 @@ def cases():
     yield "Call-ID longer than a user record holds", req(headers=["Call-ID: %s@%s" % ("c" * 600, HOST)])
     yield "Contact host not a host name", req(headers=["Contact: sip:m@>"])
     yield "Contact with a path", req(headers=["Contact: <sip:m@%s/x:5999>" % HOST])
+    yield "Contact with '>' in its password", req(headers=["Contact: sip:m:5>x@%s:5999" % HOST])
     yield "Contact URI longer than a user record holds", req(headers=[
         "Contact: <sip:m@%s:5999;x=%s>" % (HOST, "a" * 1100)])
     yield "many Vias", req(method="MESSAGE", ruri="sip:bob@" + OVERLAY, headers=[
