@@ -206,10 +206,10 @@ size_t sip__regs_count(const sip_svc_t *s);
  * fit); its q-value times 1000 (1000 when q is NULL, -1 when malformed);
  * and the seconds it asks for, capped at SIP_MAX_EXPIRES (-1: malformed). */
 char *sip__contact_value(const sip_contact_t *m);
-/* Nonzero when a stored Contact value parses as one Contact of that URI. */
-int sip__contact_reads_back(const char *value, const url_t *url);
 int sip__parse_q(const char *q);
 long sip__contact_expires(const sip_t *sip, const sip_contact_t *m);
+/* Nonzero when a stored Contact value parses as one Contact of that URI. */
+int sip__contact_reads_back(const char *value, const url_t *url);
 
 /* record.c: the user record stored in the DHT. */
 typedef struct {
