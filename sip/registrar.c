@@ -441,8 +441,8 @@ char *sip__contact_value(const sip_contact_t *m)
 }
 
 /* sofia prints some URIs it parses in a form that parses as another URI
- * ("sip:h/p" as "sip:hp", a '>' in a password unescaped), so what would be
- * stored and listed is read back first. */
+ * (a '>' in a password unescaped), so what would be stored and listed is
+ * read back first. */
 int sip__contact_reads_back(const char *value, const url_t *url)
 {
   su_home_t home[1] = {SU_HOME_INIT(home)};
@@ -518,8 +518,8 @@ static int check_contacts(rtx_t *x, long *too_brief)
     if (x->n_in >= SIP_MAX_CONTACTS)
       return 403;
     if ((m->m_url->url_type != url_sip && m->m_url->url_type != url_sips) ||
-        !m->m_url->url_host || !host_is_valid(m->m_url->url_host))
-      return 400;
+        !m->m_url->url_host || !host_is_valid(m->m_url->url_host) || m->m_url->url_path)
+      return 400; /* a SIP URI has no path, and sofia prints one inconsistently */
     long exp = sip__contact_expires(sip, m);
     int q = sip__parse_q(m->m_q);
     if (exp < 0 || q < 0)
