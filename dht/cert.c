@@ -466,16 +466,33 @@ const dht_cert_t *dht_cert_creds_cert(const dht_cert_creds_t *c) { return &c->ce
 
 /* Replaces libssl's chain check: the chain must end at our CA in one step
  * and the peer must be a node of our overlay. */
+/* A peer's certificate seen before is found in the cache of verified
+ * certificates (dht_cert_check) by its fingerprint, and its CA signature is
+ * not checked again on every handshake: a signature check is a third of a
+ * handshake's CPU here.  A new one is verified in full, so the refusal
+ * says why, and then cached. */
 static int tls_verify(X509_STORE_CTX *sctx, void *arg) {
-  const dht_cert_ca_t *ca = arg;
-  X509_STORE_CTX_set_depth(sctx, 0);
-  if (X509_verify_cert(sctx) != 1) return 0;
-  dht_cert_info_t info;
-  if (leaf_of(ca, X509_STORE_CTX_get0_cert(sctx), &info, NULL, 0) || info.kind != DHT_CERT_NODE) {
-    X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
-    return 0;
+  dht_cert_ca_t *ca = arg;
+  X509 *x = X509_STORE_CTX_get0_cert(sctx);
+  unsigned char *der = NULL;
+  int len = x ? i2d_X509(x, &der) : -1;
+  uint8_t fp[DHT_CERT_FP_LEN];
+  unsigned n = 0;
+  const dht_cert_t *c;
+  int ok = len > 0 && EVP_Digest(der, (size_t)len, fp, &n, EVP_sha256(), NULL) &&
+           dht_cert_find(ca, fp, &c) == 0 && c->info.kind == DHT_CERT_NODE;
+  if (!ok) {
+    X509_STORE_CTX_set_depth(sctx, 0);
+    dht_cert_info_t info;
+    ok = X509_verify_cert(sctx) == 1;
+    if (ok && (leaf_of(ca, x, &info, NULL, 0) || info.kind != DHT_CERT_NODE)) {
+      X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
+      ok = 0;
+    }
+    if (ok) dht_cert_check(ca, der, (size_t)len, &c, NULL, 0);
   }
-  return 1;
+  OPENSSL_free(der);
+  return ok;
 }
 
 int dht_cert_tls_ctx(dht_cert_ca_t *ca, const dht_cert_creds_t *self, SSL_CTX **out, char *err,

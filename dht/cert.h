@@ -38,7 +38,7 @@
 #define DHT_CERT_SIG_LEN 64    /* Ed25519, or ECDSA P-256 as r and s (32 bytes each) */
 #define DHT_CERT_MAX_USER 64   /* user part of sip:USER@OVERLAY */
 #define DHT_CERT_MAX_OVERLAY 253
-#define DHT_CERT_CACHE 256     /* verified certificates kept per CA */
+#define DHT_CERT_CACHE 96      /* verified certificates kept per CA (a parsed one is a few KiB) */
 
 enum dht_cert_kind { DHT_CERT_CA = 1, DHT_CERT_NODE = 2, DHT_CERT_USER = 3 };
 /* Key types.  Ed25519: deterministic signatures, node certificates of 416

@@ -122,7 +122,7 @@ static void on_put(dht_t *d, int status, int replicas, void *arg) {
 static json_t *cmd_put(node_t *n, json_t *req, node_reply_fn reply, void *arg) {
   json_t *key = json_object_get(req, "key"), *value = json_object_get(req, "value");
   json_t *ttl = json_object_get(req, "ttl"), *vid = json_object_get(req, "value_id");
-  char *body = json_dumps(value, JSON_COMPACT | JSON_ENCODE_ANY);
+  char *body = node__put_body(value);
   if (!body) return fail("put: cannot encode value");
   pending_t *p = pending_new(n, reply, arg);
   int err = p ? dht_put(n->dht, json_string_value(key), vid ? json_string_value(vid) : NULL,
@@ -147,17 +147,7 @@ static void on_get(dht_t *d, int status, const dht_value_t *vals, size_t nv, int
     return;
   }
   json_t *list = json_array();
-  for (size_t i = 0; i < nv; i++) {
-    json_error_t je;
-    json_t *v = json_loadb((const char *)vals[i].body, vals[i].body_len, JSON_DECODE_ANY, &je);
-    if (!v) v = json_stringn((const char *)vals[i].body, vals[i].body_len);
-    if (!v) v = json_null(); /* not JSON and not UTF-8: say so rather than fail */
-    char owner[DHT_ID_HEX];
-    dht_id_hex(&vals[i].owner, owner);
-    json_array_append_new(list, json_pack("{s:o, s:s, s:I, s:s, s:I}", "value", v, "owner", owner,
-                                          "expires_in", (json_int_t)vals[i].expires_in,
-                                          "value_id", vals[i].vid, "kind", (json_int_t)vals[i].kind));
-  }
+  for (size_t i = 0; i < nv; i++) json_array_append_new(list, node__value_json(&vals[i]));
   p->reply(p->n, json_pack("{s:b, s:o, s:i}", "ok", 1, "values", list, "hops", hops), p->arg);
   free(p);
 }

@@ -58,6 +58,9 @@ typedef struct {
 int node_opts_parse(int argc, char **argv, node_opts_t *o, char *err, size_t errlen);
 void node_opts_free(node_opts_t *o);
 void node_usage(FILE *f);
+/* Apply a config file's parsed contents over o (path names the file in
+ * err).  Returns 0, or -1 with err. */
+int node__config_apply(node_opts_t *o, json_t *root, const char *path, char *err, size_t len);
 
 typedef struct node node_t;
 
@@ -128,6 +131,12 @@ void node_admin_dispatch(node_t *n, json_t *req, node_reply_fn reply, void *arg)
  * command names.  Returns the object (caller owns it) or NULL with err. */
 json_t *node_request_parse(const char *line, size_t n, const char *const *extra, char *err, size_t len);
 int node_request_check(json_t *req, const char *const *extra, char *err, size_t len);
+/* A put's value as the body stored (malloc'd; NULL when it cannot be
+ * encoded), and a value from the DHT as get's answer lists it (a new
+ * reference): {"value","owner","expires_in","value_id","kind"}, the body
+ * as JSON, else as a string, else null. */
+char *node__put_body(json_t *value);
+json_t *node__value_json(const dht_value_t *v);
 /* Commands the roles add (checked by their handlers): NULL-terminated. */
 extern const char *const node_role_commands[];
 /* Public or not (public.c): start the checks; status JSON. */

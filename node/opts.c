@@ -400,13 +400,7 @@ static int config_apply(node_opts_t *o, const opt_def_t *def, json_t *v, char *e
   return -1;
 }
 
-static int config_load(node_opts_t *o, const char *path, char *err, size_t len) {
-  json_error_t je;
-  json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
-  if (!root) {
-    snprintf(err, len, "config %s: line %d: %s", path, je.line, je.text);
-    return -1;
-  }
+int node__config_apply(node_opts_t *o, json_t *root, const char *path, char *err, size_t len) {
   int rc = 0;
   const char *key;
   json_t *v;
@@ -430,6 +424,17 @@ static int config_load(node_opts_t *o, const char *path, char *err, size_t len) 
     }
     if (rc) break;
   }
+  return rc;
+}
+
+static int config_load(node_opts_t *o, const char *path, char *err, size_t len) {
+  json_error_t je;
+  json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+  if (!root) {
+    snprintf(err, len, "config %s: line %d: %s", path, je.line, je.text);
+    return -1;
+  }
+  int rc = node__config_apply(o, root, path, err, len);
   json_decref(root);
   return rc;
 }

@@ -1,6 +1,6 @@
-/* Admin request validation: pure (jansson only), so that the fuzzer and
- * the unit tests reach it without a running node.  The commands in
- * commands.c trust what passes here. */
+/* Admin request validation, and the JSON of the values put and got: pure
+ * (jansson only), so that the fuzzers and the unit tests reach it without a
+ * running node.  The commands in commands.c trust what passes here. */
 #include <stdio.h>
 #include <string.h>
 
@@ -147,4 +147,17 @@ json_t *node_request_parse(const char *line, size_t n, const char *const *extra,
     return NULL;
   }
   return req;
+}
+
+char *node__put_body(json_t *value) { return json_dumps(value, JSON_COMPACT | JSON_ENCODE_ANY); }
+
+json_t *node__value_json(const dht_value_t *v) {
+  json_error_t je;
+  json_t *j = json_loadb((const char *)v->body, v->body_len, JSON_DECODE_ANY, &je);
+  if (!j) j = json_stringn((const char *)v->body, v->body_len);
+  if (!j) j = json_null(); /* not JSON and not UTF-8: say so rather than fail */
+  char owner[DHT_ID_HEX];
+  dht_id_hex(&v->owner, owner);
+  return json_pack("{s:o, s:s, s:I, s:s, s:I}", "value", j, "owner", owner, "expires_in",
+                   (json_int_t)v->expires_in, "value_id", v->vid, "kind", (json_int_t)v->kind);
 }

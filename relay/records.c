@@ -63,13 +63,18 @@ static void record_name(const relay_t *r, char *out, size_t len) {
   snprintf(out, len, "turn:%s", r->overlay);
 }
 
+char *relay__record_encode(const char *addr) {
+  json_t *body = json_pack("{ss s[ss]}", "addr", addr, "transports", "udp", "tcp");
+  char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+  json_decref(body);
+  return text;
+}
+
 static void publish(relay_t *r) {
   char name[300], addr[64];
   record_name(r, name, sizeof(name));
   relay_addr(r, addr, sizeof(addr));
-  json_t *body = json_pack("{ss s[ss]}", "addr", addr, "transports", "udp", "tcp");
-  char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-  json_decref(body);
+  char *text = relay__record_encode(addr);
   relay_op_t *op = text ? op_new(r) : NULL;
   if (op)
     op_started(op, dht_put(r->dht, name, NULL, DHT_KIND_RELAY, text, strlen(text), r->record_ttl,
@@ -132,7 +137,7 @@ typedef struct {
 } list_ctx_t;
 
 /* One value's body as a list entry, or NULL if it is not a relay's. */
-static json_t *entry_of(const dht_value_t *v) {
+json_t *relay__record_entry(const dht_value_t *v) {
   json_t *body = json_loadb((const char *)v->body, v->body_len, 0, NULL);
   json_t *addr = json_object_get(body, "addr"), *tr = json_object_get(body, "transports");
   json_t *e = NULL;
@@ -151,7 +156,7 @@ static void on_list(dht_t *d, int status, const dht_value_t *v, size_t n, int ho
   if (status == DHT_OK || status == DHT_ENOTFOUND) {
     out = json_array();
     for (size_t i = 0; status == DHT_OK && i < n; i++) {
-      json_t *e = entry_of(&v[i]);
+      json_t *e = relay__record_entry(&v[i]);
       if (e) json_array_append_new(out, e);
     }
   }

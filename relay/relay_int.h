@@ -259,6 +259,11 @@ void relay__tcp_close_all(relay_t *r);
  * been quiet for tcp_idle seconds. */
 void relay__tcp_sweep(relay_t *r, uint64_t now);
 int relay__tcp_send(relay_conn_t *c, const void *p, size_t n);
+/* How the stream in p[0..n) starts: a complete STUN or ChannelData
+ * message of the returned size, PROTO_NEED_MORE, or a negative PROTO_E*
+ * code that closes the connection (PROTO_ETOOBIG: the message declares
+ * more than RELAY_TCP_BUF bytes). */
+long relay__tcp_frame(const uint8_t *p, size_t n);
 relay_alloc_t *relay__conn_alloc(const relay_conn_t *c);
 void relay__conn_set_alloc(relay_conn_t *c, relay_alloc_t *a);
 json_t *relay__tcp_stats(const relay_t *r);
@@ -269,5 +274,10 @@ int relay__records_stop(relay_t *r);
 /* server.c: the withdrawal finished (or timed out); close the rest. */
 void relay__records_stopped(relay_t *r);
 void relay__records_detach(relay_t *r);
+/* The turn: value's body for addr (malloc'd, NULL when out of memory), and
+ * a value from any node as an entry of relay_list()'s array (a new
+ * reference), or NULL when it is not a relay's. */
+char *relay__record_encode(const char *addr);
+json_t *relay__record_entry(const dht_value_t *v);
 
 #endif

@@ -112,6 +112,12 @@ static long frame(const uint8_t *p, size_t n) {
   return proto_stun_frame(p, n);
 }
 
+long relay__tcp_frame(const uint8_t *p, size_t n) {
+  long m = frame(p, n);
+  if (m == PROTO_NEED_MORE && declared_len(p, n) > RELAY_TCP_BUF) return PROTO_ETOOBIG;
+  return m;
+}
+
 static void bad_stream(relay_conn_t *c, const char *why) {
   char a[64];
   struct sockaddr_storage ss;
@@ -128,17 +134,12 @@ static void drain(relay_conn_t *c) {
   while (!c->closing && off < c->len) {
     const uint8_t *p = c->buf + off;
     size_t n = c->len - off;
-    long m = frame(p, n);
-    if (m == PROTO_NEED_MORE) {
-      if (declared_len(p, n) > RELAY_TCP_BUF) {
-        r->c.dropped_malformed++;
-        bad_stream(c, "message longer than the stream buffer");
-      }
-      break;
-    }
+    long m = relay__tcp_frame(p, n);
+    if (m == PROTO_NEED_MORE) break;
     if (m < 0) {
       r->c.dropped_malformed++;
-      bad_stream(c, "not STUN or ChannelData");
+      bad_stream(c, m == PROTO_ETOOBIG ? "message longer than the stream buffer"
+                                       : "not STUN or ChannelData");
       break;
     }
     c->last_msg = relay__now_ms(r);

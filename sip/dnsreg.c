@@ -406,14 +406,14 @@ static int dname_text(const ldns_rdf *rdf, char *out, size_t len)
 
 /* Nonzero for "pp-<12 hex>.ZONE." exactly: the only names we may delete.
  * ldns prints unusual bytes of a label as \DDD, which no hex test passes. */
-static int is_pp_name(const sip_dnsreg_t *d, const char *name)
+static int is_pp_name(const char *zone, const char *name)
 {
-  if (strncmp(name, "pp-", 3) != 0 || strlen(name) != 16 + strlen(d->zone) || name[15] != '.')
+  if (strncmp(name, "pp-", 3) != 0 || strlen(name) != 16 + strlen(zone) || name[15] != '.')
     return 0;
   for (int i = 3; i < 15; i++)
     if (!isdigit((unsigned char)name[i]) && !(name[i] >= 'a' && name[i] <= 'f'))
       return 0;
-  return strcmp(name + 16, d->zone) == 0;
+  return strcmp(name + 16, zone) == 0;
 }
 
 static void on_kick(uv_timer_t *t);
@@ -499,26 +499,31 @@ static void gc_query(sip_dnsreg_t *d, const char *label, enum gc_phase phase)
   gc_ask(d, owner, LDNS_RR_TYPE_SRV, phase);
 }
 
-/* Nonzero when the answer is to the one question we asked: (asked, type). */
-static int question_ok(const sip_dnsreg_t *d, ldns_pkt *pkt, ldns_rr_type type)
+/* Nonzero when pkt answers the one question (asked, type). */
+static int question_is(const ldns_pkt *pkt, const char *asked, ldns_rr_type type)
 {
   char name[GC_HOST_LEN];
   const ldns_rr_list *q = ldns_pkt_question(pkt);
   return ldns_rr_list_rr_count(q) == 1 && ldns_rr_get_type(ldns_rr_list_rr(q, 0)) == type &&
          dname_text(ldns_rr_owner(ldns_rr_list_rr(q, 0)), name, sizeof name) == 0 &&
-         strcmp(name, d->asked) == 0;
+         strcmp(name, asked) == 0;
 }
 
-/* Keeps the SRV records of the answer that name a pp- target.  The answer
- * is untrusted even when signed: at most GC_MAX_SRV records are looked
- * at, and each must be an SRV of the name asked, in class IN, with four
- * fields whose last is a domain name. */
-static int gc_collect(sip_dnsreg_t *d, ldns_pkt *pkt)
+static int question_ok(const sip_dnsreg_t *d, ldns_pkt *pkt, ldns_rr_type type)
+{
+  return question_is(pkt, d->asked, type);
+}
+
+/* The answer is untrusted even when signed: at most GC_MAX_SRV records are
+ * looked at, and each must be an SRV of the name asked, in class IN, with
+ * four fields whose last is a domain name. */
+int sip__dns_srv_collect(const ldns_pkt *pkt, const char *asked, const char *zone,
+                         const char *self, ldns_rr_list **seen, int *self_found)
 {
   char name[GC_HOST_LEN];
-  if (!question_ok(d, pkt, LDNS_RR_TYPE_SRV))
+  if (!question_is(pkt, asked, LDNS_RR_TYPE_SRV))
     return -EINVAL;
-  if (!d->seen && !(d->seen = ldns_rr_list_new()))
+  if (!*seen && !(*seen = ldns_rr_list_new()))
     return -ENOMEM;
   const ldns_rr_list *an = ldns_pkt_answer(pkt);
   size_t n = ldns_rr_list_rr_count(an);
@@ -526,20 +531,30 @@ static int gc_collect(sip_dnsreg_t *d, ldns_pkt *pkt)
     const ldns_rr *rr = ldns_rr_list_rr(an, i);
     if (ldns_rr_get_type(rr) != LDNS_RR_TYPE_SRV ||
         ldns_rr_get_class(rr) != LDNS_RR_CLASS_IN || ldns_rr_rd_count(rr) != 4 ||
-        dname_text(ldns_rr_owner(rr), name, sizeof name) < 0 || strcmp(name, d->asked) != 0 ||
-        dname_text(ldns_rr_rdf(rr, 3), name, sizeof name) < 0 || !is_pp_name(d, name))
+        dname_text(ldns_rr_owner(rr), name, sizeof name) < 0 || strcmp(name, asked) != 0 ||
+        dname_text(ldns_rr_rdf(rr, 3), name, sizeof name) < 0 || !is_pp_name(zone, name))
       continue;
-    if (strcmp(name, d->host) == 0) {
-      d->self_seen |= d->phase == GC_QUERY_UDP ? 1 : 2;
+    if (strcmp(name, self) == 0) {
+      *self_found = 1;
       continue;
     }
     ldns_rr *copy = ldns_rr_clone(rr);
-    if (!copy || !ldns_rr_list_push_rr(d->seen, copy)) {
+    if (!copy || !ldns_rr_list_push_rr(*seen, copy)) {
       ldns_rr_free(copy);
       return -ENOMEM;
     }
   }
   return 0;
+}
+
+/* Keeps the SRV records of the answer that name a pp- target. */
+static int gc_collect(sip_dnsreg_t *d, ldns_pkt *pkt)
+{
+  int self = 0;
+  int rc = sip__dns_srv_collect(pkt, d->asked, d->zone, d->host, &d->seen, &self);
+  if (self)
+    d->self_seen |= d->phase == GC_QUERY_UDP ? 1 : 2;
+  return rc;
 }
 
 static gc_cand_t *cand_find(sip_dnsreg_t *d, const char *host)

@@ -43,16 +43,22 @@ static void on_published(sip_svc_t *s, void *ctx, int status, const dht_value_t 
   su_timer_set_interval(s->republish, on_retry, (su_timer_arg_t *)s, SIP_PEER_RETRY_MS);
 }
 
+char *sip__peer_encode(const char *uri, const char *node)
+{
+  json_t *o = json_pack("{s:s, s:s, s:[s,s]}", "uri", uri, "node", node, "transports", "udp",
+                        "tcp");
+  char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+  json_decref(o);
+  return body;
+}
+
 static void publish(sip_svc_t *s)
 {
   char name[300], hex[DHT_ID_HEX], uri[128];
   peer_name(s, name, sizeof name);
   dht_id_hex(&dht_self(s->dht)->id, hex);
   snprintf(uri, sizeof uri, "sip:%s", s->hostport);
-  json_t *o = json_pack("{s:s, s:s, s:[s,s]}", "uri", uri, "node", hex, "transports", "udp",
-                        "tcp");
-  char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
-  json_decref(o);
+  char *body = sip__peer_encode(uri, hex);
   if (body)
     sip__dht_put(s, name, NULL, DHT_KIND_PROXY, body, SIP_PEER_TTL_S, on_published, NULL);
   free(body);
@@ -143,7 +149,7 @@ void sip__peer_failed(sip_svc_t *s, const char *uri)
 }
 
 /* A value from another node: only a plain "sip:HOST:PORT" is taken. */
-static int peer_decode(const dht_value_t *v, sip_peer_t *p)
+int sip__peer_decode(const dht_value_t *v, sip_peer_t *p)
 {
   if (v->body_len == 0 || v->body_len > 2048)
     return -EINVAL;
@@ -168,7 +174,7 @@ static void on_peer_values(sip_svc_t *s, void *ctx, int status, const dht_value_
   int n_good = 0, n_bad = 0;
   for (size_t i = 0; i < n && n_good + n_bad < SIP_MAX_PEERS; i++) {
     sip_peer_t p;
-    if (peer_decode(&v[i], &p) < 0 || strcmp(p.uri, self) == 0)
+    if (sip__peer_decode(&v[i], &p) < 0 || strcmp(p.uri, self) == 0)
       continue;
     if (is_bad(s, p.uri))
       bad[n_bad++] = p;
@@ -323,7 +329,7 @@ static void on_down_values(sip_svc_t *s, void *ctx, int status, const dht_value_
   int k = pick_told(s, &dead, v, n, told, ids);
   for (int j = 0; j < k; j++) {
     sip_peer_t p;
-    if (peer_decode(&v[told[j]], &p) < 0 || sip__ping(s, p.uri, header, NULL, NULL) < 0)
+    if (sip__peer_decode(&v[told[j]], &p) < 0 || sip__ping(s, p.uri, header, NULL, NULL) < 0)
       continue;
     s->c.down_reported++;
     log_info("proxy peer %.12s found dead: telling proxy peer %s", hex, p.uri);

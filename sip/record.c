@@ -61,6 +61,15 @@ int sip__binding_hop_ok(const char *u)
          !strpbrk(u, " \t\r\n<>;,\"@?");
 }
 
+int sip__record_text_ok(const char *s, size_t max)
+{
+  if (!s || strlen(s) > max)
+    return 0;
+  json_t *j = json_string(s); /* NULL when s is not UTF-8 */
+  json_decref(j);
+  return j != NULL;
+}
+
 static int dup_field(json_t *o, const char *key, size_t max, char **out)
 {
   const char *v = json_string_value(json_object_get(o, key));
@@ -81,10 +90,10 @@ int sip__binding_decode(const dht_value_t *v, sip_binding_t *out)
     return -EINVAL;
   }
   int err = 0;
-  err |= dup_field(o, "aor", 512, &out->aor);
-  err |= dup_field(o, "contact", 1024, &out->contact);
-  err |= dup_field(o, "uri", 512, &out->uri);
-  err |= dup_field(o, "call_id", 512, &out->call_id);
+  err |= dup_field(o, "aor", SIP_REC_MAX_TEXT, &out->aor);
+  err |= dup_field(o, "contact", SIP_REC_MAX_CONTACT, &out->contact);
+  err |= dup_field(o, "uri", SIP_REC_MAX_TEXT, &out->uri);
+  err |= dup_field(o, "call_id", SIP_REC_MAX_TEXT, &out->call_id);
   err |= dup_field(o, "path", 256, &out->path);
   err |= dup_field(o, "node", 64, &out->node);
   err |= dup_field(o, "received", 80, &out->received);

@@ -420,10 +420,13 @@ static void rtx_done(rtx_t *x, int status, const char *phrase)
 
 /* The Contact header value as stored: display name, URI and parameters
  * other than expires and q (the registrar states those itself). */
-static char *contact_value(const sip_contact_t *m)
+char *sip__contact_value(const sip_contact_t *m)
 {
   char url[1024];
-  if (url_e(url, sizeof url, m->m_url) <= 0 || strlen(url) >= sizeof url - 1)
+  /* url_e() returns the length it needs and skips what does not fit,
+   * leaving those bytes unset: only a whole URL is taken. */
+  issize_t ul = url_e(url, sizeof url, m->m_url);
+  if (ul <= 0 || (size_t)ul >= sizeof url)
     return NULL;
   char buf[2048];
   int named = m->m_display && m->m_display[0];
@@ -441,8 +444,20 @@ static char *contact_value(const sip_contact_t *m)
   return strdup(buf);
 }
 
+/* sofia prints some URIs it parses in a form that parses as another URI
+ * (a '>' in a password unescaped), so what would be stored and listed is
+ * read back first. */
+int sip__contact_reads_back(const char *value, const url_t *url)
+{
+  su_home_t home[1] = {SU_HOME_INIT(home)};
+  sip_contact_t *m = sip_contact_make(home, value);
+  int same = m && !m->m_next && url_cmp(m->m_url, url) == 0;
+  su_home_deinit(home);
+  return same;
+}
+
 /* q-value "0.5" or "1.000" -> 500, 1000; -1 when malformed. */
-static int parse_q(const char *q)
+int sip__parse_q(const char *q)
 {
   if (!q)
     return 1000;
@@ -471,7 +486,7 @@ static int parse_q(const char *q)
 
 /* Seconds asked for one contact (10.2.1.1): its expires parameter, else
  * the Expires header, else our default.  -1 when malformed. */
-static long contact_expires(const sip_t *sip, const sip_contact_t *m)
+long sip__contact_expires(const sip_t *sip, const sip_contact_t *m)
 {
   if (m->m_expires) {
     char *end;
@@ -490,6 +505,12 @@ static long contact_expires(const sip_t *sip, const sip_contact_t *m)
 static int check_contacts(rtx_t *x, long *too_brief)
 {
   const sip_t *sip = x->sip;
+  /* What the user record cannot hold would be stored as a record nobody
+   * decodes (or not stored at all): the phone would seem registered yet
+   * be unreachable. */
+  if (!sip__record_text_ok(x->aor, SIP_REC_MAX_TEXT) ||
+      !sip__record_text_ok(sip->sip_call_id->i_id, SIP_REC_MAX_TEXT))
+    return 400;
   for (const sip_contact_t *m = sip->sip_contact; m; m = m->m_next) {
     if (m->m_url->url_type == url_any) { /* "*" */
       if (m != sip->sip_contact || m->m_next || !sip->sip_expires ||
@@ -501,10 +522,10 @@ static int check_contacts(rtx_t *x, long *too_brief)
     if (x->n_in >= SIP_MAX_CONTACTS)
       return 403;
     if ((m->m_url->url_type != url_sip && m->m_url->url_type != url_sips) ||
-        !m->m_url->url_host)
-      return 400;
-    long exp = contact_expires(sip, m);
-    int q = parse_q(m->m_q);
+        !m->m_url->url_host || !host_is_valid(m->m_url->url_host) || m->m_url->url_path)
+      return 400; /* a SIP URI has no path, and sofia prints one inconsistently */
+    long exp = sip__contact_expires(sip, m);
+    int q = sip__parse_q(m->m_q);
     if (exp < 0 || q < 0)
       return 400;
     if (exp > 0 && exp < SIP_MIN_EXPIRES) {
@@ -513,11 +534,18 @@ static int check_contacts(rtx_t *x, long *too_brief)
     }
     intent_t *in = &x->in[x->n_in++];
     in->m = m, in->expires = (uint32_t)exp, in->q1000 = q, in->match = -1;
-    in->contact = contact_value(m);
     char u[1024];
-    in->uri = url_e(u, sizeof u, m->m_url) > 0 ? strdup(u) : NULL;
+    issize_t ul = url_e(u, sizeof u, m->m_url); /* as in sip__contact_value() */
+    if (ul <= 0 || ul > SIP_REC_MAX_TEXT)
+      return 400;
+    in->contact = sip__contact_value(m);
+    in->uri = strdup(u);
     if (!in->contact || !in->uri)
       return 500;
+    if (!sip__record_text_ok(in->contact, SIP_REC_MAX_CONTACT) ||
+        !sip__record_text_ok(in->uri, SIP_REC_MAX_TEXT) ||
+        !sip__contact_reads_back(in->contact, m->m_url))
+      return 400;
   }
   return 0;
 }

@@ -226,6 +226,15 @@ void sip__reg_sweep(sip_svc_t *s);
 void sip__reg_free_all(sip_svc_t *s);
 json_t *sip__regs_json(const sip_svc_t *s);
 size_t sip__regs_count(const sip_svc_t *s);
+/* A REGISTER's Contact as the user record stores it: display name, URI
+ * and parameters other than expires and q (malloc'd; NULL when it does not
+ * fit); its q-value times 1000 (1000 when q is NULL, -1 when malformed);
+ * and the seconds it asks for, capped at SIP_MAX_EXPIRES (-1: malformed). */
+char *sip__contact_value(const sip_contact_t *m);
+int sip__parse_q(const char *q);
+long sip__contact_expires(const sip_t *sip, const sip_contact_t *m);
+/* Nonzero when a stored Contact value parses as one Contact of that URI. */
+int sip__contact_reads_back(const char *value, const url_t *url);
 
 /* record.c: the user record stored in the DHT. */
 typedef struct {
@@ -238,6 +247,13 @@ typedef struct {
   uint64_t seq;      /* the DHT value's sequence number and life (expires_in), */
   uint32_t ttl;      /* which a removal must outlast (dht_remove_value) */
 } sip_binding_t;
+/* Longest text decode takes in these fields: the registrar refuses a
+ * REGISTER whose record would not decode (registered, yet unreachable). */
+#define SIP_REC_MAX_TEXT 512 /* aor, uri, call_id */
+#define SIP_REC_MAX_CONTACT 1024
+/* Nonzero when s can be such a field: UTF-8 (all JSON holds) of at most
+ * max bytes. */
+int sip__record_text_ok(const char *s, size_t max);
 char *sip__binding_encode(const sip_binding_t *b, uint32_t expires);
 int sip__binding_decode(const dht_value_t *v, sip_binding_t *out); /* malloc'd strings */
 void sip__binding_clear(sip_binding_t *b);
@@ -300,6 +316,10 @@ void sip__gateway_stop(sip_svc_t *s, void (*done)(sip_svc_t *s));
 int sip__peers_get(sip_svc_t *s, void (*cb)(sip_svc_t *, void *, int), void *ctx);
 void sip__peer_failed(sip_svc_t *s, const char *uri);
 void sip__peers_free(sip_svc_t *s);
+/* The proxy-peer value's body (malloc'd, NULL when out of memory), and
+ * its decoder for values from other nodes: 0 with p set, or -EINVAL. */
+char *sip__peer_encode(const char *uri, const char *node);
+int sip__peer_decode(const dht_value_t *v, sip_peer_t *p);
 /* For the DNS clean-up: asks the DHT (no cache) for the values under
  * sip:OVERLAY and passes their owners and value ids to sip__dnsreg_peers()
  * (later, never from inside this call); -errno if it cannot ask. */
@@ -341,5 +361,13 @@ void sip__dnsreg_suspect(sip_svc_t *s, const char *id_hex, const char *by);
 /* `by` says it removed the pp- name `host` from DNS: if that is ours, we
  * add our records again (at most once per DNS_READD_MIN_MS). */
 void sip__dnsreg_removed(sip_svc_t *s, const char *host, const char *by);
+/* The clean-up's reading of an answer to "SRV asked": each SRV record of
+ * asked naming a "pp-<12 hex>.zone" target other than self is cloned onto
+ * *seen (made when NULL); one naming self sets *self_found.  Returns 0,
+ * -EINVAL when the answer is not to that question, or -ENOMEM. */
+struct ldns_struct_pkt;
+struct ldns_struct_rr_list;
+int sip__dns_srv_collect(const struct ldns_struct_pkt *pkt, const char *asked, const char *zone,
+                         const char *self, struct ldns_struct_rr_list **seen, int *self_found);
 
 #endif

@@ -5,11 +5,7 @@
 #include <string.h>
 
 #include "proto/proto.h"
-
-#define CHECK(x) \
-  do {           \
-    if (!(x)) abort(); \
-  } while (0)
+#include "tests/fuzz/fuzz.h"
 
 static uint8_t out[PROTO_MAX_BODY + 64];
 
@@ -18,7 +14,6 @@ static void same(long n, const uint8_t *data, size_t size) {
   CHECK(memcmp(out, data, size) == 0);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 1) return 0;
   uint8_t which = data[0] % 10;

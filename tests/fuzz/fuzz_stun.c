@@ -11,16 +11,10 @@
  * on the raw input.  A broken invariant aborts.
  */
 #include "proto/stun.h"
+#include "tests/fuzz/fuzz.h"
 
 #include <stdlib.h>
 #include <string.h>
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(x)                                                                                 \
-  do {                                                                                           \
-    if (!(x)) abort();                                                                           \
-  } while (0)
 
 static const uint8_t KEY[] = "fuzz-key";
 #define KEY_LEN (sizeof(KEY) - 1)

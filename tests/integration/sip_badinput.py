@@ -67,6 +67,18 @@ def cases():
     yield "huge To user", req(headers=["To: <sip:%s@%s>" % ("u" * 3000, OVERLAY)])
     yield "To not a SIP URI", req(headers=["To: <mailto:m@example.com>"])
     yield "star with a contact", req(headers=["Contact: *, <sip:m@%s:5999>" % HOST, "Expires: 0"])
+    # A user record holds UTF-8 text of bounded length: a REGISTER whose
+    # record would not decode is refused, not registered unreachable.
+    yield "Contact not UTF-8", req().replace(b"<sip:mallory@", b"<sip:mall\xb1ory@")
+    yield "Call-ID not UTF-8", req().replace(b"Call-ID: bad-", b"Call-ID: bad-\xff")
+    yield "Contact longer than a user record holds", req(headers=[
+        "Contact: <sip:m@%s:5999>;x=%s" % (HOST, "a" * 1100)])
+    yield "Call-ID longer than a user record holds", req(headers=["Call-ID: %s@%s" % ("c" * 600, HOST)])
+    yield "Contact host not a host name", req(headers=["Contact: sip:m@>"])
+    yield "Contact with a path", req(headers=["Contact: <sip:m@%s/x:5999>" % HOST])
+    yield "Contact with '>' in its password", req(headers=["Contact: sip:m:5>x@%s:5999" % HOST])
+    yield "Contact URI longer than a user record holds", req(headers=[
+        "Contact: <sip:m@%s:5999;x=%s>" % (HOST, "a" * 1100)])
     yield "many Vias", req(method="MESSAGE", ruri="sip:bob@" + OVERLAY, headers=[
         "Via: " + ", ".join("SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bK%d" % (6000 + i, i) for i in range(200))])
     yield "many Routes to self", None  # filled in by the test (needs the node's address)
