@@ -148,6 +148,8 @@ int dht__bind_source(dht_t *d, uv_tcp_t *t, const struct sockaddr_storage *to);
  * (then cb is never called).  Returns before sending. */
 int dht__rpc_call(dht_t *d, const dht_node_t *to, uint8_t type, const uint8_t *body, size_t len,
                   dht__rpc_cb cb, void *arg);
+/* Is there a link up to node to already (no connect, no handshake)? */
+bool dht__rpc_linked(dht_t *d, const dht_node_t *to);
 void dht__rpc_reply(dht_t *d, dht__conn_t *c, uint8_t type, uint32_t txid,
                     const uint8_t *body, size_t len);
 /* Fail pending calls to addr and close its connections (a node we found

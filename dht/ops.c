@@ -174,11 +174,25 @@ static void on_find(dht_t *d, int status, const proto_frame_t *f, const dht_node
   lookup_step(l);
 }
 
+/* Which candidate to ask next: the closest to the key, except that in the
+ * secured mode one of the next few that we already have a link to is
+ * worth a little less progress (a hop to a stranger costs a TLS handshake,
+ * milliseconds of CPU, where a plain link costs a connect). */
+#define LOOKUP_LINKED_WITHIN 3
+
+static int next_cand(const lookup_t *l) {
+  if (!l->d->tls) return 0;
+  for (int i = 0; i < l->n_cand && i < LOOKUP_LINKED_WITHIN; i++)
+    if (dht__rpc_linked(l->d, &l->cand[i])) return i;
+  return 0;
+}
+
 static void lookup_step(lookup_t *l) {
   dht_t *d = l->d;
   while (l->n_cand > 0 && l->path_len < DHT_MAX_PATH && !d->closed) {
-    l->asked = l->cand[0];
-    memmove(&l->cand[0], &l->cand[1], (size_t)--l->n_cand * sizeof(*l->cand));
+    int i = next_cand(l);
+    l->asked = l->cand[i];
+    memmove(&l->cand[i], &l->cand[i + 1], (size_t)(--l->n_cand - i) * sizeof(*l->cand));
     proto_find_t q;
     memcpy(q.key, l->key.b, DHT_ID_LEN);
     uint8_t buf[PROTO_ID_LEN];

@@ -624,18 +624,31 @@ int dht__bind_source(dht_t *d, uv_tcp_t *t, const struct sockaddr_storage *to) {
   return err;
 }
 
-static dht__conn_t *conn_to(dht_t *d, const dht_node_t *to) {
+/* The connection conn_to() would reuse for node to, or NULL. */
+static dht__conn_t *conn_find(dht_t *d, const dht_node_t *to) {
   static const dht_id_t unknown;
   const struct sockaddr_storage *addr = &to->addr;
   bool any_id = dht__id_eq(&to->id, &unknown);
   for (dht__conn_t *c = d->conns; c; c = c->next) {
     if (c->closing) continue;
     if (c->outgoing ? dht_addr_eq(&c->addr, addr) && (any_id || dht__id_eq(&c->expect, &to->id) ||
-                                                  (c->have_peer && dht__node_eq(&c->peer, to)))
+                                                      (c->have_peer && dht__node_eq(&c->peer, to)))
                     : c->have_peer && dht__node_eq(&c->peer, to) && dht_addr_eq(&c->peer.addr, addr))
       return c;
   }
-  dht__conn_t *c = conn_new(d, true);
+  return NULL;
+}
+
+bool dht__rpc_linked(dht_t *d, const dht_node_t *to) {
+  dht__conn_t *c = conn_find(d, to);
+  return c && c->ready;
+}
+
+static dht__conn_t *conn_to(dht_t *d, const dht_node_t *to) {
+  dht__conn_t *c = conn_find(d, to);
+  if (c) return c;
+  const struct sockaddr_storage *addr = &to->addr;
+  c = conn_new(d, true);
   if (!c) return NULL;
   c->expect = to->id;
   c->addr = *addr;
