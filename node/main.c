@@ -215,9 +215,12 @@ void node_roles_apply(node_t *n) {
 static int sip_setup(node_t *n, const node_opts_t *o, char *err, size_t errlen) {
   sip_config_t sc = {.overlay = o->overlay, .gateway = o->gateway, .dns = o->dns,
                      .dns_update = o->dns_update, .tsig = o->tsig,
-                     .locate_cache_ms = o->sip_cache_ms > 0 ? o->sip_cache_ms : -1};
+                     .locate_cache_ms = o->sip_cache_ms > 0 ? o->sip_cache_ms : -1,
+                     .users = o->users, .digest = o->sip_digest, .ca = n->ca};
   dht_addr_parse(o->sip, &sc.listen); /* checked by node_opts_parse */
   if (node_sip_load(&n->sipapi, err, errlen)) return 1; /* broken install: fatal */
+  if (n->ca && !o->users)
+    log_warn("SIP: secured mode without --users: this node serves no phones (REGISTER gets 403)");
   int rc = n->sipapi->create(n->loop, n->dht, &sc, &n->sip);
   if (rc) snprintf(err, errlen, "cannot start SIP on %s: %s", o->sip, uv_strerror(rc));
   return rc;

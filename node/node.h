@@ -49,6 +49,8 @@ typedef struct {
   int turn_max_ttl;                   /* --turn-max-ttl SECONDS (default 86400) */
   int relay;                          /* --relay: serve TURN whatever --public decides */
   char *ca, *cert, *key; /* --ca/--cert/--key: the secured mode (p2psip-ca files) */
+  char *users;           /* --users DIR: the SIP phones' credentials (p2psip-ca user) */
+  char *sip_digest;      /* --sip-digest ALGS: digest algorithms offered, in order */
 } node_opts_t;
 
 /* Parse argv (and the --config file it names; flags win over the file).

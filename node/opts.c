@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
 
 #include "dht/log.h"
 #include "node/node.h"
@@ -110,6 +112,24 @@ static int o_file(char **dst, const char *v, const char *name, char *err, size_t
 static int o_ca(node_opts_t *o, const char *v, char *err, size_t len) { return o_file(&o->ca, v, "ca", err, len); }
 static int o_cert(node_opts_t *o, const char *v, char *err, size_t len) { return o_file(&o->cert, v, "cert", err, len); }
 static int o_key(node_opts_t *o, const char *v, char *err, size_t len) { return o_file(&o->key, v, "key", err, len); }
+
+static int o_users(node_opts_t *o, const char *v, char *err, size_t len) {
+  struct stat st;
+  if (o_file(&o->users, v, "users", err, len)) return -1;
+  if (stat(v, &st) || !S_ISDIR(st.st_mode)) {
+    snprintf(err, len, "--users: %s is not a directory", v);
+    return -1;
+  }
+  return 0;
+}
+
+static int o_sip_digest(node_opts_t *o, const char *v, char *err, size_t len) {
+  static const char *const ok[] = {"SHA-256,MD5", "MD5,SHA-256", "SHA-256", "MD5"};
+  for (size_t i = 0; i < sizeof(ok) / sizeof(*ok); i++)
+    if (strcasecmp(v, ok[i]) == 0) return set_str(&o->sip_digest, v);
+  snprintf(err, len, "--sip-digest: expected SHA-256,MD5 or MD5,SHA-256 or one of them, got \"%s\"", v);
+  return -1;
+}
 
 static int o_log_level(node_opts_t *o, const char *v, char *err, size_t len) {
   int l = log_level_parse(v);
@@ -296,6 +316,12 @@ static const opt_def_t opt_table[] = {
     {"sip-cache-ms", 1, o_sip_cache, "MS", "reuse a user record found in the DHT this long when\n"
      "                             proxying (default 2000, 0 = ask the DHT every time)"},
     {"gateway", 0, o_gateway, "", "act as P2PSIP proxy peer to public SIP domains (needs --sip)"},
+    {"users", 1, o_users, "DIR", "this node's phones: DIR/USER.digest (and, secured, USER.crt,\n"
+     "                             USER.key) as p2psip-ca user writes them; REGISTER and calls\n"
+     "                             from them need digest auth (without it: no phones when secured)"},
+    {"sip-digest", 1, o_sip_digest, "ALGS", "digest algorithms to challenge with, in order (default\n"
+     "                             SHA-256,MD5 as RFC 8760 asks; MD5,SHA-256 for phones that\n"
+     "                             take the first challenge and know only MD5: sipp, baresip 1.0)"},
     {"dns", 1, o_dns, "IP[:PORT]", "DNS server for RFC 3263 lookups (default: resolv.conf)"},
     {"dns-update", 1, o_dns_update, "IP[:PORT]", "register the proxy peer in DNS there (RFC 2136)"},
     {"tsig", 1, o_tsig, "NAME:ALG:SECRET", "TSIG key signing the DNS updates"},
@@ -449,8 +475,8 @@ int node_opts_parse(int argc, char **argv, node_opts_t *o, char *err, size_t err
     snprintf(err, errlen, "--overlay is required (see --help)");
     return -1;
   }
-  if ((o->gateway || o->dns_update) && !o->sip) {
-    snprintf(err, errlen, "--%s needs --sip", o->gateway ? "gateway" : "dns-update");
+  if ((o->gateway || o->dns_update || o->users) && !o->sip) {
+    snprintf(err, errlen, "--%s needs --sip", o->gateway ? "gateway" : o->users ? "users" : "dns-update");
     return -1;
   }
   if (!o->ca != !o->cert || !o->ca != !o->key) {
@@ -489,5 +515,7 @@ void node_opts_free(node_opts_t *o) {
   free(o->ca);
   free(o->cert);
   free(o->key);
+  free(o->users);
+  free(o->sip_digest);
   memset(o, 0, sizeof(*o));
 }

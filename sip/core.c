@@ -16,6 +16,8 @@
 #include <sofia-sip/sip_tag.h>
 #include <sofia-sip/sresolv.h>
 #include <sofia-sip/su_log.h>
+#include <sofia-sip/su_tagarg.h>
+#include <sofia-sip/su_uniqueid.h>
 #include <sofia-sip/tport_tag.h>
 
 #include "sip/sip_int.h"
@@ -41,6 +43,24 @@ static void su_logger(void *magic, char const *fmt, va_list ap)
 uint64_t sip__now_ms(const sip_svc_t *s)
 {
   return uv_now(s->uv);
+}
+
+uint32_t sip__fnv(uint32_t h, const char *p, int fold)
+{
+  for (; p && *p; p++)
+    h = (h ^ (uint8_t)(fold ? tolower((unsigned char)*p) : *p)) * 16777619u;
+  return h;
+}
+
+void sip__reply_stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int status, const char *phrase,
+                          tag_type_t tag, tag_value_t value, ...)
+{
+  ta_list ta;
+  ta_start(ta, tag, value);
+  if (sip->sip_to && !sip->sip_to->a_tag)
+    sip_to_tag(msg_home(msg), sip->sip_to, s->sl_tag);
+  nta_msg_treply(s->agent, msg, status, phrase, ta_tags(ta));
+  ta_end(ta);
 }
 
 int sip__host_is_overlay(const sip_svc_t *s, const char *host)
@@ -169,6 +189,7 @@ static int copy_config(sip_svc_t *s, const sip_config_t *cfg)
                        : cfg->locate_cache_ms == 0 ? SIP_LOCATE_CACHE_MS
                                                    : (unsigned)cfg->locate_cache_ms;
   s->listen = cfg->listen;
+  s->ca = cfg->ca;
   if (!s->overlay || (cfg->dns && !s->dns) || (cfg->dns_update && !s->dns_update) ||
       (cfg->tsig && !s->tsig) || (cfg->dns_address && !s->dns_address))
     return -ENOMEM;
@@ -179,13 +200,12 @@ static int on_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *ir
                       sip_t const *sip);
 static int on_stray(nta_outgoing_magic_t *magic, nta_outgoing_t *orq, sip_t const *sip);
 
-/* Requests nothing else matched; nta calls this only without a default
- * leg, which we always have, so there is nothing to do. */
-static void stateful(sip_svc_t *s, msg_t *msg, sip_t *sip);
+static void stateful(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq);
 static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int edge);
 
 /* Every request that matches no transaction comes here (there is no
- * default leg).  The last hop to a phone registered through this node and
+ * default leg).  The edge (edge.c) answers what it refuses before any
+ * state exists.  The last hop to a phone registered through this node and
  * ACKs go on statelessly; everything else gets a server transaction. */
 static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg, sip_t *sip)
 {
@@ -194,6 +214,9 @@ static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg
     msg_destroy(msg);
     return 0;
   }
+  sip_req_t rq;
+  if (sip__edge_admit(s, msg, sip, &rq))
+    return 0;
   sip_method_t m = sip->sip_request->rq_method;
   int edge = m != sip_method_register && sip__edge_hop(s, sip);
   if (m == sip_method_cancel && !edge) { /* it matched no transaction of ours */
@@ -208,7 +231,7 @@ static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg
       nta_msg_treply(agent, msg, SIP_503_SERVICE_UNAVAILABLE, SIPTAG_RETRY_AFTER_STR("5"),
                      TAG_END());
     else
-      stateful(s, msg, sip);
+      stateful(s, msg, sip, &rq);
     return 0;
   }
   stateless(s, msg, sip, edge);
@@ -248,6 +271,7 @@ static int create_agent(sip_svc_t *s)
     snprintf(url, sizeof url, "sip:%s:%u", host, port);
   else
     snprintf(url, sizeof url, "sip:%s:*", host);
+  snprintf(s->sl_tag, sizeof s->sl_tag, "p2psl%08x", (unsigned)su_randint(0, 0x7fffffff));
   s->agent = nta_agent_create(sip__loop_root(s->loop), (url_string_t const *)url, on_stateless,
                               (nta_agent_magic_t *)s,
                               NTATAG_UA(0), NTATAG_CANCEL_487(0), NTATAG_SERVER_RPORT(1),
@@ -289,6 +313,8 @@ int sip_new(uv_loop_t *loop, dht_t *dht, const sip_config_t *cfg, sip_svc_t **ou
   int rc = copy_config(s, cfg);
   if (rc == 0 && s->dns)
     rc = write_resolv_conf(s, s->dns);
+  if (rc == 0 && cfg->users)
+    rc = sip__auth_new(s, cfg->users, cfg->digest, cfg->ca);
   if (rc == 0)
     rc = sip__loop_new(loop, &s->loop);
   if (rc == 0)
@@ -421,6 +447,7 @@ void sip_free(sip_svc_t *s)
   sip__reg_free_all(s);
   sip__dht_cache_free(s);
   sip__dnsreg_free(s);
+  sip__auth_free(s);
   su_timer_destroy(s->sweep);
   su_timer_destroy(s->republish);
   su_timer_destroy(s->stop_timer);
@@ -459,11 +486,12 @@ static int answer_options(nta_incoming_t *irq)
 }
 
 /* A request for this node itself (Request-URI without user part). */
-static int serve_self(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip)
+static int serve_self(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip,
+                      const sip_req_t *rq)
 {
   switch (sip->sip_request->rq_method) {
   case sip_method_register:
-    return sip__register(s, irq, msg, sip);
+    return sip__register(s, irq, msg, sip, rq);
   case sip_method_options: {
     char from[80];
     sip__msg_source(msg, from, sizeof from);
@@ -477,14 +505,16 @@ static int serve_self(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip)
   }
 }
 
-/* A server transaction for the request, then on_request(), whose status
- * is answered as nta answers a leg callback's. */
-static void stateful(sip_svc_t *s, msg_t *msg, sip_t *sip)
+static int serve(sip_svc_t *s, nta_incoming_t *irq, const sip_req_t *rq);
+
+/* A server transaction for the request, then serve(), whose status is
+ * answered as nta answers a leg callback's. */
+static void stateful(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq)
 {
   nta_incoming_t *irq = nta_incoming_create(s->agent, s->leg, msg, sip, TAG_END());
   if (!irq)
     return; /* nta has freed msg */
-  int status = on_request((nta_leg_magic_t *)s, s->leg, irq, sip);
+  int status = serve(s, irq, rq);
   if (status == 0)
     return;
   if (status < 100 || status > 699 ||
@@ -505,10 +535,11 @@ static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int edge)
   sip__loop_hash(sip, hash);
   int ack = sip->sip_request->rq_method == sip_method_ack;
   if (sip__check_request(s, msg, sip) != 0) {
+    sip_req_t rq = {.origin = SIP_FROM_OTHER};
     if (ack)
       msg_destroy(msg), s->c.bad_requests++;
     else
-      stateful(s, msg, sip);
+      stateful(s, msg, sip, &rq);
     return;
   }
   s->c.requests++;
@@ -519,20 +550,25 @@ static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int edge)
     sip__proxy(s, NULL, msg, sip, hash); /* an ACK along its route set */
 }
 
+/* The leg's callback: nothing ever matches its URL, but nta must have one. */
 static int on_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *irq,
                       sip_t const *csip)
 {
-  sip_svc_t *s = (sip_svc_t *)magic;
+  return 481;
+}
+
+static int serve(sip_svc_t *s, nta_incoming_t *irq, const sip_req_t *rq)
+{
   if (!s->started || s->stopping)
     return 503;
   s->c.requests++;
-  sip_method_t method = csip->sip_request->rq_method;
   msg_t *msg = nta_incoming_getrequest(irq);
   sip_t *sip = sip_object(msg);
   if (!msg || !sip) {
     msg_destroy(msg);
     return 500;
   }
+  sip_method_t method = sip->sip_request->rq_method;
   char hash[17];
   sip__loop_hash(sip, hash);
   int status = sip__check_request(s, msg, sip);
@@ -559,7 +595,7 @@ static int on_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *ir
   }
   sip__pop_routes(s, msg, sip);
   if (sip__next_hop(s, sip) == SIP_HOP_SELF && method != sip_method_ack)
-    return serve_self(s, irq, msg, sip);
+    return serve_self(s, irq, msg, sip, rq);
   return sip__proxy(s, irq, msg, sip, hash);
 }
 
@@ -602,7 +638,11 @@ json_t *sip_stats_json(const sip_svc_t *s)
       {"peer_down_reported", c->down_reported}, {"dns_down_heard", c->down_heard},
       {"dns_down_ignored", c->down_ignored},    {"dns_down_checks", c->down_checks},
       {"dns_down_alive", c->down_alive},        {"dns_down_removed", c->down_removed},
-      {"dns_readded", c->dns_readded}};
+      {"dns_readded", c->dns_readded},
+      /* The edge (auth.c, edge.c). */
+      {"auth_challenges", c->auth_challenges}, {"auth_ok", c->auth_ok},
+      {"auth_failed", c->auth_failed},          {"auth_wrong_user", c->auth_wrong_user},
+      {"acks_absorbed", c->acks_absorbed},      {"no_users", c->no_users}};
   for (size_t i = 0; counters && i < sizeof down / sizeof *down; i++)
     json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);

@@ -40,10 +40,7 @@ struct sip_gcache {
 
 static uint32_t name_slot(const char *name)
 {
-  uint32_t h = 2166136261u; /* FNV-1a */
-  for (const unsigned char *p = (const unsigned char *)name; *p; p++)
-    h = (h ^ *p) * 16777619u;
-  return h % SIP_GCACHE_SLOTS;
+  return sip__fnv(SIP_FNV_INIT, name, 0) % SIP_GCACHE_SLOTS;
 }
 
 static void gentry_clear(sip_gentry_t *e)

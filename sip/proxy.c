@@ -528,11 +528,10 @@ static uint32_t targets_sig(const sip_binding_t *bs, size_t n)
 {
   uint32_t sig = 0;
   for (size_t i = 0; i < n; i++) {
-    uint32_t h = 2166136261u;
+    uint32_t h = SIP_FNV_INIT;
     const char *parts[] = {bs[i].uri, "|", bs[i].path, "|", bs[i].edge ? bs[i].edge : ""};
     for (size_t k = 0; k < sizeof parts / sizeof *parts; k++)
-      for (const char *p = parts[k]; *p; p++)
-        h = (h ^ (uint8_t)*p) * 16777619u;
+      h = sip__fnv(h, parts[k], 0);
     sig ^= h;
   }
   return sig;
@@ -732,10 +731,8 @@ void sip__proxy_edge(sip_svc_t *s, msg_t *msg, sip_t *sip, const char *hash)
       return;
     }
   }
-  uint32_t h = 2166136261u;
   const char *in = sip->sip_via && sip->sip_via->v_branch ? sip->sip_via->v_branch : "";
-  for (const char *p = in; *p; p++)
-    h = (h ^ (uint8_t)*p) * 16777619u;
+  uint32_t h = sip__fnv(SIP_FNV_INIT, in, 0);
   snprintf(key, sizeof key, "z9hG4bK.p2p%s.%08x", hash, h);
   if (sip->sip_request->rq_method == sip_method_ack)
     s->c.acks_fwd++;

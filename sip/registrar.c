@@ -75,13 +75,6 @@ static void reg_free(sip_reg_t *r)
  * grow with them. */
 enum { BY_VID, BY_CONTACT, BY_SOURCE };
 
-static uint32_t fnv(uint32_t h, const char *p, int fold)
-{
-  for (; p && *p; p++)
-    h = (h ^ (uint8_t)(fold ? tolower((unsigned char)*p) : *p)) * 16777619u;
-  return h;
-}
-
 /* Hosts compare without case and a missing port is the scheme's default,
  * so that URLs url_cmp() finds equal have equal keys. */
 static uint32_t url_key(const url_t *u)
@@ -89,7 +82,7 @@ static uint32_t url_key(const url_t *u)
   const char *port = u->url_port && u->url_port[0] ? u->url_port
                      : u->url_type == url_sips    ? "5061"
                                                   : "5060";
-  return fnv(fnv(2166136261u, u->url_host, 1) ^ ':', port, 0);
+  return sip__fnv(sip__fnv(SIP_FNV_INIT, u->url_host, 1) ^ ':', port, 0);
 }
 
 static sip_reg_t **reg_slot(const sip_svc_t *s, int idx, uint32_t key)
@@ -100,8 +93,8 @@ static sip_reg_t **reg_slot(const sip_svc_t *s, int idx, uint32_t key)
 static uint32_t reg_key(const sip_reg_t *r, int idx)
 {
   if (idx == BY_VID)
-    return fnv(2166136261u, r->vid, 0);
-  return idx == BY_CONTACT ? url_key(r->url) : fnv(2166136261u, r->received, 0);
+    return sip__fnv(SIP_FNV_INIT, r->vid, 0);
+  return idx == BY_CONTACT ? url_key(r->url) : sip__fnv(SIP_FNV_INIT, r->received, 0);
 }
 
 static void reg_hash_add(sip_svc_t *s, sip_reg_t *r)
@@ -162,7 +155,7 @@ static sip_reg_t *reg_find(const sip_svc_t *s, const char *aor, const char *vid)
 {
   if (!s->reg_nb)
     return NULL;
-  for (sip_reg_t *r = *reg_slot(s, BY_VID, fnv(2166136261u, vid, 0)); r; r = r->hnext[BY_VID])
+  for (sip_reg_t *r = *reg_slot(s, BY_VID, sip__fnv(SIP_FNV_INIT, vid, 0)); r; r = r->hnext[BY_VID])
     if (strcmp(r->vid, vid) == 0 && strcmp(r->aor, aor) == 0)
       return r;
   return NULL;
@@ -305,10 +298,30 @@ int sip__reg_direction(const sip_svc_t *s, msg_t *msg, const sip_t *sip)
   if (!src[0])
     return 0;
   uint64_t now = sip__now_ms(s);
-  for (const sip_reg_t *r = *reg_slot(s, BY_SOURCE, fnv(2166136261u, src, 0)); r;
+  for (const sip_reg_t *r = *reg_slot(s, BY_SOURCE, sip__fnv(SIP_FNV_INIT, src, 0)); r;
        r = r->hnext[BY_SOURCE])
     if (r->expires_at > now && r->received && strcmp(r->received, src) == 0)
       return -1;
+  return 0;
+}
+
+/* A live binding of sip:USER@OVERLAY registered through the TCP
+ * connection msg came on (its source address; the connection is not
+ * forgeable as a UDP source is). */
+int sip__reg_stream_user(const sip_svc_t *s, msg_t *msg, const char *user)
+{
+  su_addrinfo_t *ai = msg_addrinfo(msg);
+  char src[80], aor[600];
+  if (!s->reg_nb || !ai || ai->ai_protocol != IPPROTO_TCP)
+    return 0;
+  sip__msg_source(msg, src, sizeof src);
+  snprintf(aor, sizeof aor, "sip:%s@%s", user, s->overlay);
+  uint64_t now = sip__now_ms(s);
+  for (const sip_reg_t *r = *reg_slot(s, BY_SOURCE, sip__fnv(SIP_FNV_INIT, src, 0)); r;
+       r = r->hnext[BY_SOURCE])
+    if (r->expires_at > now && r->received && strcmp(r->received, src) == 0 && r->transport &&
+        strcmp(r->transport, "tcp") == 0 && strcmp(r->aor, aor) == 0)
+      return 1;
   return 0;
 }
 
@@ -734,7 +747,7 @@ static int require_unsupported(nta_incoming_t *irq, const sip_t *sip)
   return 420;
 }
 
-int sip__register(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip)
+int sip__register(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, const sip_req_t *rq)
 {
   s->c.registers++;
   if (sip->sip_require) { /* we support no extension */

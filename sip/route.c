@@ -143,6 +143,15 @@ static enum sip_hop classify(const sip_svc_t *s, const url_t *u, int is_ruri)
   return s->gateway ? SIP_HOP_DIRECT : SIP_HOP_PEER;
 }
 
+enum sip_hop sip__peek_hop(const sip_svc_t *s, const sip_t *sip, int *ours)
+{
+  const sip_route_t *r = sip->sip_route;
+  *ours = 0;
+  while (r && *ours < SIP_MAX_ROUTES && sip__route_is_ours(s, r->r_url))
+    r = r->r_next, (*ours)++;
+  return r ? classify(s, r->r_url, 0) : classify(s, sip->sip_request->rq_url, 1);
+}
+
 enum sip_hop sip__next_hop(const sip_svc_t *s, const sip_t *sip)
 {
   if (sip->sip_route)

@@ -40,6 +40,17 @@ typedef struct {
   const char *tsig;               /* "NAME:ALG:BASE64SECRET" signing the updates, or NULL */
   const char *dns_address;        /* address put in the A/AAAA record; NULL: listen's */
   int locate_cache_ms;            /* reuse a located user record this long; 0: 2000, < 0: never */
+  /* Phones: --users DIR (the directory p2psip-ca user fills), or NULL.
+   * With it, REGISTER needs digest authentication and out-of-dialog
+   * requests from the node's users need proxy authentication. */
+  const char *users;
+  /* Digest algorithms to offer, in order: "SHA-256,MD5" (NULL: that, as
+   * RFC 8760 asks), "MD5,SHA-256", or one of them. */
+  const char *digest;
+  /* The secured mode (NULL: the open mode): the overlay CA, borrowed (it
+   * must outlive the service).  User records are then signed with the
+   * users' certificates from the users directory. */
+  dht_cert_ca_t *ca;
 } sip_config_t;
 
 /* Create the service: binds UDP and TCP on cfg->listen (so sip_addr() knows

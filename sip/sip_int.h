@@ -19,6 +19,7 @@
 #include <sofia-sip/su_wait.h>
 #include <sofia-sip/url.h>
 
+#include "dht/cert.h"
 #include "dht/log.h"
 #include "sip/sip.h"
 
@@ -31,6 +32,10 @@
 #define SIP_MAX_PEERS 16          /* proxy peers remembered */
 #define SIP_MAX_BODY 65536        /* bytes: larger messages get 413 */
 #define SIP_UDP_RCVBUF (2 << 20)  /* bytes of socket receive buffer (capped by rmem_max) */
+
+/* Digest authentication of phones (auth.c). */
+#define SIP_NONCE_TTL_S 300        /* older nonces are stale */
+#define SIP_USERS_RECHECK_MS 10000 /* a user's file is looked at again this often */
 
 /* Registrar policy (RFC 3261 10.3). */
 #define SIP_DEFAULT_EXPIRES 3600
@@ -78,6 +83,7 @@ typedef struct sip_op sip_op_t;
 typedef struct sip_dnsreg sip_dnsreg_t;
 typedef struct sip_flow sip_flow_t;
 typedef struct sip_ping sip_ping_t;
+typedef struct sip_authdb sip_authdb_t;
 
 /* Counters shown by {"cmd":"sip"}. */
 typedef struct {
@@ -95,6 +101,11 @@ typedef struct {
    * our own records after another peer removed them. */
   uint64_t down_reported, down_heard, down_ignored, down_checks, down_alive, down_removed;
   uint64_t dns_readded;
+  /* The edge (auth.c, edge.c): challenges sent (401/407), credentials
+   * accepted and refused, requests whose To (REGISTER) or From was not the
+   * authenticated user, ACKs of our stateless answers absorbed, REGISTERs
+   * refused for want of --users in the secured mode. */
+  uint64_t auth_challenges, auth_ok, auth_failed, auth_wrong_user, acks_absorbed, no_users;
 } sip_counters_t;
 
 /* A proxy peer as found under sip:OVERLAY. */
@@ -169,6 +180,10 @@ struct sip_svc {
   sip_ping_t *pings;   /* ping.c: SIP_MAX_PINGS slots, or NULL */
   struct { dht_id_t id; int used; } down[SIP_DOWN_PENDING]; /* gateway.c */
 
+  sip_authdb_t *auth;     /* --users: this node's phones' credentials, or NULL */
+  dht_cert_ca_t *ca;    /* the secured mode's CA, or NULL */
+  char sl_tag[24];      /* To tag of our stateless answers (their ACKs are absorbed) */
+
   struct sip_gcache *gcache; /* recent DHT answers (dhtop.c), or NULL */
   unsigned locate_cache_ms;  /* how long a located user record is reused; 0: never */
 };
@@ -185,6 +200,15 @@ void sip__loop_free(sip_loop_t *l);
 
 /* core.c */
 uint64_t sip__now_ms(const sip_svc_t *s);
+/* FNV-1a over a string, folded to lower case when fold is set. */
+#define SIP_FNV_INIT 2166136261u
+uint32_t sip__fnv(uint32_t h, const char *p, int fold);
+/* Answers a request without a transaction (nothing is kept, nothing
+ * retransmitted: one answer per request, so a forged source gets no more
+ * than it sent) and marks it with our stateless To tag, whose ACKs are
+ * absorbed.  Takes msg. */
+void sip__reply_stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int status, const char *phrase,
+                          tag_type_t tag, tag_value_t value, ...);
 int sip__uri_is_self(const sip_svc_t *s, const url_t *u);
 int sip__uri_is_overlay(const sip_svc_t *s, const url_t *u); /* sip:OVERLAY, no user */
 int sip__host_is_overlay(const sip_svc_t *s, const char *host);
@@ -212,8 +236,48 @@ int sip__dht_get_cached(sip_svc_t *s, const char *name, unsigned max_ms, sip_op_
 void sip__dht_forget(sip_svc_t *s, const char *name);
 void sip__dht_cache_free(sip_svc_t *s);
 
+/* What the edge (edge.c) learnt of a request before any state was made
+ * for it. */
+enum sip_origin {
+  SIP_FROM_OTHER = 0, /* anyone: the public side, or a phone not authenticated */
+  SIP_FROM_PHONE,     /* a phone of this node, authenticated as user */
+};
+typedef struct {
+  char hash[17];                     /* sip__loop_hash of the request as received */
+  int origin;                        /* enum sip_origin */
+  char user[DHT_CERT_MAX_USER + 1];  /* SIP_FROM_PHONE, and an authenticated REGISTER's */
+} sip_req_t;
+
+/* edge.c: decides, before a transaction exists, whether a request may go
+ * on (0, rq filled) or was answered or dropped here (1, msg taken). */
+int sip__edge_admit(sip_svc_t *s, msg_t *msg, sip_t *sip, sip_req_t *rq);
+
+/* auth.c: digest authentication (--users DIR). */
+/* algs: the algorithms to offer, "SHA-256,MD5" (NULL: that) or one. */
+int sip__auth_new(sip_svc_t *s, const char *dir, const char *algs, dht_cert_ca_t *ca);
+void sip__auth_free(sip_svc_t *s);
+enum { SIP_AUTH_OK = 0, SIP_AUTH_NONE, SIP_AUTH_STALE, SIP_AUTH_BAD };
+/* The request's credentials for our realm (Proxy-Authorization when proxy
+ * is set, else Authorization): SIP_AUTH_OK with user set, SIP_AUTH_NONE
+ * (none for our realm), SIP_AUTH_STALE (right, but the nonce is old) or
+ * SIP_AUTH_BAD (unknown user, wrong response, nonce not ours, digest URI
+ * not the Request-URI, unknown algorithm). */
+int sip__auth_check(sip_svc_t *s, const sip_t *sip, int proxy, char user[DHT_CERT_MAX_USER + 1]);
+/* Answers 401 (407 when proxy is set) statelessly with a SHA-256 and an
+ * MD5 challenge (RFC 8760), stale=true if asked.  Takes msg. */
+void sip__auth_challenge(sip_svc_t *s, msg_t *msg, sip_t *sip, int proxy, int stale);
+int sip__auth_has_user(sip_svc_t *s, const char *user);
+/* The user's certificate and key (the secured mode), loaded on first use
+ * and kept while the service lives; NULL if there are none. */
+const dht_cert_creds_t *sip__auth_creds(sip_svc_t *s, const char *user);
+/* RFC 7616 3.4.1 response for alg "MD5" or "SHA-256" (qop "auth" or NULL:
+ * RFC 2069 style), lowercase hex into out. */
+int sip__digest(const char *alg, const char *ha1, const char *nonce, const char *nc,
+                const char *cnonce, const char *qop, const char *method, const char *uri,
+                char *out, size_t outlen);
+
 /* registrar.c */
-int sip__register(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip);
+int sip__register(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, const sip_req_t *rq);
 const sip_reg_t *sip__reg_by_contact(const sip_svc_t *s, const url_t *u);
 const sip_reg_t *sip__reg_by_hostport(const sip_svc_t *s, const url_t *u);
 const char *sip__reg_flow(const sip_reg_t *r, char *buf, size_t len);
@@ -245,6 +309,9 @@ int sip__binding_hop_ok(const char *u);
  * to max user records whose route is older than s->route_gen; returns how
  * many are left. */
 int sip__reg_direction(const sip_svc_t *s, msg_t *msg, const sip_t *sip);
+/* Nonzero when a live binding of sip:user@OVERLAY was registered through
+ * the TCP connection msg came on. */
+int sip__reg_stream_user(const sip_svc_t *s, msg_t *msg, const char *user);
 size_t sip__reg_reput(sip_svc_t *s, size_t max);
 
 /* flow.c */
@@ -285,6 +352,9 @@ int sip__check_request(sip_svc_t *s, msg_t *msg, sip_t *sip); /* 0 or a status *
 void sip__pop_routes(sip_svc_t *s, msg_t *msg, sip_t *sip);
 int sip__route_is_ours(const sip_svc_t *s, const url_t *u); /* a Route entry naming us */
 enum sip_hop sip__next_hop(const sip_svc_t *s, const sip_t *sip);
+/* The same without popping: the hop after the Route entries naming us;
+ * *ours counts those entries. */
+enum sip_hop sip__peek_hop(const sip_svc_t *s, const sip_t *sip, int *ours);
 void sip__loop_hash(const sip_t *sip, char out[17]);
 
 /* gateway.c */
