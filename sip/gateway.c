@@ -54,7 +54,7 @@ static void publish(sip_svc_t *s)
   char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
   json_decref(o);
   if (body)
-    sip__dht_put(s, name, NULL, DHT_KIND_PROXY, body, SIP_PEER_TTL_S, on_published, NULL);
+    sip__dht_put(s, NULL, name, NULL, DHT_KIND_PROXY, body, SIP_PEER_TTL_S, on_published, NULL);
   free(body);
 }
 
@@ -106,7 +106,7 @@ void sip__gateway_stop(sip_svc_t *s, void (*done)(sip_svc_t *s))
   su_timer_reset(s->republish);
   s->gw_done = done;
   s->gw_pending = 1;
-  if (sip__dht_remove(s, name, NULL, NULL, on_removed, NULL) == 0)
+  if (sip__dht_remove(s, NULL, name, NULL, NULL, on_removed, NULL) == 0)
     s->gw_pending++;
   if (s->dnsreg) {
     s->gw_pending++;
@@ -145,7 +145,7 @@ void sip__peer_failed(sip_svc_t *s, const char *uri)
 /* A value from another node: only a plain "sip:HOST:PORT" is taken. */
 static int peer_decode(const dht_value_t *v, sip_peer_t *p)
 {
-  if (v->body_len == 0 || v->body_len > 2048)
+  if (v->kind != DHT_KIND_PROXY || v->body_len == 0 || v->body_len > 2048)
     return -EINVAL;
   json_t *o = json_loadb((const char *)v->body, v->body_len, 0, NULL);
   const char *uri = json_string_value(json_object_get(o, "uri"));

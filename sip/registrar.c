@@ -57,6 +57,7 @@ struct sip_rtx {
   int removed[2 * SIP_MAX_CONTACTS];
   int pending, failed;
   char received[80], transport[8], node[DHT_ID_HEX];
+  const dht_cert_creds_t *signer; /* the user's, in the secured mode */
 };
 
 /* ---- the local table --------------------------------------------------- */
@@ -244,6 +245,24 @@ const char *sip__reg_flow(const sip_reg_t *r, char *buf, size_t len)
   return buf;
 }
 
+/* Who signs the records of aor: in the secured mode its user's
+ * certificate from --users (the DHT's access rules take no other), in the
+ * open mode nobody (NULL).  -EACCES when the secured mode has none. */
+static int signer_of(sip_svc_t *s, const char *aor, const dht_cert_creds_t **out)
+{
+  *out = NULL;
+  if (!s->ca)
+    return 0;
+  const char *at = strncmp(aor, "sip:", 4) == 0 ? strchr(aor + 4, '@') : NULL;
+  char user[DHT_CERT_MAX_USER + 1];
+  if (!at || at - aor - 4 > DHT_CERT_MAX_USER || !s->auth)
+    return -EACCES;
+  memcpy(user, aor + 4, (size_t)(at - aor - 4));
+  user[at - aor - 4] = '\0';
+  *out = sip__auth_creds(s, user);
+  return *out ? 0 : -EACCES;
+}
+
 /* The route into this node changed (flow.c): put the records of the
  * bindings held here again, with the new path and edge, a batch at a time
  * so that thousands of phones do not flood the DHT at once.  Each batch
@@ -268,8 +287,10 @@ size_t sip__reg_reput(sip_svc_t *s, size_t max)
                        .received = r->received, .transport = r->transport, .edge = edge,
                        .cseq = r->cseq, .q1000 = r->q1000};
     char *body = sip__binding_encode(&b, expires);
-    if (!body || sip__dht_put(s, r->aor, r->vid, DHT_KIND_USER, body, expires + SIP_GRACE_S,
-                              NULL, NULL) < 0)
+    const dht_cert_creds_t *signer;
+    if (!body || signer_of(s, r->aor, &signer) < 0 ||
+        sip__dht_put(s, signer, r->aor, r->vid, DHT_KIND_USER, body, expires + SIP_GRACE_S, NULL,
+                     NULL) < 0)
       log_warn("re-putting the binding of %s failed", r->aor);
     free(body);
     r->gen = s->route_gen;
@@ -612,7 +633,7 @@ static int withdraw(rtx_t *x, int i)
   x->s->c.unregisters++;
   reg_drop(x->s, x->aor, b->vid);
   dht_value_t seen = {.vid = b->vid, .kind = DHT_KIND_USER, .seq = b->seq, .expires_in = b->ttl};
-  return sip__dht_remove(x->s, x->aor, b->vid, &seen, on_stored, x);
+  return sip__dht_remove(x->s, x->signer, x->aor, b->vid, &seen, on_stored, x);
 }
 
 static int store(rtx_t *x, intent_t *in)
@@ -637,7 +658,7 @@ static int store(rtx_t *x, intent_t *in)
                      .node = x->node, .received = x->received, .transport = x->transport,
                      .edge = edge, .cseq = x->sip->sip_cseq->cs_seq, .q1000 = in->q1000};
   char *body = sip__binding_encode(&b, in->expires);
-  int rc = body ? sip__dht_put(s, x->aor, in->vid, DHT_KIND_USER, body,
+  int rc = body ? sip__dht_put(s, x->signer, x->aor, in->vid, DHT_KIND_USER, body,
                                in->expires + SIP_GRACE_S, on_stored, x)
                 : -ENOMEM;
   free(body);
@@ -763,6 +784,10 @@ int sip__register(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, con
   x->s = s, x->msg = msg, x->sip = sip;
   int status = aor_of(s, sip, x->aor, sizeof x->aor);
   long brief = 0;
+  if (status == 0 && signer_of(s, x->aor, &x->signer) < 0) {
+    nta_incoming_treply(irq, 403, "No certificate for this user here", TAG_END());
+    status = 403;
+  }
   if (status == 0)
     status = check_contacts(x, &brief);
   if (status == 423) {

@@ -221,12 +221,15 @@ void sip__msg_source(msg_t *msg, char *out, size_t len);
 /* dhtop.c: DHT calls whose callbacks survive sip_free (STYLE 16). */
 typedef void (*sip_op_cb)(sip_svc_t *s, void *ctx, int status, const dht_value_t *v, size_t n);
 int sip__dht_get(sip_svc_t *s, const char *name, sip_op_cb cb, void *ctx);
-int sip__dht_put(sip_svc_t *s, const char *name, const char *vid, uint8_t kind,
-                 const char *body, uint32_t ttl, sip_op_cb cb, void *ctx);
+/* signer: the user's credentials for a user record in the secured mode
+ * (kept while the service lives, as dht_put_as wants), NULL: the node's. */
+int sip__dht_put(sip_svc_t *s, const dht_cert_creds_t *signer, const char *name, const char *vid,
+                 uint8_t kind, const char *body, uint32_t ttl, sip_op_cb cb, void *ctx);
 /* Removes a value this node put since it started (seen NULL: dht_remove),
- * or, whoever put it, one a get returned (dht_remove_value). */
-int sip__dht_remove(sip_svc_t *s, const char *name, const char *vid, const dht_value_t *seen,
-                    sip_op_cb cb, void *ctx);
+ * or, whoever put it, one a get returned (dht_remove_value, signed by
+ * signer as above). */
+int sip__dht_remove(sip_svc_t *s, const dht_cert_creds_t *signer, const char *name,
+                    const char *vid, const dht_value_t *seen, sip_op_cb cb, void *ctx);
 void sip__dht_detach_all(sip_svc_t *s);
 /* A get answered from an answer for the same name fetched less than max_ms
  * ago (perhaps before returning; status SIP_GET_CACHED), else from the
