@@ -6,10 +6,12 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <sofia-sip/hostdomain.h>
@@ -112,6 +114,11 @@ int sip__parse_hostport(const char *str, unsigned default_port, struct sockaddr_
   return dht_addr_parse(spec, out) < 0 ? -EINVAL : 0;
 }
 
+const char *sip__peer_next(const sip_svc_t *s, const sip_peer_t *p)
+{
+  return s->tls_hostport[0] && p->tls[0] ? p->tls : p->uri;
+}
+
 void sip__msg_source(msg_t *msg, char *out, size_t len)
 {
   su_addrinfo_t *ai = msg_addrinfo(msg);
@@ -190,6 +197,17 @@ static int copy_config(sip_svc_t *s, const sip_config_t *cfg)
                                                    : (unsigned)cfg->locate_cache_ms;
   s->listen = cfg->listen;
   s->ca = cfg->ca;
+  s->allow_loopback = cfg->allow_loopback != 0;
+  if (cfg->n_allow_targets < 0 || cfg->n_allow_targets > SIP_MAX_ALLOW)
+    return -EINVAL;
+  s->n_allow = cfg->n_allow_targets;
+  if (s->n_allow)
+    memcpy(s->allow, cfg->allow_targets, sizeof *s->allow * (size_t)s->n_allow);
+  if (cfg->n_trusted < 0 || cfg->n_trusted > SIP_MAX_ALLOW)
+    return -EINVAL;
+  s->n_trusted = cfg->n_trusted;
+  if (s->n_trusted)
+    memcpy(s->trusted, cfg->trusted, sizeof *s->trusted * (size_t)s->n_trusted);
   if (!s->overlay || (cfg->dns && !s->dns) || (cfg->dns_update && !s->dns_update) ||
       (cfg->tsig && !s->tsig) || (cfg->dns_address && !s->dns_address))
     return -ENOMEM;
@@ -214,24 +232,36 @@ static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg
     msg_destroy(msg);
     return 0;
   }
-  sip_req_t rq;
-  if (sip__edge_admit(s, msg, sip, &rq))
-    return 0;
+  /* Requests for our own phones go on statelessly, one copy per copy
+   * (a flood of them reaches the phone as it would reach it directly),
+   * and every node forwards its callers' requests for them from one
+   * address: they count against no source's rate. */
   sip_method_t m = sip->sip_request->rq_method;
-  int edge = m != sip_method_register && sip__edge_hop(s, sip);
+  int node = sip__from_node(s, msg), local = m != sip_method_register && sip__edge_hop(s, sip);
+  int src;
+  sip_req_t rq;
+  if (sip__limit_admit(s, msg, sip, node || local, &src) ||
+      sip__edge_admit(s, msg, sip, node, &rq))
+    return 0;
+  rq.src = src;
+  int edge = local || (m != sip_method_register && rq.stateless);
   if (m == sip_method_cancel && !edge) { /* it matched no transaction of ours */
     nta_msg_treply(agent, msg, SIP_481_NO_TRANSACTION, TAG_END());
     return 0;
   }
   if (!s->started || s->stopping || (!edge && m != sip_method_ack)) {
-    if (sip__proxy_full(s) && m != sip_method_register)
-      /* Overloaded: refuse before making a transaction, whose 503 sofia
-       * would retransmit until ACKed, which costs most when we can least
-       * afford it. */
-      nta_msg_treply(agent, msg, SIP_503_SERVICE_UNAVAILABLE, SIPTAG_RETRY_AFTER_STR("5"),
-                     TAG_END());
-    else
+    /* Overloaded, or this source holds its share: refuse before making a
+     * transaction, whose 503 sofia would retransmit until ACKed, which
+     * costs most when we can least afford it. */
+    int full = sip__proxy_full(s) && m != sip_method_register;
+    if (full || sip__limit_full(s, src)) {
+      s->c.overloaded += full;
+      s->c.source_limited += !full;
+      sip__reply_stateless(s, msg, sip, SIP_503_SERVICE_UNAVAILABLE, SIPTAG_RETRY_AFTER_STR("5"),
+                           TAG_END());
+    } else {
       stateful(s, msg, sip, &rq);
+    }
     return 0;
   }
   stateless(s, msg, sip, edge);
@@ -256,6 +286,68 @@ static int learn_address(sip_svc_t *s)
   snprintf(s->gw_rr_in, sizeof s->gw_rr_in, "%s, %s", s->self_lr, s->overlay_lr);
   snprintf(s->gw_rr_out, sizeof s->gw_rr_out, "%s, %s", s->overlay_lr, s->self_lr);
   return dht_addr_parse(s->hostport, &s->listen) < 0 ? -EINVAL : 0;
+}
+
+/* Writes the contents of a (and b) into a new file out, mode 0600. */
+static int concat_files(const char *out, const char *a, const char *b)
+{
+  int fd = open(out, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return -errno;
+  int rc = 0;
+  const char *in[2] = {a, b};
+  for (int i = 0; i < 2 && in[i] && rc == 0; i++) {
+    char buf[8192];
+    ssize_t n;
+    int src = open(in[i], O_RDONLY | O_CLOEXEC);
+    if (src < 0) {
+      rc = -errno;
+      break;
+    }
+    while ((n = read(src, buf, sizeof buf)) > 0)
+      if (write(fd, buf, (size_t)n) != n) {
+        rc = -EIO;
+        break;
+      }
+    close(src);
+  }
+  return close(fd) < 0 && rc == 0 ? -EIO : rc;
+}
+
+/* SIP between nodes over TLS (the secured mode), both ends presenting
+ * node certificates that sofia checks against the CA.  sofia reads its
+ * certificate, key and CA once, when the transport is made, from
+ * agent.pem and cafile.pem in one directory: they are written to a
+ * private temporary directory and removed right after. */
+static int add_tls(sip_svc_t *s, const sip_config_t *cfg)
+{
+  char dir[] = "/tmp/p2psip-tls-XXXXXX", agent[64], cafile[64], url[128];
+  if (!mkdtemp(dir))
+    return -errno;
+  snprintf(agent, sizeof agent, "%s/agent.pem", dir);
+  snprintf(cafile, sizeof cafile, "%s/cafile.pem", dir);
+  int rc = concat_files(agent, cfg->cert_file, cfg->key_file);
+  if (rc == 0)
+    rc = concat_files(cafile, cfg->ca_file, NULL);
+  if (cfg->tls_listen)
+    snprintf(url, sizeof url, "sips:%s", cfg->tls_listen);
+  else
+    snprintf(url, sizeof url, "sips:%s:*", s->host);
+  if (rc == 0 && nta_agent_add_tport(s->agent, (url_string_t const *)url, TPTAG_CERTIFICATE(dir),
+                                     TPTAG_TLS_VERSION(0),
+                                     TPTAG_TLS_VERIFY_POLICY(TPTLS_VERIFY_ALL), TAG_END()) < 0)
+    rc = -EADDRINUSE;
+  unlink(agent), unlink(cafile), rmdir(dir);
+  for (const sip_via_t *v = nta_agent_via(s->agent); rc == 0 && v; v = v->v_next)
+    if (v->v_protocol && strcasecmp(v->v_protocol, "SIP/2.0/TLS") == 0 && v->v_port)
+      snprintf(s->tls_hostport, sizeof s->tls_hostport, "%s%s%s:%s",
+               strchr(v->v_host, ':') && v->v_host[0] != '[' ? "[" : "", v->v_host,
+               strchr(v->v_host, ':') && v->v_host[0] != '[' ? "]" : "", v->v_port);
+  if (rc == 0 && !s->tls_hostport[0])
+    rc = -EADDRNOTAVAIL;
+  if (rc < 0)
+    log_warn("SIP over TLS on %s: %s", url, strerror(-rc));
+  return rc;
 }
 
 static int create_agent(sip_svc_t *s)
@@ -291,9 +383,8 @@ static int create_agent(sip_svc_t *s)
   s->leg = nta_leg_tcreate(s->agent, on_request, (nta_leg_magic_t *)s, NTATAG_NO_DIALOG(1),
                            URLTAG_URL("sip:leg.p2psip.invalid"),
                            TAG_END());
-  s->stateless_irq = nta_incoming_default(s->agent);
   s->stateless_orq = nta_outgoing_default(s->agent, on_stray, (nta_outgoing_magic_t *)s);
-  if (!s->leg || !s->stateless_irq || !s->stateless_orq)
+  if (!s->leg || !s->stateless_orq)
     return -ENOMEM;
   return learn_address(s);
 }
@@ -316,9 +407,17 @@ int sip_new(uv_loop_t *loop, dht_t *dht, const sip_config_t *cfg, sip_svc_t **ou
   if (rc == 0 && cfg->users)
     rc = sip__auth_new(s, cfg->users, cfg->digest, cfg->ca);
   if (rc == 0)
+    rc = sip__limit_new(s, cfg->rate < 0 ? 0 : cfg->rate ? (unsigned)cfg->rate : SIP_DEFAULT_RATE,
+                        cfg->rate_burst > 0 ? (unsigned)cfg->rate_burst : 0,
+                        cfg->source_tx < 0   ? 0
+                        : cfg->source_tx ? (unsigned)cfg->source_tx
+                                         : SIP_DEFAULT_SOURCE_TX);
+  if (rc == 0)
     rc = sip__loop_new(loop, &s->loop);
   if (rc == 0)
     rc = create_agent(s);
+  if (rc == 0 && cfg->ca_file && cfg->cert_file && cfg->key_file)
+    rc = add_tls(s, cfg);
   if (rc == 0)
     rc = sip__flow_new(s);
   if (rc == 0)
@@ -448,12 +547,11 @@ void sip_free(sip_svc_t *s)
   sip__dht_cache_free(s);
   sip__dnsreg_free(s);
   sip__auth_free(s);
+  sip__limit_free(s);
   su_timer_destroy(s->sweep);
   su_timer_destroy(s->republish);
   su_timer_destroy(s->stop_timer);
-  if (s->stateless_irq) /* nta_agent_destroy() leaves the defaults */
-    nta_incoming_destroy(s->stateless_irq);
-  if (s->stateless_orq)
+  if (s->stateless_orq) /* nta_agent_destroy() leaves the default */
     nta_outgoing_destroy(s->stateless_orq);
   if (s->leg)
     nta_leg_destroy(s->leg);
@@ -535,7 +633,7 @@ static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int edge)
   sip__loop_hash(sip, hash);
   int ack = sip->sip_request->rq_method == sip_method_ack;
   if (sip__check_request(s, msg, sip) != 0) {
-    sip_req_t rq = {.origin = SIP_FROM_OTHER};
+    sip_req_t rq = {.origin = SIP_FROM_OTHER, .src = -1};
     if (ack)
       msg_destroy(msg), s->c.bad_requests++;
     else
@@ -547,7 +645,7 @@ static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int edge)
   if (edge)
     sip__proxy_edge(s, msg, sip, hash);
   else
-    sip__proxy(s, NULL, msg, sip, hash); /* an ACK along its route set */
+    sip__proxy(s, NULL, msg, sip, hash, -1); /* an ACK along its route set */
 }
 
 /* The leg's callback: nothing ever matches its URL, but nta must have one. */
@@ -596,7 +694,7 @@ static int serve(sip_svc_t *s, nta_incoming_t *irq, const sip_req_t *rq)
   sip__pop_routes(s, msg, sip);
   if (sip__next_hop(s, sip) == SIP_HOP_SELF && method != sip_method_ack)
     return serve_self(s, irq, msg, sip, rq);
-  return sip__proxy(s, irq, msg, sip, hash);
+  return sip__proxy(s, irq, msg, sip, hash, rq->src);
 }
 
 static int on_stray(nta_outgoing_magic_t *magic, nta_outgoing_t *orq, sip_t const *sip)
@@ -642,12 +740,17 @@ json_t *sip_stats_json(const sip_svc_t *s)
       /* The edge (auth.c, edge.c). */
       {"auth_challenges", c->auth_challenges}, {"auth_ok", c->auth_ok},
       {"auth_failed", c->auth_failed},          {"auth_wrong_user", c->auth_wrong_user},
-      {"acks_absorbed", c->acks_absorbed},      {"no_users", c->no_users}};
+      {"acks_absorbed", c->acks_absorbed},      {"no_users", c->no_users},
+      {"from_nodes", c->from_nodes},            {"relay_forbidden", c->relay_forbidden},
+      {"target_refused", c->target_refused},    {"stateless_in_dialog", c->stateless_in_dialog},
+      {"rate_limited", c->rate_limited},        {"rate_dropped", c->rate_dropped},
+      {"source_limited", c->source_limited},    {"overloaded", c->overloaded},
+      {"register_trimmed", c->register_trimmed}, {"register_too_big", c->register_too_big}};
   for (size_t i = 0; counters && i < sizeof down / sizeof *down; i++)
     json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);
-  return json_pack("{s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o, s:o}", "listen",
-                   s->hostport, "overlay", s->overlay, "gateway", s->gateway, "registrations",
+  return json_pack("{s:s, s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o, s:o}", "listen",
+                   s->hostport, "tls", s->tls_hostport, "overlay", s->overlay, "gateway", s->gateway, "registrations",
                    (json_int_t)sip__regs_count(s), "transactions", "proxy",
                    (json_int_t)s->n_ptx, "server", (json_int_t)server_tr, "client",
                    (json_int_t)client_tr, "proxy_peers_known", s->n_peers, "counters",

@@ -13,10 +13,25 @@
  *   needs proxy authentication (407) as that user, unless it comes on the
  *   TCP connection that user registered over (a UDP source can be forged,
  *   so a UDP phone authenticates every call).
+ * - The secured mode has no open relay: an out-of-dialog request for
+ *   anywhere but an overlay user, this node or one of its phones goes on
+ *   only from an overlay node (TLS with a node certificate of the overlay)
+ *   or from a phone of this node that authenticated (407 on a node with
+ *   users, else 403 Relay forbidden); an in-dialog request only with a
+ *   Route naming us (as our Record-Route made it), and from the public
+ *   side it is sent on without a transaction: one copy out per copy in.
+ * - Targets a request names (an IP literal Request-URI or Route) in the
+ *   loopback, private and other special-purpose ranges, and stream
+ *   transports to ports other than SIP's, are refused (403) unless
+ *   allowed (--sip-allow-loopback, --sip-allow-targets).
  */
+#include <arpa/inet.h>
 #include <string.h>
 
+#include <sofia-sip/hostdomain.h>
 #include <sofia-sip/sip_tag.h>
+#include <sofia-sip/su_strlst.h>
+#include <sofia-sip/tport.h>
 
 #include "sip/sip_int.h"
 
@@ -87,20 +102,24 @@ static int admit_register(sip_svc_t *s, msg_t *msg, sip_t *sip, sip_req_t *rq)
   return 0;
 }
 
-/* An out-of-dialog request for anywhere but this node itself. */
-static int admit_call(sip_svc_t *s, msg_t *msg, sip_t *sip, sip_req_t *rq)
+/* An out-of-dialog request from a phone of ours (the From names one of
+ * this node's users, or public is set: it leaves the overlay) must show
+ * who it is: the TCP connection the user registered over, or proxy
+ * credentials.  A From naming an overlay user must name that user. */
+static int admit_call(sip_svc_t *s, msg_t *msg, sip_t *sip, sip_req_t *rq, int public)
 {
   const char *fu = from_overlay_user(s, sip);
-  if (!s->auth || !fu || !sip__auth_has_user(s, fu))
+  int ours = s->auth && fu && sip__auth_has_user(s, fu);
+  if (!ours && !public)
     return 0;
-  if (sip__reg_stream_user(s, msg, fu)) {
+  if (ours && sip__reg_stream_user(s, msg, fu)) {
     rq->origin = SIP_FROM_PHONE;
     snprintf(rq->user, sizeof rq->user, "%s", fu);
     return 0;
   }
   if (authenticate(s, msg, sip, 1, rq))
     return 1;
-  if (strcmp(fu, rq->user) != 0) {
+  if (fu && strcmp(fu, rq->user) != 0) {
     s->c.auth_wrong_user++;
     return refuse(s, msg, sip, 403, "From is not the authenticated user");
   }
@@ -108,9 +127,112 @@ static int admit_call(sip_svc_t *s, msg_t *msg, sip_t *sip, sip_req_t *rq)
   return 0;
 }
 
-int sip__edge_admit(sip_svc_t *s, msg_t *msg, sip_t *sip, sip_req_t *rq)
+/* Nonzero when msg came over TLS from a peer whose certificate sofia
+ * checked against the overlay CA and that names a node of this overlay
+ * ("p2psip:<40 hex>@OVERLAY"; a user certificate names "sip:..."). */
+int sip__from_node(const sip_svc_t *s, msg_t *msg)
+{
+  if (!s->tls_hostport[0])
+    return 0;
+  tport_t *tp = tport_delivered_by(nta_agent_tports(s->agent), msg);
+  if (!tp || !tport_has_tls(tp) || !tport_is_verified(tp))
+    return 0;
+  su_strlst_t const *subj = tport_delivered_from_subjects(tp, msg);
+  size_t ol = strlen(s->overlay);
+  for (usize_t i = 0; subj && i < su_strlst_len(subj) && i < 8; i++) {
+    const char *v = su_strlst_item(subj, i);
+    if (v && strlen(v) == 7 + 40 + 1 + ol && strncmp(v, "p2psip:", 7) == 0 &&
+        strspn(v + 7, "0123456789abcdef") == 40 && v[47] == '@' && strcasecmp(v + 48, s->overlay) == 0)
+      return 1;
+  }
+  return 0;
+}
+
+static int in_ranges(const sip_svc_t *s, const struct sockaddr_storage *ss)
+{
+  return (s->allow_loopback && dht_addr_loopback(ss)) || dht_cidr_list_match(s->allow, s->n_allow, ss);
+}
+
+int sip__target_ok(const sip_svc_t *s, const url_t *u)
+{
+  if (!u || !u->url_host || !host_is_ip_address(u->url_host))
+    return 1; /* a domain: DNS says where (RFC 3263) */
+  char ip[64], tp[16] = "";
+  snprintf(ip, sizeof ip, "%s", u->url_host);
+  if (ip[0] == '[')
+    memmove(ip, ip + 1, strlen(ip)), ip[strcspn(ip, "]")] = '\0';
+  struct sockaddr_storage ss = {0};
+  struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+  if (inet_pton(AF_INET, ip, &a4->sin_addr) == 1)
+    ss.ss_family = AF_INET;
+  else if (inet_pton(AF_INET6, ip, &a6->sin6_addr) == 1)
+    ss.ss_family = AF_INET6;
+  else
+    return 0;
+  if (in_ranges(s, &ss))
+    return 1; /* allowed ranges: any port, any transport */
+  if (dht_addr_special(&ss))
+    return 0;
+  /* A stream transport writes the whole request, our own text and the
+   * sender's, into whatever listens there: only to SIP's own ports. */
+  url_param(u->url_params, "transport", tp, sizeof tp);
+  int tls = u->url_type == url_sips || strcasecmp(tp, "tls") == 0;
+  if (!tls && (!tp[0] || strcasecmp(tp, "udp") == 0))
+    return 1;
+  const char *port = u->url_port && u->url_port[0] ? u->url_port : tls ? "5061" : "5060";
+  return strcmp(port, tls ? "5061" : "5060") == 0;
+}
+
+/* The target the request names: the first Route not naming us, else the
+ * Request-URI. */
+static const url_t *named_target(const sip_svc_t *s, const sip_t *sip, int ours)
+{
+  const sip_route_t *r = sip->sip_route;
+  for (int i = 0; r && i < ours; i++)
+    r = r->r_next;
+  return r ? r->r_url : sip->sip_request->rq_url;
+}
+
+/* Refusals of requests that are answered (403), and ACKs, which are not
+ * (nothing answers an ACK): dropped. */
+static int refuse_or_drop(sip_svc_t *s, msg_t *msg, sip_t *sip, int status, const char *phrase)
+{
+  if (sip->sip_request->rq_method == sip_method_ack) {
+    msg_destroy(msg);
+    return 1;
+  }
+  if (sip->sip_request->rq_method == sip_method_cancel) {
+    sip__reply_stateless(s, msg, sip, SIP_481_NO_TRANSACTION, TAG_END());
+    return 1;
+  }
+  return refuse(s, msg, sip, status, phrase);
+}
+
+/* A request within a dialog (To tag), or an ACK or CANCEL. */
+static int admit_in_dialog(sip_svc_t *s, msg_t *msg, sip_t *sip, sip_req_t *rq, int ours,
+                           enum sip_hop hop)
+{
+  if (ours > 0) {
+    /* The public side may send along our Record-Route to wherever the
+     * route set goes on: one copy on for each copy in, never a
+     * transaction of ours retransmitting to a third party. */
+    if (rq->origin == SIP_FROM_OTHER && hop == SIP_HOP_DIRECT) {
+      rq->stateless = 1;
+      s->c.stateless_in_dialog++;
+    }
+    return 0;
+  }
+  if (!s->ca)
+    return 0;
+  s->c.relay_forbidden++;
+  return refuse_or_drop(s, msg, sip, 403, "Relay forbidden");
+}
+
+int sip__edge_admit(sip_svc_t *s, msg_t *msg, sip_t *sip, int node, sip_req_t *rq)
 {
   memset(rq, 0, sizeof *rq);
+  rq->src = -1;
   sip__loop_hash(sip, rq->hash);
   sip_method_t m = sip->sip_request->rq_method;
   const char *to_tag = sip->sip_to ? sip->sip_to->a_tag : NULL;
@@ -119,11 +241,33 @@ int sip__edge_admit(sip_svc_t *s, msg_t *msg, sip_t *sip, sip_req_t *rq)
     msg_destroy(msg);
     return 1;
   }
-  if (m == sip_method_ack || m == sip_method_cancel || !sip->sip_to || !sip->sip_from)
-    return 0;
+  if (!sip->sip_to || !sip->sip_from)
+    return 0; /* nta answers these 400 */
+  if (node) {
+    rq->origin = SIP_FROM_NODE;
+    s->c.from_nodes++;
+  }
   int ours;
   enum sip_hop hop = sip__peek_hop(s, sip, &ours);
   if (hop == SIP_HOP_SELF)
     return m == sip_method_register ? admit_register(s, msg, sip, rq) : 0;
-  return to_tag ? 0 : admit_call(s, msg, sip, rq);
+  /* Our own phones, reached through the address they registered from. */
+  int local = sip__edge_hop(s, sip);
+  if (hop == SIP_HOP_DIRECT && !local && !sip__target_ok(s, named_target(s, sip, ours))) {
+    s->c.target_refused++;
+    return refuse_or_drop(s, msg, sip, 403, "Forbidden target");
+  }
+  /* ACK and CANCEL carry no credentials (RFC 3261 22.1). */
+  int tail = m == sip_method_ack || m == sip_method_cancel;
+  if (local || rq->origin == SIP_FROM_NODE)
+    return to_tag || tail || rq->origin == SIP_FROM_NODE ? 0 : admit_call(s, msg, sip, rq, 0);
+  if (to_tag || tail)
+    return admit_in_dialog(s, msg, sip, rq, ours, hop);
+  if (hop == SIP_HOP_LOCATE || !s->ca)
+    return admit_call(s, msg, sip, rq, 0);
+  /* It would leave the overlay: only for our authenticated phones. */
+  if (s->auth)
+    return admit_call(s, msg, sip, rq, 1);
+  s->c.relay_forbidden++;
+  return refuse(s, msg, sip, 403, "Relay forbidden");
 }

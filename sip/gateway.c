@@ -51,6 +51,12 @@ static void publish(sip_svc_t *s)
   snprintf(uri, sizeof uri, "sip:%s", s->hostport);
   json_t *o = json_pack("{s:s, s:s, s:[s,s]}", "uri", uri, "node", hex, "transports", "udp",
                         "tcp");
+  /* The secured mode: nodes send to us over TLS, where we can tell them
+   * from strangers (edge.c). */
+  if (o && s->tls_hostport[0]) {
+    json_object_set_new(o, "tls", json_string(s->tls_hostport));
+    json_array_append_new(json_object_get(o, "transports"), json_string("tls"));
+  }
   char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
   json_decref(o);
   if (body)
@@ -150,11 +156,15 @@ static int peer_decode(const dht_value_t *v, sip_peer_t *p)
   json_t *o = json_loadb((const char *)v->body, v->body_len, 0, NULL);
   const char *uri = json_string_value(json_object_get(o, "uri"));
   const char *node = json_string_value(json_object_get(o, "node"));
+  const char *tls = json_string_value(json_object_get(o, "tls"));
   int ok = uri && strncmp(uri, "sip:", 4) == 0 && strlen(uri) < sizeof p->uri &&
            !strpbrk(uri, " \t\r\n<>;,\"");
   if (ok) {
     snprintf(p->uri, sizeof p->uri, "%s", uri);
     snprintf(p->node, sizeof p->node, "%s", node ? node : "");
+    p->tls[0] = '\0';
+    if (tls && sip__hostport_ok(tls))
+      snprintf(p->tls, sizeof p->tls, "sip:%s;transport=tls", tls);
   }
   json_decref(o);
   return ok ? 0 : -EINVAL;

@@ -58,6 +58,7 @@ struct sip_rtx {
   int pending, failed;
   char received[80], transport[8], node[DHT_ID_HEX];
   const dht_cert_creds_t *signer; /* the user's, in the secured mode */
+  int src;                        /* the source's slot (limit.c), or -1 */
 };
 
 /* ---- the local table --------------------------------------------------- */
@@ -285,7 +286,7 @@ size_t sip__reg_reput(sip_svc_t *s, size_t max)
     sip_binding_t b = {.aor = r->aor, .contact = r->contact, .uri = r->uri,
                        .call_id = r->call_id, .path = path, .node = node,
                        .received = r->received, .transport = r->transport, .edge = edge,
-                       .cseq = r->cseq, .q1000 = r->q1000};
+                       .tls = edge[0] ? "" : s->tls_hostport, .cseq = r->cseq, .q1000 = r->q1000};
     char *body = sip__binding_encode(&b, expires);
     const dht_cert_creds_t *signer;
     if (!body || signer_of(s, r->aor, &signer) < 0 ||
@@ -422,6 +423,7 @@ static void rtx_free(rtx_t *x)
     sip__binding_clear(&x->ex[i]);
   if (x->irq)
     nta_incoming_destroy(x->irq);
+  sip__limit_release(x->s, x->src);
   msg_destroy(x->msg);
   free(x);
 }
@@ -567,34 +569,58 @@ static void note_source(rtx_t *x)
   memcpy(x->node, hex, sizeof x->node);
 }
 
-static void reply_bindings(rtx_t *x)
+static void add_contact(su_home_t *home, sip_contact_t ***tail, size_t *bytes, const char *contact,
+                        long expires, int q1000)
+{
+  char q[16];
+  snprintf(q, sizeof q, "%d.%03d", q1000 / 1000, q1000 % 1000);
+  sip_contact_t *m = sip_contact_format(home, "%s;expires=%ld%s%s", contact, expires,
+                                        q1000 < 1000 ? ";q=" : "", q1000 < 1000 ? q : "");
+  if (m)
+    **tail = m, *tail = &m->m_next, *bytes += strlen(contact) + 40;
+}
+
+/* The bindings the answer lists (own: only those registered from the
+ * requester's address or in this request); their bytes in *bytes. */
+static sip_contact_t *answer_contacts(rtx_t *x, int own, size_t *bytes)
 {
   su_home_t *home = msg_home(x->msg);
   sip_contact_t *list = NULL, **tail = &list;
-  char q[16];
+  *bytes = 0;
   for (int i = 0; i < x->n_ex; i++) {
-    if (x->removed[i] || x->ex[i].remaining <= 0)
-      continue;
     const sip_binding_t *b = &x->ex[i];
-    snprintf(q, sizeof q, "%d.%03d", b->q1000 / 1000, b->q1000 % 1000);
-    sip_contact_t *m = sip_contact_format(home, "%s;expires=%d%s%s", b->contact,
-                                          (int)b->remaining, b->q1000 < 1000 ? ";q=" : "",
-                                          b->q1000 < 1000 ? q : "");
-    if (m)
-      *tail = m, tail = &m->m_next;
+    if (!x->removed[i] && b->remaining > 0 && (!own || strcmp(b->received, x->received) == 0))
+      add_contact(home, &tail, bytes, b->contact, b->remaining, b->q1000);
   }
-  for (int i = 0; i < x->n_in; i++) {
-    const intent_t *in = &x->in[i];
-    if (in->expires == 0)
-      continue;
-    snprintf(q, sizeof q, "%d.%03d", in->q1000 / 1000, in->q1000 % 1000);
-    sip_contact_t *m = sip_contact_format(home, "%s;expires=%u%s%s", in->contact,
-                                          (unsigned)in->expires, in->q1000 < 1000 ? ";q=" : "",
-                                          in->q1000 < 1000 ? q : "");
-    if (m)
-      *tail = m, tail = &m->m_next;
+  for (int i = 0; i < x->n_in; i++)
+    if (x->in[i].expires)
+      add_contact(home, &tail, bytes, x->in[i].contact, x->in[i].expires, x->in[i].q1000);
+  return list;
+}
+
+/* 10.3 step 8: the 200 lists the AOR's bindings.  Over UDP it must fit
+ * where the request came from: a query with no Contact of its own could
+ * otherwise return 16 times its size to a forged source.  Where every
+ * binding does not fit, the answer lists the requester's own; where even
+ * those do not, 513 (the bindings were stored: over TCP a query lists
+ * them). */
+static void reply_bindings(rtx_t *x)
+{
+  size_t bytes, limit = msg_size(x->msg) > SIP_UDP_ANSWER_MAX ? msg_size(x->msg)
+                                                             : SIP_UDP_ANSWER_MAX;
+  int udp = strcmp(x->transport, "udp") == 0;
+  sip_contact_t *list = answer_contacts(x, 0, &bytes);
+  if (udp && SIP_ANSWER_HEAD + bytes > limit) {
+    x->s->c.register_trimmed++;
+    list = answer_contacts(x, 1, &bytes);
   }
-  sip_date_t *date = sip_date_create(home, sip_now());
+  if (udp && SIP_ANSWER_HEAD + bytes > limit) {
+    x->s->c.register_too_big++;
+    nta_incoming_treply(x->irq, 513, "Bindings Do Not Fit a Datagram", TAG_END());
+    rtx_end(x, 513);
+    return;
+  }
+  sip_date_t *date = sip_date_create(msg_home(x->msg), sip_now());
   nta_incoming_treply(x->irq, SIP_200_OK, SIPTAG_CONTACT(list), SIPTAG_DATE(date), TAG_END());
   rtx_end(x, 200);
 }
@@ -656,7 +682,8 @@ static int store(rtx_t *x, intent_t *in)
   sip_binding_t b = {.aor = x->aor, .contact = in->contact, .uri = in->uri,
                      .call_id = (char *)x->sip->sip_call_id->i_id, .path = path,
                      .node = x->node, .received = x->received, .transport = x->transport,
-                     .edge = edge, .cseq = x->sip->sip_cseq->cs_seq, .q1000 = in->q1000};
+                     .edge = edge, .tls = edge[0] ? "" : s->tls_hostport,
+                     .cseq = x->sip->sip_cseq->cs_seq, .q1000 = in->q1000};
   char *body = sip__binding_encode(&b, in->expires);
   int rc = body ? sip__dht_put(s, x->signer, x->aor, in->vid, DHT_KIND_USER, body,
                                in->expires + SIP_GRACE_S, on_stored, x)
@@ -781,7 +808,8 @@ int sip__register(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, con
     msg_destroy(msg);
     return 500;
   }
-  x->s = s, x->msg = msg, x->sip = sip;
+  x->s = s, x->msg = msg, x->sip = sip, x->src = rq->src;
+  sip__limit_hold(s, x->src);
   int status = aor_of(s, sip, x->aor, sizeof x->aor);
   long brief = 0;
   if (status == 0 && signer_of(s, x->aor, &x->signer) < 0) {

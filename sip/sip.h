@@ -51,6 +51,23 @@ typedef struct {
    * must outlive the service).  User records are then signed with the
    * users' certificates from the users directory. */
   dht_cert_ca_t *ca;
+  /* The secured mode's files (all three, or none): SIP between nodes goes
+   * over TLS with both ends presenting their node certificates, on
+   * tls_listen ("IP:PORT"; NULL: the SIP IP, a port the system picks). */
+  const char *ca_file, *cert_file, *key_file;
+  const char *tls_listen;
+  /* Targets in loopback, private and other special-purpose ranges, and
+   * stream transports to ports other than 5060/5061, are refused unless
+   * allowed here (loopback testbeds; a testbed's private segment). */
+  int allow_loopback;
+  const dht_cidr_t *allow_targets; /* borrowed during sip_new only */
+  int n_allow_targets;
+  /* Per source (an IPv4 address, an IPv6 /64; on loopback address and
+   * port): requests per second (burst: rate_burst, 0: twice the rate), and
+   * live transactions.  0: the defaults (50/s, 256); < 0: no limit. */
+  int rate, rate_burst, source_tx;
+  const dht_cidr_t *trusted; /* sources exempt from those (borrowed during sip_new) */
+  int n_trusted;
 } sip_config_t;
 
 /* Create the service: binds UDP and TCP on cfg->listen (so sip_addr() knows

@@ -31,6 +31,17 @@
 #define SIP_MAX_TRANSACTIONS 4096 /* proxy transactions alive at once */
 #define SIP_MAX_PEERS 16          /* proxy peers remembered */
 #define SIP_MAX_BODY 65536        /* bytes: larger messages get 413 */
+/* Per-source limits (limit.c). */
+#define SIP_SOURCES 4096          /* sources tracked at once */
+#define SIP_SOURCE_PROBES 8       /* slots looked at for one source */
+#define SIP_RATE_BLOCK_MS 5000    /* a source over its rate is refused this long (Retry-After) */
+#define SIP_DEFAULT_RATE 50       /* requests/s per source, burst twice that (--sip-rate) */
+#define SIP_DEFAULT_SOURCE_TX 256 /* live transactions per source (--sip-source-transactions) */
+/* A REGISTER's answer over UDP is at most this long, or the request's
+ * length if that is more (the path carried that): RFC 3261 18.1.1's
+ * 1300 bytes for an unknown path MTU. */
+#define SIP_UDP_ANSWER_MAX 1300
+#define SIP_ANSWER_HEAD 600       /* bytes of an answer besides its Contacts, at most */
 #define SIP_UDP_RCVBUF (2 << 20)  /* bytes of socket receive buffer (capped by rmem_max) */
 
 /* Digest authentication of phones (auth.c). */
@@ -84,6 +95,7 @@ typedef struct sip_dnsreg sip_dnsreg_t;
 typedef struct sip_flow sip_flow_t;
 typedef struct sip_ping sip_ping_t;
 typedef struct sip_authdb sip_authdb_t;
+typedef struct sip_limits sip_limits_t;
 
 /* Counters shown by {"cmd":"sip"}. */
 typedef struct {
@@ -106,13 +118,28 @@ typedef struct {
    * authenticated user, ACKs of our stateless answers absorbed, REGISTERs
    * refused for want of --users in the secured mode. */
   uint64_t auth_challenges, auth_ok, auth_failed, auth_wrong_user, acks_absorbed, no_users;
+  /* Requests from overlay nodes (TLS, node certificate), refused as
+   * relaying (403 Relay forbidden, or an ACK dropped) and for their target
+   * (special-purpose address, stream transport to another port); in-dialog
+   * requests from the public side sent on statelessly. */
+  uint64_t from_nodes, relay_forbidden, target_refused, stateless_in_dialog;
+  /* Limits (limit.c, core.c, registrar.c): 503s for a source over its rate
+   * and its requests dropped while it is blocked; 503s for a source holding
+   * its share of transactions, and for a full table; REGISTER answers cut
+   * to the requester's own bindings, and 513s where even those did not fit
+   * a datagram. */
+  uint64_t rate_limited, rate_dropped, source_limited, overloaded, register_trimmed,
+      register_too_big;
 } sip_counters_t;
 
 /* A proxy peer as found under sip:OVERLAY. */
 typedef struct {
   char uri[96];    /* "sip:IP:PORT" */
+  char tls[112];   /* "sip:IP:PORT;transport=tls" in the secured mode, or "" */
   char node[DHT_ID_HEX];
 } sip_peer_t;
+
+#define SIP_MAX_ALLOW 32 /* --sip-allow-targets ranges (node/ caps them at 32) */
 
 struct sip_svc {
   uv_loop_t *uv;
@@ -132,7 +159,6 @@ struct sip_svc {
   su_home_t home[1];
   nta_agent_t *agent;
   nta_leg_t *leg;
-  nta_incoming_t *stateless_irq; /* sends stray responses on */
   nta_outgoing_t *stateless_orq; /* receives stray responses */
 
   sip_ptx_t *ptx;      /* live proxy transactions */
@@ -181,7 +207,14 @@ struct sip_svc {
   struct { dht_id_t id; int used; } down[SIP_DOWN_PENDING]; /* gateway.c */
 
   sip_authdb_t *auth;     /* --users: this node's phones' credentials, or NULL */
+  sip_limits_t *limits;   /* per-source limits, or NULL (off) */
   dht_cert_ca_t *ca;    /* the secured mode's CA, or NULL */
+  char tls_hostport[80];/* "IP:PORT" of SIP over TLS between nodes, or "" (open mode) */
+  int allow_loopback;   /* targets: see sip_config_t */
+  dht_cidr_t allow[SIP_MAX_ALLOW];
+  int n_allow;
+  dht_cidr_t trusted[SIP_MAX_ALLOW]; /* sources the per-source limits spare */
+  int n_trusted;
   char sl_tag[24];      /* To tag of our stateless answers (their ACKs are absorbed) */
 
   struct sip_gcache *gcache; /* recent DHT answers (dhtop.c), or NULL */
@@ -215,6 +248,9 @@ int sip__host_is_overlay(const sip_svc_t *s, const char *host);
 /* "IP", "IP:PORT", "[v6]:PORT" or bare v6; 0 or -EINVAL. */
 int sip__parse_hostport(const char *str, unsigned default_port, struct sockaddr_storage *out);
 void sip__addr_ip(const struct sockaddr_storage *ss, char *ip, size_t len, unsigned *port);
+/* Where to send to a proxy peer: over TLS in the secured mode (where it
+ * can tell us from a stranger), else its SIP address. */
+const char *sip__peer_next(const sip_svc_t *s, const sip_peer_t *p);
 /* "IP:PORT" a request came from, or "". */
 void sip__msg_source(msg_t *msg, char *out, size_t len);
 
@@ -244,16 +280,39 @@ void sip__dht_cache_free(sip_svc_t *s);
 enum sip_origin {
   SIP_FROM_OTHER = 0, /* anyone: the public side, or a phone not authenticated */
   SIP_FROM_PHONE,     /* a phone of this node, authenticated as user */
+  SIP_FROM_NODE,      /* an overlay node (TLS with its node certificate) */
 };
 typedef struct {
   char hash[17];                     /* sip__loop_hash of the request as received */
   int origin;                        /* enum sip_origin */
+  int stateless;                     /* send on without a transaction (no reflector) */
+  int src;                           /* the source's slot in limit.c, or -1 */
   char user[DHT_CERT_MAX_USER + 1];  /* SIP_FROM_PHONE, and an authenticated REGISTER's */
 } sip_req_t;
 
 /* edge.c: decides, before a transaction exists, whether a request may go
- * on (0, rq filled) or was answered or dropped here (1, msg taken). */
-int sip__edge_admit(sip_svc_t *s, msg_t *msg, sip_t *sip, sip_req_t *rq);
+ * on (0, rq filled) or was answered or dropped here (1, msg taken).  node:
+ * sip__from_node()'s verdict. */
+int sip__edge_admit(sip_svc_t *s, msg_t *msg, sip_t *sip, int node, sip_req_t *rq);
+/* Nonzero when msg came over TLS from an overlay node (its certificate). */
+int sip__from_node(const sip_svc_t *s, msg_t *msg);
+
+/* limit.c: per-source limits.  rate 0: no rate limit; per_source 0: no cap
+ * on transactions; both 0: nothing tracked. */
+int sip__limit_new(sip_svc_t *s, unsigned rate, unsigned burst, unsigned per_source);
+void sip__limit_free(sip_svc_t *s);
+/* Before anything else: 0 (the source's slot in *slot, or -1) or 1 when
+ * the request was refused (503, one per block) or dropped; msg taken then.
+ * exempt: an overlay node. */
+int sip__limit_admit(sip_svc_t *s, msg_t *msg, sip_t *sip, int exempt, int *slot);
+/* Nonzero when the source holds its share of transactions. */
+int sip__limit_full(const sip_svc_t *s, int slot);
+void sip__limit_hold(sip_svc_t *s, int slot);
+void sip__limit_release(sip_svc_t *s, int slot);
+/* Nonzero when requests may be sent to u (an IP literal outside the
+ * special-purpose ranges or allowed, and a stream transport only to
+ * 5060/5061); domain names are left to DNS. */
+int sip__target_ok(const sip_svc_t *s, const url_t *u);
 
 /* auth.c: digest authentication (--users DIR). */
 /* algs: the algorithms to offer, "SHA-256,MD5" (NULL: that) or one. */
@@ -293,6 +352,7 @@ size_t sip__regs_count(const sip_svc_t *s);
 typedef struct {
   char *aor, *contact, *uri, *call_id, *path, *node, *received, *transport;
   char *edge;        /* "sip:IP:PORT" of the proxy peer to go through first, or "" */
+  char *tls;         /* "IP:PORT": the node's SIP over TLS (secured mode), or "" */
   uint32_t cseq;
   int q1000;         /* q times 1000 */
   int32_t remaining; /* seconds until the contact expires; <= 0: expired */
@@ -306,6 +366,9 @@ void sip__binding_clear(sip_binding_t *b);
 /* Nonzero when a path or edge is a plain "sip:HOST[:PORT]" we may put
  * into a Route header. */
 int sip__binding_hop_ok(const char *u);
+/* Nonzero for a plain "IP:PORT" ("[v6]:PORT"), as records and proxy peer
+ * values carry the nodes' TLS addresses. */
+int sip__hostport_ok(const char *hp);
 
 /* registrar.c, for the proxy: does a request go to (> 0) or come from
  * (< 0) a phone registered through this node, or neither (0)?  Re-puts up
@@ -334,7 +397,9 @@ const char *sip__flow_rr(const sip_svc_t *s, int toward_phone);
 json_t *sip__flow_json(const sip_svc_t *s);
 
 /* proxy.c */
-int sip__proxy(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, const char *hash);
+/* src: the source's slot in limit.c (its transactions are counted), or -1. */
+int sip__proxy(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, const char *hash,
+               int src);
 int sip__proxy_full(const sip_svc_t *s); /* no room for another proxy transaction */
 void sip__proxy_free_all(sip_svc_t *s);
 int sip__stray_response(sip_svc_t *s, nta_outgoing_t *orq, const sip_t *sip);

@@ -58,16 +58,24 @@ def pick_udp_tcp(n, lo=20000, hi=32000, tries=60):
 
 class SipCluster(p2p.Cluster):
     """A cluster whose node i also serves SIP on sip_base + i; per-node
-    extra arguments in node_args[i] (e.g. ["--gateway", "--dns", ...])."""
+    extra arguments in node_args[i] (e.g. ["--gateway", "--dns", ...]).
+    Everything here is on loopback, which a node refuses as a SIP target
+    unless told (--sip-allow-loopback, given unless allow_loopback is
+    False or the node's own arguments say "--no-loopback")."""
 
-    def __init__(self, rundir, binary, sip_base, node_args=None, **kw):
+    def __init__(self, rundir, binary, sip_base, node_args=None, allow_loopback=True, **kw):
         super().__init__(rundir, binary, **kw)
         self.sip_base = sip_base
         self.node_args = node_args or {}
+        self.allow_loopback = allow_loopback
 
     def argv(self, node, bootstrap):
         a = super().argv(node, bootstrap)
         extra = list(self.node_args.get(node.index, []))
+        if "--no-loopback" in extra:
+            extra.remove("--no-loopback")
+        elif self.allow_loopback:
+            extra.append("--sip-allow-loopback")
         # On loopback every node is reachable, so --public auto would make
         # every SIP node a proxy peer; these tests choose their proxy peers
         # with --gateway and keep the others private.

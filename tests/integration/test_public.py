@@ -282,6 +282,8 @@ def main():
             sock = os.path.join(tmp, name + ".sock")
             argv = ["ip", "netns", "exec", NS[where], BIN, "--overlay", "overlay.test", "--listen", listen,
                     "--sip", sip, "--turn", turn, "--turn-secret", "overlay-secret", "--admin", sock,
+                    # documentation ranges stand for the public and the NATed side here
+                    "--sip-allow-targets", "192.0.2.0/24,198.51.100.0/24",
                     "--log-level", os.environ.get("P2PSIP_LOG_LEVEL", "info")]
             if boot:
                 argv += ["--bootstrap", boot]
