@@ -29,6 +29,8 @@
 #define GET_TRIES 5 /* a lookup answer may still list a few dead nodes */
 #define REPAIR_DELAY_MS 300
 #define OWNED_REFRESH_DELAY_MS 2000 /* lets a burst of deaths settle first */
+#define OWNED_PACE_MS 10                /* between batches of an owner refresh */
+#define OWNED_PACE_MIN 64               /* values stored per batch at least */
 
 static bool is_self(const dht_t *d, const dht_node_t *n) { return dht__node_eq(n, &d->self); }
 
@@ -773,11 +775,25 @@ int dht_remove_value(dht_t *d, const dht_cert_creds_t *signer, const char *name,
   return tombstone(d, signer ? signer : d->creds, name, v->vid, v->kind, v->seq, ttl, cb, arg);
 }
 
-void dht__owned_refresh_all(dht_t *d) {
-  if (!d->joined) return; /* dht__owned_joined() sends them */
+/* An owner refresh is paced: a node holding 100,000 values (a registrar's
+ * bindings) sent a STORE for each in one callback, which held the loop
+ * (and its SIP, admin socket and DHT peers) for seconds and queued tens of
+ * megabytes of frames.  Each batch walks whole buckets (the cursor is a
+ * bucket index, so values freed between batches leave it valid) until it
+ * has stored enough to finish the pass within a third of the interval. */
+static void pace_step(uv_timer_t *t) {
+  dht_t *d = t->data;
+  if (d->leaving || d->closed || !d->joined) {
+    d->pacing = d->pace_again = false;
+    return;
+  }
   uint64_t now = uv_now(d->loop);
-  for (size_t b = 0; b < d->owned_nb; b++) {
-    for (dht__owned_t **pp = &d->owned[b]; *pp;) {
+  size_t steps = d->refresh_ms / 3 / OWNED_PACE_MS;
+  size_t budget = steps ? d->owned_n / steps + 1 : d->owned_n + 1;
+  if (budget < OWNED_PACE_MIN) budget = OWNED_PACE_MIN;
+  size_t done = 0;
+  for (; d->pace_bucket < d->owned_nb && done < budget; d->pace_bucket++) {
+    for (dht__owned_t **pp = &d->owned[d->pace_bucket]; *pp;) {
       dht__owned_t *o = *pp;
       if (o->expires <= now) {
         *pp = o->next;
@@ -786,9 +802,30 @@ void dht__owned_refresh_all(dht_t *d) {
         continue;
       }
       owned_store(d, o, NULL, NULL);
+      done++;
       pp = &o->next;
     }
   }
+  if (d->pace_bucket < d->owned_nb) {
+    uv_timer_start(&d->pace_timer, pace_step, OWNED_PACE_MS, 0);
+    return;
+  }
+  d->pacing = false;
+  if (d->pace_again) {
+    d->pace_again = false;
+    dht__owned_refresh_all(d);
+  }
+}
+
+void dht__owned_refresh_all(dht_t *d) {
+  if (!d->joined) return; /* dht__owned_joined() sends them */
+  if (d->pacing) {
+    d->pace_again = true;
+    return;
+  }
+  d->pacing = true;
+  d->pace_bucket = 0;
+  pace_step(&d->pace_timer);
 }
 
 /* Get ------------------------------------------------------------------------ */

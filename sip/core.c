@@ -14,6 +14,8 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <linux/sock_diag.h>
+
 #include <sofia-sip/hostdomain.h>
 #include <sofia-sip/sip_tag.h>
 #include <sofia-sip/sresolv.h>
@@ -214,12 +216,69 @@ static int copy_config(sip_svc_t *s, const sip_config_t *cfg)
   return 0;
 }
 
+/* sofia's UDP socket bound to our SIP address. */
+static int is_our_udp(int fd, void *arg)
+{
+  const sip_svc_t *s = arg;
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  int type = 0;
+  socklen_t tlen = sizeof type;
+  return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) == 0 && type == SOCK_DGRAM &&
+         getsockname(fd, (struct sockaddr *)&ss, &len) == 0 && dht_addr_eq(&ss, &s->listen);
+}
+
+/* Bytes waiting in the SIP UDP socket's receive queue (kernel accounting). */
+static unsigned queued_bytes(const sip_svc_t *s)
+{
+  uint32_t mem[SK_MEMINFO_VARS];
+  socklen_t len = sizeof mem;
+  if (s->udp_fd < 0 || getsockopt(s->udp_fd, SOL_SOCKET, SO_MEMINFO, mem, &len) < 0)
+    return 0;
+  return mem[SK_MEMINFO_RMEM_ALLOC];
+}
+
+/* Work we cannot take now: with the socket's queue long (what waits behind
+ * in it, an ACK, an OPTIONS, would wait too) or the DHT behind on our
+ * REGISTERs, a new REGISTER or dialog-creating request gets 503 with
+ * Retry-After before any state exists; requests of dialogs under way and
+ * OPTIONS still go through. */
+static int must_shed(const sip_svc_t *s, const sip_t *sip)
+{
+  sip_method_t m = sip->sip_request->rq_method;
+  if ((sip->sip_to && sip->sip_to->a_tag) || m == sip_method_ack || m == sip_method_cancel ||
+      m == sip_method_bye || m == sip_method_options)
+    return 0;
+  return (m == sip_method_register && s->n_rtx >= SIP_MAX_REGISTERING) ||
+         queued_bytes(s) > SIP_SHED_QUEUE_BYTES;
+}
+
 static int on_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *irq,
                       sip_t const *sip);
 static int on_stray(nta_outgoing_magic_t *magic, nta_outgoing_t *orq, sip_t const *sip);
 
 static void stateful(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq);
 static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int edge);
+
+/* A REGISTER for this node: the registrar answers it without a server
+ * transaction (registrar.c says why); what fails the checks here is
+ * answered the same way. */
+static void register_stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq)
+{
+  int status = !s->started || s->stopping ? 503 : sip__check_request(s, msg, sip);
+  if (status == 420)
+    status = 0; /* Proxy-Require is for proxies; a registrar is none */
+  if (status) {
+    s->c.bad_requests += status == 400 || status == 416;
+    s->c.loops += status == 482;
+    s->c.too_many_hops += status == 483;
+    sip__reply_stateless(s, msg, sip, status, sip_status_phrase(status), TAG_END());
+    return;
+  }
+  s->c.requests++;
+  sip__pop_routes(s, msg, sip);
+  sip__register(s, msg, sip, rq);
+}
 
 /* Every request that matches no transaction comes here (there is no
  * default leg).  The edge (edge.c) answers what it refuses before any
@@ -240,10 +299,22 @@ static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg
   int node = sip__from_node(s, msg), local = m != sip_method_register && sip__edge_hop(s, sip);
   int src;
   sip_req_t rq;
-  if (sip__limit_admit(s, msg, sip, node || local, &src) ||
-      sip__edge_admit(s, msg, sip, node, &rq))
+  if (sip__limit_admit(s, msg, sip, node || local, &src))
+    return 0;
+  if (must_shed(s, sip)) {
+    s->c.shed++;
+    sip__reply_stateless(s, msg, sip, SIP_503_SERVICE_UNAVAILABLE, SIPTAG_RETRY_AFTER_STR("2"),
+                         TAG_END());
+    return 0;
+  }
+  if (sip__edge_admit(s, msg, sip, node, &rq))
     return 0;
   rq.src = src;
+  int ours;
+  if (m == sip_method_register && sip__peek_hop(s, sip, &ours) == SIP_HOP_SELF) {
+    register_stateless(s, msg, sip, &rq);
+    return 0;
+  }
   int edge = local || (m != sip_method_register && rq.stateless);
   if (m == sip_method_cancel && !edge) { /* it matched no transaction of ours */
     nta_msg_treply(agent, msg, SIP_481_NO_TRANSACTION, TAG_END());
@@ -386,7 +457,11 @@ static int create_agent(sip_svc_t *s)
   s->stateless_orq = nta_outgoing_default(s->agent, on_stray, (nta_outgoing_magic_t *)s);
   if (!s->leg || !s->stateless_orq)
     return -ENOMEM;
-  return learn_address(s);
+  int rc = learn_address(s);
+  s->udp_fd = rc == 0 ? sip__loop_find_fd(is_our_udp, s) : -1;
+  if (rc == 0 && s->udp_fd < 0)
+    log_warn("SIP UDP socket not found: no shedding by its queue");
+  return rc;
 }
 
 int sip_new(uv_loop_t *loop, dht_t *dht, const sip_config_t *cfg, sip_svc_t **out)
@@ -395,7 +470,7 @@ int sip_new(uv_loop_t *loop, dht_t *dht, const sip_config_t *cfg, sip_svc_t **ou
   sip_svc_t *s = calloc(1, sizeof *s);
   if (!s)
     return -ENOMEM;
-  s->uv = loop, s->dht = dht;
+  s->uv = loop, s->dht = dht, s->udp_fd = -1;
   if (su_users++ == 0) {
     su_init();
     su_log_redirect(NULL, su_logger, NULL);
@@ -588,8 +663,6 @@ static int serve_self(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip,
                       const sip_req_t *rq)
 {
   switch (sip->sip_request->rq_method) {
-  case sip_method_register:
-    return sip__register(s, irq, msg, sip, rq);
   case sip_method_options: {
     char from[80];
     sip__msg_source(msg, from, sizeof from);
@@ -745,7 +818,8 @@ json_t *sip_stats_json(const sip_svc_t *s)
       {"target_refused", c->target_refused},    {"stateless_in_dialog", c->stateless_in_dialog},
       {"rate_limited", c->rate_limited},        {"rate_dropped", c->rate_dropped},
       {"source_limited", c->source_limited},    {"overloaded", c->overloaded},
-      {"register_trimmed", c->register_trimmed}, {"register_too_big", c->register_too_big}};
+      {"register_trimmed", c->register_trimmed}, {"register_too_big", c->register_too_big},
+      {"shed", c->shed}};
   for (size_t i = 0; counters && i < sizeof down / sizeof *down; i++)
     json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);

@@ -43,6 +43,15 @@
 #define SIP_UDP_ANSWER_MAX 1300
 #define SIP_ANSWER_HEAD 600       /* bytes of an answer besides its Contacts, at most */
 #define SIP_UDP_RCVBUF (2 << 20)  /* bytes of socket receive buffer (capped by rmem_max) */
+/* Overload: with more than this queued on the SIP UDP socket (kernel
+ * accounting, ~1.3 KB per datagram on loopback: ~150 datagrams, some tens
+ * of ms of work) new work is refused with 503 before any state is made, so
+ * that the queue, and what waits in it (an OPTIONS, an ACK), stays short. */
+#define SIP_SHED_QUEUE_BYTES (192 << 10)
+#define SIP_MAX_REGISTERING 1024  /* REGISTERs waiting for the DHT at once */
+#define SIP_REG_LINGER_MS 16000   /* a REGISTER's answer is kept for retransmissions */
+#define SIP_REG_ANSWER_BUCKETS 16384
+#define SIP_REG_ANSWERS_MAX 200000 /* answers kept at most (~50 MB at worst) */
 
 /* Digest authentication of phones (auth.c). */
 #define SIP_NONCE_TTL_S 300        /* older nonces are stale */
@@ -130,6 +139,8 @@ typedef struct {
    * a datagram. */
   uint64_t rate_limited, rate_dropped, source_limited, overloaded, register_trimmed,
       register_too_big;
+  uint64_t shed; /* 503s for new work while the socket's queue or the DHT is behind */
+  uint64_t register_repeats; /* REGISTER retransmissions dropped or answered again */
 } sip_counters_t;
 
 /* A proxy peer as found under sip:OVERLAY. */
@@ -208,6 +219,9 @@ struct sip_svc {
 
   sip_authdb_t *auth;     /* --users: this node's phones' credentials, or NULL */
   sip_limits_t *limits;   /* per-source limits, or NULL (off) */
+  int udp_fd;             /* sofia's SIP UDP socket (its queue says when to shed), or -1 */
+  unsigned n_rtx;         /* REGISTERs waiting for the DHT */
+  struct sip_regans_tab *answers; /* recent REGISTER answers (registrar.c), or NULL */
   dht_cert_ca_t *ca;    /* the secured mode's CA, or NULL */
   char tls_hostport[80];/* "IP:PORT" of SIP over TLS between nodes, or "" (open mode) */
   int allow_loopback;   /* targets: see sip_config_t */
@@ -227,6 +241,9 @@ su_root_t *sip__loop_root(sip_loop_t *l);
 /* Runs fn(arg) from libuv, outside any sofia callback; -EBUSY if another
  * call is pending. */
 int sip__loop_defer(sip_loop_t *l, void (*fn)(void *), void *arg);
+/* The first open fd for which match() is nonzero, or -1: sofia hands out
+ * none of its sockets' fds (core.c looks for its SIP UDP socket). */
+int sip__loop_find_fd(int (*match)(int fd, void *arg), void *arg);
 /* Destroys the root (after the agent is gone) and closes the handles; the
  * memory goes in the close callbacks. */
 void sip__loop_free(sip_loop_t *l);
@@ -339,7 +356,10 @@ int sip__digest(const char *alg, const char *ha1, const char *nonce, const char 
                 char *out, size_t outlen);
 
 /* registrar.c */
-int sip__register(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, const sip_req_t *rq);
+/* A REGISTER for this node: answered statelessly, now or once the DHT
+ * has answered (registrar.c keeps answers for retransmissions).  Takes msg. */
+void sip__register(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq);
+void sip__reg_answers_free(sip_svc_t *s);
 const sip_reg_t *sip__reg_by_contact(const sip_svc_t *s, const url_t *u);
 const sip_reg_t *sip__reg_by_hostport(const sip_svc_t *s, const url_t *u);
 const char *sip__reg_flow(const sip_reg_t *r, char *buf, size_t len);
