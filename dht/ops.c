@@ -497,6 +497,46 @@ static int store_op(dht_t *d, const dht_id_t *key, uint8_t *body, size_t len,
   return err;
 }
 
+/* Primaries found lately --------------------------------------------------------
+ *
+ * A registrar gets a user's bindings, then stores the new one under the
+ * same key: the store's lookup (a few hops) would find what the get's just
+ * found.  Gets note the primary here; a first store of a value takes it if
+ * it is fresh, and looks up only if that node fails it (as refreshes do
+ * with the primary of their last store).  Direct-mapped by key. */
+#define RECENT_SLOTS 1024
+#define RECENT_MS 2000
+
+struct dht__recent {
+  struct {
+    dht_id_t key;
+    dht_node_t node;
+    uint64_t at; /* 0: empty */
+  } e[RECENT_SLOTS];
+};
+
+static size_t recent_slot(const dht_id_t *key) {
+  uint32_t h;
+  memcpy(&h, key->b + 8, sizeof(h));
+  return h % RECENT_SLOTS;
+}
+
+static void recent_note(dht_t *d, const dht_id_t *key, const dht_node_t *node) {
+  if (!d->recent && !(d->recent = calloc(1, sizeof(*d->recent)))) return;
+  size_t i = recent_slot(key);
+  d->recent->e[i].key = *key;
+  d->recent->e[i].node = *node;
+  d->recent->e[i].at = uv_now(d->loop);
+}
+
+static const dht_node_t *recent_find(dht_t *d, const dht_id_t *key) {
+  if (!d->recent) return NULL;
+  size_t i = recent_slot(key);
+  uint64_t at = d->recent->e[i].at, now = uv_now(d->loop);
+  if (!at || now - at > RECENT_MS || !dht__id_eq(&d->recent->e[i].key, key)) return NULL;
+  return &d->recent->e[i].node;
+}
+
 /* Values this node owns ----------------------------------------------------- */
 
 struct dht__owned {
@@ -611,7 +651,8 @@ static int owned_store(dht_t *d, dht__owned_t *o, dht_put_cb cb, void *arg) {
     return -EINVAL;
   }
   bool cached = o->has_primary && (o->stores++ % OWNED_LOOKUP_EVERY) != 0;
-  return store_op(d, &o->key, buf, (size_t)n, cached ? &o->primary : NULL, cb, arg);
+  const dht_node_t *primary = cached ? &o->primary : o->has_primary ? NULL : recent_find(d, &o->key);
+  return store_op(d, &o->key, buf, (size_t)n, primary, cb, arg);
 }
 
 /* Sign o's current version (secured mode). */
@@ -1077,6 +1118,7 @@ static void on_get_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, 
   }
   g->n_targets = n < GET_TRIES ? n : GET_TRIES;
   memcpy(g->targets, nodes, (size_t)g->n_targets * sizeof(*nodes));
+  if (n > 0) recent_note(d, &g->key, &nodes[0]);
   int first = g->n_targets < GET_PARALLEL ? g->n_targets : GET_PARALLEL;
   g->waiting = first + 1; /* held until every question is out */
   while (g->next < first) get_ask(g, g->next++);
@@ -1254,4 +1296,6 @@ void dht__ops_close(dht_t *d) {
   free(d->owned);
   d->owned = NULL;
   d->owned_nb = d->owned_n = 0;
+  free(d->recent);
+  d->recent = NULL;
 }

@@ -44,10 +44,11 @@
 #define SIP_ANSWER_HEAD 600       /* bytes of an answer besides its Contacts, at most */
 #define SIP_UDP_RCVBUF (2 << 20)  /* bytes of socket receive buffer (capped by rmem_max) */
 /* Overload: with more than this queued on the SIP UDP socket (kernel
- * accounting, ~1.3 KB per datagram on loopback: ~150 datagrams, some tens
+ * accounting, ~1.3 KB per datagram on loopback: ~300 datagrams, some tens
  * of ms of work) new work is refused with 503 before any state is made, so
- * that the queue, and what waits in it (an OPTIONS, an ACK), stays short. */
-#define SIP_SHED_QUEUE_BYTES (192 << 10)
+ * that the queue, and what waits in it (an OPTIONS, an ACK), stays short.
+ * (192 KB shed on every 50 ms a busy 2-core machine left the node out.) */
+#define SIP_SHED_QUEUE_BYTES (384 << 10)
 #define SIP_MAX_REGISTERING 1024  /* REGISTERs waiting for the DHT at once */
 #define SIP_REG_LINGER_MS 16000   /* a REGISTER's answer is kept for retransmissions */
 #define SIP_REG_ANSWER_BUCKETS 16384
