@@ -153,12 +153,30 @@ static int in_ranges(const sip_svc_t *s, const struct sockaddr_storage *ss)
   return (s->allow_loopback && dht_addr_loopback(ss)) || dht_cidr_list_match(s->allow, s->n_allow, ss);
 }
 
+/* "localhost" and names under it (RFC 6761 6.3) are loopback whatever DNS
+ * says: refused as the IP literals they stand for are. */
+static int is_localhost(const char *host)
+{
+  size_t n = strlen(host);
+  if (n && host[n - 1] == '.')
+    n--;
+  return (n == 9 && strncasecmp(host, "localhost", 9) == 0) ||
+         (n > 10 && strncasecmp(host + n - 10, ".localhost", 10) == 0);
+}
+
 int sip__target_ok(const sip_svc_t *s, const url_t *u)
 {
-  if (!u || !u->url_host || !host_is_ip_address(u->url_host))
+  char ip[64], tp[16] = "", maddr[64] = "";
+  if (!u || !u->url_host)
+    return 1;
+  /* maddr (RFC 3261 19.1.1) names where the request really goes. */
+  const char *host = url_param(u->url_params, "maddr", maddr, sizeof maddr) > 0 ? maddr
+                                                                                : u->url_host;
+  if (is_localhost(host))
+    return s->allow_loopback;
+  if (!host_is_ip_address(host))
     return 1; /* a domain: DNS says where (RFC 3263) */
-  char ip[64], tp[16] = "";
-  snprintf(ip, sizeof ip, "%s", u->url_host);
+  snprintf(ip, sizeof ip, "%s", host);
   if (ip[0] == '[')
     memmove(ip, ip + 1, strlen(ip)), ip[strcspn(ip, "]")] = '\0';
   struct sockaddr_storage ss = {0};

@@ -173,6 +173,11 @@ def test_ssrf(c, A, P, alice):
     check(r.status == 403 and counters(P)["target_refused"] > before,
           "MESSAGE %s at a node with the default target policy: 403, counted" % ruri,
           (r.status, r.reason))
+    for ruri in ("sip:svc@%s;maddr=%s;transport=tcp" % (PUBLIC_IP, HOST),
+                 "sip:svc@localhost:%d;transport=tcp" % svc.port):
+        r = mallory.do(su.sip_dest(c, P), "MESSAGE", ruri=ruri, to="<sip:svc@%s>" % HOST,
+                       body="QUIT")
+        check(r.status == 403, "and %s: 403 (%s)" % (ruri, r.reason), r.status)
     pub = Listener(PUBLIC_IP)
     ruri = "sip:svc@%s:%d;transport=tcp" % (PUBLIC_IP, pub.port)
     r, _ = alice.do_auth(su.sip_dest(c, A), "MESSAGE", "pw-alice", ruri=ruri,
