@@ -377,7 +377,8 @@ static const opt_def_t opt_table[] = {
      "                             trunk, another domain's proxy): CIDR[,CIDR...]"},
     {"sip-digest", 1, o_sip_digest, "ALGS", "digest algorithms to challenge with, in order (default\n"
      "                             SHA-256,MD5 as RFC 8760 asks; MD5,SHA-256 for phones that\n"
-     "                             take the first challenge and know only MD5: sipp, baresip 1.0)"},
+     "                             take the first challenge and know only MD5, such as sipp;\n"
+     "                             MD5 for baresip 1.0, which gives up on any SHA-256 one)"},
     {"dns", 1, o_dns, "IP[:PORT]", "DNS server for RFC 3263 lookups (default: resolv.conf)"},
     {"dns-update", 1, o_dns_update, "IP[:PORT]", "register the proxy peer in DNS there (RFC 2136)"},
     {"tsig", 1, o_tsig, "NAME:ALG:SECRET", "TSIG key signing the DNS updates"},
