@@ -238,19 +238,37 @@ static unsigned queued_bytes(const sip_svc_t *s)
   return mem[SK_MEMINFO_RMEM_ALLOC];
 }
 
+/* How long the socket's queue takes to drain, in ms: the datagrams queued
+ * (SIP_QUEUE_TRUESIZE bytes each, about) over the rate nta has received
+ * messages at lately (windows of SIP_RATE_WINDOW_MS, smoothed).  Bytes
+ * alone cannot say it: a call's messages cost a tenth of a REGISTER's. */
+static double queue_delay_ms(sip_svc_t *s)
+{
+  uint64_t now = sip__now_ms(s);
+  if (now - s->rx_at >= SIP_RATE_WINDOW_MS) {
+    usize_t recv = 0;
+    nta_agent_get_stats(s->agent, NTATAG_S_RECV_MSG_REF(recv), TAG_END());
+    double r = s->rx_at ? (double)(recv - s->rx_count) / (double)(now - s->rx_at) : 0;
+    s->rx_rate = s->rx_rate > 0 ? 0.7 * s->rx_rate + 0.3 * r : r;
+    s->rx_count = recv, s->rx_at = now;
+  }
+  double rate = s->rx_rate > SIP_RATE_FLOOR ? s->rx_rate : SIP_RATE_FLOOR;
+  return (double)queued_bytes(s) / SIP_QUEUE_TRUESIZE / rate;
+}
+
 /* Work we cannot take now: with the socket's queue long (what waits behind
  * in it, an ACK, an OPTIONS, would wait too) or the DHT behind on our
  * REGISTERs, a new REGISTER or dialog-creating request gets 503 with
  * Retry-After before any state exists; requests of dialogs under way and
  * OPTIONS still go through. */
-static int must_shed(const sip_svc_t *s, const sip_t *sip)
+static int must_shed(sip_svc_t *s, const sip_t *sip)
 {
   sip_method_t m = sip->sip_request->rq_method;
   if ((sip->sip_to && sip->sip_to->a_tag) || m == sip_method_ack || m == sip_method_cancel ||
       m == sip_method_bye || m == sip_method_options)
     return 0;
   return (m == sip_method_register && s->n_rtx >= SIP_MAX_REGISTERING) ||
-         queued_bytes(s) > SIP_SHED_QUEUE_BYTES;
+         queue_delay_ms(s) > SIP_SHED_DELAY_MS;
 }
 
 static int on_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *irq,

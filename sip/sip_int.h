@@ -43,12 +43,16 @@
 #define SIP_UDP_ANSWER_MAX 1300
 #define SIP_ANSWER_HEAD 600       /* bytes of an answer besides its Contacts, at most */
 #define SIP_UDP_RCVBUF (2 << 20)  /* bytes of socket receive buffer (capped by rmem_max) */
-/* Overload: with more than this queued on the SIP UDP socket (kernel
- * accounting, ~1.3 KB per datagram on loopback: ~300 datagrams, some tens
- * of ms of work) new work is refused with 503 before any state is made, so
- * that the queue, and what waits in it (an OPTIONS, an ACK), stays short.
- * (192 KB shed on every 50 ms a busy 2-core machine left the node out.) */
-#define SIP_SHED_QUEUE_BYTES (384 << 10)
+/* Overload: when what is queued on the SIP UDP socket would take more than
+ * SIP_SHED_DELAY_MS to go through at the rate messages were taken lately,
+ * new work is refused with 503 before any state is made, so that the
+ * queue, and what waits in it (an OPTIONS, an ACK), stays short.  (A fixed
+ * byte count either shed calls on every 25 ms the node was descheduled or
+ * let REGISTERs, ten times costlier each, wait for hundreds of ms.) */
+#define SIP_SHED_DELAY_MS 50.0
+#define SIP_QUEUE_TRUESIZE 1400.0 /* kernel bytes per queued datagram, about (loopback) */
+#define SIP_RATE_WINDOW_MS 100
+#define SIP_RATE_FLOOR 1.0        /* messages/ms assumed at least (a node just woken) */
 #define SIP_MAX_REGISTERING 1024  /* REGISTERs waiting for the DHT at once */
 #define SIP_REG_LINGER_MS 16000   /* a REGISTER's answer is kept for retransmissions */
 #define SIP_REG_ANSWER_BUCKETS 16384
@@ -221,6 +225,9 @@ struct sip_svc {
   sip_authdb_t *auth;     /* --users: this node's phones' credentials, or NULL */
   sip_limits_t *limits;   /* per-source limits, or NULL (off) */
   int udp_fd;             /* sofia's SIP UDP socket (its queue says when to shed), or -1 */
+  uint64_t rx_at;         /* start of the current rate window (uv_now), 0: none yet */
+  usize_t rx_count;       /* nta's messages received then */
+  double rx_rate;         /* messages/ms, smoothed */
   unsigned n_rtx;         /* REGISTERs waiting for the DHT */
   struct sip_regans_tab *answers; /* recent REGISTER answers (registrar.c), or NULL */
   dht_cert_ca_t *ca;    /* the secured mode's CA, or NULL */
