@@ -148,6 +148,13 @@ void sip__peer_failed(sip_svc_t *s, const char *uri)
   s->peers_at = 0; /* order the list again at the next request */
 }
 
+/* A plain "IP:PORT" ("[v6]:PORT"), as a peer's TLS address must be. */
+static int hostport_ok(const char *hp)
+{
+  struct sockaddr_storage ss;
+  return hp && strlen(hp) < 64 && !strpbrk(hp, " \t\r\n<>;,\"@") && dht_addr_parse(hp, &ss) == 0;
+}
+
 /* A value from another node: only a plain "sip:HOST:PORT" is taken. */
 static int peer_decode(const dht_value_t *v, sip_peer_t *p)
 {
@@ -163,7 +170,7 @@ static int peer_decode(const dht_value_t *v, sip_peer_t *p)
     snprintf(p->uri, sizeof p->uri, "%s", uri);
     snprintf(p->node, sizeof p->node, "%s", node ? node : "");
     p->tls[0] = '\0';
-    if (tls && sip__hostport_ok(tls))
+    if (tls && hostport_ok(tls))
       snprintf(p->tls, sizeof p->tls, "sip:%s;transport=tls", tls);
   }
   json_decref(o);

@@ -510,8 +510,6 @@ static void fork_to(sip_ptx_t *t, sip_binding_t *bs, size_t n)
     char route[450];
     if (edge && !sip__uri_is_self(s, edge))
       snprintf(route, sizeof route, "<%s;lr>, <%s;lr>", bs[i].edge, bs[i].path);
-    else if (s->tls_hostport[0] && bs[i].tls[0]) /* secured: node to node over TLS */
-      snprintf(route, sizeof route, "<sip:%s;transport=tls;lr>", bs[i].tls);
     else
       snprintf(route, sizeof route, "<%s;lr>", bs[i].path);
     add_branch(t, bs[i].uri, route, NULL);

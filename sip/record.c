@@ -9,8 +9,7 @@
  *    "path": "sip:192.0.2.1:5060",   (the node it came through, RFC 3327-like)
  *    "node": "<node id hex>",
  *    "received": "198.51.100.7:40000", "transport": "udp",
- *    "edge": "sip:192.0.2.9:5060",   (optional: see below)
- *    "tls": "192.0.2.1:40123"}       (optional: the node's SIP over TLS, secured mode)
+ *    "edge": "sip:192.0.2.9:5060"}   (optional: see below)
  *
  * A node behind a NAT is reached through the proxy peer that holds its
  * flow (flow.c): "edge" names that proxy peer and "path" the node's
@@ -36,8 +35,7 @@ char *sip__binding_encode(const sip_binding_t *b, uint32_t expires)
                         "cseq", (json_int_t)b->cseq, "path", b->path, "node", b->node,
                         "received", b->received ? b->received : "",
                         "transport", b->transport ? b->transport : "");
-  if (o && ((b->edge && b->edge[0] && json_object_set_new(o, "edge", json_string(b->edge)) < 0) ||
-            (b->tls && b->tls[0] && json_object_set_new(o, "tls", json_string(b->tls)) < 0))) {
+  if (o && b->edge && b->edge[0] && json_object_set_new(o, "edge", json_string(b->edge)) < 0) {
     json_decref(o);
     return NULL;
   }
@@ -52,7 +50,6 @@ void sip__binding_clear(sip_binding_t *b)
 {
   free(b->aor), free(b->contact), free(b->uri), free(b->call_id);
   free(b->path), free(b->node), free(b->received), free(b->transport), free(b->edge);
-  free(b->tls);
   memset(b, 0, sizeof *b);
 }
 
@@ -62,12 +59,6 @@ int sip__binding_hop_ok(const char *u)
 {
   return u && strncmp(u, "sip:", 4) == 0 && u[4] && strlen(u) < 200 &&
          !strpbrk(u, " \t\r\n<>;,\"@?");
-}
-
-int sip__hostport_ok(const char *hp)
-{
-  struct sockaddr_storage ss;
-  return hp && strlen(hp) < 64 && !strpbrk(hp, " \t\r\n<>;,\"@") && dht_addr_parse(hp, &ss) == 0;
 }
 
 static int dup_field(json_t *o, const char *key, size_t max, char **out)
@@ -105,10 +96,6 @@ int sip__binding_decode(const dht_value_t *v, sip_binding_t *out)
   if (json_object_get(o, "edge"))
     err |= dup_field(o, "edge", 256, &out->edge);
   else if (!(out->edge = strdup("")))
-    err = -ENOMEM;
-  if (json_object_get(o, "tls"))
-    err |= dup_field(o, "tls", 64, &out->tls) || !sip__hostport_ok(out->tls) ? -EINVAL : 0;
-  else if (!(out->tls = strdup("")))
     err = -ENOMEM;
   json_t *q = json_object_get(o, "q"), *cseq = json_object_get(o, "cseq");
   if (!json_is_integer(q) || !json_is_integer(cseq))

@@ -367,7 +367,7 @@ size_t sip__reg_reput(sip_svc_t *s, size_t max)
     sip_binding_t b = {.aor = r->aor, .contact = r->contact, .uri = r->uri,
                        .call_id = r->call_id, .path = path, .node = node,
                        .received = r->received, .transport = r->transport, .edge = edge,
-                       .tls = edge[0] ? "" : s->tls_hostport, .cseq = r->cseq, .q1000 = r->q1000};
+                       .cseq = r->cseq, .q1000 = r->q1000};
     char *body = sip__binding_encode(&b, expires);
     const dht_cert_creds_t *signer;
     if (!body || signer_of(s, r->aor, &signer) < 0 ||
@@ -840,8 +840,7 @@ static int store(rtx_t *x, intent_t *in)
   sip_binding_t b = {.aor = x->aor, .contact = in->contact, .uri = in->uri,
                      .call_id = (char *)x->sip->sip_call_id->i_id, .path = path,
                      .node = x->node, .received = x->received, .transport = x->transport,
-                     .edge = edge, .tls = edge[0] ? "" : s->tls_hostport,
-                     .cseq = x->sip->sip_cseq->cs_seq, .q1000 = in->q1000};
+                     .edge = edge, .cseq = x->sip->sip_cseq->cs_seq, .q1000 = in->q1000};
   char *body = sip__binding_encode(&b, in->expires);
   int rc = body ? sip__dht_put(s, x->signer, x->aor, in->vid, DHT_KIND_USER, body,
                                in->expires + SIP_GRACE_S, on_stored, x)

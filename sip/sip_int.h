@@ -380,7 +380,6 @@ size_t sip__regs_count(const sip_svc_t *s);
 typedef struct {
   char *aor, *contact, *uri, *call_id, *path, *node, *received, *transport;
   char *edge;        /* "sip:IP:PORT" of the proxy peer to go through first, or "" */
-  char *tls;         /* "IP:PORT": the node's SIP over TLS (secured mode), or "" */
   uint32_t cseq;
   int q1000;         /* q times 1000 */
   int32_t remaining; /* seconds until the contact expires; <= 0: expired */
@@ -394,9 +393,7 @@ void sip__binding_clear(sip_binding_t *b);
 /* Nonzero when a path or edge is a plain "sip:HOST[:PORT]" we may put
  * into a Route header. */
 int sip__binding_hop_ok(const char *u);
-/* Nonzero for a plain "IP:PORT" ("[v6]:PORT"), as records and proxy peer
- * values carry the nodes' TLS addresses. */
-int sip__hostport_ok(const char *hp);
+
 
 /* registrar.c, for the proxy: does a request go to (> 0) or come from
  * (< 0) a phone registered through this node, or neither (0)?  Re-puts up
