@@ -29,6 +29,8 @@
 #define GET_TRIES 5 /* a lookup answer may still list a few dead nodes */
 #define REPAIR_DELAY_MS 300
 #define OWNED_REFRESH_DELAY_MS 2000 /* lets a burst of deaths settle first */
+#define OWNED_PACE_MS 10                /* between batches of an owner refresh */
+#define OWNED_PACE_MIN 64               /* values stored per batch at least */
 
 static bool is_self(const dht_t *d, const dht_node_t *n) { return dht__node_eq(n, &d->self); }
 
@@ -588,6 +590,46 @@ static int store_op(dht_t *d, const dht_id_t *key, uint8_t *body, size_t len, ui
   return err;
 }
 
+/* Primaries found lately --------------------------------------------------------
+ *
+ * A registrar gets a user's bindings, then stores the new one under the
+ * same key: the store's lookup (a few hops) would find what the get's just
+ * found.  Gets note the primary here; a first store of a value takes it if
+ * it is fresh, and looks up only if that node fails it (as refreshes do
+ * with the primary of their last store).  Direct-mapped by key. */
+#define RECENT_SLOTS 1024
+#define RECENT_MS 2000
+
+struct dht__recent {
+  struct {
+    dht_id_t key;
+    dht_node_t node;
+    uint64_t at; /* 0: empty */
+  } e[RECENT_SLOTS];
+};
+
+static size_t recent_slot(const dht_id_t *key) {
+  uint32_t h;
+  memcpy(&h, key->b + 8, sizeof(h));
+  return h % RECENT_SLOTS;
+}
+
+static void recent_note(dht_t *d, const dht_id_t *key, const dht_node_t *node) {
+  if (!d->recent && !(d->recent = calloc(1, sizeof(*d->recent)))) return;
+  size_t i = recent_slot(key);
+  d->recent->e[i].key = *key;
+  d->recent->e[i].node = *node;
+  d->recent->e[i].at = uv_now(d->loop);
+}
+
+static const dht_node_t *recent_find(dht_t *d, const dht_id_t *key) {
+  if (!d->recent) return NULL;
+  size_t i = recent_slot(key);
+  uint64_t at = d->recent->e[i].at, now = uv_now(d->loop);
+  if (!at || now - at > RECENT_MS || !dht__id_eq(&d->recent->e[i].key, key)) return NULL;
+  return &d->recent->e[i].node;
+}
+
 /* Values this node owns ----------------------------------------------------- */
 
 struct dht__owned {
@@ -721,7 +763,7 @@ static int owned_store(dht_t *d, dht__owned_t *o, dht_put_cb cb, void *arg) {
     return (int)m;
   }
   bool cached = o->has_primary && (o->stores++ % OWNED_LOOKUP_EVERY) != 0;
-  const dht_node_t *primary = cached ? &o->primary : NULL;
+  const dht_node_t *primary = cached ? &o->primary : o->has_primary ? NULL : recent_find(d, &o->key);
   if (same) return store_op(d, &o->key, same, (size_t)m, full, (size_t)n, primary, cb, arg);
   return store_op(d, &o->key, full, (size_t)n, NULL, 0, primary, cb, arg);
 }
@@ -887,11 +929,25 @@ int dht_remove_value(dht_t *d, const dht_cert_creds_t *signer, const char *name,
   return tombstone(d, signer ? signer : d->creds, name, v->vid, v->kind, v->seq, ttl, cb, arg);
 }
 
-void dht__owned_refresh_all(dht_t *d) {
-  if (!d->joined) return; /* dht__owned_joined() sends them */
+/* An owner refresh is paced: a node holding 100,000 values (a registrar's
+ * bindings) sent a STORE for each in one callback, which held the loop
+ * (and its SIP, admin socket and DHT peers) for seconds and queued tens of
+ * megabytes of frames.  Each batch walks whole buckets (the cursor is a
+ * bucket index, so values freed between batches leave it valid) until it
+ * has stored enough to finish the pass within a third of the interval. */
+static void pace_step(uv_timer_t *t) {
+  dht_t *d = t->data;
+  if (d->leaving || d->closed || !d->joined) {
+    d->pacing = d->pace_again = false;
+    return;
+  }
   uint64_t now = uv_now(d->loop);
-  for (size_t b = 0; b < d->owned_nb; b++) {
-    for (dht__owned_t **pp = &d->owned[b]; *pp;) {
+  size_t steps = d->refresh_ms / 3 / OWNED_PACE_MS;
+  size_t budget = steps ? d->owned_n / steps + 1 : d->owned_n + 1;
+  if (budget < OWNED_PACE_MIN) budget = OWNED_PACE_MIN;
+  size_t done = 0;
+  for (; d->pace_bucket < d->owned_nb && done < budget; d->pace_bucket++) {
+    for (dht__owned_t **pp = &d->owned[d->pace_bucket]; *pp;) {
       dht__owned_t *o = *pp;
       if (o->expires <= now) {
         *pp = o->next;
@@ -900,9 +956,30 @@ void dht__owned_refresh_all(dht_t *d) {
         continue;
       }
       owned_store(d, o, NULL, NULL);
+      done++;
       pp = &o->next;
     }
   }
+  if (d->pace_bucket < d->owned_nb) {
+    uv_timer_start(&d->pace_timer, pace_step, OWNED_PACE_MS, 0);
+    return;
+  }
+  d->pacing = false;
+  if (d->pace_again) {
+    d->pace_again = false;
+    dht__owned_refresh_all(d);
+  }
+}
+
+void dht__owned_refresh_all(dht_t *d) {
+  if (!d->joined) return; /* dht__owned_joined() sends them */
+  if (d->pacing) {
+    d->pace_again = true;
+    return;
+  }
+  d->pacing = true;
+  d->pace_bucket = 0;
+  pace_step(&d->pace_timer);
 }
 
 /* Get ------------------------------------------------------------------------ */
@@ -1167,6 +1244,7 @@ static void on_get_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, 
   }
   g->n_targets = n < GET_TRIES ? n : GET_TRIES;
   memcpy(g->targets, nodes, (size_t)g->n_targets * sizeof(*nodes));
+  if (n > 0) recent_note(d, &g->key, &nodes[0]);
   int first = g->n_targets < GET_PARALLEL ? g->n_targets : GET_PARALLEL;
   g->waiting = first + 1; /* held until every question is out */
   while (g->next < first) get_ask(g, g->next++);
@@ -1371,4 +1449,6 @@ void dht__ops_close(dht_t *d) {
   free(d->owned);
   d->owned = NULL;
   d->owned_nb = d->owned_n = 0;
+  free(d->recent);
+  d->recent = NULL;
 }

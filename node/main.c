@@ -215,9 +215,21 @@ void node_roles_apply(node_t *n) {
 static int sip_setup(node_t *n, const node_opts_t *o, char *err, size_t errlen) {
   sip_config_t sc = {.overlay = o->overlay, .gateway = o->gateway, .dns = o->dns,
                      .dns_update = o->dns_update, .tsig = o->tsig,
-                     .locate_cache_ms = o->sip_cache_ms > 0 ? o->sip_cache_ms : -1};
+                     .locate_cache_ms = o->sip_cache_ms > 0 ? o->sip_cache_ms : -1,
+                     .users = o->users, .digest = o->sip_digest, .ca = n->ca,
+                     .ca_file = n->ca ? o->ca : NULL, .cert_file = n->ca ? o->cert : NULL,
+                     .key_file = n->ca ? o->key : NULL, .tls_listen = o->sip_tls,
+                     .allow_loopback = o->sip_allow_loopback, .allow_targets = o->sip_allow,
+                     .n_allow_targets = o->n_sip_allow,
+                     /* node/: -1 unset, 0 off; sip/: 0 default, < 0 off */
+                     .rate = o->sip_rate < 0 ? 0 : o->sip_rate ? o->sip_rate : -1,
+                     .rate_burst = o->sip_rate_burst,
+                     .source_tx = o->sip_source_tx < 0 ? 0 : o->sip_source_tx ? o->sip_source_tx : -1,
+                     .trusted = o->sip_trusted, .n_trusted = o->n_sip_trusted};
   dht_addr_parse(o->sip, &sc.listen); /* checked by node_opts_parse */
   if (node_sip_load(&n->sipapi, err, errlen)) return 1; /* broken install: fatal */
+  if (n->ca && !o->users)
+    log_warn("SIP: secured mode without --users: this node serves no phones (REGISTER gets 403)");
   int rc = n->sipapi->create(n->loop, n->dht, &sc, &n->sip);
   if (rc) snprintf(err, errlen, "cannot start SIP on %s: %s", o->sip, uv_strerror(rc));
   return rc;

@@ -50,6 +50,16 @@ typedef struct {
   int relay;                          /* --relay: serve TURN whatever --public decides */
   char *ca, *cert, *key; /* --ca/--cert/--key: the secured mode (p2psip-ca files) */
   dht_limits_t limits;   /* --limit NAME=N (0: the default) */
+  char *users;           /* --users DIR: the SIP phones' credentials (p2psip-ca user) */
+  char *sip_digest;      /* --sip-digest ALGS: digest algorithms offered, in order */
+  char *sip_tls;         /* --sip-tls IP:PORT: SIP between nodes over TLS (secured mode) */
+  int sip_allow_loopback; /* --sip-allow-loopback: SIP targets on 127.0.0.0/8, ::1 */
+  dht_cidr_t sip_allow[RELAY_MAX_PEER_RANGES]; /* --sip-allow-targets */
+  int n_sip_allow;
+  int sip_rate, sip_rate_burst; /* --sip-rate RATE[:BURST] per source; -1: default, 0: off */
+  int sip_source_tx;            /* --sip-source-transactions N; -1: default, 0: off */
+  dht_cidr_t sip_trusted[RELAY_MAX_PEER_RANGES]; /* --sip-trusted */
+  int n_sip_trusted;
 } node_opts_t;
 
 /* Parse argv (and the --config file it names; flags win over the file).

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
 
 #include "dht/log.h"
 #include "node/node.h"
@@ -112,6 +114,54 @@ static int o_ca(node_opts_t *o, const char *v, char *err, size_t len) { return o
 static int o_cert(node_opts_t *o, const char *v, char *err, size_t len) { return o_file(&o->cert, v, "cert", err, len); }
 static int o_key(node_opts_t *o, const char *v, char *err, size_t len) { return o_file(&o->key, v, "key", err, len); }
 
+static int o_users(node_opts_t *o, const char *v, char *err, size_t len) {
+  struct stat st;
+  if (o_file(&o->users, v, "users", err, len)) return -1;
+  if (stat(v, &st) || !S_ISDIR(st.st_mode)) {
+    snprintf(err, len, "--users: %s is not a directory", v);
+    return -1;
+  }
+  return 0;
+}
+
+static int o_sip_digest(node_opts_t *o, const char *v, char *err, size_t len) {
+  static const char *const ok[] = {"SHA-256,MD5", "MD5,SHA-256", "SHA-256", "MD5"};
+  for (size_t i = 0; i < sizeof(ok) / sizeof(*ok); i++)
+    if (strcasecmp(v, ok[i]) == 0) return set_str(&o->sip_digest, v);
+  snprintf(err, len, "--sip-digest: expected SHA-256,MD5 or MD5,SHA-256 or one of them, got \"%s\"", v);
+  return -1;
+}
+
+static int o_sip_tls(node_opts_t *o, const char *v, char *err, size_t len) {
+  return check_addr(v, "sip-tls", err, len) ? -1 : set_str(&o->sip_tls, v);
+}
+
+static int o_sip_allow_loopback(node_opts_t *o, const char *v, char *err, size_t len) {
+  o->sip_allow_loopback = strcmp(v, "0") != 0;
+  return 0;
+}
+
+/* "A:B", or "A" alone when b is optional (then *b is left as it was). */
+static int parse_pair(const char *v, unsigned *a, unsigned *b, int b_optional) {
+  char c;
+  int n = sscanf(v, "%u:%u%c", a, b, &c);
+  return n == 2 || (b_optional && n == 1);
+}
+
+static int o_sip_rate(node_opts_t *o, const char *v, char *err, size_t len) {
+  unsigned r, b = 0;
+  if (!parse_pair(v, &r, &b, 1) || r > 1000000 || b > 1000000 || (strchr(v, ':') && b < 1 && r)) {
+    snprintf(err, len, "--sip-rate: expected RATE[:BURST] requests per second (0: off), got \"%s\"", v);
+    return -1;
+  }
+  o->sip_rate = (int)r, o->sip_rate_burst = (int)b;
+  return 0;
+}
+
+static int o_sip_source_tx(node_opts_t *o, const char *v, char *err, size_t len) {
+  return set_int(&o->sip_source_tx, v, 0, 100000, "sip-source-transactions", err, len);
+}
+
 static int o_log_level(node_opts_t *o, const char *v, char *err, size_t len) {
   int l = log_level_parse(v);
   if (l < 0) {
@@ -211,8 +261,7 @@ static int o_allow_loopback(node_opts_t *o, const char *v, char *err, size_t len
 
 static int o_relay_quota(node_opts_t *o, const char *v, char *err, size_t len) {
   unsigned u, t;
-  char c;
-  if (sscanf(v, "%u:%u%c", &u, &t, &c) != 2 || u < 1 || t < 1 || u > 100000 || t > 100000) {
+  if (!parse_pair(v, &u, &t, 0) || u < 1 || t < 1 || u > 100000 || t > 100000) {
     snprintf(err, len, "--relay-quota: expected PER_USER:TOTAL (1-100000), got \"%s\"", v);
     return -1;
   }
@@ -247,7 +296,17 @@ static int o_relay_deny(node_opts_t *o, const char *v, char *err, size_t len) {
   return set_ranges(o->relay_deny, &o->n_relay_deny, v, "relay-deny-peers", err, len);
 }
 
+static int o_sip_allow(node_opts_t *o, const char *v, char *err, size_t len) {
+  return set_ranges(o->sip_allow, &o->n_sip_allow, v, "sip-allow-targets", err, len);
+}
+
+static int o_sip_trusted(node_opts_t *o, const char *v, char *err, size_t len) {
+  return set_ranges(o->sip_trusted, &o->n_sip_trusted, v, "sip-trusted", err, len);
+}
+
 static void clear_relay_allow(node_opts_t *o) { o->n_relay_allow = 0; }
+static void clear_sip_trusted(node_opts_t *o) { o->n_sip_trusted = 0; }
+static void clear_sip_allow(node_opts_t *o) { o->n_sip_allow = 0; }
 static void clear_relay_deny(node_opts_t *o) { o->n_relay_deny = 0; }
 
 static void clear_bootstrap(node_opts_t *o) {
@@ -264,6 +323,8 @@ static const struct {
     {o_bootstrap, clear_bootstrap},
     {o_relay_allow, clear_relay_allow},
     {o_relay_deny, clear_relay_deny},
+    {o_sip_allow, clear_sip_allow},
+    {o_sip_trusted, clear_sip_trusted},
 };
 
 static void (*list_clear(opt_set_fn set))(node_opts_t *) {
@@ -337,6 +398,28 @@ static const opt_def_t opt_table[] = {
     {"sip-cache-ms", 1, o_sip_cache, "MS", "reuse a user record found in the DHT this long when\n"
      "                             proxying (default 2000, 0 = ask the DHT every time)"},
     {"gateway", 0, o_gateway, "", "act as P2PSIP proxy peer to public SIP domains (needs --sip)"},
+    {"users", 1, o_users, "DIR", "this node's phones: DIR/USER.digest (and, secured, USER.crt,\n"
+     "                             USER.key) as p2psip-ca user writes them; REGISTER and calls\n"
+     "                             from them need digest auth (without it: no phones when secured)"},
+    {"sip-tls", 1, o_sip_tls, "IP:PORT", "SIP between nodes over TLS with the node certificates\n"
+     "                             (secured mode; default: the --sip IP, any free port)"},
+    {"sip-allow-loopback", 0, o_sip_allow_loopback, "", "let SIP go to 127.0.0.0/8 and ::1 targets\n"
+     "                             (loopback testbeds; refused by default)"},
+    {"sip-allow-targets", 1, o_sip_allow, "CIDRS", "let SIP go to IP targets in these ranges\n"
+     "                             (CIDR[,CIDR...]) despite the special-purpose deny list,\n"
+     "                             any port and transport, e.g. a LAN overlay's 10.0.0.0/8"},
+    {"sip-rate", 1, o_sip_rate, "RATE[:BURST]", "SIP requests per second from one source (an IPv4\n"
+     "                             address, an IPv6 /64; on loopback address and port),\n"
+     "                             burst default 2x; over it: 503 with Retry-After, then\n"
+     "                             dropped for 5 s; overlay nodes are exempt (default 50, 0: off)"},
+    {"sip-source-transactions", 1, o_sip_source_tx, "N", "live SIP transactions one source may hold\n"
+     "                             (at most 512; over it: 503) (default 256, 0: off)"},
+    {"sip-trusted", 1, o_sip_trusted, "CIDRS", "SIP sources the per-source limits spare (a SIP\n"
+     "                             trunk, another domain's proxy): CIDR[,CIDR...]"},
+    {"sip-digest", 1, o_sip_digest, "ALGS", "digest algorithms to challenge with, in order (default\n"
+     "                             SHA-256,MD5 as RFC 8760 asks; MD5,SHA-256 for phones that\n"
+     "                             take the first challenge and know only MD5, such as sipp;\n"
+     "                             MD5 for baresip 1.0, which gives up on any SHA-256 one)"},
     {"dns", 1, o_dns, "IP[:PORT]", "DNS server for RFC 3263 lookups (default: resolv.conf)"},
     {"dns-update", 1, o_dns_update, "IP[:PORT]", "register the proxy peer in DNS there (RFC 2136)"},
     {"tsig", 1, o_tsig, "NAME:ALG:SECRET", "TSIG key signing the DNS updates: one per proxy\n"
@@ -446,6 +529,7 @@ static void defaults(node_opts_t *o) {
   o->log_level = LOG_INFO;
   o->refresh_s = 30;
   o->sip_cache_ms = 2000;
+  o->sip_rate = o->sip_source_tx = -1;
   o->turn_max_ttl = RELAY_DEFAULT_CRED_TTL;
   o->listen = strdup("127.0.0.1:0");
   o->public_mode = strdup("auto");
@@ -498,12 +582,17 @@ int node_opts_parse(int argc, char **argv, node_opts_t *o, char *err, size_t err
     snprintf(err, errlen, "--overlay is required (see --help)");
     return -1;
   }
-  if ((o->gateway || o->dns_update) && !o->sip) {
-    snprintf(err, errlen, "--%s needs --sip", o->gateway ? "gateway" : "dns-update");
+  if ((o->gateway || o->dns_update || o->users || o->sip_tls) && !o->sip) {
+    snprintf(err, errlen, "--%s needs --sip", o->gateway ? "gateway" : o->users ? "users"
+                                              : o->sip_tls ? "sip-tls" : "dns-update");
     return -1;
   }
   if (!o->ca != !o->cert || !o->ca != !o->key) {
     snprintf(err, errlen, "--ca, --cert and --key go together (the secured mode)");
+    return -1;
+  }
+  if (o->sip_tls && !o->ca) {
+    snprintf(err, errlen, "--sip-tls needs the secured mode (--ca, --cert, --key)");
     return -1;
   }
   if (o->ca && o->node_id) {
@@ -538,5 +627,8 @@ void node_opts_free(node_opts_t *o) {
   free(o->ca);
   free(o->cert);
   free(o->key);
+  free(o->users);
+  free(o->sip_digest);
+  free(o->sip_tls);
   memset(o, 0, sizeof(*o));
 }

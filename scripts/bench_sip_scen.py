@@ -87,10 +87,10 @@ UAC_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 UAS_XML = sip_util.UAS_XML
 
 # REGISTER of one user from the injection file (field0 user, field1 domain);
-# every user has its own contact.
-REG_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="bench-register">
-  <send retrans="500" start_rtd="1">
+# every user has its own contact.  With digest (401, then credentials) the
+# injection file's third field is the whole [authentication username=...
+# password=...] keyword (sipp 3.6 takes no field inside the keyword).
+REG_SEND = """  <send retrans="500"%(rtd)s>
     <![CDATA[
       REGISTER sip:[field1] SIP/2.0
       Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
@@ -98,16 +98,23 @@ REG_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
       From: <sip:[field0]@[field1]>;tag=[pid]SIPpTag00[call_number]
       To: <sip:[field0]@[field1]>
       Call-ID: [call_id]
-      CSeq: 1 REGISTER
-      Contact: <sip:[field0]@[local_ip]:[local_port];transport=[transport]>
-      Expires: %(expires)d
+      CSeq: %(cseq)d REGISTER
+      Contact: <sip:[field0]@[local_ip]:[local_port];transport=[transport]>%(auth)s
+      Expires: %%(expires)d
       Content-Length: 0
 
     ]]>
   </send>
-  <recv response="200" rtd="1"/>
-</scenario>
 """
+REG_HEAD = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="bench-register">
+"""
+REG_XML = (REG_HEAD + REG_SEND % {"rtd": ' start_rtd="1"', "cseq": 1, "auth": ""} +
+           """  <recv response="200" rtd="1"/>\n</scenario>\n""")
+REG_AUTH_XML = (REG_HEAD + REG_SEND % {"rtd": ' start_rtd="1"', "cseq": 1, "auth": ""} +
+                """  <recv response="401" auth="true"/>\n""" +
+                REG_SEND % {"rtd": "", "cseq": 2, "auth": "\n      [field2]"} +
+                """  <recv response="200" rtd="1"/>\n</scenario>\n""")
 
 # One REGISTER of one user with a given contact port (the UAS's).
 REG_ONE_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
@@ -151,6 +158,7 @@ loadmodule "textops.so"
 loadmodule "siputils.so"
 loadmodule "usrloc.so"
 loadmodule "registrar.so"
+%(auth_modules)s
 modparam("usrloc", "db_mode", 0)
 modparam("registrar", "max_contacts", 1)
 
@@ -165,6 +173,7 @@ request_route {
   if (is_method("CANCEL")) { if (t_check_trans()) { route(RELAY); } exit; }
   t_check_trans();
   if (is_method("REGISTER")) {
+%(auth_check)s
     if (!save("location")) { sl_reply_error(); }
     exit;
   }
@@ -184,9 +193,54 @@ def uac_xml(hold_ms):
     return UAC_XML % {"hold_ms": hold_ms}
 
 
-def reg_xml(expires):
-    return REG_XML % {"expires": expires}
+def reg_xml(expires, auth=False):
+    return (REG_AUTH_XML if auth else REG_XML) % {"expires": expires}
 
 
-def kamailio_cfg(port, uas_port, children):
-    return KAMAILIO_CFG % {"port": port, "uas_port": uas_port, "children": children}
+# Digest for kamailio's registrar as its stock configuration does it
+# (www_authorize against the subscriber table), with the table in memory:
+# htable loads it from db_text at start (db_text itself looks rows up by a
+# linear scan; kamailio's own deployments put an indexed database there).
+KAM_AUTH_MODULES = """loadmodule "htable.so"
+loadmodule "auth.so"
+modparam("db_text", "max_result_rows", 10000000)
+modparam("htable", "db_url", "text://%(db)s")
+modparam("htable", "htable", "users=>size=18;dbtable=htable;")"""
+KAM_AUTH_CHECK = """    if (!pv_auth_check("$td", "$sht(users=>$tU)", "0", "1")) {
+      auth_challenge("$td", "0");
+      exit;
+    }"""
+
+
+def kamailio_users(db, users):
+    """The db_text table htable loads: users [(name, password)]."""
+    os.makedirs(db, exist_ok=True)
+    with open(os.path.join(db, "version"), "w") as f:
+        f.write("table_name(string) table_version(int)\nhtable:2\n")
+    with open(os.path.join(db, "htable"), "w") as f:
+        f.write("id(int,auto) key_name(string) key_type(int) value_type(int) key_value(string) "
+                "expires(int)\n")
+        for i, (name, pw) in enumerate(users):
+            f.write("%d:%s:0:0:%s:0\n" % (i + 1, name, pw))
+
+
+def kamailio_cfg(port, uas_port, children, auth_db=None):
+    """auth_db: the db_text directory of kamailio_users(), or None: no auth."""
+    mods = ('loadmodule "db_text.so"\n' + KAM_AUTH_MODULES % {"db": auth_db}) if auth_db else ""
+    return KAMAILIO_CFG % {"port": port, "uas_port": uas_port, "children": children,
+                           "auth_modules": mods, "auth_check": KAM_AUTH_CHECK if auth_db else ""}
+
+
+def digest_users(directory, realm, users):
+    """USER.digest files as p2psip-ca user writes them (node/ca.c: one line
+    per algorithm, USER:REALM:ALG:HA1, mode 0600), without certificates:
+    the open mode needs none, and making 100,000 with the CA takes long."""
+    import hashlib
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    for name, pw in users:
+        lines = "".join("%s:%s:%s:%s\n" % (name, realm, alg, h(("%s:%s:%s" % (name, realm, pw)).encode()).hexdigest())
+                        for alg, h in (("MD5", hashlib.md5), ("SHA-256", hashlib.sha256)))
+        fd = os.open(os.path.join(directory, name + ".digest"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                     0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(lines)

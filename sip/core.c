@@ -6,16 +6,22 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
+
+#include <linux/sock_diag.h>
 
 #include <sofia-sip/hostdomain.h>
 #include <sofia-sip/sip_tag.h>
 #include <sofia-sip/sresolv.h>
 #include <sofia-sip/su_log.h>
+#include <sofia-sip/su_tagarg.h>
+#include <sofia-sip/su_uniqueid.h>
 #include <sofia-sip/tport_tag.h>
 
 #include "sip/sip_int.h"
@@ -41,6 +47,24 @@ static void su_logger(void *magic, char const *fmt, va_list ap)
 uint64_t sip__now_ms(const sip_svc_t *s)
 {
   return uv_now(s->uv);
+}
+
+uint32_t sip__fnv(uint32_t h, const char *p, int fold)
+{
+  for (; p && *p; p++)
+    h = (h ^ (uint8_t)(fold ? tolower((unsigned char)*p) : *p)) * 16777619u;
+  return h;
+}
+
+void sip__reply_stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int status, const char *phrase,
+                          tag_type_t tag, tag_value_t value, ...)
+{
+  ta_list ta;
+  ta_start(ta, tag, value);
+  if (sip->sip_to && !sip->sip_to->a_tag)
+    sip_to_tag(msg_home(msg), sip->sip_to, s->sl_tag);
+  nta_msg_treply(s->agent, msg, status, phrase, ta_tags(ta));
+  ta_end(ta);
 }
 
 int sip__host_is_overlay(const sip_svc_t *s, const char *host)
@@ -90,6 +114,11 @@ int sip__parse_hostport(const char *str, unsigned default_port, struct sockaddr_
   else
     snprintf(spec, sizeof spec, "%s", str);
   return dht_addr_parse(spec, out) < 0 ? -EINVAL : 0;
+}
+
+const char *sip__peer_next(const sip_svc_t *s, const sip_peer_t *p)
+{
+  return s->tls_hostport[0] && p->tls[0] ? p->tls : p->uri;
 }
 
 void sip__msg_source(msg_t *msg, char *out, size_t len)
@@ -169,23 +198,109 @@ static int copy_config(sip_svc_t *s, const sip_config_t *cfg)
                        : cfg->locate_cache_ms == 0 ? SIP_LOCATE_CACHE_MS
                                                    : (unsigned)cfg->locate_cache_ms;
   s->listen = cfg->listen;
+  s->ca = cfg->ca;
+  s->allow_loopback = cfg->allow_loopback != 0;
+  if (cfg->n_allow_targets < 0 || cfg->n_allow_targets > SIP_MAX_ALLOW)
+    return -EINVAL;
+  s->n_allow = cfg->n_allow_targets;
+  if (s->n_allow)
+    memcpy(s->allow, cfg->allow_targets, sizeof *s->allow * (size_t)s->n_allow);
+  if (cfg->n_trusted < 0 || cfg->n_trusted > SIP_MAX_ALLOW)
+    return -EINVAL;
+  s->n_trusted = cfg->n_trusted;
+  if (s->n_trusted)
+    memcpy(s->trusted, cfg->trusted, sizeof *s->trusted * (size_t)s->n_trusted);
   if (!s->overlay || (cfg->dns && !s->dns) || (cfg->dns_update && !s->dns_update) ||
       (cfg->tsig && !s->tsig) || (cfg->dns_address && !s->dns_address))
     return -ENOMEM;
   return 0;
 }
 
+/* sofia's UDP socket bound to our SIP address. */
+static int is_our_udp(int fd, void *arg)
+{
+  const sip_svc_t *s = arg;
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  int type = 0;
+  socklen_t tlen = sizeof type;
+  return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) == 0 && type == SOCK_DGRAM &&
+         getsockname(fd, (struct sockaddr *)&ss, &len) == 0 && dht_addr_eq(&ss, &s->listen);
+}
+
+/* Bytes waiting in the SIP UDP socket's receive queue (kernel accounting). */
+static unsigned queued_bytes(const sip_svc_t *s)
+{
+  uint32_t mem[SK_MEMINFO_VARS];
+  socklen_t len = sizeof mem;
+  if (s->udp_fd < 0 || getsockopt(s->udp_fd, SOL_SOCKET, SO_MEMINFO, mem, &len) < 0)
+    return 0;
+  return mem[SK_MEMINFO_RMEM_ALLOC];
+}
+
+/* How long the socket's queue takes to drain, in ms: the datagrams queued
+ * (SIP_QUEUE_TRUESIZE bytes each, about) over the rate nta has received
+ * messages at lately (windows of SIP_RATE_WINDOW_MS, smoothed).  Bytes
+ * alone cannot say it: a call's messages cost a tenth of a REGISTER's. */
+static double queue_delay_ms(sip_svc_t *s)
+{
+  uint64_t now = sip__now_ms(s);
+  if (now - s->rx_at >= SIP_RATE_WINDOW_MS) {
+    usize_t recv = 0;
+    nta_agent_get_stats(s->agent, NTATAG_S_RECV_MSG_REF(recv), TAG_END());
+    double r = s->rx_at ? (double)(recv - s->rx_count) / (double)(now - s->rx_at) : 0;
+    s->rx_rate = s->rx_rate > 0 ? 0.7 * s->rx_rate + 0.3 * r : r;
+    s->rx_count = recv, s->rx_at = now;
+  }
+  double rate = s->rx_rate > SIP_RATE_FLOOR ? s->rx_rate : SIP_RATE_FLOOR;
+  return (double)queued_bytes(s) / SIP_QUEUE_TRUESIZE / rate;
+}
+
+/* Work we cannot take now: with the socket's queue long (what waits behind
+ * in it, an ACK, an OPTIONS, would wait too) or the DHT behind on our
+ * REGISTERs, a new REGISTER or dialog-creating request gets 503 with
+ * Retry-After before any state exists; requests of dialogs under way and
+ * OPTIONS still go through. */
+static int must_shed(sip_svc_t *s, const sip_t *sip)
+{
+  sip_method_t m = sip->sip_request->rq_method;
+  if ((sip->sip_to && sip->sip_to->a_tag) || m == sip_method_ack || m == sip_method_cancel ||
+      m == sip_method_bye || m == sip_method_options)
+    return 0;
+  return (m == sip_method_register && s->n_rtx >= SIP_MAX_REGISTERING) ||
+         queue_delay_ms(s) > SIP_SHED_DELAY_MS;
+}
+
 static int on_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *irq,
                       sip_t const *sip);
 static int on_stray(nta_outgoing_magic_t *magic, nta_outgoing_t *orq, sip_t const *sip);
 
-/* Requests nothing else matched; nta calls this only without a default
- * leg, which we always have, so there is nothing to do. */
-static void stateful(sip_svc_t *s, msg_t *msg, sip_t *sip);
+static void stateful(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq);
 static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int edge);
 
+/* A REGISTER for this node: the registrar answers it without a server
+ * transaction (registrar.c says why); what fails the checks here is
+ * answered the same way. */
+static void register_stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq)
+{
+  int status = !s->started || s->stopping ? 503 : sip__check_request(s, msg, sip);
+  if (status == 420)
+    status = 0; /* Proxy-Require is for proxies; a registrar is none */
+  if (status) {
+    s->c.bad_requests += status == 400 || status == 416;
+    s->c.loops += status == 482;
+    s->c.too_many_hops += status == 483;
+    sip__reply_stateless(s, msg, sip, status, sip_status_phrase(status), TAG_END());
+    return;
+  }
+  s->c.requests++;
+  sip__pop_routes(s, msg, sip);
+  sip__register(s, msg, sip, rq);
+}
+
 /* Every request that matches no transaction comes here (there is no
- * default leg).  The last hop to a phone registered through this node and
+ * default leg).  The edge (edge.c) answers what it refuses before any
+ * state exists.  The last hop to a phone registered through this node and
  * ACKs go on statelessly; everything else gets a server transaction. */
 static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg, sip_t *sip)
 {
@@ -194,21 +309,48 @@ static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg
     msg_destroy(msg);
     return 0;
   }
+  /* Requests for our own phones go on statelessly, one copy per copy
+   * (a flood of them reaches the phone as it would reach it directly),
+   * and every node forwards its callers' requests for them from one
+   * address: they count against no source's rate. */
   sip_method_t m = sip->sip_request->rq_method;
-  int edge = m != sip_method_register && sip__edge_hop(s, sip);
+  int node = sip__from_node(s, msg), local = m != sip_method_register && sip__edge_hop(s, sip);
+  int src;
+  sip_req_t rq;
+  if (sip__limit_admit(s, msg, sip, node || local, &src))
+    return 0;
+  if (must_shed(s, sip)) {
+    s->c.shed++;
+    sip__reply_stateless(s, msg, sip, SIP_503_SERVICE_UNAVAILABLE, SIPTAG_RETRY_AFTER_STR("2"),
+                         TAG_END());
+    return 0;
+  }
+  if (sip__edge_admit(s, msg, sip, node, &rq))
+    return 0;
+  rq.src = src;
+  int ours;
+  if (m == sip_method_register && sip__peek_hop(s, sip, &ours) == SIP_HOP_SELF) {
+    register_stateless(s, msg, sip, &rq);
+    return 0;
+  }
+  int edge = local || (m != sip_method_register && rq.stateless);
   if (m == sip_method_cancel && !edge) { /* it matched no transaction of ours */
     nta_msg_treply(agent, msg, SIP_481_NO_TRANSACTION, TAG_END());
     return 0;
   }
   if (!s->started || s->stopping || (!edge && m != sip_method_ack)) {
-    if (sip__proxy_full(s) && m != sip_method_register)
-      /* Overloaded: refuse before making a transaction, whose 503 sofia
-       * would retransmit until ACKed, which costs most when we can least
-       * afford it. */
-      nta_msg_treply(agent, msg, SIP_503_SERVICE_UNAVAILABLE, SIPTAG_RETRY_AFTER_STR("5"),
-                     TAG_END());
-    else
-      stateful(s, msg, sip);
+    /* Overloaded, or this source holds its share: refuse before making a
+     * transaction, whose 503 sofia would retransmit until ACKed, which
+     * costs most when we can least afford it. */
+    int full = sip__proxy_full(s) && m != sip_method_register;
+    if (full || sip__limit_full(s, src)) {
+      s->c.overloaded += full;
+      s->c.source_limited += !full;
+      sip__reply_stateless(s, msg, sip, SIP_503_SERVICE_UNAVAILABLE, SIPTAG_RETRY_AFTER_STR("5"),
+                           TAG_END());
+    } else {
+      stateful(s, msg, sip, &rq);
+    }
     return 0;
   }
   stateless(s, msg, sip, edge);
@@ -235,6 +377,68 @@ static int learn_address(sip_svc_t *s)
   return dht_addr_parse(s->hostport, &s->listen) < 0 ? -EINVAL : 0;
 }
 
+/* Writes the contents of a (and b) into a new file out, mode 0600. */
+static int concat_files(const char *out, const char *a, const char *b)
+{
+  int fd = open(out, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return -errno;
+  int rc = 0;
+  const char *in[2] = {a, b};
+  for (int i = 0; i < 2 && in[i] && rc == 0; i++) {
+    char buf[8192];
+    ssize_t n;
+    int src = open(in[i], O_RDONLY | O_CLOEXEC);
+    if (src < 0) {
+      rc = -errno;
+      break;
+    }
+    while ((n = read(src, buf, sizeof buf)) > 0)
+      if (write(fd, buf, (size_t)n) != n) {
+        rc = -EIO;
+        break;
+      }
+    close(src);
+  }
+  return close(fd) < 0 && rc == 0 ? -EIO : rc;
+}
+
+/* SIP between nodes over TLS (the secured mode), both ends presenting
+ * node certificates that sofia checks against the CA.  sofia reads its
+ * certificate, key and CA once, when the transport is made, from
+ * agent.pem and cafile.pem in one directory: they are written to a
+ * private temporary directory and removed right after. */
+static int add_tls(sip_svc_t *s, const sip_config_t *cfg)
+{
+  char dir[] = "/tmp/p2psip-tls-XXXXXX", agent[64], cafile[64], url[128];
+  if (!mkdtemp(dir))
+    return -errno;
+  snprintf(agent, sizeof agent, "%s/agent.pem", dir);
+  snprintf(cafile, sizeof cafile, "%s/cafile.pem", dir);
+  int rc = concat_files(agent, cfg->cert_file, cfg->key_file);
+  if (rc == 0)
+    rc = concat_files(cafile, cfg->ca_file, NULL);
+  if (cfg->tls_listen)
+    snprintf(url, sizeof url, "sips:%s", cfg->tls_listen);
+  else
+    snprintf(url, sizeof url, "sips:%s:*", s->host);
+  if (rc == 0 && nta_agent_add_tport(s->agent, (url_string_t const *)url, TPTAG_CERTIFICATE(dir),
+                                     TPTAG_TLS_VERSION(0),
+                                     TPTAG_TLS_VERIFY_POLICY(TPTLS_VERIFY_ALL), TAG_END()) < 0)
+    rc = -EADDRINUSE;
+  unlink(agent), unlink(cafile), rmdir(dir);
+  for (const sip_via_t *v = nta_agent_via(s->agent); rc == 0 && v; v = v->v_next)
+    if (v->v_protocol && strcasecmp(v->v_protocol, "SIP/2.0/TLS") == 0 && v->v_port)
+      snprintf(s->tls_hostport, sizeof s->tls_hostport, "%s%s%s:%s",
+               strchr(v->v_host, ':') && v->v_host[0] != '[' ? "[" : "", v->v_host,
+               strchr(v->v_host, ':') && v->v_host[0] != '[' ? "]" : "", v->v_port);
+  if (rc == 0 && !s->tls_hostport[0])
+    rc = -EADDRNOTAVAIL;
+  if (rc < 0)
+    log_warn("SIP over TLS on %s: %s", url, strerror(-rc));
+  return rc;
+}
+
 static int create_agent(sip_svc_t *s)
 {
   char ip[INET6_ADDRSTRLEN], host[INET6_ADDRSTRLEN + 2], url[128];
@@ -248,6 +452,7 @@ static int create_agent(sip_svc_t *s)
     snprintf(url, sizeof url, "sip:%s:%u", host, port);
   else
     snprintf(url, sizeof url, "sip:%s:*", host);
+  snprintf(s->sl_tag, sizeof s->sl_tag, "p2psl%08x", (unsigned)su_randint(0, 0x7fffffff));
   s->agent = nta_agent_create(sip__loop_root(s->loop), (url_string_t const *)url, on_stateless,
                               (nta_agent_magic_t *)s,
                               NTATAG_UA(0), NTATAG_CANCEL_487(0), NTATAG_SERVER_RPORT(1),
@@ -267,11 +472,14 @@ static int create_agent(sip_svc_t *s)
   s->leg = nta_leg_tcreate(s->agent, on_request, (nta_leg_magic_t *)s, NTATAG_NO_DIALOG(1),
                            URLTAG_URL("sip:leg.p2psip.invalid"),
                            TAG_END());
-  s->stateless_irq = nta_incoming_default(s->agent);
   s->stateless_orq = nta_outgoing_default(s->agent, on_stray, (nta_outgoing_magic_t *)s);
-  if (!s->leg || !s->stateless_irq || !s->stateless_orq)
+  if (!s->leg || !s->stateless_orq)
     return -ENOMEM;
-  return learn_address(s);
+  int rc = learn_address(s);
+  s->udp_fd = rc == 0 ? sip__loop_find_fd(is_our_udp, s) : -1;
+  if (rc == 0 && s->udp_fd < 0)
+    log_warn("SIP UDP socket not found: no shedding by its queue");
+  return rc;
 }
 
 int sip_new(uv_loop_t *loop, dht_t *dht, const sip_config_t *cfg, sip_svc_t **out)
@@ -280,7 +488,7 @@ int sip_new(uv_loop_t *loop, dht_t *dht, const sip_config_t *cfg, sip_svc_t **ou
   sip_svc_t *s = calloc(1, sizeof *s);
   if (!s)
     return -ENOMEM;
-  s->uv = loop, s->dht = dht;
+  s->uv = loop, s->dht = dht, s->udp_fd = -1;
   if (su_users++ == 0) {
     su_init();
     su_log_redirect(NULL, su_logger, NULL);
@@ -289,10 +497,20 @@ int sip_new(uv_loop_t *loop, dht_t *dht, const sip_config_t *cfg, sip_svc_t **ou
   int rc = copy_config(s, cfg);
   if (rc == 0 && s->dns)
     rc = write_resolv_conf(s, s->dns);
+  if (rc == 0 && cfg->users)
+    rc = sip__auth_new(s, cfg->users, cfg->digest, cfg->ca);
+  if (rc == 0)
+    rc = sip__limit_new(s, cfg->rate < 0 ? 0 : cfg->rate ? (unsigned)cfg->rate : SIP_DEFAULT_RATE,
+                        cfg->rate_burst > 0 ? (unsigned)cfg->rate_burst : 0,
+                        cfg->source_tx < 0   ? 0
+                        : cfg->source_tx ? (unsigned)cfg->source_tx
+                                         : SIP_DEFAULT_SOURCE_TX);
   if (rc == 0)
     rc = sip__loop_new(loop, &s->loop);
   if (rc == 0)
     rc = create_agent(s);
+  if (rc == 0 && cfg->ca_file && cfg->cert_file && cfg->key_file)
+    rc = add_tls(s, cfg);
   if (rc == 0)
     rc = sip__flow_new(s);
   if (rc == 0)
@@ -421,12 +639,12 @@ void sip_free(sip_svc_t *s)
   sip__reg_free_all(s);
   sip__dht_cache_free(s);
   sip__dnsreg_free(s);
+  sip__auth_free(s);
+  sip__limit_free(s);
   su_timer_destroy(s->sweep);
   su_timer_destroy(s->republish);
   su_timer_destroy(s->stop_timer);
-  if (s->stateless_irq) /* nta_agent_destroy() leaves the defaults */
-    nta_incoming_destroy(s->stateless_irq);
-  if (s->stateless_orq)
+  if (s->stateless_orq) /* nta_agent_destroy() leaves the default */
     nta_outgoing_destroy(s->stateless_orq);
   if (s->leg)
     nta_leg_destroy(s->leg);
@@ -459,11 +677,10 @@ static int answer_options(nta_incoming_t *irq)
 }
 
 /* A request for this node itself (Request-URI without user part). */
-static int serve_self(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip)
+static int serve_self(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip,
+                      const sip_req_t *rq)
 {
   switch (sip->sip_request->rq_method) {
-  case sip_method_register:
-    return sip__register(s, irq, msg, sip);
   case sip_method_options: {
     char from[80];
     sip__msg_source(msg, from, sizeof from);
@@ -477,14 +694,16 @@ static int serve_self(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip)
   }
 }
 
-/* A server transaction for the request, then on_request(), whose status
- * is answered as nta answers a leg callback's. */
-static void stateful(sip_svc_t *s, msg_t *msg, sip_t *sip)
+static int serve(sip_svc_t *s, nta_incoming_t *irq, const sip_req_t *rq);
+
+/* A server transaction for the request, then serve(), whose status is
+ * answered as nta answers a leg callback's. */
+static void stateful(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq)
 {
   nta_incoming_t *irq = nta_incoming_create(s->agent, s->leg, msg, sip, TAG_END());
   if (!irq)
     return; /* nta has freed msg */
-  int status = on_request((nta_leg_magic_t *)s, s->leg, irq, sip);
+  int status = serve(s, irq, rq);
   if (status == 0)
     return;
   if (status < 100 || status > 699 ||
@@ -505,10 +724,11 @@ static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int edge)
   sip__loop_hash(sip, hash);
   int ack = sip->sip_request->rq_method == sip_method_ack;
   if (sip__check_request(s, msg, sip) != 0) {
+    sip_req_t rq = {.origin = SIP_FROM_OTHER, .src = -1};
     if (ack)
       msg_destroy(msg), s->c.bad_requests++;
     else
-      stateful(s, msg, sip);
+      stateful(s, msg, sip, &rq);
     return;
   }
   s->c.requests++;
@@ -516,23 +736,28 @@ static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int edge)
   if (edge)
     sip__proxy_edge(s, msg, sip, hash);
   else
-    sip__proxy(s, NULL, msg, sip, hash); /* an ACK along its route set */
+    sip__proxy(s, NULL, msg, sip, hash, -1); /* an ACK along its route set */
 }
 
+/* The leg's callback: nothing ever matches its URL, but nta must have one. */
 static int on_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *irq,
                       sip_t const *csip)
 {
-  sip_svc_t *s = (sip_svc_t *)magic;
+  return 481;
+}
+
+static int serve(sip_svc_t *s, nta_incoming_t *irq, const sip_req_t *rq)
+{
   if (!s->started || s->stopping)
     return 503;
   s->c.requests++;
-  sip_method_t method = csip->sip_request->rq_method;
   msg_t *msg = nta_incoming_getrequest(irq);
   sip_t *sip = sip_object(msg);
   if (!msg || !sip) {
     msg_destroy(msg);
     return 500;
   }
+  sip_method_t method = sip->sip_request->rq_method;
   char hash[17];
   sip__loop_hash(sip, hash);
   int status = sip__check_request(s, msg, sip);
@@ -559,8 +784,8 @@ static int on_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *ir
   }
   sip__pop_routes(s, msg, sip);
   if (sip__next_hop(s, sip) == SIP_HOP_SELF && method != sip_method_ack)
-    return serve_self(s, irq, msg, sip);
-  return sip__proxy(s, irq, msg, sip, hash);
+    return serve_self(s, irq, msg, sip, rq);
+  return sip__proxy(s, irq, msg, sip, hash, rq->src);
 }
 
 static int on_stray(nta_outgoing_magic_t *magic, nta_outgoing_t *orq, sip_t const *sip)
@@ -603,12 +828,22 @@ json_t *sip_stats_json(const sip_svc_t *s)
       {"dns_down_ignored", c->down_ignored},    {"dns_down_checks", c->down_checks},
       {"dns_down_alive", c->down_alive},        {"dns_down_removed", c->down_removed},
       {"dns_readded", c->dns_readded},          {"dns_refused", c->dns_refused},
-      {"dns_missing_checks", c->dns_missing_checks}, {"dns_missing_alive", c->dns_missing_alive}};
+      {"dns_missing_checks", c->dns_missing_checks}, {"dns_missing_alive", c->dns_missing_alive},
+      /* The edge (auth.c, edge.c). */
+      {"auth_challenges", c->auth_challenges}, {"auth_ok", c->auth_ok},
+      {"auth_failed", c->auth_failed},          {"auth_wrong_user", c->auth_wrong_user},
+      {"acks_absorbed", c->acks_absorbed},      {"no_users", c->no_users},
+      {"from_nodes", c->from_nodes},            {"relay_forbidden", c->relay_forbidden},
+      {"target_refused", c->target_refused},    {"stateless_in_dialog", c->stateless_in_dialog},
+      {"rate_limited", c->rate_limited},        {"rate_dropped", c->rate_dropped},
+      {"source_limited", c->source_limited},    {"overloaded", c->overloaded},
+      {"register_trimmed", c->register_trimmed}, {"register_too_big", c->register_too_big},
+      {"shed", c->shed}};
   for (size_t i = 0; counters && i < sizeof down / sizeof *down; i++)
     json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);
-  return json_pack("{s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o, s:o}", "listen",
-                   s->hostport, "overlay", s->overlay, "gateway", s->gateway, "registrations",
+  return json_pack("{s:s, s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o, s:o}", "listen",
+                   s->hostport, "tls", s->tls_hostport, "overlay", s->overlay, "gateway", s->gateway, "registrations",
                    (json_int_t)sip__regs_count(s), "transactions", "proxy",
                    (json_int_t)s->n_ptx, "server", (json_int_t)server_tr, "client",
                    (json_int_t)client_tr, "proxy_peers_known", s->n_peers, "counters",

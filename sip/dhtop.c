@@ -40,10 +40,7 @@ struct sip_gcache {
 
 static uint32_t name_slot(const char *name)
 {
-  uint32_t h = 2166136261u; /* FNV-1a */
-  for (const unsigned char *p = (const unsigned char *)name; *p; p++)
-    h = (h ^ *p) * 16777619u;
-  return h % SIP_GCACHE_SLOTS;
+  return sip__fnv(SIP_FNV_INIT, name, 0) % SIP_GCACHE_SLOTS;
 }
 
 static void gentry_clear(sip_gentry_t *e)
@@ -208,22 +205,23 @@ int sip__dht_get_cached(sip_svc_t *s, const char *name, unsigned max_ms, sip_op_
   return op_started(op, dht_get(s->dht, name, on_get, op));
 }
 
-int sip__dht_put(sip_svc_t *s, const char *name, const char *vid, uint8_t kind,
-                 const char *body, uint32_t ttl, sip_op_cb cb, void *ctx)
+int sip__dht_put(sip_svc_t *s, const dht_cert_creds_t *signer, const char *name, const char *vid,
+                 uint8_t kind, const char *body, uint32_t ttl, sip_op_cb cb, void *ctx)
 {
   sip_op_t *op = op_new(s, cb, ctx);
   if (!op)
     return -ENOMEM;
-  return op_started(op, dht_put(s->dht, name, vid, kind, body, strlen(body), ttl, on_put, op));
+  return op_started(op, dht_put_as(s->dht, signer, name, vid, kind, body, strlen(body), ttl,
+                                   on_put, op));
 }
 
-int sip__dht_remove(sip_svc_t *s, const char *name, const char *vid, const dht_value_t *seen,
-                    sip_op_cb cb, void *ctx)
+int sip__dht_remove(sip_svc_t *s, const dht_cert_creds_t *signer, const char *name,
+                    const char *vid, const dht_value_t *seen, sip_op_cb cb, void *ctx)
 {
   sip_op_t *op = op_new(s, cb, ctx);
   if (!op)
     return -ENOMEM;
-  return op_started(op, seen ? dht_remove_value(s->dht, NULL, name, seen, on_put, op)
+  return op_started(op, seen ? dht_remove_value(s->dht, signer, name, seen, on_put, op)
                              : dht_remove(s->dht, name, vid, on_put, op));
 }
 

@@ -43,10 +43,16 @@ static void on_published(sip_svc_t *s, void *ctx, int status, const dht_value_t 
   su_timer_set_interval(s->republish, on_retry, (su_timer_arg_t *)s, SIP_PEER_RETRY_MS);
 }
 
-char *sip__peer_encode(const char *uri, const char *node)
+char *sip__peer_encode(const char *uri, const char *node, const char *tls)
 {
   json_t *o = json_pack("{s:s, s:s, s:[s,s]}", "uri", uri, "node", node, "transports", "udp",
                         "tcp");
+  /* The secured mode: nodes send to us over TLS, where we can tell them
+   * from strangers (edge.c). */
+  if (o && tls && tls[0]) {
+    json_object_set_new(o, "tls", json_string(tls));
+    json_array_append_new(json_object_get(o, "transports"), json_string("tls"));
+  }
   char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
   json_decref(o);
   return body;
@@ -58,9 +64,9 @@ static void publish(sip_svc_t *s)
   peer_name(s, name, sizeof name);
   dht_id_hex(&dht_self(s->dht)->id, hex);
   snprintf(uri, sizeof uri, "sip:%s", s->hostport);
-  char *body = sip__peer_encode(uri, hex);
+  char *body = sip__peer_encode(uri, hex, s->tls_hostport);
   if (body)
-    sip__dht_put(s, name, NULL, DHT_KIND_PROXY, body, SIP_PEER_TTL_S, on_published, NULL);
+    sip__dht_put(s, NULL, name, NULL, DHT_KIND_PROXY, body, SIP_PEER_TTL_S, on_published, NULL);
   free(body);
 }
 
@@ -112,7 +118,7 @@ void sip__gateway_stop(sip_svc_t *s, void (*done)(sip_svc_t *s))
   su_timer_reset(s->republish);
   s->gw_done = done;
   s->gw_pending = 1;
-  if (sip__dht_remove(s, name, NULL, NULL, on_removed, NULL) == 0)
+  if (sip__dht_remove(s, NULL, name, NULL, NULL, on_removed, NULL) == 0)
     s->gw_pending++;
   if (s->dnsreg) {
     s->gw_pending++;
@@ -148,19 +154,30 @@ void sip__peer_failed(sip_svc_t *s, const char *uri)
   s->peers_at = 0; /* order the list again at the next request */
 }
 
+/* A plain "IP:PORT" ("[v6]:PORT"), as a peer's TLS address must be. */
+static int hostport_ok(const char *hp)
+{
+  struct sockaddr_storage ss;
+  return hp && strlen(hp) < 64 && !strpbrk(hp, " \t\r\n<>;,\"@") && dht_addr_parse(hp, &ss) == 0;
+}
+
 /* A value from another node: only a plain "sip:HOST:PORT" is taken. */
 int sip__peer_decode(const dht_value_t *v, sip_peer_t *p)
 {
-  if (v->body_len == 0 || v->body_len > 2048)
+  if (v->kind != DHT_KIND_PROXY || v->body_len == 0 || v->body_len > 2048)
     return -EINVAL;
   json_t *o = json_loadb((const char *)v->body, v->body_len, 0, NULL);
   const char *uri = json_string_value(json_object_get(o, "uri"));
   const char *node = json_string_value(json_object_get(o, "node"));
+  const char *tls = json_string_value(json_object_get(o, "tls"));
   int ok = uri && strncmp(uri, "sip:", 4) == 0 && strlen(uri) < sizeof p->uri &&
            !strpbrk(uri, " \t\r\n<>;,\"");
   if (ok) {
     snprintf(p->uri, sizeof p->uri, "%s", uri);
     snprintf(p->node, sizeof p->node, "%s", node ? node : "");
+    p->tls[0] = '\0';
+    if (tls && hostport_ok(tls))
+      snprintf(p->tls, sizeof p->tls, "sip:%s;transport=tls", tls);
   }
   json_decref(o);
   return ok ? 0 : -EINVAL;

@@ -49,6 +49,18 @@ static int fds_snapshot(unsigned char *seen, int max)
   return 0;
 }
 
+int sip__loop_find_fd(int (*match)(int fd, void *arg), void *arg)
+{
+  unsigned char *open_fds = calloc(1, MAX_FDS);
+  int found = -1;
+  if (open_fds && fds_snapshot(open_fds, MAX_FDS) == 0)
+    for (int fd = 0; fd < MAX_FDS && found < 0; fd++)
+      if (open_fds[fd] && match(fd, arg))
+        found = fd;
+  free(open_fds);
+  return found;
+}
+
 static int fd_is_epoll(int fd)
 {
   char path[64], target[64];

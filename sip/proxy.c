@@ -42,6 +42,7 @@ struct sip_ptx {
   sip_svc_t *s;
   sip_ptx_t *next, **prevp;
   int refs;
+  int src;             /* the source's slot (limit.c), or -1 */
   nta_incoming_t *irq; /* NULL for ACK: nothing to answer */
   msg_t *msg;
   sip_t *sip;
@@ -82,6 +83,7 @@ static void ptx_free(sip_ptx_t *t)
   msg_destroy(t->msg);
   msg_destroy(t->best);
   free(t->aor);
+  sip__limit_release(t->s, t->src);
   *t->prevp = t->next;
   if (t->next)
     t->next->prevp = t->prevp;
@@ -108,12 +110,13 @@ static void ptx_finish(sip_ptx_t *t)
 }
 
 static sip_ptx_t *ptx_new(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip,
-                          const char *hash)
+                          const char *hash, int src)
 {
   sip_ptx_t *t = calloc(1, sizeof *t);
   if (!t)
     return NULL;
-  t->s = s, t->irq = irq, t->msg = msg, t->sip = sip;
+  t->s = s, t->irq = irq, t->msg = msg, t->sip = sip, t->src = src;
+  sip__limit_hold(s, src);
   t->method = sip->sip_request->rq_method;
   memcpy(t->hash, hash, sizeof t->hash);
   t->next = s->ptx;
@@ -286,7 +289,7 @@ static int try_next_peer(sip_branch_t *b, int status)
   b->answered = 0, b->status = 0;
   b->peer_i++;
   free(b->next);
-  b->next = strdup(b->peers[b->peer_i].uri);
+  b->next = strdup(sip__peer_next(t->s, &b->peers[b->peer_i]));
   branch_send(b);
   return 1;
 }
@@ -528,11 +531,10 @@ static uint32_t targets_sig(const sip_binding_t *bs, size_t n)
 {
   uint32_t sig = 0;
   for (size_t i = 0; i < n; i++) {
-    uint32_t h = 2166136261u;
+    uint32_t h = SIP_FNV_INIT;
     const char *parts[] = {bs[i].uri, "|", bs[i].path, "|", bs[i].edge ? bs[i].edge : ""};
     for (size_t k = 0; k < sizeof parts / sizeof *parts; k++)
-      for (const char *p = parts[k]; *p; p++)
-        h = (h ^ (uint8_t)*p) * 16777619u;
+      h = sip__fnv(h, parts[k], 0);
     sig ^= h;
   }
   return sig;
@@ -617,7 +619,7 @@ static void on_peers(sip_svc_t *s, void *ctx, int status)
   for (int i = 0; i < n; i++)
     b->peers[i] = s->peers[(start + (unsigned)i) % (unsigned)n];
   b->n_peers = n;
-  b->next = strdup(b->peers[0].uri);
+  b->next = strdup(sip__peer_next(s, &b->peers[0]));
   s->c.via_peer++;
   start_branches(t);
   ptx_release(t);
@@ -721,7 +723,7 @@ int sip__edge_hop(const sip_svc_t *s, const sip_t *sip)
  * them on along the Via. */
 void sip__proxy_edge(sip_svc_t *s, msg_t *msg, sip_t *sip, const char *hash)
 {
-  const sip_reg_t *r = sip__reg_by_hostport(s, sip->sip_request->rq_url);
+  const sip_reg_t *r = sip->sip_route ? NULL : sip__reg_by_hostport(s, sip->sip_request->rq_url);
   char flow[128], key[64];
   const char *next = r ? sip__reg_flow(r, flow, sizeof flow) : NULL;
   const char *rr = hop_prepare(s, msg, sip);
@@ -732,10 +734,8 @@ void sip__proxy_edge(sip_svc_t *s, msg_t *msg, sip_t *sip, const char *hash)
       return;
     }
   }
-  uint32_t h = 2166136261u;
   const char *in = sip->sip_via && sip->sip_via->v_branch ? sip->sip_via->v_branch : "";
-  for (const char *p = in; *p; p++)
-    h = (h ^ (uint8_t)*p) * 16777619u;
+  uint32_t h = sip__fnv(SIP_FNV_INIT, in, 0);
   snprintf(key, sizeof key, "z9hG4bK.p2p%s.%08x", hash, h);
   if (sip->sip_request->rq_method == sip_method_ack)
     s->c.acks_fwd++;
@@ -749,7 +749,8 @@ int sip__proxy_full(const sip_svc_t *s)
   return s->n_ptx >= SIP_MAX_TRANSACTIONS;
 }
 
-int sip__proxy(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, const char *hash)
+int sip__proxy(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, const char *hash,
+               int src)
 {
   int is_ack = sip->sip_request->rq_method == sip_method_ack;
   if (sip__proxy_full(s)) {
@@ -761,7 +762,7 @@ int sip__proxy(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, const 
     msg_destroy(msg);
     return 200;
   }
-  sip_ptx_t *t = ptx_new(s, is_ack ? NULL : irq, msg, sip, hash);
+  sip_ptx_t *t = ptx_new(s, is_ack ? NULL : irq, msg, sip, hash, is_ack ? -1 : src);
   if (!t) {
     msg_destroy(msg);
     return is_ack ? 200 : 500;
@@ -807,8 +808,10 @@ int sip__stray_response(sip_svc_t *s, nta_outgoing_t *orq, const sip_t *sip)
   msg_t *msg = nta_outgoing_getresponse(orq);
   if (!msg)
     return 0;
-  sip_via_remove(msg, sip_object(msg));
-  if (nta_incoming_mreply(s->stateless_irq, msg) == 0)
+  /* nta_msg_tsend removes our Via and picks the transport the next one
+   * names (TLS from another node, UDP or TCP from a phone); nta's default
+   * server transaction would keep using the first transport it sent on. */
+  if (nta_msg_tsend(s->agent, msg, NULL, TAG_END()) == 0)
     s->c.stray_fwd++;
   return 0;
 }

@@ -82,7 +82,11 @@ static int dup_field(json_t *o, const char *key, size_t max, char **out)
 int sip__binding_decode(const dht_value_t *v, sip_binding_t *out)
 {
   memset(out, 0, sizeof *out);
-  if (v->body_len == 0 || v->body_len > 4096 || strlen(v->vid) >= sizeof out->vid)
+  /* Only user records: in the secured mode the DHT takes those from the
+   * user's certificate alone, while any node may store other kinds under
+   * the same name. */
+  if (v->kind != DHT_KIND_USER || v->body_len == 0 || v->body_len > 4096 ||
+      strlen(v->vid) >= sizeof out->vid)
     return -EINVAL;
   json_t *o = json_loadb((const char *)v->body, v->body_len, 0, NULL);
   if (!json_is_object(o)) {

@@ -41,12 +41,13 @@ typedef struct {
   char vid[DHT_ID_HEX + 8];
 } intent_t;
 
+typedef struct sip_regans regans_t;
 typedef struct sip_rtx rtx_t;
 struct sip_rtx {
   sip_svc_t *s;
-  rtx_t *next;
-  nta_incoming_t *irq;
-  msg_t *msg;
+  rtx_t *next, **prevp; /* s->rtx, while linked */
+  regans_t *ans;        /* where its answer is kept for retransmissions */
+  msg_t *msg;           /* the request, until it is answered */
   sip_t *sip;
   char aor[600];
   int star;
@@ -57,7 +58,89 @@ struct sip_rtx {
   int removed[2 * SIP_MAX_CONTACTS];
   int pending, failed;
   char received[80], transport[8], node[DHT_ID_HEX];
+  const dht_cert_creds_t *signer; /* the user's, in the secured mode */
+  int src;                        /* the source's slot (limit.c), or -1 */
 };
+
+/* ---- answers kept for retransmissions -----------------------------------
+ *
+ * REGISTERs are answered without a server transaction: nta kept each one
+ * 32 s after its answer (timer J), 3000 REGISTERs/s held ~96,000 of them,
+ * the request and answer of each, in its queues and hash table.  Here a
+ * request is known by Call-ID and CSeq: a retransmission while it is under
+ * way is dropped, one after it was answered gets the same answer, for
+ * SIP_REG_LINGER_MS (a UAC retransmits at most every 4 s, T2), and what is
+ * kept is the status and the answer's header lines. */
+struct sip_regans {
+  regans_t *hnext, *qnext; /* bucket chain; answered ones in order of expiry */
+  rtx_t *rtx;              /* while under way */
+  uint64_t until;          /* 0 while under way */
+  int status;
+  char *phrase, *headers;  /* as sent */
+  char key[];              /* Call-ID " " CSeq */
+};
+
+struct sip_regans_tab {
+  regans_t *bucket[SIP_REG_ANSWER_BUCKETS];
+  regans_t *head, **tail;  /* answered, oldest first */
+  size_t n;
+};
+
+static regans_t **ans_slot(sip_svc_t *s, const char *key)
+{
+  return &s->answers->bucket[sip__fnv(SIP_FNV_INIT, key, 0) % SIP_REG_ANSWER_BUCKETS];
+}
+
+static void ans_drop(sip_svc_t *s, regans_t *a)
+{
+  for (regans_t **pp = ans_slot(s, a->key); *pp; pp = &(*pp)->hnext)
+    if (*pp == a) {
+      *pp = a->hnext;
+      break;
+    }
+  s->answers->n--;
+  free(a->phrase), free(a->headers), free(a);
+}
+
+/* Forgets answers past their time (and the oldest beyond the cap). */
+static void ans_expire(sip_svc_t *s)
+{
+  struct sip_regans_tab *t = s->answers;
+  uint64_t now = sip__now_ms(s);
+  while (t && t->head && (t->head->until <= now || t->n > SIP_REG_ANSWERS_MAX)) {
+    regans_t *a = t->head;
+    t->head = a->qnext;
+    if (!t->head)
+      t->tail = &t->head;
+    ans_drop(s, a);
+  }
+}
+
+static regans_t *ans_find(sip_svc_t *s, const char *key)
+{
+  if (!s->answers)
+    return NULL;
+  regans_t *a = *ans_slot(s, key);
+  while (a && strcmp(a->key, key) != 0)
+    a = a->hnext;
+  return a;
+}
+
+static regans_t *ans_new(sip_svc_t *s, const char *key, rtx_t *x)
+{
+  if (!s->answers && (s->answers = calloc(1, sizeof *s->answers)))
+    s->answers->tail = &s->answers->head;
+  regans_t *a = s->answers ? calloc(1, sizeof *a + strlen(key) + 1) : NULL;
+  if (!a)
+    return NULL;
+  strcpy(a->key, key);
+  a->rtx = x;
+  regans_t **slot = ans_slot(s, key);
+  a->hnext = *slot, *slot = a;
+  s->answers->n++;
+  return a;
+}
+
 
 /* ---- the local table --------------------------------------------------- */
 
@@ -75,13 +158,6 @@ static void reg_free(sip_reg_t *r)
  * grow with them. */
 enum { BY_VID, BY_CONTACT, BY_SOURCE };
 
-static uint32_t fnv(uint32_t h, const char *p, int fold)
-{
-  for (; p && *p; p++)
-    h = (h ^ (uint8_t)(fold ? tolower((unsigned char)*p) : *p)) * 16777619u;
-  return h;
-}
-
 /* Hosts compare without case and a missing port is the scheme's default,
  * so that URLs url_cmp() finds equal have equal keys. */
 static uint32_t url_key(const url_t *u)
@@ -89,7 +165,7 @@ static uint32_t url_key(const url_t *u)
   const char *port = u->url_port && u->url_port[0] ? u->url_port
                      : u->url_type == url_sips    ? "5061"
                                                   : "5060";
-  return fnv(fnv(2166136261u, u->url_host, 1) ^ ':', port, 0);
+  return sip__fnv(sip__fnv(SIP_FNV_INIT, u->url_host, 1) ^ ':', port, 0);
 }
 
 static sip_reg_t **reg_slot(const sip_svc_t *s, int idx, uint32_t key)
@@ -100,8 +176,8 @@ static sip_reg_t **reg_slot(const sip_svc_t *s, int idx, uint32_t key)
 static uint32_t reg_key(const sip_reg_t *r, int idx)
 {
   if (idx == BY_VID)
-    return fnv(2166136261u, r->vid, 0);
-  return idx == BY_CONTACT ? url_key(r->url) : fnv(2166136261u, r->received, 0);
+    return sip__fnv(SIP_FNV_INIT, r->vid, 0);
+  return idx == BY_CONTACT ? url_key(r->url) : sip__fnv(SIP_FNV_INIT, r->received, 0);
 }
 
 static void reg_hash_add(sip_svc_t *s, sip_reg_t *r)
@@ -162,7 +238,7 @@ static sip_reg_t *reg_find(const sip_svc_t *s, const char *aor, const char *vid)
 {
   if (!s->reg_nb)
     return NULL;
-  for (sip_reg_t *r = *reg_slot(s, BY_VID, fnv(2166136261u, vid, 0)); r; r = r->hnext[BY_VID])
+  for (sip_reg_t *r = *reg_slot(s, BY_VID, sip__fnv(SIP_FNV_INIT, vid, 0)); r; r = r->hnext[BY_VID])
     if (strcmp(r->vid, vid) == 0 && strcmp(r->aor, aor) == 0)
       return r;
   return NULL;
@@ -251,6 +327,24 @@ const char *sip__reg_flow(const sip_reg_t *r, char *buf, size_t len)
   return buf;
 }
 
+/* Who signs the records of aor: in the secured mode its user's
+ * certificate from --users (the DHT's access rules take no other), in the
+ * open mode nobody (NULL).  -EACCES when the secured mode has none. */
+static int signer_of(sip_svc_t *s, const char *aor, const dht_cert_creds_t **out)
+{
+  *out = NULL;
+  if (!s->ca)
+    return 0;
+  const char *at = strncmp(aor, "sip:", 4) == 0 ? strchr(aor + 4, '@') : NULL;
+  char user[DHT_CERT_MAX_USER + 1];
+  if (!at || at - aor - 4 > DHT_CERT_MAX_USER || !s->auth)
+    return -EACCES;
+  memcpy(user, aor + 4, (size_t)(at - aor - 4));
+  user[at - aor - 4] = '\0';
+  *out = sip__auth_creds(s, user);
+  return *out ? 0 : -EACCES;
+}
+
 /* The route into this node changed (flow.c): put the records of the
  * bindings held here again, with the new path and edge, a batch at a time
  * so that thousands of phones do not flood the DHT at once.  Each batch
@@ -275,8 +369,10 @@ size_t sip__reg_reput(sip_svc_t *s, size_t max)
                        .received = r->received, .transport = r->transport, .edge = edge,
                        .cseq = r->cseq, .q1000 = r->q1000};
     char *body = sip__binding_encode(&b, expires);
-    if (!body || sip__dht_put(s, r->aor, r->vid, DHT_KIND_USER, body, expires + SIP_GRACE_S,
-                              NULL, NULL) < 0)
+    const dht_cert_creds_t *signer;
+    if (!body || signer_of(s, r->aor, &signer) < 0 ||
+        sip__dht_put(s, signer, r->aor, r->vid, DHT_KIND_USER, body, expires + SIP_GRACE_S, NULL,
+                     NULL) < 0)
       log_warn("re-putting the binding of %s failed", r->aor);
     free(body);
     r->gen = s->route_gen;
@@ -305,10 +401,30 @@ int sip__reg_direction(const sip_svc_t *s, msg_t *msg, const sip_t *sip)
   if (!src[0])
     return 0;
   uint64_t now = sip__now_ms(s);
-  for (const sip_reg_t *r = *reg_slot(s, BY_SOURCE, fnv(2166136261u, src, 0)); r;
+  for (const sip_reg_t *r = *reg_slot(s, BY_SOURCE, sip__fnv(SIP_FNV_INIT, src, 0)); r;
        r = r->hnext[BY_SOURCE])
     if (r->expires_at > now && r->received && strcmp(r->received, src) == 0)
       return -1;
+  return 0;
+}
+
+/* A live binding of sip:USER@OVERLAY registered through the TCP
+ * connection msg came on (its source address; the connection is not
+ * forgeable as a UDP source is). */
+int sip__reg_stream_user(const sip_svc_t *s, msg_t *msg, const char *user)
+{
+  su_addrinfo_t *ai = msg_addrinfo(msg);
+  char src[80], aor[600];
+  if (!s->reg_nb || !ai || ai->ai_protocol != IPPROTO_TCP)
+    return 0;
+  sip__msg_source(msg, src, sizeof src);
+  snprintf(aor, sizeof aor, "sip:%s@%s", user, s->overlay);
+  uint64_t now = sip__now_ms(s);
+  for (const sip_reg_t *r = *reg_slot(s, BY_SOURCE, sip__fnv(SIP_FNV_INIT, src, 0)); r;
+       r = r->hnext[BY_SOURCE])
+    if (r->expires_at > now && r->received && strcmp(r->received, src) == 0 && r->transport &&
+        strcmp(r->transport, "tcp") == 0 && strcmp(r->aor, aor) == 0)
+      return 1;
   return 0;
 }
 
@@ -319,6 +435,7 @@ int sip__reg_direction(const sip_svc_t *s, msg_t *msg, const sip_t *sip)
  * memory a little longer. */
 void sip__reg_sweep(sip_svc_t *s)
 {
+  ans_expire(s);
   uint64_t now = sip__now_ms(s);
   sip_reg_t *r = s->reg_cursor ? s->reg_cursor : s->regs;
   for (int n = 0; r && n < SIP_SWEEP_BATCH; n++) {
@@ -332,13 +449,12 @@ void sip__reg_sweep(sip_svc_t *s)
   s->reg_cursor = r;
 }
 
+/* The bindings held, counting those expired since the sweep last passed
+ * them (a walk over 100,000 for each {"cmd":"sip"} cost 3% of a loaded
+ * registrar). */
 size_t sip__regs_count(const sip_svc_t *s)
 {
-  size_t n = 0;
-  uint64_t now = sip__now_ms(s);
-  for (const sip_reg_t *r = s->regs; r; r = r->next)
-    n += r->expires_at > now;
-  return n;
+  return s->n_regs;
 }
 
 json_t *sip__regs_json(const sip_svc_t *s)
@@ -359,12 +475,13 @@ json_t *sip__regs_json(const sip_svc_t *s)
 }
 
 static void rtx_free(rtx_t *x);
+static void rtx_unlink(rtx_t *x);
 
 void sip__reg_free_all(sip_svc_t *s)
 {
   while (s->rtx) {
     rtx_t *x = s->rtx;
-    s->rtx = x->next;
+    rtx_unlink(x);
     rtx_free(x);
   }
   while (s->regs) {
@@ -372,6 +489,7 @@ void sip__reg_free_all(sip_svc_t *s)
     s->regs = r->next;
     reg_free(r);
   }
+  sip__reg_answers_free(s);
   free(s->reg_hash[0]);
   memset(s->reg_hash, 0, sizeof s->reg_hash);
   s->reg_nb = s->n_regs = 0;
@@ -386,36 +504,97 @@ static void rtx_free(rtx_t *x)
     free(x->in[i].contact), free(x->in[i].uri);
   for (int i = 0; i < x->n_ex; i++)
     sip__binding_clear(&x->ex[i]);
-  if (x->irq)
-    nta_incoming_destroy(x->irq);
+  if (x->ans)
+    x->ans->rtx = NULL;
+  sip__limit_release(x->s, x->src);
   msg_destroy(x->msg);
   free(x);
 }
 
-static void rtx_unlink(rtx_t *x)
+/* Doubly linked: with a thousand REGISTERs in flight, a walk per answer
+ * made each one cost as much as all the others. */
+static void rtx_link(rtx_t *x)
 {
-  for (rtx_t **pp = &x->s->rtx; *pp; pp = &(*pp)->next)
-    if (*pp == x) {
-      *pp = x->next;
-      return;
-    }
+  sip_svc_t *s = x->s;
+  x->next = s->rtx;
+  if (x->next)
+    x->next->prevp = &x->next;
+  x->prevp = &s->rtx;
+  s->rtx = x;
+  s->n_rtx++;
 }
 
-/* Counts the outcome and frees the transaction (answered already). */
-static void rtx_end(rtx_t *x, int status)
+static void rtx_unlink(rtx_t *x)
 {
+  if (!x->prevp)
+    return;
+  *x->prevp = x->next;
+  if (x->next)
+    x->next->prevp = x->prevp;
+  x->prevp = NULL;
+  x->s->n_rtx--;
+}
+
+/* Answers the request (statelessly: see above) with status, and headers
+ * ("Name: value" lines, or NULL), keeps the answer for retransmissions,
+ * counts the outcome and frees x. */
+static void rtx_answer(rtx_t *x, int status, const char *phrase, const char *headers)
+{
+  sip_svc_t *s = x->s;
+  if (x->msg)
+    sip__reply_stateless(s, x->msg, x->sip, status, phrase,
+                         TAG_IF(headers, SIPTAG_HEADER_STR(headers)), TAG_END());
+  x->msg = NULL;
+  regans_t *a = x->ans;
+  if (a) {
+    a->status = status;
+    a->phrase = strdup(phrase);
+    a->headers = headers ? strdup(headers) : NULL;
+    a->until = sip__now_ms(s) + SIP_REG_LINGER_MS;
+    a->rtx = NULL, x->ans = NULL;
+    *s->answers->tail = a, s->answers->tail = &a->qnext;
+  }
   if (status == 200)
-    x->s->c.register_ok++;
+    s->c.register_ok++;
   else
-    x->s->c.register_failed++;
+    s->c.register_failed++;
   rtx_unlink(x);
   rtx_free(x);
 }
 
 static void rtx_done(rtx_t *x, int status, const char *phrase)
 {
-  nta_incoming_treply(x->irq, status, phrase, TAG_END());
-  rtx_end(x, status);
+  rtx_answer(x, status, phrase, NULL);
+}
+
+/* A retransmission: dropped while the first is under way (0), answered
+ * again afterwards (1); -1 when the request is new. */
+static int ans_repeat(sip_svc_t *s, msg_t *msg, sip_t *sip, const char *key)
+{
+  regans_t *a = ans_find(s, key);
+  if (!a)
+    return -1;
+  s->c.register_repeats++;
+  if (a->rtx)
+    msg_destroy(msg);
+  else
+    sip__reply_stateless(s, msg, sip, a->status, a->phrase,
+                         TAG_IF(a->headers, SIPTAG_HEADER_STR(a->headers)), TAG_END());
+  return a->rtx ? 0 : 1;
+}
+
+void sip__reg_answers_free(sip_svc_t *s)
+{
+  if (!s->answers)
+    return;
+  for (size_t i = 0; i < SIP_REG_ANSWER_BUCKETS; i++)
+    while (s->answers->bucket[i]) {
+      regans_t *a = s->answers->bucket[i];
+      s->answers->bucket[i] = a->hnext;
+      free(a->phrase), free(a->headers), free(a);
+    }
+  free(s->answers);
+  s->answers = NULL;
 }
 
 /* The Contact header value as stored: display name, URI and parameters
@@ -561,36 +740,75 @@ static void note_source(rtx_t *x)
   memcpy(x->node, hex, sizeof x->node);
 }
 
+/* Appends one binding, as the answer lists it, to a Contact header line. */
+static void add_contact(char **line, size_t *len, const char *contact, long expires, int q1000)
+{
+  char q[24] = "";
+  if (q1000 < 1000)
+    snprintf(q, sizeof q, ";q=%d.%03d", q1000 / 1000, q1000 % 1000);
+  size_t need = strlen(contact) + strlen(q) + 40;
+  char *l = realloc(*line, *len + need);
+  if (!l)
+    return;
+  *line = l;
+  *len += (size_t)snprintf(l + *len, need, "%s%s;expires=%ld%s", *len > 9 ? ", " : "", contact,
+                           expires, q);
+}
+
+/* "Contact: ..." with the bindings the answer lists (own: only those
+ * registered from the requester's address or in this request), or NULL
+ * when there are none; its length in *len. */
+static char *answer_contacts(rtx_t *x, int own, size_t *len)
+{
+  char *line = strdup("Contact: ");
+  *len = line ? 9 : 0;
+  for (int i = 0; line && i < x->n_ex; i++) {
+    const sip_binding_t *b = &x->ex[i];
+    if (!x->removed[i] && b->remaining > 0 && (!own || strcmp(b->received, x->received) == 0))
+      add_contact(&line, len, b->contact, b->remaining, b->q1000);
+  }
+  for (int i = 0; line && i < x->n_in; i++)
+    if (x->in[i].expires)
+      add_contact(&line, len, x->in[i].contact, x->in[i].expires, x->in[i].q1000);
+  if (line && *len == 9) {
+    free(line);
+    line = NULL, *len = 0;
+  }
+  return line;
+}
+
+/* 10.3 step 8: the 200 lists the AOR's bindings.  Over UDP it must fit
+ * where the request came from: a query with no Contact of its own could
+ * otherwise return 16 times its size to a forged source.  Where every
+ * binding does not fit, the answer lists the requester's own; where even
+ * those do not, 513 (the bindings were stored: over TCP a query lists
+ * them). */
 static void reply_bindings(rtx_t *x)
 {
-  su_home_t *home = msg_home(x->msg);
-  sip_contact_t *list = NULL, **tail = &list;
-  char q[16];
-  for (int i = 0; i < x->n_ex; i++) {
-    if (x->removed[i] || x->ex[i].remaining <= 0)
-      continue;
-    const sip_binding_t *b = &x->ex[i];
-    snprintf(q, sizeof q, "%d.%03d", b->q1000 / 1000, b->q1000 % 1000);
-    sip_contact_t *m = sip_contact_format(home, "%s;expires=%d%s%s", b->contact,
-                                          (int)b->remaining, b->q1000 < 1000 ? ";q=" : "",
-                                          b->q1000 < 1000 ? q : "");
-    if (m)
-      *tail = m, tail = &m->m_next;
+  size_t len, limit = msg_size(x->msg) > SIP_UDP_ANSWER_MAX ? msg_size(x->msg)
+                                                           : SIP_UDP_ANSWER_MAX;
+  int udp = strcmp(x->transport, "udp") == 0;
+  char *contacts = answer_contacts(x, 0, &len);
+  if (udp && SIP_ANSWER_HEAD + len > limit) {
+    x->s->c.register_trimmed++;
+    free(contacts);
+    contacts = answer_contacts(x, 1, &len);
   }
-  for (int i = 0; i < x->n_in; i++) {
-    const intent_t *in = &x->in[i];
-    if (in->expires == 0)
-      continue;
-    snprintf(q, sizeof q, "%d.%03d", in->q1000 / 1000, in->q1000 % 1000);
-    sip_contact_t *m = sip_contact_format(home, "%s;expires=%u%s%s", in->contact,
-                                          (unsigned)in->expires, in->q1000 < 1000 ? ";q=" : "",
-                                          in->q1000 < 1000 ? q : "");
-    if (m)
-      *tail = m, tail = &m->m_next;
+  if (udp && SIP_ANSWER_HEAD + len > limit) {
+    x->s->c.register_too_big++;
+    free(contacts);
+    rtx_done(x, 513, "Bindings Do Not Fit a Datagram");
+    return;
   }
-  sip_date_t *date = sip_date_create(home, sip_now());
-  nta_incoming_treply(x->irq, SIP_200_OK, SIPTAG_CONTACT(list), SIPTAG_DATE(date), TAG_END());
-  rtx_end(x, 200);
+  char date[80], *headers = NULL;
+  sip_date_t d;
+  sip_date_init(&d)->d_time = sip_now();
+  sip_date_e(date, sizeof date, (msg_header_t *)&d, 0);
+  if (asprintf(&headers, "%s%sDate: %s", contacts ? contacts : "", contacts ? "\r\n" : "", date) < 0)
+    headers = NULL;
+  free(contacts);
+  rtx_answer(x, SIP_200_OK, headers);
+  free(headers);
 }
 
 static void on_stored(sip_svc_t *s, void *ctx, int status, const dht_value_t *v, size_t n)
@@ -627,7 +845,7 @@ static int withdraw(rtx_t *x, int i)
   x->s->c.unregisters++;
   reg_drop(x->s, x->aor, b->vid);
   dht_value_t seen = {.vid = b->vid, .kind = DHT_KIND_USER, .seq = b->seq, .expires_in = b->ttl};
-  return sip__dht_remove(x->s, x->aor, b->vid, &seen, on_stored, x);
+  return sip__dht_remove(x->s, x->signer, x->aor, b->vid, &seen, on_stored, x);
 }
 
 static int store(rtx_t *x, intent_t *in)
@@ -652,7 +870,7 @@ static int store(rtx_t *x, intent_t *in)
                      .node = x->node, .received = x->received, .transport = x->transport,
                      .edge = edge, .cseq = x->sip->sip_cseq->cs_seq, .q1000 = in->q1000};
   char *body = sip__binding_encode(&b, in->expires);
-  int rc = body ? sip__dht_put(s, x->aor, in->vid, DHT_KIND_USER, body,
+  int rc = body ? sip__dht_put(s, x->signer, x->aor, in->vid, DHT_KIND_USER, body,
                                in->expires + SIP_GRACE_S, on_stored, x)
                 : -ENOMEM;
   free(body);
@@ -752,53 +970,58 @@ static int aor_of(const sip_svc_t *s, const sip_t *sip, char *out, size_t len)
   return 0;
 }
 
-static int require_unsupported(nta_incoming_t *irq, const sip_t *sip)
+/* The answer to a REGISTER that asks for extensions: we support none. */
+static void require_unsupported(rtx_t *x)
 {
-  char list[512] = "";
+  char hdr[560] = "Unsupported: ";
+  const sip_t *sip = x->sip;
   for (int i = 0; sip->sip_require->k_items && sip->sip_require->k_items[i] && i < 16; i++)
-    snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "",
+    snprintf(hdr + strlen(hdr), sizeof hdr - strlen(hdr), "%s%s", i ? ", " : "",
              sip->sip_require->k_items[i]);
-  nta_incoming_treply(irq, SIP_420_BAD_EXTENSION, SIPTAG_UNSUPPORTED_STR(list), TAG_END());
-  return 420;
+  rtx_answer(x, SIP_420_BAD_EXTENSION, hdr);
 }
 
-int sip__register(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip)
+void sip__register(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq)
 {
+  char key[600];
+  snprintf(key, sizeof key, "%s %u", sip->sip_call_id ? sip->sip_call_id->i_id : "",
+           sip->sip_cseq ? sip->sip_cseq->cs_seq : 0);
+  ans_expire(s);
+  if (ans_repeat(s, msg, sip, key) >= 0)
+    return;
   s->c.registers++;
-  if (sip->sip_require) { /* we support no extension */
-    msg_destroy(msg);
-    s->c.register_failed++;
-    return require_unsupported(irq, sip);
-  }
   rtx_t *x = calloc(1, sizeof *x);
   if (!x) {
-    msg_destroy(msg);
-    return 500;
+    sip__reply_stateless(s, msg, sip, SIP_500_INTERNAL_SERVER_ERROR, TAG_END());
+    return;
   }
-  x->s = s, x->msg = msg, x->sip = sip;
-  int status = aor_of(s, sip, x->aor, sizeof x->aor);
+  x->s = s, x->msg = msg, x->sip = sip, x->src = rq->src;
+  sip__limit_hold(s, x->src);
+  rtx_link(x); /* so that sip_free() finds it */
+  x->ans = ans_new(s, key, x);
+  if (sip->sip_require) {
+    require_unsupported(x);
+    return;
+  }
   long brief = 0;
+  int status = aor_of(s, sip, x->aor, sizeof x->aor);
+  if (status == 0 && signer_of(s, x->aor, &x->signer) < 0) {
+    rtx_done(x, 403, "No certificate for this user here");
+    return;
+  }
   if (status == 0)
     status = check_contacts(x, &brief);
   if (status == 423) {
-    char min[16];
-    snprintf(min, sizeof min, "%d", SIP_MIN_EXPIRES);
-    nta_incoming_treply(irq, SIP_423_INTERVAL_TOO_BRIEF, SIPTAG_MIN_EXPIRES_STR(min), TAG_END());
+    char min[40];
+    snprintf(min, sizeof min, "Min-Expires: %d", SIP_MIN_EXPIRES);
+    rtx_answer(x, SIP_423_INTERVAL_TOO_BRIEF, min);
+    return;
   }
   if (status) {
-    s->c.register_failed++;
-    rtx_free(x);
-    return status;
+    rtx_done(x, status, sip_status_phrase(status));
+    return;
   }
   note_source(x);
-  x->next = s->rtx; /* so that sip_free() finds it */
-  s->rtx = x;
-  if (sip__dht_get(s, x->aor, on_bindings, x) < 0) {
-    rtx_unlink(x);
-    rtx_free(x);
-    s->c.register_failed++;
-    return 500;
-  }
-  x->irq = irq; /* answered later */
-  return 0;
+  if (sip__dht_get(s, x->aor, on_bindings, x) < 0)
+    rtx_done(x, 500, "Location Service Failed");
 }

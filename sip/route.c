@@ -106,25 +106,31 @@ int sip__route_is_ours(const sip_svc_t *s, const url_t *u)
   return s->gateway && sip__uri_is_overlay(s, u);
 }
 
-/* RFC 3261 16.4: drop the Route entries that name us.  A proxy peer also
- * owns the overlay identifier.
+/* RFC 3261 16.4: how many Route entries on top name us.  A proxy peer
+ * also owns the overlay identifier.
  *
  * Behind a NAT our Record-Route is <private>,<reflexive>,<edge> on the
- * side of our phones (flow.c).  A request from a phone pops the first two
- * and would then go back in through the edge proxy peer, a detour that
- * breaks when that peer dies: we reach the outside directly, so the edge
- * right after our own two entries is popped too. */
-void sip__pop_routes(sip_svc_t *s, msg_t *msg, sip_t *sip)
+ * side of our phones (flow.c).  A request from a phone would, after our
+ * first two, go back in through the edge proxy peer, a detour that breaks
+ * when that peer dies: we reach the outside directly, so the edge right
+ * after our own two entries counts as ours too. */
+static int routes_ours(const sip_svc_t *s, const sip_t *sip)
 {
   int n = 0, own_then_reflexive = 0, prev_own = 0;
-  while (sip->sip_route && n++ < SIP_MAX_ROUTES && sip__route_is_ours(s, sip->sip_route->r_url)) {
-    int reflexive = sip__flow_is_reflexive(s, sip->sip_route->r_url);
+  const sip_route_t *r = sip->sip_route;
+  for (; r && n < SIP_MAX_ROUTES && sip__route_is_ours(s, r->r_url); r = r->r_next, n++) {
+    int reflexive = sip__flow_is_reflexive(s, r->r_url);
     own_then_reflexive = prev_own && reflexive;
     prev_own = !reflexive;
-    sip_route_remove(msg, sip);
   }
-  if (own_then_reflexive && sip->sip_route && !s->gateway &&
-      host_is_ip_address(sip->sip_route->r_url->url_host))
+  if (own_then_reflexive && r && !s->gateway && host_is_ip_address(r->r_url->url_host))
+    n++;
+  return n;
+}
+
+void sip__pop_routes(sip_svc_t *s, msg_t *msg, sip_t *sip)
+{
+  for (int n = routes_ours(s, sip); n > 0 && sip->sip_route; n--)
     sip_route_remove(msg, sip);
 }
 
@@ -141,6 +147,15 @@ static enum sip_hop classify(const sip_svc_t *s, const url_t *u, int is_ruri)
   if (host_is_ip_address(u->url_host))
     return SIP_HOP_DIRECT;
   return s->gateway ? SIP_HOP_DIRECT : SIP_HOP_PEER;
+}
+
+enum sip_hop sip__peek_hop(const sip_svc_t *s, const sip_t *sip, int *ours)
+{
+  const sip_route_t *r = sip->sip_route;
+  *ours = routes_ours(s, sip);
+  for (int i = 0; r && i < *ours; i++)
+    r = r->r_next;
+  return r ? classify(s, r->r_url, 0) : classify(s, sip->sip_request->rq_url, 1);
 }
 
 enum sip_hop sip__next_hop(const sip_svc_t *s, const sip_t *sip)

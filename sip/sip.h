@@ -40,6 +40,34 @@ typedef struct {
   const char *tsig;               /* "NAME:ALG:BASE64SECRET" signing the updates, or NULL */
   const char *dns_address;        /* address put in the A/AAAA record; NULL: listen's */
   int locate_cache_ms;            /* reuse a located user record this long; 0: 2000, < 0: never */
+  /* Phones: --users DIR (the directory p2psip-ca user fills), or NULL.
+   * With it, REGISTER needs digest authentication and out-of-dialog
+   * requests from the node's users need proxy authentication. */
+  const char *users;
+  /* Digest algorithms to offer, in order: "SHA-256,MD5" (NULL: that, as
+   * RFC 8760 asks), "MD5,SHA-256", or one of them. */
+  const char *digest;
+  /* The secured mode (NULL: the open mode): the overlay CA, borrowed (it
+   * must outlive the service).  User records are then signed with the
+   * users' certificates from the users directory. */
+  dht_cert_ca_t *ca;
+  /* The secured mode's files (all three, or none): SIP between nodes goes
+   * over TLS with both ends presenting their node certificates, on
+   * tls_listen ("IP:PORT"; NULL: the SIP IP, a port the system picks). */
+  const char *ca_file, *cert_file, *key_file;
+  const char *tls_listen;
+  /* Targets in loopback, private and other special-purpose ranges, and
+   * stream transports to ports other than 5060/5061, are refused unless
+   * allowed here (loopback testbeds; a testbed's private segment). */
+  int allow_loopback;
+  const dht_cidr_t *allow_targets; /* borrowed during sip_new only */
+  int n_allow_targets;
+  /* Per source (an IPv4 address, an IPv6 /64; on loopback address and
+   * port): requests per second (burst: rate_burst, 0: twice the rate), and
+   * live transactions.  0: the defaults (50/s, 256); < 0: no limit. */
+  int rate, rate_burst, source_tx;
+  const dht_cidr_t *trusted; /* sources exempt from those (borrowed during sip_new) */
+  int n_trusted;
 } sip_config_t;
 
 /* Create the service: binds UDP and TCP on cfg->listen (so sip_addr() knows

@@ -19,6 +19,7 @@
 #include <sofia-sip/su_wait.h>
 #include <sofia-sip/url.h>
 
+#include "dht/cert.h"
 #include "dht/log.h"
 #include "sip/sip.h"
 
@@ -30,7 +31,36 @@
 #define SIP_MAX_TRANSACTIONS 4096 /* proxy transactions alive at once */
 #define SIP_MAX_PEERS 16          /* proxy peers remembered */
 #define SIP_MAX_BODY 65536        /* bytes: larger messages get 413 */
+/* Per-source limits (limit.c). */
+#define SIP_SOURCES 4096          /* sources tracked at once */
+#define SIP_SOURCE_PROBES 8       /* slots looked at for one source */
+#define SIP_RATE_BLOCK_MS 5000    /* a source over its rate is refused this long (Retry-After) */
+#define SIP_DEFAULT_RATE 50       /* requests/s per source, burst twice that (--sip-rate) */
+#define SIP_DEFAULT_SOURCE_TX 256 /* live transactions per source (--sip-source-transactions) */
+/* A REGISTER's answer over UDP is at most this long, or the request's
+ * length if that is more (the path carried that): RFC 3261 18.1.1's
+ * 1300 bytes for an unknown path MTU. */
+#define SIP_UDP_ANSWER_MAX 1300
+#define SIP_ANSWER_HEAD 600       /* bytes of an answer besides its Contacts, at most */
 #define SIP_UDP_RCVBUF (2 << 20)  /* bytes of socket receive buffer (capped by rmem_max) */
+/* Overload: when what is queued on the SIP UDP socket would take more than
+ * SIP_SHED_DELAY_MS to go through at the rate messages were taken lately,
+ * new work is refused with 503 before any state is made, so that the
+ * queue, and what waits in it (an OPTIONS, an ACK), stays short.  (A fixed
+ * byte count either shed calls on every 25 ms the node was descheduled or
+ * let REGISTERs, ten times costlier each, wait for hundreds of ms.) */
+#define SIP_SHED_DELAY_MS 50.0
+#define SIP_QUEUE_TRUESIZE 1400.0 /* kernel bytes per queued datagram, about (loopback) */
+#define SIP_RATE_WINDOW_MS 100
+#define SIP_RATE_FLOOR 1.0        /* messages/ms assumed at least (a node just woken) */
+#define SIP_MAX_REGISTERING 1024  /* REGISTERs waiting for the DHT at once */
+#define SIP_REG_LINGER_MS 16000   /* a REGISTER's answer is kept for retransmissions */
+#define SIP_REG_ANSWER_BUCKETS 16384
+#define SIP_REG_ANSWERS_MAX 200000 /* answers kept at most (~50 MB at worst) */
+
+/* Digest authentication of phones (auth.c). */
+#define SIP_NONCE_TTL_S 300        /* older nonces are stale */
+#define SIP_USERS_RECHECK_MS 10000 /* a user's file is looked at again this often */
 
 /* Registrar policy (RFC 3261 10.3). */
 #define SIP_DEFAULT_EXPIRES 3600
@@ -78,6 +108,8 @@ typedef struct sip_op sip_op_t;
 typedef struct sip_dnsreg sip_dnsreg_t;
 typedef struct sip_flow sip_flow_t;
 typedef struct sip_ping sip_ping_t;
+typedef struct sip_authdb sip_authdb_t;
+typedef struct sip_limits sip_limits_t;
 
 /* Counters shown by {"cmd":"sip"}. */
 typedef struct {
@@ -100,13 +132,35 @@ typedef struct {
    * our own records after another peer removed them. */
   uint64_t down_reported, down_heard, down_ignored, down_checks, down_alive, down_removed;
   uint64_t dns_readded;
+  /* The edge (auth.c, edge.c): challenges sent (401/407), credentials
+   * accepted and refused, requests whose To (REGISTER) or From was not the
+   * authenticated user, ACKs of our stateless answers absorbed, REGISTERs
+   * refused for want of --users in the secured mode. */
+  uint64_t auth_challenges, auth_ok, auth_failed, auth_wrong_user, acks_absorbed, no_users;
+  /* Requests from overlay nodes (TLS, node certificate), refused as
+   * relaying (403 Relay forbidden, or an ACK dropped) and for their target
+   * (special-purpose address, stream transport to another port); in-dialog
+   * requests from the public side sent on statelessly. */
+  uint64_t from_nodes, relay_forbidden, target_refused, stateless_in_dialog;
+  /* Limits (limit.c, core.c, registrar.c): 503s for a source over its rate
+   * and its requests dropped while it is blocked; 503s for a source holding
+   * its share of transactions, and for a full table; REGISTER answers cut
+   * to the requester's own bindings, and 513s where even those did not fit
+   * a datagram. */
+  uint64_t rate_limited, rate_dropped, source_limited, overloaded, register_trimmed,
+      register_too_big;
+  uint64_t shed; /* 503s for new work while the socket's queue or the DHT is behind */
+  uint64_t register_repeats; /* REGISTER retransmissions dropped or answered again */
 } sip_counters_t;
 
 /* A proxy peer as found under sip:OVERLAY. */
 typedef struct {
   char uri[96];    /* "sip:IP:PORT" */
+  char tls[112];   /* "sip:IP:PORT;transport=tls" in the secured mode, or "" */
   char node[DHT_ID_HEX];
 } sip_peer_t;
+
+#define SIP_MAX_ALLOW 32 /* --sip-allow-targets ranges (node/ caps them at 32) */
 
 struct sip_svc {
   uv_loop_t *uv;
@@ -126,7 +180,6 @@ struct sip_svc {
   su_home_t home[1];
   nta_agent_t *agent;
   nta_leg_t *leg;
-  nta_incoming_t *stateless_irq; /* sends stray responses on */
   nta_outgoing_t *stateless_orq; /* receives stray responses */
 
   sip_ptx_t *ptx;      /* live proxy transactions */
@@ -174,6 +227,23 @@ struct sip_svc {
   sip_ping_t *pings;   /* ping.c: SIP_MAX_PINGS slots, or NULL */
   struct { dht_id_t id; int used; } down[SIP_DOWN_PENDING]; /* gateway.c */
 
+  sip_authdb_t *auth;     /* --users: this node's phones' credentials, or NULL */
+  sip_limits_t *limits;   /* per-source limits, or NULL (off) */
+  int udp_fd;             /* sofia's SIP UDP socket (its queue says when to shed), or -1 */
+  uint64_t rx_at;         /* start of the current rate window (uv_now), 0: none yet */
+  usize_t rx_count;       /* nta's messages received then */
+  double rx_rate;         /* messages/ms, smoothed */
+  unsigned n_rtx;         /* REGISTERs waiting for the DHT */
+  struct sip_regans_tab *answers; /* recent REGISTER answers (registrar.c), or NULL */
+  dht_cert_ca_t *ca;    /* the secured mode's CA, or NULL */
+  char tls_hostport[80];/* "IP:PORT" of SIP over TLS between nodes, or "" (open mode) */
+  int allow_loopback;   /* targets: see sip_config_t */
+  dht_cidr_t allow[SIP_MAX_ALLOW];
+  int n_allow;
+  dht_cidr_t trusted[SIP_MAX_ALLOW]; /* sources the per-source limits spare */
+  int n_trusted;
+  char sl_tag[24];      /* To tag of our stateless answers (their ACKs are absorbed) */
+
   struct sip_gcache *gcache; /* recent DHT answers (dhtop.c), or NULL */
   unsigned locate_cache_ms;  /* how long a located user record is reused; 0: never */
 };
@@ -184,30 +254,48 @@ su_root_t *sip__loop_root(sip_loop_t *l);
 /* Runs fn(arg) from libuv, outside any sofia callback; -EBUSY if another
  * call is pending. */
 int sip__loop_defer(sip_loop_t *l, void (*fn)(void *), void *arg);
+/* The first open fd for which match() is nonzero, or -1: sofia hands out
+ * none of its sockets' fds (core.c looks for its SIP UDP socket). */
+int sip__loop_find_fd(int (*match)(int fd, void *arg), void *arg);
 /* Destroys the root (after the agent is gone) and closes the handles; the
  * memory goes in the close callbacks. */
 void sip__loop_free(sip_loop_t *l);
 
 /* core.c */
 uint64_t sip__now_ms(const sip_svc_t *s);
+/* FNV-1a over a string, folded to lower case when fold is set. */
+#define SIP_FNV_INIT 2166136261u
+uint32_t sip__fnv(uint32_t h, const char *p, int fold);
+/* Answers a request without a transaction (nothing is kept, nothing
+ * retransmitted: one answer per request, so a forged source gets no more
+ * than it sent) and marks it with our stateless To tag, whose ACKs are
+ * absorbed.  Takes msg. */
+void sip__reply_stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int status, const char *phrase,
+                          tag_type_t tag, tag_value_t value, ...);
 int sip__uri_is_self(const sip_svc_t *s, const url_t *u);
 int sip__uri_is_overlay(const sip_svc_t *s, const url_t *u); /* sip:OVERLAY, no user */
 int sip__host_is_overlay(const sip_svc_t *s, const char *host);
 /* "IP", "IP:PORT", "[v6]:PORT" or bare v6; 0 or -EINVAL. */
 int sip__parse_hostport(const char *str, unsigned default_port, struct sockaddr_storage *out);
 void sip__addr_ip(const struct sockaddr_storage *ss, char *ip, size_t len, unsigned *port);
+/* Where to send to a proxy peer: over TLS in the secured mode (where it
+ * can tell us from a stranger), else its SIP address. */
+const char *sip__peer_next(const sip_svc_t *s, const sip_peer_t *p);
 /* "IP:PORT" a request came from, or "". */
 void sip__msg_source(msg_t *msg, char *out, size_t len);
 
 /* dhtop.c: DHT calls whose callbacks survive sip_free (STYLE 16). */
 typedef void (*sip_op_cb)(sip_svc_t *s, void *ctx, int status, const dht_value_t *v, size_t n);
 int sip__dht_get(sip_svc_t *s, const char *name, sip_op_cb cb, void *ctx);
-int sip__dht_put(sip_svc_t *s, const char *name, const char *vid, uint8_t kind,
-                 const char *body, uint32_t ttl, sip_op_cb cb, void *ctx);
+/* signer: the user's credentials for a user record in the secured mode
+ * (kept while the service lives, as dht_put_as wants), NULL: the node's. */
+int sip__dht_put(sip_svc_t *s, const dht_cert_creds_t *signer, const char *name, const char *vid,
+                 uint8_t kind, const char *body, uint32_t ttl, sip_op_cb cb, void *ctx);
 /* Removes a value this node put since it started (seen NULL: dht_remove),
- * or, whoever put it, one a get returned (dht_remove_value). */
-int sip__dht_remove(sip_svc_t *s, const char *name, const char *vid, const dht_value_t *seen,
-                    sip_op_cb cb, void *ctx);
+ * or, whoever put it, one a get returned (dht_remove_value, signed by
+ * signer as above). */
+int sip__dht_remove(sip_svc_t *s, const dht_cert_creds_t *signer, const char *name,
+                    const char *vid, const dht_value_t *seen, sip_op_cb cb, void *ctx);
 void sip__dht_detach_all(sip_svc_t *s);
 /* A get answered from an answer for the same name fetched less than max_ms
  * ago (perhaps before returning; status SIP_GET_CACHED), else from the
@@ -217,8 +305,74 @@ int sip__dht_get_cached(sip_svc_t *s, const char *name, unsigned max_ms, sip_op_
 void sip__dht_forget(sip_svc_t *s, const char *name);
 void sip__dht_cache_free(sip_svc_t *s);
 
+/* What the edge (edge.c) learnt of a request before any state was made
+ * for it. */
+enum sip_origin {
+  SIP_FROM_OTHER = 0, /* anyone: the public side, or a phone not authenticated */
+  SIP_FROM_PHONE,     /* a phone of this node, authenticated as user */
+  SIP_FROM_NODE,      /* an overlay node (TLS with its node certificate) */
+};
+typedef struct {
+  char hash[17];                     /* sip__loop_hash of the request as received */
+  int origin;                        /* enum sip_origin */
+  int stateless;                     /* send on without a transaction (no reflector) */
+  int src;                           /* the source's slot in limit.c, or -1 */
+  char user[DHT_CERT_MAX_USER + 1];  /* SIP_FROM_PHONE, and an authenticated REGISTER's */
+} sip_req_t;
+
+/* edge.c: decides, before a transaction exists, whether a request may go
+ * on (0, rq filled) or was answered or dropped here (1, msg taken).  node:
+ * sip__from_node()'s verdict. */
+int sip__edge_admit(sip_svc_t *s, msg_t *msg, sip_t *sip, int node, sip_req_t *rq);
+/* Nonzero when msg came over TLS from an overlay node (its certificate). */
+int sip__from_node(const sip_svc_t *s, msg_t *msg);
+
+/* limit.c: per-source limits.  rate 0: no rate limit; per_source 0: no cap
+ * on transactions; both 0: nothing tracked. */
+int sip__limit_new(sip_svc_t *s, unsigned rate, unsigned burst, unsigned per_source);
+void sip__limit_free(sip_svc_t *s);
+/* Before anything else: 0 (the source's slot in *slot, or -1) or 1 when
+ * the request was refused (503, one per block) or dropped; msg taken then.
+ * exempt: an overlay node. */
+int sip__limit_admit(sip_svc_t *s, msg_t *msg, sip_t *sip, int exempt, int *slot);
+/* Nonzero when the source holds its share of transactions. */
+int sip__limit_full(const sip_svc_t *s, int slot);
+void sip__limit_hold(sip_svc_t *s, int slot);
+void sip__limit_release(sip_svc_t *s, int slot);
+/* Nonzero when requests may be sent to u (an IP literal outside the
+ * special-purpose ranges or allowed, and a stream transport only to
+ * 5060/5061); domain names are left to DNS. */
+int sip__target_ok(const sip_svc_t *s, const url_t *u);
+
+/* auth.c: digest authentication (--users DIR). */
+/* algs: the algorithms to offer, "SHA-256,MD5" (NULL: that) or one. */
+int sip__auth_new(sip_svc_t *s, const char *dir, const char *algs, dht_cert_ca_t *ca);
+void sip__auth_free(sip_svc_t *s);
+enum { SIP_AUTH_OK = 0, SIP_AUTH_NONE, SIP_AUTH_STALE, SIP_AUTH_BAD };
+/* The request's credentials for our realm (Proxy-Authorization when proxy
+ * is set, else Authorization): SIP_AUTH_OK with user set, SIP_AUTH_NONE
+ * (none for our realm), SIP_AUTH_STALE (right, but the nonce is old) or
+ * SIP_AUTH_BAD (unknown user, wrong response, nonce not ours, digest URI
+ * not the Request-URI, unknown algorithm). */
+int sip__auth_check(sip_svc_t *s, const sip_t *sip, int proxy, char user[DHT_CERT_MAX_USER + 1]);
+/* Answers 401 (407 when proxy is set) statelessly with a SHA-256 and an
+ * MD5 challenge (RFC 8760), stale=true if asked.  Takes msg. */
+void sip__auth_challenge(sip_svc_t *s, msg_t *msg, sip_t *sip, int proxy, int stale);
+int sip__auth_has_user(sip_svc_t *s, const char *user);
+/* The user's certificate and key (the secured mode), loaded on first use
+ * and kept while the service lives; NULL if there are none. */
+const dht_cert_creds_t *sip__auth_creds(sip_svc_t *s, const char *user);
+/* RFC 7616 3.4.1 response for alg "MD5" or "SHA-256" (qop "auth" or NULL:
+ * RFC 2069 style), lowercase hex into out. */
+int sip__digest(const char *alg, const char *ha1, const char *nonce, const char *nc,
+                const char *cnonce, const char *qop, const char *method, const char *uri,
+                char *out, size_t outlen);
+
 /* registrar.c */
-int sip__register(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip);
+/* A REGISTER for this node: answered statelessly, now or once the DHT
+ * has answered (registrar.c keeps answers for retransmissions).  Takes msg. */
+void sip__register(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq);
+void sip__reg_answers_free(sip_svc_t *s);
 const sip_reg_t *sip__reg_by_contact(const sip_svc_t *s, const url_t *u);
 const sip_reg_t *sip__reg_by_hostport(const sip_svc_t *s, const url_t *u);
 const char *sip__reg_flow(const sip_reg_t *r, char *buf, size_t len);
@@ -261,11 +415,15 @@ void sip__binding_clear(sip_binding_t *b);
  * into a Route header. */
 int sip__binding_hop_ok(const char *u);
 
+
 /* registrar.c, for the proxy: does a request go to (> 0) or come from
  * (< 0) a phone registered through this node, or neither (0)?  Re-puts up
  * to max user records whose route is older than s->route_gen; returns how
  * many are left. */
 int sip__reg_direction(const sip_svc_t *s, msg_t *msg, const sip_t *sip);
+/* Nonzero when a live binding of sip:user@OVERLAY was registered through
+ * the TCP connection msg came on. */
+int sip__reg_stream_user(const sip_svc_t *s, msg_t *msg, const char *user);
 size_t sip__reg_reput(sip_svc_t *s, size_t max);
 
 /* flow.c */
@@ -285,7 +443,9 @@ const char *sip__flow_rr(const sip_svc_t *s, int toward_phone);
 json_t *sip__flow_json(const sip_svc_t *s);
 
 /* proxy.c */
-int sip__proxy(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, const char *hash);
+/* src: the source's slot in limit.c (its transactions are counted), or -1. */
+int sip__proxy(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip, const char *hash,
+               int src);
 int sip__proxy_full(const sip_svc_t *s); /* no room for another proxy transaction */
 void sip__proxy_free_all(sip_svc_t *s);
 int sip__stray_response(sip_svc_t *s, nta_outgoing_t *orq, const sip_t *sip);
@@ -306,6 +466,9 @@ int sip__check_request(sip_svc_t *s, msg_t *msg, sip_t *sip); /* 0 or a status *
 void sip__pop_routes(sip_svc_t *s, msg_t *msg, sip_t *sip);
 int sip__route_is_ours(const sip_svc_t *s, const url_t *u); /* a Route entry naming us */
 enum sip_hop sip__next_hop(const sip_svc_t *s, const sip_t *sip);
+/* The same without popping: the hop after the Route entries naming us;
+ * *ours counts those entries. */
+enum sip_hop sip__peek_hop(const sip_svc_t *s, const sip_t *sip, int *ours);
 void sip__loop_hash(const sip_t *sip, char out[17]);
 
 /* gateway.c */
@@ -318,7 +481,7 @@ void sip__peer_failed(sip_svc_t *s, const char *uri);
 void sip__peers_free(sip_svc_t *s);
 /* The proxy-peer value's body (malloc'd, NULL when out of memory), and
  * its decoder for values from other nodes: 0 with p set, or -EINVAL. */
-char *sip__peer_encode(const char *uri, const char *node);
+char *sip__peer_encode(const char *uri, const char *node, const char *tls);
 int sip__peer_decode(const dht_value_t *v, sip_peer_t *p);
 /* For the DNS clean-up: asks the DHT (no cache) for the values under
  * sip:OVERLAY and passes their owners and value ids to sip__dnsreg_peers()

@@ -3,7 +3,7 @@
  * sends requests for public domains to the URI one names.  A value that
  * decodes names a URI that is "sip:" and no delimiter a header could be
  * split at; encoded as a proxy peer publishes it and decoded again, it
- * gives the same peer. */
+ * gives the same peer, TLS address included. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,13 +23,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   json_t *node = json_string(p.node);
   if (!node) return 0;
   json_decref(node);
-  char *body = sip__peer_encode(p.uri, p.node);
+  /* A TLS address is taken only as a plain IP:PORT; the peer's is
+   * "sip:IP:PORT;transport=tls", which must not split a header. */
+  char hp[sizeof(p.tls)] = "";
+  if (p.tls[0]) {
+    CHECK(memchr(p.tls, '\0', sizeof(p.tls)) && strncmp(p.tls, "sip:", 4) == 0);
+    const char *end = strstr(p.tls, ";transport=tls");
+    CHECK(end && strcmp(end, ";transport=tls") == 0 && !strpbrk(p.tls, " \t\r\n<>,\"@"));
+    memcpy(hp, p.tls + 4, (size_t)(end - p.tls - 4));
+    hp[end - p.tls - 4] = '\0';
+  }
+  char *body = sip__peer_encode(p.uri, p.node, hp);
   CHECK(body != NULL);
   dht_value_t w = {.vid = "v", .kind = DHT_KIND_PROXY, .expires_in = SIP_PEER_TTL_S,
                    .body = (const uint8_t *)body, .body_len = strlen(body)};
   sip_peer_t q;
   CHECK(sip__peer_decode(&w, &q) == 0);
-  CHECK(strcmp(p.uri, q.uri) == 0 && strcmp(p.node, q.node) == 0);
+  CHECK(strcmp(p.uri, q.uri) == 0 && strcmp(p.node, q.node) == 0 && strcmp(p.tls, q.tls) == 0);
   free(body);
   return 0;
 }

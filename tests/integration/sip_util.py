@@ -45,18 +45,26 @@ class SipCluster(p2p.Cluster):
     extra arguments in node_args[i] (e.g. ["--gateway", "--dns", ...]), or
     node_args a function of the node ids in index order that returns that
     mapping, called once when the first node starts (in the secured mode
-    the ids come from the certificates, known only once nodes are added)."""
+    the ids come from the certificates, known only once nodes are added).
+    Everything here is on loopback, which a node refuses as a SIP target
+    unless told (--sip-allow-loopback, given unless allow_loopback is
+    False or the node's own arguments say "--no-loopback")."""
 
-    def __init__(self, rundir, binary, sip_base, node_args=None, **kw):
+    def __init__(self, rundir, binary, sip_base, node_args=None, allow_loopback=True, **kw):
         super().__init__(rundir, binary, **kw)
         self.sip_base = sip_base
         self.node_args = node_args or {}
+        self.allow_loopback = allow_loopback
 
     def argv(self, node, bootstrap):
         a = super().argv(node, bootstrap)
         if callable(self.node_args):
             self.node_args = self.node_args([n.id for n in self.nodes])
         extra = list(self.node_args.get(node.index, []))
+        if "--no-loopback" in extra:
+            extra.remove("--no-loopback")
+        elif self.allow_loopback:
+            extra.append("--sip-allow-loopback")
         # On loopback every node is reachable, so --public auto would make
         # every SIP node a proxy peer; these tests choose their proxy peers
         # with --gateway and keep the others private.
@@ -341,6 +349,44 @@ class Ua:
                        cseq=cseq, call_id=call_id or "reg-%s-%d" % (self.user, self.port),
                        headers=hdrs)
 
+    def do_auth(self, dest, method, password, user=None, alg=None, ruri=None, headers=(),
+                call_id=None, wait=True, **kw):
+        """request() with digest authentication: on a 401/407 answer (ACKed
+        when the request was an INVITE), the same request again (same
+        Call-ID, next CSeq) with credentials for the challenge with
+        algorithm alg (default: the first).  Returns (final, challenge
+        response or None); with wait False, the Call-ID instead of the final
+        answer to the second request (a call the test answers itself)."""
+        ruri = ruri or "sip:%s" % self.domain
+        call_id = call_id or "auth-%s-%08x" % (self.user, random.getrandbits(32))
+        cid, branch, _ = self.request(dest, method, ruri=ruri, headers=headers, call_id=call_id, **kw)
+        first = self.final(cid, method)
+        if first.status not in (401, 407):
+            return first, None
+        if method == "INVITE":
+            self.ack_final(dest, first, ruri, branch)
+        chs = challenges(first)
+        ch = next((c for c in chs if alg is None or c.get("algorithm", "MD5").upper() == alg.upper()),
+                  None)
+        if ch is None:
+            raise p2p.Failure("no %s challenge in %s" % (alg, first.headers))
+        name = "Authorization" if first.status == 401 else "Proxy-Authorization"
+        cred = digest_credentials(ch, method, ruri, user or self.user, password)
+        cid, _, _ = self.request(dest, method, ruri=ruri, call_id=cid,
+                                 headers=list(headers) + ["%s: %s" % (name, cred)], **kw)
+        return (self.final(cid, method) if wait else cid), first
+
+    def ack_final(self, dest, resp, ruri, branch):
+        """The hop-by-hop ACK of a non-2xx final answer to an INVITE (RFC
+        3261 17.1.1.3: same branch, the answer's To)."""
+        cseq = int(resp.get("cseq").split()[0])
+        lines = ["ACK %s SIP/2.0" % ruri,
+                 "Via: SIP/2.0/%s %s:%d;branch=%s;rport" % ("UDP" if self.transport == "udp" else "TCP",
+                                                          HOST, self.port, branch),
+                 "Max-Forwards: 70", "From: %s" % resp.get("from"), "To: %s" % resp.get("to"),
+                 "Call-ID: %s" % resp.get("call-id"), "CSeq: %d ACK" % cseq, "Content-Length: 0"]
+        self.send_raw(dest, "\r\n".join(lines) + "\r\n\r\n")
+
     def recv_request(self, method, timeout=8.0):
         return self.wait(lambda x: not x.is_response and x.method == method, timeout,
                          "incoming %s" % method)
@@ -362,6 +408,39 @@ class Ua:
         lines += list(headers)
         lines.append("Content-Length: %d" % len(body.encode()))
         self.send_raw(req.source, "\r\n".join(lines) + "\r\n\r\n" + body)
+
+
+def challenges(resp):
+    """The digest challenges of a 401/407, in order: dicts of their
+    parameters (unquoted), header values kept whole (they hold commas)."""
+    name = "www-authenticate" if resp.status == 401 else "proxy-authenticate"
+    out = []
+    for n, v in resp.headers:
+        if n == name and v.lower().startswith("digest"):
+            out.append({k.lower(): a or b for k, a, b in
+                        re.findall(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))', v[6:])})
+    return out
+
+
+def digest_credentials(ch, method, uri, user, password, cnonce="0a4f113b", nc="00000001",
+                       realm=None, response=None):
+    """The Authorization value answering challenge ch (RFC 7616, qop=auth
+    when offered): MD5 or SHA-256 as ch says."""
+    import hashlib
+    alg = ch.get("algorithm", "MD5")
+    hf = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}[alg.upper()]
+    h = lambda x: hf(x.encode()).hexdigest()
+    realm = realm or ch["realm"]
+    ha1, ha2 = h("%s:%s:%s" % (user, realm, password)), h("%s:%s" % (method, uri))
+    qop = "auth" if "auth" in ch.get("qop", "").split(",") else None
+    if response is None:
+        response = h(":".join([ha1, ch["nonce"], nc, cnonce, qop, ha2]) if qop else
+                     ":".join([ha1, ch["nonce"], ha2]))
+    v = 'Digest username="%s", realm="%s", nonce="%s", uri="%s", response="%s", algorithm=%s' % (
+        user, realm, ch["nonce"], uri, response, alg)
+    if qop:
+        v += ', qop=auth, nc=%s, cnonce="%s"' % (nc, cnonce)
+    return v
 
 
 def status_of(m):
@@ -1077,10 +1156,13 @@ REG_AUTH_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 """
 
 
-def sipp_register_auth(h, via_addr, user, contact, local_port, domain="example.com", name=None, **kw):
+def sipp_register_auth(h, via_addr, user, contact, local_port, domain="example.com", name=None,
+                       password="secret", **kw):
     """REGISTER user@domain through via_addr, answering the digest challenge
-    with password "secret" (kw: Sipp's host and prefix)."""
+    with password (MD5: sipp knows no other; the digest URI is the
+    Request-URI, sip:domain, which sipp would otherwise make the address
+    it sends to). kw: Sipp's host and prefix."""
     s = Sipp(h, name or "regauth-%s" % user, REG_AUTH_XML, via_addr, local_port,
              keys=[("user", user), ("domain", domain), ("contact", contact)],
-             extra=["-au", user, "-ap", "secret"], timeout=20, **kw)
+             extra=["-au", user, "-ap", password, "-auth_uri", domain], timeout=20, **kw)
     return s.wait(), s

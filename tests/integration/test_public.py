@@ -331,7 +331,9 @@ def main():
             argv = ["ip", "netns", "exec", NS[where], BIN, "--overlay", "overlay.test", "--listen", listen,
                     "--admin", sock, "--log-level", os.environ.get("P2PSIP_LOG_LEVEL", "info")]
             if sip:
-                argv += ["--sip", sip, "--turn", turn, "--turn-secret", "overlay-secret"]
+                argv += ["--sip", sip, "--turn", turn, "--turn-secret", "overlay-secret",
+                         # documentation ranges stand for the public and the NATed side here
+                         "--sip-allow-targets", "192.0.2.0/24,198.51.100.0/24"]
             if boot:
                 argv += ["--bootstrap", boot]
             log = open(os.path.join(tmp, name + ".log"), "w")

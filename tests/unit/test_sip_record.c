@@ -141,6 +141,17 @@ static void refused(void)
   dht_value_t v = value(big, 100);
   sip_binding_t d;
   ASSERT_EQ(sip__binding_decode(&v, &d), -EINVAL);
+  /* A well-formed record of another kind: any node may store those under
+   * a user's name, only the user's certificate a DHT_KIND_USER value. */
+  sip_binding_t b = {.aor = "a", .contact = "c", .uri = "u", .call_id = "i", .path = "p",
+                     .node = "n", .received = "", .transport = "", .cseq = 1, .q1000 = 1000};
+  char *body = sip__binding_encode(&b, 60);
+  v = value(body, 100);
+  ASSERT_OK(sip__binding_decode(&v, &d));
+  sip__binding_clear(&d);
+  v.kind = DHT_KIND_JSON;
+  ASSERT_EQ(sip__binding_decode(&v, &d), -EINVAL);
+  free(body);
 }
 
 int main(void)

@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""Digest authentication of phones at their home node (--users DIR, RFC
+3261 22 with RFC 8760), in the open mode:
+
+- REGISTER without credentials: 401 with a SHA-256 and an MD5 challenge, in
+  the order --sip-digest says, answered statelessly (our To tag); with
+  SHA-256 or MD5 credentials: 200; a wrong password, a nonce not ours, a
+  digest URI that is not the Request-URI: 403; another user's AOR: 403; a
+  query lists the user's own bindings;
+- an INVITE whose From is one of the node's users: 407 (its ACK absorbed),
+  then with credentials it goes on, our realm's Proxy-Authorization
+  consumed; with another user's credentials: 403;
+- over the TCP connection the user registered on, no challenge;
+- a caller of another domain reaches the node's user without any;
+- a node without --users behaves as before (anyone registers);
+- sipp registers and calls with [authentication] (MD5);
+- baresip registers with digest through its home node and calls another
+  baresip through the overlay.
+Every refusal is counted in {"cmd":"sip"}."""
+
+import json
+import os
+import re
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import wave
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import p2p  # noqa: E402
+import sip_util as su  # noqa: E402
+from p2p import HOST, OVERLAY, check, info  # noqa: E402
+
+N = 5
+BARESIP = shutil.which("baresip") or "/usr/bin/baresip"
+
+
+def make_users(h, name, users, cadir=None):
+    """A users directory as p2psip-ca user fills it; users: {name: password}."""
+    cadir = cadir or os.path.join(h.rundir, "userca")
+    if not os.path.exists(os.path.join(cadir, "ca.crt")):
+        p2p.ca_tool("init", cadir, "--overlay", OVERLAY)
+    d = os.path.join(h.rundir, name)
+    for u, pw in users.items():
+        p2p.ca_tool("user", cadir, u, "--users", d, "--password", pw)
+    return d
+
+
+def counters(node):
+    return su.sip_stats(node)["counters"]
+
+
+class Baresip:
+    """One baresip 1.0 phone (the smallest set-up that registers and calls:
+    G.711, a WAV file of 8 kHz silence as microphone (module aufile; ausine
+    makes 48 kHz only), no player), driven over ctrl_tcp (netstrings
+    carrying JSON)."""
+
+    def __init__(self, h, name, port, account):
+        self.name, self.port, self.ctrl = name, port, port + 2  # TLS would take port + 1
+        self.dir = os.path.join(h.rundir, "baresip-" + name)
+        os.makedirs(self.dir, exist_ok=True)
+        mic = os.path.join(self.dir, "mic.wav")
+        with wave.open(mic, "wb") as w:
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
+            w.writeframes(b"\0\0" * 8000 * 30)
+        conf = ["poll_method epoll", "sip_listen %s:%d" % (HOST, port), "net_interface %s" % HOST,
+                "audio_source aufile,%s" % mic, "rtp_ports %d-%d" % (port + 10, port + 19),
+                "module_path /usr/lib/baresip/modules", "module g711.so", "module aufile.so",
+                "module ctrl_tcp.so", "module_tmp account.so", "module_app menu.so",
+                "ctrl_tcp_listen %s:%d" % (HOST, self.ctrl)]
+        with open(os.path.join(self.dir, "config"), "w") as f:
+            f.write("\n".join(conf) + "\n")
+        with open(os.path.join(self.dir, "accounts"), "w") as f:
+            f.write(account + "\n")
+        self.log = os.path.join(self.dir, "baresip.log")
+        self.proc = su.start_proc(h, [BARESIP, "-f", self.dir, "-v"], self.log)
+        self.buf, self.events, self.sock = b"", [], None
+        deadline = time.monotonic() + 10
+        while self.sock is None:
+            try:
+                self.sock = socket.create_connection((HOST, self.ctrl), timeout=1)
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise p2p.Failure("baresip %s did not start: %s" % (name, su.tail(self.log, 8)))
+                time.sleep(0.1)
+
+    def _pump(self, timeout):
+        r, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
+        if not r:
+            return
+        self.buf += self.sock.recv(65536)
+        while True:
+            m = re.match(rb"(\d{1,7}):", self.buf)
+            if not m or len(self.buf) < m.end() + int(m.group(1)) + 1:
+                return
+            n = int(m.group(1))
+            self.events.append(json.loads(self.buf[m.end():m.end() + n]))
+            self.buf = self.buf[m.end() + n + 1:]
+
+    def command(self, cmd, params=None):
+        req = {"command": cmd, "token": "t%d" % time.monotonic_ns()}
+        if params is not None:
+            req["params"] = params
+        data = json.dumps(req).encode()
+        self.sock.sendall(b"%d:%s," % (len(data), data))
+
+    def registered(self, timeout):
+        """REGISTER answered 200 (its event may come before ctrl_tcp is
+        connected, so the log says it)."""
+        p2p.wait_until(lambda: any(re.search(r"%s@\S+: .*200 OK" % self.name, l)
+                                   for l in su.tail(self.log, 200)) or None, timeout,
+                       "baresip %s registered" % self.name, describe=lambda x: su.tail(self.log, 6))
+
+    def wait_event(self, etype, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            for e in self.events:
+                if e.get("type") == etype:
+                    self.events.remove(e)
+                    return e
+            if time.monotonic() > deadline:
+                raise p2p.Failure("baresip %s: no %s within %.0fs (events %s; log %s)" % (
+                    self.name, etype, timeout, [e.get("type") for e in self.events][-8:],
+                    su.tail(self.log, 10)))
+            self._pump(0.2)
+
+
+def test_register(c, A, ua):
+    dest = su.sip_dest(c, A)
+    r = ua.register(dest, expires=60)
+    chs = su.challenges(r)
+    check(r.status == 401 and [x.get("algorithm") for x in chs] == ["SHA-256", "MD5"] and
+          all(x.get("realm") == OVERLAY and x.get("qop") == "auth" for x in chs),
+          "REGISTER without credentials: 401, a SHA-256 then an MD5 challenge (RFC 8760)",
+          (r.status, chs))
+    check((su.tag_of(r.get("to")) or "").startswith("p2psl"),
+          "the challenge is a stateless answer (our stateless To tag)", r.get("to"))
+    for alg in ("SHA-256", "MD5"):
+        r, first = ua.do_auth(dest, "REGISTER", "pw-alice", alg=alg,
+                              headers=["Expires: 60"], call_id="reg-alice-%s" % alg)
+        check(r.status == 200 and first.status == 401,
+              "alice registers with %s credentials: 401 then 200" % alg, r.status)
+    r, _ = ua.do_auth(dest, "REGISTER", "wrong", headers=["Expires: 60"])
+    check(r.status == 403, "a wrong password: 403", r.status)
+    r, _ = ua.do_auth(dest, "REGISTER", "pw-erin", user="erin", headers=["Expires: 60"])
+    check(r.status == 403, "erin's credentials for alice's AOR: 403", r.status)
+    # Credentials the node did not ask for: a made-up nonce; a digest URI
+    # other than the Request-URI.
+    ch = {"realm": OVERLAY, "nonce": "00000000deadbeef" + "0" * 32, "qop": "auth",
+          "algorithm": "SHA-256"}
+    cred = su.digest_credentials(ch, "REGISTER", "sip:" + OVERLAY, "alice", "pw-alice")
+    r = ua.do(dest, "REGISTER", headers=["Expires: 60", "Authorization: " + cred])
+    check(r.status == 403, "a nonce the node never made: 403", r.status)
+    r, first = ua.do_auth(dest, "REGISTER", "pw-alice", headers=["Expires: 60"])
+    ch = su.challenges(first)[0]
+    cred = su.digest_credentials(ch, "REGISTER", "sip:other.test", "alice", "pw-alice")
+    r = ua.do(dest, "REGISTER", headers=["Expires: 60", "Authorization: " + cred])
+    check(r.status == 403, "a digest URI that is not the Request-URI: 403", r.status)
+    r, _ = ua.do_auth(dest, "REGISTER", "pw-alice", contact=False, call_id="query-alice")
+    check(r.status == 200 and list(su.reg_bindings(r)) == ["sip:alice@%s:%d" % (HOST, ua.port)],
+          "an authenticated query lists alice's own binding", su.reg_bindings(r))
+    st = counters(A)
+    check(st["auth_failed"] >= 3 and st["auth_wrong_user"] >= 1 and st["auth_ok"] >= 3 and
+          st["auth_challenges"] >= 5, "the admin counters saw the challenges and refusals", st)
+
+
+def test_calls(c, A, B, alice, erin):
+    """alice (UDP) and erin (TCP) at A; bob, a plain UA at B (no users)."""
+    dest = su.sip_dest(c, A)
+    bob = su.Ua("bob")
+    check(bob.register(su.sip_dest(c, B), expires=60).status == 200,
+          "bob registers at a node without --users, no credentials (open mode, as before)", "")
+    before = counters(A)["acks_absorbed"]
+    ruri = "sip:bob@" + OVERLAY
+    cid = "inv-alice-%d" % alice.port
+    cid2, branch, _ = alice.request(dest, "INVITE", ruri=ruri, to="<%s>" % ruri, call_id=cid)
+    r = alice.final(cid2, "INVITE")
+    alice.ack_final(dest, r, ruri, branch)
+    check(r.status == 407 and [x.get("algorithm") for x in su.challenges(r)] == ["SHA-256", "MD5"],
+          "alice's INVITE without credentials: 407 with both challenges", r.status)
+    p2p.wait_until(lambda: counters(A)["acks_absorbed"] > before or None, 5,
+                   "the ACK of the 407 absorbed (not routed on)")
+    _, first = alice.do_auth(dest, "INVITE", "pw-alice", ruri=ruri, to="<%s>" % ruri, wait=False)
+    inv = bob.recv_request("INVITE")
+    check(first.status == 407 and not inv.get("proxy-authorization"),
+          "with credentials the INVITE reaches bob; our realm's Proxy-Authorization was consumed",
+          inv.get("proxy-authorization"))
+    bob.respond(inv, 486, "Busy Here")
+    r = alice.final(inv.get("call-id"), "INVITE")
+    check(r.status == 486, "bob's answer comes back", r.status)
+    r, _ = alice.do_auth(dest, "MESSAGE", "pw-erin", user="erin", ruri=ruri, to="<%s>" % ruri)
+    check(r.status == 403, "a MESSAGE from alice with erin's credentials: 403", r.status)
+    # erin registered over TCP: her requests on that connection need no
+    # credentials (the connection cannot be forged; a UDP source can).
+    r, _ = erin.do_auth(dest, "REGISTER", "pw-erin", headers=["Expires: 60"])
+    check(r.status == 200, "erin registers over TCP", r.status)
+    cid, _, _ = erin.request(dest, "MESSAGE", ruri=ruri, to="<%s>" % ruri, body="hi")
+    m = bob.recv_request("MESSAGE")
+    bob.respond(m, 200, "OK")
+    check(erin.final(cid, "MESSAGE").status == 200,
+          "erin's MESSAGE on the TCP connection she registered over needs no credentials", "")
+    # A caller of another domain reaches alice (registered at A) unchallenged.
+    carol = su.Ua("carol", domain="example.com")
+    ruri = "sip:alice@" + OVERLAY
+    cid, _, _ = carol.request(su.sip_dest(c, B), "MESSAGE", ruri=ruri, to="<%s>" % ruri, body="x")
+    m = alice.recv_request("MESSAGE")
+    alice.respond(m, 200, "OK")
+    check(carol.final(cid, "MESSAGE").status == 200,
+          "carol@example.com reaches alice without credentials", "")
+    bob.close()
+
+
+def test_sipp(h, c, B):
+    """sipp (MD5 only, takes the first challenge): a node offering MD5."""
+    ports = su.pick_udp_tcp(3)
+    rc, s = su.sipp_register_auth(h, su.sip_addr(c, B), "dave", "<sip:dave@%s:%d>" % (HOST, ports),
+                                  ports + 1, domain=OVERLAY, name="dave-reg", password="pw-dave")
+    check(rc == 0, "sipp registers dave with [authentication] (MD5)", s.describe())
+
+
+def test_baresip(h, c, B, D):
+    if not os.path.exists(BARESIP):
+        raise p2p.Failure("baresip is not installed")
+    base = su.pick_udp_tcp(50)
+    acct = '<sip:%s@%s>;auth_pass=%s;outbound="sip:%s;lr";regint=60;answermode=%s'
+    frank = Baresip(h, "frank", base, acct % ("frank", OVERLAY, "pw-frank", su.sip_addr(c, D), "auto"))
+    gina = Baresip(h, "gina", base + 25, acct % ("gina", OVERLAY, "pw-gina", su.sip_addr(c, B), "manual"))
+    frank.registered(15)
+    gina.registered(15)
+    check(True, "two baresips register with digest at their home nodes")
+    gina.command("dial", "sip:frank@" + OVERLAY)
+    frank.wait_event("CALL_ESTABLISHED", 15)
+    gina.wait_event("CALL_ESTABLISHED", 15)
+    check(counters(B)["auth_ok"] >= 2, "gina's call was authenticated at her home node",
+          counters(B))
+    gina.command("hangup")
+    frank.wait_event("CALL_CLOSED", 10)
+    check(True, "gina calls frank through the overlay, the call is set up and hung up")
+
+
+def test(h):
+    dA = make_users(h, "usersA", {"alice": "pw-alice", "erin": "pw-erin"})
+    dB = make_users(h, "usersB", {"dave": "pw-dave", "gina": "pw-gina"})
+    dD = make_users(h, "usersD", {"frank": "pw-frank"})
+    md5 = ["--sip-digest", "MD5"]  # baresip 1.0 gives up on any SHA-256 challenge
+    c = su.sip_cluster(h, N, node_args={0: ["--users", dA], 1: ["--users", dB] + md5,
+                                        3: ["--users", dD] + md5})
+    nodes = c.alive()
+    A, B, C, D = nodes[0], nodes[1], nodes[2], nodes[3]
+    alice, erin = su.Ua("alice"), su.Ua("erin", transport="tcp")
+    test_register(c, A, alice)
+    test_calls(c, A, C, alice, erin)
+    test_sipp(h, c, B)
+    test_baresip(h, c, B, D)
+    info("A counters: %s" % {k: v for k, v in counters(A).items() if "auth" in k or "ack" in k})
+
+
+if __name__ == "__main__":
+    p2p.run("sip_auth", test, timeout=240)

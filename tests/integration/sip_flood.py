@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Abuse limits (sip/limit.c, the registrar's answers), tried as an attacker
+would, while other callers go on:
+
+- rate: one source sends 4,000 INVITEs for a silent user in about half a
+  second; it gets one 503 with Retry-After and is dropped for 5 s (counted),
+  while a caller from another source gets through at once and the node
+  answers OPTIONS within 100 ms;
+- transactions: with the rate limit off, one source sends 1,000 INVITEs a
+  second toward a silent phone registered at another node (each one a
+  transaction held 32 s): it gets 503 once it holds its share, the table
+  stays far from full, and another caller's requests go through;
+- (faster floods meet the shedding of new work while the socket's queue is
+  long: the first burst above gets 503s from it);
+- amplification: a REGISTER query over UDP for an AOR with 32 long
+  bindings is answered with the requester's own bindings only (here none),
+  well within a datagram (counted); over TCP it lists them all;
+- the defaults are on: a node started without options limits too."""
+
+import os
+import random
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import p2p  # noqa: E402
+import sip_util as su  # noqa: E402
+from p2p import HOST, OVERLAY, check, info  # noqa: E402
+
+N = 3
+RATED, UNRATED = 0, 1
+
+
+def counters(node):
+    return su.sip_stats(node)["counters"]
+
+
+def flood(dest, user, n, s=None, per_s=None):
+    """n INVITEs for user@OVERLAY from one UDP socket (s, or a new one), as
+    fast as Python sends them or per_s a second; returns (socket, seconds
+    taken)."""
+    if s is None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((HOST, 0))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    me = s.getsockname()[1]
+    t0 = time.monotonic()
+    for i in range(n):
+        cid = "flood-%d-%08x" % (i, random.getrandbits(32))
+        msg = ("INVITE sip:%s@%s SIP/2.0\r\n"
+               "Via: SIP/2.0/UDP %s:%d;branch=z9hG4bK-f%d-%08x;rport\r\n"
+               "Max-Forwards: 70\r\nFrom: <sip:m@evil.example>;tag=f%d\r\n"
+               "To: <sip:%s@%s>\r\nCall-ID: %s\r\nCSeq: 1 INVITE\r\n"
+               "Contact: <sip:m@%s:%d>\r\nContent-Length: 0\r\n\r\n") % (
+            user, OVERLAY, HOST, me, i, random.getrandbits(32), i, user, OVERLAY, cid, HOST, me)
+        s.sendto(msg.encode(), dest)
+        if per_s and i % 50 == 49:
+            time.sleep(max(0.0, t0 + (i + 1) / per_s - time.monotonic()))
+    return s, time.monotonic() - t0
+
+
+def drain(s, timeout=0.5):
+    """Status codes of what came back on s."""
+    import select
+    codes = []
+    deadline = time.monotonic() + timeout
+    while True:
+        r, _, _ = select.select([s], [], [], max(0, deadline - time.monotonic()))
+        if not r:
+            return codes
+        data = s.recv(65535)
+        codes.append(int(data.split(b" ", 2)[1]) if data.startswith(b"SIP/2.0") else 0)
+
+
+def options_ms(ua, dest):
+    t0 = time.monotonic()
+    r = ua.do(dest, "OPTIONS", ruri="sip:" + OVERLAY, contact=False, timeout=5)
+    return r.status, (time.monotonic() - t0) * 1000
+
+
+def message_ok(caller, dest, callee, user):
+    ruri = "sip:%s@%s" % (user, OVERLAY)
+    cid, _, _ = caller.request(dest, "MESSAGE", ruri=ruri, to="<%s>" % ruri, body="hi")
+    m = callee.recv_request("MESSAGE", timeout=5)
+    callee.respond(m, 200, "OK")
+    return caller.final(cid, "MESSAGE", timeout=5).status
+
+
+def test_rate(c, A, bob, sink):
+    dest = su.sip_dest(c, A)
+    before = counters(A)
+    s, took = flood(dest, "sink", 4000)
+    codes = drain(s, 1.0)
+    after = counters(A)
+    info("4000 INVITEs sent in %.2f s; answers: %d x 503, %d others" %
+         (took, codes.count(503), len(codes) - codes.count(503)))
+    check(after["rate_limited"] > before["rate_limited"] and
+          after["rate_dropped"] - before["rate_dropped"] >= 3000,
+          "one source over its rate: refused (503, Retry-After) then dropped, counted",
+          {k: after[k] - before[k] for k in ("rate_limited", "rate_dropped")})
+    check(after["shed"] > before["shed"],
+          "its first burst found the socket's queue long: new work shed with 503, counted",
+          after["shed"] - before["shed"])
+    check(503 in codes and len(codes) <= 110,
+          "it got at most an answer for each request of its burst (100), then nothing: %d "
+          "answers to 4000 requests" % len(codes), codes.count(503))
+    alice = su.Ua("alice")
+    st, ms = options_ms(alice, dest)
+    check(st == 200 and ms < 100, "right after, the node answers OPTIONS (%.0f ms)" % ms, st)
+    check(message_ok(alice, dest, bob, "bob") == 200,
+          "and another source's MESSAGE to bob goes through", "")
+    flood(dest, "sink", 1, s)
+    check(not drain(s, 1.0), "the flooding source is still dropped (for 5 s)", "")
+    s.close(), alice.close()
+
+
+def test_transactions(c, B, bob):
+    dest = su.sip_dest(c, B)
+    before = counters(B)
+    s, took = flood(dest, "sink", 1500, per_s=1000)  # slow enough not to be shed
+    codes = drain(s, 2.0)
+    st = su.sip_stats(B)
+    after = st["counters"]
+    info("1500 INVITEs in %.2f s: %d x 100, %d x 503; proxy transactions now %d" %
+         (took, codes.count(100), codes.count(503), st["transactions"]["proxy"]))
+    check(after["source_limited"] - before["source_limited"] >= 1000 and
+          st["transactions"]["proxy"] <= 300,
+          "one source holds at most its share of transactions (256), the rest get 503",
+          (after["source_limited"] - before["source_limited"], st["transactions"]))
+    carol = su.Ua("carol")
+    check(message_ok(carol, dest, bob, "bob") == 200,
+          "another caller's request still goes through the same node", "")
+    s.close(), carol.close()
+
+
+def test_amplification(c, A):
+    dest = su.sip_dest(c, A)
+    big = su.Ua("big", transport="tcp")
+    long_user = "x" * 180
+    for k in range(2):
+        contacts = ", ".join("<sip:%s%d@%s:%d;transport=tcp>" % (long_user, 16 * k + i, HOST, big.port)
+                             for i in range(16))
+        r = big.do(dest, "REGISTER", contact=contacts, headers=["Expires: 600"],
+                   call_id="big-%d" % k)
+        check(r.status == 200, "32 long bindings registered over TCP (%d)" % k, r.status)
+    q = su.Ua("big")
+    cid, _, text = q.request(dest, "REGISTER", contact=False)
+    r = q.final(cid, "REGISTER")
+    before = counters(A)["register_trimmed"]
+    check(r.status == 200 and len(r.raw) <= 1300 and not r.all("contact"),
+          "a %d-byte query over UDP gets %d bytes: the requester's own bindings (none)" %
+          (len(text), len(r.raw)), (r.status, len(r.raw)))
+    check(before >= 1, "counted as register_trimmed", before)
+    r = big.do(dest, "REGISTER", contact=False, call_id="big-q")
+    check(r.status == 200 and len(r.all("contact")) == 32, "over TCP the query lists all 32",
+          len(r.all("contact")))
+    big.close(), q.close()
+
+
+def test(h):
+    c = su.sip_cluster(h, N, node_args={UNRATED: ["--sip-rate", "0"]})
+    nodes = c.alive()
+    A, B, C = nodes[RATED], nodes[UNRATED], nodes[2]
+    bob, sink = su.Ua("bob"), su.Ua("sink")
+    check(bob.register(su.sip_dest(c, C), expires=600).status == 200 and
+          sink.register(su.sip_dest(c, C), expires=600).status == 200,
+          "bob and sink (a phone that never answers) register at a third node", "")
+    test_rate(c, A, bob, sink)
+    test_transactions(c, B, bob)
+    test_amplification(c, A)
+
+
+if __name__ == "__main__":
+    p2p.run("sip_flood", test, timeout=240)
