@@ -82,14 +82,19 @@ def relay_args(ip, other, port_base):
             "%s/32,%s/32,192.0.2.8/29" % (NAT_IP, other)]
 
 
+# The testbed's addresses are special-purpose ranges (TEST-NET-1 and -2),
+# which a node refuses as SIP targets unless told (sip/README.md "The edge").
+ALLOW_TARGETS = ["--sip-allow-targets", "192.0.2.0/24,198.51.100.0/24"]
+
+
 def start_overlay(h, net, named):
     c = Nodes(os.path.join(h.rundir, "nodes"), h.binary, net)
     h.clusters.append(c)
-    gw = ["--gateway", "--public", "yes", "--dns", EXAMPLE_COM, "--dns-update", EXAMPLE_COM,
+    gw = ALLOW_TARGETS + ["--gateway", "--public", "yes", "--dns", EXAMPLE_COM, "--dns-update", EXAMPLE_COM,
           "--tsig", named.tsig]
     a1 = c.add(A1, 7000, "pub", ["--sip", A1 + ":5060"] + gw + relay_args(A1, A2, 40000))
     a2 = c.add(A2, 7000, "pub", ["--sip", A2 + ":5060"] + gw + relay_args(A2, A1, 40000))
-    b = c.add(B, 7000, "priv", ["--sip", B + ":5060", "--public", "no", "--turn-secret", SECRET])
+    b = c.add(B, 7000, "priv", ["--sip", B + ":5060", "--public", "no", "--turn-secret", SECRET] + ALLOW_TARGETS)
     c.launch(a1)
     c.wait_up([a1], 15, joined=False)
     c.launch(a2, [a1])
