@@ -1,7 +1,7 @@
 """The draft's interworking testbed with real phones (spec 3.2, 3.3.2,
 figures 5, 6, 7 and 4), for tests/integration/sip_phones.py and
 scripts/demo.py (Python 3 standard library; root, ip, iptables, named,
-kamailio, sipp and baresip 1.0).
+kamailio and baresip 1.0).
 
 Everything runs in private network, mount and PID namespaces
 (sip_util.enter_netns): the namespace the caller starts in is the public
@@ -201,13 +201,19 @@ class World:
     # The network, DNS, kamailio and the overlay ---------------------------
 
     def start(self):
-        for tool in (su.SIPP, su.KAMAILIO, su.NAMED, phones.BARESIP):
+        for tool in (su.KAMAILIO, su.NAMED, phones.BARESIP):
             if not tool or not os.access(tool, os.X_OK):
                 raise p2p.Failure("%s is not installed (scripts/install-deps --demo installs it)" % tool)
         netns.private_run_dir()
         self.net = netns.Nat(self.tag, public_ns=False)
         pub = (A1, A2, EXAMPLE_COM) + ((PLAIN_IP,) if self.plain else ())
         self.net.setup(public_addrs=pub, private_addrs=(B,))
+        if self.plain:
+            # b is a full member of the DHT ring, which every node must
+            # reach: the NAT lets in its peer port (TCP), nothing else
+            # (its SIP comes in through its flow).  Without, lookups and
+            # stabilisation through b wait out connection timeouts.
+            self.net.open_port("tcp", B, 7000)
         self.net.add_host("bob", [BOB_IP])
         self.net.add_host("carol", [CAROL_IP])
         su.private_resolv_conf(self.h.rundir)
@@ -217,23 +223,25 @@ class World:
                       % self.h.elapsed())
         self.start_overlay()
 
-    def sip_node_args(self, ip):
+    def sip_node_args(self, ip, users=()):
+        """A SIP node's arguments; in the secured mode its phones' users
+        (a node challenges a request From one of its users wherever it
+        comes from, so a user belongs to her home node only)."""
         a = ["--sip", ip + ":5060"] + ALLOW_TARGETS
-        if self.secure:
-            a += ["--users", self.users, "--sip-digest", "MD5"]
+        if self.secure and users:
+            d = os.path.join(self.h.rundir, "users-" + ip)
+            for u in users:
+                p2p.ca_tool("user", self.c.cadir, u, "--users", d, "--password", PASSWORDS[u])
+            a += ["--users", d, "--sip-digest", "MD5"]
         return a
 
     def start_overlay(self):
         c = self.c = Nodes(os.path.join(self.h.rundir, "nodes"), self.h.binary, self.net, self.secure)
         self.h.clusters.append(c)
-        if self.secure:
-            self.users = os.path.join(self.h.rundir, "users")
-            for u, pw in PASSWORDS.items():
-                p2p.ca_tool("user", c.cadir, u, "--users", self.users, "--password", pw)
         gw = ["--gateway", "--public", "yes", "--dns", EXAMPLE_COM, "--dns-update", EXAMPLE_COM]
         self.a1 = c.add(A1, 7000, "pub", self.sip_node_args(A1) + gw + relay_args(A1, A2, 40000), "a1")
-        self.a2 = c.add(A2, 7000, "pub", self.sip_node_args(A2) + gw + relay_args(A2, A1, 40000), "a2")
-        self.b = c.add(B, 7000, "priv", self.sip_node_args(B) + ["--public", "no", "--turn-secret", SECRET], "b")
+        self.a2 = c.add(A2, 7000, "pub", self.sip_node_args(A2, ["bob"]) + gw + relay_args(A2, A1, 40000), "a2")
+        self.b = c.add(B, 7000, "priv", self.sip_node_args(B, ["alice"]) + ["--public", "no", "--turn-secret", SECRET], "b")
         for pp in (self.a1, self.a2):
             # Secured: each proxy peer writes DNS with a key of its own,
             # for its own name only; open: with the operator's key.
@@ -244,12 +252,15 @@ class World:
         t0 = time.monotonic()
         c.launch(self.a1)
         c.wait_up([self.a1], 15, joined=False)
-        for n in (self.a2, self.b):
-            c.launch(n, [self.a1])
-        c.wait_up([self.a2, self.b], 20)
+        c.launch(self.a2, [self.a1])
+        c.wait_up([self.a2], 20)
+        # The public nodes first, bootstrapping from public nodes only, b
+        # last (it joins through a1).
         for n in rest:
             c.launch(n, c.pick_bootstrap(n))
         c.wait_up(rest, 60)
+        c.launch(self.b, [self.a1])
+        c.wait_up([self.b], 20)
         if rest:
             c.wait_consistent(timeout=60)
         self.join_s = time.monotonic() - t0
@@ -267,6 +278,14 @@ class World:
         self.sip_nodes = {"a1": self.a1, "a2": self.a2, "b": self.b}
         info("namespaces, named, kamailio, %d nodes and b's flow to %s up after %.1fs"
              % (len(c.nodes), self.flow["peer"], self.h.elapsed()))
+
+    def stop_nodes(self, timeout=10.0):
+        """SIGTERM to every node while named still runs (the proxy peers
+        take their names out of DNS as they leave); returns what did not
+        exit 0 in time, as Harness.cleanup would say it."""
+        res = self.c.stop_all(timeout=timeout)
+        return ["%r on SIGTERM: %s after %.1fs" % (n, "still running, killed" if code is None else "exit %s" % code,
+                                                   took) for n, (code, took) in res.items() if code != 0]
 
     # Phones ----------------------------------------------------------------
 

@@ -848,12 +848,21 @@ UNSHARE_ARGS = ["--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-
                 "--propagation", "private"]
 
 
-def enter_netns(script, required=False):
+def netns_argv(script, args=()):
+    """The command (and environment) that runs script with args in new
+    namespaces, as enter_netns does."""
+    return ([shutil.which("unshare") or "unshare"] + UNSHARE_ARGS +
+            [os.environ.get("PYTHON", __import__("sys").executable), script] + list(args),
+            dict(os.environ, **{NETNS_ENV: "1"}))
+
+
+def enter_netns(script, required=False, args=()):
     """Re-run script inside new network, mount and PID namespaces (so named
     can own 127.0.0.1:53, kamailio can be given its own resolv.conf without
     touching the host, and nothing started inside outlives the test: when
     the script, PID 1 there, ends, the kernel kills the rest), or fail (skip
     with P2PSIP_ALLOW_SKIP=1, unless required) when that is not allowed.
+    args: the script's arguments there.
     Returns only inside the namespace."""
     if os.environ.get(NETNS_ENV) == "1":
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
@@ -868,9 +877,8 @@ def enter_netns(script, required=False):
             print("FAIL %s: %s" % (os.path.basename(script), why))
             raise SystemExit(1)
         p2p.cannot_run(os.path.basename(script), why)
-    env = dict(os.environ, **{NETNS_ENV: "1"})
-    os.execvpe(unshare, [unshare] + UNSHARE_ARGS +
-               [os.environ.get("PYTHON", __import__("sys").executable), script], env)
+    argv, env = netns_argv(script, args)
+    os.execvpe(argv[0], argv, env)
 
 
 def private_resolv_conf(rundir):
