@@ -20,7 +20,9 @@ this script's process inside them) until --stop."""
 import argparse
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 
@@ -179,8 +181,7 @@ class Demo:
         self.say("   picture: %s (the lookup of sip:bob@%s from b drawn on it)" % (svg, OVERLAY))
 
     def keep(self):
-        ctl = os.path.relpath(os.path.join(REPO, "build", "node", "p2psipctl"))
-        d = os.path.relpath(self.w.c.rundir)
+        ctl, d = short(self.w.h.ctl or "p2psipctl"), short(self.w.c.rundir)
         self.say()
         self.say("== Left running (--keep): every node's admin socket is %s/nodeK.sock" % d)
         self.say("   (node0 a1, node1 a2, node2 b, node3-node%d n1-n%d)" % (len(self.w.c.nodes) - 1, self.w.plain))
@@ -202,6 +203,12 @@ class Demo:
                 f.write("%s: %s\n" % (k, e))
 
 
+def short(path):
+    """path relative to here when it is below, else absolute."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def default_dir():
     return os.path.join(REPO, "demo-run")
 
@@ -214,7 +221,7 @@ def inside(args):
     for name in os.listdir(args.dir):
         p = os.path.join(args.dir, name)
         if os.path.isdir(p) and not os.path.islink(p):
-            __import__("shutil").rmtree(p)
+            shutil.rmtree(p)
         else:
             os.unlink(p)
     log = open(os.path.join(args.dir, "checks.log"), "w")
@@ -277,8 +284,9 @@ def launch_kept(args):
     """--keep: run the demo in its namespaces in the background, show its
     output until it is ready, note its process for --stop."""
     argv, env = su.netns_argv(os.path.realpath(__file__), sys.argv[1:])
-    p = __import__("subprocess").Popen(argv, env=env, stdout=__import__("subprocess").PIPE,
-                                       stdin=__import__("subprocess").DEVNULL, start_new_session=True)
+    # stderr too: nothing of ours may hold the caller's output open.
+    p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL, start_new_session=True)
     os.makedirs(args.dir, exist_ok=True)
     for raw in p.stdout:
         line = raw.decode(errors="replace").rstrip("\n")
