@@ -149,6 +149,9 @@ class Demo:
         self.show_call("Figure 7: carol@example.com calls alice@%s" % OVERLAY, r,
                        "carol -> DNS (NAPTR, SRV of %s) -> %s (alice's home node) -> alice"
                        % (OVERLAY, self.into_b(r["proxy_peer"])))
+        o = w.fig7_other()
+        self.say("   whatever DNS picks: a bare UA of carol's sends the INVITE to the proxy peer that is not b's "
+                 "edge: carol -> %s: %d, alice answered and hung up" % (self.into_b(o["other"]), o["status"]))
         self.results.append(r)
 
         r = w.fig4()
@@ -178,7 +181,7 @@ class Demo:
             self.say("   " + " ".join(names[i:i + 17]))
         recs = [e["records"] for e in order]
         self.say("   (clockwise from id 0; * SIP roles; records per node %d-%d)" % (min(recs), max(recs)))
-        self.say("   picture: %s (the lookup of sip:bob@%s from b drawn on it)" % (svg, OVERLAY))
+        self.say("   picture: %s (the lookup of sip:bob@%s from b drawn on it)" % (short(svg), OVERLAY))
 
     def keep(self):
         ctl, d = short(self.w.h.ctl or "p2psipctl"), short(self.w.c.rundir)
@@ -247,7 +250,7 @@ def inside(args):
         demo.calls()
         demo.ring()
         demo.say()
-        demo.say("== All four calls worked (%.0f s); the checks made: %s" % (h.elapsed(), log.name))
+        demo.say("== All four calls worked (%.0f s); the checks made: %s" % (h.elapsed(), short(log.name)))
         signal.alarm(0)
         if args.keep:
             demo.keep()

@@ -369,6 +369,34 @@ class World:
         return self.boundary("carol", "alice", "sip:alice@" + OVERLAY, "carol->alice@overlay (figure 7)",
                              "from_public")
 
+    def edge(self):
+        """The proxy peer holding b's flow now (its name)."""
+        peer = self.b.admin_ok({"cmd": "sip"})["sip"]["flow"]["peer"]
+        return next(k for k, n in self.gws.items() if peer == "sip:%s:5060" % n.host)
+
+    def fig7_other(self):
+        """carol's domain may pick either proxy peer: a call sent to the
+        one that is not b's edge reaches alice too, forwarded to the edge
+        (in the secured mode over TLS, as a node's: the edge forwards into
+        the NAT for nodes only).  A plain UA in carol's namespace sends the
+        INVITE; alice answers, hangs up after a moment.  Returns what it
+        saw."""
+        edge = self.edge()
+        other = next(k for k in self.gws if k != edge)
+        before = sip_counters(self.sip_nodes)
+        alice, what = self.phones["alice"], "carol->alice@overlay through %s, not b's edge %s" % (other, edge)
+        ma = alice.mark()
+        res = invite_and_take_bye(self.net.ns["carol"], CAROL_IP, 5080, (self.gws[other].host, 5060),
+                                  "sip:alice@" + OVERLAY, alice, what)
+        moved = counters_moved(before, sip_counters(self.sip_nodes))
+        alice.wait_event("CALL_CLOSED", 5, what, since=ma)
+        check(res["status"] == 200, "%s: answered 200" % what, res)
+        check(moved.get(other, {}).get("from_public") and moved.get(edge, {}).get("proxied"),
+              "%s: %s took it from the public side, the edge %s forwarded it" % (what, other, edge), moved)
+        if self.secure:
+            check(moved[edge].get("from_nodes"), "%s: the edge took it from a node (TLS)" % what, moved)
+        return {"what": what, "other": other, "edge": edge, "moved": moved, **res}
+
     def fig4(self):
         """Spec 4.2: alice binds sip:alice@example.com to her overlay URI
         (REGISTER through her home node and a proxy peer, from her side of
@@ -411,3 +439,36 @@ def bind_public(ns, ip, port, user, via, overlay_pw, public_pw=KAM_PASSWORD):
     finally:
         ua.close()
 
+
+
+def invite_and_take_bye(ns, ip, port, dest, uri, callee, what):
+    """A bare UA at ip:port in namespace ns calls uri through dest with an
+    audio offer, ACKs the 200 along its Record-Route, has callee (a Phone,
+    answering automatically) hang up and answers its BYE.  Returns
+    {"status", "record_route": [...]}."""
+    sock = netns.socket_in(ns, kind=2)  # SOCK_DGRAM
+    sock.bind((ip, port))
+    ua = su.Ua("carol", domain="example.com", sock=sock)
+    sdp = ("v=0\r\no=- 1 1 IN IP4 %s\r\ns=-\r\nc=IN IP4 %s\r\nt=0 0\r\n"
+           "m=audio %d RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n" % (ip, ip, port + 2))
+    call_id = "x-%08x" % random.getrandbits(32)
+    mc = callee.mark()
+    try:
+        ua.request(dest, "INVITE", ruri=uri, to="<%s>" % uri, call_id=call_id, cseq=1,
+                   headers=["Content-Type: application/sdp"], body=sdp)
+        r = ua.final(call_id, "INVITE", timeout=10)
+        rr = r.all("record-route")
+        if r.status != 200:
+            return {"status": r.status, "record_route": rr}
+        # RFC 3261 12.1.2: the UAC's route set is the Record-Route reversed.
+        # The first entry is dest, which record-routes (a proxy peer).
+        route = [su.uri_of(x) for x in reversed(rr)]
+        ua.request(dest, "ACK", ruri=su.uri_of(r.get("contact")), to=r.get("to"),
+                   call_id=call_id, cseq=1, contact=False, headers=["Route: <%s>" % x for x in route])
+        callee.wait_event("CALL_ESTABLISHED", 5, what, since=mc)
+        callee.hangup()
+        bye = ua.recv_request("BYE", timeout=10)
+        ua.respond(bye, 200, "OK")
+        return {"status": 200, "record_route": rr}
+    finally:
+        ua.close()

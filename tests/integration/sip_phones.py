@@ -8,7 +8,8 @@ behind a NAT; see there for the network):
      the relay their config named;
   2. alice calls carol@example.com (figure 6) through a proxy peer;
   3. carol calls alice@overlay.test (figure 7): her phone finds a proxy
-     peer by RFC 3263 in DNS;
+     peer by RFC 3263 in DNS; and a plain UA of hers calls alice through
+     the proxy peer that is not alice's node's edge;
   4. alice binds sip:alice@example.com to her overlay URI through her home
      node and a proxy peer (spec 4.2), and carol calls alice@example.com
      (figure 4).
@@ -35,6 +36,7 @@ def test(h):
     w.fig5()
     w.fig6()
     w.fig7()
+    w.fig7_other()
     w.fig4()
 
 
