@@ -134,8 +134,9 @@ class Demo:
         self.show_call("Figure 5: alice@%s (behind a NAT) calls bob@%s" % (OVERLAY, OVERLAY), r,
                        "alice -> b (her home node, checks her digest) -> a2 (bob's home node) -> bob; "
                        "requests back come in through %s (b's edge)" % self.edge())
-        self.say("   DHT: b looks sip:bob@%s up: %s, %d hops; %s holds it" % (
-            OVERLAY, " -> ".join(["b"] + [c.by_hex(x) for x in lk["path"]]), lk["hops"], c.by_hex(lk["owner"]["id"])))
+        self.say("   DHT: b looks sip:bob@%s up: %s, %d hop%s; %s holds it" % (
+            OVERLAY, " -> ".join(["b"] + [c.by_hex(x) for x in lk["path"]]), lk["hops"], "" if lk["hops"] == 1 else "s",
+            c.by_hex(lk["owner"]["id"])))
         self.results = [r]
 
         r = w.fig6()
