@@ -41,7 +41,7 @@ READY = "--- left running ---"
 # The SIP counters a call line shows, as it names them.
 COUNTER_NAMES = {"proxied": "proxied", "auth_ok": "digest ok", "via_peer": "sent via a proxy peer",
                  "to_public": "to a public domain", "from_public": "from a public domain"}
-TIMEOUT = 150  # the whole run, watchdog
+TIMEOUT = 110  # the whole run but the stop, watchdog: the demo promises 2 minutes
 
 
 class Demo:
@@ -221,13 +221,6 @@ def inside(args):
     """PID 1 of the namespaces: run the demo; with --keep, stay until
     SIGTERM."""
     out = sys.stdout
-    os.makedirs(args.dir, exist_ok=True)
-    for name in os.listdir(args.dir):
-        p = os.path.join(args.dir, name)
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p)
-        else:
-            os.unlink(p)
     log = open(os.path.join(args.dir, "checks.log"), "w")
     sys.stdout = log  # the checks' "ok - ..." lines
     h = p2p.Harness("demo", TIMEOUT)
@@ -291,12 +284,11 @@ def launch_kept(args):
     # stderr too: nothing of ours may hold the caller's output open.
     p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          stdin=subprocess.DEVNULL, start_new_session=True)
-    os.makedirs(args.dir, exist_ok=True)
+    with open(os.path.join(args.dir, "demo.pid"), "w") as f:
+        f.write("%d\n" % p.pid)
     for raw in p.stdout:
         line = raw.decode(errors="replace").rstrip("\n")
         if line == READY:
-            with open(os.path.join(args.dir, "demo.pid"), "w") as f:
-                f.write("%d\n" % p.pid)
             return 0
         print(line, flush=True)
     return p.wait() or 1
@@ -310,19 +302,26 @@ def children(pid):
         return []
 
 
+def kept_pid(d):
+    """The process a --keep run left in d (unshare, outside the
+    namespaces), or None."""
+    try:
+        with open(os.path.join(d, "demo.pid")) as f:
+            pid = int(f.read())
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return pid if b"demo.py" in f.read() else None
+    except (OSError, ValueError):
+        return None
+
+
 def stop(args):
     """--stop: SIGTERM to the demo's PID 1 (unshare, its parent, ignores
     it); it stops everything and the namespaces go with it."""
-    path = os.path.join(args.dir, "demo.pid")
-    try:
-        with open(path) as f:
-            pid = int(f.read())
-    except (OSError, ValueError):
-        sys.exit("demo: nothing to stop (no %s)" % path)
-    with open("/proc/%d/cmdline" % pid, "rb") if os.path.exists("/proc/%d" % pid) else open(os.devnull, "rb") as f:
-        if b"demo.py" not in f.read():
+    path, pid = os.path.join(args.dir, "demo.pid"), kept_pid(args.dir)
+    if pid is None:
+        if os.path.exists(path):
             os.unlink(path)
-            sys.exit("demo: process %d is not the demo (gone already)" % pid)
+        sys.exit("demo: nothing left running in %s" % args.dir)
     for k in children(pid):
         os.kill(k, signal.SIGTERM)
     deadline = time.monotonic() + 20
@@ -334,6 +333,23 @@ def stop(args):
     os.unlink(path)
     print("demo stopped (logs and ring.svg stay in %s)" % args.dir)
     return 0
+
+
+def clear_dir(d):
+    """Empty the run directory of the last demo; refuse a directory that
+    is not one (no checks.log) or a demo still running there."""
+    os.makedirs(d, exist_ok=True)
+    names = os.listdir(d)
+    if names and "checks.log" not in names:
+        sys.exit("demo: %s is not a demo's run directory (no checks.log); give another --dir" % d)
+    if kept_pid(d):
+        sys.exit("demo: a demo left running by --keep uses %s: scripts/demo --stop first" % d)
+    for name in names:
+        p = os.path.join(d, name)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        else:
+            os.unlink(p)
 
 
 def main():
@@ -352,6 +368,7 @@ def main():
         return inside(args)
     if os.geteuid() != 0:
         sys.exit("demo: needs root (network namespaces, a NAT, named on port 53)")
+    clear_dir(args.dir)
     if args.keep:
         return launch_kept(args)
     su.enter_netns(os.path.realpath(__file__), required=True, args=sys.argv[1:])
