@@ -70,11 +70,22 @@ static void publish(sip_svc_t *s)
   free(body);
 }
 
+static void peers_known(sip_svc_t *s, void *ctx, int status)
+{
+}
+
+/* With each put, the list of the other proxy peers is read again: a proxy
+ * peer routes calls for nodes behind a NAT through the peer holding their
+ * flow, over TLS in the secured mode (proxy.c), and takes its TLS address
+ * from that list. */
 static void on_republish(su_root_magic_t *m, su_timer_t *t, su_timer_arg_t *arg)
 {
   sip_svc_t *s = (sip_svc_t *)arg;
-  if (s->gateway && !s->stopping)
+  if (s->gateway && !s->stopping) {
     publish(s);
+    if (s->tls_hostport[0])
+      sip__peers_get(s, peers_known, NULL);
+  }
 }
 
 /* The first put may land before the node has joined the ring (sip_start

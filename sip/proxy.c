@@ -483,6 +483,18 @@ static int by_q(const void *a, const void *b)
   return ((const sip_binding_t *)b)->q1000 - ((const sip_binding_t *)a)->q1000;
 }
 
+/* The hop to the proxy peer a record names as a node's edge: its TLS
+ * address when we know it (the secured mode), where it tells us from a
+ * stranger (edge.c), which it must: the next hop, the node's reflexive
+ * address, is a target it forwards to for nodes only. */
+static const char *edge_hop(const sip_svc_t *s, const char *edge)
+{
+  for (int i = 0; i < s->n_peers; i++)
+    if (strcmp(s->peers[i].uri, edge) == 0)
+      return sip__peer_next(s, &s->peers[i]);
+  return edge;
+}
+
 /* One branch per live binding, best q first (parallel forking).  A binding
  * registered through this node goes to its phone's flow; one registered
  * elsewhere gets Route <path;lr> pushed (RFC 3327-like), and a node behind
@@ -509,7 +521,7 @@ static void fork_to(sip_ptx_t *t, sip_binding_t *bs, size_t n)
     }
     char route[450];
     if (edge && !sip__uri_is_self(s, edge))
-      snprintf(route, sizeof route, "<%s;lr>, <%s;lr>", bs[i].edge, bs[i].path);
+      snprintf(route, sizeof route, "<%s;lr>, <%s;lr>", edge_hop(s, bs[i].edge), bs[i].path);
     else
       snprintf(route, sizeof route, "<%s;lr>", bs[i].path);
     add_branch(t, bs[i].uri, route, NULL);

@@ -100,6 +100,14 @@ class Nat:
         self.run("rtr", "iptables", "-A", "FORWARD", "-i", t + "a1", "-o", t + "b1", "-m", "conntrack",
                  "--ctstate", "NEW", "-j", "DROP")
 
+    def open_port(self, proto, ip, port):
+        """Let new connections from outside in to ip:port on the private
+        side (a home router's port forward, with no address translation:
+        the public side routes to the private segment through the router)."""
+        t = self.tag
+        self.run("rtr", "iptables", "-I", "FORWARD", "-i", t + "a1", "-o", t + "b1", "-p", proto, "-d", ip,
+                 "--dport", str(port), "-j", "ACCEPT")
+
     def add_host(self, name, addrs):
         """A host of its own on the public segment: namespace TAG+name
         holding addrs alone; prefix(name) runs commands there."""

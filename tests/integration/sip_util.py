@@ -199,11 +199,15 @@ def uri_of(value):
 
 
 class Ua:
-    """A SIP UA on one UDP (or TCP) socket bound to 127.0.0.1."""
+    """A SIP UA on one UDP (or TCP) socket bound to 127.0.0.1 (or sock, a
+    UDP socket already bound: e.g. one netns.socket_in made elsewhere)."""
 
-    def __init__(self, user, domain=OVERLAY, port=0, transport="udp"):
+    def __init__(self, user, domain=OVERLAY, port=0, transport="udp", sock=None):
         self.user, self.domain, self.transport = user, domain, transport
-        if transport == "udp":
+        self.host = sock.getsockname()[0] if sock else HOST
+        if sock:
+            self.sock, self.conns = sock, {}
+        elif transport == "udp":
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self.sock.bind((HOST, port))
             self.conns = {}
@@ -231,7 +235,7 @@ class Ua:
     @property
     def contact(self):
         t = "" if self.transport == "udp" else ";transport=tcp"
-        return "<sip:%s@%s:%d%s>" % (self.user, HOST, self.port, t)
+        return "<sip:%s@%s:%d%s>" % (self.user, self.host, self.port, t)
 
     def _tcp_conn(self, dest):
         c = self.conns.get(dest)
@@ -305,14 +309,14 @@ class Ua:
                 cseq=None, from_tag=None, max_forwards=70, contact=True, raw_extra=""):
         """Build and send a request; returns (call_id, branch, text)."""
         self.n += 1
-        call_id = call_id or "c%d-%08x@%s" % (self.n, random.getrandbits(32), HOST)
+        call_id = call_id or "c%d-%08x@%s" % (self.n, random.getrandbits(32), self.host)
         branch = "z9hG4bK-py%d-%08x" % (self.n, random.getrandbits(32))
         cseq = cseq if cseq is not None else self.n
         ruri = ruri or "sip:%s" % self.domain
         to = to or "<%s>" % self.aor
         tp = "UDP" if self.transport == "udp" else "TCP"
         lines = ["%s %s SIP/2.0" % (method, ruri),
-                 "Via: SIP/2.0/%s %s:%d;branch=%s;rport" % (tp, HOST, self.port, branch)]
+                 "Via: SIP/2.0/%s %s:%d;branch=%s;rport" % (tp, self.host, self.port, branch)]
         if max_forwards is not None:
             lines.append("Max-Forwards: %d" % max_forwards)
         lines += ["From: <%s>;tag=%s" % (self.aor, from_tag or self.tag), "To: %s" % to,
@@ -382,7 +386,7 @@ class Ua:
         cseq = int(resp.get("cseq").split()[0])
         lines = ["ACK %s SIP/2.0" % ruri,
                  "Via: SIP/2.0/%s %s:%d;branch=%s;rport" % ("UDP" if self.transport == "udp" else "TCP",
-                                                          HOST, self.port, branch),
+                                                          self.host, self.port, branch),
                  "Max-Forwards: 70", "From: %s" % resp.get("from"), "To: %s" % resp.get("to"),
                  "Call-ID: %s" % resp.get("call-id"), "CSeq: %d ACK" % cseq, "Content-Length: 0"]
         self.send_raw(dest, "\r\n".join(lines) + "\r\n\r\n")
@@ -844,12 +848,21 @@ UNSHARE_ARGS = ["--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-
                 "--propagation", "private"]
 
 
-def enter_netns(script, required=False):
+def netns_argv(script, args=()):
+    """The command (and environment) that runs script with args in new
+    namespaces, as enter_netns does."""
+    return ([shutil.which("unshare") or "unshare"] + UNSHARE_ARGS +
+            [os.environ.get("PYTHON", __import__("sys").executable), script] + list(args),
+            dict(os.environ, **{NETNS_ENV: "1"}))
+
+
+def enter_netns(script, required=False, args=()):
     """Re-run script inside new network, mount and PID namespaces (so named
     can own 127.0.0.1:53, kamailio can be given its own resolv.conf without
     touching the host, and nothing started inside outlives the test: when
     the script, PID 1 there, ends, the kernel kills the rest), or fail (skip
     with P2PSIP_ALLOW_SKIP=1, unless required) when that is not allowed.
+    args: the script's arguments there.
     Returns only inside the namespace."""
     if os.environ.get(NETNS_ENV) == "1":
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
@@ -864,9 +877,8 @@ def enter_netns(script, required=False):
             print("FAIL %s: %s" % (os.path.basename(script), why))
             raise SystemExit(1)
         p2p.cannot_run(os.path.basename(script), why)
-    env = dict(os.environ, **{NETNS_ENV: "1"})
-    os.execvpe(unshare, [unshare] + UNSHARE_ARGS +
-               [os.environ.get("PYTHON", __import__("sys").executable), script], env)
+    argv, env = netns_argv(script, args)
+    os.execvpe(argv[0], argv, env)
 
 
 def private_resolv_conf(rundir):
