@@ -21,7 +21,7 @@
 
 struct sip_reg {
   sip_reg_t *next, **pprev; /* s->regs, for walks */
-  sip_reg_t *hnext[3];      /* s->reg_hash chains, by value id, contact, source */
+  sip_reg_t *hnext[3], **hpprev[3]; /* s->reg_hash chains, by value id, contact, source */
   su_home_t *home; /* everything below */
   url_t *url;
   char *aor, *uri, *contact, *vid, *call_id, *received, *transport;
@@ -151,21 +151,25 @@ static void reg_free(sip_reg_t *r)
 }
 
 /* Bindings are kept in a list (walks: sweep, admin) and hashed three ways:
- * by value id (every REGISTER replaces one), by the contact's host and
- * port (the proxy reaching its own phones) and by the address the REGISTER
- * came from (whether a request comes from one of them).  A registrar node
- * may hold tens of thousands: a linear search per request made its cost
- * grow with them. */
+ * by value id (every REGISTER replaces one), by the contact's user, host
+ * and port (the proxy reaching its own phones) and by the address the
+ * REGISTER came from (whether a request comes from one of them).  A
+ * registrar node may hold over 100,000, many from one address (a NAT, a
+ * PBX, sipp): chains are doubly linked, so that dropping a binding costs
+ * the same however many share its source, and the contact key has the
+ * user in it. */
 enum { BY_VID, BY_CONTACT, BY_SOURCE };
 
-/* Hosts compare without case and a missing port is the scheme's default,
- * so that URLs url_cmp() finds equal have equal keys. */
+/* User and host hash without case (a superset of what url_cmp() finds
+ * equal) and a missing port is the scheme's default, so that URLs
+ * url_cmp() finds equal have equal keys. */
 static uint32_t url_key(const url_t *u)
 {
   const char *port = u->url_port && u->url_port[0] ? u->url_port
                      : u->url_type == url_sips    ? "5061"
                                                   : "5060";
-  return sip__fnv(sip__fnv(SIP_FNV_INIT, u->url_host, 1) ^ ':', port, 0);
+  uint32_t h = sip__fnv(sip__fnv(SIP_FNV_INIT, u->url_user, 1) ^ '@', u->url_host, 1);
+  return sip__fnv(h ^ ':', port, 0);
 }
 
 static sip_reg_t **reg_slot(const sip_svc_t *s, int idx, uint32_t key)
@@ -185,22 +189,26 @@ static void reg_hash_add(sip_svc_t *s, sip_reg_t *r)
   for (int i = 0; i < 3; i++) {
     sip_reg_t **slot = reg_slot(s, i, reg_key(r, i));
     r->hnext[i] = *slot;
+    if (*slot)
+      (*slot)->hpprev[i] = &r->hnext[i];
+    r->hpprev[i] = slot;
     *slot = r;
   }
 }
 
-static void reg_hash_grow(sip_svc_t *s)
+static int reg_hash_grow(sip_svc_t *s)
 {
   size_t nb = s->reg_nb ? s->reg_nb * 2 : 64;
   sip_reg_t **h = calloc(3 * nb, sizeof *h);
   if (!h)
-    return; /* longer chains are slower, not wrong */
+    return -ENOMEM;
   free(s->reg_hash[0]);
   for (int i = 0; i < 3; i++)
     s->reg_hash[i] = h + (size_t)i * nb;
   s->reg_nb = nb;
   for (sip_reg_t *r = s->regs; r; r = r->next)
     reg_hash_add(s, r);
+  return 0;
 }
 
 static void reg_link(sip_svc_t *s, sip_reg_t *r)
@@ -211,9 +219,9 @@ static void reg_link(sip_svc_t *s, sip_reg_t *r)
   r->pprev = &s->regs;
   s->regs = r;
   s->n_regs++;
-  if (s->n_regs > s->reg_nb)
-    reg_hash_grow(s); /* rebuilds the chains, r included */
-  else
+  /* Growing rebuilds the chains, r included; if it cannot, longer chains
+   * are slower, not wrong. */
+  if ((s->n_regs <= s->reg_nb || reg_hash_grow(s) < 0) && s->reg_nb)
     reg_hash_add(s, r);
 }
 
@@ -224,12 +232,12 @@ static void reg_unlink(sip_svc_t *s, sip_reg_t *r)
   *r->pprev = r->next;
   if (r->next)
     r->next->pprev = r->pprev;
-  for (int i = 0; i < 3 && s->reg_nb; i++) {
-    sip_reg_t **pp = reg_slot(s, i, reg_key(r, i));
-    while (*pp && *pp != r)
-      pp = &(*pp)->hnext[i];
-    if (*pp)
-      *pp = r->hnext[i];
+  for (int i = 0; i < 3; i++) {
+    if (!r->hpprev[i])
+      continue; /* never hashed: the table could not be made */
+    *r->hpprev[i] = r->hnext[i];
+    if (r->hnext[i])
+      r->hnext[i]->hpprev[i] = r->hpprev[i];
   }
   s->n_regs--;
 }
