@@ -50,16 +50,18 @@ static void defer_fire(uv_timer_t *t) {
   uv_close((uv_handle_t *)&x->timer, defer_closed);
 }
 
-static int defer(dht_t *d, void (*fn)(void *), void *arg) {
+static int defer_ms(dht_t *d, uint64_t ms, void (*fn)(void *), void *arg) {
   defer_t *x = malloc(sizeof(*x));
   if (!x) return -ENOMEM;
   uv_timer_init(d->loop, &x->timer);
   x->timer.data = x;
   x->fn = fn;
   x->arg = arg;
-  uv_timer_start(&x->timer, defer_fire, 0, 0);
+  uv_timer_start(&x->timer, defer_fire, ms, 0);
   return 0;
 }
+
+static int defer(dht_t *d, void (*fn)(void *), void *arg) { return defer_ms(d, 0, fn, arg); }
 
 /* Local routing decision ---------------------------------------------------- */
 
@@ -115,11 +117,21 @@ typedef struct {
   int path_len, hops, status;
   dht_node_t result[PROTO_MAX_NODES];
   int n_result;
+  int dead, restarts; /* candidates found dead; fresh starts made */
   dht__lookup_cb cb;
   void *arg;
 } lookup_t;
 
+/* A lookup that runs out of candidates after finding some dead started a
+ * moment after a node died: everyone still points at it, and the nodes
+ * that know its successor are not yet asked for.  Its neighbours repair
+ * the ring within moments (their links to it closed), so the lookup starts
+ * over from our routing table, at most twice, after a short pause. */
+#define LOOKUP_RESTARTS 2
+#define LOOKUP_RESTART_MS 150
+
 static void lookup_step(lookup_t *l);
+static void lookup_restart(void *arg);
 
 static void lookup_finish(void *arg) {
   lookup_t *l = arg;
@@ -152,7 +164,7 @@ static void on_find(dht_t *d, int status, const proto_frame_t *f, const dht_node
   proto_find_r_t r;
   if (status || proto_find_r_decode(f->body, f->body_len, &r)) {
     /* Dead or broken: forget it and ask the next candidate. */
-    if (status) dht__ring_forget(d, &l->asked);
+    if (status) dht__ring_forget(d, &l->asked), l->dead++;
     lookup_step(l);
     return;
   }
@@ -201,8 +213,37 @@ static void lookup_step(lookup_t *l) {
     long n = proto_find_encode(buf, sizeof(buf), &q);
     if (dht__rpc_call(d, &l->asked, PROTO_FIND, buf, (size_t)n, on_find, l) == 0) return;
   }
+  if (l->dead && l->restarts < LOOKUP_RESTARTS && !d->closed &&
+      defer_ms(d, LOOKUP_RESTART_MS * (uint64_t)++l->restarts, lookup_restart, l) == 0)
+    return;
   l->status = DHT_ETIMEDOUT;
   lookup_finish(l);
+}
+
+/* Candidates from our own routing table; true when we know the answer
+ * ourselves (it is then in l->result). */
+static bool lookup_seed(lookup_t *l) {
+  dht_t *d = l->d;
+  if ((l->n_result = local_owner(d, &l->key, l->result, PROTO_MAX_NODES)) > 0) return true;
+  dht_node_t c[8];
+  int n = dht__closest_preceding(d, &l->key, c, 8);
+  for (int i = 0; i < n; i++) cand_add(l, &c[i]);
+  /* Our successor is always a correct, if slow, place to start. */
+  if (d->n_succ) cand_add(l, &d->succ[0]);
+  return false;
+}
+
+static void lookup_restart(void *arg) {
+  lookup_t *l = arg;
+  l->path_len = 0, l->n_cand = 0;
+  if (!l->d->closed && lookup_seed(l)) lookup_finish(l);
+  else lookup_step(l);
+}
+
+static int defer_or_free(lookup_t *l, void (*fn)(void *)) {
+  if (defer(l->d, fn, l) == 0) return 0;
+  free(l);
+  return -ENOMEM;
 }
 
 static int lookup_start(dht_t *d, const dht_id_t *key, const dht_node_t *via, dht__lookup_cb cb,
@@ -215,26 +256,9 @@ static int lookup_start(dht_t *d, const dht_id_t *key, const dht_node_t *via, dh
   l->cb = cb;
   l->arg = arg;
   d->stats.lookups++;
-  if (via) {
-    l->cand[l->n_cand++] = *via;
-  } else if ((l->n_result = local_owner(d, key, l->result, PROTO_MAX_NODES)) > 0) {
-    if (defer(d, lookup_finish, l)) {
-      free(l);
-      return -ENOMEM;
-    }
-    return 0;
-  } else {
-    dht_node_t c[8];
-    int n = dht__closest_preceding(d, key, c, 8);
-    for (int i = 0; i < n; i++) cand_add(l, &c[i]);
-    /* Our successor is always a correct, if slow, place to start. */
-    if (d->n_succ) cand_add(l, &d->succ[0]);
-  }
-  if (defer(d, (void (*)(void *))lookup_step, l)) {
-    free(l);
-    return -ENOMEM;
-  }
-  return 0;
+  if (via) l->cand[l->n_cand++] = *via;
+  else if (lookup_seed(l)) return defer_or_free(l, lookup_finish);
+  return defer_or_free(l, (void (*)(void *))lookup_step);
 }
 
 int dht__lookup(dht_t *d, const dht_id_t *key, dht__lookup_cb cb, void *arg) {

@@ -159,6 +159,8 @@ static void on_list(dht_t *d, int status, const dht_value_t *v, size_t n, int ho
       json_t *e = relay__record_entry(&v[i]);
       if (e) json_array_append_new(out, e);
     }
+  } else {
+    log_warn("relay: reading the relay records failed after %d hops (status %d)", hops, status);
   }
   ctx->cb(out, ctx->arg);
   free(ctx);

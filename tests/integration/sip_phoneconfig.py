@@ -134,6 +134,12 @@ def test(h):
           and "example.com" not in a["account"], "records that are no usable relay never reach the answer", a)
 
     # A relay that died -----------------------------------------------------------
+    # Its value must outlive it: wait until the key's primary and replicas
+    # all hold the six values (a copy made before the ring took its final
+    # shape reaches a new replica with the repair, 300 ms after the change).
+    holders = p2p.responsible_nodes(p2p.key_id("turn:" + OVERLAY), c.sorted_ids(), 3)
+    p2p.wait_until(lambda: all(c.records().get(i) == 6 for i in holders), 10,
+                   "the primary and replicas of turn:%s hold its six values" % OVERLAY)
     c.kill(r1)
     dead = relays[0]
     listed = [x["addr"] for x in home.admin_ok({"cmd": "relays"})["relays"]]
