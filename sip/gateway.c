@@ -70,10 +70,6 @@ static void publish(sip_svc_t *s)
   free(body);
 }
 
-static void peers_known(sip_svc_t *s, void *ctx, int status)
-{
-}
-
 /* With each put, the list of the other proxy peers is read again: a proxy
  * peer routes calls for nodes behind a NAT through the peer holding their
  * flow, over TLS in the secured mode (proxy.c), and takes its TLS address
@@ -84,7 +80,7 @@ static void on_republish(su_root_magic_t *m, su_timer_t *t, su_timer_arg_t *arg)
   if (s->gateway && !s->stopping) {
     publish(s);
     if (s->tls_hostport[0])
-      sip__peers_get(s, peers_known, NULL);
+      sip__peers_get(s, NULL, NULL);
   }
 }
 
@@ -219,14 +215,16 @@ static void on_peer_values(sip_svc_t *s, void *ctx, int status, const dht_value_
   int nw = s->n_waiters;
   s->waiters = NULL, s->n_waiters = 0;
   for (int i = 0; i < nw; i++)
-    w[i].cb(s, w[i].ctx, status == DHT_ENOTFOUND ? 0 : status);
+    if (w[i].cb)
+      w[i].cb(s, w[i].ctx, status == DHT_ENOTFOUND ? 0 : status);
   free(w);
 }
 
 int sip__peers_get(sip_svc_t *s, void (*cb)(sip_svc_t *, void *, int), void *ctx)
 {
   if (s->n_peers > 0 && s->peers_at && sip__now_ms(s) - s->peers_at < SIP_PEER_CACHE_MS) {
-    cb(s, ctx, 0);
+    if (cb)
+      cb(s, ctx, 0);
     return 0;
   }
   if (s->n_waiters >= SIP_MAX_TRANSACTIONS)

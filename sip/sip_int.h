@@ -475,7 +475,8 @@ void sip__loop_hash(const sip_t *sip, char out[17]);
 int sip__gateway_start(sip_svc_t *s);
 void sip__gateway_stop(sip_svc_t *s, void (*done)(sip_svc_t *s));
 /* Calls cb (perhaps before returning) once s->peers holds the proxy peers
- * known, best first; status < 0 when the DHT did not answer. */
+ * known, best first; status < 0 when the DHT did not answer.  cb NULL:
+ * only refresh s->peers. */
 int sip__peers_get(sip_svc_t *s, void (*cb)(sip_svc_t *, void *, int), void *ctx);
 void sip__peer_failed(sip_svc_t *s, const char *uri);
 void sip__peers_free(sip_svc_t *s);
