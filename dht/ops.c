@@ -5,7 +5,10 @@
  * Lookups are iterative: the originator asks one node at a time and keeps
  * the candidates itself, so it sees every hop (the admin "path"), applies
  * its own timeout to each, and routes around a dead node by asking the
- * next candidate instead of waiting for someone else's retry.
+ * next candidate instead of waiting for someone else's retry.  In the
+ * secured mode puts and gets are routed instead (route.c), since each hop
+ * to a stranger costs a TLS handshake; they fall back to the iterative
+ * path when a routed request fails.
  *
  * A value lives on the key's successor (the primary) and on the primary's
  * next replicas-1 successors.  Three mechanisms keep it there:
@@ -1201,14 +1204,15 @@ static void get_repair(get_op_t *g, const merged_t *m, int n) {
       len = proto_store_end(&w, buf);
     }
     if (len <= 0 || len > PROTO_MAX_BODY) break;
-    if (is_self(d, &g->targets[i]) ||
-        (g->routed && dht__route_send(d, &g->key, (uint8_t)i, PROTO_STORE, buf, (size_t)len,
-                                      on_routed_ignore, NULL) == DHT__ROUTE_HERE)) {
-      proto_store_t s;
-      if (proto_store_decode(buf, (size_t)len, &s) == 0) apply_store(d, &s, NULL, NULL);
-    } else if (!g->routed) {
-      dht__rpc_call(d, &g->targets[i], PROTO_STORE, buf, (size_t)len, on_replica_stored_ignore, NULL);
-    }
+    /* Back where the answer came from: ourselves, the same route, or the node. */
+    int sent = is_self(d, &g->targets[i]) ? DHT__ROUTE_HERE
+               : g->routed ? dht__route_send(d, &g->key, (uint8_t)i, PROTO_STORE, buf, (size_t)len,
+                                             on_routed_ignore, NULL)
+                           : dht__rpc_call(d, &g->targets[i], PROTO_STORE, buf, (size_t)len,
+                                           on_replica_stored_ignore, NULL);
+    proto_store_t s;
+    if (sent == DHT__ROUTE_HERE && proto_store_decode(buf, (size_t)len, &s) == 0)
+      apply_store(d, &s, NULL, NULL);
   }
   free(buf);
 }
