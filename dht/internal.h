@@ -199,6 +199,10 @@ typedef void (*dht__route_cb)(dht_t *d, int status, const proto_route_r_t *r, vo
  * DHT__ROUTE_HERE, or a negative code (cb is never called). */
 int dht__route_send(dht_t *d, const dht_id_t *key, uint8_t skip, uint8_t type, const uint8_t *body,
                     size_t len, dht__route_cb cb, void *arg);
+/* The same to our n-th successor (n >= 1), from successor to successor:
+ * the links of ring upkeep, where a direct link to it may be down. */
+int dht__route_succ(dht_t *d, const dht_id_t *key, uint8_t n, uint8_t type, const uint8_t *body,
+                    size_t len, dht__route_cb cb, void *arg);
 /* An incoming ROUTE: pass it on, or answer it here through ops.c. */
 int dht__route_answer(dht_t *d, dht__conn_t *c, const proto_frame_t *f);
 /* Answer a STORE or FETCH (ops.c); from: who sent it (routed: the origin

@@ -336,11 +336,11 @@ typedef struct {
 
 static void send_key(dht_t *d, const dht_id_t *key, const dht_node_t *to);
 
-static void on_replica_stored(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
-                              void *arg) {
-  fanout_t *fo = arg;
+/* A replica's STORE_R (body NULL: none came). */
+static void fanout_answered(dht_t *d, fanout_t *fo, const uint8_t *body, size_t len,
+                            const dht_node_t *peer) {
   proto_store_r_t r;
-  bool ok = status == 0 && proto_store_r_decode(f->body, f->body_len, &r) == 0;
+  bool ok = body && proto_store_r_decode(body, len, &r) == 0;
   if (ok && r.status == PROTO_STORE_NEED_FULL) {
     /* A replica without the version a refresh names: it gets the key. */
     send_key(d, &fo->key, peer);
@@ -351,6 +351,29 @@ static void on_replica_stored(dht_t *d, int status, const proto_frame_t *f, cons
     fo->cb(d, fo->copies, fo->arg);
     free(fo);
   }
+}
+
+static void on_replica_stored(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
+                              void *arg) {
+  fanout_answered(d, arg, status ? NULL : f->body, status ? 0 : f->body_len, peer);
+}
+
+static void on_replica_routed(dht_t *d, int status, const proto_route_r_t *r, void *arg) {
+  dht_node_t by = {0};
+  if (status == 0) dht__node_from_proto(&r->responder, &by);
+  bool ok = status == 0 && r->type == PROTO_STORE_R;
+  fanout_answered(d, arg, ok ? r->body : NULL, ok ? r->body_len : 0, &by);
+}
+
+/* The copy for successor i goes straight to it when we have a link to it
+ * (the first successor always, by ring upkeep); in the secured mode it
+ * goes from successor to successor otherwise, which costs a hop where a
+ * direct link would cost a TLS handshake. */
+static int replica_send(dht_t *d, int i, const uint8_t *body, size_t len, fanout_t *fo) {
+  if (i == 0 || !dht__route_on(d) || dht__rpc_linked(d, &d->succ[i]) ||
+      dht__route_succ(d, &fo->key, (uint8_t)(i + 1), PROTO_STORE, body, len, on_replica_routed, fo))
+    return dht__rpc_call(d, &d->succ[i], PROTO_STORE, body, len, on_replica_stored, fo);
+  return 0;
 }
 
 /* Send a STORE body (re-flagged as a replica copy) to our next replicas-1
@@ -373,8 +396,7 @@ static void fan_out(dht_t *d, const uint8_t *body, size_t len, fanout_cb cb, voi
   fo->waiting = 1; /* held until every call is out, so cb fires once */
   for (int i = 0; i < d->replicas - 1 && i < d->n_succ; i++) {
     fo->waiting++;
-    if (dht__rpc_call(d, &d->succ[i], PROTO_STORE, copy, len, on_replica_stored, fo))
-      fo->waiting--;
+    if (replica_send(d, i, copy, len, fo)) fo->waiting--;
   }
   free(copy);
   if (--fo->waiting == 0) {

@@ -203,20 +203,32 @@ static void on_routed(dht_t *d, int status, const proto_frame_t *f, const dht_no
   free(o);
 }
 
-int dht__route_send(dht_t *d, const dht_id_t *key, uint8_t skip, uint8_t type, const uint8_t *body,
-                    size_t len, dht__route_cb cb, void *arg) {
+static int route_start(dht_t *d, proto_route_t *q, dht__route_cb cb, void *arg) {
   if (!dht__route_on(d)) return -ENOTSUP;
-  proto_route_t q = {.skip = skip, .origin = d->self_wire, .type = type, .body = body,
-                     .body_len = (uint32_t)len};
-  memcpy(q.key, key->b, DHT_ID_LEN);
+  q->origin = d->self_wire;
   dht_node_t next;
-  int r = route_next(d, &q, &next);
+  int r = route_next(d, q, &next);
   if (r) return r;
   origin_t *o = malloc(sizeof(*o));
   if (!o) return -ENOMEM;
   *o = (origin_t){.cb = cb, .arg = arg};
-  int err = route_call(d, &next, &q, on_routed, o);
+  int err = route_call(d, &next, q, on_routed, o);
   if (err) free(o);
   else d->stats.routed_sent++;
   return err;
+}
+
+int dht__route_send(dht_t *d, const dht_id_t *key, uint8_t skip, uint8_t type, const uint8_t *body,
+                    size_t len, dht__route_cb cb, void *arg) {
+  proto_route_t q = {.skip = skip, .type = type, .body = body, .body_len = (uint32_t)len};
+  memcpy(q.key, key->b, DHT_ID_LEN);
+  return route_start(d, &q, cb, arg);
+}
+
+int dht__route_succ(dht_t *d, const dht_id_t *key, uint8_t n, uint8_t type, const uint8_t *body,
+                    size_t len, dht__route_cb cb, void *arg) {
+  proto_route_t q = {.flags = PROTO_ROUTE_PASSED, .skip = n, .type = type, .body = body,
+                     .body_len = (uint32_t)len};
+  memcpy(q.key, key->b, DHT_ID_LEN);
+  return route_start(d, &q, cb, arg);
 }
