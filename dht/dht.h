@@ -255,7 +255,11 @@ typedef struct {
   uint64_t refused_owner;      /* owner_values, owner_kb */
   uint64_t refused_not_mine;   /* primary STOREs for keys of another node's range */
   uint64_t refused_net;        /* fingers not taken: ids_per_net */
-  uint64_t out_by_type[24]; /* requests and replies sent, by frame type */
+  /* Routed puts and gets (secured mode): sent by this node, passed on,
+   * answered here, failed (here or on their way back to us), and puts or
+   * gets that fell back to the iterative path after a routed one failed. */
+  uint64_t routed_sent, routed_forwarded, routed_answered, routed_failed, routed_fallbacks;
+  uint64_t out_by_type[32]; /* requests and replies sent, by frame type */
 } dht_stats_t;
 /* Name of a frame type for out_by_type ("find", "store_r"...), or NULL. */
 const char *dht_frame_name(int type);

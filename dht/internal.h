@@ -6,6 +6,7 @@
  *   rpc.c    connections, framing, transaction ids, timeouts
  *   ring.c   Chord: join, stabilize, notify, fingers, leave
  *   ops.c    iterative lookup, put, get, owner refresh, replication
+ *   route.c  routed puts and gets (secured mode)
  * Non-static functions shared between them carry the dht__ prefix.
  */
 #ifndef P2PSIP_DHT_INTERNAL_H
@@ -173,6 +174,42 @@ const struct sockaddr_storage *dht__conn_remote(const dht__conn_t *c);
 int dht__reach_answer(dht_t *d, dht__conn_t *c, const proto_frame_t *f);
 /* A connection to a peer went away (ring.c uses this to notice deaths). */
 void dht__peer_lost(dht_t *d, const dht_node_t *peer);
+
+/* Answers and routed requests (route.c) ------------------------------------ */
+
+/* Where the answer to a request goes: back on the link it came on, or
+ * (routed) inside a ROUTE_R back along the path the request took. */
+typedef struct {
+  dht__conn_t *conn;
+  uint32_t txid;
+  bool routed;
+  uint8_t hops; /* routed: hops the request took */
+} dht__reply_t;
+
+void dht__answer(dht_t *d, const dht__reply_t *to, uint8_t type, const uint8_t *body, size_t len);
+/* Are puts and gets routed?  In the secured mode, once joined. */
+bool dht__route_on(const dht_t *d);
+/* The answer to a routed request: status 0 with r (valid during the call
+ * only; r->type and r->body hold the inner response, r->responder who
+ * gave it), or a negative code (timeout, no route) with r NULL. */
+typedef void (*dht__route_cb)(dht_t *d, int status, const proto_route_r_t *r, void *arg);
+#define DHT__ROUTE_HERE 1 /* dht__route_send(): this node answers it itself */
+/* Send an inner request (type, body) towards the node responsible for key,
+ * or skip successors after it.  Returns 0 (cb will be called),
+ * DHT__ROUTE_HERE, or a negative code (cb is never called). */
+int dht__route_send(dht_t *d, const dht_id_t *key, uint8_t skip, uint8_t type, const uint8_t *body,
+                    size_t len, dht__route_cb cb, void *arg);
+/* The same to our n-th successor (n >= 1), from successor to successor:
+ * the links of ring upkeep, where a direct link to it may be down. */
+int dht__route_succ(dht_t *d, const dht_id_t *key, uint8_t n, uint8_t type, const uint8_t *body,
+                    size_t len, dht__route_cb cb, void *arg);
+/* An incoming ROUTE: pass it on, or answer it here through ops.c. */
+int dht__route_answer(dht_t *d, dht__conn_t *c, const proto_frame_t *f);
+/* Answer a STORE or FETCH (ops.c); from: who sent it (routed: the origin
+ * the request names, for logs only).  0, or a negative PROTO_E* code for
+ * a malformed body. */
+int dht__ops_answer(dht_t *d, const dht__reply_t *to, const proto_frame_t *f,
+                    const dht_node_t *from);
 
 /* Ring --------------------------------------------------------------------- */
 

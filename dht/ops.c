@@ -5,7 +5,10 @@
  * Lookups are iterative: the originator asks one node at a time and keeps
  * the candidates itself, so it sees every hop (the admin "path"), applies
  * its own timeout to each, and routes around a dead node by asking the
- * next candidate instead of waiting for someone else's retry.
+ * next candidate instead of waiting for someone else's retry.  In the
+ * secured mode puts and gets are routed instead (route.c), since each hop
+ * to a stranger costs a TLS handshake; they fall back to the iterative
+ * path when a routed request fails.
  *
  * A value lives on the key's successor (the primary) and on the primary's
  * next replicas-1 successors.  Three mechanisms keep it there:
@@ -333,11 +336,11 @@ typedef struct {
 
 static void send_key(dht_t *d, const dht_id_t *key, const dht_node_t *to);
 
-static void on_replica_stored(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
-                              void *arg) {
-  fanout_t *fo = arg;
+/* A replica's STORE_R (body NULL: none came). */
+static void fanout_answered(dht_t *d, fanout_t *fo, const uint8_t *body, size_t len,
+                            const dht_node_t *peer) {
   proto_store_r_t r;
-  bool ok = status == 0 && proto_store_r_decode(f->body, f->body_len, &r) == 0;
+  bool ok = body && proto_store_r_decode(body, len, &r) == 0;
   if (ok && r.status == PROTO_STORE_NEED_FULL) {
     /* A replica without the version a refresh names: it gets the key. */
     send_key(d, &fo->key, peer);
@@ -348,6 +351,29 @@ static void on_replica_stored(dht_t *d, int status, const proto_frame_t *f, cons
     fo->cb(d, fo->copies, fo->arg);
     free(fo);
   }
+}
+
+static void on_replica_stored(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
+                              void *arg) {
+  fanout_answered(d, arg, status ? NULL : f->body, status ? 0 : f->body_len, peer);
+}
+
+static void on_replica_routed(dht_t *d, int status, const proto_route_r_t *r, void *arg) {
+  dht_node_t by = {0};
+  if (status == 0) dht__node_from_proto(&r->responder, &by);
+  bool ok = status == 0 && r->type == PROTO_STORE_R;
+  fanout_answered(d, arg, ok ? r->body : NULL, ok ? r->body_len : 0, &by);
+}
+
+/* The copy for successor i goes straight to it when we have a link to it
+ * (the first successor always, by ring upkeep); in the secured mode it
+ * goes from successor to successor otherwise, which costs a hop where a
+ * direct link would cost a TLS handshake. */
+static int replica_send(dht_t *d, int i, const uint8_t *body, size_t len, fanout_t *fo) {
+  if (i == 0 || !dht__route_on(d) || dht__rpc_linked(d, &d->succ[i]) ||
+      dht__route_succ(d, &fo->key, (uint8_t)(i + 1), PROTO_STORE, body, len, on_replica_routed, fo))
+    return dht__rpc_call(d, &d->succ[i], PROTO_STORE, body, len, on_replica_stored, fo);
+  return 0;
 }
 
 /* Send a STORE body (re-flagged as a replica copy) to our next replicas-1
@@ -370,8 +396,7 @@ static void fan_out(dht_t *d, const uint8_t *body, size_t len, fanout_cb cb, voi
   fo->waiting = 1; /* held until every call is out, so cb fires once */
   for (int i = 0; i < d->replicas - 1 && i < d->n_succ; i++) {
     fo->waiting++;
-    if (dht__rpc_call(d, &d->succ[i], PROTO_STORE, copy, len, on_replica_stored, fo))
-      fo->waiting--;
+    if (replica_send(d, i, copy, len, fo)) fo->waiting--;
   }
   free(copy);
   if (--fo->waiting == 0) {
@@ -381,8 +406,7 @@ static void fan_out(dht_t *d, const uint8_t *body, size_t len, fanout_cb cb, voi
 }
 
 typedef struct {
-  dht__conn_t *conn;
-  uint32_t txid;
+  dht__reply_t to;
   uint16_t stored;
   uint8_t status;
 } store_reply_t;
@@ -394,37 +418,41 @@ static void reply_stored(dht_t *d, int copies, void *arg) {
   long n = proto_store_r_encode(buf, sizeof(buf), &r);
   /* The connection may have closed meanwhile: our ref keeps it allocated,
    * and rpc.c sends nothing on a closing connection. */
-  dht__rpc_reply(d, sr->conn, PROTO_STORE_R, sr->txid, buf, (size_t)n);
-  dht__conn_unref(sr->conn);
+  dht__answer(d, &sr->to, PROTO_STORE_R, buf, (size_t)n);
+  dht__conn_unref(sr->to.conn);
   free(sr);
 }
 
 /* A primary STORE belongs here when the key is in our range, when we do
  * not know our range yet (no predecessor: just joined, or it died), or
  * when it comes from our predecessor (a leaving predecessor hands over
- * everything it holds). */
-static bool primary_ok(const dht_t *d, const dht_id_t *key, const dht_node_t *from) {
-  return !d->joined || !d->has_pred || dht__is_primary(d, key) || dht__node_eq(from, &d->pred);
+ * everything it holds).  A routed one reached us only because we are
+ * responsible for the key; who it names as its origin proves nothing, so
+ * the predecessor's exception is not for it. */
+static bool primary_ok(const dht_t *d, const dht_id_t *key, const dht_node_t *from, bool routed) {
+  return !d->joined || !d->has_pred || dht__is_primary(d, key) ||
+         (!routed && dht__node_eq(from, &d->pred));
 }
 
-static void reply_status(dht_t *d, dht__conn_t *c, uint32_t txid, uint8_t status) {
+static void reply_status(dht_t *d, const dht__reply_t *to, uint8_t status) {
   proto_store_r_t r = {.status = status};
   uint8_t buf[8];
   long n = proto_store_r_encode(buf, sizeof(buf), &r);
-  dht__rpc_reply(d, c, PROTO_STORE_R, txid, buf, (size_t)n);
+  dht__answer(d, to, PROTO_STORE_R, buf, (size_t)n);
 }
 
-static int answer_store(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const dht_node_t *peer) {
+static int answer_store(dht_t *d, const dht__reply_t *to, const proto_frame_t *f,
+                        const dht_node_t *peer) {
   proto_store_t s;
   int err = proto_store_decode(f->body, f->body_len, &s);
   if (err) return err;
   dht_id_t key;
   memcpy(key.b, s.key, DHT_ID_LEN);
-  if (!(s.flags & PROTO_STORE_REPLICA) && !primary_ok(d, &key, peer)) {
+  if (!(s.flags & PROTO_STORE_REPLICA) && !primary_ok(d, &key, peer, to->routed)) {
     /* Told so, the sender tries the next node; a primary STORE fans out,
      * so taking keys of others' ranges would let one peer fill three. */
     d->stats.refused_not_mine++;
-    reply_status(d, c, f->txid, PROTO_STORE_NOT_MINE);
+    reply_status(d, to, PROTO_STORE_NOT_MINE);
     return 0;
   }
   int missing, refused = apply_store(d, &s, peer, &missing);
@@ -432,9 +460,9 @@ static int answer_store(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const 
   if (!sr) return 0;
   /* A refusal is told, so the sender logs it and does not try elsewhere;
    * refreshes of versions we lack, so the sender sends them whole. */
-  *sr = (store_reply_t){.conn = c, .txid = f->txid, .stored = (uint16_t)(s.count - refused - missing),
+  *sr = (store_reply_t){.to = *to, .stored = (uint16_t)(s.count - refused - missing),
                         .status = refused ? PROTO_STORE_REFUSED : missing ? PROTO_STORE_NEED_FULL : 0};
-  dht__conn_ref(c);
+  dht__conn_ref(to->conn);
   if (s.flags & PROTO_STORE_REPLICA) {
     reply_stored(d, 1, sr);
     return 0;
@@ -446,7 +474,7 @@ static int answer_store(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const 
   return 0;
 }
 
-static int answer_fetch(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
+static int answer_fetch(dht_t *d, const dht__reply_t *to, const proto_frame_t *f) {
   proto_find_t q;
   int err = proto_find_decode(f->body, f->body_len, &q);
   if (err) return err;
@@ -465,16 +493,23 @@ static int answer_fetch(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
     proto_store_begin(&w, key.b, 0);
     n = proto_store_end(&w, buf);
   }
-  if (n >= 0 && n <= PROTO_MAX_BODY) dht__rpc_reply(d, c, PROTO_FETCH_R, f->txid, buf, (size_t)n);
+  if (n >= 0 && n <= PROTO_MAX_BODY) dht__answer(d, to, PROTO_FETCH_R, buf, (size_t)n);
   if (k) free(buf);
   return 0;
 }
 
+int dht__ops_answer(dht_t *d, const dht__reply_t *to, const proto_frame_t *f,
+                    const dht_node_t *from) {
+  return f->type == PROTO_STORE ? answer_store(d, to, f, from) : answer_fetch(d, to, f);
+}
+
 int dht__handle_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const dht_node_t *peer) {
+  dht__reply_t to = {.conn = c, .txid = f->txid};
   switch (f->type) {
   case PROTO_FIND: return answer_find(d, c, f);
-  case PROTO_STORE: return answer_store(d, c, f, peer);
-  case PROTO_FETCH: return answer_fetch(d, c, f);
+  case PROTO_STORE:
+  case PROTO_FETCH: return dht__ops_answer(d, &to, f, peer);
+  case PROTO_ROUTE: return dht__route_answer(d, c, f);
   case PROTO_REACH: return dht__reach_answer(d, c, f);
   default: return dht__ring_on_request(d, c, f, peer);
   }
@@ -520,6 +555,14 @@ static bool store_op_full(store_op_t *op) {
   return true;
 }
 
+static void store_refused(store_op_t *op, const dht_node_t *by, const proto_store_r_t *r) {
+  char a[64];
+  dht_addr_str(&by->addr, a, sizeof(a));
+  log_warn("store: %s refused %u of our values (access rules; its log says why)", a,
+           (unsigned)(r->stored < 1 ? 1 : r->stored));
+  store_op_done(op, DHT_EREFUSED, 0);
+}
+
 static void on_store_r(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer, void *arg) {
   store_op_t *op = arg;
   proto_store_r_t r;
@@ -528,11 +571,7 @@ static void on_store_r(dht_t *d, int status, const proto_frame_t *f, const dht_n
     return;
   }
   if (r.status == PROTO_STORE_REFUSED) {
-    char a[64];
-    dht_addr_str(&peer->addr, a, sizeof(a));
-    log_warn("store: %s refused %u of our values (access rules; its log says why)", a,
-             (unsigned)(r.stored < 1 ? 1 : r.stored));
-    store_op_done(op, DHT_EREFUSED, 0);
+    store_refused(op, peer, &r);
     return;
   }
   if (r.status == PROTO_STORE_NEED_FULL && store_op_full(op)) op->next--; /* same target again */
@@ -585,6 +624,51 @@ static void on_store_lookup(dht_t *d, int status, const dht_node_t *nodes, int n
   store_op_next(op);
 }
 
+/* The iterative path: look the key up, then STORE to what it found. */
+static void store_op_lookup(store_op_t *op) {
+  op->lookup_if_fails = false;
+  op->next = op->n_targets = 0;
+  int err = op->d->closed ? DHT_ECLOSING : dht__lookup(op->d, &op->key, on_store_lookup, op);
+  if (err) store_op_done(op, err, 0);
+}
+
+static void store_op_route(void *arg);
+
+static void on_store_routed(dht_t *d, int status, const proto_route_r_t *r, void *arg) {
+  store_op_t *op = arg;
+  proto_store_r_t sr;
+  if (status || r->type != PROTO_STORE_R || proto_store_r_decode(r->body, r->body_len, &sr) ||
+      (sr.status && sr.status != PROTO_STORE_REFUSED && sr.status != PROTO_STORE_NEED_FULL)) {
+    d->stats.routed_fallbacks++;
+    store_op_lookup(op);
+    return;
+  }
+  dht_node_t by;
+  dht__node_from_proto(&r->responder, &by);
+  if (sr.status == PROTO_STORE_REFUSED) {
+    store_refused(op, &by, &sr);
+    return;
+  }
+  if (sr.status == PROTO_STORE_NEED_FULL) {
+    if (store_op_full(op)) store_op_route(op);
+    else store_op_lookup(op);
+    return;
+  }
+  op->targets[0] = by; /* where refreshes may go directly while linked */
+  op->n_targets = op->next = 1;
+  store_op_done(op, DHT_OK, sr.replicas);
+}
+
+/* The routed path (the secured mode): the STORE travels over existing
+ * links to the key's owner; the iterative path is the fallback. */
+static void store_op_route(void *arg) {
+  store_op_t *op = arg;
+  int err = op->d->closed ? DHT_ECLOSING
+                          : dht__route_send(op->d, &op->key, 0, PROTO_STORE, op->body, op->len,
+                                            on_store_routed, op);
+  if (err) store_op_lookup(op); /* also when we are the owner: the lookup ends here at once */
+}
+
 /* Takes ownership of body (a complete STORE body) and of full (the same
  * values whole when body holds PROTO_VF_SAME refreshes; else NULL).  With a
  * known primary (a refresh), store there first and look up only if it
@@ -599,6 +683,11 @@ static int store_op(dht_t *d, const dht_id_t *key, uint8_t *body, size_t len, ui
   }
   *op = (store_op_t){.d = d, .key = *key, .body = body, .len = len, .full = full,
                      .full_len = full_len, .cb = cb, .arg = arg};
+  /* Routed unless the primary known is one we are linked to already. */
+  if (dht__route_on(d) && !(primary && dht__rpc_linked(d, primary))) {
+    if (defer(d, store_op_route, op) == 0) return 0;
+    primary = NULL;
+  }
   if (primary) {
     op->targets[0] = *primary;
     op->n_targets = 1;
@@ -1030,9 +1119,11 @@ typedef struct {
 struct get_op {
   dht_t *d;
   dht_id_t key;
-  dht_node_t targets[GET_TRIES];
+  dht_node_t targets[GET_TRIES]; /* routed: who answered (the key's owner, then its successors) */
   get_answer_t ans[GET_TRIES];
   int n_targets, next, waiting, hops;
+  bool routed; /* the secured mode: questions go routed; ask i is the owner's i-th successor */
+  bool failed; /* routed: a question got no answer */
   dht_get_cb cb;
   void *arg;
 };
@@ -1113,8 +1204,10 @@ static int get_merge(get_op_t *g, merged_t **out) {
   return (int)w;
 }
 
+static void on_routed_ignore(dht_t *d, int status, const proto_route_r_t *r, void *arg) {}
+
 /* Give the merged set to every node that answered without the newest
- * version of some value. */
+ * version of some value (routed gets: along the same route). */
 static void get_repair(get_op_t *g, const merged_t *m, int n) {
   dht_t *d = g->d;
   unsigned all = ~0u;
@@ -1133,12 +1226,15 @@ static void get_repair(get_op_t *g, const merged_t *m, int n) {
       len = proto_store_end(&w, buf);
     }
     if (len <= 0 || len > PROTO_MAX_BODY) break;
-    if (is_self(d, &g->targets[i])) {
-      proto_store_t s;
-      if (proto_store_decode(buf, (size_t)len, &s) == 0) apply_store(d, &s, NULL, NULL);
-    } else {
-      dht__rpc_call(d, &g->targets[i], PROTO_STORE, buf, (size_t)len, on_replica_stored_ignore, NULL);
-    }
+    /* Back where the answer came from: ourselves, the same route, or the node. */
+    int sent = is_self(d, &g->targets[i]) ? DHT__ROUTE_HERE
+               : g->routed ? dht__route_send(d, &g->key, (uint8_t)i, PROTO_STORE, buf, (size_t)len,
+                                             on_routed_ignore, NULL)
+                           : dht__rpc_call(d, &g->targets[i], PROTO_STORE, buf, (size_t)len,
+                                           on_replica_stored_ignore, NULL);
+    proto_store_t s;
+    if (sent == DHT__ROUTE_HERE && proto_store_decode(buf, (size_t)len, &s) == 0)
+      apply_store(d, &s, NULL, NULL);
   }
   free(buf);
 }
@@ -1188,6 +1284,24 @@ static bool answer_has_values(const get_answer_t *a) {
 }
 
 static void get_ask(get_op_t *g, int i);
+static void on_get_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, int hops,
+                          const dht_id_t *path, int path_len, void *arg);
+
+/* A routed get that found nothing and lost a question starts over on the
+ * iterative path, as if it had never been routed. */
+static void get_fall_back(get_op_t *g) {
+  dht_t *d = g->d;
+  for (int i = 0; i < g->next; i++) free(g->ans[i].body);
+  memset(g->ans, 0, sizeof(g->ans));
+  g->next = g->n_targets = g->waiting = 0;
+  g->routed = g->failed = false;
+  d->stats.routed_fallbacks++;
+  int err = d->closed ? DHT_ECLOSING : dht__lookup(d, &g->key, on_get_lookup, g);
+  if (err) {
+    g->cb(d, err, NULL, 0, g->hops, g->arg);
+    free(g);
+  }
+}
 
 /* Every question out so far is answered (or failed). */
 static void get_settle(get_op_t *g) {
@@ -1195,6 +1309,10 @@ static void get_settle(get_op_t *g) {
   for (int i = 0; i < g->next; i++) {
     any |= g->ans[i].body != NULL;
     values |= answer_has_values(&g->ans[i]);
+  }
+  if (!values && g->routed && g->failed) {
+    get_fall_back(g);
+    return;
   }
   if (!values && g->next < g->n_targets && !g->d->closed) {
     g->waiting = 1;
@@ -1244,17 +1362,51 @@ static void get_local(get_answer_t *a) {
   if (k) free(buf);
 }
 
+static void on_fetch_routed(dht_t *d, int status, const proto_route_r_t *r, void *arg) {
+  get_answer_t *a = arg;
+  get_op_t *g = a->g;
+  proto_store_t s;
+  bool ok = status == 0 && r->type == PROTO_FETCH_R && proto_store_decode(r->body, r->body_len, &s) == 0 &&
+            memcmp(s.key, g->key.b, PROTO_ID_LEN) == 0;
+  if (ok) {
+    dht__node_from_proto(&r->responder, &g->targets[a - g->ans]);
+    if (r->hops > g->hops) g->hops = r->hops;
+  }
+  g->failed |= !ok;
+  get_answered(a, ok ? r->body : NULL, ok ? r->body_len : 0);
+}
+
 /* Ask target i; the answer arrives through get_answered(), which may run
  * before this returns (our own store, or a call that fails at once). */
 static void get_ask(get_op_t *g, int i) {
   get_answer_t *a = &g->ans[i];
   a->g = g;
+  if (g->routed) {
+    int r = dht__route_send(g->d, &g->key, (uint8_t)i, PROTO_FETCH, g->key.b, PROTO_ID_LEN,
+                            on_fetch_routed, a);
+    if (r == DHT__ROUTE_HERE) {
+      g->targets[i] = g->d->self;
+      get_local(a);
+    } else if (r) {
+      g->failed = true;
+      get_answered(a, NULL, 0);
+    }
+    return;
+  }
   if (is_self(g->d, &g->targets[i])) {
     get_local(a);
     return;
   }
   if (dht__rpc_call(g->d, &g->targets[i], PROTO_FETCH, g->key.b, PROTO_ID_LEN, on_fetch_r, a))
     get_answered(a, NULL, 0);
+}
+
+/* Ask the first GET_PARALLEL targets at once. */
+static void get_start(get_op_t *g) {
+  int first = g->n_targets < GET_PARALLEL ? g->n_targets : GET_PARALLEL;
+  g->waiting = first + 1; /* held until every question is out */
+  while (g->next < first) get_ask(g, g->next++);
+  if (--g->waiting == 0) get_settle(g);
 }
 
 static void on_get_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, int hops,
@@ -1269,10 +1421,17 @@ static void on_get_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, 
   g->n_targets = n < GET_TRIES ? n : GET_TRIES;
   memcpy(g->targets, nodes, (size_t)g->n_targets * sizeof(*nodes));
   if (n > 0) recent_note(d, &g->key, &nodes[0]);
-  int first = g->n_targets < GET_PARALLEL ? g->n_targets : GET_PARALLEL;
-  g->waiting = first + 1; /* held until every question is out */
-  while (g->next < first) get_ask(g, g->next++);
-  if (--g->waiting == 0) get_settle(g);
+  get_start(g);
+}
+
+/* The routed path (the secured mode): FETCHes travel over existing links
+ * to the key's owner and its successors; the iterative path is the
+ * fallback. */
+static void get_route(void *arg) {
+  get_op_t *g = arg;
+  g->routed = true;
+  g->n_targets = GET_TRIES < g->d->nsucc + 1 ? GET_TRIES : g->d->nsucc + 1;
+  get_start(g);
 }
 
 int dht_get(dht_t *d, const char *name, dht_get_cb cb, void *arg) {
@@ -1284,7 +1443,7 @@ int dht_get(dht_t *d, const char *name, dht_get_cb cb, void *arg) {
   g->arg = arg;
   dht_id_of(name, &g->key);
   d->stats.gets++;
-  int err = dht__lookup(d, &g->key, on_get_lookup, g);
+  int err = dht__route_on(d) ? defer(d, get_route, g) : dht__lookup(d, &g->key, on_get_lookup, g);
   if (err) free(g);
   return err;
 }

@@ -74,6 +74,7 @@ struct dht__conn {
   dht_id_t expect;  /* outgoing: the node we meant to reach (zero: unknown) */
   uint64_t opened;  /* loop time */
   uint64_t frame_since; /* loop time the frame being assembled in rbuf began */
+  uint8_t first_type;   /* outgoing: the request that opened it (for the log) */
 };
 
 typedef struct dht__pending {
@@ -469,6 +470,13 @@ static void tls_handshake(dht__conn_t *c) {
     return;
   }
   c->d->stats.tls_handshakes++;
+  if (c->outgoing) {
+    /* What makes handshakes is what to avoid: say which request opened it. */
+    char a[64];
+    dht_addr_str(&c->remote, a, sizeof(a));
+    const char *why = dht_frame_name(c->first_type);
+    log_debug("TLS link to %s up, opened for a %s", a, why ? why : "?");
+  }
   conn_ready(c);
 }
 
@@ -733,6 +741,7 @@ int dht__rpc_call(dht_t *d, const dht_node_t *to, uint8_t type, const uint8_t *b
   p->arg = arg;
   p->type = type;
   p->txid = ++d->next_txid ? d->next_txid : ++d->next_txid;
+  if (!c->first_type) c->first_type = type;
   uv_timer_init(d->loop, &p->timer);
   p->timer.data = p;
   /* A request that waits for a TLS handshake gets the handshake's time
@@ -815,6 +824,6 @@ const char *dht_frame_name(int type) {
       NULL,     "hello",   "hello_r", "ping",  "ping_r",  "find",    "find_r",
       "neigh",  "neigh_r", "notify",  "notify_r", "store", "store_r", "fetch",
       "fetch_r", "leave",  "leave_r", "poke",  "poke_r", "join",   "join_r",  "reach",
-      "reach_r"};
+      "reach_r", "route", "route_r"};
   return type > 0 && type <= PROTO_TYPE_MAX ? names[type] : NULL;
 }

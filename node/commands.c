@@ -230,7 +230,7 @@ static json_t *cmd_stats(node_t *n) {
   json_t *hist = json_array();
   for (int i = 0; i <= top; i++) json_array_append_new(hist, json_integer((json_int_t)s.hops_hist[i]));
   json_t *by_type = json_object();
-  for (int t = 1; t < 24; t++)
+  for (int t = 1; t < (int)(sizeof(s.out_by_type) / sizeof(*s.out_by_type)); t++)
     if (dht_frame_name(t) && s.out_by_type[t])
       json_object_set_new(by_type, dht_frame_name(t), json_integer((json_int_t)s.out_by_type[t]));
   json_t *mem = json_object();
@@ -257,6 +257,9 @@ static json_t *cmd_stats(node_t *n) {
       {"refused_not_mine", s.refused_not_mine}, {"refused_net", s.refused_net},
       {"puts", s.puts},               {"gets", s.gets},
       {"stores_in", s.stores_in},     {"values_stored", s.values_stored},
+      {"routed_sent", s.routed_sent}, {"routed_forwarded", s.routed_forwarded},
+      {"routed_answered", s.routed_answered}, {"routed_failed", s.routed_failed},
+      {"routed_fallbacks", s.routed_fallbacks},
   };
   json_t *r = json_pack("{s:b, s:o, s:o, s:o}", "ok", 1, "hops_histogram", hist, "memory", mem,
                         "msgs_out_by_type", by_type);

@@ -347,6 +347,76 @@ long proto_store_r_encode(uint8_t *b, size_t n, const proto_store_r_t *in) {
   return wdone(&w, b);
 }
 
+/* ROUTE: key(20) flags(1) skip(1) hops(1) origin type(1) body_len(4) body
+ * ROUTE_R: status(1) hops(1) responder type(1) body_len(4) body
+ * The inner body takes the rest of the frame; its length is still given
+ * so that the end of the frame is checked like everywhere else. */
+
+static int get_inner(proto_cur_t *c, uint8_t *type, const uint8_t **body, uint32_t *len) {
+  proto_cur_t sub;
+  if (proto_get_u8(c, type) || proto_get_u32(c, len)) return PROTO_ETRUNC;
+  if (*len > PROTO_MAX_BODY) return PROTO_ETOOBIG;
+  if (proto_get_sub(c, *len, &sub)) return PROTO_ETRUNC;
+  *body = sub.p;
+  return cdone(c, 0);
+}
+
+static void put_inner(proto_wcur_t *w, uint8_t type, const uint8_t *body, uint32_t len) {
+  proto_put_u8(w, type);
+  proto_put_u32(w, len);
+  proto_put_bytes(w, body, len);
+}
+
+int proto_route_decode(const uint8_t *b, size_t n, proto_route_t *out) {
+  proto_cur_t c = {b, b + n};
+  proto_route_t v;
+  int err = proto_get_bytes(&c, v.key, PROTO_ID_LEN) | proto_get_u8(&c, &v.flags) |
+            proto_get_u8(&c, &v.skip) | proto_get_u8(&c, &v.hops);
+  if (err) return PROTO_ETRUNC;
+  if (v.flags & ~PROTO_ROUTE_FLAGS) return PROTO_EINVAL;
+  if ((err = get_node(&c, &v.origin)) || (err = get_inner(&c, &v.type, &v.body, &v.body_len)))
+    return err;
+  /* No nesting, and only requests travel this way. */
+  if (!(v.type & 1) || v.type == PROTO_ROUTE || v.type > PROTO_TYPE_MAX) return PROTO_EINVAL;
+  *out = v;
+  return 0;
+}
+
+long proto_route_encode(uint8_t *b, size_t n, const proto_route_t *in) {
+  proto_wcur_t w = {b, b + n, 0};
+  proto_put_bytes(&w, in->key, PROTO_ID_LEN);
+  proto_put_u8(&w, in->flags);
+  proto_put_u8(&w, in->skip);
+  proto_put_u8(&w, in->hops);
+  put_node(&w, &in->origin);
+  put_inner(&w, in->type, in->body, in->body_len);
+  return wdone(&w, b);
+}
+
+int proto_route_r_decode(const uint8_t *b, size_t n, proto_route_r_t *out) {
+  proto_cur_t c = {b, b + n};
+  proto_route_r_t v;
+  int err = proto_get_u8(&c, &v.status) | proto_get_u8(&c, &v.hops);
+  if (err) return PROTO_ETRUNC;
+  if ((err = get_node(&c, &v.responder)) || (err = get_inner(&c, &v.type, &v.body, &v.body_len)))
+    return err;
+  /* Answered: a response other than ROUTE_R; failed: nothing inside. */
+  if (v.status == 0 ? (v.type & 1) || v.type == 0 || v.type == PROTO_ROUTE_R || v.type > PROTO_TYPE_MAX
+                    : v.status != PROTO_ROUTE_FAILED || v.type != 0 || v.body_len != 0)
+    return PROTO_EINVAL;
+  *out = v;
+  return 0;
+}
+
+long proto_route_r_encode(uint8_t *b, size_t n, const proto_route_r_t *in) {
+  proto_wcur_t w = {b, b + n, 0};
+  proto_put_u8(&w, in->status);
+  proto_put_u8(&w, in->hops);
+  put_node(&w, &in->responder);
+  put_inner(&w, in->type, in->body, in->body_len);
+  return wdone(&w, b);
+}
+
 /* STORE and FETCH_R: key, flags, count, values.
  * A value: vid_len(1) vid kind(1) flags(1) owner(20) seq(8) ttl(4)
  *          body_len(4) body */

@@ -71,7 +71,9 @@ enum proto_type {
   PROTO_JOIN_R = 20,
   PROTO_REACH = 21, /* "what address do you see, and can you connect back?" */
   PROTO_REACH_R = 22,
-  PROTO_TYPE_MAX = 22,
+  PROTO_ROUTE = 23, /* a STORE or FETCH carried hop by hop to the key's owner */
+  PROTO_ROUTE_R = 24,
+  PROTO_TYPE_MAX = 24,
 };
 
 /* A bounds-checked read cursor.  Every getter returns 0 or PROTO_ETRUNC and
@@ -186,6 +188,36 @@ typedef struct {
   proto_node_t seen; /* id unused (zero) */
 } proto_reach_r_t;
 
+/* ROUTE (RFC 6940's symmetric recursive routing, for data requests): each
+ * hop passes it to a node closer to key over a link it already has; the
+ * key's owner (or, with skip > 0, the skip-th node after it, reached along
+ * successors with PROTO_ROUTE_PASSED set) answers the inner request, and
+ * the answer goes back the same way as a ROUTE_R.  origin names who asked,
+ * for logs only: intermediate nodes could change it, so it carries no
+ * authority (values carry their signatures). */
+#define PROTO_ROUTE_PASSED 0x01 /* past the owner: count skip down along successors */
+#define PROTO_ROUTE_FLAGS PROTO_ROUTE_PASSED
+typedef struct {
+  uint8_t key[PROTO_ID_LEN];
+  uint8_t flags;
+  uint8_t skip; /* successors of the owner still to pass */
+  uint8_t hops; /* hops so far; the receiver bounds it */
+  proto_node_t origin;
+  uint8_t type; /* the inner request: an odd type other than ROUTE */
+  const uint8_t *body;
+  uint32_t body_len;
+} proto_route_t;
+
+#define PROTO_ROUTE_FAILED 1 /* ROUTE_R status: no answer (no route, hop limit, a hop failed) */
+typedef struct {
+  uint8_t status; /* 0: answered (type and body hold the answer) */
+  uint8_t hops;   /* hops the request took */
+  proto_node_t responder;
+  uint8_t type; /* the inner response: the even type after a request; 0 when failed */
+  const uint8_t *body;
+  uint32_t body_len;
+} proto_route_r_t;
+
 /* Framing: parse a header from the first len bytes of buf.  Returns the
  * whole frame's size when it is complete, PROTO_NEED_MORE when more bytes
  * are needed, or a negative error (the connection should be closed). */
@@ -216,6 +248,10 @@ int proto_reach_r_decode(const uint8_t *b, size_t n, proto_reach_r_t *out);
 long proto_reach_r_encode(uint8_t *b, size_t n, const proto_reach_r_t *in);
 int proto_store_r_decode(const uint8_t *b, size_t n, proto_store_r_t *out);
 long proto_store_r_encode(uint8_t *b, size_t n, const proto_store_r_t *in);
+int proto_route_decode(const uint8_t *b, size_t n, proto_route_t *out);
+long proto_route_encode(uint8_t *b, size_t n, const proto_route_t *in);
+int proto_route_r_decode(const uint8_t *b, size_t n, proto_route_r_t *out);
+long proto_route_r_encode(uint8_t *b, size_t n, const proto_route_r_t *in);
 
 /* STORE and FETCH_R: the decoder checks every value, so that after it
  * returns 0, proto_value_next() cannot fail on the same view. */

@@ -192,6 +192,75 @@ static void test_reach(void) {
   ASSERT_EQ(proto_reach_r_decode(buf, (size_t)n, &r2), PROTO_EINVAL);
 }
 
+static void test_route(void) {
+  uint8_t inner[PROTO_ID_LEN], buf[256];
+  memset(inner, 7, sizeof(inner));
+  proto_route_t q = {.flags = PROTO_ROUTE_PASSED, .skip = 1, .hops = 3, .origin = node(9, 6),
+                     .type = PROTO_FETCH, .body = inner, .body_len = sizeof(inner)}, q2;
+  memset(q.key, 0xab, sizeof(q.key));
+  long n = proto_route_encode(buf, sizeof(buf), &q);
+  ASSERT(n > 0);
+  ASSERT_OK(proto_route_decode(buf, (size_t)n, &q2));
+  ASSERT_MEM_EQ(q2.key, q.key, PROTO_ID_LEN);
+  ASSERT_EQ(q2.flags, PROTO_ROUTE_PASSED);
+  ASSERT_EQ(q2.skip, 1);
+  ASSERT_EQ(q2.hops, 3);
+  ASSERT_MEM_EQ(&q2.origin, &q.origin, sizeof(q.origin));
+  ASSERT_EQ(q2.type, PROTO_FETCH);
+  ASSERT_EQ(q2.body_len, sizeof(inner));
+  ASSERT_MEM_EQ(q2.body, inner, sizeof(inner));
+  ASSERT(q2.body + q2.body_len == buf + n); /* points into the frame */
+  for (long i = 0; i < n; i++) ASSERT(proto_route_decode(buf, (size_t)i, &q2) < 0);
+  uint8_t big[300];
+  memcpy(big, buf, (size_t)n);
+  big[n] = 0;
+  ASSERT_EQ(proto_route_decode(big, (size_t)n + 1, &q2), PROTO_ETRAIL);
+  /* Unknown flags, a response inside, a ROUTE inside: refused. */
+  q.flags = 0x80;
+  n = proto_route_encode(buf, sizeof(buf), &q);
+  ASSERT_EQ(proto_route_decode(buf, (size_t)n, &q2), PROTO_EINVAL);
+  q.flags = 0;
+  q.type = PROTO_FETCH_R;
+  n = proto_route_encode(buf, sizeof(buf), &q);
+  ASSERT_EQ(proto_route_decode(buf, (size_t)n, &q2), PROTO_EINVAL);
+  q.type = PROTO_ROUTE;
+  n = proto_route_encode(buf, sizeof(buf), &q);
+  ASSERT_EQ(proto_route_decode(buf, (size_t)n, &q2), PROTO_EINVAL);
+  /* A declared inner length above the frame's bound. */
+  q.type = PROTO_FETCH;
+  n = proto_route_encode(buf, sizeof(buf), &q);
+  size_t at = (size_t)n - sizeof(inner) - 4;
+  buf[at] = 0xff;
+  ASSERT_EQ(proto_route_decode(buf, (size_t)n, &q2), PROTO_ETOOBIG);
+
+  proto_store_r_t sr = {.stored = 1, .replicas = 3};
+  uint8_t sbuf[8];
+  long sn = proto_store_r_encode(sbuf, sizeof(sbuf), &sr);
+  proto_route_r_t r = {.hops = 2, .responder = node(4, 4), .type = PROTO_STORE_R, .body = sbuf,
+                       .body_len = (uint32_t)sn}, r2;
+  n = proto_route_r_encode(buf, sizeof(buf), &r);
+  ASSERT_OK(proto_route_r_decode(buf, (size_t)n, &r2));
+  ASSERT_EQ(r2.status, 0);
+  ASSERT_EQ(r2.hops, 2);
+  ASSERT_MEM_EQ(&r2.responder, &r.responder, sizeof(r.responder));
+  ASSERT_EQ(r2.type, PROTO_STORE_R);
+  ASSERT_MEM_EQ(r2.body, sbuf, (size_t)sn);
+  for (long i = 0; i < n; i++) ASSERT(proto_route_r_decode(buf, (size_t)i, &r2) < 0);
+  /* A failure carries nothing; an answer carries a response. */
+  r.status = PROTO_ROUTE_FAILED;
+  n = proto_route_r_encode(buf, sizeof(buf), &r);
+  ASSERT_EQ(proto_route_r_decode(buf, (size_t)n, &r2), PROTO_EINVAL);
+  r.type = 0;
+  r.body_len = 0;
+  n = proto_route_r_encode(buf, sizeof(buf), &r);
+  ASSERT_OK(proto_route_r_decode(buf, (size_t)n, &r2));
+  ASSERT_EQ(r2.status, PROTO_ROUTE_FAILED);
+  r.status = 0;
+  r.type = PROTO_STORE;
+  n = proto_route_r_encode(buf, sizeof(buf), &r);
+  ASSERT_EQ(proto_route_r_decode(buf, (size_t)n, &r2), PROTO_EINVAL);
+}
+
 static void test_garbage(void) {
   /* Pseudo-random bytes never crash a decoder and never decode as a frame
    * that claims more than the buffer holds. */
@@ -222,6 +291,10 @@ static void test_garbage(void) {
     (void)proto_neigh_r_decode(buf, len, &nr);
     (void)proto_find_r_decode(buf, len, &fr);
     (void)proto_hello_decode(buf, len, &h);
+    proto_route_t rq;
+    proto_route_r_t rr;
+    if (proto_route_decode(buf, len, &rq) == 0) ASSERT(rq.body + rq.body_len == buf + len);
+    if (proto_route_r_decode(buf, len, &rr) == 0) ASSERT(rr.body + rr.body_len == buf + len);
   }
 }
 
@@ -232,6 +305,7 @@ int main(void) {
   test_find_neigh();
   test_store();
   test_reach();
+  test_route();
   test_garbage();
   printf("test_frame: ok\n");
   return 0;
