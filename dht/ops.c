@@ -1014,7 +1014,10 @@ void dht__owned_refresh_all(dht_t *d) {
  * just left the replica set, or missed the removal).  An answer holding
  * anything for the key, tombstones included, is authoritative: only while
  * every answer is empty (a node that joined a moment ago) are the next
- * replicas asked, one at a time.  A node whose answer lacked the winning
+ * replicas asked, one at a time, until as many nodes as a value has copies
+ * have answered: a key none of them holds is held nowhere (a registrar's
+ * get of a new user's AOR asked five nodes in turn, a third of its DHT
+ * traffic).  A node whose answer lacked the winning
  * version of some value gets the merged set back (read repair), so the
  * newer value or tombstone goes where the stale one was served. */
 #define GET_PARALLEL 2
@@ -1191,12 +1194,14 @@ static void get_ask(get_op_t *g, int i);
 
 /* Every question out so far is answered (or failed). */
 static void get_settle(get_op_t *g) {
-  bool any = false, values = false;
+  bool values = false;
+  int answers = 0;
   for (int i = 0; i < g->next; i++) {
-    any |= g->ans[i].body != NULL;
+    answers += g->ans[i].body != NULL;
     values |= answer_has_values(&g->ans[i]);
   }
-  if (!values && g->next < g->n_targets && !g->d->closed) {
+  bool any = answers > 0;
+  if (!values && answers < g->d->replicas && g->next < g->n_targets && !g->d->closed) {
     g->waiting = 1;
     get_ask(g, g->next++);
     return;
