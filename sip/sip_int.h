@@ -364,6 +364,8 @@ int sip__auth_has_user(sip_svc_t *s, const char *user);
 const dht_cert_creds_t *sip__auth_creds(sip_svc_t *s, const char *user);
 /* RFC 7616 3.4.1 response for alg "MD5" or "SHA-256" (qop "auth" or NULL:
  * RFC 2069 style), lowercase hex into out. */
+/* n bytes as 2n lower-case hex digits and a NUL (digest.c). */
+void sip__hex(const uint8_t *in, size_t n, char *out);
 int sip__digest(const char *alg, const char *ha1, const char *nonce, const char *nc,
                 const char *cnonce, const char *qop, const char *method, const char *uri,
                 char *out, size_t outlen);
