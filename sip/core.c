@@ -319,6 +319,11 @@ static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg
   sip_req_t rq;
   if (sip__limit_admit(s, msg, sip, node || local, &src))
     return 0;
+  /* A retransmission of a REGISTER we are working on is dropped before
+   * the shedding below: its 503 would cost as much as the answer, and
+   * tell the phone its registration failed while it goes through. */
+  if (m == sip_method_register && sip__reg_underway(s, msg, sip))
+    return 0;
   if (must_shed(s, sip)) {
     s->c.shed++;
     sip__reply_stateless(s, msg, sip, SIP_503_SERVICE_UNAVAILABLE, SIPTAG_RETRY_AFTER_STR("2"),

@@ -374,6 +374,9 @@ int sip__digest(const char *alg, const char *ha1, const char *nonce, const char 
 /* A REGISTER for this node: answered statelessly, now or once the DHT
  * has answered (registrar.c keeps answers for retransmissions).  Takes msg. */
 void sip__register(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq);
+/* A retransmission of a REGISTER still under way here: dropped (and
+ * counted), 1; otherwise 0 and msg is left alone. */
+int sip__reg_underway(sip_svc_t *s, msg_t *msg, const sip_t *sip);
 void sip__reg_answers_free(sip_svc_t *s);
 const sip_reg_t *sip__reg_by_contact(const sip_svc_t *s, const url_t *u);
 const sip_reg_t *sip__reg_by_hostport(const sip_svc_t *s, const url_t *u);
