@@ -28,6 +28,8 @@ struct sip_loop {
   uv_timer_t defer;
   void (*defer_fn)(void *);
   void *defer_arg;
+  void (*before_fn)(void *); /* sip__loop_before_step */
+  void *before_arg;
 };
 
 #define MAX_FDS 4096 /* fds looked at when searching for the epoll fd */
@@ -106,6 +108,8 @@ static void on_timer(uv_timer_t *h);
  * would spin, so the floor is 1 ms. */
 static void step(sip_loop_t *l)
 {
+  if (l->before_fn)
+    l->before_fn(l->before_arg);
   su_duration_t next = su_root_step(l->root, 0);
   if (next < 0) {
     uv_timer_stop(&l->timer);
@@ -151,6 +155,11 @@ int sip__loop_new(uv_loop_t *uv, sip_loop_t **out)
   uv_timer_start(&l->timer, on_timer, 1, 0);
   *out = l;
   return 0;
+}
+
+void sip__loop_before_step(sip_loop_t *l, void (*fn)(void *), void *arg)
+{
+  l->before_fn = fn, l->before_arg = arg;
 }
 
 su_root_t *sip__loop_root(sip_loop_t *l)

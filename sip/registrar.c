@@ -996,13 +996,18 @@ static void ans_key(const sip_t *sip, char key[600])
            sip->sip_cseq ? sip->sip_cseq->cs_seq : 0);
 }
 
+int sip__reg_key_underway(sip_svc_t *s, const char *key)
+{
+  ans_expire(s);
+  regans_t *a = ans_find(s, key);
+  return a && a->rtx;
+}
+
 int sip__reg_underway(sip_svc_t *s, msg_t *msg, const sip_t *sip)
 {
   char key[600];
   ans_key(sip, key);
-  ans_expire(s);
-  regans_t *a = ans_find(s, key);
-  if (!a || !a->rtx)
+  if (!sip__reg_key_underway(s, key))
     return 0;
   s->c.register_repeats++;
   msg_destroy(msg);
