@@ -274,21 +274,25 @@ static int must_shed(sip_svc_t *s, const sip_t *sip)
 /* Before sofia reads the next datagram: retransmissions of REGISTERs
  * still under way here, at the head of the socket's queue, are taken off
  * it unparsed (peek.c); sofia's parse of each cost as much as the work
- * they repeat, and under load phones send many (sipp every 500 ms). */
-static void drop_repeats(void *arg)
+ * they repeat, and under load phones send many (sipp every 500 ms).
+ * 1 when a datagram is left for sofia (the bridge may step again). */
+static int drop_repeats(void *arg)
 {
   sip_svc_t *s = arg;
   char buf[SIP_PEEK_BYTES], key[600];
   for (int i = 0; i < SIP_PEEK_MAX && s->n_rtx > 0 && s->udp_fd >= 0; i++) {
     ssize_t n = recv(s->udp_fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
-    if (n <= 0 || !sip__peek_register_key(buf, (size_t)n, key, sizeof key) ||
+    if (n < 0)
+      return 0;
+    if (!sip__peek_register_key(buf, (size_t)n, key, sizeof key) ||
         !sip__reg_key_underway(s, key))
-      return;
+      return 1;
     if (recv(s->udp_fd, buf, 1, MSG_DONTWAIT) < 0)
-      return;
+      return 0;
     s->c.register_repeats++;
     s->c.register_repeats_peeked++;
   }
+  return 0;
 }
 
 static int on_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *irq,

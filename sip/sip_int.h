@@ -56,6 +56,7 @@
 #define SIP_MAX_REGISTERING 1024  /* REGISTERs waiting for the DHT at once */
 #define SIP_PEEK_BYTES 2048       /* of a datagram looked at before sofia reads it */
 #define SIP_PEEK_MAX 64           /* datagrams dropped so at most, per step */
+#define SIP_LOOP_BURST 8          /* sofia steps in a row while datagrams are queued */
 #define SIP_REG_LINGER_MS 16000   /* a REGISTER's answer is kept for retransmissions */
 #define SIP_REG_ANSWER_BUCKETS 16384
 #define SIP_REG_ANSWERS_MAX 200000 /* answers kept at most (~50 MB at worst) */
@@ -257,8 +258,9 @@ su_root_t *sip__loop_root(sip_loop_t *l);
 /* Runs fn(arg) from libuv, outside any sofia callback; -EBUSY if another
  * call is pending. */
 int sip__loop_defer(sip_loop_t *l, void (*fn)(void *), void *arg);
-/* fn(arg) before each step of sofia's loop (NULL: none). */
-void sip__loop_before_step(sip_loop_t *l, void (*fn)(void *), void *arg);
+/* fn(arg) before each step of sofia's loop (NULL: none); while it
+ * returns 1 (datagrams are queued) the bridge steps again. */
+void sip__loop_before_step(sip_loop_t *l, int (*fn)(void *), void *arg);
 /* The first open fd for which match() is nonzero, or -1: sofia hands out
  * none of its sockets' fds (core.c looks for its SIP UDP socket). */
 int sip__loop_find_fd(int (*match)(int fd, void *arg), void *arg);
