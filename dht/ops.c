@@ -620,64 +620,35 @@ static int store_op(dht_t *d, const dht_id_t *key, uint8_t *body, size_t len, ui
  * same key: the store's lookup (a few hops) would find what the get's just
  * found.  Gets note the primary here; a first store of a value takes it if
  * it is fresh, and looks up only if that node fails it (as refreshes do
- * with the primary of their last store).  Direct-mapped by key; the table
- * starts at RECENT_SLOTS and doubles, up to RECENT_SLOTS_MAX, when more
- * than half as many notes as it has slots came within RECENT_MS: a registrar past its knee had ~4,000
- * REGISTERs between get and store, and with 1,024 slots most stores lost
- * their primary and looked it up, more work when there was least time for
- * it.  An entry is ~180 bytes; nodes that get little stay at 1,024. */
+ * with the primary of their last store).  Direct-mapped by key. */
 #define RECENT_SLOTS 1024
-#define RECENT_SLOTS_MAX 16384
 #define RECENT_MS 2000
 
-typedef struct {
-  dht_id_t key;
-  dht_node_t node;
-  uint64_t at; /* 0: empty */
-} recent_entry_t;
-
 struct dht__recent {
-  size_t n;       /* slots, a power of two */
-  uint64_t since; /* when the notes being counted began */
-  size_t notes;   /* since then */
-  recent_entry_t e[];
+  struct {
+    dht_id_t key;
+    dht_node_t node;
+    uint64_t at; /* 0: empty */
+  } e[RECENT_SLOTS];
 };
 
-static size_t recent_slot(const struct dht__recent *r, const dht_id_t *key) {
+static size_t recent_slot(const dht_id_t *key) {
   uint32_t h;
   memcpy(&h, key->b + 8, sizeof(h));
-  return h & (r->n - 1);
-}
-
-static struct dht__recent *recent_alloc(size_t n) {
-  struct dht__recent *r = calloc(1, sizeof(*r) + n * sizeof(recent_entry_t));
-  if (r) r->n = n;
-  return r;
-}
-
-/* Twice the slots, the fresh entries moved over; unchanged if memory is short. */
-static void recent_grow(dht_t *d, uint64_t now) {
-  struct dht__recent *old = d->recent, *r = recent_alloc(old->n * 2);
-  if (!r) return;
-  r->since = now;
-  for (size_t i = 0; i < old->n; i++)
-    if (old->e[i].at && now - old->e[i].at <= RECENT_MS) r->e[recent_slot(r, &old->e[i].key)] = old->e[i];
-  free(old);
-  d->recent = r;
+  return h % RECENT_SLOTS;
 }
 
 static void recent_note(dht_t *d, const dht_id_t *key, const dht_node_t *node) {
-  if (!d->recent && !(d->recent = recent_alloc(RECENT_SLOTS))) return;
-  uint64_t now = uv_now(d->loop);
-  struct dht__recent *r = d->recent;
-  if (now - r->since > RECENT_MS) r->since = now, r->notes = 0;
-  if (++r->notes > r->n / 2 && r->n < RECENT_SLOTS_MAX) recent_grow(d, now);
-  d->recent->e[recent_slot(d->recent, key)] = (recent_entry_t){.key = *key, .node = *node, .at = now};
+  if (!d->recent && !(d->recent = calloc(1, sizeof(*d->recent)))) return;
+  size_t i = recent_slot(key);
+  d->recent->e[i].key = *key;
+  d->recent->e[i].node = *node;
+  d->recent->e[i].at = uv_now(d->loop);
 }
 
 static const dht_node_t *recent_find(dht_t *d, const dht_id_t *key) {
   if (!d->recent) return NULL;
-  size_t i = recent_slot(d->recent, key);
+  size_t i = recent_slot(key);
   uint64_t at = d->recent->e[i].at, now = uv_now(d->loop);
   if (!at || now - at > RECENT_MS || !dht__id_eq(&d->recent->e[i].key, key)) return NULL;
   return &d->recent->e[i].node;
