@@ -304,6 +304,9 @@ struct dht {
   const dht_cert_creds_t *creds; /* secured mode: signs our values */
   uv_tcp_t listener;
   dht__conn_t *conns;
+  dht__conn_t *dirty;    /* links with frames to write this iteration (rpc.c) */
+  uv_idle_t flush_idle;  /* writes them when sent outside the poll phase */
+  uv_check_t flush_check; /* writes them after the poll phase */
   size_t frame_bytes; /* unfinished frames held, all connections (rpc.c) */
   uint32_t next_txid;
   struct dht__pending *pending;

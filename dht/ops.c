@@ -1103,7 +1103,13 @@ void dht__owned_refresh_all(dht_t *d) {
  * just left the replica set, or missed the removal).  An answer holding
  * anything for the key, tombstones included, is authoritative: only while
  * every answer is empty (a node that joined a moment ago) are the next
- * replicas asked, one at a time.  A node whose answer lacked the winning
+ * replicas asked, one at a time, until two nodes have answered: the
+ * primary and its first replica both empty means no store reached the key
+ * (a store lands on both before it is answered, and a node that joins as
+ * primary leaves the old one next to it), unless two nodes joined in front
+ * of the key within a repair delay.  A registrar's get of a new user's AOR
+ * asked five nodes in turn: a third of its DHT messages, and two round
+ * trips more per REGISTER.  A node whose answer lacked the winning
  * version of some value gets the merged set back (read repair), so the
  * newer value or tombstone goes where the stale one was served. */
 #define GET_PARALLEL 2
@@ -1305,16 +1311,18 @@ static void get_fall_back(get_op_t *g) {
 
 /* Every question out so far is answered (or failed). */
 static void get_settle(get_op_t *g) {
-  bool any = false, values = false;
+  bool values = false;
+  int answers = 0;
   for (int i = 0; i < g->next; i++) {
-    any |= g->ans[i].body != NULL;
+    answers += g->ans[i].body != NULL;
     values |= answer_has_values(&g->ans[i]);
   }
+  bool any = answers > 0;
   if (!values && g->routed && g->failed) {
     get_fall_back(g);
     return;
   }
-  if (!values && g->next < g->n_targets && !g->d->closed) {
+  if (!values && answers < GET_PARALLEL && g->next < g->n_targets && !g->d->closed) {
     g->waiting = 1;
     get_ask(g, g->next++);
     return;

@@ -14,7 +14,7 @@
  * sofia-sip parses the credentials (auth_digest_response_get); it computes
  * MD5 digests only, so the response (RFC 7616 3.4.1) is computed once for
  * both algorithms with OpenSSL's EVP (digest.c).  Nonces are stateless: the time
- * they were made and an HMAC-SHA256 of it under a key drawn at start, good
+ * they were made (to the second) and an HMAC-SHA256 of it under a key drawn at start, good
  * for SIP_NONCE_TTL_S (then "stale").  Nonce counts are not tracked: a
  * captured response can be replayed until its nonce expires, for the same
  * method and Request-URI only (both are under the digest, and the URI is
@@ -41,6 +41,13 @@
 
 #define NONCE_KEY_LEN 32
 #define NONCE_MAC_LEN 16
+#define NONCE_HEX (2 * (8 + NONCE_MAC_LEN))
+/* Challenges made within one step share a nonce, and the nonces of the
+ * last NONCE_CACHE steps are kept: an HMAC for each challenge and each
+ * check was 6% of a registrar's CPU.  Nonces are not tracked per client
+ * anyway (see above), so sharing one gives a replayer nothing. */
+#define NONCE_STEP_MS 1000
+#define NONCE_CACHE 8
 #define MAX_DIGEST_FILE 4096
 
 typedef struct sip_user sip_user_t;
@@ -60,6 +67,10 @@ struct sip_authdb {
   int n_algs;
   dht_cert_ca_t *ca; /* NULL: the open mode, no user certificates */
   uint8_t key[NONCE_KEY_LEN];
+  struct {
+    uint64_t t;
+    char hex[NONCE_HEX + 1]; /* "" while empty */
+  } nonces[NONCE_CACHE];     /* by t / NONCE_STEP_MS */
   sip_user_t **tab;
   size_t nb, n;
 };
@@ -293,25 +304,47 @@ const dht_cert_creds_t *sip__auth_creds(sip_svc_t *s, const char *user)
 }
 
 /* ---- nonces ---------------------------------------------------------------
- * 8 bytes of uv_now() milliseconds (big-endian) and the first
- * NONCE_MAC_LEN bytes of their HMAC-SHA256, hex. */
+ * 8 bytes of uv_now() milliseconds (big-endian, a multiple of
+ * NONCE_STEP_MS) and the first NONCE_MAC_LEN bytes of their HMAC-SHA256,
+ * hex. */
 
-static void nonce_make(sip_svc_t *s, uint64_t t, char out[2 * (8 + NONCE_MAC_LEN) + 1])
+static void nonce_compute(sip_svc_t *s, uint64_t t, char out[NONCE_HEX + 1])
 {
   uint8_t raw[8 + EVP_MAX_MD_SIZE];
   unsigned ml = 0;
   for (int i = 0; i < 8; i++)
     raw[i] = (uint8_t)(t >> (56 - 8 * i));
   HMAC(EVP_sha256(), s->auth->key, NONCE_KEY_LEN, raw, 8, raw + 8, &ml);
-  for (int i = 0; i < 8 + NONCE_MAC_LEN; i++)
-    snprintf(out + 2 * i, 3, "%02x", raw[i]);
+  sip__hex(raw, 8 + NONCE_MAC_LEN, out);
+}
+
+/* The nonce of time t, from the cache when it is there; kept there when
+ * keep (ours: not a time a stranger made up, which would evict ours). */
+static const char *nonce_of(sip_svc_t *s, uint64_t t, int keep, char buf[NONCE_HEX + 1])
+{
+  sip_authdb_t *a = s->auth;
+  size_t i = (size_t)(t / NONCE_STEP_MS % NONCE_CACHE);
+  if (a->nonces[i].hex[0] && a->nonces[i].t == t)
+    return a->nonces[i].hex;
+  nonce_compute(s, t, buf);
+  if (keep) {
+    a->nonces[i].t = t;
+    memcpy(a->nonces[i].hex, buf, NONCE_HEX + 1);
+  }
+  return buf;
+}
+
+static const char *nonce_make(sip_svc_t *s, char buf[NONCE_HEX + 1])
+{
+  uint64_t now = sip__now_ms(s);
+  return nonce_of(s, now - now % NONCE_STEP_MS, 1, buf);
 }
 
 /* 0 fresh, -ESTALE too old, -EINVAL not ours. */
 static int nonce_check(sip_svc_t *s, const char *nonce)
 {
-  char want[2 * (8 + NONCE_MAC_LEN) + 1];
-  if (!nonce || strlen(nonce) != sizeof want - 1)
+  char buf[NONCE_HEX + 1];
+  if (!nonce || strlen(nonce) != NONCE_HEX)
     return -EINVAL;
   uint64_t t = 0;
   for (int i = 0; i < 16; i++) {
@@ -321,8 +354,7 @@ static int nonce_check(sip_svc_t *s, const char *nonce)
       return -EINVAL;
     t = t << 4 | (uint64_t)v;
   }
-  nonce_make(s, t, want);
-  if (CRYPTO_memcmp(want, nonce, sizeof want - 1) != 0)
+  if (CRYPTO_memcmp(nonce_of(s, t, 0, buf), nonce, NONCE_HEX) != 0)
     return -EINVAL;
   uint64_t now = sip__now_ms(s);
   return t > now || now - t > (uint64_t)SIP_NONCE_TTL_S * 1000 ? -ESTALE : 0;
@@ -406,8 +438,8 @@ int sip__auth_check(sip_svc_t *s, const sip_t *sip, int proxy, char user[DHT_CER
 void sip__auth_challenge(sip_svc_t *s, msg_t *msg, sip_t *sip, int proxy, int stale)
 {
   const sip_authdb_t *a = s->auth;
-  char nonce[2 * (8 + NONCE_MAC_LEN) + 1], h[2][400];
-  nonce_make(s, sip__now_ms(s), nonce);
+  char buf[NONCE_HEX + 1], h[2][400];
+  const char *nonce = nonce_make(s, buf);
   /* RFC 8760 2.4: one challenge per algorithm, the preferred first. */
   for (int i = 0; i < a->n_algs; i++)
     snprintf(h[i], sizeof h[i], "Digest realm=\"%s\", nonce=\"%s\", qop=\"auth\", algorithm=%s%s",

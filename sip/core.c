@@ -271,6 +271,30 @@ static int must_shed(sip_svc_t *s, const sip_t *sip)
          queue_delay_ms(s) > SIP_SHED_DELAY_MS;
 }
 
+/* Before sofia reads the next datagram: retransmissions of REGISTERs
+ * still under way here, at the head of the socket's queue, are taken off
+ * it unparsed (peek.c); sofia's parse of each cost as much as the work
+ * they repeat, and under load phones send many (sipp every 500 ms).
+ * 1 when a datagram is left for sofia (the bridge may step again). */
+static int drop_repeats(void *arg)
+{
+  sip_svc_t *s = arg;
+  char buf[SIP_PEEK_BYTES], key[600];
+  for (int i = 0; i < SIP_PEEK_MAX && s->n_rtx > 0 && s->udp_fd >= 0; i++) {
+    ssize_t n = recv(s->udp_fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0)
+      return 0;
+    if (!sip__peek_register_key(buf, (size_t)n, key, sizeof key) ||
+        !sip__reg_key_underway(s, key))
+      return 1;
+    if (recv(s->udp_fd, buf, 1, MSG_DONTWAIT) < 0)
+      return 0;
+    s->c.register_repeats++;
+    s->c.register_repeats_peeked++;
+  }
+  return 0;
+}
+
 static int on_request(nta_leg_magic_t *magic, nta_leg_t *leg, nta_incoming_t *irq,
                       sip_t const *sip);
 static int on_stray(nta_outgoing_magic_t *magic, nta_outgoing_t *orq, sip_t const *sip);
@@ -318,6 +342,11 @@ static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg
   int src;
   sip_req_t rq;
   if (sip__limit_admit(s, msg, sip, node || local, &src))
+    return 0;
+  /* A retransmission of a REGISTER we are working on is dropped before
+   * the shedding below: its 503 would cost as much as the answer, and
+   * tell the phone its registration failed while it goes through. */
+  if (m == sip_method_register && sip__reg_underway(s, msg, sip))
     return 0;
   if (must_shed(s, sip)) {
     s->c.shed++;
@@ -479,6 +508,8 @@ static int create_agent(sip_svc_t *s)
   s->udp_fd = rc == 0 ? sip__loop_find_fd(is_our_udp, s) : -1;
   if (rc == 0 && s->udp_fd < 0)
     log_warn("SIP UDP socket not found: no shedding by its queue");
+  if (s->udp_fd >= 0)
+    sip__loop_before_step(s->loop, drop_repeats, s);
   return rc;
 }
 
@@ -629,6 +660,8 @@ void sip_free(sip_svc_t *s)
 {
   if (!s)
     return;
+  if (s->loop)
+    sip__loop_before_step(s->loop, NULL, NULL);
   if (s->dht)
     sip__gateway_watch(s, 0);
   sip__dht_detach_all(s);
@@ -838,7 +871,8 @@ json_t *sip_stats_json(const sip_svc_t *s)
       {"rate_limited", c->rate_limited},        {"rate_dropped", c->rate_dropped},
       {"source_limited", c->source_limited},    {"overloaded", c->overloaded},
       {"register_trimmed", c->register_trimmed}, {"register_too_big", c->register_too_big},
-      {"shed", c->shed}};
+      {"shed", c->shed},                        {"register_repeats", c->register_repeats},
+      {"register_repeats_peeked", c->register_repeats_peeked}};
   for (size_t i = 0; counters && i < sizeof down / sizeof *down; i++)
     json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);

@@ -13,6 +13,16 @@
 
 #include "sip/sip_int.h"
 
+void sip__hex(const uint8_t *in, size_t n, char *out)
+{
+  static const char digits[] = "0123456789abcdef";
+  for (size_t i = 0; i < n; i++) {
+    out[2 * i] = digits[in[i] >> 4];
+    out[2 * i + 1] = digits[in[i] & 15];
+  }
+  out[2 * n] = '\0';
+}
+
 static int hex_digest(const EVP_MD *md, const char *const parts[], size_t n, char *out,
                       size_t outlen)
 {
@@ -27,8 +37,7 @@ static int hex_digest(const EVP_MD *md, const char *const parts[], size_t n, cha
   EVP_MD_CTX_free(ctx);
   if (!ok)
     return -EINVAL;
-  for (unsigned i = 0; i < hl; i++)
-    snprintf(out + 2 * i, 3, "%02x", h[i]);
+  sip__hex(h, hl, out);
   return 0;
 }
 

@@ -28,6 +28,8 @@ struct sip_loop {
   uv_timer_t defer;
   void (*defer_fn)(void *);
   void *defer_arg;
+  int (*before_fn)(void *); /* sip__loop_before_step */
+  void *before_arg;
 };
 
 #define MAX_FDS 4096 /* fds looked at when searching for the epoll fd */
@@ -104,9 +106,18 @@ static void on_timer(uv_timer_t *h);
 /* Runs sofia's ready events and expired timers, then mirrors its next
  * timer.  su_root_step() rounds "under 1 ms" down to 0; re-arming at 0
  * would spin, so the floor is 1 ms. */
+/* One step of sofia's loop reads one datagram; while the hook says more
+ * are queued, up to SIP_LOOP_BURST steps run in a row: at two a libuv
+ * iteration, a backlog of SIP drained only as fast as the DHT's frames
+ * came in, and under load its queue grew past what shedding allows. */
 static void step(sip_loop_t *l)
 {
-  su_duration_t next = su_root_step(l->root, 0);
+  su_duration_t next = 0;
+  int more = 1;
+  for (int i = 0; i < SIP_LOOP_BURST && more; i++) {
+    more = l->before_fn ? l->before_fn(l->before_arg) : 0;
+    next = su_root_step(l->root, 0);
+  }
   if (next < 0) {
     uv_timer_stop(&l->timer);
     return;
@@ -151,6 +162,11 @@ int sip__loop_new(uv_loop_t *uv, sip_loop_t **out)
   uv_timer_start(&l->timer, on_timer, 1, 0);
   *out = l;
   return 0;
+}
+
+void sip__loop_before_step(sip_loop_t *l, int (*fn)(void *), void *arg)
+{
+  l->before_fn = fn, l->before_arg = arg;
 }
 
 su_root_t *sip__loop_root(sip_loop_t *l)

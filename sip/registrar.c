@@ -989,11 +989,35 @@ static void require_unsupported(rtx_t *x)
   rtx_answer(x, SIP_420_BAD_EXTENSION, hdr);
 }
 
+/* What a request is known by here: Call-ID and CSeq number. */
+static void ans_key(const sip_t *sip, char key[600])
+{
+  snprintf(key, 600, "%s %u", sip->sip_call_id ? sip->sip_call_id->i_id : "",
+           sip->sip_cseq ? sip->sip_cseq->cs_seq : 0);
+}
+
+int sip__reg_key_underway(sip_svc_t *s, const char *key)
+{
+  ans_expire(s);
+  regans_t *a = ans_find(s, key);
+  return a && a->rtx;
+}
+
+int sip__reg_underway(sip_svc_t *s, msg_t *msg, const sip_t *sip)
+{
+  char key[600];
+  ans_key(sip, key);
+  if (!sip__reg_key_underway(s, key))
+    return 0;
+  s->c.register_repeats++;
+  msg_destroy(msg);
+  return 1;
+}
+
 void sip__register(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq)
 {
   char key[600];
-  snprintf(key, sizeof key, "%s %u", sip->sip_call_id ? sip->sip_call_id->i_id : "",
-           sip->sip_cseq ? sip->sip_cseq->cs_seq : 0);
+  ans_key(sip, key);
   ans_expire(s);
   if (ans_repeat(s, msg, sip, key) >= 0)
     return;

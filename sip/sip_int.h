@@ -54,6 +54,9 @@
 #define SIP_RATE_WINDOW_MS 100
 #define SIP_RATE_FLOOR 1.0        /* messages/ms assumed at least (a node just woken) */
 #define SIP_MAX_REGISTERING 1024  /* REGISTERs waiting for the DHT at once */
+#define SIP_PEEK_BYTES 2048       /* of a datagram looked at before sofia reads it */
+#define SIP_PEEK_MAX 64           /* datagrams dropped so at most, per step */
+#define SIP_LOOP_BURST 8          /* sofia steps in a row while datagrams are queued */
 #define SIP_REG_LINGER_MS 16000   /* a REGISTER's answer is kept for retransmissions */
 #define SIP_REG_ANSWER_BUCKETS 16384
 #define SIP_REG_ANSWERS_MAX 200000 /* answers kept at most (~50 MB at worst) */
@@ -151,6 +154,7 @@ typedef struct {
       register_too_big;
   uint64_t shed; /* 503s for new work while the socket's queue or the DHT is behind */
   uint64_t register_repeats; /* REGISTER retransmissions dropped or answered again */
+  uint64_t register_repeats_peeked; /* of those, dropped before sofia parsed them (peek.c) */
 } sip_counters_t;
 
 /* A proxy peer as found under sip:OVERLAY. */
@@ -254,6 +258,9 @@ su_root_t *sip__loop_root(sip_loop_t *l);
 /* Runs fn(arg) from libuv, outside any sofia callback; -EBUSY if another
  * call is pending. */
 int sip__loop_defer(sip_loop_t *l, void (*fn)(void *), void *arg);
+/* fn(arg) before each step of sofia's loop (NULL: none); while it
+ * returns 1 (datagrams are queued) the bridge steps again. */
+void sip__loop_before_step(sip_loop_t *l, int (*fn)(void *), void *arg);
 /* The first open fd for which match() is nonzero, or -1: sofia hands out
  * none of its sockets' fds (core.c looks for its SIP UDP socket). */
 int sip__loop_find_fd(int (*match)(int fd, void *arg), void *arg);
@@ -364,14 +371,27 @@ int sip__auth_has_user(sip_svc_t *s, const char *user);
 const dht_cert_creds_t *sip__auth_creds(sip_svc_t *s, const char *user);
 /* RFC 7616 3.4.1 response for alg "MD5" or "SHA-256" (qop "auth" or NULL:
  * RFC 2069 style), lowercase hex into out. */
+/* n bytes as 2n lower-case hex digits and a NUL (digest.c). */
+void sip__hex(const uint8_t *in, size_t n, char *out);
 int sip__digest(const char *alg, const char *ha1, const char *nonce, const char *nc,
                 const char *cnonce, const char *qop, const char *method, const char *uri,
                 char *out, size_t outlen);
+
+/* peek.c */
+/* buf (len bytes) is a REGISTER request whose Call-ID and CSeq read
+ * plainly: 1 and "CALL-ID CSEQ" in key (as registrar.c knows requests);
+ * else 0. */
+int sip__peek_register_key(const char *buf, size_t len, char *key, size_t keylen);
 
 /* registrar.c */
 /* A REGISTER for this node: answered statelessly, now or once the DHT
  * has answered (registrar.c keeps answers for retransmissions).  Takes msg. */
 void sip__register(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq);
+/* A retransmission of a REGISTER still under way here: dropped (and
+ * counted), 1; otherwise 0 and msg is left alone. */
+int sip__reg_underway(sip_svc_t *s, msg_t *msg, const sip_t *sip);
+/* Whether the REGISTER known by key ("Call-ID CSeq") is under way here. */
+int sip__reg_key_underway(sip_svc_t *s, const char *key);
 void sip__reg_answers_free(sip_svc_t *s);
 const sip_reg_t *sip__reg_by_contact(const sip_svc_t *s, const url_t *u);
 const sip_reg_t *sip__reg_by_hostport(const sip_svc_t *s, const url_t *u);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed inputs of the fuzz targets added with this script
-(admin_value, config, sip_peer, sip_register, dns, relay_record,
-relay_tcp) into tests/fuzz/corpus/NAME/seed-*: valid messages as the node
+(admin_value, config, sip_peer, sip_register, sip_peek, dns,
+relay_record, relay_tcp) into tests/fuzz/corpus/NAME/seed-*: valid messages as the node
 and the integration tests send them, and a few near misses.  What long
 libFuzzer runs found is merged next to them (files named by their SHA-1,
 see docs/FUZZING.md); regress-* files are inputs that found a bug.
@@ -102,6 +102,21 @@ write("sip_register", [
     register(["<tel:+123>", "<sip:127.0.0.1>"]),
     register(["<sip:m@127.0.0.1:5999>;x=" + "a" * 1100]),
     register(["<sip:m@127.0.0.1:5999>"]).replace("reg-alice-5070", "c" * 600),
+])
+
+# Datagrams as the peek before sofia's parse sees them: sipp's REGISTERs,
+# compact and odd forms, and near misses it must not read.
+write("sip_peek", [
+    register(["<sip:alice@127.0.0.1:5070>"], ["Expires: 60"]),
+    register(["<sip:a@127.0.0.1:1>"]).replace("Call-ID:", "i :").replace("CSeq: 1", "cseq:  4294967295"),
+    register(["<sip:a@127.0.0.1:1>"]).replace("CSeq: 1", "CSeq: 4294967296"),
+    register(["<sip:a@127.0.0.1:1>"]).replace("Call-ID: reg-alice-5070", "Call-ID: a@b\r\n call"),
+    register(["<sip:a@127.0.0.1:1>"]).replace("Call-ID: reg-alice-5070", "Call-ID: x y"),
+    register(["<sip:a@127.0.0.1:1>"], ["Call-ID: second"]),
+    register(["<sip:a@127.0.0.1:1>"]).replace("CSeq: 1 REGISTER", "CSeq: 1 INVITE"),
+    register(["<sip:a@127.0.0.1:1>"]).replace("\r\n", "\n"),
+    register(["<sip:a@127.0.0.1:1>"]).replace("REGISTER sip", "OPTIONS sip", 1),
+    register(["<sip:a@127.0.0.1:1>"])[:-4],
 ])
 
 
