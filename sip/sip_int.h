@@ -236,6 +236,7 @@ struct sip_svc {
   int udp_fd;             /* sofia's SIP UDP socket (its queue says when to shed), or -1 */
   uint64_t rx_at;         /* start of the current rate window (uv_now), 0: none yet */
   usize_t rx_count;       /* nta's messages received then */
+  uint64_t rx_hr, rx_idle; /* uv_hrtime(), uv_metrics_idle_time() then (ns) */
   double rx_rate;         /* messages/ms, smoothed */
   unsigned n_rtx;         /* REGISTERs waiting for the DHT */
   struct sip_regans_tab *answers; /* recent REGISTER answers (registrar.c), or NULL */
