@@ -289,6 +289,8 @@ static double queue_delay_ms(sip_svc_t *s)
   if (now - s->rx_at >= SIP_RATE_WINDOW_MS) {
     usize_t recv = 0;
     nta_agent_get_stats(s->agent, NTATAG_S_RECV_MSG_REF(recv), TAG_END());
+    /* Datagrams the peek answered or dropped left the queue too. */
+    recv += s->c.shed_peeked + s->c.register_resent_peeked + s->c.register_repeats_peeked;
     double r = s->rx_at ? (double)(recv - s->rx_count) / (double)(now - s->rx_at) : 0;
     s->rx_rate = s->rx_rate > 0 ? 0.7 * s->rx_rate + 0.3 * r : r;
     s->rx_count = recv, s->rx_at = now;
@@ -302,9 +304,12 @@ static double queue_delay_ms(sip_svc_t *s)
  * REGISTERs, a new REGISTER or dialog-creating request gets 503 with
  * Retry-After before any state exists; requests of dialogs under way and
  * OPTIONS still go through. */
-static int overloaded(sip_svc_t *s, int is_register)
+enum { SHED_NEW = 1, SHED_REGISTER = 2 }; /* what overloaded() says we shed */
+
+static int overloaded(sip_svc_t *s)
 {
-  return (is_register && s->n_rtx >= SIP_MAX_REGISTERING) || queue_delay_ms(s) > SIP_SHED_DELAY_MS;
+  return (s->n_rtx >= SIP_MAX_REGISTERING ? SHED_REGISTER : 0) |
+         (queue_delay_ms(s) > SIP_SHED_DELAY_MS ? SHED_NEW | SHED_REGISTER : 0);
 }
 
 static int must_shed(sip_svc_t *s, const sip_t *sip)
@@ -313,7 +318,7 @@ static int must_shed(sip_svc_t *s, const sip_t *sip)
   if ((sip->sip_to && sip->sip_to->a_tag) || m == sip_method_ack || m == sip_method_cancel ||
       m == sip_method_bye || m == sip_method_options)
     return 0;
-  return overloaded(s, m == sip_method_register);
+  return (overloaded(s) & (m == sip_method_register ? SHED_REGISTER : SHED_NEW)) != 0;
 }
 
 /* What the peek does with the head datagram (buf, got of its len bytes,
@@ -341,7 +346,7 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
   const void *again = NULL;
   if (reg && sip__peek_branch(&pk, key, sizeof key) == 0)
     again = sip__resend_find(s, key, &n);
-  if (!again && !shed)
+  if (!again && !(shed & (reg ? SHED_REGISTER : SHED_NEW)))
     return 0;
   char out[SIP_PEEK_BYTES], ip[INET6_ADDRSTRLEN];
   unsigned port;
@@ -368,12 +373,12 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
  * work, and past the knee sipp's retransmissions and new REGISTERs came
  * faster than sofia could even shed them.  1 when a datagram is left for
  * sofia and the bridge should step again (REGISTERs under way, or
- * shedding). */
+ * shedding).  shed: what overloaded() said, once per call. */
 static int peek_head(void *arg)
 {
   sip_svc_t *s = arg;
   char buf[SIP_PEEK_BYTES];
-  int shed = s->udp_fd >= 0 && overloaded(s, 1);
+  int shed = s->udp_fd >= 0 ? overloaded(s) : 0;
   for (int i = 0; i < SIP_PEEK_MAX && s->udp_fd >= 0; i++) {
     struct sockaddr_storage sa;
     socklen_t salen = sizeof sa;
