@@ -192,26 +192,33 @@ static char *line_value(sip_span_t l, char *buf, size_t n)
   return buf;
 }
 
-/* What sofia reads in the top Via (its only one on that line), and the
- * other header lines the answer copies: NULL when it reads them otherwise
- * than peek would copy them (an error, a To with a tag). */
-static sip_via_t *checked_via(su_home_t *home, const sip_peek_t *pk)
+/* What sofia reads in the top Via: NULL unless it is the line's only one. */
+static sip_via_t *top_via_read(su_home_t *home, const sip_peek_t *pk)
+{
+  char buf[SIP_PEEK_BYTES];
+  sip_via_t *v = sip_via_make(home, line_value(pk->via[0], buf, sizeof buf));
+  return v && !v->v_next && v->v_host ? v : NULL;
+}
+
+/* Whether sofia reads the other lines a 503 copies as peek copies them:
+ * no error, no tag in the To.  Parsed only for a 503: every new REGISTER
+ * is looked up by its top Via's branch alone. */
+static int copied_lines_ok(su_home_t *home, const sip_peek_t *pk)
 {
   char buf[SIP_PEEK_BYTES];
   sip_to_t *to = sip_to_make(home, line_value(pk->to, buf, sizeof buf));
   if (!to || to->a_tag || !sip_from_make(home, line_value(pk->from, buf, sizeof buf)))
-    return NULL;
+    return 0;
   for (int i = 1; i < pk->n_via; i++)
     if (!sip_via_make(home, line_value(pk->via[i], buf, sizeof buf)))
-      return NULL;
-  sip_via_t *v = sip_via_make(home, line_value(pk->via[0], buf, sizeof buf));
-  return v && !v->v_next && v->v_host ? v : NULL;
+      return 0;
+  return 1;
 }
 
 int sip__peek_branch(const sip_peek_t *pk, char *key, size_t keylen)
 {
   su_home_t home[1] = {SU_HOME_INIT(home)};
-  sip_via_t *v = checked_via(home, pk);
+  sip_via_t *v = top_via_read(home, pk);
   int n = v ? snprintf(key, keylen, "%.*s %u %s", (int)pk->callid.n, pk->callid.p, pk->cseq,
                        v->v_branch ? v->v_branch : "")
             : -1;
@@ -260,7 +267,7 @@ int sip__peek_503(const sip_peek_t *pk, size_t reqlen, const char *tag, const ch
   static const char status[] = "SIP/2.0 503 Service Unavailable";
   static const char tail[] = "Retry-After: 2\r\nContent-Length: 0\r\n\r\n";
   su_home_t home[1] = {SU_HOME_INIT(home)};
-  sip_via_t *v = checked_via(home, pk);
+  sip_via_t *v = copied_lines_ok(home, pk) ? top_via_read(home, pk) : NULL;
   char *o = out, *end = out + (outlen < reqlen ? outlen : reqlen);
   int rc = v ? 0 : -EINVAL;
   put(&o, end, status, sizeof status - 1);

@@ -412,13 +412,14 @@ int sip__peek_is(const sip_peek_t *pk, const char *method);
 int sip__peek_register_key(const char *buf, size_t len, char *key, size_t keylen);
 /* "CALL-ID CSEQ BRANCH" (the top Via's branch, as sofia reads it) in key:
  * what the answers kept for retransmissions are found by; -EINVAL when
- * sofia reads the Via, From or To lines otherwise or the To has a tag. */
+ * sofia reads the top Via line otherwise (not one Via, an error). */
 int sip__peek_branch(const sip_peek_t *pk, char *key, size_t keylen);
 /* A stateless 503 with Retry-After (RFC 3261 8.2.6) for the request read
  * in pk, received from ip:port in a datagram of reqlen bytes: its Via,
  * From, Call-ID and CSeq lines copied, the top Via with received/rport
  * as sofia sets them, the To with ;tag=tag.  Never longer than the
- * request.  Its length, or -EINVAL (see sip__peek_branch), -ENOSPC. */
+ * request.  Its length, or -EINVAL (sofia reads the Via, From or To
+ * lines otherwise, or the To has a tag: in a dialog), -ENOSPC. */
 int sip__peek_503(const sip_peek_t *pk, size_t reqlen, const char *tag, const char *ip,
                   unsigned port, char *out, size_t outlen);
 
