@@ -56,6 +56,34 @@ uint32_t sip__fnv(uint32_t h, const char *p, int fold)
   return h;
 }
 
+/* The bytes of a reply nta sent (it keeps them in the message once
+ * serialized), kept under key for the peek to send again (resend.c). */
+static void keep_reply(sip_svc_t *s, const char *key, msg_t *reply)
+{
+  msg_iovec_t vec[16];
+  isize_t n = msg_iovec(reply, vec, 16);
+  char bytes[SIP_PEEK_BYTES];
+  size_t len = 0;
+  for (isize_t i = 0; n > 0 && n <= 16 && i < n; i++) {
+    if (vec[i].mv_len > sizeof bytes - len)
+      return;
+    memcpy(bytes + len, vec[i].mv_base, vec[i].mv_len);
+    len += vec[i].mv_len;
+  }
+  if (len)
+    sip__resend_keep(s, key, bytes, len);
+}
+
+/* What an answer to sip is kept by: as sip__peek_branch() reads it. */
+static int resend_key(const sip_t *sip, char *key, size_t len)
+{
+  if (!sip->sip_call_id || !sip->sip_cseq || !sip->sip_via)
+    return 0;
+  int n = snprintf(key, len, "%s %u %s", sip->sip_call_id->i_id, sip->sip_cseq->cs_seq,
+                   sip->sip_via->v_branch ? sip->sip_via->v_branch : "");
+  return n > 0 && (size_t)n < len;
+}
+
 void sip__reply_stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int status, const char *phrase,
                           tag_type_t tag, tag_value_t value, ...)
 {
@@ -63,7 +91,20 @@ void sip__reply_stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int status, cons
   ta_start(ta, tag, value);
   if (sip->sip_to && !sip->sip_to->a_tag)
     sip_to_tag(msg_home(msg), sip->sip_to, s->sl_tag);
-  nta_msg_treply(s->agent, msg, status, phrase, ta_tags(ta));
+  /* Answers to REGISTERs (not the 503s of shedding) are kept as sent;
+   * the reply takes msg (and sip with it). */
+  char key[700];
+  int keep = status != 503 && sip->sip_request &&
+             sip->sip_request->rq_method == sip_method_register && resend_key(sip, key, sizeof key);
+  msg_t *reply = keep ? nta_msg_create(s->agent, 0) : NULL;
+  if (reply) {
+    msg_ref_create(reply);
+    if (nta_msg_mreply(s->agent, reply, sip_object(reply), status, phrase, msg, ta_tags(ta)) == 0)
+      keep_reply(s, key, reply);
+    msg_unref(reply);
+  } else {
+    nta_msg_treply(s->agent, msg, status, phrase, ta_tags(ta));
+  }
   ta_end(ta);
 }
 
@@ -253,6 +294,8 @@ static double queue_delay_ms(sip_svc_t *s)
   if (now - s->rx_at >= SIP_RATE_WINDOW_MS) {
     usize_t recv = 0;
     nta_agent_get_stats(s->agent, NTATAG_S_RECV_MSG_REF(recv), TAG_END());
+    /* Datagrams the peek answered or dropped left the queue too. */
+    recv += s->c.shed_peeked + s->c.register_resent_peeked + s->c.register_repeats_peeked;
     uint64_t hr = uv_hrtime(), idle = uv_metrics_idle_time(s->uv);
     if (s->rx_at) {
       int64_t busy_ns = (int64_t)(hr - s->rx_hr) - (int64_t)(idle - s->rx_idle);
@@ -271,36 +314,93 @@ static double queue_delay_ms(sip_svc_t *s)
  * REGISTERs, a new REGISTER or dialog-creating request gets 503 with
  * Retry-After before any state exists; requests of dialogs under way and
  * OPTIONS still go through. */
+enum { SHED_NEW = 1, SHED_REGISTER = 2 }; /* what overloaded() says we shed */
+
+static int overloaded(sip_svc_t *s)
+{
+  return (s->n_rtx >= SIP_MAX_REGISTERING ? SHED_REGISTER : 0) |
+         (queue_delay_ms(s) > SIP_SHED_DELAY_MS ? SHED_NEW | SHED_REGISTER : 0);
+}
+
 static int must_shed(sip_svc_t *s, const sip_t *sip)
 {
   sip_method_t m = sip->sip_request->rq_method;
   if ((sip->sip_to && sip->sip_to->a_tag) || m == sip_method_ack || m == sip_method_cancel ||
       m == sip_method_bye || m == sip_method_options)
     return 0;
-  return (m == sip_method_register && s->n_rtx >= SIP_MAX_REGISTERING) ||
-         queue_delay_ms(s) > SIP_SHED_DELAY_MS;
+  return (overloaded(s) & (m == sip_method_register ? SHED_REGISTER : SHED_NEW)) != 0;
 }
 
-/* Before sofia reads the next datagram: retransmissions of REGISTERs
- * still under way here, at the head of the socket's queue, are taken off
- * it unparsed (peek.c); sofia's parse of each cost as much as the work
- * they repeat, and under load phones send many (sipp every 500 ms).
- * 1 when a datagram is left for sofia (the bridge may step again). */
-static int drop_repeats(void *arg)
+/* What the peek does with the head datagram (buf, got of its len bytes,
+ * from sa): 1 when it was answered or dropped here (it is then taken off
+ * the socket), 0 when sofia reads it.  In this order: a retransmission of
+ * a REGISTER under way is dropped; one of a REGISTER answered lately gets
+ * the answer's bytes again; while we shed, a new REGISTER, INVITE,
+ * SUBSCRIBE or REFER gets a 503 built from its own header lines (peek.c).
+ * The answers pass the source's rate check first, as sofia's would. */
+static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
+                    const struct sockaddr_storage *sa, socklen_t salen, int shed)
 {
-  sip_svc_t *s = arg;
-  char buf[SIP_PEEK_BYTES], key[600];
-  for (int i = 0; i < SIP_PEEK_MAX && s->n_rtx > 0 && s->udp_fd >= 0; i++) {
-    ssize_t n = recv(s->udp_fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
-    if (n < 0)
-      return 0;
-    if (!sip__peek_register_key(buf, (size_t)n, key, sizeof key) ||
-        !sip__reg_key_underway(s, key))
-      return 1;
-    if (recv(s->udp_fd, buf, 1, MSG_DONTWAIT) < 0)
-      return 0;
+  sip_peek_t pk;
+  char key[700];
+  if (sip__peek_read(buf, got, &pk) < 0)
+    return 0;
+  int reg = sip__peek_is(&pk, "REGISTER");
+  if (reg && snprintf(key, sizeof key, "%.*s %u", (int)pk.callid.n, pk.callid.p, pk.cseq) > 0 &&
+      sip__reg_key_underway(s, key)) {
     s->c.register_repeats++;
     s->c.register_repeats_peeked++;
+    return 1;
+  }
+  size_t n = 0;
+  const void *again = NULL;
+  if (reg && sip__peek_branch(&pk, key, sizeof key) == 0)
+    again = sip__resend_find(s, key, &n);
+  if (!again && !(shed & (reg ? SHED_REGISTER : SHED_NEW)))
+    return 0;
+  char out[SIP_PEEK_BYTES], ip[INET6_ADDRSTRLEN];
+  unsigned port;
+  int rc = sip__limit_peek(s, (const struct sockaddr *)sa, salen);
+  if (rc)
+    return rc > 0;
+  if (!again) {
+    sip__addr_ip(sa, ip, sizeof ip, &port);
+    int m = sip__peek_503(&pk, len, s->sl_tag, ip, port, out, sizeof out);
+    if (m < 0)
+      return 0;
+    again = out, n = (size_t)m;
+    s->c.shed++, s->c.shed_peeked++;
+  } else {
+    s->c.register_repeats++, s->c.register_resent_peeked++;
+  }
+  sendto(s->udp_fd, again, n, MSG_DONTWAIT, (const struct sockaddr *)sa, salen);
+  return 1;
+}
+
+/* Before sofia reads the next datagram: the head of the socket's queue
+ * is peeked at (MSG_PEEK) and what peek_act() answers or drops is taken
+ * off it unparsed: sofia's parse and reply builder cost as much as the
+ * work, and past the knee sipp's retransmissions and new REGISTERs came
+ * faster than sofia could even shed them.  1 when a datagram is left for
+ * sofia and the bridge should step again (REGISTERs under way, or
+ * shedding).  shed: what overloaded() said, once per call. */
+static int peek_head(void *arg)
+{
+  sip_svc_t *s = arg;
+  char buf[SIP_PEEK_BYTES];
+  int shed = s->udp_fd >= 0 ? overloaded(s) : 0;
+  for (int i = 0; i < SIP_PEEK_MAX && s->udp_fd >= 0; i++) {
+    struct sockaddr_storage sa;
+    socklen_t salen = sizeof sa;
+    ssize_t n = recvfrom(s->udp_fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC,
+                         (struct sockaddr *)&sa, &salen);
+    if (n < 0 || (sa.ss_family != AF_INET && sa.ss_family != AF_INET6))
+      return 0;
+    size_t got = (size_t)n < sizeof buf ? (size_t)n : sizeof buf;
+    if (!peek_act(s, buf, got, (size_t)n, &sa, salen, shed))
+      return s->n_rtx > 0 || shed;
+    if (recv(s->udp_fd, buf, 1, MSG_DONTWAIT) < 0)
+      return 0;
   }
   return 0;
 }
@@ -519,7 +619,7 @@ static int create_agent(sip_svc_t *s)
   if (rc == 0 && s->udp_fd < 0)
     log_warn("SIP UDP socket not found: no shedding by its queue");
   if (s->udp_fd >= 0)
-    sip__loop_before_step(s->loop, drop_repeats, s);
+    sip__loop_before_step(s->loop, peek_head, s);
   return rc;
 }
 
@@ -681,6 +781,7 @@ void sip_free(sip_svc_t *s)
   sip__flow_free(s);
   sip__peers_free(s);
   sip__reg_free_all(s);
+  sip__resend_free(s);
   sip__dht_cache_free(s);
   sip__dnsreg_free(s);
   sip__auth_free(s);
@@ -883,7 +984,8 @@ json_t *sip_stats_json(const sip_svc_t *s)
       {"source_limited", c->source_limited},    {"overloaded", c->overloaded},
       {"register_trimmed", c->register_trimmed}, {"register_too_big", c->register_too_big},
       {"shed", c->shed},                        {"register_repeats", c->register_repeats},
-      {"register_repeats_peeked", c->register_repeats_peeked}};
+      {"register_repeats_peeked", c->register_repeats_peeked},
+      {"register_resent_peeked", c->register_resent_peeked}, {"shed_peeked", c->shed_peeked}};
   for (size_t i = 0; counters && i < sizeof down / sizeof *down; i++)
     json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);

@@ -65,14 +65,13 @@ void sip__limit_free(sip_svc_t *s)
 }
 
 /* The source's key: "a.b.c.d", "v6/64 prefix", or with ":port" on loopback. */
-static int source_key(msg_t *msg, char key[48])
+static int source_key(const struct sockaddr *sa, char key[48])
 {
-  su_addrinfo_t *ai = msg_addrinfo(msg);
-  if (!ai || !ai->ai_addr)
+  if (!sa)
     return -EINVAL;
   char ip[INET6_ADDRSTRLEN];
-  if (ai->ai_addr->sa_family == AF_INET) {
-    const struct sockaddr_in *a = (const struct sockaddr_in *)ai->ai_addr;
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
     inet_ntop(AF_INET, &a->sin_addr, ip, sizeof ip);
     if ((ntohl(a->sin_addr.s_addr) >> 24) == 127)
       snprintf(key, 48, "%s:%u", ip, ntohs(a->sin_port));
@@ -80,8 +79,8 @@ static int source_key(msg_t *msg, char key[48])
       snprintf(key, 48, "%s", ip);
     return 0;
   }
-  if (ai->ai_addr->sa_family == AF_INET6) {
-    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ai->ai_addr;
+  if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
     struct in6_addr p = a->sin6_addr;
     if (IN6_IS_ADDR_LOOPBACK(&p)) {
       snprintf(key, 48, "[::1]:%u", ntohs(a->sin6_port));
@@ -97,15 +96,27 @@ static int source_key(msg_t *msg, char key[48])
 
 /* --sip-trusted: a SIP trunk, another domain's proxy (kamailio's
  * permissions module plays this part). */
-static int trusted(const sip_svc_t *s, msg_t *msg)
+static int trusted(const sip_svc_t *s, const struct sockaddr *sa, size_t len)
 {
-  su_addrinfo_t *ai = msg_addrinfo(msg);
   struct sockaddr_storage ss;
-  if (!s->n_trusted || !ai || !ai->ai_addr || ai->ai_addrlen > sizeof ss)
+  if (!s->n_trusted || !sa || len > sizeof ss)
     return 0;
   memset(&ss, 0, sizeof ss);
-  memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+  memcpy(&ss, sa, len);
   return dht_cidr_list_match(s->trusted, s->n_trusted, &ss);
+}
+
+/* A token from the source's bucket (refilled first). */
+static int take_token(const sip_limits_t *l, sip_src_t *e, uint64_t now)
+{
+  e->tokens += (double)(now - e->last) * l->rate / 1000.0;
+  if (e->tokens > l->burst)
+    e->tokens = l->burst;
+  e->last = now;
+  if (e->tokens < 1.0)
+    return 0;
+  e->tokens -= 1.0;
+  return 1;
 }
 
 static sip_src_t *source_get(sip_limits_t *l, const char *key, uint64_t now)
@@ -131,18 +142,41 @@ static sip_src_t *source_get(sip_limits_t *l, const char *key, uint64_t now)
   return victim;
 }
 
+/* The source's entry, seen now; NULL when the source is not limited. */
+static sip_src_t *source_seen(sip_svc_t *s, const struct sockaddr *sa, size_t len, uint64_t now)
+{
+  char key[48];
+  if (!s->limits || source_key(sa, key) < 0 || trusted(s, sa, len))
+    return NULL;
+  sip_src_t *e = source_get(s->limits, key, now);
+  if (e)
+    e->seen = now;
+  return e;
+}
+
+int sip__limit_peek(sip_svc_t *s, const struct sockaddr *sa, size_t len)
+{
+  uint64_t now = sip__now_ms(s);
+  sip_src_t *e = s->limits && s->limits->rate ? source_seen(s, sa, len, now) : NULL;
+  if (!e)
+    return 0;
+  if (now < e->blocked_until) {
+    s->c.rate_dropped++;
+    return 1;
+  }
+  return take_token(s->limits, e, now) ? 0 : -1;
+}
+
 int sip__limit_admit(sip_svc_t *s, msg_t *msg, sip_t *sip, int exempt, int *slot)
 {
   sip_limits_t *l = s->limits;
-  char key[48];
   *slot = -1;
-  if (!l || exempt || source_key(msg, key) < 0 || trusted(s, msg))
-    return 0;
+  su_addrinfo_t *ai = msg_addrinfo(msg);
   uint64_t now = sip__now_ms(s);
-  sip_src_t *e = source_get(l, key, now);
+  sip_src_t *e = exempt || !ai ? NULL
+                              : source_seen(s, (const struct sockaddr *)ai->ai_addr, ai->ai_addrlen, now);
   if (!e)
     return 0;
-  e->seen = now;
   *slot = (int)(e - l->src);
   if (!l->rate)
     return 0;
@@ -151,17 +185,11 @@ int sip__limit_admit(sip_svc_t *s, msg_t *msg, sip_t *sip, int exempt, int *slot
     msg_destroy(msg);
     return 1;
   }
-  e->tokens += (double)(now - e->last) * l->rate / 1000.0;
-  if (e->tokens > l->burst)
-    e->tokens = l->burst;
-  e->last = now;
-  if (e->tokens >= 1.0) {
-    e->tokens -= 1.0;
+  if (take_token(l, e, now))
     return 0;
-  }
   e->blocked_until = now + SIP_RATE_BLOCK_MS;
   s->c.rate_limited++;
-  log_info("SIP source %s over %.0f requests/s: refused for %d s", key, l->rate,
+  log_info("SIP source %s over %.0f requests/s: refused for %d s", e->key, l->rate,
            SIP_RATE_BLOCK_MS / 1000);
   if (sip->sip_request->rq_method == sip_method_ack) {
     msg_destroy(msg);

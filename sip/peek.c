@@ -12,6 +12,7 @@
  * as it would anyway.  A key read here is the key sofia's parse gives
  * (tests/fuzz/fuzz_sip_peek.c checks it).
  */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -56,8 +57,8 @@ static int header_value(const char *p, const char *end, const char *name, const 
   return 1;
 }
 
-/* "NUMBER REGISTER": the number, or -1. */
-static long long cseq_register(const char *v, const char *end)
+/* "NUMBER METHOD" (the request's method): the number, or -1. */
+static long long cseq_of(const char *v, const char *end, const sip_span_t *method)
 {
   long long n = 0;
   const char *p = v;
@@ -68,15 +69,23 @@ static long long cseq_register(const char *v, const char *end)
     return -1;
   while (p < end && is_ws(*p))
     p++;
-  return end - p == 8 && memcmp(p, "REGISTER", 8) == 0 ? n : -1;
+  return (size_t)(end - p) == method->n && memcmp(p, method->p, method->n) == 0 ? n : -1;
 }
 
-/* "REGISTER sip:... SIP/2.0" in [p, e). */
-static int request_line(const char *p, const char *e)
+/* "METHOD sip:... SIP/2.0" in [p, e), METHOD one of those peeked at: the
+ * method in *m. */
+static int request_line(const char *p, const char *e, sip_span_t *m)
 {
-  if (e - p < 9 || memcmp(p, "REGISTER ", 9) != 0)
+  static const char *const methods[] = {"REGISTER", "INVITE", "SUBSCRIBE", "REFER"};
+  const char *uri = memchr(p, ' ', (size_t)(e - p));
+  m->p = p, m->n = uri ? (size_t)(uri - p) : 0;
+  int known = 0;
+  for (size_t i = 0; i < sizeof methods / sizeof *methods; i++)
+    known |= m->n == strlen(methods[i]) && memcmp(p, methods[i], m->n) == 0;
+  if (!known)
     return 0;
-  const char *uri = p + 9, *sp = memchr(uri, ' ', (size_t)(e - uri));
+  uri++;
+  const char *sp = memchr(uri, ' ', (size_t)(e - uri));
   char copy[SIP_PEEK_URI];
   url_t url[1];
   if (!sp || sp == uri || (size_t)(sp - uri) >= sizeof copy || e - sp != 8 ||
@@ -89,42 +98,194 @@ static int request_line(const char *p, const char *e)
   copy[sp - uri] = '\0';
   memset(url, 0, sizeof url);
   /* As sofia reads the Request-URI (url_d, in place): a request it cannot
-   * read is not a REGISTER to it. */
+   * read is not a request to it. */
   return url_d(url, copy) >= 0 && (url->url_type == url_sip || url->url_type == url_sips) &&
          url->url_host;
 }
 
-int sip__peek_register_key(const char *buf, size_t len, char *key, size_t keylen)
+/* One header line [p, e): noted in pk if it is one of those peek reads;
+ * -1 when it makes the request unknown. */
+static int header_line(const char *p, const char *e, sip_peek_t *pk, int *n_id, int *n_cseq)
+{
+  const char *v, *ve;
+  sip_span_t line = {p, (size_t)(e - p)};
+  if (header_value(p, e, "Call-ID", "i", &v, &ve)) {
+    pk->callid = (sip_span_t){v, (size_t)(ve - v)}, pk->callid_line = line, (*n_id)++;
+  } else if (header_value(p, e, "CSeq", NULL, &v, &ve)) {
+    long long n = cseq_of(v, ve, &pk->method);
+    pk->cseq = (uint32_t)n, pk->cseq_line = line, (*n_cseq)++;
+    return n < 0 ? -1 : 0;
+  } else if (header_value(p, e, "Via", "v", &v, &ve)) {
+    if (pk->n_via == SIP_PEEK_VIAS)
+      return -1;
+    pk->via[pk->n_via++] = line;
+  } else if (header_value(p, e, "From", "f", &v, &ve)) {
+    if (pk->from.p)
+      return -1;
+    pk->from = line;
+  } else if (header_value(p, e, "To", "t", &v, &ve)) {
+    if (pk->to.p)
+      return -1;
+    pk->to = line;
+  }
+  return 0;
+}
+
+int sip__peek_read(const char *buf, size_t len, sip_peek_t *out)
 {
   const char *p = buf, *end = buf + len;
   const char *line_end = memchr(p, '\n', len);
-  if (!line_end || !request_line(p, line_end > p && line_end[-1] == '\r' ? line_end - 1 : line_end))
-    return 0;
-  const char *id = NULL, *id_end = NULL;
-  long long cseq = -1;
+  sip_peek_t pk;
+  memset(&pk, 0, sizeof pk);
+  if (!line_end ||
+      !request_line(p, line_end > p && line_end[-1] == '\r' ? line_end - 1 : line_end, &pk.method))
+    return -EINVAL;
   int n_id = 0, n_cseq = 0;
-  while (line_end) {
+  for (;;) {
     p = line_end + 1;
     line_end = memchr(p, '\n', (size_t)(end - p));
     if (!line_end)
-      return 0; /* the headers do not end here */
+      return -EINVAL; /* the headers do not end here */
     const char *e = line_end > p && line_end[-1] == '\r' ? line_end - 1 : line_end;
     if (e == p)
       break; /* the blank line: end of headers */
     if (is_ws(*p) || memchr(p, '\0', (size_t)(e - p)) || memchr(p, '\r', (size_t)(e - p)))
-      return 0; /* folded, or bytes sofia may read otherwise */
-    const char *v, *ve;
-    if (header_value(p, e, "Call-ID", "i", &v, &ve)) {
-      id = v, id_end = ve, n_id++;
-    } else if (header_value(p, e, "CSeq", NULL, &v, &ve)) {
-      cseq = cseq_register(v, ve), n_cseq++;
-    }
+      return -EINVAL; /* folded, or bytes sofia may read otherwise */
+    if (header_line(p, e, &pk, &n_id, &n_cseq) < 0)
+      return -EINVAL;
   }
-  if (!line_end || n_id != 1 || n_cseq != 1 || cseq < 0 || id == id_end)
+  if (n_id != 1 || n_cseq != 1 || !pk.callid.n || !pk.n_via || !pk.from.p || !pk.to.p)
+    return -EINVAL;
+  for (size_t i = 0; i < pk.callid.n; i++)
+    if (!callid_char((unsigned char)pk.callid.p[i]))
+      return -EINVAL;
+  *out = pk;
+  return 0;
+}
+
+int sip__peek_register_key(const char *buf, size_t len, char *key, size_t keylen)
+{
+  sip_peek_t pk;
+  if (sip__peek_read(buf, len, &pk) < 0 || !sip__peek_is(&pk, "REGISTER"))
     return 0;
-  for (const char *c = id; c < id_end; c++)
-    if (!callid_char((unsigned char)*c))
-      return 0;
-  int n = snprintf(key, keylen, "%.*s %u", (int)(id_end - id), id, (unsigned)cseq);
+  int n = snprintf(key, keylen, "%.*s %u", (int)pk.callid.n, pk.callid.p, pk.cseq);
   return n > 0 && (size_t)n < keylen;
+}
+
+int sip__peek_is(const sip_peek_t *pk, const char *method)
+{
+  return pk->method.n == strlen(method) && memcmp(pk->method.p, method, pk->method.n) == 0;
+}
+
+/* The value of header line l, NUL-terminated in buf (of size n). */
+static char *line_value(sip_span_t l, char *buf, size_t n)
+{
+  const char *v, *ve;
+  const char *colon = memchr(l.p, ':', l.n);
+  if (!colon || l.n >= n)
+    return NULL;
+  v = colon + 1, ve = l.p + l.n;
+  while (v < ve && is_ws(*v))
+    v++;
+  memcpy(buf, v, (size_t)(ve - v));
+  buf[ve - v] = '\0';
+  return buf;
+}
+
+/* What sofia reads in the top Via: NULL unless it is the line's only one. */
+static sip_via_t *top_via_read(su_home_t *home, const sip_peek_t *pk)
+{
+  char buf[SIP_PEEK_BYTES];
+  sip_via_t *v = sip_via_make(home, line_value(pk->via[0], buf, sizeof buf));
+  return v && !v->v_next && v->v_host ? v : NULL;
+}
+
+/* Whether sofia reads the other lines a 503 copies as peek copies them:
+ * no error, no tag in the To.  Parsed only for a 503: every new REGISTER
+ * is looked up by its top Via's branch alone. */
+static int copied_lines_ok(su_home_t *home, const sip_peek_t *pk)
+{
+  char buf[SIP_PEEK_BYTES];
+  sip_to_t *to = sip_to_make(home, line_value(pk->to, buf, sizeof buf));
+  if (!to || to->a_tag || !sip_from_make(home, line_value(pk->from, buf, sizeof buf)))
+    return 0;
+  for (int i = 1; i < pk->n_via; i++)
+    if (!sip_via_make(home, line_value(pk->via[i], buf, sizeof buf)))
+      return 0;
+  return 1;
+}
+
+int sip__peek_branch(const sip_peek_t *pk, char *key, size_t keylen)
+{
+  su_home_t home[1] = {SU_HOME_INIT(home)};
+  sip_via_t *v = top_via_read(home, pk);
+  int n = v ? snprintf(key, keylen, "%.*s %u %s", (int)pk->callid.n, pk->callid.p, pk->cseq,
+                       v->v_branch ? v->v_branch : "")
+            : -1;
+  su_home_deinit(home);
+  return n > 0 && (size_t)n < keylen ? 0 : -EINVAL;
+}
+
+/* Appends line l and CRLF at *o, if it fits before end. */
+static void put(char **o, const char *end, const char *p, size_t n)
+{
+  if (*o && (size_t)(end - *o) >= n + 2) {
+    memcpy(*o, p, n);
+    memcpy(*o + n, "\r\n", 2);
+    *o += n + 2;
+  } else {
+    *o = NULL;
+  }
+}
+
+/* The top Via as sofia answers it (RFC 3261 18.2.1, RFC 3581 4):
+ * received= when the source is not the sent-by host, rport= filled in. */
+static int top_via(su_home_t *home, sip_via_t *v, const char *ip, unsigned port, char **o,
+                   const char *end)
+{
+  char param[80];
+  if (strcmp(v->v_host, ip) != 0) {
+    snprintf(param, sizeof param, "received=%s", ip);
+    if (msg_header_replace_param(home, v->v_common, param) < 0)
+      return -ENOMEM;
+  }
+  if (v->v_rport) {
+    snprintf(param, sizeof param, "rport=%u", port);
+    if (msg_header_replace_param(home, v->v_common, param) < 0)
+      return -ENOMEM;
+  }
+  issize_t n = *o ? msg_header_e(*o, end - *o, (msg_header_t *)v, 0) : -1;
+  if (n <= 0 || n >= end - *o)
+    return -ENOSPC;
+  *o += n;
+  return 0;
+}
+
+int sip__peek_503(const sip_peek_t *pk, size_t reqlen, const char *tag, const char *ip,
+                  unsigned port, char *out, size_t outlen)
+{
+  static const char status[] = "SIP/2.0 503 Service Unavailable";
+  static const char tail[] = "Retry-After: 2\r\nContent-Length: 0\r\n\r\n";
+  su_home_t home[1] = {SU_HOME_INIT(home)};
+  sip_via_t *v = copied_lines_ok(home, pk) ? top_via_read(home, pk) : NULL;
+  char *o = out, *end = out + (outlen < reqlen ? outlen : reqlen);
+  int rc = v ? 0 : -EINVAL;
+  put(&o, end, status, sizeof status - 1);
+  if (rc == 0)
+    rc = top_via(home, v, ip, port, &o, end);
+  su_home_deinit(home);
+  for (int i = 1; i < pk->n_via; i++)
+    put(&o, end, pk->via[i].p, pk->via[i].n);
+  put(&o, end, pk->from.p, pk->from.n);
+  char to[SIP_PEEK_BYTES];
+  int n = snprintf(to, sizeof to, "%.*s;tag=%s", (int)pk->to.n, pk->to.p, tag);
+  if (n <= 0 || (size_t)n >= sizeof to)
+    return -ENOSPC;
+  put(&o, end, to, (size_t)n);
+  put(&o, end, pk->callid_line.p, pk->callid_line.n);
+  put(&o, end, pk->cseq_line.p, pk->cseq_line.n);
+  if (rc < 0 || !o || (size_t)(end - o) < sizeof tail - 1)
+    return rc < 0 ? rc : -ENOSPC;
+  memcpy(o, tail, sizeof tail - 1);
+  return (int)(o + sizeof tail - 1 - out);
 }

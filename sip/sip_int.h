@@ -56,6 +56,8 @@
 #define SIP_MAX_REGISTERING 1024  /* REGISTERs waiting for the DHT at once */
 #define SIP_PEEK_BYTES 2048       /* of a datagram looked at before sofia reads it */
 #define SIP_PEEK_MAX 64           /* datagrams dropped so at most, per step */
+#define SIP_RESEND_MAX 16384     /* REGISTER answers kept as bytes (resend.c), ~10 MB */
+#define SIP_RESEND_MS 8000        /* for so long (sipp/phones retransmit within 4 s, T2) */
 #define SIP_LOOP_BURST 8          /* sofia steps in a row while datagrams are queued */
 #define SIP_REG_LINGER_MS 16000   /* a REGISTER's answer is kept for retransmissions */
 #define SIP_REG_ANSWER_BUCKETS 16384
@@ -155,6 +157,8 @@ typedef struct {
   uint64_t shed; /* 503s for new work while the socket's queue or the DHT is behind */
   uint64_t register_repeats; /* REGISTER retransmissions dropped or answered again */
   uint64_t register_repeats_peeked; /* of those, dropped before sofia parsed them (peek.c) */
+  uint64_t register_resent_peeked;  /* of those, answered again from kept bytes, unparsed */
+  uint64_t shed_peeked; /* of shed, answered with a 503 built from the datagram (peek.c) */
 } sip_counters_t;
 
 /* A proxy peer as found under sip:OVERLAY. */
@@ -239,6 +243,7 @@ struct sip_svc {
   uint64_t rx_hr, rx_idle; /* uv_hrtime(), uv_metrics_idle_time() then (ns) */
   double rx_rate;         /* messages/ms, smoothed */
   unsigned n_rtx;         /* REGISTERs waiting for the DHT */
+  struct sip_resend *resend; /* REGISTER answers' bytes (resend.c), or NULL */
   struct sip_regans_tab *answers; /* recent REGISTER answers (registrar.c), or NULL */
   dht_cert_ca_t *ca;    /* the secured mode's CA, or NULL */
   char tls_hostport[80];/* "IP:PORT" of SIP over TLS between nodes, or "" (open mode) */
@@ -344,6 +349,11 @@ void sip__limit_free(sip_svc_t *s);
  * exempt: an overlay node. */
 int sip__limit_admit(sip_svc_t *s, msg_t *msg, sip_t *sip, int exempt, int *slot);
 /* Nonzero when the source holds its share of transactions. */
+/* The rate check of sip__limit_admit() for a datagram from sa that the
+ * peek (core.c) would answer: 0 pass (a token taken), 1 drop (the source
+ * is blocked; counted), -1 leave it to sofia (out of tokens: admit blocks
+ * the source and answers once). */
+int sip__limit_peek(sip_svc_t *s, const struct sockaddr *sa, size_t len);
 int sip__limit_full(const sip_svc_t *s, int slot);
 void sip__limit_hold(sip_svc_t *s, int slot);
 void sip__limit_release(sip_svc_t *s, int slot);
@@ -378,11 +388,49 @@ int sip__digest(const char *alg, const char *ha1, const char *nonce, const char 
                 const char *cnonce, const char *qop, const char *method, const char *uri,
                 char *out, size_t outlen);
 
-/* peek.c */
+/* peek.c: a request read off its datagram before sofia parses it. */
+#define SIP_PEEK_VIAS 8 /* Via lines at most (more: not known) */
+typedef struct {
+  const char *p;
+  size_t n;
+} sip_span_t;
+typedef struct {
+  sip_span_t method, callid;                 /* into the datagram */
+  sip_span_t callid_line, cseq_line, from, to; /* whole header lines, without CRLF */
+  sip_span_t via[SIP_PEEK_VIAS];
+  int n_via;
+  uint32_t cseq;
+} sip_peek_t;
+/* A REGISTER, INVITE, SUBSCRIBE or REFER whose request line, Call-ID,
+ * CSeq (of the same method), From, To and Via lines read plainly in buf
+ * (len bytes, the headers' end within them): 0 and *out (pointing into
+ * buf); else -EINVAL. */
+int sip__peek_read(const char *buf, size_t len, sip_peek_t *out);
+int sip__peek_is(const sip_peek_t *pk, const char *method);
 /* buf (len bytes) is a REGISTER request whose Call-ID and CSeq read
  * plainly: 1 and "CALL-ID CSEQ" in key (as registrar.c knows requests);
  * else 0. */
 int sip__peek_register_key(const char *buf, size_t len, char *key, size_t keylen);
+/* "CALL-ID CSEQ BRANCH" (the top Via's branch, as sofia reads it) in key:
+ * what the answers kept for retransmissions are found by; -EINVAL when
+ * sofia reads the top Via line otherwise (not one Via, an error). */
+int sip__peek_branch(const sip_peek_t *pk, char *key, size_t keylen);
+/* A stateless 503 with Retry-After (RFC 3261 8.2.6) for the request read
+ * in pk, received from ip:port in a datagram of reqlen bytes: its Via,
+ * From, Call-ID and CSeq lines copied, the top Via with received/rport
+ * as sofia sets them, the To with ;tag=tag.  Never longer than the
+ * request.  Its length, or -EINVAL (sofia reads the Via, From or To
+ * lines otherwise, or the To has a tag: in a dialog), -ENOSPC. */
+int sip__peek_503(const sip_peek_t *pk, size_t reqlen, const char *tag, const char *ip,
+                  unsigned port, char *out, size_t outlen);
+
+/* resend.c: answers to REGISTERs kept as sent, by sip__peek_branch()'s
+ * key, SIP_RESEND_MS at most (the oldest goes first past SIP_RESEND_MAX). */
+typedef struct sip_resend sip_resend_t;
+void sip__resend_keep(sip_svc_t *s, const char *key, const void *bytes, size_t len);
+/* The bytes kept for key (and their length in *len), or NULL. */
+const void *sip__resend_find(sip_svc_t *s, const char *key, size_t *len);
+void sip__resend_free(sip_svc_t *s);
 
 /* registrar.c */
 /* A REGISTER for this node: answered statelessly, now or once the DHT

@@ -19,12 +19,20 @@ would, while other callers go on:
   the copies that arrive while the first waits for the DHT are taken off
   the socket before sofia parses them (register_repeats_peeked), the
   later ones get the same 200 again, and one binding results;
+- overload: one source floods new REGISTERs (500 users) far past what the
+  node takes (rate limit off); while the socket's queue is long they get
+  503s built from their own header lines before sofia parses them
+  (shed_peeked), retransmissions of answered ones get the kept bytes again
+  (register_resent_peeked), OPTIONS from another source are answered
+  within 100 ms throughout, and every user that got a 200 is registered;
 - the defaults are on: a node started without options limits too."""
 
 import os
 import random
+import json
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -197,6 +205,96 @@ def test_repeats(c, node):
     q.close(), s.close()
 
 
+# Sends new REGISTERs (each its own Call-ID) for 500 users in turn for
+# argv[3] s, 20 a ms at most (past what a
+# node takes here, not past what it drains: no socket protects against a
+# flood faster than its reader, and the probes share it), from one
+# socket to argv[1]:argv[2], each once more 0.5 s later (as sipp does when
+# the answer is late or lost), reading answers as they come; prints the
+# counts and the users that got a 200.
+FLOODER = r"""
+import json, select, socket, sys, time
+dest = (sys.argv[1], int(sys.argv[2])); dur = float(sys.argv[3]); ov = sys.argv[4]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((dest[0], 0))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20); s.setblocking(False)
+me = s.getsockname()[1]
+tpl = ("REGISTER sip:%s SIP/2.0\r\nVia: SIP/2.0/UDP %s:%d;branch=z9hG4bK-o%%d;rport\r\n"
+       "Max-Forwards: 70\r\nFrom: <sip:ov%%d@%s>;tag=o%%d\r\nTo: <sip:ov%%d@%s>\r\n"
+       "Call-ID: ov-%%d\r\nCSeq: 1 REGISTER\r\nContact: <sip:ov%%d@%s:%d>\r\n"
+       "Expires: 600\r\nContent-Length: 0\r\n\r\n") % (ov, dest[0], me, ov, ov, dest[0], me)
+codes, ok, again, i = {}, set(), [], 0
+def reg(i): return (i, i % 500, i, i % 500, i, i % 500)
+def drain():
+    while True:
+        try: d = s.recv(65535)
+        except BlockingIOError: return
+        c = int(d.split(b" ", 2)[1]); codes[c] = codes.get(c, 0) + 1
+        if c == 200: ok.add(int(d.split(b"Call-ID: ov-", 1)[1].split(b"\r", 1)[0]) % 500)
+t0 = time.monotonic(); end = t0 + dur
+while time.monotonic() < end:
+    for _ in range(20):
+        s.sendto((tpl % reg(i)).encode(), dest); again.append((time.monotonic() + 0.5, i)); i += 1
+    while again and again[0][0] <= time.monotonic():
+        s.sendto((tpl % reg(again.pop(0)[1])).encode(), dest)
+    drain(); time.sleep(0.001)
+stop = time.monotonic() + 3
+while time.monotonic() < stop:
+    select.select([s], [], [], 0.1); drain()
+print(json.dumps({"sent": i, "codes": codes, "ok": sorted(ok)}))
+"""
+
+
+def registered(node):
+    """The flooded users (numbers) the node holds bindings for (a query
+    over UDP would list only the requester's own)."""
+    users = set()
+    for r in su.registrations(node) or []:
+        aor = r.get("aor", "")
+        if aor.startswith("sip:ov") and aor.endswith("@" + OVERLAY):
+            users.add(int(aor[6:-len(OVERLAY) - 1]))
+    return users
+
+
+def test_overload(c, node):
+    dest = su.sip_dest(c, node)
+    before = counters(node)
+    flooder = subprocess.Popen([sys.executable, "-c", FLOODER, dest[0], str(dest[1]), "4",
+                                OVERLAY], stdout=subprocess.PIPE, text=True)
+    alice = su.Ua("alice")
+    worst, lost, probes = 0.0, 0, 0
+    try:
+        while flooder.poll() is None and probes < 200:
+            st, ms = options_ms(alice, dest)
+            probes += 1
+            lost += st != 200
+            worst = max(worst, ms)
+            time.sleep(0.05)
+        out, _ = flooder.communicate(timeout=30)
+    finally:
+        if flooder.poll() is None:
+            flooder.kill()
+            flooder.wait()
+    r = json.loads(out)
+    after = counters(node)
+    d = {k: after[k] - before[k] for k in ("shed", "shed_peeked", "register_resent_peeked",
+                                           "register_repeats", "register_ok")}
+    info("flood: %d REGISTERs in 4 s, answers %s; %s; OPTIONS max %.0f ms of %d" %
+         (r["sent"], r["codes"], d, worst, probes))
+    check(d["shed_peeked"] >= 1000 and r["codes"].get("503", 0) >= 1000,
+          "past what the node takes, new REGISTERs get 503s built before sofia parses them",
+          d)
+    check(d["register_resent_peeked"] >= 1, "retransmissions of answered ones get the kept "
+          "bytes again, unparsed", d)
+    check(probes >= 20 and lost == 0 and worst < 100,
+          "OPTIONS from another source answered within 100 ms throughout (%d probes, "
+          "max %.0f ms)" % (probes, worst), lost)
+    ok = r["ok"]
+    found = registered(node)
+    check(len(ok) >= 100 and set(ok) <= found,
+          "every user that got a 200 (%d) is registered" % len(ok), len(set(ok) - found))
+    alice.close()
+
+
 def test(h):
     c = su.sip_cluster(h, N, node_args={UNRATED: ["--sip-rate", "0"]})
     nodes = c.alive()
@@ -209,6 +307,7 @@ def test(h):
     test_transactions(c, B, bob)
     test_amplification(c, A)
     test_repeats(c, B)
+    test_overload(c, B)
 
 
 if __name__ == "__main__":

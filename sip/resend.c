@@ -1,0 +1,101 @@
+/*
+ * The bytes of the answers to REGISTERs sent statelessly (the 401
+ * challenge, the registrar's final answer), kept a short time by Call-ID,
+ * CSeq and top Via branch, so that core.c's peek answers a retransmission
+ * from them without sofia parsing it or building the answer again: past
+ * the REGISTER knee most of what floods the socket is sipp retransmitting
+ * the first REGISTER, whose 401 left no state behind.
+ *
+ * A ring of SIP_RESEND_MAX entries in order of sending: the oldest is
+ * the first to expire and the one a new answer replaces; a hash of chains
+ * (indexes into the ring) finds them.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sip/sip_int.h"
+
+typedef struct {
+  char *key;       /* NULL when free */
+  uint8_t *bytes;  /* the answer as sent */
+  size_t len;
+  uint64_t until;  /* uv_now() ms */
+  int hnext;       /* next index in the chain, or -1 */
+} resend_t;
+
+struct sip_resend {
+  resend_t e[SIP_RESEND_MAX];
+  int bucket[SIP_RESEND_MAX];
+  unsigned next; /* the ring's oldest slot, reused next */
+};
+
+static int *chain(sip_resend_t *t, const char *key)
+{
+  return &t->bucket[sip__fnv(SIP_FNV_INIT, key, 0) % SIP_RESEND_MAX];
+}
+
+static void slot_clear(sip_resend_t *t, int i)
+{
+  resend_t *e = &t->e[i];
+  if (!e->key)
+    return;
+  for (int *pp = chain(t, e->key); *pp >= 0; pp = &t->e[*pp].hnext)
+    if (*pp == i) {
+      *pp = e->hnext;
+      break;
+    }
+  free(e->key), free(e->bytes);
+  e->key = NULL, e->bytes = NULL;
+}
+
+void sip__resend_keep(sip_svc_t *s, const char *key, const void *bytes, size_t len)
+{
+  if (!s->resend && (s->resend = malloc(sizeof *s->resend))) {
+    memset(s->resend->e, 0, sizeof s->resend->e);
+    memset(s->resend->bucket, 0xff, sizeof s->resend->bucket); /* -1 */
+    s->resend->next = 0;
+  }
+  sip_resend_t *t = s->resend;
+  if (!t || sip__resend_find(s, key, NULL))
+    return;
+  int i = (int)(t->next++ % SIP_RESEND_MAX);
+  slot_clear(t, i);
+  resend_t *e = &t->e[i];
+  e->key = strdup(key);
+  e->bytes = malloc(len);
+  if (!e->key || !e->bytes) {
+    free(e->key), free(e->bytes);
+    e->key = NULL, e->bytes = NULL;
+    return;
+  }
+  memcpy(e->bytes, bytes, len);
+  e->len = len, e->until = sip__now_ms(s) + SIP_RESEND_MS;
+  int *head = chain(t, key);
+  e->hnext = *head, *head = i;
+}
+
+const void *sip__resend_find(sip_svc_t *s, const char *key, size_t *len)
+{
+  sip_resend_t *t = s->resend;
+  if (!t)
+    return NULL;
+  uint64_t now = sip__now_ms(s);
+  for (int i = *chain(t, key); i >= 0; i = t->e[i].hnext)
+    if (strcmp(t->e[i].key, key) == 0) {
+      if (t->e[i].until <= now)
+        return NULL;
+      if (len)
+        *len = t->e[i].len;
+      return t->e[i].bytes;
+    }
+  return NULL;
+}
+
+void sip__resend_free(sip_svc_t *s)
+{
+  for (int i = 0; s->resend && i < SIP_RESEND_MAX; i++)
+    slot_clear(s->resend, i);
+  free(s->resend);
+  s->resend = NULL;
+}
