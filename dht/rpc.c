@@ -29,7 +29,8 @@
 #include "dht/log.h"
 
 /* Connections to ring neighbours and fingers carry upkeep and most
- * lookups, so they stay open while idle; one made for a single lookup hop
+ * lookups, so they stay open while idle (with TLS for as long as the node
+ * is in our table, see conn_overdue); one made for a single lookup hop
  * or a store closes soon, or a node would end up holding a socket to
  * every node it ever asked. */
 #define CONN_IDLE_MS 120000
