@@ -44,8 +44,8 @@ UPKEEP_LOOKUPS = 4 * N
 UPKEEP_MIN_S = 20  # longer than a stranger's link may stay idle with TLS (15 s)
 SETTLED_S = 10
 LINKS_IDLE_S = 25  # links to strangers idle out (15 s), a reap sweep later (5 s), plus margin
-# Both ends count a handshake.  Seen: 0-4 (a link or two whose opener
-# closed it late); the iterative path made 14 in 21 s here.
+# Both ends count a handshake.  Seen: 0 in 4 runs (a link whose opener
+# closed it late would make 2); the iterative path made 14 in 21 s here.
 UPKEEP_HANDSHAKES = 4
 ROUTE, ROUTE_R, PING_R = 23, 24, 4
 ROUTE_PASSED = 0x01
