@@ -199,13 +199,16 @@ typedef void (*dht__route_cb)(dht_t *d, int status, const proto_route_r_t *r, vo
  * DHT__ROUTE_HERE, or a negative code (cb is never called). */
 int dht__route_send(dht_t *d, const dht_id_t *key, uint8_t skip, uint8_t type, const uint8_t *body,
                     size_t len, dht__route_cb cb, void *arg);
+/* The same with via as the first hop instead of our own choice. */
+int dht__route_via(dht_t *d, const dht_node_t *via, const dht_id_t *key, uint8_t type,
+                   const uint8_t *body, size_t len, dht__route_cb cb, void *arg);
 /* The same to our n-th successor (n >= 1), from successor to successor:
  * the links of ring upkeep, where a direct link to it may be down. */
 int dht__route_succ(dht_t *d, const dht_id_t *key, uint8_t n, uint8_t type, const uint8_t *body,
                     size_t len, dht__route_cb cb, void *arg);
 /* An incoming ROUTE: pass it on, or answer it here through ops.c. */
 int dht__route_answer(dht_t *d, dht__conn_t *c, const proto_frame_t *f);
-/* Answer a STORE or FETCH (ops.c); from: who sent it (routed: the origin
+/* Answer a FIND, STORE or FETCH (ops.c); from: who sent it (routed: the origin
  * the request names, for logs only).  0, or a negative PROTO_E* code for
  * a malformed body. */
 int dht__ops_answer(dht_t *d, const dht__reply_t *to, const proto_frame_t *f,
@@ -235,6 +238,12 @@ int dht__lookup(dht_t *d, const dht_id_t *key, dht__lookup_cb cb, void *arg);
 /* Same, starting from the given node instead of our own tables (join). */
 int dht__lookup_via(dht_t *d, const dht_id_t *key, const dht_node_t *start,
                     dht__lookup_cb cb, void *arg);
+/* A lookup of ring upkeep (fingers, the loop check; start: the first node
+ * to ask, or NULL): in the secured mode a FIND routed over existing links
+ * to the key's owner, whose answer is the result (hops: the route's;
+ * path: none), else or on failure the iterative lookup. */
+int dht__lookup_upkeep(dht_t *d, const dht_id_t *key, const dht_node_t *start,
+                       dht__lookup_cb cb, void *arg);
 /* Replication upkeep after ring changes. */
 /* Push every key we are primary for to our replicas, as refreshes (the
  * periodic round: replicas ask for what they lack). */

@@ -82,7 +82,7 @@ static int local_owner(const dht_t *d, const dht_id_t *key, dht_node_t *out, int
   return n;
 }
 
-static int answer_find(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
+static int answer_find(dht_t *d, const dht__reply_t *to, const proto_frame_t *f) {
   proto_find_t q;
   int err = proto_find_decode(f->body, f->body_len, &q);
   if (err) return err;
@@ -104,7 +104,7 @@ static int answer_find(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
   uint8_t buf[8 + PROTO_MAX_NODES * 40];
   long len = proto_find_r_encode(buf, sizeof(buf), &r);
   if (len < 0) fatalx("cannot encode FIND_R: %s", proto_strerror((int)len));
-  dht__rpc_reply(d, c, PROTO_FIND_R, f->txid, buf, (size_t)len);
+  dht__answer(d, to, PROTO_FIND_R, buf, (size_t)len);
   return 0;
 }
 
@@ -270,6 +270,71 @@ int dht__lookup(dht_t *d, const dht_id_t *key, dht__lookup_cb cb, void *arg) {
 
 int dht__lookup_via(dht_t *d, const dht_id_t *key, const dht_node_t *start, dht__lookup_cb cb,
                     void *arg) {
+  return lookup_start(d, key, start, cb, arg);
+}
+
+/* Routed lookups (ring upkeep in the secured mode) ------------------------ */
+
+/* Fingers and the loop check look up keys far away, and iteratively that
+ * means asking strangers: a TLS handshake each, and a link that holds
+ * OpenSSL state until it idles out.  Routed, the FIND goes over the links
+ * we have and the key's owner answers with itself and its successors. */
+typedef struct {
+  dht_id_t key;
+  dht_node_t start;
+  bool has_start;
+  dht__lookup_cb cb;
+  void *arg;
+} upkeep_t;
+
+/* The owner's answer as a lookup result: n nodes, or 0 for none. */
+static int routed_find_nodes(dht_t *d, const proto_route_r_t *r, dht_node_t *nodes) {
+  proto_find_r_t a;
+  if (r->type != PROTO_FIND_R || proto_find_r_decode(r->body, r->body_len, &a) ||
+      !(a.flags & PROTO_FIND_DONE))
+    return 0;
+  for (int i = 0; i < a.n; i++) {
+    dht__node_from_proto(&a.nodes[i], &nodes[i]);
+    dht__ring_saw(d, &nodes[i]);
+  }
+  return a.n;
+}
+
+static void on_find_routed(dht_t *d, int status, const proto_route_r_t *r, void *arg) {
+  upkeep_t *u = arg;
+  dht_node_t nodes[PROTO_MAX_NODES];
+  int n = status ? 0 : routed_find_nodes(d, r, nodes);
+  if (n > 0) {
+    d->stats.hops_hist[r->hops < DHT_MAX_PATH ? r->hops : DHT_MAX_PATH]++;
+    u->cb(d, 0, nodes, n, r->hops, NULL, 0, u->arg);
+  } else {
+    d->stats.routed_fallbacks++;
+    int err = lookup_start(d, &u->key, u->has_start ? &u->start : NULL, u->cb, u->arg);
+    if (err) u->cb(d, err, NULL, 0, 0, NULL, 0, u->arg);
+  }
+  free(u);
+}
+
+int dht__lookup_upkeep(dht_t *d, const dht_id_t *key, const dht_node_t *start,
+                       dht__lookup_cb cb, void *arg) {
+  dht_node_t known[PROTO_MAX_NODES];
+  if (d->closed || !dht__route_on(d) ||
+      (!start && local_owner(d, key, known, PROTO_MAX_NODES) > 0))
+    return lookup_start(d, key, start, cb, arg);
+  upkeep_t *u = malloc(sizeof(*u));
+  if (!u) return -ENOMEM;
+  *u = (upkeep_t){.key = *key, .has_start = start != NULL, .cb = cb, .arg = arg};
+  if (start) u->start = *start;
+  d->stats.lookups++;
+  proto_find_t q;
+  memcpy(q.key, key->b, DHT_ID_LEN);
+  uint8_t buf[PROTO_ID_LEN];
+  long len = proto_find_encode(buf, sizeof(buf), &q);
+  int err = start ? dht__route_via(d, start, key, PROTO_FIND, buf, (size_t)len, on_find_routed, u)
+                  : dht__route_send(d, key, 0, PROTO_FIND, buf, (size_t)len, on_find_routed, u);
+  if (err == 0) return 0;
+  free(u);
+  d->stats.lookups--;
   return lookup_start(d, key, start, cb, arg);
 }
 
@@ -500,13 +565,17 @@ static int answer_fetch(dht_t *d, const dht__reply_t *to, const proto_frame_t *f
 
 int dht__ops_answer(dht_t *d, const dht__reply_t *to, const proto_frame_t *f,
                     const dht_node_t *from) {
-  return f->type == PROTO_STORE ? answer_store(d, to, f, from) : answer_fetch(d, to, f);
+  switch (f->type) {
+  case PROTO_FIND: return answer_find(d, to, f);
+  case PROTO_STORE: return answer_store(d, to, f, from);
+  default: return answer_fetch(d, to, f);
+  }
 }
 
 int dht__handle_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const dht_node_t *peer) {
   dht__reply_t to = {.conn = c, .txid = f->txid};
   switch (f->type) {
-  case PROTO_FIND: return answer_find(d, c, f);
+  case PROTO_FIND:
   case PROTO_STORE:
   case PROTO_FETCH: return dht__ops_answer(d, &to, f, peer);
   case PROTO_ROUTE: return dht__route_answer(d, c, f);

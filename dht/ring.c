@@ -196,8 +196,11 @@ static void self_check(dht_t *d) {
   const dht_node_t *pick = NULL, *prev = NULL;
   int n = 0;
   for (int i = 0; i <= DHT_BITS; i++) {
+    /* With TLS the bootstrap node is a stranger once we have fingers:
+     * asking it would cost a handshake every few rounds. */
+    bool boot = d->has_boot && (!d->tls || n == 0 || dht__rpc_linked(d, &d->boot));
     const dht_node_t *x = i < DHT_BITS ? (d->finger_ok[i] ? &d->finger[i] : NULL)
-                                       : (d->has_boot ? &d->boot : NULL);
+                                       : (boot ? &d->boot : NULL);
     if (!x || is_self(d, x) || dht__node_eq(x, &d->succ[0]) || (prev && dht__node_eq(prev, x)))
       continue;
     prev = x;
@@ -210,7 +213,36 @@ static void self_check(dht_t *d) {
   /* Our own id: in a sound ring our predecessor answers, naming us and
    * our successors; in a loopy one a node of the other loop answers with
    * a node that lies between us and our successor. */
-  if (dht__lookup_via(d, &d->self.id, pick, on_self_check, NULL) == 0) d->check_inflight = true;
+  if (dht__lookup_upkeep(d, &d->self.id, pick, on_self_check, NULL) == 0) d->check_inflight = true;
+}
+
+static int ping_check(dht_t *d, const dht_node_t *x);
+
+/* With TLS the links to our routing table are kept however idle (rpc.c),
+ * and routed requests and lookups go over them: a node of the table we
+ * have no link to (a successor we only heard of, a finger a routed lookup
+ * found, a link its opener closed because we are not in its table) is
+ * linked now, a few per round, rather than in the middle of a routed
+ * request.  A PING that gets no answer drops it from the table. */
+#define LINKS_PER_ROUND 4
+
+static void link_table(dht_t *d) {
+  const dht_node_t *t[1 + DHT_MAX_SUCC + DHT_BITS];
+  int n = 0, made = 0;
+  if (d->has_pred) t[n++] = &d->pred;
+  for (int i = 0; i < d->n_succ; i++) t[n++] = &d->succ[i];
+  for (int i = 0; i < DHT_BITS; i++)
+    if (d->finger_ok[i] && (i == 0 || !dht__node_eq(&d->finger[i], t[n - 1])))
+      t[n++] = &d->finger[i];
+  for (int i = 0; i < n && made < LINKS_PER_ROUND; i++) {
+    if (is_self(d, t[i]) || dht__rpc_linked(d, t[i])) continue;
+    made++;
+    dht_node_t x = *t[i];
+    if (ping_check(d, &x) == -EHOSTUNREACH) {
+      dht__ring_forget(d, &x); /* the table changed under t: stop here */
+      return;
+    }
+  }
 }
 
 static void stab_done(dht_t *d, bool settled) {
@@ -222,6 +254,7 @@ static void stab_done(dht_t *d, bool settled) {
   bool quiet = d->stab_interval >= d->stab_max / 2;
   unsigned round = d->stab_rounds++;
   fix_finger(d, !quiet || round % 4 == 0);
+  if (d->tls) link_table(d);
   if (d->n_succ && (!d->check_ok || !quiet || round % 8 == 0)) self_check(d);
   settled = settled && d->check_ok;
   /* Predecessors notify us every round of theirs; one silent for three of
@@ -385,7 +418,7 @@ static void fix_finger(dht_t *d, bool refresh) {
     } else if (!d->finger_ok[i] || refresh) {
       refresh = false;
       lookups++;
-      dht__lookup(d, &start, on_finger, (void *)(intptr_t)i);
+      dht__lookup_upkeep(d, &start, NULL, on_finger, (void *)(intptr_t)i);
     } else {
       break; /* known and not due: resume here next time */
     }
@@ -557,6 +590,17 @@ static void on_ping_check(dht_t *d, int status, const proto_frame_t *f, const dh
   free(x);
 }
 
+/* PING x and forget it if it does not answer: 0, -ENOMEM, or
+ * -EHOSTUNREACH when the PING could not even be sent. */
+static int ping_check(dht_t *d, const dht_node_t *x) {
+  dht_node_t *copy = malloc(sizeof(*copy));
+  if (!copy) return -ENOMEM;
+  *copy = *x;
+  if (dht__rpc_call(d, x, PROTO_PING, NULL, 0, on_ping_check, copy) == 0) return 0;
+  free(copy);
+  return -EHOSTUNREACH;
+}
+
 void dht__peer_lost(dht_t *d, const dht_node_t *peer) {
   if (d->leaving) return;
   /* The predecessor and the successors that hold our replicas are checked
@@ -567,13 +611,7 @@ void dht__peer_lost(dht_t *d, const dht_node_t *peer) {
     neighbour = dht__node_eq(&d->succ[i], peer);
   if (d->n_succ && dht__node_eq(&d->succ[0], peer)) neighbour = true;
   if (!neighbour) return;
-  dht_node_t *x = malloc(sizeof(*x));
-  if (!x) return;
-  *x = *peer;
-  if (dht__rpc_call(d, peer, PROTO_PING, NULL, 0, on_ping_check, x)) {
-    dht__ring_forget(d, x);
-    free(x);
-  }
+  if (ping_check(d, peer) == -EHOSTUNREACH) dht__ring_forget(d, peer);
 }
 
 /* Requests ----------------------------------------------------------------- */

@@ -1,5 +1,6 @@
 /*
- * Routed requests: the secured mode's puts and gets travel hop by hop over
+ * Routed requests: the secured mode's puts, gets and upkeep lookups (a
+ * FIND: fingers, the loop check) travel hop by hop over
  * links the nodes already have (RFC 6940's symmetric recursive routing)
  * instead of an iterative lookup and a direct request to the key's owner.
  *
@@ -155,11 +156,13 @@ int dht__route_answer(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
   proto_route_t q;
   int err = proto_route_decode(f->body, f->body_len, &q);
   if (err) return err;
-  /* Only data requests are routed; more hops than a lookup may take means
-   * a loop or a sender that lies about the count. */
+  /* Only data requests and the lookups of ring upkeep are routed; more
+   * hops than a lookup may take means a loop or a sender that lies about
+   * the count. */
   dht_node_t next;
   int r = -EINVAL;
-  if ((q.type == PROTO_STORE || q.type == PROTO_FETCH) && q.skip <= DHT_MAX_SUCC &&
+  if ((q.type == PROTO_STORE || q.type == PROTO_FETCH || q.type == PROTO_FIND) &&
+      q.skip <= DHT_MAX_SUCC &&
       q.hops < DHT_MAX_PATH)
     r = route_next(d, &q, &next);
   if (r < 0) {
@@ -203,12 +206,15 @@ static void on_routed(dht_t *d, int status, const proto_frame_t *f, const dht_no
   free(o);
 }
 
-static int route_start(dht_t *d, proto_route_t *q, dht__route_cb cb, void *arg) {
+/* via: the first hop, or NULL for our own routing choice. */
+static int route_start(dht_t *d, const dht_node_t *via, proto_route_t *q, dht__route_cb cb,
+                       void *arg) {
   if (!dht__route_on(d)) return -ENOTSUP;
   q->origin = d->self_wire;
   dht_node_t next;
-  int r = route_next(d, q, &next);
+  int r = via ? 0 : route_next(d, q, &next);
   if (r) return r;
+  if (via) next = *via;
   origin_t *o = malloc(sizeof(*o));
   if (!o) return -ENOMEM;
   *o = (origin_t){.cb = cb, .arg = arg};
@@ -222,7 +228,14 @@ int dht__route_send(dht_t *d, const dht_id_t *key, uint8_t skip, uint8_t type, c
                     size_t len, dht__route_cb cb, void *arg) {
   proto_route_t q = {.skip = skip, .type = type, .body = body, .body_len = (uint32_t)len};
   memcpy(q.key, key->b, DHT_ID_LEN);
-  return route_start(d, &q, cb, arg);
+  return route_start(d, NULL, &q, cb, arg);
+}
+
+int dht__route_via(dht_t *d, const dht_node_t *via, const dht_id_t *key, uint8_t type,
+                   const uint8_t *body, size_t len, dht__route_cb cb, void *arg) {
+  proto_route_t q = {.type = type, .body = body, .body_len = (uint32_t)len};
+  memcpy(q.key, key->b, DHT_ID_LEN);
+  return route_start(d, via, &q, cb, arg);
 }
 
 int dht__route_succ(dht_t *d, const dht_id_t *key, uint8_t n, uint8_t type, const uint8_t *body,
@@ -230,5 +243,5 @@ int dht__route_succ(dht_t *d, const dht_id_t *key, uint8_t n, uint8_t type, cons
   proto_route_t q = {.flags = PROTO_ROUTE_PASSED, .skip = n, .type = type, .body = body,
                      .body_len = (uint32_t)len};
   memcpy(q.key, key->b, DHT_ID_LEN);
-  return route_start(d, &q, cb, arg);
+  return route_start(d, NULL, &q, cb, arg);
 }

@@ -29,7 +29,8 @@
 #include "dht/log.h"
 
 /* Connections to ring neighbours and fingers carry upkeep and most
- * lookups, so they stay open while idle; one made for a single lookup hop
+ * lookups, so they stay open while idle (with TLS for as long as the node
+ * is in our table, see conn_overdue); one made for a single lookup hop
  * or a store closes soon, or a node would end up holding a socket to
  * every node it ever asked. */
 #define CONN_IDLE_MS 120000
@@ -73,6 +74,7 @@ struct dht__conn {
   dht_id_t auth_id; /* secured mode: the peer's certified node id once ready */
   dht_id_t expect;  /* outgoing: the node we meant to reach (zero: unknown) */
   uint64_t opened;  /* loop time */
+  bool peer_asked;  /* the peer sent requests on it: it may be a link the peer keeps */
   uint64_t frame_since; /* loop time the frame being assembled in rbuf began */
   uint8_t first_type;   /* outgoing: the request that opened it (for the log) */
   wreq_t *out;          /* frames sent in this loop iteration, not yet written */
@@ -390,6 +392,7 @@ static int conn_frame(dht__conn_t *c, const proto_frame_t *f) {
   if (f->type == PROTO_HELLO || f->type == PROTO_HELLO_R) return on_hello(c, f);
   if (!c->have_peer) return PROTO_EINVAL; /* HELLO must come first */
   if (f->type & 1) {
+    c->peer_asked = true;
     if (!d->leaving || f->type == PROTO_LEAVE || f->type == PROTO_PING)
       return dht__handle_request(d, c, f, &c->peer);
     return 0;
@@ -880,23 +883,47 @@ static const char *conn_overdue(dht_t *d, dht__conn_t *c, uint64_t now) {
   if (!c->have_peer && now - c->opened > d->limits.hello_ms) return "no HELLO in time (hello-ms)";
   if (c->rlen && now - c->frame_since > d->limits.frame_ms) return "frame not completed in time (frame-ms)";
   uint64_t idle = now - c->last_active;
-  if (!c->outgoing) return idle > CONN_IDLE_INBOUND_MS ? "idle" : NULL;
+  bool known = c->have_peer && dht__ring_knows(d, &c->peer);
+  /* With TLS a link to a node of our routing table is kept however idle:
+   * upkeep and routed requests use it again, and reopening it would cost
+   * a handshake at both ends where keeping it costs ~20 KB. */
+  if (d->tls && known) return NULL;
+  /* An outgoing TLS link the peer sends requests on may be one it keeps
+   * (we are in its table): closing it would only make it link to us
+   * again.  Like an accepted link it closes when idle for long, which the
+   * keeper's keepalives (dht__rpc_reap) prevent. */
+  if (!c->outgoing || (d->tls && c->peer_asked)) return idle > CONN_IDLE_INBOUND_MS ? "idle" : NULL;
   /* Only the side that opened a connection closes it when merely idle: an
    * EOF on an accepted connection then means the opener chose to stop or
    * died, and does not set off a liveness check on every idle close. */
   if (idle < (d->tls ? CONN_IDLE_STRANGER_TLS_MS : CONN_IDLE_STRANGER_MS)) return NULL;
-  if (idle < CONN_IDLE_MS && c->have_peer && dht__ring_knows(d, &c->peer)) return NULL;
+  if (idle < CONN_IDLE_MS && known) return NULL;
   return conn_busy(d, c) ? NULL : "idle";
 }
 
 /* Close connections nobody used for a while (the ring's own traffic keeps
  * the neighbours' connections alive), and those that overstay a deadline. */
+static void on_keepalive(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
+                         void *arg) {}
+
+/* With TLS a link to our routing table is kept (conn_overdue); its other
+ * end may not know us and closes it only when idle for CONN_IDLE_INBOUND_MS,
+ * so a PING now and then tells it the link is still wanted. */
+static void keepalive(dht_t *d, dht__conn_t *c, uint64_t now) {
+  if (d->tls && c->ready && c->have_peer && now - c->last_active > CONN_IDLE_MS &&
+      dht__ring_knows(d, &c->peer) && !conn_busy(d, c))
+    dht__rpc_call(d, &c->peer, PROTO_PING, NULL, 0, on_keepalive, NULL);
+}
+
 void dht__rpc_reap(dht_t *d) {
   uint64_t now = uv_now(d->loop);
   for (dht__conn_t *c = d->conns, *next; c; c = next) {
     next = c->next;
     const char *why = conn_overdue(d, c, now);
-    if (!why) continue;
+    if (!why) {
+      keepalive(d, c, now);
+      continue;
+    }
     if (why[0] != 'i') {
       char a[64];
       dht_addr_str(&c->remote, a, sizeof(a));

@@ -7,6 +7,12 @@ node.  Then:
   - 30 put-then-gets of new keys from random nodes all read back, travel
     as ROUTE frames (routed_sent, routed_forwarded grow), fall back to the
     iterative path never, and make no TLS handshake at all;
+  - then, once the links to strangers have idled out, a window of
+    ring upkeep alone (4 lookups per node: finger
+    refreshes and loop checks, with a short --stabilize-max), longer than
+    the 15 s after which idle links to strangers close: the lookups travel
+    routed and open (almost) no TLS link, where iterative ones reopened
+    links to strangers; the links to every node's routing table stay up;
   - an insider, "mallory" (a valid node certificate, no node), sends ROUTE
     frames over TLS to a node that is not the key's owner: a value that
     replaces another node's is routed to the owner and refused there
@@ -15,7 +21,8 @@ node.  Then:
     predecessor it names as its origin is refused as not that node's key
     (status 2, refused_not_mine): the origin field carries no authority;
     a hop count at the limit, an inner FIND and a malformed inner STORE
-    get a failed ROUTE_R, and mallory's link stays up (a PING is
+    get a failed ROUTE_R, while an inner FIND is answered by the key's
+    owner with itself first (FIND_R, "done"), and mallory's link stays up (a PING is
     answered);
 and the honest values stay intact and readable everywhere."""
 
@@ -32,6 +39,14 @@ import peerproto as pp  # noqa: E402
 from p2p import check, info  # noqa: E402
 
 N = 20
+STAB_MAX_MS = 2000  # quiet upkeep rounds every ~2 s: fingers refresh every 4th, loop checks every 8th
+UPKEEP_LOOKUPS = 4 * N
+UPKEEP_MIN_S = 20  # longer than a stranger's link may stay idle with TLS (15 s)
+SETTLED_S = 10
+LINKS_IDLE_S = 25  # links to strangers idle out (15 s), a reap sweep later (5 s), plus margin
+# Both ends count a handshake.  Seen: 0 in 4 runs (a link whose opener
+# closed it late would make 2); the iterative path made 14 in 21 s here.
+UPKEEP_HANDSHAKES = 4
 ROUTE, ROUTE_R, PING_R = 23, 24, 4
 ROUTE_PASSED = 0x01
 ROUTE_FAILED = 1
@@ -84,7 +99,7 @@ def put_then_get(node, key, value):
 
 def test(h):
     # debug: the log says what each new TLS link was opened for.
-    c = h.cluster(N, secure=True, replicas=3, log_level="debug")
+    c = h.cluster(N, secure=True, replicas=3, log_level="debug", extra_args=["--stabilize-max", str(STAB_MAX_MS)])
     c.wait_consistent(timeout=90, succ_len=8, full_succ=True)
     nodes = c.alive()
     rnd = random.Random(9)
@@ -100,7 +115,7 @@ def test(h):
     s0 = sums(c)
     jobs = [(rnd.choice(nodes), "sip:r%d@%s" % (i, p2p.OVERLAY)) for i in range(30)]
     res = [put_then_get(n, k, {"r": k}) for n, k in jobs]
-    s1 = sums(c)
+    s1, used = sums(c), time.monotonic()
     d = {k: s1[k] - s0[k] for k in COUNTERS}
     info("counters over the 30 put-then-gets: %s" % d)
     bad = [(j, r) for j, r in zip(jobs, res) if len(r) != 1 or r[0].get("value") != {"r": j[1]}]
@@ -109,6 +124,41 @@ def test(h):
           "they travelled routed (routed_sent +%d, routed_forwarded +%d)" % (d["routed_sent"], d["routed_forwarded"]))
     check(d["routed_fallbacks"] == 0 and d["routed_failed"] == 0, "no routed request failed or fell back", d)
     check(d["tls_handshakes"] == 0, "with warm links they made no TLS handshake", new_links(nodes, marks))
+
+    # Upkeep alone ---------------------------------------------------------
+    # Links opened by the joins to strangers (and kept busy by the routed
+    # requests so far) close once idle for 15 s; a node that has the
+    # stranger in its own table links to it again then, once: that link is
+    # kept.  The window starts once that is over, i.e. after SETTLED_S
+    # without a handshake; the iterative path never got there.
+    p2p.wait_until(lambda: time.monotonic() - used >= LINKS_IDLE_S, LINKS_IDLE_S + 5,
+                   "the links to strangers idled out", interval=0.5)
+    hs = [sums(c)["tls_handshakes"], time.monotonic()]
+
+    def settled():
+        now, t = sums(c)["tls_handshakes"], time.monotonic()
+        if now != hs[0]:
+            hs[:] = [now, t]
+        return t - hs[1] >= SETTLED_S
+
+    p2p.wait_until(settled, 120, "%d s without a TLS handshake" % SETTLED_S, interval=1.0)
+    marks = {n.index: os.path.getsize(n.log) for n in nodes}
+    s0, t0 = sums(c), time.monotonic()
+    p2p.wait_until(lambda: time.monotonic() - t0 >= UPKEEP_MIN_S and
+                   sums(c)["lookups"] - s0["lookups"] >= UPKEEP_LOOKUPS,
+                   120, "%d upkeep lookups over at least %d s" % (UPKEEP_LOOKUPS, UPKEEP_MIN_S), interval=1.0)
+    s1, secs = sums(c), time.monotonic() - t0
+    d = {k: s1[k] - s0[k] for k in COUNTERS}
+    info("counters over %.0f s of upkeep: %s" % (secs, d))
+    # (a lookup of a key in our successors' range is answered from our table)
+    check(d["routed_sent"] >= 0.75 * d["lookups"] and d["routed_fallbacks"] <= 1,
+          "upkeep lookups travel routed (lookups +%d, routed_sent +%d, fallbacks +%d)"
+          % (d["lookups"], d["routed_sent"], d["routed_fallbacks"]))
+    check(d["tls_handshakes"] <= UPKEEP_HANDSHAKES,
+          "%.0f s of upkeep made %d TLS handshakes (at most %d)" % (secs, d["tls_handshakes"], UPKEEP_HANDSHAKES),
+          new_links(nodes, marks))
+    sts = p2p.parallel_map(lambda n: n.admin_ok({"cmd": "stats"}), nodes)
+    info("links per node after the window: %s" % [st.get("connections") for st in sts])
 
     # An insider -----------------------------------------------------------
     cred = os.path.join(c.rundir, "creds")
@@ -152,18 +202,22 @@ def test(h):
     for txid, frame, what in (
             (23, route_frame(kp, pp.FETCH, bytes.fromhex(kp), txid=23, origin=mid, hops=MAX_PATH),
              "a hop count at the limit"),
-            (24, route_frame(kp, pp.FIND, bytes.fromhex(kp), txid=24, origin=mid), "an inner FIND"),
             (25, route_frame(kp, pp.STORE, b"\x01\x02\x03", txid=25, origin=mid), "a malformed inner STORE")):
         s.sendall(frame)
         a = route_answer(s, txid)
         check(a is not None and a[0] == ROUTE_FAILED, "%s: a failed ROUTE_R" % what, a)
+    s.sendall(route_frame(kp, pp.FIND, bytes.fromhex(kp), txid=24, origin=mid))
+    a = route_answer(s, 24)
+    check(a is not None and a[0] == 0 and a[1] == pp.FIND_R and a[2][0] & pp.FIND_DONE and a[2][1] >= 1
+          and a[2][2:22].hex() == owner.id,
+          "an inner FIND is answered by the key's owner, naming itself first", a)
     s.sendall(pp.frame(pp.PING, b"", txid=26))
     check(any(t == PING_R and x == 26 for t, x, _ in pp.read_frames(s, 1, 5.0)),
           "mallory's link is still up (PING answered): a bad inner request is not the link's fault")
     s.close()
     after = sums(c)
     check(after["values_refused"] > base["values_refused"] and after["refused_not_mine"] > base["refused_not_mine"]
-          and after["routed_failed"] >= base["routed_failed"] + 2 and after["bad_frames"] > base["bad_frames"],
+          and after["routed_failed"] >= base["routed_failed"] + 1 and after["bad_frames"] > base["bad_frames"],
           "the refusals are counted (values_refused, refused_not_mine, routed_failed, bad_frames)", (base, after))
 
     vals = p2p.parallel_map(lambda n: p2p.get_values(n, plain), nodes)
