@@ -157,26 +157,27 @@ static void write_now(dht__conn_t *c, wreq_t *w) {
   }
 }
 
-/* A memory BIO keeps the largest buffer it ever held; once drained, a big
- * one is swapped for a fresh BIO so that hundreds of idle links stay small
- * (one STORE of 256 KiB would otherwise leave that much behind).  OpenSSL's
- * own record buffers go back by themselves (SSL_MODE_RELEASE_BUFFERS). */
-static BIO *tls_fresh_bio(BIO *b) {
+/* A memory BIO keeps the largest buffer it ever held; once drained, one
+ * bigger than keep is swapped for a fresh BIO so that hundreds of idle links
+ * stay small (one STORE of 256 KiB would otherwise leave that much behind).
+ * OpenSSL's own record buffers go back by themselves
+ * (SSL_MODE_RELEASE_BUFFERS). */
+static BIO *tls_fresh_bio(BIO *b, size_t keep) {
   BUF_MEM *m;
-  if (BIO_ctrl_pending(b) || BIO_get_mem_ptr(b, &m) != 1 || !m || m->max <= 4096) return NULL;
+  if (BIO_ctrl_pending(b) || BIO_get_mem_ptr(b, &m) != 1 || !m || m->max <= keep) return NULL;
   BIO *nb = BIO_new(BIO_s_mem());
   if (nb) BIO_set_mem_eof_return(nb, -1); /* empty means "more to come" */
   return nb;
 }
 
-static void tls_trim(dht__conn_t *c) {
+static void tls_trim(dht__conn_t *c, size_t keep) {
   if (!c->ready) return; /* the handshake keeps a buffering BIO over wbio */
   BIO *nb;
-  if ((nb = tls_fresh_bio(c->rbio))) {
+  if ((nb = tls_fresh_bio(c->rbio, keep))) {
     SSL_set0_rbio(c->ssl, nb);
     c->rbio = nb;
   }
-  if ((nb = tls_fresh_bio(c->wbio))) {
+  if ((nb = tls_fresh_bio(c->wbio, keep))) {
     SSL_set0_wbio(c->ssl, nb);
     c->wbio = nb;
   }
@@ -195,7 +196,7 @@ static void tls_flush(dht__conn_t *c) {
     w->len = n > 0 ? (size_t)n : 0;
     write_now(c, w);
   }
-  if (!c->closing) tls_trim(c);
+  if (!c->closing) tls_trim(c, 4096);
 }
 
 /* Frames are written once per loop iteration and connection (rpc_flush):
@@ -505,7 +506,7 @@ static void conn_feed(dht__conn_t *c, const uint8_t *data, size_t len) {
       c->rlen = 0;
     }
   }
-  if (c->rlen == 0 && c->rcap > 4096) rbuf_free(c); /* don't keep a big buffer for an idle peer */
+  if (c->rlen == 0) rbuf_free(c); /* only split frames need it: idle peers keep none */
 }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
@@ -921,6 +922,9 @@ void dht__rpc_reap(dht_t *d) {
     next = c->next;
     const char *why = conn_overdue(d, c, now);
     if (!why) {
+      /* Drained BIOs go back whole once per sweep: the handshake leaves
+       * ~2 KB in each end's, on every kept link. */
+      if (c->ssl && !c->closing) tls_trim(c, 0);
       keepalive(d, c, now);
       continue;
     }
