@@ -287,7 +287,15 @@ static void on_neigh(dht_t *d, int status, const proto_frame_t *f, const dht_nod
     return;
   }
   dht_node_t rest[PROTO_MAX_NODES], list[DHT_MAX_SUCC], succ = d->succ[0];
-  for (int i = 0; i < r.n; i++) dht__node_from_proto(&r.succ[i], &rest[i]);
+  /* A node we found dead moments ago and the successor still lists (it
+   * has not noticed yet, or lies) comes back only once it answers a
+   * ping: taken on its word, it returned after every forget. */
+  int nr = 0;
+  for (int i = 0; i < r.n; i++) {
+    dht__node_from_proto(&r.succ[i], &rest[nr]);
+    if (!is_self(d, &rest[nr]) && dead_recently(d, &rest[nr])) revive_check(d, &rest[nr]);
+    else nr++;
+  }
   if (r.has_pred) {
     dht_node_t p;
     dht__node_from_proto(&r.pred, &p);
@@ -297,8 +305,8 @@ static void on_neigh(dht_t *d, int status, const proto_frame_t *f, const dht_nod
       /* Someone joined between us and our successor. */
       dht_node_t two[PROTO_MAX_NODES + 1];
       two[0] = succ;
-      memcpy(two + 1, rest, (size_t)r.n * sizeof(*rest));
-      succ_set(d, list, succ_build(d, &p, two, r.n + 1, list));
+      memcpy(two + 1, rest, (size_t)nr * sizeof(*rest));
+      succ_set(d, list, succ_build(d, &p, two, nr + 1, list));
       /* Ask the new successor at once: after a burst of joins the right
        * successor may be several steps away, and each step only moves
        * closer to us, so this ends. */
@@ -310,7 +318,7 @@ static void on_neigh(dht_t *d, int status, const proto_frame_t *f, const dht_nod
   /* A successor that knows fewer successors than we do (it just started,
    * or lost some) must not shorten our list: keep our entries that lie
    * beyond the end of its list. */
-  int n_rest = r.n;
+  int n_rest = nr;
   const dht_id_t *last = n_rest ? &rest[n_rest - 1].id : &succ.id;
   for (int i = 1; i < d->n_succ && n_rest < PROTO_MAX_NODES && n_rest + 1 < d->nsucc; i++)
     if (dht__between(&d->succ[i].id, last, &d->self.id)) {
