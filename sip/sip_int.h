@@ -373,8 +373,15 @@ enum { SIP_AUTH_OK = 0, SIP_AUTH_NONE, SIP_AUTH_STALE, SIP_AUTH_BAD };
  * SIP_AUTH_BAD (unknown user, wrong response, nonce not ours, digest URI
  * not the Request-URI, unknown algorithm). */
 int sip__auth_check(sip_svc_t *s, const sip_t *sip, int proxy, char user[DHT_CERT_MAX_USER + 1]);
-/* Answers 401 (407 when proxy is set) statelessly with a SHA-256 and an
- * MD5 challenge (RFC 8760), stale=true if asked.  Takes msg. */
+/* The challenge header lines (WWW-Authenticate, or Proxy-Authenticate
+ * when proxy is set), one per algorithm in --sip-digest's order (RFC
+ * 8760), stale=true if asked, each ending in CRLF, in buf: their length,
+ * or -ENOSPC.  Counted as a challenge sent.  Both the answer sofia builds
+ * and the peek's 401 carry these lines. */
+#define SIP_AUTH_LINES 1024
+int sip__auth_challenge_lines(sip_svc_t *s, int proxy, int stale, char *buf, size_t len);
+/* Answers 401 (407 when proxy is set) statelessly with the challenge
+ * lines above.  Takes msg. */
 void sip__auth_challenge(sip_svc_t *s, msg_t *msg, sip_t *sip, int proxy, int stale);
 int sip__auth_has_user(sip_svc_t *s, const char *user);
 /* The user's certificate and key (the secured mode), loaded on first use
