@@ -451,7 +451,6 @@ int sip__auth_challenge_lines(sip_svc_t *s, int proxy, int stale, char *buf, siz
       return -ENOSPC;
     o += (size_t)n;
   }
-  s->c.auth_challenges++;
   return (int)o;
 }
 
@@ -462,6 +461,7 @@ void sip__auth_challenge(sip_svc_t *s, msg_t *msg, sip_t *sip, int proxy, int st
     sip__reply_stateless(s, msg, sip, SIP_500_INTERNAL_SERVER_ERROR, TAG_END());
     return;
   }
+  s->c.auth_challenges++;
   if (proxy)
     sip__reply_stateless(s, msg, sip, SIP_407_PROXY_AUTH_REQUIRED, SIPTAG_HEADER_STR(lines),
                          TAG_END());
