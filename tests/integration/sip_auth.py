@@ -172,6 +172,45 @@ def test_challenge_paths(c, A, ua):
           (first.raw, second.raw))
 
 
+def test_challenge_flood(c, A, ua):
+    """One source sends 2,000 REGISTERs without credentials, 2,000 a
+    second: the peek challenges no more of them than the source's rate
+    allows (50/s, burst 100), the rest are refused then dropped as sofia's
+    path would, and another source still registers."""
+    dest = su.sip_dest(c, A)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((HOST, 0))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    me = s.getsockname()[1]
+    before = counters(A)
+    t0 = time.monotonic()
+    for i in range(2000):
+        if i % 50 == 49:
+            time.sleep(max(0.0, t0 + (i + 1) / 2000 - time.monotonic()))
+        s.sendto(("REGISTER sip:%s SIP/2.0\r\nVia: SIP/2.0/UDP %s:%d;branch=z9hG4bK-cf%d;rport\r\n"
+                  "Max-Forwards: 70\r\nFrom: <sip:alice@%s>;tag=cf%d\r\nTo: <sip:alice@%s>\r\n"
+                  "Call-ID: cf-%d-%d\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@%s:%d>\r\n"
+                  "Content-Length: 0\r\n\r\n" % (OVERLAY, HOST, me, i, OVERLAY, i, OVERLAY, me, i,
+                                                    HOST, me)).encode(), dest)
+    codes = []
+    while select.select([s], [], [], 1.0)[0]:
+        codes.append(int(s.recv(65535).split(b" ", 2)[1]))
+    s.close()
+    after = counters(A)
+    d = {k: after[k] - before[k] for k in ("challenged_peeked", "rate_limited", "rate_dropped",
+                                           "shed_peeked")}
+    check(0 < d["challenged_peeked"] <= 110 and d["rate_dropped"] >= 1500 and d["rate_limited"] > 0,
+          "2,000 REGISTERs without credentials from one source: at most its burst challenged at "
+          "the peek, then 503 and dropped, counted", d)
+    check(len(codes) <= 112 and codes.count(401) == d["challenged_peeked"] and 503 in codes,
+          "it got at most an answer per request of its burst: %d answers" % len(codes),
+          sorted(set(codes)))
+    r, first = ua.do_auth(dest, "REGISTER", "pw-alice", headers=["Expires: 60"],
+                          call_id="after-flood-%d" % ua.port)
+    check(first.status == 401 and r.status == 200,
+          "meanwhile alice, another source, is challenged and registers", (first, r))
+
+
 def test_register(c, A, ua):
     dest = su.sip_dest(c, A)
     before = counters(A)["challenged_peeked"]
@@ -187,6 +226,7 @@ def test_register(c, A, ua):
           "that challenge was built at the peek, before sofia parsed the REGISTER",
           counters(A)["challenged_peeked"])
     test_challenge_paths(c, A, ua)
+    test_challenge_flood(c, A, ua)
     for alg in ("SHA-256", "MD5"):
         r, first = ua.do_auth(dest, "REGISTER", "pw-alice", alg=alg,
                               headers=["Expires: 60"], call_id="reg-alice-%s" % alg)
