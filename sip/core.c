@@ -348,12 +348,14 @@ static int challenge_only(sip_svc_t *s, const sip_peek_t *pk)
   return url_d(url, copy) >= 0 && sip__ruri_hop(s, url) == SIP_HOP_SELF;
 }
 
-/* The answer peek_act() builds (a 401 when challenge, else a 503) in out:
- * its length, or negative when sofia should answer. */
+/* The answer peek_act() builds in out: a 401 when challenge (kept for
+ * retransmissions under key), else a 503.  Its length, or negative when
+ * sofia should answer. */
 static int peek_answer(sip_svc_t *s, const sip_peek_t *pk, size_t len, int challenge,
-                       const struct sockaddr_storage *sa, char *out, size_t outlen)
+                       const char *key, const struct sockaddr_storage *sa, char *out,
+                       size_t outlen)
 {
-  char ip[INET6_ADDRSTRLEN], lines[SIP_AUTH_LINES], key[700];
+  char ip[INET6_ADDRSTRLEN], lines[SIP_AUTH_LINES];
   unsigned port;
   sip__addr_ip(sa, ip, sizeof ip, &port);
   if (!challenge) {
@@ -361,8 +363,7 @@ static int peek_answer(sip_svc_t *s, const sip_peek_t *pk, size_t len, int chall
     s->c.shed += m >= 0, s->c.shed_peeked += m >= 0;
     return m;
   }
-  if (sip__peek_branch(pk, key, sizeof key) < 0 ||
-      sip__auth_challenge_lines(s, 0, 0, lines, sizeof lines) < 0)
+  if (sip__auth_challenge_lines(s, 0, 0, lines, sizeof lines) < 0)
     return -EINVAL;
   int m = sip__peek_401(pk, len, lines, s->sl_tag, ip, port, out, outlen);
   if (m < 0)
@@ -396,10 +397,11 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
   }
   size_t n = 0;
   const void *again = NULL;
-  if (reg && sip__peek_branch(&pk, key, sizeof key) == 0)
+  int keyed = reg && sip__peek_branch(&pk, key, sizeof key) == 0;
+  if (keyed)
     again = sip__resend_find(s, key, &n);
   int shedding = (shed & (reg ? SHED_REGISTER : SHED_NEW)) != 0;
-  int challenge = !again && !shedding && reg && got == len && challenge_only(s, &pk);
+  int challenge = !again && !shedding && keyed && got == len && challenge_only(s, &pk);
   if (!again && !shedding && !challenge)
     return 0;
   char out[SIP_PEEK_BYTES];
@@ -407,7 +409,7 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
   if (rc)
     return rc > 0;
   if (!again) {
-    int m = peek_answer(s, &pk, len, challenge, sa, out, sizeof out);
+    int m = peek_answer(s, &pk, len, challenge, key, sa, out, sizeof out);
     if (m < 0)
       return 0;
     again = out, n = (size_t)m;

@@ -4,7 +4,10 @@
  * them.  Under load a phone's retransmissions of a REGISTER still waiting
  * for the DHT queue up behind it, and sofia's parse of each cost as much
  * as the work they repeat; core.c peeks at the datagram at the head of the
- * socket's queue and drops it when this says it is such a repeat.
+ * socket's queue and drops it when this says it is such a repeat.  The
+ * same reading builds the stateless answers core.c sends from there
+ * without sofia: the 503 of shedding and the 401 challenge of a REGISTER
+ * without credentials.
  *
  * Pure and strict: anything unusual (folded lines, a header twice, a
  * Call-ID with bytes RFC 3261's word does not allow, headers that do not
@@ -18,7 +21,6 @@
 #include <strings.h>
 
 #include "sip/sip_int.h"
-
 
 /* RFC 3261 25.1 word, and '@' between two words (callid). */
 static int callid_char(unsigned char c)
