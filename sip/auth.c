@@ -435,22 +435,36 @@ int sip__auth_check(sip_svc_t *s, const sip_t *sip, int proxy, char user[DHT_CER
   return result;
 }
 
-void sip__auth_challenge(sip_svc_t *s, msg_t *msg, sip_t *sip, int proxy, int stale)
+int sip__auth_challenge_lines(sip_svc_t *s, int proxy, int stale, char *buf, size_t len)
 {
   const sip_authdb_t *a = s->auth;
-  char buf[NONCE_HEX + 1], h[2][400];
-  const char *nonce = nonce_make(s, buf);
+  char nb[NONCE_HEX + 1];
+  const char *nonce = nonce_make(s, nb);
+  size_t o = 0;
   /* RFC 8760 2.4: one challenge per algorithm, the preferred first. */
-  for (int i = 0; i < a->n_algs; i++)
-    snprintf(h[i], sizeof h[i], "Digest realm=\"%s\", nonce=\"%s\", qop=\"auth\", algorithm=%s%s",
-             s->overlay, nonce, a->algs[i], stale ? ", stale=true" : "");
-  const char *second = a->n_algs > 1 ? h[1] : NULL;
+  for (int i = 0; i < a->n_algs; i++) {
+    int n = snprintf(buf + o, len - o,
+                     "%s: Digest realm=\"%s\", nonce=\"%s\", qop=\"auth\", algorithm=%s%s\r\n",
+                     proxy ? "Proxy-Authenticate" : "WWW-Authenticate", s->overlay, nonce,
+                     a->algs[i], stale ? ", stale=true" : "");
+    if (n < 0 || (size_t)n >= len - o)
+      return -ENOSPC;
+    o += (size_t)n;
+  }
+  return (int)o;
+}
+
+void sip__auth_challenge(sip_svc_t *s, msg_t *msg, sip_t *sip, int proxy, int stale)
+{
+  char lines[SIP_AUTH_LINES];
+  if (sip__auth_challenge_lines(s, proxy, stale, lines, sizeof lines) < 0) {
+    sip__reply_stateless(s, msg, sip, SIP_500_INTERNAL_SERVER_ERROR, TAG_END());
+    return;
+  }
   s->c.auth_challenges++;
   if (proxy)
-    sip__reply_stateless(s, msg, sip, SIP_407_PROXY_AUTH_REQUIRED,
-                         SIPTAG_PROXY_AUTHENTICATE_STR(h[0]),
-                         TAG_IF(second, SIPTAG_PROXY_AUTHENTICATE_STR(second)), TAG_END());
+    sip__reply_stateless(s, msg, sip, SIP_407_PROXY_AUTH_REQUIRED, SIPTAG_HEADER_STR(lines),
+                         TAG_END());
   else
-    sip__reply_stateless(s, msg, sip, SIP_401_UNAUTHORIZED, SIPTAG_WWW_AUTHENTICATE_STR(h[0]),
-                         TAG_IF(second, SIPTAG_WWW_AUTHENTICATE_STR(second)), TAG_END());
+    sip__reply_stateless(s, msg, sip, SIP_401_UNAUTHORIZED, SIPTAG_HEADER_STR(lines), TAG_END());
 }

@@ -295,7 +295,8 @@ static double queue_delay_ms(sip_svc_t *s)
     usize_t recv = 0;
     nta_agent_get_stats(s->agent, NTATAG_S_RECV_MSG_REF(recv), TAG_END());
     /* Datagrams the peek answered or dropped left the queue too. */
-    recv += s->c.shed_peeked + s->c.register_resent_peeked + s->c.register_repeats_peeked;
+    recv += s->c.shed_peeked + s->c.register_resent_peeked + s->c.register_repeats_peeked +
+            s->c.challenged_peeked;
     uint64_t hr = uv_hrtime(), idle = uv_metrics_idle_time(s->uv);
     if (s->rx_at) {
       int64_t busy_ns = (int64_t)(hr - s->rx_hr) - (int64_t)(idle - s->rx_idle);
@@ -331,13 +332,55 @@ static int must_shed(sip_svc_t *s, const sip_t *sip)
   return (overloaded(s) & (m == sip_method_register ? SHED_REGISTER : SHED_NEW)) != 0;
 }
 
+/* A REGISTER for this node (no Route, the Request-URI names the overlay
+ * or us, as the edge's sip__peek_hop() decides) without credentials or
+ * anything else only sofia judges, on a node with users: the edge would
+ * only challenge it. */
+static int challenge_only(sip_svc_t *s, const sip_peek_t *pk)
+{
+  char copy[SIP_PEEK_URI];
+  url_t url[1];
+  if (!s->auth || pk->sofia || pk->ruri.n >= sizeof copy)
+    return 0;
+  memcpy(copy, pk->ruri.p, pk->ruri.n);
+  copy[pk->ruri.n] = '\0';
+  memset(url, 0, sizeof url);
+  return url_d(url, copy) >= 0 && sip__ruri_hop(s, url) == SIP_HOP_SELF;
+}
+
+/* The answer peek_act() builds in out: a 401 when challenge (kept for
+ * retransmissions under key), else a 503.  Its length, or negative when
+ * sofia should answer. */
+static int peek_answer(sip_svc_t *s, const sip_peek_t *pk, size_t len, int challenge,
+                       const char *key, const struct sockaddr_storage *sa, char *out,
+                       size_t outlen)
+{
+  char ip[INET6_ADDRSTRLEN], lines[SIP_AUTH_LINES];
+  unsigned port;
+  sip__addr_ip(sa, ip, sizeof ip, &port);
+  if (!challenge) {
+    int m = sip__peek_503(pk, len, s->sl_tag, ip, port, out, outlen);
+    s->c.shed += m >= 0, s->c.shed_peeked += m >= 0;
+    return m;
+  }
+  if (sip__auth_challenge_lines(s, 0, 0, lines, sizeof lines) < 0)
+    return -EINVAL;
+  int m = sip__peek_401(pk, len, lines, s->sl_tag, ip, port, out, outlen);
+  if (m < 0)
+    return m;
+  s->c.auth_challenges++, s->c.challenged_peeked++;
+  sip__resend_keep(s, key, out, (size_t)m);
+  return m;
+}
+
 /* What the peek does with the head datagram (buf, got of its len bytes,
  * from sa): 1 when it was answered or dropped here (it is then taken off
  * the socket), 0 when sofia reads it.  In this order: a retransmission of
  * a REGISTER under way is dropped; one of a REGISTER answered lately gets
  * the answer's bytes again; while we shed, a new REGISTER, INVITE,
- * SUBSCRIBE or REFER gets a 503 built from its own header lines (peek.c).
- * The answers pass the source's rate check first, as sofia's would. */
+ * SUBSCRIBE or REFER gets a 503 built from its own header lines (peek.c);
+ * a REGISTER that would only be challenged gets its 401 built the same
+ * way.  The answers pass the source's rate check first, as sofia's would. */
 static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
                     const struct sockaddr_storage *sa, socklen_t salen, int shed)
 {
@@ -354,22 +397,22 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
   }
   size_t n = 0;
   const void *again = NULL;
-  if (reg && sip__peek_branch(&pk, key, sizeof key) == 0)
+  int keyed = reg && sip__peek_branch(&pk, key, sizeof key) == 0;
+  if (keyed)
     again = sip__resend_find(s, key, &n);
-  if (!again && !(shed & (reg ? SHED_REGISTER : SHED_NEW)))
+  int shedding = (shed & (reg ? SHED_REGISTER : SHED_NEW)) != 0;
+  int challenge = !again && !shedding && keyed && got == len && challenge_only(s, &pk);
+  if (!again && !shedding && !challenge)
     return 0;
-  char out[SIP_PEEK_BYTES], ip[INET6_ADDRSTRLEN];
-  unsigned port;
+  char out[SIP_PEEK_BYTES];
   int rc = sip__limit_peek(s, (const struct sockaddr *)sa, salen);
   if (rc)
     return rc > 0;
   if (!again) {
-    sip__addr_ip(sa, ip, sizeof ip, &port);
-    int m = sip__peek_503(&pk, len, s->sl_tag, ip, port, out, sizeof out);
+    int m = peek_answer(s, &pk, len, challenge, key, sa, out, sizeof out);
     if (m < 0)
       return 0;
     again = out, n = (size_t)m;
-    s->c.shed++, s->c.shed_peeked++;
   } else {
     s->c.register_repeats++, s->c.register_resent_peeked++;
   }
@@ -985,7 +1028,8 @@ json_t *sip_stats_json(const sip_svc_t *s)
       {"register_trimmed", c->register_trimmed}, {"register_too_big", c->register_too_big},
       {"shed", c->shed},                        {"register_repeats", c->register_repeats},
       {"register_repeats_peeked", c->register_repeats_peeked},
-      {"register_resent_peeked", c->register_resent_peeked}, {"shed_peeked", c->shed_peeked}};
+      {"register_resent_peeked", c->register_resent_peeked}, {"shed_peeked", c->shed_peeked},
+      {"challenged_peeked", c->challenged_peeked}};
   for (size_t i = 0; counters && i < sizeof down / sizeof *down; i++)
     json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);

@@ -4,7 +4,10 @@
  * them.  Under load a phone's retransmissions of a REGISTER still waiting
  * for the DHT queue up behind it, and sofia's parse of each cost as much
  * as the work they repeat; core.c peeks at the datagram at the head of the
- * socket's queue and drops it when this says it is such a repeat.
+ * socket's queue and drops it when this says it is such a repeat.  The
+ * same reading builds the stateless answers core.c sends from there
+ * without sofia: the 503 of shedding and the 401 challenge of a REGISTER
+ * without credentials.
  *
  * Pure and strict: anything unusual (folded lines, a header twice, a
  * Call-ID with bytes RFC 3261's word does not allow, headers that do not
@@ -18,8 +21,6 @@
 #include <strings.h>
 
 #include "sip/sip_int.h"
-
-#define SIP_PEEK_URI 512 /* a longer Request-URI: not known */
 
 /* RFC 3261 25.1 word, and '@' between two words (callid). */
 static int callid_char(unsigned char c)
@@ -74,7 +75,7 @@ static long long cseq_of(const char *v, const char *end, const sip_span_t *metho
 
 /* "METHOD sip:... SIP/2.0" in [p, e), METHOD one of those peeked at: the
  * method in *m. */
-static int request_line(const char *p, const char *e, sip_span_t *m)
+static int request_line(const char *p, const char *e, sip_span_t *m, sip_span_t *ruri)
 {
   static const char *const methods[] = {"REGISTER", "INVITE", "SUBSCRIBE", "REFER"};
   const char *uri = memchr(p, ' ', (size_t)(e - p));
@@ -88,6 +89,7 @@ static int request_line(const char *p, const char *e, sip_span_t *m)
   const char *sp = memchr(uri, ' ', (size_t)(e - uri));
   char copy[SIP_PEEK_URI];
   url_t url[1];
+  ruri->p = uri, ruri->n = sp ? (size_t)(sp - uri) : 0;
   if (!sp || sp == uri || (size_t)(sp - uri) >= sizeof copy || e - sp != 8 ||
       memcmp(sp + 1, "SIP/2.0", 7) != 0)
     return 0;
@@ -101,6 +103,33 @@ static int request_line(const char *p, const char *e, sip_span_t *m)
    * read is not a request to it. */
   return url_d(url, copy) >= 0 && (url->url_type == url_sip || url->url_type == url_sips) &&
          url->url_host;
+}
+
+/* "0", "00"...: a Content-Length of no body. */
+static int all_zeros(const char *v, const char *ve)
+{
+  if (v == ve)
+    return 0;
+  for (; v < ve; v++)
+    if (*v != '0')
+      return 0;
+  return 1;
+}
+
+/* A line whose meaning only sofia and the edge judge (credentials,
+ * extensions required, a route, a body): the request is not answered at
+ * the peek. */
+static int sofia_line(const char *p, const char *e)
+{
+  static const char *const names[][2] = {
+      {"Authorization", NULL}, {"Proxy-Authorization", NULL}, {"Require", NULL},
+      {"Proxy-Require", NULL}, {"Route", NULL},              {"Content-Type", "c"},
+      {"Content-Encoding", "e"}};
+  const char *v, *ve;
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+    if (header_value(p, e, names[i][0], names[i][1], &v, &ve))
+      return 1;
+  return 0;
 }
 
 /* One header line [p, e): noted in pk if it is one of those peek reads;
@@ -127,6 +156,10 @@ static int header_line(const char *p, const char *e, sip_peek_t *pk, int *n_id, 
     if (pk->to.p)
       return -1;
     pk->to = line;
+  } else if (header_value(p, e, "Content-Length", "l", &v, &ve)) {
+    pk->sofia |= !all_zeros(v, ve) || pk->n_length++;
+  } else {
+    pk->sofia |= sofia_line(p, e);
   }
   return 0;
 }
@@ -138,7 +171,8 @@ int sip__peek_read(const char *buf, size_t len, sip_peek_t *out)
   sip_peek_t pk;
   memset(&pk, 0, sizeof pk);
   if (!line_end ||
-      !request_line(p, line_end > p && line_end[-1] == '\r' ? line_end - 1 : line_end, &pk.method))
+      !request_line(p, line_end > p && line_end[-1] == '\r' ? line_end - 1 : line_end, &pk.method,
+                    &pk.ruri))
     return -EINVAL;
   int n_id = 0, n_cseq = 0;
   for (;;) {
@@ -156,6 +190,7 @@ int sip__peek_read(const char *buf, size_t len, sip_peek_t *out)
   }
   if (n_id != 1 || n_cseq != 1 || !pk.callid.n || !pk.n_via || !pk.from.p || !pk.to.p)
     return -EINVAL;
+  pk.sofia |= line_end + 1 != end; /* a body */
   for (size_t i = 0; i < pk.callid.n; i++)
     if (!callid_char((unsigned char)pk.callid.p[i]))
       return -EINVAL;
@@ -261,16 +296,18 @@ static int top_via(su_home_t *home, sip_via_t *v, const char *ip, unsigned port,
   return 0;
 }
 
-int sip__peek_503(const sip_peek_t *pk, size_t reqlen, const char *tag, const char *ip,
-                  unsigned port, char *out, size_t outlen)
+/* The answer status (a status line) to the request read in pk, extra
+ * (header lines, each ending in CRLF) after the copied lines, in out
+ * (cap bytes at most). */
+static int answer(const sip_peek_t *pk, const char *status, const char *extra, const char *tag,
+                  const char *ip, unsigned port, char *out, size_t cap)
 {
-  static const char status[] = "SIP/2.0 503 Service Unavailable";
-  static const char tail[] = "Retry-After: 2\r\nContent-Length: 0\r\n\r\n";
+  static const char tail[] = "Content-Length: 0\r\n\r\n";
   su_home_t home[1] = {SU_HOME_INIT(home)};
   sip_via_t *v = copied_lines_ok(home, pk) ? top_via_read(home, pk) : NULL;
-  char *o = out, *end = out + (outlen < reqlen ? outlen : reqlen);
+  char *o = out, *end = out + cap;
   int rc = v ? 0 : -EINVAL;
-  put(&o, end, status, sizeof status - 1);
+  put(&o, end, status, strlen(status));
   if (rc == 0)
     rc = top_via(home, v, ip, port, &o, end);
   su_home_deinit(home);
@@ -284,8 +321,25 @@ int sip__peek_503(const sip_peek_t *pk, size_t reqlen, const char *tag, const ch
   put(&o, end, to, (size_t)n);
   put(&o, end, pk->callid_line.p, pk->callid_line.n);
   put(&o, end, pk->cseq_line.p, pk->cseq_line.n);
-  if (rc < 0 || !o || (size_t)(end - o) < sizeof tail - 1)
+  size_t xl = strlen(extra);
+  if (rc < 0 || !o || (size_t)(end - o) < xl + sizeof tail - 1)
     return rc < 0 ? rc : -ENOSPC;
-  memcpy(o, tail, sizeof tail - 1);
-  return (int)(o + sizeof tail - 1 - out);
+  memcpy(o, extra, xl);
+  memcpy(o + xl, tail, sizeof tail - 1);
+  return (int)(o + xl + sizeof tail - 1 - out);
+}
+
+int sip__peek_503(const sip_peek_t *pk, size_t reqlen, const char *tag, const char *ip,
+                  unsigned port, char *out, size_t outlen)
+{
+  return answer(pk, "SIP/2.0 503 Service Unavailable", "Retry-After: 2\r\n", tag, ip, port, out,
+                outlen < reqlen ? outlen : reqlen);
+}
+
+int sip__peek_401(const sip_peek_t *pk, size_t reqlen, const char *challenge, const char *tag,
+                  const char *ip, unsigned port, char *out, size_t outlen)
+{
+  size_t cap = reqlen > SIP_UDP_ANSWER_MAX ? reqlen : SIP_UDP_ANSWER_MAX;
+  return answer(pk, "SIP/2.0 401 Unauthorized", challenge, tag, ip, port, out,
+                outlen < cap ? outlen : cap);
 }

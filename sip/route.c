@@ -155,12 +155,17 @@ enum sip_hop sip__peek_hop(const sip_svc_t *s, const sip_t *sip, int *ours)
   *ours = routes_ours(s, sip);
   for (int i = 0; r && i < *ours; i++)
     r = r->r_next;
-  return r ? classify(s, r->r_url, 0) : classify(s, sip->sip_request->rq_url, 1);
+  return r ? classify(s, r->r_url, 0) : sip__ruri_hop(s, sip->sip_request->rq_url);
+}
+
+enum sip_hop sip__ruri_hop(const sip_svc_t *s, const url_t *u)
+{
+  return classify(s, u, 1);
 }
 
 enum sip_hop sip__next_hop(const sip_svc_t *s, const sip_t *sip)
 {
   if (sip->sip_route)
     return classify(s, sip->sip_route->r_url, 0);
-  return classify(s, sip->sip_request->rq_url, 1);
+  return sip__ruri_hop(s, sip->sip_request->rq_url);
 }

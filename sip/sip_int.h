@@ -159,6 +159,7 @@ typedef struct {
   uint64_t register_repeats_peeked; /* of those, dropped before sofia parsed them (peek.c) */
   uint64_t register_resent_peeked;  /* of those, answered again from kept bytes, unparsed */
   uint64_t shed_peeked; /* of shed, answered with a 503 built from the datagram (peek.c) */
+  uint64_t challenged_peeked; /* REGISTERs without credentials answered 401 at the peek */
 } sip_counters_t;
 
 /* A proxy peer as found under sip:OVERLAY. */
@@ -373,8 +374,15 @@ enum { SIP_AUTH_OK = 0, SIP_AUTH_NONE, SIP_AUTH_STALE, SIP_AUTH_BAD };
  * SIP_AUTH_BAD (unknown user, wrong response, nonce not ours, digest URI
  * not the Request-URI, unknown algorithm). */
 int sip__auth_check(sip_svc_t *s, const sip_t *sip, int proxy, char user[DHT_CERT_MAX_USER + 1]);
-/* Answers 401 (407 when proxy is set) statelessly with a SHA-256 and an
- * MD5 challenge (RFC 8760), stale=true if asked.  Takes msg. */
+/* The challenge header lines (WWW-Authenticate, or Proxy-Authenticate
+ * when proxy is set), one per algorithm in --sip-digest's order (RFC
+ * 8760), stale=true if asked, each ending in CRLF, in buf: their length,
+ * or -ENOSPC.  Both the answer sofia builds
+ * and the peek's 401 carry these lines. */
+#define SIP_AUTH_LINES 1024
+int sip__auth_challenge_lines(sip_svc_t *s, int proxy, int stale, char *buf, size_t len);
+/* Answers 401 (407 when proxy is set) statelessly with the challenge
+ * lines above.  Takes msg. */
 void sip__auth_challenge(sip_svc_t *s, msg_t *msg, sip_t *sip, int proxy, int stale);
 int sip__auth_has_user(sip_svc_t *s, const char *user);
 /* The user's certificate and key (the secured mode), loaded on first use
@@ -389,7 +397,8 @@ int sip__digest(const char *alg, const char *ha1, const char *nonce, const char 
                 char *out, size_t outlen);
 
 /* peek.c: a request read off its datagram before sofia parses it. */
-#define SIP_PEEK_VIAS 8 /* Via lines at most (more: not known) */
+#define SIP_PEEK_VIAS 8  /* Via lines at most (more: not known) */
+#define SIP_PEEK_URI 512 /* a longer Request-URI: not known */
 typedef struct {
   const char *p;
   size_t n;
@@ -398,8 +407,11 @@ typedef struct {
   sip_span_t method, callid;                 /* into the datagram */
   sip_span_t callid_line, cseq_line, from, to; /* whole header lines, without CRLF */
   sip_span_t via[SIP_PEEK_VIAS];
+  sip_span_t ruri; /* the Request-URI */
   int n_via;
   uint32_t cseq;
+  int sofia;    /* a line only sofia judges: Authorization, Require, Route, a body */
+  int n_length; /* Content-Length lines */
 } sip_peek_t;
 /* A REGISTER, INVITE, SUBSCRIBE or REFER whose request line, Call-ID,
  * CSeq (of the same method), From, To and Via lines read plainly in buf
@@ -423,6 +435,13 @@ int sip__peek_branch(const sip_peek_t *pk, char *key, size_t keylen);
  * lines otherwise, or the To has a tag: in a dialog), -ENOSPC. */
 int sip__peek_503(const sip_peek_t *pk, size_t reqlen, const char *tag, const char *ip,
                   unsigned port, char *out, size_t outlen);
+/* The 401 sofia would send for the REGISTER read in pk (no
+ * Authorization): built as the 503 above, with the challenge lines
+ * (sip__auth_challenge_lines()) instead of Retry-After.  Never longer
+ * than SIP_UDP_ANSWER_MAX, or the request if that is larger.  Its length,
+ * or -EINVAL, -ENOSPC. */
+int sip__peek_401(const sip_peek_t *pk, size_t reqlen, const char *challenge, const char *tag,
+                  const char *ip, unsigned port, char *out, size_t outlen);
 
 /* resend.c: answers to REGISTERs kept as sent, by sip__peek_branch()'s
  * key, SIP_RESEND_MS at most (the oldest goes first past SIP_RESEND_MAX). */
@@ -538,6 +557,8 @@ enum sip_hop sip__next_hop(const sip_svc_t *s, const sip_t *sip);
 /* The same without popping: the hop after the Route entries naming us;
  * *ours counts those entries. */
 enum sip_hop sip__peek_hop(const sip_svc_t *s, const sip_t *sip, int *ours);
+/* The hop a Request-URI names when the request has no Route. */
+enum sip_hop sip__ruri_hop(const sip_svc_t *s, const url_t *u);
 void sip__loop_hash(const sip_t *sip, char out[17]);
 
 /* gateway.c */

@@ -9,8 +9,15 @@
  * - the stateless 503 built from the datagram: never longer than it,
  *   parsed by sofia as a 503 response without errors, with the request's
  *   Call-ID, CSeq, From, the To with the tag added, and its Vias (the top
- *   one with received/rport added, the others as they were). */
+ *   one with received/rport added, the others as they were);
+ * - the 401 built from the datagram with auth.c's challenge lines: never
+ *   longer than SIP_UDP_ANSWER_MAX or the request if larger, parsed by
+ *   sofia as a 401 with the same lines as the 503 and each
+ *   WWW-Authenticate read by sofia's digest parser (realm, nonce,
+ *   algorithm as written). */
 #include <stdio.h>
+
+#include <sofia-sip/auth_digest.h>
 
 #include "sip/sip_int.h"
 #include "tests/fuzz/fuzz.h"
@@ -45,14 +52,43 @@ static void check_register_key(const uint8_t *data, size_t size, const sip_t *si
       CHECK(strcmp(again, key) == 0);
 }
 
-/* The 503 against the request as sofia reads it (req, NULL when sofia
- * does not take it) and as peek read it (pk). */
-static void check_503(const char *out, int n, size_t size, const sip_peek_t *pk, const sip_t *req) {
-  CHECK(n > 0 && (size_t)n <= size);
+/* The challenge lines as auth.c writes them for --sip-digest SHA-256,MD5. */
+#define NONCE "0000019a2b3c4d5e8f0e1d2c3b4a59687766554433221100"
+static const char challenge[] =
+    "WWW-Authenticate: Digest realm=\"p2p.test\", nonce=\"" NONCE "\", qop=\"auth\", "
+    "algorithm=SHA-256\r\n"
+    "WWW-Authenticate: Digest realm=\"p2p.test\", nonce=\"" NONCE "\", qop=\"auth\", "
+    "algorithm=MD5\r\n";
+
+/* Each WWW-Authenticate of r as sofia's digest parser reads it. */
+static void check_challenges(const sip_t *r) {
+  static const char *const algs[] = {"SHA-256", "MD5"};
+  const sip_www_authenticate_t *w = r->sip_www_authenticate;
+  for (int i = 0; i < 2; i++, w = w->au_next) {
+    CHECK(w && fuzz_same_str(w->au_scheme, "Digest"));
+    su_home_t home[1] = {SU_HOME_INIT(home)};
+    auth_challenge_t ac[1];
+    memset(ac, 0, sizeof ac);
+    ac->ac_size = sizeof ac;
+    CHECK(auth_digest_challenge_get(home, ac, w->au_params) >= 0);
+    CHECK(fuzz_same_str(ac->ac_realm, "p2p.test") && fuzz_same_str(ac->ac_nonce, NONCE) &&
+          fuzz_same_str(ac->ac_algorithm, algs[i]) && ac->ac_auth);
+    su_home_deinit(home);
+  }
+  CHECK(!w);
+}
+
+/* The 503 or 401 (status) against the request as sofia reads it (req,
+ * NULL when sofia does not take it) and as peek read it (pk). */
+static void check_answer(int status, const char *out, int n, size_t max, const sip_peek_t *pk,
+                         const sip_t *req) {
+  CHECK(n > 0 && (size_t)n <= max);
   msg_t *msg = parse(out, (size_t)n, 1);
   CHECK(msg);
   sip_t *r = sip_object(msg);
-  CHECK(r->sip_status && r->sip_status->st_status == 503 && r->sip_retry_after);
+  CHECK(r->sip_status && r->sip_status->st_status == status);
+  if (status == 503) CHECK(r->sip_retry_after);
+  if (status == 401) check_challenges(r);
   CHECK(r->sip_call_id && r->sip_call_id->i_id && strlen(r->sip_call_id->i_id) == pk->callid.n &&
         memcmp(r->sip_call_id->i_id, pk->callid.p, pk->callid.n) == 0);
   CHECK(r->sip_cseq && r->sip_cseq->cs_seq == pk->cseq);
@@ -84,7 +120,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       CHECK(strcmp(key, want) == 0);
     }
     int n = sip__peek_503(&pk, size, "p2psl1", "192.0.2.7", 5071, out, sizeof out);
-    if (n >= 0) check_503(out, n, size, &pk, sip);
+    if (n >= 0) check_answer(503, out, n, size, &pk, sip);
+    n = sip__peek_401(&pk, size, challenge, "p2psl1", "192.0.2.7", 5071, out, sizeof out);
+    if (n >= 0)
+      check_answer(401, out, n, size > SIP_UDP_ANSWER_MAX ? size : SIP_UDP_ANSWER_MAX, &pk, sip);
   }
   msg_destroy(msg);
   return 0;

@@ -129,8 +129,91 @@ class Baresip:
             self._pump(0.2)
 
 
+def shape(r, ua):
+    """A 401 as a UA sees it: status line, header names in order, values but
+    the Via branch, Call-ID, CSeq and the nonce (which change per request
+    or per second)."""
+    out = [r.first]
+    for n, v in r.headers:
+        if n in ("via", "call-id", "cseq"):
+            v = re.sub(r"branch=[^;]+", "branch=B", v) if n == "via" else ""
+        out.append((n, re.sub(r'nonce="[0-9a-f]+"', 'nonce="N"', v)))
+    return out
+
+
+def test_challenge_paths(c, A, ua):
+    """The 401 built at the peek (a plain REGISTER without credentials)
+    and the one sofia builds (the same REGISTER with a Require line, which
+    only sofia judges): the same answer, header for header."""
+    dest = su.sip_dest(c, A)
+    before = counters(A)
+    peeked = ua.register(dest, expires=60, call_id="peek-%d" % ua.port)
+    mid = counters(A)
+    sofia = ua.register(dest, expires=60, call_id="sofia-%d" % ua.port,
+                        headers=["Require: x-made-up"])
+    after = counters(A)
+    check(mid["challenged_peeked"] == before["challenged_peeked"] + 1 and
+          mid["auth_challenges"] == before["auth_challenges"] + 1,
+          "a REGISTER without credentials is challenged at the peek (challenged_peeked)",
+          (before, mid))
+    check(after["challenged_peeked"] == mid["challenged_peeked"] and
+          after["auth_challenges"] == mid["auth_challenges"] + 1 and sofia.status == 401,
+          "one with a Require line is challenged by sofia", (mid, after, sofia))
+    check(shape(peeked, ua) == shape(sofia, ua),
+          "the peek's 401 is sofia's, header for header", (peeked.raw, sofia.raw))
+    # A retransmission of the peeked REGISTER gets the same bytes again.
+    _, _, text = ua.request(dest, "REGISTER", call_id="again-%d" % ua.port, cseq=7,
+                            headers=["Expires: 60"])
+    first = ua.final("again-%d" % ua.port, "REGISTER")
+    ua.send_raw(dest, text)
+    second = ua.final("again-%d" % ua.port, "REGISTER")
+    check(first.raw == second.raw and counters(A)["register_resent_peeked"] >
+          after["register_resent_peeked"], "its retransmission gets the kept bytes again",
+          (first.raw, second.raw))
+
+
+def test_challenge_flood(c, A, ua):
+    """One source sends 2,000 REGISTERs without credentials, 2,000 a
+    second: the peek challenges no more of them than the source's rate
+    allows (50/s, burst 100), the rest are refused then dropped as sofia's
+    path would, and another source still registers."""
+    dest = su.sip_dest(c, A)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((HOST, 0))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    me = s.getsockname()[1]
+    before = counters(A)
+    t0 = time.monotonic()
+    for i in range(2000):
+        if i % 50 == 49:
+            time.sleep(max(0.0, t0 + (i + 1) / 2000 - time.monotonic()))
+        s.sendto(("REGISTER sip:%s SIP/2.0\r\nVia: SIP/2.0/UDP %s:%d;branch=z9hG4bK-cf%d;rport\r\n"
+                  "Max-Forwards: 70\r\nFrom: <sip:alice@%s>;tag=cf%d\r\nTo: <sip:alice@%s>\r\n"
+                  "Call-ID: cf-%d-%d\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@%s:%d>\r\n"
+                  "Content-Length: 0\r\n\r\n" % (OVERLAY, HOST, me, i, OVERLAY, i, OVERLAY, me, i,
+                                                    HOST, me)).encode(), dest)
+    codes = []
+    while select.select([s], [], [], 1.0)[0]:
+        codes.append(int(s.recv(65535).split(b" ", 2)[1]))
+    s.close()
+    after = counters(A)
+    d = {k: after[k] - before[k] for k in ("challenged_peeked", "rate_limited", "rate_dropped",
+                                           "shed_peeked")}
+    check(0 < d["challenged_peeked"] <= 110 and d["rate_dropped"] >= 1500 and d["rate_limited"] > 0,
+          "2,000 REGISTERs without credentials from one source: at most its burst challenged at "
+          "the peek, then 503 and dropped, counted", d)
+    check(len(codes) <= 112 and codes.count(401) == d["challenged_peeked"] and 503 in codes,
+          "it got at most an answer per request of its burst: %d answers" % len(codes),
+          sorted(set(codes)))
+    r, first = ua.do_auth(dest, "REGISTER", "pw-alice", headers=["Expires: 60"],
+                          call_id="after-flood-%d" % ua.port)
+    check(first.status == 401 and r.status == 200,
+          "meanwhile alice, another source, is challenged and registers", (first, r))
+
+
 def test_register(c, A, ua):
     dest = su.sip_dest(c, A)
+    before = counters(A)["challenged_peeked"]
     r = ua.register(dest, expires=60)
     chs = su.challenges(r)
     check(r.status == 401 and [x.get("algorithm") for x in chs] == ["SHA-256", "MD5"] and
@@ -139,6 +222,11 @@ def test_register(c, A, ua):
           (r.status, chs))
     check((su.tag_of(r.get("to")) or "").startswith("p2psl"),
           "the challenge is a stateless answer (our stateless To tag)", r.get("to"))
+    check(counters(A)["challenged_peeked"] == before + 1,
+          "that challenge was built at the peek, before sofia parsed the REGISTER",
+          counters(A)["challenged_peeked"])
+    test_challenge_paths(c, A, ua)
+    test_challenge_flood(c, A, ua)
     for alg in ("SHA-256", "MD5"):
         r, first = ua.do_auth(dest, "REGISTER", "pw-alice", alg=alg,
                               headers=["Expires: 60"], call_id="reg-alice-%s" % alg)
