@@ -389,8 +389,7 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
   if (sip__peek_read(buf, got, &pk) < 0)
     return 0;
   int reg = sip__peek_is(&pk, "REGISTER");
-  if (reg && snprintf(key, sizeof key, "%.*s %u", (int)pk.callid.n, pk.callid.p, pk.cseq) > 0 &&
-      sip__reg_key_underway(s, key)) {
+  if (reg && sip__peek_key(&pk, key, sizeof key) && sip__reg_key_underway(s, key)) {
     s->c.register_repeats++;
     s->c.register_repeats_peeked++;
     return 1;

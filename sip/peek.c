@@ -198,13 +198,18 @@ int sip__peek_read(const char *buf, size_t len, sip_peek_t *out)
   return 0;
 }
 
+int sip__peek_key(const sip_peek_t *pk, char *key, size_t keylen)
+{
+  int n = snprintf(key, keylen, "%.*s %u", (int)pk->callid.n, pk->callid.p, pk->cseq);
+  return n > 0 && (size_t)n < keylen;
+}
+
 int sip__peek_register_key(const char *buf, size_t len, char *key, size_t keylen)
 {
   sip_peek_t pk;
   if (sip__peek_read(buf, len, &pk) < 0 || !sip__peek_is(&pk, "REGISTER"))
     return 0;
-  int n = snprintf(key, keylen, "%.*s %u", (int)pk.callid.n, pk.callid.p, pk.cseq);
-  return n > 0 && (size_t)n < keylen;
+  return sip__peek_key(&pk, key, keylen);
 }
 
 int sip__peek_is(const sip_peek_t *pk, const char *method)

@@ -423,6 +423,9 @@ int sip__peek_is(const sip_peek_t *pk, const char *method);
  * plainly: 1 and "CALL-ID CSEQ" in key (as registrar.c knows requests);
  * else 0. */
 int sip__peek_register_key(const char *buf, size_t len, char *key, size_t keylen);
+/* The same "CALL-ID CSEQ" for a request already read: 1, or 0 when it
+ * does not fit in keylen. */
+int sip__peek_key(const sip_peek_t *pk, char *key, size_t keylen);
 /* "CALL-ID CSEQ BRANCH" (the top Via's branch, as sofia reads it) in key:
  * what the answers kept for retransmissions are found by; -EINVAL when
  * sofia reads the top Via line otherwise (not one Via, an error). */
