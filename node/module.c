@@ -67,6 +67,8 @@ int node_sip_load(const node_sip_api_t **out, char *err, size_t len) {
   SYM(addr, "sip_addr");
   SYM(is_gateway, "sip_is_gateway");
   SYM(set_public, "sip_set_public");
+  SYM(tls_leaks_ssl, "sip_tls_leaks_ssl");
+  if (sip_api.tls_leaks_ssl()) node__ssl_free_on_shutdown();
   *out = &sip_api;
   return 0;
 }

@@ -87,10 +87,16 @@ typedef struct {
   void (*addr)(const sip_svc_t *s, char *out, size_t len);
   int (*is_gateway)(const sip_svc_t *s);
   int (*set_public)(sip_svc_t *s, int on);
+  int (*tls_leaks_ssl)(void);
 } node_sip_api_t;
 
 /* Load p2psip-sip.so (once).  Returns 0, or -1 with a reason in err. */
 int node_sip_load(const node_sip_api_t **out, char *err, size_t len);
+
+/* From now on free the SSL object of every connection on a socket BIO
+ * right after its SSL_shutdown(): the SIP module's TLS library shuts
+ * connections down and forgets them (sip_tls_leaks_ssl; sslfree.c). */
+void node__ssl_free_on_shutdown(void);
 
 /* One peer asked whether we are public (public.c). */
 #define NODE_PUB_ASK_MAX 6 /* peers asked per round at most */

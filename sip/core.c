@@ -17,6 +17,7 @@
 #include <linux/sock_diag.h>
 
 #include <sofia-sip/hostdomain.h>
+#include <sofia-sip/sofia_features.h>
 #include <sofia-sip/sip_tag.h>
 #include <sofia-sip/sresolv.h>
 #include <sofia-sip/su_log.h>
@@ -760,6 +761,13 @@ int sip_set_gateway(sip_svc_t *s, int on)
 int sip_is_gateway(const sip_svc_t *s)
 {
   return s->gateway;
+}
+
+/* FreeSWITCH's sofia-sip (1.13) frees it since 2013; Debian 12 ships a
+ * 1.12.11 snapshot of 2011. */
+int sip_tls_leaks_ssl(void)
+{
+  return strncmp(sofia_sip_name_version, "sofia-sip-1.12.", 15) == 0;
 }
 
 /* Runs from libuv (sip__loop_defer): the callback may free the service. */

@@ -122,4 +122,11 @@ void sip_addr(const sip_svc_t *s, char *out, size_t len);
 /* Nonzero while the gateway role is on. */
 int sip_is_gateway(const sip_svc_t *s);
 
+/* Nonzero when the sofia-sip this module runs on never frees the SSL
+ * object of a SIP-over-TLS connection it closes (1.12.x: its tls_free()
+ * calls SSL_shutdown() and forgets the SSL, ~24-70 KB a connection, which
+ * any stranger can open and close): the host process must then free it
+ * after that SSL_shutdown() (node/sslfree.c). */
+int sip_tls_leaks_ssl(void);
+
 #endif
