@@ -232,7 +232,7 @@ static void link_table(dht_t *d) {
   if (d->has_pred) t[n++] = &d->pred;
   for (int i = 0; i < d->n_succ; i++) t[n++] = &d->succ[i];
   for (int i = 0; i < DHT_BITS; i++)
-    if (d->finger_ok[i] && (i == 0 || !dht__node_eq(&d->finger[i], t[n - 1])))
+    if (d->finger_ok[i] && (n == 0 || !dht__node_eq(&d->finger[i], t[n - 1])))
       t[n++] = &d->finger[i];
   for (int i = 0; i < n && made < LINKS_PER_ROUND; i++) {
     if (is_self(d, t[i]) || dht__rpc_linked(d, t[i])) continue;
