@@ -15,8 +15,8 @@
  * it (sip_tls_leaks_ssl, module.c), frees the SSL.  Only SSLs on a socket
  * BIO are touched: sofia's tport connections.  The DHT's links use memory
  * BIOs and free their SSLs themselves; nothing else in the process shuts
- * a connection down (sofia's STUN-over-TLS client, which calls SSL_free
- * itself after SSL_shutdown, is not used).
+ * a connection down (sofia's STUN-over-TLS client and libssl's BIO_f_ssl,
+ * which call SSL_free themselves after SSL_shutdown, are not used).
  *
  * What tls_free() does next decides the reference counts (read off the
  * 1.12.11 binary and the sources of that time): it frees the socket BIO
