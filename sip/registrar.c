@@ -49,6 +49,7 @@ struct sip_rtx {
   regans_t *ans;        /* where its answer is kept for retransmissions */
   msg_t *msg;           /* the request, until it is answered */
   sip_t *sip;
+  sip_lines_t *lines;   /* its lines as the peek read them (UDP), or NULL */
   char aor[600];
   int star;
   intent_t in[SIP_MAX_CONTACTS];
@@ -516,6 +517,7 @@ static void rtx_free(rtx_t *x)
     x->ans->rtx = NULL;
   sip__limit_release(x->s, x->src);
   msg_destroy(x->msg);
+  free(x->lines);
   free(x);
 }
 
@@ -545,14 +547,17 @@ static void rtx_unlink(rtx_t *x)
 
 /* Answers the request (statelessly: see above) with status, and headers
  * ("Name: value" lines, or NULL), keeps the answer for retransmissions,
- * counts the outcome and frees x. */
+ * counts the outcome and frees x.  Over UDP the answer is built from the
+ * request's own lines where it can be (core.c): sofia's reply builder
+ * cost as much as the rest of a registration on this node. */
 static void rtx_answer(rtx_t *x, int status, const char *phrase, const char *headers)
 {
   sip_svc_t *s = x->s;
-  if (x->msg)
+  if (x->msg && !(x->lines && sip__lines_reply(s, x->lines, x->sip, status, phrase, headers) == 0)) {
     sip__reply_stateless(s, x->msg, x->sip, status, phrase,
                          TAG_IF(headers, SIPTAG_HEADER_STR(headers)), TAG_END());
-  x->msg = NULL;
+    x->msg = NULL;
+  }
   regans_t *a = x->ans;
   if (a) {
     a->status = status;
@@ -1028,6 +1033,7 @@ void sip__register(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq)
     return;
   }
   x->s = s, x->msg = msg, x->sip = sip, x->src = rq->src;
+  x->lines = sip__lines_take(s, msg, sip);
   sip__limit_hold(s, x->src);
   rtx_link(x); /* so that sip_free() finds it */
   x->ans = ans_new(s, key, x);
