@@ -78,6 +78,7 @@ struct sip_regans {
   uint64_t until;          /* 0 while under way */
   int status;
   char *phrase, *headers;  /* as sent */
+  uint32_t hash;           /* of key: chains are compared by it first */
   char key[];              /* Call-ID " " CSeq */
 };
 
@@ -87,14 +88,14 @@ struct sip_regans_tab {
   size_t n;
 };
 
-static regans_t **ans_slot(sip_svc_t *s, const char *key)
+static regans_t **ans_slot(sip_svc_t *s, uint32_t hash)
 {
-  return &s->answers->bucket[sip__fnv(SIP_FNV_INIT, key, 0) % SIP_REG_ANSWER_BUCKETS];
+  return &s->answers->bucket[hash % SIP_REG_ANSWER_BUCKETS];
 }
 
 static void ans_drop(sip_svc_t *s, regans_t *a)
 {
-  for (regans_t **pp = ans_slot(s, a->key); *pp; pp = &(*pp)->hnext)
+  for (regans_t **pp = ans_slot(s, a->hash); *pp; pp = &(*pp)->hnext)
     if (*pp == a) {
       *pp = a->hnext;
       break;
@@ -121,8 +122,9 @@ static regans_t *ans_find(sip_svc_t *s, const char *key)
 {
   if (!s->answers)
     return NULL;
-  regans_t *a = *ans_slot(s, key);
-  while (a && strcmp(a->key, key) != 0)
+  uint32_t hash = sip__fnv(SIP_FNV_INIT, key, 0);
+  regans_t *a = *ans_slot(s, hash);
+  while (a && (a->hash != hash || strcmp(a->key, key) != 0))
     a = a->hnext;
   return a;
 }
@@ -136,7 +138,8 @@ static regans_t *ans_new(sip_svc_t *s, const char *key, rtx_t *x)
     return NULL;
   strcpy(a->key, key);
   a->rtx = x;
-  regans_t **slot = ans_slot(s, key);
+  a->hash = sip__fnv(SIP_FNV_INIT, key, 0);
+  regans_t **slot = ans_slot(s, a->hash);
   a->hnext = *slot, *slot = a;
   s->answers->n++;
   return a;

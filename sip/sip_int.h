@@ -60,7 +60,7 @@
 #define SIP_RESEND_MS 8000        /* for so long (sipp/phones retransmit within 4 s, T2) */
 #define SIP_LOOP_BURST 8          /* sofia steps in a row while datagrams are queued */
 #define SIP_REG_LINGER_MS 16000   /* a REGISTER's answer is kept for retransmissions */
-#define SIP_REG_ANSWER_BUCKETS 16384
+#define SIP_REG_ANSWER_BUCKETS 65536 /* ~72,000 answers kept at 4,500/s */
 #define SIP_REG_ANSWERS_MAX 200000 /* answers kept at most (~50 MB at worst) */
 
 /* Digest authentication of phones (auth.c). */
