@@ -387,9 +387,11 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
 {
   sip_peek_t pk;
   char key[700];
+  s->head->len = 0;
   if (sip__peek_read(buf, got, &pk) < 0)
     return 0;
   int reg = sip__peek_is(&pk, "REGISTER");
+  s->head->pk = pk, s->head->len = reg && got == len ? len : 0;
   if (reg && sip__peek_key(&pk, key, sizeof key) && sip__reg_key_underway(s, key)) {
     s->c.register_repeats++;
     s->c.register_repeats_peeked++;
@@ -430,21 +432,75 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
 static int peek_head(void *arg)
 {
   sip_svc_t *s = arg;
-  char buf[SIP_PEEK_BYTES];
+  s->head_left = 0;
+  if (!s->head && s->udp_fd >= 0 && !(s->head = malloc(sizeof *s->head + SIP_PEEK_BYTES)))
+    return 0;
+  char *buf = s->head ? s->head->bytes : NULL;
   int shed = s->udp_fd >= 0 ? overloaded(s) : 0;
   for (int i = 0; i < SIP_PEEK_MAX && s->udp_fd >= 0; i++) {
-    struct sockaddr_storage sa;
-    socklen_t salen = sizeof sa;
-    ssize_t n = recvfrom(s->udp_fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC,
-                         (struct sockaddr *)&sa, &salen);
-    if (n < 0 || (sa.ss_family != AF_INET && sa.ss_family != AF_INET6))
+    struct sockaddr_storage *sa = &s->head->from;
+    socklen_t salen = sizeof *sa;
+    ssize_t n = recvfrom(s->udp_fd, buf, SIP_PEEK_BYTES, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC,
+                         (struct sockaddr *)sa, &salen);
+    if (n < 0 || (sa->ss_family != AF_INET && sa->ss_family != AF_INET6))
       return 0;
-    size_t got = (size_t)n < sizeof buf ? (size_t)n : sizeof buf;
-    if (!peek_act(s, buf, got, (size_t)n, &sa, salen, shed))
+    size_t got = (size_t)n < SIP_PEEK_BYTES ? (size_t)n : SIP_PEEK_BYTES;
+    s->head->fromlen = salen;
+    if (!peek_act(s, buf, got, (size_t)n, sa, salen, shed)) {
+      s->head_left = s->head->len > 0;
       return s->n_rtx > 0 || shed;
+    }
     if (recv(s->udp_fd, buf, 1, MSG_DONTWAIT) < 0)
       return 0;
   }
+  return 0;
+}
+
+sip_lines_t *sip__lines_take(sip_svc_t *s, msg_t *msg, const sip_t *sip)
+{
+  sip_lines_t *h = s->head;
+  su_addrinfo_t *ai = msg_addrinfo(msg);
+  struct sockaddr_storage src;
+  if (!s->head_left || !ai || ai->ai_protocol != IPPROTO_UDP || ai->ai_addrlen > sizeof src ||
+      msg_size(msg) != h->len || !sip->sip_call_id || !sip->sip_cseq ||
+      sip->sip_cseq->cs_seq != h->pk.cseq || strlen(sip->sip_call_id->i_id) != h->pk.callid.n ||
+      memcmp(sip->sip_call_id->i_id, h->pk.callid.p, h->pk.callid.n) != 0)
+    return NULL;
+  memset(&src, 0, sizeof src);
+  memcpy(&src, ai->ai_addr, ai->ai_addrlen);
+  sip_lines_t *l = dht_addr_eq(&src, &h->from) ? malloc(sizeof *l + h->len) : NULL;
+  if (!l)
+    return NULL;
+  s->head_left = 0; /* sofia read it: the next one is another */
+  memcpy(l, h, sizeof *l + h->len);
+  sip__peek_move(&l->pk, h->bytes, l->bytes);
+  return l;
+}
+
+int sip__lines_reply(sip_svc_t *s, const sip_lines_t *l, const sip_t *sip, int status,
+                     const char *phrase, const char *headers)
+{
+  const sip_via_t *v = sip->sip_via;
+  char ip[INET6_ADDRSTRLEN], line[128], extra[SIP_PEEK_BYTES], out[SIP_PEEK_BYTES], key[700];
+  unsigned port;
+  sip__addr_ip(&l->from, ip, sizeof ip, &port);
+  /* sofia sends to the source only where the Via says so (RFC 3581, 18.2.2)
+   * and copies a Record-Route: those answers stay sofia's. */
+  if (!v || v->v_maddr || sip->sip_record_route || !sip->sip_to ||
+      (!v->v_rport && strtoul(v->v_port ? v->v_port : "5060", NULL, 10) != port))
+    return -EINVAL;
+  int n = snprintf(line, sizeof line, "SIP/2.0 %d %s", status, phrase);
+  int x = snprintf(extra, sizeof extra, "%s%s", headers ? headers : "", headers ? "\r\n" : "");
+  if (n <= 0 || (size_t)n >= sizeof line || x < 0 || (size_t)x >= sizeof extra)
+    return -ENOSPC;
+  n = sip__peek_answer(&l->pk, line, v, sip->sip_to->a_tag ? NULL : s->sl_tag, extra, out,
+                       sizeof out);
+  if (n < 0)
+    return n;
+  sendto(s->udp_fd, out, (size_t)n, MSG_DONTWAIT, (const struct sockaddr *)&l->from, l->fromlen);
+  if (resend_key(sip, key, sizeof key))
+    sip__resend_keep(s, key, out, (size_t)n);
+  s->c.register_answers_built++;
   return 0;
 }
 
@@ -832,6 +888,8 @@ void sip_free(sip_svc_t *s)
   sip__peers_free(s);
   sip__reg_free_all(s);
   sip__resend_free(s);
+  free(s->head);
+  s->head = NULL;
   sip__dht_cache_free(s);
   sip__dnsreg_free(s);
   sip__auth_free(s);
@@ -1036,7 +1094,8 @@ json_t *sip_stats_json(const sip_svc_t *s)
       {"shed", c->shed},                        {"register_repeats", c->register_repeats},
       {"register_repeats_peeked", c->register_repeats_peeked},
       {"register_resent_peeked", c->register_resent_peeked}, {"shed_peeked", c->shed_peeked},
-      {"challenged_peeked", c->challenged_peeked}};
+      {"challenged_peeked", c->challenged_peeked},
+      {"register_answers_built", c->register_answers_built}};
   for (size_t i = 0; counters && i < sizeof down / sizeof *down; i++)
     json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);

@@ -280,58 +280,60 @@ static void put(char **o, const char *end, const char *p, size_t n)
 
 /* The top Via as sofia answers it (RFC 3261 18.2.1, RFC 3581 4):
  * received= when the source is not the sent-by host, rport= filled in. */
-static int top_via(su_home_t *home, sip_via_t *v, const char *ip, unsigned port, char **o,
-                   const char *end)
+static int top_via(su_home_t *home, sip_via_t *v, const char *ip, unsigned port)
 {
-  char param[80];
-  if (strcmp(v->v_host, ip) != 0) {
-    snprintf(param, sizeof param, "received=%s", ip);
-    if (msg_header_replace_param(home, v->v_common, param) < 0)
-      return -ENOMEM;
-  }
-  if (v->v_rport) {
-    snprintf(param, sizeof param, "rport=%u", port);
-    if (msg_header_replace_param(home, v->v_common, param) < 0)
-      return -ENOMEM;
-  }
-  issize_t n = *o ? msg_header_e(*o, end - *o, (msg_header_t *)v, 0) : -1;
-  if (n <= 0 || n >= end - *o)
-    return -ENOSPC;
-  *o += n;
+  /* The header keeps the parameter strings it is given: they go in home. */
+  if (strcmp(v->v_host, ip) != 0 &&
+      msg_header_replace_param(home, v->v_common, su_sprintf(home, "received=%s", ip)) < 0)
+    return -ENOMEM;
+  if (v->v_rport &&
+      msg_header_replace_param(home, v->v_common, su_sprintf(home, "rport=%u", port)) < 0)
+    return -ENOMEM;
   return 0;
 }
 
-/* The answer status (a status line) to the request read in pk, extra
- * (header lines, each ending in CRLF) after the copied lines, in out
- * (cap bytes at most). */
-static int answer(const sip_peek_t *pk, const char *status, const char *extra, const char *tag,
-                  const char *ip, unsigned port, char *out, size_t cap)
+int sip__peek_answer(const sip_peek_t *pk, const char *status, const sip_via_t *via,
+                     const char *tag, const char *extra, char *out, size_t cap)
 {
   static const char tail[] = "Content-Length: 0\r\n\r\n";
-  su_home_t home[1] = {SU_HOME_INIT(home)};
-  sip_via_t *v = copied_lines_ok(home, pk) ? top_via_read(home, pk) : NULL;
   char *o = out, *end = out + cap;
-  int rc = v ? 0 : -EINVAL;
   put(&o, end, status, strlen(status));
-  if (rc == 0)
-    rc = top_via(home, v, ip, port, &o, end);
-  su_home_deinit(home);
+  issize_t vl = o ? msg_header_e(o, end - o, (const msg_header_t *)via, 0) : -1;
+  if (vl <= 0 || vl >= end - o)
+    return -ENOSPC;
+  o += vl;
   for (int i = 1; i < pk->n_via; i++)
     put(&o, end, pk->via[i].p, pk->via[i].n);
   put(&o, end, pk->from.p, pk->from.n);
   char to[SIP_PEEK_BYTES];
-  int n = snprintf(to, sizeof to, "%.*s;tag=%s", (int)pk->to.n, pk->to.p, tag);
+  int n = snprintf(to, sizeof to, "%.*s%s%s", (int)pk->to.n, pk->to.p, tag ? ";tag=" : "",
+                   tag ? tag : "");
   if (n <= 0 || (size_t)n >= sizeof to)
     return -ENOSPC;
   put(&o, end, to, (size_t)n);
   put(&o, end, pk->callid_line.p, pk->callid_line.n);
   put(&o, end, pk->cseq_line.p, pk->cseq_line.n);
   size_t xl = strlen(extra);
-  if (rc < 0 || !o || (size_t)(end - o) < xl + sizeof tail - 1)
-    return rc < 0 ? rc : -ENOSPC;
+  if (!o || (size_t)(end - o) < xl + sizeof tail - 1)
+    return -ENOSPC;
   memcpy(o, extra, xl);
   memcpy(o + xl, tail, sizeof tail - 1);
   return (int)(o + xl + sizeof tail - 1 - out);
+}
+
+/* The answer status to the request read in pk, sent statelessly by the
+ * peek: the request's lines read as sofia reads them, the top Via with
+ * received/rport as sofia sets them (top_via()). */
+static int answer(const sip_peek_t *pk, const char *status, const char *extra, const char *tag,
+                  const char *ip, unsigned port, char *out, size_t cap)
+{
+  su_home_t home[1] = {SU_HOME_INIT(home)};
+  sip_via_t *v = copied_lines_ok(home, pk) ? top_via_read(home, pk) : NULL;
+  int rc = v ? top_via(home, v, ip, port) : -EINVAL;
+  if (rc == 0)
+    rc = sip__peek_answer(pk, status, v, tag, extra, out, cap);
+  su_home_deinit(home);
+  return rc;
 }
 
 int sip__peek_503(const sip_peek_t *pk, size_t reqlen, const char *tag, const char *ip,
@@ -347,4 +349,16 @@ int sip__peek_401(const sip_peek_t *pk, size_t reqlen, const char *challenge, co
   size_t cap = reqlen > SIP_UDP_ANSWER_MAX ? reqlen : SIP_UDP_ANSWER_MAX;
   return answer(pk, "SIP/2.0 401 Unauthorized", challenge, tag, ip, port, out,
                 outlen < cap ? outlen : cap);
+}
+
+/* Every span of pk moved from the bytes at from to a copy of them at to. */
+void sip__peek_move(sip_peek_t *pk, const char *from, const char *to)
+{
+  sip_span_t *spans[] = {&pk->method, &pk->callid, &pk->callid_line, &pk->cseq_line,
+                         &pk->from,   &pk->to,     &pk->ruri};
+  for (size_t i = 0; i < sizeof spans / sizeof *spans; i++)
+    if (spans[i]->p)
+      spans[i]->p = to + (spans[i]->p - from);
+  for (int i = 0; i < pk->n_via; i++)
+    pk->via[i].p = to + (pk->via[i].p - from);
 }

@@ -49,6 +49,7 @@ struct sip_rtx {
   regans_t *ans;        /* where its answer is kept for retransmissions */
   msg_t *msg;           /* the request, until it is answered */
   sip_t *sip;
+  sip_lines_t *lines;   /* its lines as the peek read them (UDP), or NULL */
   char aor[600];
   int star;
   intent_t in[SIP_MAX_CONTACTS];
@@ -77,6 +78,7 @@ struct sip_regans {
   uint64_t until;          /* 0 while under way */
   int status;
   char *phrase, *headers;  /* as sent */
+  uint32_t hash;           /* of key: chains are compared by it first */
   char key[];              /* Call-ID " " CSeq */
 };
 
@@ -86,14 +88,14 @@ struct sip_regans_tab {
   size_t n;
 };
 
-static regans_t **ans_slot(sip_svc_t *s, const char *key)
+static regans_t **ans_slot(sip_svc_t *s, uint32_t hash)
 {
-  return &s->answers->bucket[sip__fnv(SIP_FNV_INIT, key, 0) % SIP_REG_ANSWER_BUCKETS];
+  return &s->answers->bucket[hash % SIP_REG_ANSWER_BUCKETS];
 }
 
 static void ans_drop(sip_svc_t *s, regans_t *a)
 {
-  for (regans_t **pp = ans_slot(s, a->key); *pp; pp = &(*pp)->hnext)
+  for (regans_t **pp = ans_slot(s, a->hash); *pp; pp = &(*pp)->hnext)
     if (*pp == a) {
       *pp = a->hnext;
       break;
@@ -120,8 +122,9 @@ static regans_t *ans_find(sip_svc_t *s, const char *key)
 {
   if (!s->answers)
     return NULL;
-  regans_t *a = *ans_slot(s, key);
-  while (a && strcmp(a->key, key) != 0)
+  uint32_t hash = sip__fnv(SIP_FNV_INIT, key, 0);
+  regans_t *a = *ans_slot(s, hash);
+  while (a && (a->hash != hash || strcmp(a->key, key) != 0))
     a = a->hnext;
   return a;
 }
@@ -135,7 +138,8 @@ static regans_t *ans_new(sip_svc_t *s, const char *key, rtx_t *x)
     return NULL;
   strcpy(a->key, key);
   a->rtx = x;
-  regans_t **slot = ans_slot(s, key);
+  a->hash = sip__fnv(SIP_FNV_INIT, key, 0);
+  regans_t **slot = ans_slot(s, a->hash);
   a->hnext = *slot, *slot = a;
   s->answers->n++;
   return a;
@@ -516,6 +520,7 @@ static void rtx_free(rtx_t *x)
     x->ans->rtx = NULL;
   sip__limit_release(x->s, x->src);
   msg_destroy(x->msg);
+  free(x->lines);
   free(x);
 }
 
@@ -545,14 +550,17 @@ static void rtx_unlink(rtx_t *x)
 
 /* Answers the request (statelessly: see above) with status, and headers
  * ("Name: value" lines, or NULL), keeps the answer for retransmissions,
- * counts the outcome and frees x. */
+ * counts the outcome and frees x.  Over UDP the answer is built from the
+ * request's own lines where it can be (core.c): sofia's reply builder
+ * cost as much as the rest of a registration on this node. */
 static void rtx_answer(rtx_t *x, int status, const char *phrase, const char *headers)
 {
   sip_svc_t *s = x->s;
-  if (x->msg)
+  if (x->msg && !(x->lines && sip__lines_reply(s, x->lines, x->sip, status, phrase, headers) == 0)) {
     sip__reply_stateless(s, x->msg, x->sip, status, phrase,
                          TAG_IF(headers, SIPTAG_HEADER_STR(headers)), TAG_END());
-  x->msg = NULL;
+    x->msg = NULL;
+  }
   regans_t *a = x->ans;
   if (a) {
     a->status = status;
@@ -1028,6 +1036,7 @@ void sip__register(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq)
     return;
   }
   x->s = s, x->msg = msg, x->sip = sip, x->src = rq->src;
+  x->lines = sip__lines_take(s, msg, sip);
   sip__limit_hold(s, x->src);
   rtx_link(x); /* so that sip_free() finds it */
   x->ans = ans_new(s, key, x);

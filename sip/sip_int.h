@@ -60,7 +60,7 @@
 #define SIP_RESEND_MS 8000        /* for so long (sipp/phones retransmit within 4 s, T2) */
 #define SIP_LOOP_BURST 8          /* sofia steps in a row while datagrams are queued */
 #define SIP_REG_LINGER_MS 16000   /* a REGISTER's answer is kept for retransmissions */
-#define SIP_REG_ANSWER_BUCKETS 16384
+#define SIP_REG_ANSWER_BUCKETS 65536 /* ~72,000 answers kept at 4,500/s */
 #define SIP_REG_ANSWERS_MAX 200000 /* answers kept at most (~50 MB at worst) */
 
 /* Digest authentication of phones (auth.c). */
@@ -115,6 +115,7 @@ typedef struct sip_flow sip_flow_t;
 typedef struct sip_ping sip_ping_t;
 typedef struct sip_authdb sip_authdb_t;
 typedef struct sip_limits sip_limits_t;
+typedef struct sip_lines sip_lines_t;
 
 /* Counters shown by {"cmd":"sip"}. */
 typedef struct {
@@ -160,6 +161,7 @@ typedef struct {
   uint64_t register_resent_peeked;  /* of those, answered again from kept bytes, unparsed */
   uint64_t shed_peeked; /* of shed, answered with a 503 built from the datagram (peek.c) */
   uint64_t challenged_peeked; /* REGISTERs without credentials answered 401 at the peek */
+  uint64_t register_answers_built; /* registrar's UDP answers built from the request's lines */
 } sip_counters_t;
 
 /* A proxy peer as found under sip:OVERLAY. */
@@ -245,6 +247,8 @@ struct sip_svc {
   double rx_rate;         /* messages/ms, smoothed */
   unsigned n_rtx;         /* REGISTERs waiting for the DHT */
   struct sip_resend *resend; /* REGISTER answers' bytes (resend.c), or NULL */
+  sip_lines_t *head;      /* the datagram at the head of the UDP queue (peek), or NULL */
+  int head_left;          /* head is a REGISTER the peek left to sofia's next step */
   struct sip_regans_tab *answers; /* recent REGISTER answers (registrar.c), or NULL */
   dht_cert_ca_t *ca;    /* the secured mode's CA, or NULL */
   char tls_hostport[80];/* "IP:PORT" of SIP over TLS between nodes, or "" (open mode) */
@@ -286,6 +290,17 @@ uint32_t sip__fnv(uint32_t h, const char *p, int fold);
  * absorbed.  Takes msg. */
 void sip__reply_stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int status, const char *phrase,
                           tag_type_t tag, tag_value_t value, ...);
+/* The lines of the REGISTER msg (sip) as the peek read them off the
+ * datagram before sofia parsed it, when msg is that datagram: a copy the
+ * caller frees, or NULL (not UDP, not read at the peek). */
+sip_lines_t *sip__lines_take(sip_svc_t *s, msg_t *msg, const sip_t *sip);
+/* The answer sip__reply_stateless() would send to sip, read in l, built
+ * from l's lines (sip__peek_answer()) with headers ("Name: value" lines,
+ * or NULL), sent with one sendto and kept for retransmissions (resend.c).
+ * 0, or negative when sofia must build it (sofia would send it elsewhere
+ * than where it came from, it does not fit).  msg stays the caller's. */
+int sip__lines_reply(sip_svc_t *s, const sip_lines_t *l, const sip_t *sip, int status,
+                     const char *phrase, const char *headers);
 int sip__uri_is_self(const sip_svc_t *s, const url_t *u);
 int sip__uri_is_overlay(const sip_svc_t *s, const url_t *u); /* sip:OVERLAY, no user */
 int sip__host_is_overlay(const sip_svc_t *s, const char *host);
@@ -445,6 +460,25 @@ int sip__peek_503(const sip_peek_t *pk, size_t reqlen, const char *tag, const ch
  * or -EINVAL, -ENOSPC. */
 int sip__peek_401(const sip_peek_t *pk, size_t reqlen, const char *challenge, const char *tag,
                   const char *ip, unsigned port, char *out, size_t outlen);
+
+/* The answer status ("SIP/2.0 200 OK") to the request read in pk: via
+ * (its top Via as sofia answers it, received/rport set) encoded, its other
+ * Via, From, Call-ID and CSeq lines copied, its To with ;tag=tag (NULL:
+ * as it is), extra (header lines, each ending in CRLF), Content-Length: 0;
+ * in out, cap bytes at most.  Its length, or -ENOSPC.  The two above are
+ * built with it; the registrar builds its answers with it (core.c). */
+int sip__peek_answer(const sip_peek_t *pk, const char *status, const sip_via_t *via,
+                     const char *tag, const char *extra, char *out, size_t cap);
+/* Every span of pk moved from the bytes at from to a copy of them at to. */
+void sip__peek_move(sip_peek_t *pk, const char *from, const char *to);
+/* A REGISTER datagram as the peek read it, from where it came. */
+struct sip_lines {
+  struct sockaddr_storage from;
+  socklen_t fromlen;
+  sip_peek_t pk; /* into bytes */
+  size_t len;
+  char bytes[];
+};
 
 /* resend.c: answers to REGISTERs kept as sent, by sip__peek_branch()'s
  * key, SIP_RESEND_MS at most (the oldest goes first past SIP_RESEND_MAX). */

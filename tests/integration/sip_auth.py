@@ -172,6 +172,61 @@ def test_challenge_paths(c, A, ua):
           (first.raw, second.raw))
 
 
+def shape200(r):
+    """A registrar's answer as a UA sees it: status line, header names in
+    order, values but those that change per request or per second."""
+    out = [r.first]
+    for n, v in r.headers:
+        if n in ("call-id", "cseq", "date"):
+            v = ""
+        out.append((n, re.sub(r"branch=[^;]+", "branch=B", v)))
+    return out
+
+
+def registered_text(ua, dest, call_id, headers):
+    """REGISTER, 401, REGISTER with credentials: (the final answer, the
+    second REGISTER's text)."""
+    ua.request(dest, "REGISTER", call_id=call_id, cseq=1, headers=headers)
+    ch = su.challenges(ua.final(call_id, "REGISTER"))[0]
+    cred = su.digest_credentials(ch, "REGISTER", "sip:" + OVERLAY, ua.user, "pw-" + ua.user)
+    _, _, text = ua.request(dest, "REGISTER", call_id=call_id, cseq=2,
+                            headers=headers + ["Authorization: " + cred])
+    return ua.final(call_id, "REGISTER"), text
+
+
+def test_answer_paths(c, A, ua):
+    """The registrar's 200 built from the request's own lines (over UDP)
+    and the one sofia builds (the same REGISTER with a folded line, which
+    the peek does not read): the same answer, header for header; a
+    retransmission gets the same bytes; a 423 is built the same way."""
+    dest = su.sip_dest(c, A)
+    before = counters(A)
+    built, text = registered_text(ua, dest, "built-%d" % ua.port, ["Expires: 60"])
+    mid = counters(A)
+    sofia, _ = registered_text(ua, dest, "sofia200-%d" % ua.port,
+                               ["Expires: 60", "Subject: folded\r\n line"])
+    after = counters(A)
+    check(built.status == 200 and
+          mid["register_answers_built"] == before["register_answers_built"] + 1,
+          "the 200 to a REGISTER over UDP is built from its lines (register_answers_built)",
+          (built.raw, before["register_answers_built"], mid["register_answers_built"]))
+    check(sofia.status == 200 and after["register_answers_built"] == mid["register_answers_built"],
+          "the same REGISTER with a folded line gets sofia's 200", (sofia.raw, after))
+    check(shape200(built) == shape200(sofia) and
+          (su.tag_of(built.get("to")) or "").startswith("p2psl"),
+          "the built 200 is sofia's, header for header (stateless To tag, Contact, Date)",
+          (built.raw, sofia.raw))
+    ua.send_raw(dest, text)
+    again = ua.final("built-%d" % ua.port, "REGISTER")
+    check(again.raw == built.raw and counters(A)["register_resent_peeked"] >
+          after["register_resent_peeked"], "its retransmission gets the kept bytes again",
+          (built.raw, again.raw))
+    brief, _ = registered_text(ua, dest, "brief-%d" % ua.port, ["Expires: 5"])
+    check(brief.status == 423 and brief.get("min-expires") and
+          counters(A)["register_answers_built"] == after["register_answers_built"] + 1,
+          "a 423 (Min-Expires) is built from the lines too", brief.raw)
+
+
 def test_challenge_flood(c, A, ua):
     """One source sends 2,000 REGISTERs without credentials, 2,000 a
     second: the peek challenges no more of them than the source's rate
@@ -226,6 +281,7 @@ def test_register(c, A, ua):
           "that challenge was built at the peek, before sofia parsed the REGISTER",
           counters(A)["challenged_peeked"])
     test_challenge_paths(c, A, ua)
+    test_answer_paths(c, A, ua)
     test_challenge_flood(c, A, ua)
     for alg in ("SHA-256", "MD5"):
         r, first = ua.do_auth(dest, "REGISTER", "pw-alice", alg=alg,
@@ -305,9 +361,12 @@ def test_calls(c, A, B, alice, erin):
 def test_sipp(h, c, B):
     """sipp (MD5 only, takes the first challenge): a node offering MD5."""
     ports = su.pick_udp_tcp(3)
+    before = counters(B)["register_answers_built"]
     rc, s = su.sipp_register_auth(h, su.sip_addr(c, B), "dave", "<sip:dave@%s:%d>" % (HOST, ports),
                                   ports + 1, domain=OVERLAY, name="dave-reg", password="pw-dave")
-    check(rc == 0, "sipp registers dave with [authentication] (MD5)", s.describe())
+    check(rc == 0 and counters(B)["register_answers_built"] > before,
+          "sipp registers dave with [authentication] (MD5), the 200 built from its lines",
+          s.describe())
 
 
 def test_baresip(h, c, B, D):
@@ -319,7 +378,9 @@ def test_baresip(h, c, B, D):
     gina = Baresip(h, "gina", base + 25, acct % ("gina", OVERLAY, "pw-gina", su.sip_addr(c, B), "manual"))
     frank.registered(15)
     gina.registered(15)
-    check(True, "two baresips register with digest at their home nodes")
+    check(counters(B)["register_answers_built"] > 0 and counters(D)["register_answers_built"] > 0,
+          "two baresips register with digest at their home nodes, the 200s built from the "
+          "REGISTERs' lines", (counters(B), counters(D)))
     gina.command("dial", "sip:frank@" + OVERLAY)
     frank.wait_event("CALL_ESTABLISHED", 15)
     gina.wait_event("CALL_ESTABLISHED", 15)

@@ -19,6 +19,36 @@ REFRESH = 3
 # repair on a slow machine before it must still be read, and is well above
 # REFRESH so that a refresh by anyone would show as the key outliving it.
 MORTAL_TTL = 20
+KEYS = 60
+
+
+def lookups(node):
+    return node.admin_ok({"cmd": "stats"})["lookups"]
+
+
+def test_lookups(c, writer):
+    """An owner's refreshes go to the primary its last store reached (a
+    lookup every fourth refresh), the first one included; a new version of
+    a value put right after a get of its key takes the primary the get
+    found (a registrar: get the bindings, put the new one).  Lookups are
+    counted on the writer, whose ring upkeep makes a few of its own."""
+    keys = ["sip:many%d@overlay.test" % i for i in range(KEYS)]
+    for k in keys:
+        p2p.put(writer, k, "v1", ttl=600, vid="b")
+    t0, l0 = time.monotonic(), lookups(writer)
+    time.sleep(2 * REFRESH + 1)  # two refresh rounds: nothing to wait for, the count is the test
+    d = lookups(writer) - l0
+    info("%d lookups on the writer in %.1fs holding %d values" % (d, time.monotonic() - t0, KEYS))
+    if not c.secure:  # the secured mode routes its stores: no lookups to count
+        check(d < KEYS // 2, "two refresh rounds of %d values: %d lookups (not one per value)" % (KEYS, d))
+    l0 = lookups(writer)
+    for k in keys:
+        p2p.get_values(writer, k)
+        p2p.put(writer, k, "v2", ttl=600, vid="b")
+    d = lookups(writer) - l0
+    if not c.secure:
+        check(d < KEYS * 3 // 2, "%d gets each followed by a new version of the value: %d lookups "
+              "(the puts take the primaries the gets found)" % (KEYS, d))
 
 
 def test(h):
@@ -73,7 +103,8 @@ def test(h):
     gone = time.monotonic() - t_put
     check(gone >= MORTAL_TTL - 1, "... and gone once its ttl ran out, not before (%.1fs after the put, ttl %ds):"
           " nobody refreshes for a dead owner" % (gone, MORTAL_TTL))
+    test_lookups(c, writer)
 
 
 if __name__ == "__main__":
-    p2p.run("refresh", test, timeout=90)
+    p2p.run("refresh", test, timeout=120)
