@@ -5,6 +5,7 @@
  *
  *   bench_link_mem [-k p256|ed25519] [-n N] [-s SUITES] [-g GROUPS]
  *                  [-a SIGALGS] [-c TLS12LIST] [-p] [-t] [-v]
+ *   bench_link_mem -C [-k p256|ed25519]
  *
  * By default OpenSSL's allocations are counted through
  * CRYPTO_set_mem_functions and attributed to the end that made them and
@@ -12,8 +13,11 @@
  * and reports malloc's own view instead (mallinfo2 in-use delta, with
  * chunk overhead), which is what the heap really pays.  -t skips the
  * trim.  -s/-g/-a/-c set ciphersuites, groups, signature algorithms and
- * the TLS 1.2 cipher list on both contexts, to try them.  Nothing here
- * is asserted: it prints numbers for docs/BENCHMARKS.md. */
+ * the TLS 1.2 cipher list on both contexts, to try them.  -C instead
+ * measures the cache of verified certificates: malloc's heap per entry
+ * once DHT_CERT_CACHE certificates are in, then after a value's signature
+ * was checked through each.  Nothing here is asserted: it prints numbers
+ * for docs/BENCHMARKS.md. */
 #include "dht/cert.h"
 
 #include <malloc.h>
@@ -238,10 +242,59 @@ static SSL_CTX *ctx_of(dht_cert_ca_t *ca, dht_cert_creds_t *self, const char *su
   return ctx;
 }
 
+/* The cache of verified certificates, filled: heap per entry. */
+static int cache_bench(int keytype) {
+  char err[256];
+  int64_t now = time(NULL);
+  X509 *cax;
+  EVP_PKEY *cakey;
+  dht_cert_ca_t *ca;
+  if (dht_cert_ca_create("overlay.test", keytype, now - DAY, now + DAY, &cax, &cakey, err,
+                         sizeof err) ||
+      dht_cert_ca_new(cax, NULL, &ca, err, sizeof err))
+    return 1;
+  enum { N = DHT_CERT_CACHE };
+  static uint8_t der[N][DHT_CERT_MAX_DER];
+  static size_t len[N];
+  static uint8_t sig[N][DHT_CERT_SIG_LEN];
+  dht_cert_value_t v = {.vid = (const uint8_t *)"v", .vid_len = 1, .kind = 1, .seq = 1};
+  for (int i = 0; i < N; i++) {
+    dht_cert_creds_t *c = node(ca, cakey, (uint8_t)i);
+    const uint8_t *d;
+    dht_cert_der(dht_cert_creds_cert(c), &d, &len[i]);
+    memcpy(der[i], d, len[i]);
+    if (dht_cert_sign(c, &v, sig[i])) return 1;
+    dht_cert_creds_free(c);
+  }
+  const dht_cert_t *out;
+  /* One in and out first: the lazy set-up is not an entry's. */
+  if (dht_cert_check(ca, der[0], len[0], &out, err, sizeof err) ||
+      dht_cert_verify(out, &v, sig[0], DHT_CERT_SIG_LEN))
+    return 1;
+  malloc_trim(0);
+  size_t h0 = mallinfo2().uordblks;
+  for (int i = 1; i < N; i++)
+    if (dht_cert_check(ca, der[i], len[i], &out, err, sizeof err)) return 1;
+  size_t h1 = mallinfo2().uordblks;
+  for (int i = 1; i < N; i++)
+    if (dht_cert_check(ca, der[i], len[i], &out, err, sizeof err) ||
+        dht_cert_verify(out, &v, sig[i], DHT_CERT_SIG_LEN))
+      return 1;
+  size_t h2 = mallinfo2().uordblks;
+  printf("%s, %d cached certificates: heap per entry %.0f B once checked, %.0f B after a "
+         "signature check through each (%.0f KB in all)\n",
+         keytype == DHT_CERT_P256 ? "P-256" : "Ed25519", N, (double)(h1 - h0) / (N - 1),
+         (double)(h2 - h0) / (N - 1), (double)(h2 - h0) / 1024);
+  dht_cert_ca_free(ca);
+  X509_free(cax);
+  EVP_PKEY_free(cakey);
+  return 0;
+}
+
 int main(int argc, char **argv) {
-  int keytype = DHT_CERT_P256, n = 50, plain = 0, do_trim = 1, verbose = 0, opt;
+  int keytype = DHT_CERT_P256, n = 50, plain = 0, do_trim = 1, verbose = 0, cache = 0, opt;
   const char *suites = NULL, *groups = NULL, *sigalgs = NULL, *list12 = NULL;
-  while ((opt = getopt(argc, argv, "k:n:s:g:a:c:ptv")) != -1) {
+  while ((opt = getopt(argc, argv, "k:n:s:g:a:c:ptvC")) != -1) {
     switch (opt) {
     case 'k': keytype = strcmp(optarg, "ed25519") == 0 ? DHT_CERT_ED25519 : DHT_CERT_P256; break;
     case 'n': n = atoi(optarg); break;
@@ -252,10 +305,12 @@ int main(int argc, char **argv) {
     case 'p': plain = 1; break;
     case 't': do_trim = 0; break;
     case 'v': verbose = 1; break;
+    case 'C': cache = 1; break;
     default: return 2;
     }
   }
   if (n < 1 || n > 10000) return 2;
+  if (cache) return cache_bench(keytype);
   if (!plain && !CRYPTO_set_mem_functions(c_malloc, c_realloc, c_free)) return 1;
 
   char err[256];
