@@ -1,18 +1,20 @@
 /* What one kept TLS link end costs in memory, in dht/rpc.c's set-up: the
- * context of dht_cert_tls_ctx(), two memory BIOs per end, a handshake, a
- * frame each way, then the drained BIOs swapped for fresh ones as the
- * sweep does (tls_trim).  Two nodes (two contexts) make N links.
+ * context of dht_cert_tls_ctx(), one BIO per end that reads from the bytes
+ * that arrived and writes into a buffer freed once sent (rpc.c's
+ * tls_bio_*), a handshake and a frame each way.  -m models rpc.c before
+ * that: two memory BIOs per end, swapped for fresh ones once drained as
+ * its sweep did (tls_trim; -t skips the swap).  Two nodes (two contexts)
+ * make N links.
  *
  *   bench_link_mem [-k p256|ed25519] [-n N] [-s SUITES] [-g GROUPS]
- *                  [-a SIGALGS] [-c TLS12LIST] [-p] [-t] [-v]
+ *                  [-a SIGALGS] [-c TLS12LIST] [-p] [-m [-t]] [-v]
  *   bench_link_mem -C [-k p256|ed25519]
  *
  * By default OpenSSL's allocations are counted through
  * CRYPTO_set_mem_functions and attributed to the end that made them and
  * to OpenSSL's file:line (-v lists the sites); -p (plain) counts nothing
  * and reports malloc's own view instead (mallinfo2 in-use delta, with
- * chunk overhead), which is what the heap really pays.  -t skips the
- * trim.  -s/-g/-a/-c set ciphersuites, groups, signature algorithms and
+ * chunk overhead), which is what the heap really pays.  -s/-g/-a/-c set ciphersuites, groups, signature algorithms and
  * the TLS 1.2 cipher list on both contexts, to try them.  -C instead
  * measures the cache of verified certificates: malloc's heap per entry
  * once DHT_CERT_CACHE certificates are in, then after a value's signature
@@ -110,32 +112,85 @@ static void sites(int who, int links) {
 /* One end as dht/rpc.c makes it. */
 typedef struct {
   SSL *ssl;
-  BIO *rbio, *wbio;
+  BIO *rbio, *wbio; /* -m */
+  uint8_t *inbuf; /* else: what the other end sent, */
+  const uint8_t *in; /* and of it what this end has not read yet */
+  size_t in_len;
+  uint8_t *out; /* and what this end wrote, not carried yet */
+  size_t out_len;
   int done;
 } end_t;
 
-static void end_new(end_t *e, SSL_CTX *ctx, int client) {
-  owner = client ? 1 : 2;
-  e->ssl = SSL_new(ctx);
-  e->rbio = BIO_new(BIO_s_mem());
-  e->wbio = BIO_new(BIO_s_mem());
-  if (!e->ssl || !e->rbio || !e->wbio) abort();
-  BIO_set_mem_eof_return(e->rbio, -1);
-  SSL_set_bio(e->ssl, e->rbio, e->wbio);
-  if (client) SSL_set_connect_state(e->ssl);
-  else SSL_set_accept_state(e->ssl);
-  e->done = 0;
+static int mem_bios; /* -m */
+
+/* The direct BIO's model: reads take from e->in, writes grow e->out. */
+static int d_write(BIO *b, const char *data, int len) {
+  end_t *e = BIO_get_data(b);
+  uint8_t *o = realloc(e->out, e->out_len + (size_t)len);
+  if (!o) return -1;
+  memcpy(o + e->out_len, data, (size_t)len);
+  e->out = o;
+  e->out_len += (size_t)len;
+  return len;
 }
 
-/* Bytes from one end's wire BIO into the other's read BIO. */
-static int carry(end_t *from, end_t *to) {
-  static uint8_t buf[64 * 1024];
-  int moved = 0, n;
-  while ((n = BIO_read(from->wbio, buf, sizeof buf)) > 0) {
-    if (BIO_write(to->rbio, buf, n) != n) abort();
-    moved += n;
+static int d_read(BIO *b, char *buf, int len) {
+  end_t *e = BIO_get_data(b);
+  BIO_clear_retry_flags(b);
+  if (!e->in_len) {
+    BIO_set_retry_read(b);
+    return -1;
   }
-  return moved;
+  size_t n = (size_t)len < e->in_len ? (size_t)len : e->in_len;
+  memcpy(buf, e->in, n);
+  e->in += n, e->in_len -= n;
+  return (int)n;
+}
+
+static long d_ctrl(BIO *b, int cmd, long num, void *ptr) { return cmd == BIO_CTRL_FLUSH; }
+
+static int d_create(BIO *b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+static BIO_METHOD *direct;
+
+static void end_new(end_t *e, SSL_CTX *ctx, int client) {
+  owner = client ? 1 : 2;
+  memset(e, 0, sizeof(*e));
+  e->ssl = SSL_new(ctx);
+  if (!e->ssl) abort();
+  if (mem_bios) {
+    e->rbio = BIO_new(BIO_s_mem());
+    e->wbio = BIO_new(BIO_s_mem());
+    if (!e->rbio || !e->wbio) abort();
+    BIO_set_mem_eof_return(e->rbio, -1);
+    SSL_set_bio(e->ssl, e->rbio, e->wbio);
+  } else {
+    BIO *b = BIO_new(direct);
+    if (!b) abort();
+    BIO_set_data(b, e);
+    SSL_set_bio(e->ssl, b, b);
+  }
+  if (client) SSL_set_connect_state(e->ssl);
+  else SSL_set_accept_state(e->ssl);
+}
+
+/* Bytes from one end's wire BIO into the other's read BIO; with the
+ * direct BIO the other end reads them in place at its next drive(). */
+static void carry(end_t *from, end_t *to) {
+  static uint8_t buf[64 * 1024];
+  int n;
+  if (!mem_bios) {
+    free(to->inbuf); /* read whole by the drive() before */
+    to->in = to->inbuf = from->out;
+    to->in_len = from->out_len;
+    from->out = NULL, from->out_len = 0;
+    return;
+  }
+  while ((n = BIO_read(from->wbio, buf, sizeof buf)) > 0)
+    if (BIO_write(to->rbio, buf, n) != n) abort();
 }
 
 static void drive(end_t *e, int who) {
@@ -163,6 +218,7 @@ static BIO *fresh(BIO *b) {
 }
 
 static void trim(end_t *e, int who) {
+  if (!mem_bios) return;
   owner = who;
   BIO *nb;
   if ((nb = fresh(e->rbio))) SSL_set0_rbio(e->ssl, nb), e->rbio = nb;
@@ -202,6 +258,8 @@ static void link_up(end_t *c, end_t *s, SSL_CTX *cc, SSL_CTX *sc, int do_trim) {
     trim(c, 1);
     trim(s, 2);
   }
+  free(c->inbuf), free(s->inbuf); /* rpc.c reads from libuv's one buffer */
+  c->inbuf = s->inbuf = NULL;
   owner = 0;
 }
 
@@ -294,7 +352,7 @@ static int cache_bench(int keytype) {
 int main(int argc, char **argv) {
   int keytype = DHT_CERT_P256, n = 50, plain = 0, do_trim = 1, verbose = 0, cache = 0, opt;
   const char *suites = NULL, *groups = NULL, *sigalgs = NULL, *list12 = NULL;
-  while ((opt = getopt(argc, argv, "k:n:s:g:a:c:ptvC")) != -1) {
+  while ((opt = getopt(argc, argv, "k:n:s:g:a:c:pmtvC")) != -1) {
     switch (opt) {
     case 'k': keytype = strcmp(optarg, "ed25519") == 0 ? DHT_CERT_ED25519 : DHT_CERT_P256; break;
     case 'n': n = atoi(optarg); break;
@@ -304,6 +362,7 @@ int main(int argc, char **argv) {
     case 'c': list12 = optarg; break;
     case 'p': plain = 1; break;
     case 't': do_trim = 0; break;
+    case 'm': mem_bios = 1; break;
     case 'v': verbose = 1; break;
     case 'C': cache = 1; break;
     default: return 2;
@@ -312,6 +371,10 @@ int main(int argc, char **argv) {
   if (n < 1 || n > 10000) return 2;
   if (cache) return cache_bench(keytype);
   if (!plain && !CRYPTO_set_mem_functions(c_malloc, c_realloc, c_free)) return 1;
+  direct = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "direct");
+  if (!direct || !BIO_meth_set_write(direct, d_write) || !BIO_meth_set_read(direct, d_read) ||
+      !BIO_meth_set_ctrl(direct, d_ctrl) || !BIO_meth_set_create(direct, d_create))
+    return 1;
 
   char err[256];
   int64_t now = time(NULL);
@@ -338,8 +401,8 @@ int main(int argc, char **argv) {
   for (int i = 1; i < n; i++) link_up(&c[i], &s[i], ca_, cb, do_trim);
   size_t heap1 = mallinfo2().uordblks;
   int k = n - 1;
-  printf("%s, %d links%s%s%s: ", keytype == DHT_CERT_P256 ? "P-256" : "Ed25519", k,
-         do_trim ? "" : ", untrimmed", suites ? ", suites " : "", suites ? suites : "");
+  printf("%s, %d links, %s%s%s%s: ", keytype == DHT_CERT_P256 ? "P-256" : "Ed25519", k,
+         mem_bios ? "memory BIOs" : "direct BIO", mem_bios && !do_trim ? ", untrimmed" : "", suites ? ", suites " : "", suites ? suites : "");
   printf("%s %s", SSL_get_cipher_name(c[1 % n].ssl), SSL_get_version(c[1 % n].ssl));
   printf("\n  heap in use per link end (mallinfo2%s): %.0f B\n",
          plain ? "" : ", incl. the counter's 48 B per block", (double)(heap1 - heap0) / k / 2);
