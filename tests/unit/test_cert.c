@@ -683,8 +683,28 @@ static void test_tls(void) {
   ASSERT_MEM_EQ(id.b, ib.node.b, DHT_ID_LEN);
   ASSERT_OK(dht_cert_peer_id(p.s, &id));
   ASSERT_MEM_EQ(id.b, ia.node.b, DHT_ID_LEN);
+  ASSERT_STR_EQ(SSL_get_cipher_name(p.c), "TLS_CHACHA20_POLY1305_SHA256");
   pair_talk(&p);
   pair_free(&p);
+
+  /* ChaCha20-Poly1305 (the smallest state per link end), also with a
+   * node of an older version, which offers OpenSSL's default order; one
+   * that offers only AES-256-GCM still gets a session. */
+  SSL_CTX *older = ctx_of(&t, a);
+  ASSERT(SSL_CTX_set_ciphersuites(older, TLS_DEFAULT_CIPHERSUITES));
+  pair_new(&p, older, cb);
+  pair_run(&p);
+  ASSERT(p.c_done == 1 && p.s_done == 1);
+  ASSERT_STR_EQ(SSL_get_cipher_name(p.s), "TLS_CHACHA20_POLY1305_SHA256");
+  pair_free(&p);
+  ASSERT(SSL_CTX_set_ciphersuites(older, "TLS_AES_256_GCM_SHA384"));
+  pair_new(&p, older, cb);
+  pair_run(&p);
+  ASSERT(p.c_done == 1 && p.s_done == 1);
+  ASSERT_STR_EQ(SSL_get_cipher_name(p.s), "TLS_AES_256_GCM_SHA384");
+  pair_talk(&p);
+  pair_free(&p);
+  SSL_CTX_free(older);
 
   /* Clients the server refuses (clients that do not check the server, so
    * the server's check is the one that fails): a node of another CA; a
