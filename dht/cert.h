@@ -38,7 +38,8 @@
 #define DHT_CERT_SIG_LEN 64    /* Ed25519, or ECDSA P-256 as r and s (32 bytes each) */
 #define DHT_CERT_MAX_USER 64   /* user part of sip:USER@OVERLAY */
 #define DHT_CERT_MAX_OVERLAY 253
-#define DHT_CERT_CACHE 96      /* verified certificates kept per CA (a parsed one is a few KiB) */
+#define DHT_CERT_CACHE 96      /* verified certificates kept per CA (~0.5 KiB each) */
+#define DHT_CERT_LIVE 8        /* of those, keys kept in OpenSSL's form (P-256: 2.3 KiB each) */
 
 enum dht_cert_kind { DHT_CERT_CA = 1, DHT_CERT_NODE = 2, DHT_CERT_USER = 3 };
 /* Key types.  Ed25519: deterministic signatures, node certificates of 416
@@ -79,6 +80,9 @@ typedef struct {
   uint64_t verified; /* chains checked (the expensive part) */
   uint64_t cached;   /* answered from the cache */
   uint64_t rejected; /* refused: garbage, other CA, other overlay, expired */
+  uint64_t entries;    /* certificates in the cache now (at most DHT_CERT_CACHE) */
+  uint64_t live_keys;  /* of them, keys held in OpenSSL's form (at most DHT_CERT_LIVE) */
+  uint64_t key_builds; /* keys made again from their raw form for a signature check */
 } dht_cert_stats_t;
 void dht_cert_ca_stats(const dht_cert_ca_t *ca, dht_cert_stats_t *out);
 
@@ -88,7 +92,11 @@ void dht_cert_ca_stats(const dht_cert_ca_t *ca, dht_cert_stats_t *out);
  * node or user certificate issued directly by the CA, for its overlay,
  * valid now.  Verified certificates are cached by fingerprint (up to
  * DHT_CERT_CACHE, least recently used dropped first), so a certificate seen
- * again costs a SHA-256 and a lookup.  *out is borrowed from the cache and
+ * again costs a SHA-256 and a lookup.  The cache keeps what the
+ * certificate certifies and its public key in raw form; OpenSSL's form of
+ * the key is made when a signature is checked with it and kept for the
+ * DHT_CERT_LIVE keys that checked one last (making it again costs 5-8 us,
+ * a few percent of the check).  *out is borrowed from the cache and
  * stays valid until the next dht_cert_check() or dht_cert_ca_free(). */
 int dht_cert_check(dht_cert_ca_t *ca, const uint8_t *der, size_t len, const dht_cert_t **out,
                    char *err, size_t errlen);
@@ -98,7 +106,9 @@ int dht_cert_check(dht_cert_ca_t *ca, const uint8_t *der, size_t len, const dht_
 int dht_cert_find(dht_cert_ca_t *ca, const uint8_t fp[DHT_CERT_FP_LEN], const dht_cert_t **out);
 
 const dht_cert_info_t *dht_cert_info(const dht_cert_t *c);
-/* The DER encoding, to send with a value; borrowed. */
+/* The DER encoding of our own certificate (dht_cert_creds_cert), to send
+ * with a value; borrowed.  A cached certificate keeps none (the value that
+ * brought it carries it): *der NULL, *len 0. */
 void dht_cert_der(const dht_cert_t *c, const uint8_t **der, size_t *len);
 
 /* A PEM certificate, or a PEM private key, from a file; NULL with err set

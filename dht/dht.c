@@ -265,4 +265,13 @@ size_t dht_records(const dht_t *d) { return dht__store_live(&d->store, uv_now(d-
 void dht_stats(const dht_t *d, dht_stats_t *out) {
   *out = d->stats;
   out->values_stored = d->store.nvalues;
+  if (d->ca) {
+    dht_cert_stats_t c;
+    dht_cert_ca_stats(d->ca, &c);
+    out->cert_checks = c.verified;
+    out->cert_cache_hits = c.cached;
+    out->cert_cache = c.entries;
+    out->cert_cache_keys = c.live_keys;
+    out->cert_key_builds = c.key_builds;
+  }
 }

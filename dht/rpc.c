@@ -10,9 +10,9 @@
  * is the only one that touches sockets.
  *
  * In the secured mode every connection is TLS 1.3 with mutual
- * authentication against the overlay CA (dht/cert.h), through memory BIOs
- * between the uv_tcp_t and conn_feed()/conn_send(): frames wait until the
- * handshake is done, and a HELLO must name the node id the peer's
+ * authentication against the overlay CA (dht/cert.h), through one BIO of
+ * ours between the uv_tcp_t and conn_feed()/conn_send() (tls_bio_*):
+ * frames wait until the handshake is done, and a HELLO must name the node id the peer's
  * certificate carries.
  */
 #include <errno.h>
@@ -20,7 +20,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <openssl/buffer.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
@@ -69,17 +68,18 @@ struct dht__conn {
   struct sockaddr_storage remote; /* the other end: whom we dialled, or who dialled us */
   bool handle_closed;
   bool ready;   /* frames may flow: connected, and the TLS handshake done */
-  SSL *ssl;     /* secured mode: the TLS session; rbio in, wbio out */
-  BIO *rbio, *wbio;
+  SSL *ssl;     /* secured mode: the TLS session, reading and writing through tls_bio_* */
+  const uint8_t *tls_in; /* what arrived and TLS has not read yet (in libuv's read buffer) */
+  size_t tls_in_len;
   dht_id_t auth_id; /* secured mode: the peer's certified node id once ready */
   dht_id_t expect;  /* outgoing: the node we meant to reach (zero: unknown) */
   uint64_t opened;  /* loop time */
   bool peer_asked;  /* the peer sent requests on it: it may be a link the peer keeps */
   uint64_t frame_since; /* loop time the frame being assembled in rbuf began */
   uint8_t first_type;   /* outgoing: the request that opened it (for the log) */
-  wreq_t *out;          /* frames sent in this loop iteration, not yet written */
+  wreq_t *out;          /* frames (or TLS records) of this loop iteration, not yet written */
   size_t out_cap;
-  dht__conn_t *dirty_next; /* d->dirty: out (or TLS bytes) to write */
+  dht__conn_t *dirty_next; /* d->dirty: out to write */
   bool dirty;
 };
 
@@ -157,48 +157,6 @@ static void write_now(dht__conn_t *c, wreq_t *w) {
   }
 }
 
-/* A memory BIO keeps the largest buffer it ever held; once drained, one
- * bigger than keep is swapped for a fresh BIO so that hundreds of idle links
- * stay small (one STORE of 256 KiB would otherwise leave that much behind).
- * OpenSSL's own record buffers go back by themselves
- * (SSL_MODE_RELEASE_BUFFERS). */
-static BIO *tls_fresh_bio(BIO *b, size_t keep) {
-  BUF_MEM *m;
-  if (BIO_ctrl_pending(b) || BIO_get_mem_ptr(b, &m) != 1 || !m || m->max <= keep) return NULL;
-  BIO *nb = BIO_new(BIO_s_mem());
-  if (nb) BIO_set_mem_eof_return(nb, -1); /* empty means "more to come" */
-  return nb;
-}
-
-static void tls_trim(dht__conn_t *c, size_t keep) {
-  if (!c->ready) return; /* the handshake keeps a buffering BIO over wbio */
-  BIO *nb;
-  if ((nb = tls_fresh_bio(c->rbio, keep))) {
-    SSL_set0_rbio(c->ssl, nb);
-    c->rbio = nb;
-  }
-  if ((nb = tls_fresh_bio(c->wbio, keep))) {
-    SSL_set0_wbio(c->ssl, nb);
-    c->wbio = nb;
-  }
-}
-
-/* Send what TLS has written to the wire BIO. */
-static void tls_flush(dht__conn_t *c) {
-  size_t pend;
-  while (!c->closing && (pend = BIO_ctrl_pending(c->wbio)) > 0) {
-    wreq_t *w = malloc(sizeof(*w) + pend);
-    if (!w) {
-      conn_close(c, "out of memory");
-      return;
-    }
-    int n = BIO_read(c->wbio, w->data, (int)pend);
-    w->len = n > 0 ? (size_t)n : 0;
-    write_now(c, w);
-  }
-  if (!c->closing) tls_trim(c, 4096);
-}
-
 /* Frames are written once per loop iteration and connection (rpc_flush):
  * a registrar under load sent a few frames per iteration to each peer,
  * one write() each, and the kernel's TCP send path (on loopback the
@@ -253,10 +211,6 @@ static uint8_t *out_room(dht__conn_t *c, size_t len) {
 /* Writes what the connection gathered: the frames, or in the secured mode
  * the TLS records they became. */
 static void conn_flush(dht__conn_t *c) {
-  if (c->ssl) {
-    tls_flush(c);
-    return;
-  }
   wreq_t *w = c->out;
   c->out = NULL;
   c->out_cap = 0;
@@ -526,20 +480,66 @@ static void tls_refused(dht__conn_t *c, const char *what) {
   conn_close(c, NULL);
 }
 
+/* The BIO under each TLS session: OpenSSL reads what just arrived straight
+ * from libuv's read buffer (c->tls_in) and writes its records into the
+ * bytes this loop iteration sends (out_room), as plain frames go.  Two
+ * memory BIOs held ~0.8 KB per link end for nothing and cost a copy each
+ * way (docs/BENCHMARKS.md). */
+static int tls_bio_write(BIO *b, const char *data, int len) {
+  dht__conn_t *c = BIO_get_data(b);
+  BIO_clear_retry_flags(b);
+  uint8_t *at = c->closing || len < 0 ? NULL : out_room(c, (size_t)len);
+  if (!at) return -1;
+  memcpy(at, data, (size_t)len);
+  return len;
+}
+
+static int tls_bio_read(BIO *b, char *out, int len) {
+  dht__conn_t *c = BIO_get_data(b);
+  BIO_clear_retry_flags(b);
+  if (c->tls_in_len == 0) {
+    BIO_set_retry_read(b); /* more to come */
+    return -1;
+  }
+  size_t n = len < 0 ? 0 : (size_t)len < c->tls_in_len ? (size_t)len : c->tls_in_len;
+  memcpy(out, c->tls_in, n);
+  c->tls_in += n;
+  c->tls_in_len -= n;
+  return (int)n;
+}
+
+/* Nothing buffers here: a flush is done at once, the rest is unknown. */
+static long tls_bio_ctrl(BIO *b, int cmd, long num, void *ptr) { return cmd == BIO_CTRL_FLUSH; }
+
+static int tls_bio_create(BIO *b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+/* Made once per process, kept until it exits. */
+static BIO_METHOD *tls_bio_method(void) {
+  static BIO_METHOD *m;
+  if (m) return m;
+  BIO_METHOD *nm = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "p2psip link");
+  if (nm && BIO_meth_set_write(nm, tls_bio_write) && BIO_meth_set_read(nm, tls_bio_read) &&
+      BIO_meth_set_ctrl(nm, tls_bio_ctrl) && BIO_meth_set_create(nm, tls_bio_create))
+    return m = nm;
+  BIO_meth_free(nm);
+  return NULL;
+}
+
 static int tls_start(dht__conn_t *c) {
   dht_t *d = c->d;
   if (!d->tls) return 0;
-  c->ssl = SSL_new(d->tls);
-  c->rbio = BIO_new(BIO_s_mem());
-  c->wbio = BIO_new(BIO_s_mem());
-  if (!c->ssl || !c->rbio || !c->wbio) {
-    BIO_free(c->rbio);
-    BIO_free(c->wbio);
-    c->rbio = c->wbio = NULL;
+  BIO_METHOD *m = tls_bio_method();
+  BIO *b = m ? BIO_new(m) : NULL;
+  c->ssl = b ? SSL_new(d->tls) : NULL;
+  if (!c->ssl) {
+    BIO_free(b);
     return -ENOMEM;
   }
-  BIO_set_mem_eof_return(c->rbio, -1); /* empty means "more to come" */
-  SSL_set_bio(c->ssl, c->rbio, c->wbio);
+  BIO_set_data(b, c);
+  SSL_set_bio(c->ssl, b, b); /* one reference for both directions */
   if (c->outgoing) SSL_set_connect_state(c->ssl);
   else SSL_set_accept_state(c->ssl);
   return 0;
@@ -548,7 +548,6 @@ static int tls_start(dht__conn_t *c) {
 /* Drive the handshake; once it is done, learn who the peer is. */
 static void tls_handshake(dht__conn_t *c) {
   int r = SSL_do_handshake(c->ssl);
-  tls_flush(c);
   if (c->closing) return;
   if (r != 1) {
     int e = SSL_get_error(c->ssl, r);
@@ -570,15 +569,10 @@ static void tls_handshake(dht__conn_t *c) {
   conn_ready(c);
 }
 
-/* Plaintext decrypted from what arrives; libuv's read buffer is free again
- * once the bytes are in the BIO. */
+/* Plaintext decrypted from what arrives. */
 static uint8_t tls_plain[16 * 1024];
 
-static void tls_input(dht__conn_t *c, const uint8_t *data, size_t len) {
-  if (BIO_write(c->rbio, data, (int)len) != (int)len) {
-    conn_close(c, "out of memory");
-    return;
-  }
+static void tls_read(dht__conn_t *c) {
   if (!c->ready) tls_handshake(c);
   while (c->ready && !c->closing) {
     int n = SSL_read(c->ssl, tls_plain, sizeof(tls_plain));
@@ -592,7 +586,17 @@ static void tls_input(dht__conn_t *c, const uint8_t *data, size_t len) {
     else tls_refused(c, "session failed");
     return;
   }
-  if (!c->closing) tls_flush(c); /* alerts, key updates */
+}
+
+/* OpenSSL reads everything that arrived before we return (until it wants
+ * more, or the link fails): libuv's read buffer is not ours afterwards.
+ * A record cut in two waits in OpenSSL's own buffer. */
+static void tls_input(dht__conn_t *c, const uint8_t *data, size_t len) {
+  c->tls_in = data;
+  c->tls_in_len = len;
+  tls_read(c);
+  c->tls_in = NULL;
+  c->tls_in_len = 0;
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
@@ -619,7 +623,7 @@ static void conn_free(dht__conn_t *c) {
     next = w->next;
     free(w);
   }
-  SSL_free(c->ssl); /* frees its BIOs */
+  SSL_free(c->ssl); /* frees its BIO */
   rbuf_free(c);
   free(c);
 }
@@ -642,7 +646,7 @@ static void conn_close(dht__conn_t *c, const char *why) {
   /* What was sent before goes out first, as when each frame was written
    * at once (a failing write closes c itself). */
   dirty_unlink(c);
-  if (c->ready) conn_flush(c);
+  if (c->out) conn_flush(c); /* with TLS also an alert that says why */
   if (c->closing) return;
   c->closing = true;
   if (why) {
@@ -922,9 +926,6 @@ void dht__rpc_reap(dht_t *d) {
     next = c->next;
     const char *why = conn_overdue(d, c, now);
     if (!why) {
-      /* Drained BIOs go back whole once per sweep: the handshake leaves
-       * ~2 KB in each end's, on every kept link. */
-      if (c->ssl && !c->closing) tls_trim(c, 0);
       keepalive(d, c, now);
       continue;
     }

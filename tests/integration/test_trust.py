@@ -209,6 +209,15 @@ def test(h):
     check(not c.crashed(), "no node died", c.crashed())
     info("refused in all: %s" % counters(c))
 
+    # The certificate cache in stats: every node has met peers and checked
+    # values; it holds keys ready for at most 8 signers (dht/cert.h
+    # DHT_CERT_LIVE), the rest raw, built again when a check needs one.
+    sts = p2p.parallel_map(lambda n: n.admin_ok({"cmd": "stats"}), c.alive())
+    fill = [(s["cert_cache"], s["cert_cache_keys"], s["cert_checks"], s["cert_key_builds"]) for s in sts]
+    check(all(f[0] >= 1 and f[2] >= f[0] and f[1] <= min(8, f[0]) for f in fill),
+          "every node's stats show its certificate cache (held, keys ready, checks, key builds)", fill)
+    check(sum(f[3] for f in fill) >= 1, "values were checked through cached keys", fill)
+
 
 if __name__ == "__main__":
     p2p.run("trust", test, timeout=240)
