@@ -207,7 +207,10 @@ static void handle_line(const char *line, size_t len, int (*node_main)(int, char
     reply_error("expected a JSON object: %s", req ? "not an object" : je.text);
   } else if (json_object_get(req, "cmd")) {
     const char *cmd = json_string_value(json_object_get(req, "cmd"));
-    if (cmd && strcmp(cmd, "wait") == 0 && json_object_size(req) == 1) reply_exits();
+    if (cmd && strcmp(cmd, "wait") == 0 && json_object_size(req) == 1) {
+      reap(); /* a child seen dead (a zombie) before this request is in the answer */
+      reply_exits();
+    }
     else reply_error("unknown command (%s)", "only {\"cmd\":\"wait\"}");
   } else {
     spawn(req, node_main, argv0);
