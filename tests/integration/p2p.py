@@ -445,6 +445,34 @@ class Launcher:
             return self.proc.wait()
 
 
+class Forked:
+    """A launcher's child with the parts of subprocess.Popen's interface
+    the scripts use (pid, poll, wait, send_signal, kill, returncode)."""
+
+    def __init__(self, launcher, pid):
+        self.launcher, self.pid, self.returncode = launcher, pid, None
+
+    def poll(self):
+        if self.returncode is None:
+            self.returncode = self.launcher.exit_code(self.pid)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired("pid %d" % self.pid, timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def send_signal(self, sig):
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+
 def proc_is(pid, binary, arg=None):
     """True if pid is a live (not zombie) process running binary, with arg
     among its arguments if given (so a reused pid is never taken for ours)."""
