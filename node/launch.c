@@ -31,6 +31,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,9 +111,12 @@ static void reply(json_t *resp) {
   free(s);
 }
 
-static void reply_error(const char *fmt, const char *what) {
+__attribute__((format(printf, 1, 2))) static void reply_error(const char *fmt, ...) {
   char msg[300];
-  snprintf(msg, sizeof(msg), fmt, what);
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
   reply(json_pack("{ss}", "error", msg));
 }
 
@@ -170,13 +174,14 @@ static void spawn(json_t *req, int (*node_main)(int, char **), const char *argv0
   size_t i;
   json_t *a;
   if (!json_is_array(args) || json_array_size(args) > LAUNCH_ARGS_MAX)
-    return reply_error("\"argv\": expected an array of at most %s strings", "256");
+    return reply_error("\"argv\": expected an array of at most %d strings", LAUNCH_ARGS_MAX);
   json_array_foreach(args, i, a) {
     const char *s = json_string_value(a);
-    if (!s || strlen(s) > LAUNCH_ARG_MAX) return reply_error("\"argv\": %s", "argument not a string of at most 4096 bytes");
+    if (!s || strlen(s) > LAUNCH_ARG_MAX)
+      return reply_error("\"argv\": argument %zu is not a string of at most %d bytes", i, LAUNCH_ARG_MAX);
   }
   if (opt_string(req, "log", &log) || opt_string(req, "cwd", &cwd))
-    return reply_error("%s: expected a file name", "\"log\" or \"cwd\"");
+    return reply_error("\"log\" and \"cwd\": expected file names of at most %d bytes", LAUNCH_ARG_MAX);
   const char *key;
   json_t *v;
   json_object_foreach(req, key, v) {
@@ -211,7 +216,7 @@ static void handle_line(const char *line, size_t len, int (*node_main)(int, char
       reap(); /* a child seen dead (a zombie) before this request is in the answer */
       reply_exits();
     }
-    else reply_error("unknown command (%s)", "only {\"cmd\":\"wait\"}");
+    else reply_error("unknown command (there is {\"cmd\":\"wait\"})");
   } else {
     spawn(req, node_main, argv0);
   }
@@ -252,7 +257,7 @@ static void serve(int (*node_main)(int, char **), const char *argv0) {
       have -= len + 1;
     }
     if (have == sizeof(buf)) {
-      if (!skipping) reply_error("request line longer than %s bytes", "65536");
+      if (!skipping) reply_error("request line longer than %d bytes", LAUNCH_LINE_MAX);
       skipping = true;
       have = 0;
     }
