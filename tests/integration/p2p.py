@@ -21,6 +21,7 @@ import os
 import random
 import re
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -395,7 +396,6 @@ class Launcher:
         return self.reply(timeout)
 
     def reply(self, timeout=10.0):
-        import select
         deadline = time.monotonic() + timeout
         while b"\n" not in self.buf:
             left = deadline - time.monotonic()
