@@ -235,7 +235,9 @@ static int sip_setup(node_t *n, const node_opts_t *o, char *err, size_t errlen) 
   return rc;
 }
 
-int main(int argc, char **argv) {
+/* The daemon, from its argv: run directly by main, or in a child of the
+ * launcher (launch.c) with a request's argv. */
+static int node_main(int argc, char **argv) {
   node_opts_t opts;
   char err[512];
   int rc = node_opts_parse(argc, argv, &opts, err, sizeof(err));
@@ -320,4 +322,9 @@ int main(int argc, char **argv) {
   node_opts_free(&opts);
   uv_loop_close(n.loop);
   return n.exit_code;
+}
+
+int main(int argc, char **argv) {
+  if (argc == 2 && strcmp(argv[1], "--launcher") == 0) return node_launch_run(argv[0], node_main);
+  return node_main(argc, argv);
 }

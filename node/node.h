@@ -165,5 +165,10 @@ int node_public_check_now(node_t *n);
 void node_roles_apply(node_t *n);
 /* Start a graceful leave and exit (admin "leave", SIGTERM). */
 void node_leave(node_t *n);
+/* p2psipd --launcher (launch.c): initialise what every node would, then
+ * fork one node per request line on stdin, each running node_main with
+ * the request's argv behind argv0.  Returns 0 at EOF on stdin, leaving
+ * the nodes running. */
+int node_launch_run(const char *argv0, int (*node_main)(int argc, char **argv));
 
 #endif

@@ -370,6 +370,12 @@ static int o_relay(node_opts_t *o, const char *v, char *err, size_t len) {
   return 0;
 }
 
+/* main() takes a lone --launcher before parsing: here it came with others. */
+static int o_launcher(node_opts_t *o, const char *v, char *err, size_t len) {
+  snprintf(err, len, "--launcher takes no other options (each request gives its node's own)");
+  return -1;
+}
+
 static const opt_def_t opt_table[] = {
     {"overlay", 1, o_overlay, "FQDN", "overlay identifier, e.g. overlay.test (required)"},
     {"listen", 1, o_listen, "IP:PORT", "peer protocol address (default 127.0.0.1:0, 0 = any port)"},
@@ -445,6 +451,12 @@ static const opt_def_t opt_table[] = {
     {"public", 1, o_public, "auto|yes|no", "take the public roles (proxy peer, relay): auto (default)\n"
      "                             when two independent peers see us at our address and\n"
      "                             connect back, and more peers agree than disagree"},
+    {"launcher", 0, o_launcher, "", "fork server for testbeds: initialise OpenSSL once, then start\n"
+     "                             one node per JSON line on stdin ({\"argv\":[...],\"log\":F,\n"
+     "                             \"cwd\":D} -> {\"pid\":N}; {\"cmd\":\"wait\"} -> exits), sharing\n"
+     "                             its memory copy-on-write; alone on the command line.  The\n"
+     "                             nodes share one address layout (ASLR): one machine's\n"
+     "                             testbed only, never nodes facing the Internet"},
 };
 #define N_OPTS (sizeof(opt_table) / sizeof(*opt_table))
 

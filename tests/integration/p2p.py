@@ -21,6 +21,7 @@ import os
 import random
 import re
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -355,6 +356,123 @@ def proc_state(pid):
     return st[st.rfind(")") + 2]
 
 
+def proc_starttime(pid):
+    """When pid started (clock ticks since boot), or None: with the pid it
+    names one process for good, though pids are reused."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def proc_forked(pid, starttime):
+    """True if the process a launcher forked as pid at starttime still runs
+    (a zombie the launcher has not reaped yet does not)."""
+    return proc_state(pid) not in (None, "Z", "X") and proc_starttime(pid) == starttime
+
+
+class Launcher:
+    """p2psipd --launcher: nodes forked from one process that initialised
+    OpenSSL once, so that they share those pages (node/launch.c).  cmd:
+    words before the binary (e.g. ip netns exec NS).  Its children outlive
+    it: close() ends the launcher only."""
+
+    def __init__(self, binary, cmd=(), new_session=False, die_with_parent=True):
+        if die_with_parent:
+            _load_libc()
+        self.proc = subprocess.Popen(list(cmd) + [binary, "--launcher"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, close_fds=True, start_new_session=new_session,
+                                     preexec_fn=_pdeathsig if die_with_parent else None)
+        self.exits = {}  # pid -> exit code, or -signal, as reported by the launcher
+        self.buf = b""
+
+    def request(self, req, timeout=10.0):
+        """One request line, one reply (a dict)."""
+        if self.proc.poll() is not None:
+            raise RuntimeError("launcher exited (code %s)" % self.proc.returncode)
+        self.proc.stdin.write((json.dumps(req) + "\n").encode())
+        self.proc.stdin.flush()
+        return self.reply(timeout)
+
+    def reply(self, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                raise WaitTimeout("launcher: no reply within %.0fs" % timeout)
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                raise RuntimeError("launcher closed its stdout (exit %s)" % self.proc.poll())
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def spawn(self, argv, log=None, cwd=None):
+        """Start a node with argv (without the binary); returns its pid."""
+        req = {"argv": list(argv)}
+        if log:
+            req["log"] = log
+        if cwd:
+            req["cwd"] = cwd
+        r = self.request(req)
+        if "pid" not in r:
+            raise RuntimeError("launcher: %s" % r.get("error", r))
+        return r["pid"]
+
+    def poll(self):
+        """Collect the exits the launcher reaped since the last poll."""
+        if self.proc.poll() is not None:
+            return self.exits
+        for e in self.request({"cmd": "wait"})["exited"]:
+            self.exits[e["pid"]] = e["code"] if "code" in e else -e["signal"]
+        return self.exits
+
+    def exit_code(self, pid):
+        """pid's exit code (negative: signal) once reaped, else None."""
+        if pid not in self.exits and proc_state(pid) in (None, "Z", "X"):
+            self.poll()
+        return self.exits.get(pid)
+
+    def close(self, timeout=5.0):
+        """EOF on its stdin: the launcher exits, its nodes run on."""
+        if self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+class Forked:
+    """A launcher's child with the parts of subprocess.Popen's interface
+    the scripts use (pid, poll, wait, send_signal, kill, returncode)."""
+
+    def __init__(self, launcher, pid):
+        self.launcher, self.pid, self.returncode = launcher, pid, None
+
+    def poll(self):
+        if self.returncode is None:
+            self.returncode = self.launcher.exit_code(self.pid)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired("pid %d" % self.pid, timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def send_signal(self, sig):
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+
 def proc_is(pid, binary, arg=None):
     """True if pid is a live (not zombie) process running binary, with arg
     among its arguments if given (so a reused pid is never taken for ours)."""
@@ -382,6 +500,8 @@ class Node:
         self.sock = os.path.join(rundir, "node%d.sock" % index)
         self.log = os.path.join(rundir, "node%d.log" % index)
         self.proc = None      # Popen when this process started it
+        self.launcher = None  # the Launcher that forked it, when this process holds that
+        self.starttime = None  # forked by a launcher: proc_starttime of its pid
         self.pid = None
         self.state = "new"    # new | alive | dead (killed) | left | stopped
         self.exit_code = None
@@ -390,13 +510,15 @@ class Node:
     def to_json(self):
         return {"index": self.index, "port": self.port, "addr": self.addr, "id": self.id,
                 "forced_id": self.forced_id, "sock": self.sock, "log": self.log,
-                "pid": self.pid, "state": self.state, "exit_code": self.exit_code}
+                "pid": self.pid, "state": self.state, "exit_code": self.exit_code,
+                "starttime": self.starttime}
 
     @classmethod
     def from_json(cls, d, rundir):
         n = cls(d["index"], d["port"], rundir, d["addr"].rsplit(":", 1)[0], d.get("forced_id"))
         n.id, n.sock, n.log = d["id"], d["sock"], d["log"]
         n.pid, n.state, n.exit_code = d["pid"], d["state"], d.get("exit_code")
+        n.starttime = d.get("starttime")
         return n
 
     def running(self, binary):
@@ -407,6 +529,11 @@ class Node:
                 self.exit_code = self.proc.returncode
                 return False
             return True
+        if self.starttime is not None:  # forked: its command line is the launcher's
+            if self.launcher is not None and self.launcher.exit_code(self.pid) is not None:
+                self.exit_code = self.launcher.exits[self.pid]
+                return False
+            return proc_forked(self.pid, self.starttime)
         return proc_is(self.pid, binary, self.sock)
 
     def admin(self, req, timeout=5.0):
@@ -508,7 +635,7 @@ class Cluster:
     def __init__(self, rundir, binary, overlay=OVERLAY, host=HOST, base_port=None,
                  replicas=3, successors=None, refresh=None, log_level=os.environ.get("P2PSIP_LOG_LEVEL", "info"),
                  extra_args=(), workers=16, die_with_parent=True, new_session=None, secure=None,
-                 port_count=None):
+                 port_count=None, launcher=None):
         self.rundir = os.path.abspath(rundir)
         self.binary = os.path.abspath(binary)
         self.overlay = overlay
@@ -526,6 +653,10 @@ class Cluster:
         self.die_with_parent = die_with_parent
         self.new_session = (not die_with_parent) if new_session is None else new_session
         self.nodes = []
+        # Start nodes through p2psipd --launcher (by default when
+        # P2PSIP_LAUNCHER=1): forks that share OpenSSL's pages.
+        self.use_launcher = os.environ.get("P2PSIP_LAUNCHER") == "1" if launcher is None else launcher
+        self.launcher = None
         # The secured mode (TLS peer links, certificates from an overlay CA
         # made here) by default when P2PSIP_SECURE=1: the ring tests run in
         # both modes.
@@ -581,6 +712,7 @@ class Cluster:
              "base_port": self.base_port, "replicas": self.replicas,
              "successors": self.successors, "refresh": self.refresh,
              "log_level": self.log_level, "extra_args": self.extra_args, "secure": self.secure,
+             "launcher": self.use_launcher,
              "nodes": [n.to_json() for n in self.nodes]}
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
@@ -594,7 +726,8 @@ class Cluster:
         c = cls(rundir, d["binary"], overlay=d["overlay"], host=d["host"],
                 base_port=d["base_port"], replicas=d["replicas"], successors=d.get("successors"),
                 refresh=d.get("refresh"), log_level=d.get("log_level", "info"),
-                extra_args=d.get("extra_args", ()), secure=d.get("secure", False), **kw)
+                extra_args=d.get("extra_args", ()), secure=d.get("secure", False),
+                **dict({"launcher": d.get("launcher", False)}, **kw))
         c.nodes = [Node.from_json(x, c.rundir) for x in d["nodes"]]
         return c
 
@@ -628,11 +761,22 @@ class Cluster:
             log.write(("--- %s start: %s\n" % (time.strftime("%H:%M:%S"),
                                               " ".join(self.argv(node, bootstrap)))).encode())
             log.flush()
-            node.proc = subprocess.Popen(
-                self.argv(node, bootstrap), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                close_fds=True, start_new_session=self.new_session,
-                preexec_fn=_pdeathsig if self.die_with_parent else None)
-        node.pid = node.proc.pid
+            if not self.use_launcher:
+                node.proc = subprocess.Popen(
+                    self.argv(node, bootstrap), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    close_fds=True, start_new_session=self.new_session,
+                    preexec_fn=_pdeathsig if self.die_with_parent else None)
+        if self.use_launcher:
+            if self.launcher is None:
+                self.launcher = Launcher(self.binary, new_session=self.new_session,
+                                         die_with_parent=self.die_with_parent)
+            node.proc = None
+            node.pid = self.launcher.spawn(self.argv(node, bootstrap)[1:], node.log, self.rundir)
+            node.launcher = self.launcher
+            node.starttime = proc_starttime(node.pid)
+        else:
+            node.pid = node.proc.pid
+            node.launcher = node.starttime = None
         node.state = "alive"
         node.exit_code = None
         node.started_at = time.monotonic()
@@ -715,6 +859,9 @@ class Cluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not node.running(self.binary):
+                if node.launcher is not None:  # reaped: the launcher knows (0 once it is gone)
+                    code = node.launcher.exit_code(node.pid)
+                    return 0 if code is None else code
                 return node.exit_code if node.proc is not None else 0
             time.sleep(0.02)
         return None
@@ -767,6 +914,12 @@ class Cluster:
             except OSError:
                 pass
         return res
+
+    def close_launcher(self):
+        """Let the launcher go (the nodes it started run on)."""
+        if self.launcher is not None:
+            self.launcher.close()
+            self.launcher = None
 
     # Observing -------------------------------------------------------------
 
@@ -964,6 +1117,7 @@ class Harness:
                                  took, "\n    ".join(n.log_tail(8 if code in (None, 0) else 100))))
             if len(bad) > 5:
                 problems.append("... %d more nodes did not exit 0 on SIGTERM" % (len(bad) - 5))
+            c.close_launcher()
         return problems
 
     def dump_logs(self, limit=4):
