@@ -1230,13 +1230,12 @@ void dht__owned_refresh_all(dht_t *d) {
  * just left the replica set, or missed the removal).  An answer holding
  * anything for the key, tombstones included, is authoritative: only while
  * every answer is empty (a node that joined a moment ago) are the next
- * replicas asked, one at a time, until two nodes have answered: the
- * primary and its first replica both empty means no store reached the key
- * (a store lands on both before it is answered, and a node that joins as
- * primary leaves the old one next to it), unless two nodes joined in front
- * of the key within a repair delay.  A registrar's get of a new user's AOR
- * asked five nodes in turn: a third of its DHT messages, and two round
- * trips more per REGISTER.  A node whose answer lacked the winning
+ * replicas asked, one at a time, until every copy's holder (--replicas of
+ * them) has answered: the primary and its first replica can both be back
+ * from a restart, empty, while the second replica still holds the key
+ * (test_churn's quick successive restarts).  A registrar's get of a new
+ * user's AOR so costs three fetches, not the five it once asked in turn.
+ * A node whose answer lacked the winning
  * version of some value gets the merged set back (read repair), so the
  * newer value or tombstone goes where the stale one was served. */
 #define GET_PARALLEL 2
@@ -1449,7 +1448,10 @@ static void get_settle(get_op_t *g) {
     get_fall_back(g);
     return;
   }
-  if (!values && answers < GET_PARALLEL && g->next < g->n_targets && !g->d->closed) {
+  /* Empty answers go on to the next holder until every copy's holder has
+   * answered: the primary and first replica may both be back from a
+   * restart, empty, while the second replica still holds the key. */
+  if (!values && answers < g->d->replicas && g->next < g->n_targets && !g->d->closed) {
     g->waiting = 1;
     get_ask(g, g->next++);
     return;
@@ -1536,7 +1538,8 @@ static void get_ask(get_op_t *g, int i) {
     get_answered(a, NULL, 0);
 }
 
-/* Ask the first GET_PARALLEL targets at once. */
+/* Ask the first GET_PARALLEL targets at once (the rest one by one, while
+ * the answers are empty: get_settle). */
 static void get_start(get_op_t *g) {
   int first = g->n_targets < GET_PARALLEL ? g->n_targets : GET_PARALLEL;
   g->waiting = first + 1; /* held until every question is out */
