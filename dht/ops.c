@@ -569,7 +569,7 @@ static int answer_store(dht_t *d, const dht__reply_t *to, const proto_frame_t *f
     reply_status(d, to, PROTO_STORE_NOT_MINE);
     return 0;
   }
-  store_reply_t *sr = calloc(1, sizeof(*sr));
+  store_reply_t *sr = malloc(sizeof(*sr));
   if (!sr) return 0;
   *sr = (store_reply_t){.to = *to, .waiting = 2, .copies = 1};
   dht__conn_ref(to->conn);
@@ -1448,9 +1448,7 @@ static void get_settle(get_op_t *g) {
     get_fall_back(g);
     return;
   }
-  /* Empty answers go on to the next holder until every copy's holder has
-   * answered: the primary and first replica may both be back from a
-   * restart, empty, while the second replica still holds the key. */
+  /* Empty answers: ask on until every copy's holder has (see above). */
   if (!values && answers < g->d->replicas && g->next < g->n_targets && !g->d->closed) {
     g->waiting = 1;
     get_ask(g, g->next++);

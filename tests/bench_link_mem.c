@@ -300,17 +300,26 @@ static SSL_CTX *ctx_of(dht_cert_ca_t *ca, dht_cert_creds_t *self, const char *su
   return ctx;
 }
 
+/* A CA of keytype for overlay.test, valid a day either side of now. */
+static int new_ca(int keytype, X509 **cax, EVP_PKEY **cakey, dht_cert_ca_t **ca) {
+  char err[256];
+  int64_t now = time(NULL);
+  if (dht_cert_ca_create("overlay.test", keytype, now - DAY, now + DAY, cax, cakey, err,
+                         sizeof err) ||
+      dht_cert_ca_new(*cax, NULL, ca, err, sizeof err)) {
+    fprintf(stderr, "%s\n", err);
+    return -1;
+  }
+  return 0;
+}
+
 /* The cache of verified certificates, filled: heap per entry. */
 static int cache_bench(int keytype) {
   char err[256];
-  int64_t now = time(NULL);
   X509 *cax;
   EVP_PKEY *cakey;
   dht_cert_ca_t *ca;
-  if (dht_cert_ca_create("overlay.test", keytype, now - DAY, now + DAY, &cax, &cakey, err,
-                         sizeof err) ||
-      dht_cert_ca_new(cax, NULL, &ca, err, sizeof err))
-    return 1;
+  if (new_ca(keytype, &cax, &cakey, &ca)) return 1;
   enum { N = DHT_CERT_CACHE };
   static uint8_t der[N][DHT_CERT_MAX_DER];
   static size_t len[N];
@@ -376,17 +385,10 @@ int main(int argc, char **argv) {
       !BIO_meth_set_ctrl(direct, d_ctrl) || !BIO_meth_set_create(direct, d_create))
     return 1;
 
-  char err[256];
-  int64_t now = time(NULL);
   X509 *cax;
   EVP_PKEY *cakey;
   dht_cert_ca_t *ca;
-  if (dht_cert_ca_create("overlay.test", keytype, now - DAY, now + DAY, &cax, &cakey, err,
-                         sizeof err) ||
-      dht_cert_ca_new(cax, NULL, &ca, err, sizeof err)) {
-    fprintf(stderr, "%s\n", err);
-    return 1;
-  }
+  if (new_ca(keytype, &cax, &cakey, &ca)) return 1;
   dht_cert_creds_t *a = node(ca, cakey, 0xa1), *b = node(ca, cakey, 0xb2);
   SSL_CTX *ca_ = ctx_of(ca, a, suites, groups, sigalgs, list12);
   SSL_CTX *cb = ctx_of(ca, b, suites, groups, sigalgs, list12);
