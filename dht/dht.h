@@ -202,6 +202,11 @@ int dht_remove_value(dht_t *d, const dht_cert_creds_t *signer, const char *name,
                      void *arg);
 /* Fetch the live values under name. */
 int dht_get(dht_t *d, const char *name, dht_get_cb cb, void *arg);
+/* Only this node's own copy of name's values (it may hold none: it is not
+ * among the key's holders, or lost them), checked as dht_get() checks what
+ * it reads; no message is sent.  For operators and tests that need to know
+ * where the copies are.  cb runs from the loop, never before this returns. */
+int dht_get_local(dht_t *d, const char *name, dht_get_cb cb, void *arg);
 /* Find the node responsible for key. */
 int dht_lookup(dht_t *d, const dht_id_t *key, dht_lookup_cb cb, void *arg);
 /* Called whenever the successor list or the predecessor changes. */

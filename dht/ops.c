@@ -1584,6 +1584,20 @@ int dht_get(dht_t *d, const char *name, dht_get_cb cb, void *arg) {
   return err;
 }
 
+static void get_start_local(void *arg) { get_start(arg); }
+
+int dht_get_local(dht_t *d, const char *name, dht_get_cb cb, void *arg) {
+  if (d->closed) return DHT_ECLOSING;
+  get_op_t *g = calloc(1, sizeof(*g));
+  if (!g) return -ENOMEM;
+  *g = (get_op_t){.d = d, .n_targets = 1, .cb = cb, .arg = arg};
+  g->targets[0] = d->self;
+  dht_id_of(name, &g->key);
+  int err = defer(d, get_start_local, g);
+  if (err) free(g);
+  return err;
+}
+
 /* Public lookup ---------------------------------------------------------------- */
 
 typedef struct {

@@ -156,7 +156,9 @@ static void on_get(dht_t *d, int status, const dht_value_t *vals, size_t nv, int
 static json_t *cmd_get(node_t *n, json_t *req, node_reply_fn reply, void *arg) {
   json_t *key = json_object_get(req, "key");
   pending_t *p = pending_new(n, reply, arg);
-  int err = p ? dht_get(n->dht, json_string_value(key), on_get, p) : -ENOMEM;
+  int (*get)(dht_t *, const char *, dht_get_cb, void *) =
+      json_is_true(json_object_get(req, "local")) ? dht_get_local : dht_get;
+  int err = p ? get(n->dht, json_string_value(key), on_get, p) : -ENOMEM;
   if (err) {
     free(p);
     return fail("get: %s", dht_strerror(err));

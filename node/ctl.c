@@ -19,7 +19,8 @@ static void usage(FILE *f) {
              "commands:\n"
              "  status                 the node's id, ring neighbours, fingers, roles\n"
              "  put KEY JSON [TTL]     store a JSON value under KEY (TTL seconds, default 3600)\n"
-             "  get KEY                the values stored under KEY\n"
+             "  get KEY [--local]      the values stored under KEY (--local: only this\n"
+             "                         node's own copy, no message sent)\n"
              "  remove KEY [VALUE_ID]  withdraw a value this node put (default value id: the node's id)\n"
              "  lookup KEY             the node responsible for KEY, and the path to it\n"
              "  stats                  message, lookup and memory counters\n"
@@ -110,6 +111,8 @@ static json_t *build(int argc, char **argv) {
                      : json_pack("{s:s, s:s, s:s}", "cmd", cmd, "key", argv[1], "value_id", argv[2]);
   if ((strcmp(cmd, "get") == 0 || strcmp(cmd, "lookup") == 0) && argc == 2)
     return json_pack("{s:s, s:s}", "cmd", cmd, "key", argv[1]);
+  if (strcmp(cmd, "get") == 0 && argc == 3 && strcmp(argv[2], "--local") == 0)
+    return json_pack("{s:s, s:s, s:b}", "cmd", cmd, "key", argv[1], "local", 1);
   if (argc == 1 && strcmp(cmd, "put") && strcmp(cmd, "get") && strcmp(cmd, "lookup") && strcmp(cmd, "remove") &&
       strcmp(cmd, "raw"))
     return json_pack("{s:s}", "cmd", cmd);

@@ -53,6 +53,16 @@ static int check_key(json_t *req, char *err, size_t len) {
 
 static int check_none(json_t *req, char *err, size_t len) { return 0; }
 
+/* get: a key, and "local" (only this node's own copy) a boolean if given. */
+static int check_get(json_t *req, char *err, size_t len) {
+  json_t *local = json_object_get(req, "local");
+  if (local && !json_is_boolean(local)) {
+    snprintf(err, len, "get: \"local\" must be true or false");
+    return -1;
+  }
+  return check_key(req, err, len);
+}
+
 /* A credential's optional ttl: up to 30 days. */
 static int check_ttl(json_t *req, const char *cmd, char *err, size_t len) {
   json_t *ttl = json_object_get(req, "ttl");
@@ -110,7 +120,7 @@ static const struct {
   const char *name;
   int (*check)(json_t *req, char *err, size_t len);
 } core_commands[] = {
-    {"status", check_none}, {"put", check_put},    {"get", check_key}, {"remove", check_remove},
+    {"status", check_none}, {"put", check_put},    {"get", check_get}, {"remove", check_remove},
     {"lookup", check_key},  {"stats", check_none}, {"leave", check_none},
     {"relays", check_none}, {"turn-credentials", check_turn_cred}, {"phone-config", check_phone_config},
     {"check-public", check_none},

@@ -1249,11 +1249,15 @@ class GetError(Exception):
     """A get answered ok:false for a reason other than "not found"."""
 
 
-def get_values(node, key, timeout=10.0):
+def get_values(node, key, timeout=10.0, local=False):
     """The values list of a get: [] when the node says not found (an empty
     list, or ok:false with an error naming not-found); raises GetError for
-    other ok:false replies and AdminError when it does not answer."""
-    r = node.admin({"cmd": "get", "key": key}, timeout)
+    other ok:false replies and AdminError when it does not answer.  local:
+    only the node's own copy (where are a key's copies)."""
+    req = {"cmd": "get", "key": key}
+    if local:
+        req["local"] = True
+    r = node.admin(req, timeout)
     if not r["ok"]:
         err = str(r.get("error"))
         if re.search(r"not.?found|no such|no value", err, re.I):

@@ -67,6 +67,17 @@ def test(h):
     expect(got == want, "record counts on every node = keys it owns or replicates, no more (%d keys x %d copies = %d)"
            % (len(allkeys), R, sum(want.values())), "(got, want) %s; %d stored" % (diff, sum(got.values())))
 
+    # Where alice's copies are: a local get on every node finds the value
+    # on the owner and its R - 1 successors and nowhere else.
+    ids = c.sorted_ids()
+    holders = set(p2p.responsible_nodes(p2p.key_id("sip:alice@overlay.test"), ids, R))
+    res = p2p.parallel_map(lambda n: p2p.get_values(n, "sip:alice@overlay.test", local=True), nodes, 8)
+    bad = [(n, v) for n, v in zip(nodes, res)
+           if isinstance(v, Exception) or not (same_value(v, value, a.id) if n.id in holders else v == [])]
+    check(not bad, "a local get finds alice's value on her %d holders only" % R, bad[:3])
+    r = a.admin({"cmd": "get", "key": "sip:alice@overlay.test", "local": "yes"})
+    check(not r["ok"] and "local" in r.get("error", ""), "a local get with a non-boolean \"local\" is refused", r)
+
     jobs = [(rnd.choice(nodes), i, k) for i, k in enumerate(keys)]
     res = p2p.parallel_map(lambda j: p2p.get_values(j[0], j[2]), jobs, 8)
     bad = [(j[0], j[2], v) for j, v in zip(jobs, res)
