@@ -22,19 +22,24 @@
  * 2.3 KB P-256) only while it is among the DHT_CERT_LIVE keys that last
  * checked a signature: most cached certificates are peers' that only TLS
  * handshakes look up, and never check a value.  It keeps no DER either (a
- * value brings its certificate along).  Our own certificate (creds) keeps
- * its key built and its DER, which goes out with our values. */
+ * value brings its certificate along), nor the overlay's name (its CA's):
+ * 232 bytes, where a whole dht_cert_info_t is 400.  Our own certificate
+ * is the first member of a dht_cert_creds_t, which keeps its description
+ * whole, its key built and its DER, which goes out with our values. */
 #define RAW_KEY_MAX DHT_CERT_MAX_RAW_KEY
 
 struct dht_cert {
-  dht_cert_info_t info;
   dht_cert_ca_t *ca; /* the cache it is in; NULL: our own */
   EVP_PKEY *pub;     /* our own: always; cached: while live */
   uint64_t pub_used; /* the cache's clock when pub last served */
-  uint8_t raw[RAW_KEY_MAX];
+  /* dht_cert_info_t's fields but the overlay */
+  int64_t not_before, not_after;
+  uint8_t fp[DHT_CERT_FP_LEN];
+  dht_id_t node;
+  char user[DHT_CERT_MAX_USER + 1];
+  uint8_t kind, keytype;
   uint8_t raw_len;
-  uint8_t *der; /* our own only */
-  size_t der_len;
+  uint8_t raw[RAW_KEY_MAX];
 };
 
 struct dht_cert_ca {
@@ -50,13 +55,36 @@ struct dht_cert_ca {
   int lean;       /* the lean check may accept: the full one has accepted a leaf */
   int live;       /* cached certificates whose pub is built */
   EVP_PKEY *p256; /* P-256 parameters: what a cached P-256 key is built from */
+  dht_cert_info_t view; /* dht_cert_info() of a cached certificate */
 };
 
 struct dht_cert_creds {
-  dht_cert_t cert;
+  dht_cert_t cert; /* first: dht_cert_info() and dht_cert_der() cast back */
+  dht_cert_info_t info;
+  uint8_t *der;
+  size_t der_len;
   X509 *x509; /* for the TLS context */
   EVP_PKEY *key;
 };
+
+/* A description into a certificate's compact form, and back. */
+static void cert_set_info(dht_cert_t *c, const dht_cert_info_t *i) {
+  c->not_before = i->not_before, c->not_after = i->not_after;
+  memcpy(c->fp, i->fp, DHT_CERT_FP_LEN);
+  c->node = i->node;
+  memcpy(c->user, i->user, sizeof(c->user));
+  c->kind = (uint8_t)i->kind, c->keytype = (uint8_t)i->keytype;
+}
+
+static void cert_get_info(const dht_cert_t *c, const char *overlay, dht_cert_info_t *out) {
+  memset(out, 0, sizeof(*out));
+  out->kind = c->kind, out->keytype = c->keytype;
+  out->not_before = c->not_before, out->not_after = c->not_after;
+  memcpy(out->fp, c->fp, DHT_CERT_FP_LEN);
+  out->node = c->node;
+  memcpy(out->user, c->user, sizeof(out->user));
+  snprintf(out->overlay, sizeof(out->overlay), "%s", overlay);
+}
 
 static const char TBS_CONTEXT[16] = "p2psip-value-v1";
 
@@ -307,7 +335,6 @@ int dht_cert_ca_load(const char *path, const char *overlay, dht_cert_ca_t **out,
 static void cert_free(dht_cert_t *c) {
   if (c->ca && c->pub) c->ca->live--;
   EVP_PKEY_free(c->pub);
-  free(c->der);
 }
 
 void dht_cert_ca_free(dht_cert_ca_t *ca) {
@@ -373,8 +400,8 @@ static int cache_slot(dht_cert_ca_t *ca, const uint8_t fp[DHT_CERT_FP_LEN]) {
   int64_t now = time(NULL);
   for (int i = 0; i < DHT_CERT_CACHE; i++) {
     dht_cert_t *c = ca->cache[i].cert;
-    if (!c || memcmp(c->info.fp, fp, DHT_CERT_FP_LEN) != 0) continue;
-    if (now < c->info.not_before || now > c->info.not_after) {
+    if (!c || memcmp(c->fp, fp, DHT_CERT_FP_LEN) != 0) continue;
+    if (now < c->not_before || now >= c->not_after) { /* as X509_cmp_time() */
       cert_free(c);
       free(c);
       ca->cache[i].cert = NULL;
@@ -414,7 +441,7 @@ static EVP_PKEY *p256_params(void) {
  * copy of the parameters (EVP_PKEY_fromdata takes 25 us, d2i of the DER
  * key 180), against 75-150 us for the signature check it is built for. */
 static EVP_PKEY *key_build(dht_cert_ca_t *ca, const dht_cert_t *c) {
-  if (c->info.keytype == DHT_CERT_ED25519)
+  if (c->keytype == DHT_CERT_ED25519)
     return EVP_PKEY_new_raw_public_key_ex(NULL, "ED25519", NULL, c->raw, c->raw_len);
   if (!ca->p256 && !(ca->p256 = p256_params())) return NULL;
   EVP_PKEY *k = EVP_PKEY_dup(ca->p256);
@@ -691,7 +718,7 @@ static int lean_check(dht_cert_ca_t *ca, const LEAN_CERT *lc, const uint8_t *der
                      t->validity->notAfter, &i, NULL, 0) ||
       strcmp(i.overlay, ca->info.overlay) != 0 || i.not_before > now || now >= i.not_after)
     return 0;
-  dht_cert_t c = {.info = i};
+  dht_cert_t c = {.keytype = (uint8_t)i.keytype};
   memcpy(c.raw, t->key->key->data, (size_t)t->key->key->length);
   c.raw_len = (uint8_t)t->key->key->length;
   EVP_PKEY *k = key_build(ca, &c);
@@ -737,11 +764,12 @@ int dht_cert_check(dht_cert_ca_t *ca, const uint8_t *der, size_t len, const dht_
   dht_cert_t *c = calloc(1, sizeof(*c));
   if (!c) return fail(err, errlen, -ENOMEM, "out of memory");
   EVP_PKEY *pub = NULL;
+  dht_cert_info_t info;
   size_t raw_len = 0;
   int rc = 0;
-  if (!ca->lean || !dht__cert_lean(ca, der, len, &c->info, c->raw, &raw_len, &pub)) {
+  if (!ca->lean || !dht__cert_lean(ca, der, len, &info, c->raw, &raw_len, &pub)) {
     ca->stats.full_checks++;
-    rc = dht__cert_full(ca, der, len, &c->info, c->raw, &raw_len, err, errlen);
+    rc = dht__cert_full(ca, der, len, &info, c->raw, &raw_len, err, errlen);
     ca->lean |= rc == 0;
   }
   if (rc) {
@@ -750,6 +778,7 @@ int dht_cert_check(dht_cert_ca_t *ca, const uint8_t *der, size_t len, const dht_
     return rc;
   }
   ca->stats.verified++;
+  cert_set_info(c, &info);
   c->raw_len = (uint8_t)raw_len;
   c->ca = ca;
   cache_put(ca, c);
@@ -758,11 +787,16 @@ int dht_cert_check(dht_cert_ca_t *ca, const uint8_t *der, size_t len, const dht_
   return 0;
 }
 
-const dht_cert_info_t *dht_cert_info(const dht_cert_t *c) { return &c->info; }
+const dht_cert_info_t *dht_cert_info(const dht_cert_t *c) {
+  if (!c->ca) return &((const dht_cert_creds_t *)c)->info;
+  cert_get_info(c, c->ca->info.overlay, &c->ca->view);
+  return &c->ca->view;
+}
 
 void dht_cert_der(const dht_cert_t *c, const uint8_t **der, size_t *len) {
-  *der = c->der;
-  *len = c->der_len;
+  const dht_cert_creds_t *own = c->ca ? NULL : (const dht_cert_creds_t *)c;
+  *der = own ? own->der : NULL;
+  *len = own ? own->der_len : 0;
 }
 
 /* Our own certificate and key ---------------------------------------------------------- */
@@ -782,21 +816,19 @@ int dht_cert_creds_new(const dht_cert_ca_t *ca, X509 *cert, EVP_PKEY *key,
     OPENSSL_free(der);
     return fail(err, errlen, -ENOMEM, "out of memory");
   }
-  /* Moved to a malloc'ed copy so cert_free() frees every der alike. */
-  c->cert.der = malloc((size_t)n);
-  if (c->cert.der) memcpy(c->cert.der, der, (size_t)n);
-  OPENSSL_free(der);
-  c->cert.pub = c->cert.der ? X509_get_pubkey(cert) : NULL;
+  c->der = der;
+  c->cert.pub = X509_get_pubkey(cert);
   if (!c->cert.pub) {
-    free(c->cert.der);
+    OPENSSL_free(c->der);
     free(c);
     return fail(err, errlen, -ENOMEM, "out of memory");
   }
   X509_up_ref(cert);
   EVP_PKEY_up_ref(key);
   c->x509 = cert;
-  c->cert.info = info;
-  c->cert.der_len = (size_t)n;
+  c->info = info;
+  cert_set_info(&c->cert, &info);
+  c->der_len = (size_t)n;
   c->key = key;
   *out = c;
   return 0;
@@ -816,6 +848,7 @@ int dht_cert_creds_load(const dht_cert_ca_t *ca, const char *cert_path, const ch
 void dht_cert_creds_free(dht_cert_creds_t *c) {
   if (!c) return;
   cert_free(&c->cert);
+  OPENSSL_free(c->der);
   X509_free(c->x509);
   EVP_PKEY_free(c->key);
   free(c);
@@ -840,7 +873,7 @@ static int tls_verify(X509_STORE_CTX *sctx, void *arg) {
   int len = x ? i2d_X509(x, &der) : -1;
   const dht_cert_t *c;
   int ok = len > 0 && dht_cert_check(ca, der, (size_t)len, &c, NULL, 0) == 0 &&
-           c->info.kind == DHT_CERT_NODE;
+           c->kind == DHT_CERT_NODE;
   if (!ok) {
     X509_STORE_CTX_set_depth(sctx, 0);
     dht_cert_info_t info;
@@ -866,7 +899,7 @@ static int tls_verify(X509_STORE_CTX *sctx, void *arg) {
 
 int dht_cert_tls_ctx(dht_cert_ca_t *ca, const dht_cert_creds_t *self, SSL_CTX **out, char *err,
                      size_t errlen) {
-  if (self->cert.info.kind != DHT_CERT_NODE)
+  if (self->info.kind != DHT_CERT_NODE)
     return fail(err, errlen, -EINVAL, "a peer link needs a node certificate");
   SSL_CTX *ctx = SSL_CTX_new(TLS_method());
   if (!ctx) return fail(err, errlen, -ENOMEM, "out of memory");

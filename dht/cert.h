@@ -38,7 +38,7 @@
 #define DHT_CERT_SIG_LEN 64    /* Ed25519, or ECDSA P-256 as r and s (32 bytes each) */
 #define DHT_CERT_MAX_USER 64   /* user part of sip:USER@OVERLAY */
 #define DHT_CERT_MAX_OVERLAY 253
-#define DHT_CERT_CACHE 96      /* verified certificates kept per CA (~0.5 KiB each) */
+#define DHT_CERT_CACHE 96      /* verified certificates kept per CA (~0.25 KiB each) */
 #define DHT_CERT_LIVE 8        /* of those, keys kept in OpenSSL's form (P-256: 2.3 KiB each) */
 
 enum dht_cert_kind { DHT_CERT_CA = 1, DHT_CERT_NODE = 2, DHT_CERT_USER = 3 };
@@ -119,6 +119,11 @@ int dht_cert_check(dht_cert_ca_t *ca, const uint8_t *der, size_t len, const dht_
  * lifetime as dht_cert_check()'s. */
 int dht_cert_find(dht_cert_ca_t *ca, const uint8_t fp[DHT_CERT_FP_LEN], const dht_cert_t **out);
 
+/* What c certifies.  Our own certificate's (dht_cert_creds_cert) lives as
+ * long as its creds.  A cached certificate keeps it compact (without the
+ * overlay's name, which is its CA's): it is written out into its CA's one
+ * copy, valid until the next dht_cert_info() of a cached certificate of
+ * that CA (or what ends c's own lifetime). */
 const dht_cert_info_t *dht_cert_info(const dht_cert_t *c);
 /* The DER encoding of our own certificate (dht_cert_creds_cert), to send
  * with a value; borrowed.  A cached certificate keeps none (the value that

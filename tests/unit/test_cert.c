@@ -372,10 +372,22 @@ static void test_lean(void) {
   dht_cert_info_t w = node_info(0x61, OVERLAY), u = user_info("bob");
   size_t n = issue(&t, &w, &x, &k, der);
   ASSERT_OK(dht_cert_check(t.ca, der, n, &c, err, sizeof err));
+  uint8_t node_fp[DHT_CERT_FP_LEN];
+  memcpy(node_fp, dht_cert_info(c)->fp, DHT_CERT_FP_LEN);
   X509_free(x);
   EVP_PKEY_free(k);
   n = issue(&t, &u, &x, &k, der);
   ASSERT_OK(dht_cert_check(t.ca, der, n, &c, err, sizeof err));
+  ASSERT_STR_EQ(dht_cert_info(c)->user, "bob");
+  /* Cached entries are compact: each description is whole again. */
+  const dht_cert_t *cn;
+  ASSERT_OK(dht_cert_find(t.ca, node_fp, &cn));
+  ASSERT_EQ(dht_cert_info(cn)->kind, DHT_CERT_NODE);
+  ASSERT_MEM_EQ(dht_cert_info(cn)->node.b, w.node.b, DHT_ID_LEN);
+  ASSERT_STR_EQ(dht_cert_info(cn)->user, "");
+  ASSERT_STR_EQ(dht_cert_info(cn)->overlay, OVERLAY);
+  ASSERT_EQ(dht_cert_info(c)->kind, DHT_CERT_USER);
+  ASSERT_STR_EQ(dht_cert_info(c)->overlay, OVERLAY);
   dht_cert_ca_stats(t.ca, &st);
   ASSERT_EQ(st.verified, 2);
   ASSERT_EQ(st.full_checks, 1);
