@@ -684,9 +684,9 @@ static int lean_tbs(const dht_cert_ca_t *ca, const LEAN_TBS *t, int64_t now) {
     return 0;
   /* Issued by the CA's name exactly; a leaf named as its issuer would be
    * taken for self-signed. */
-  const ASN1_STRING *issuer = t->issuer->value.sequence;
-  if (t->issuer->type != V_ASN1_SEQUENCE || (size_t)issuer->length != ca_name_len ||
-      memcmp(issuer->data, ca_name, ca_name_len) != 0 ||
+  if (t->issuer->type != V_ASN1_SEQUENCE) return 0;
+  const ASN1_STRING *issuer = t->issuer->value.sequence; /* the whole SEQUENCE */
+  if ((size_t)issuer->length != ca_name_len || memcmp(issuer->data, ca_name, ca_name_len) != 0 ||
       (subject_len == ca_name_len && memcmp(subject, ca_name, ca_name_len) == 0))
     return 0;
   return lean_time_form(t->validity->notBefore) && lean_time_form(t->validity->notAfter) &&
@@ -733,6 +733,7 @@ static int lean_check(dht_cert_ca_t *ca, const LEAN_CERT *lc, const uint8_t *der
 
 int dht__cert_lean(dht_cert_ca_t *ca, const uint8_t *der, size_t len, dht_cert_info_t *info,
                    uint8_t raw[RAW_KEY_MAX], size_t *raw_len, EVP_PKEY **pub) {
+  ERR_set_mark();
   const uint8_t *p = der;
   LEAN_CERT *lc = (LEAN_CERT *)ASN1_item_d2i(NULL, &p, (long)len, ASN1_ITEM_rptr(LEAN_CERT));
   int ok = lc && p == der + len && lean_check(ca, lc, der, len, info, pub);
@@ -742,7 +743,7 @@ int dht__cert_lean(dht_cert_ca_t *ca, const uint8_t *der, size_t len, dht_cert_i
     EVP_Digest(der, len, info->fp, NULL, EVP_sha256(), NULL);
   }
   ASN1_item_free((ASN1_VALUE *)lc, ASN1_ITEM_rptr(LEAN_CERT));
-  ERR_clear_error(); /* a refusal here is no error: the full check decides */
+  ERR_pop_to_mark(); /* a refusal here is no error: the full check decides */
   return ok;
 }
 
