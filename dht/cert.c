@@ -706,7 +706,7 @@ static int lean_signed(const dht_cert_ca_t *ca, const LEAN_TBS *tbs, const ASN1_
 }
 
 static int lean_check(dht_cert_ca_t *ca, const LEAN_CERT *lc, const uint8_t *der, size_t len,
-                      dht_cert_info_t *info, EVP_PKEY **pub) {
+                      dht_cert_info_t *info, dht_cert_t *c, EVP_PKEY **pub) {
   const LEAN_TBS *t = lc->tbs;
   int sig_nid = ca->info.keytype == DHT_CERT_ED25519 ? NID_ED25519 : NID_ecdsa_with_SHA256;
   int64_t now = time(NULL);
@@ -716,12 +716,13 @@ static int lean_check(dht_cert_ca_t *ca, const LEAN_CERT *lc, const uint8_t *der
   dht_cert_info_t i;
   if (describe_parts(t->exts, 0, lean_keytype(t->key), t->validity->notBefore,
                      t->validity->notAfter, &i, NULL, 0) ||
-      strcmp(i.overlay, ca->info.overlay) != 0 || i.not_before > now || now >= i.not_after)
+      strcmp(i.overlay, ca->info.overlay) != 0 || i.not_before > now || now >= i.not_after ||
+      !EVP_Digest(der, len, i.fp, NULL, EVP_sha256(), NULL))
     return 0;
-  dht_cert_t c = {.keytype = (uint8_t)i.keytype};
-  memcpy(c.raw, t->key->key->data, (size_t)t->key->key->length);
-  c.raw_len = (uint8_t)t->key->key->length;
-  EVP_PKEY *k = key_build(ca, &c);
+  c->keytype = (uint8_t)i.keytype;
+  c->raw_len = (uint8_t)t->key->key->length; /* 32 or 65: lean_keytype() */
+  memcpy(c->raw, t->key->key->data, c->raw_len);
+  EVP_PKEY *k = key_build(ca, c);
   if (!k || !lean_signed(ca, t, lc->sig)) {
     EVP_PKEY_free(k);
     return 0;
@@ -736,11 +737,11 @@ int dht__cert_lean(dht_cert_ca_t *ca, const uint8_t *der, size_t len, dht_cert_i
   ERR_set_mark();
   const uint8_t *p = der;
   LEAN_CERT *lc = (LEAN_CERT *)ASN1_item_d2i(NULL, &p, (long)len, ASN1_ITEM_rptr(LEAN_CERT));
-  int ok = lc && p == der + len && lean_check(ca, lc, der, len, info, pub);
+  dht_cert_t c = {0};
+  int ok = lc && p == der + len && lean_check(ca, lc, der, len, info, &c, pub);
   if (ok) {
-    *raw_len = (size_t)lc->tbs->key->key->length;
-    memcpy(raw, lc->tbs->key->key->data, *raw_len);
-    EVP_Digest(der, len, info->fp, NULL, EVP_sha256(), NULL);
+    memcpy(raw, c.raw, c.raw_len);
+    *raw_len = c.raw_len;
   }
   ASN1_item_free((ASN1_VALUE *)lc, ASN1_ITEM_rptr(LEAN_CERT));
   ERR_pop_to_mark(); /* a refusal here is no error: the full check decides */
