@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <openssl/asn1t.h>
 #include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -21,19 +22,24 @@
  * 2.3 KB P-256) only while it is among the DHT_CERT_LIVE keys that last
  * checked a signature: most cached certificates are peers' that only TLS
  * handshakes look up, and never check a value.  It keeps no DER either (a
- * value brings its certificate along).  Our own certificate (creds) keeps
- * its key built and its DER, which goes out with our values. */
-#define RAW_KEY_MAX 65 /* an uncompressed P-256 point */
+ * value brings its certificate along), nor the overlay's name (its CA's):
+ * 232 bytes, where a whole dht_cert_info_t is 400.  Our own certificate
+ * is the first member of a dht_cert_creds_t, which keeps its description
+ * whole, its key built and its DER, which goes out with our values. */
+#define RAW_KEY_MAX DHT_CERT_MAX_RAW_KEY
 
 struct dht_cert {
-  dht_cert_info_t info;
   dht_cert_ca_t *ca; /* the cache it is in; NULL: our own */
   EVP_PKEY *pub;     /* our own: always; cached: while live */
   uint64_t pub_used; /* the cache's clock when pub last served */
-  uint8_t raw[RAW_KEY_MAX];
+  /* dht_cert_info_t's fields but the overlay */
+  int64_t not_before, not_after;
+  uint8_t fp[DHT_CERT_FP_LEN];
+  dht_id_t node;
+  char user[DHT_CERT_MAX_USER + 1];
+  uint8_t kind, keytype;
   uint8_t raw_len;
-  uint8_t *der; /* our own only */
-  size_t der_len;
+  uint8_t raw[RAW_KEY_MAX];
 };
 
 struct dht_cert_ca {
@@ -46,15 +52,39 @@ struct dht_cert_ca {
     uint64_t used; /* 0: free slot */
   } cache[DHT_CERT_CACHE];
   uint64_t clock;
+  int lean;       /* the lean check may accept: the full one has accepted a leaf */
   int live;       /* cached certificates whose pub is built */
   EVP_PKEY *p256; /* P-256 parameters: what a cached P-256 key is built from */
+  dht_cert_info_t view; /* dht_cert_info() of a cached certificate */
 };
 
 struct dht_cert_creds {
-  dht_cert_t cert;
+  dht_cert_t cert; /* first: dht_cert_info() and dht_cert_der() cast back */
+  dht_cert_info_t info;
+  uint8_t *der;
+  size_t der_len;
   X509 *x509; /* for the TLS context */
   EVP_PKEY *key;
 };
+
+/* A description into a certificate's compact form, and back. */
+static void cert_set_info(dht_cert_t *c, const dht_cert_info_t *i) {
+  c->not_before = i->not_before, c->not_after = i->not_after;
+  memcpy(c->fp, i->fp, DHT_CERT_FP_LEN);
+  c->node = i->node;
+  memcpy(c->user, i->user, sizeof(c->user));
+  c->kind = (uint8_t)i->kind, c->keytype = (uint8_t)i->keytype;
+}
+
+static void cert_get_info(const dht_cert_t *c, const char *overlay, dht_cert_info_t *out) {
+  memset(out, 0, sizeof(*out));
+  out->kind = c->kind, out->keytype = c->keytype;
+  out->not_before = c->not_before, out->not_after = c->not_after;
+  memcpy(out->fp, c->fp, DHT_CERT_FP_LEN);
+  out->node = c->node;
+  memcpy(out->user, c->user, sizeof(out->user));
+  snprintf(out->overlay, sizeof(out->overlay), "%s", overlay);
+}
 
 static const char TBS_CONTEXT[16] = "p2psip-value-v1";
 
@@ -168,10 +198,12 @@ static int parse_uri(const char *s, size_t n, dht_cert_info_t *out) {
   return -1;
 }
 
-/* The one subject alternative name. */
-static int parse_san(X509 *x, dht_cert_info_t *out, char *err, size_t errlen) {
+/* The one subject alternative name among a certificate's extensions
+ * (X509_get_ext_d2i() on an X509 is this on its extensions). */
+static int parse_san(const STACK_OF(X509_EXTENSION) *exts, dht_cert_info_t *out, char *err,
+                     size_t errlen) {
   /* NULL when there is none, and when there are two. */
-  GENERAL_NAMES *names = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+  GENERAL_NAMES *names = X509V3_get_d2i(exts, NID_subject_alt_name, NULL, NULL);
   if (!names) return fail(err, errlen, -EINVAL, "no (or more than one) subjectAltName");
   int rc = -1;
   if (sk_GENERAL_NAME_num(names) == 1) {
@@ -194,23 +226,38 @@ static int parse_san(X509 *x, dht_cert_info_t *out, char *err, size_t errlen) {
   return 0;
 }
 
-int dht_cert_describe(X509 *x, dht_cert_info_t *out, char *err, size_t errlen) {
+/* What a certificate's parts say (all but the fingerprint), for both
+ * the full and the lean check. */
+static int describe_parts(const STACK_OF(X509_EXTENSION) *exts, int is_ca, int keytype,
+                          const ASN1_TIME *not_before, const ASN1_TIME *not_after,
+                          dht_cert_info_t *out, char *err, size_t errlen) {
   dht_cert_info_t info;
   memset(&info, 0, sizeof(info));
-  int rc = parse_san(x, &info, err, errlen);
+  int rc = parse_san(exts, &info, err, errlen);
   if (rc) return rc;
-  int is_ca = X509_check_ca(x) != 0;
   if (is_ca != (info.kind == DHT_CERT_CA))
     return fail(err, errlen, -EINVAL, is_ca ? "a CA certificate where a node or user was expected"
                                             : "an overlay CA certificate without the CA flag");
-  EVP_PKEY *pub = X509_get0_pubkey(x);
-  info.keytype = pub ? keytype_of(pub) : -1;
+  info.keytype = keytype;
   if (info.keytype < 0) return fail(err, errlen, -EINVAL, "the key is neither Ed25519 nor P-256");
-  info.not_before = asn1_unix(X509_get0_notBefore(x));
-  info.not_after = asn1_unix(X509_get0_notAfter(x));
-  unsigned n = 0;
-  if (info.not_before < 0 || info.not_after < 0 || !X509_digest(x, EVP_sha256(), info.fp, &n))
+  info.not_before = asn1_unix(not_before);
+  info.not_after = asn1_unix(not_after);
+  if (info.not_before < 0 || info.not_after < 0)
     return fail(err, errlen, -EINVAL, "unreadable validity dates");
+  *out = info;
+  return 0;
+}
+
+int dht_cert_describe(X509 *x, dht_cert_info_t *out, char *err, size_t errlen) {
+  dht_cert_info_t info;
+  EVP_PKEY *pub = X509_get0_pubkey(x);
+  int rc = describe_parts(X509_get0_extensions(x), X509_check_ca(x) != 0,
+                          pub ? keytype_of(pub) : -1, X509_get0_notBefore(x),
+                          X509_get0_notAfter(x), &info, err, errlen);
+  if (rc) return rc;
+  unsigned n = 0;
+  if (!X509_digest(x, EVP_sha256(), info.fp, &n))
+    return fail(err, errlen, -ENOMEM, "SHA-256 failed");
   *out = info;
   return 0;
 }
@@ -288,7 +335,6 @@ int dht_cert_ca_load(const char *path, const char *overlay, dht_cert_ca_t **out,
 static void cert_free(dht_cert_t *c) {
   if (c->ca && c->pub) c->ca->live--;
   EVP_PKEY_free(c->pub);
-  free(c->der);
 }
 
 void dht_cert_ca_free(dht_cert_ca_t *ca) {
@@ -354,8 +400,8 @@ static int cache_slot(dht_cert_ca_t *ca, const uint8_t fp[DHT_CERT_FP_LEN]) {
   int64_t now = time(NULL);
   for (int i = 0; i < DHT_CERT_CACHE; i++) {
     dht_cert_t *c = ca->cache[i].cert;
-    if (!c || memcmp(c->info.fp, fp, DHT_CERT_FP_LEN) != 0) continue;
-    if (now < c->info.not_before || now > c->info.not_after) {
+    if (!c || memcmp(c->fp, fp, DHT_CERT_FP_LEN) != 0) continue;
+    if (now < c->not_before || now >= c->not_after) { /* as X509_cmp_time() */
       cert_free(c);
       free(c);
       ca->cache[i].cert = NULL;
@@ -381,19 +427,6 @@ static void cache_put(dht_cert_ca_t *ca, dht_cert_t *c) {
   ca->cache[victim].used = ++ca->clock;
 }
 
-/* x's public key in the raw form a cache entry keeps, as the certificate
- * carries it (the subjectPublicKey bits: the encoded point, or the
- * Ed25519 key's 32 bytes), so nothing is computed: reading it back out of
- * OpenSSL's form cost 8 us a certificate. */
-static int raw_key(X509 *x, dht_cert_t *c) {
-  const ASN1_BIT_STRING *bits = X509_get0_pubkey_bitstr(x);
-  int n = bits ? ASN1_STRING_length(bits) : 0;
-  if (n <= 0 || n > RAW_KEY_MAX) return 0;
-  memcpy(c->raw, ASN1_STRING_get0_data(bits), (size_t)n);
-  c->raw_len = (uint8_t)n;
-  return 1;
-}
-
 static EVP_PKEY *p256_params(void) {
   EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
   EVP_PKEY *k = NULL;
@@ -408,7 +441,7 @@ static EVP_PKEY *p256_params(void) {
  * copy of the parameters (EVP_PKEY_fromdata takes 25 us, d2i of the DER
  * key 180), against 75-150 us for the signature check it is built for. */
 static EVP_PKEY *key_build(dht_cert_ca_t *ca, const dht_cert_t *c) {
-  if (c->info.keytype == DHT_CERT_ED25519)
+  if (c->keytype == DHT_CERT_ED25519)
     return EVP_PKEY_new_raw_public_key_ex(NULL, "ED25519", NULL, c->raw, c->raw_len);
   if (!ca->p256 && !(ca->p256 = p256_params())) return NULL;
   EVP_PKEY *k = EVP_PKEY_dup(ca->p256);
@@ -430,6 +463,15 @@ static void key_drop_oldest(dht_cert_ca_t *ca, const dht_cert_t *keep) {
   EVP_PKEY_free(old->pub);
   old->pub = NULL;
   ca->live--;
+}
+
+/* pub, built for c by the lean check, is kept live: the value that
+ * brought c is checked with it next. */
+static void key_keep(dht_cert_ca_t *ca, dht_cert_t *c, EVP_PKEY *pub) {
+  c->pub = pub;
+  c->pub_used = ++ca->clock;
+  ca->stats.key_builds++;
+  if (++ca->live > DHT_CERT_LIVE) key_drop_oldest(ca, c);
 }
 
 /* c's key for a signature check: our own's, or a cached certificate's,
@@ -459,6 +501,255 @@ int dht_cert_find(dht_cert_ca_t *ca, const uint8_t fp[DHT_CERT_FP_LEN], const dh
   return 0;
 }
 
+/* A cache miss: the full check ------------------------------------------------------ */
+
+/* x's public key in the raw form a cache entry keeps, as the certificate
+ * carries it (the subjectPublicKey bits: the encoded point, or the
+ * Ed25519 key's 32 bytes), so nothing is computed: reading it back out of
+ * OpenSSL's form cost 8 us a certificate. */
+static int raw_key(X509 *x, uint8_t raw[RAW_KEY_MAX], size_t *raw_len) {
+  const ASN1_BIT_STRING *bits = X509_get0_pubkey_bitstr(x);
+  int n = bits ? ASN1_STRING_length(bits) : 0;
+  if (n <= 0 || n > RAW_KEY_MAX) return 0;
+  memcpy(raw, ASN1_STRING_get0_data(bits), (size_t)n);
+  *raw_len = (size_t)n;
+  return 1;
+}
+
+int dht__cert_full(dht_cert_ca_t *ca, const uint8_t *der, size_t len, dht_cert_info_t *info,
+                   uint8_t raw[RAW_KEY_MAX], size_t *raw_len, char *err, size_t errlen) {
+  const uint8_t *p = der;
+  X509 *x = d2i_X509(NULL, &p, (long)len);
+  int rc = !x || p != der + len ? fail(err, errlen, -EINVAL, "not a DER certificate")
+                                : verify_leaf(ca, x, info, err, errlen);
+  if (!rc && !raw_key(x, raw, raw_len)) rc = fail(err, errlen, -EINVAL, "no public key");
+  X509_free(x);
+  return rc;
+}
+
+/* A cache miss: the lean check ---------------------------------------------------------
+ *
+ * OpenSSL 3.0's d2i_X509 decodes the subject's public key through its
+ * provider decoders (x509_pubkey_ex_d2i_ex), 110-165 us of a ~0.3 ms
+ * miss, and X509_verify_cert adds ~20 us to the CA signature's check.
+ * The lean check reads the certificate with a template of X509's own
+ * layout (crypto/x509/x_x509.c) in which the key stays {algorithm, bits}
+ * and the issuer stays raw, checks what X509_verify_cert and
+ * verify_leaf() check of a leaf issued directly by our CA, and verifies
+ * the CA's signature over the TBSCertificate's bytes as received (what
+ * X509_verify() signs over too).  It only ever accepts: anything it does
+ * not expect (another extension, other encodings of the names, a
+ * compressed point, a bad signature...) goes to the full check, which
+ * decides and says why.  What depends on the CA alone (its extensions,
+ * trust settings, the store's parameters) is left to the full check:
+ * the lean one is used once the full one has accepted a leaf of this CA.
+ * tests/fuzz/fuzz_cert_lean.c checks that whatever the lean check
+ * accepts, the full one accepts with the same description and key. */
+typedef struct {
+  X509_ALGOR *alg;
+  ASN1_BIT_STRING *key;
+} LEAN_SPKI;
+
+ASN1_SEQUENCE(LEAN_SPKI) = {
+  ASN1_SIMPLE(LEAN_SPKI, alg, X509_ALGOR),
+  ASN1_SIMPLE(LEAN_SPKI, key, ASN1_BIT_STRING),
+} static_ASN1_SEQUENCE_END(LEAN_SPKI)
+
+typedef struct {
+  ASN1_INTEGER *version;
+  ASN1_INTEGER *serial;
+  X509_ALGOR *sig_alg;
+  ASN1_TYPE *issuer; /* raw: compared with the CA's subject byte for byte */
+  X509_VAL *validity;
+  X509_NAME *subject;
+  LEAN_SPKI *key;
+  ASN1_BIT_STRING *issuer_uid, *subject_uid;
+  STACK_OF(X509_EXTENSION) *exts;
+  ASN1_ENCODING enc; /* the bytes as received, which the CA signed */
+} LEAN_TBS;
+
+ASN1_SEQUENCE_enc(LEAN_TBS, enc, 0) = {
+  ASN1_EXP_OPT(LEAN_TBS, version, ASN1_INTEGER, 0),
+  ASN1_SIMPLE(LEAN_TBS, serial, ASN1_INTEGER),
+  ASN1_SIMPLE(LEAN_TBS, sig_alg, X509_ALGOR),
+  ASN1_SIMPLE(LEAN_TBS, issuer, ASN1_ANY),
+  ASN1_SIMPLE(LEAN_TBS, validity, X509_VAL),
+  ASN1_SIMPLE(LEAN_TBS, subject, X509_NAME),
+  ASN1_SIMPLE(LEAN_TBS, key, LEAN_SPKI),
+  ASN1_IMP_OPT(LEAN_TBS, issuer_uid, ASN1_BIT_STRING, 1),
+  ASN1_IMP_OPT(LEAN_TBS, subject_uid, ASN1_BIT_STRING, 2),
+  ASN1_EXP_SEQUENCE_OF_OPT(LEAN_TBS, exts, X509_EXTENSION, 3),
+} static_ASN1_SEQUENCE_END_ref(LEAN_TBS, LEAN_TBS)
+
+typedef struct {
+  LEAN_TBS *tbs;
+  X509_ALGOR *sig_alg;
+  ASN1_BIT_STRING *sig;
+} LEAN_CERT;
+
+ASN1_SEQUENCE(LEAN_CERT) = {
+  ASN1_SIMPLE(LEAN_CERT, tbs, LEAN_TBS),
+  ASN1_SIMPLE(LEAN_CERT, sig_alg, X509_ALGOR),
+  ASN1_SIMPLE(LEAN_CERT, sig, ASN1_BIT_STRING),
+} static_ASN1_SEQUENCE_END(LEAN_CERT)
+
+/* lc as received is what OpenSSL would encode again: X509_digest()
+ * hashes that encoding, so the fingerprints agree. */
+static int lean_canonical(const LEAN_CERT *lc, const uint8_t *der, size_t len) {
+  uint8_t *enc = NULL;
+  int n = ASN1_item_i2d((const ASN1_VALUE *)lc, &enc, ASN1_ITEM_rptr(LEAN_CERT));
+  int ok = n > 0 && (size_t)n == len && memcmp(enc, der, len) == 0;
+  OPENSSL_free(enc);
+  return ok;
+}
+
+/* alg is nid without parameters. */
+static int lean_alg_is(const X509_ALGOR *alg, int nid) {
+  int ptype;
+  const ASN1_OBJECT *obj;
+  X509_ALGOR_get0(&obj, &ptype, NULL, alg);
+  return OBJ_obj2nid(obj) == nid && ptype == V_ASN1_UNDEF;
+}
+
+/* The only form X509_cmp_time() reads (RFC 5280): YYMMDDHHMMSSZ or
+ * YYYYMMDDHHMMSSZ. */
+static int lean_time_form(const ASN1_TIME *t) {
+  int n = ASN1_STRING_length(t), type = ASN1_STRING_type(t);
+  const uint8_t *d = ASN1_STRING_get0_data(t);
+  if (!(type == V_ASN1_UTCTIME && n == 13) && !(type == V_ASN1_GENERALIZEDTIME && n == 15))
+    return 0;
+  for (int i = 0; i < n - 1; i++)
+    if (!isdigit(d[i])) return 0;
+  return d[n - 1] == 'Z';
+}
+
+/* A key of our two types, encoded as we issue it: Ed25519's 32 bytes, or
+ * a named-curve P-256 uncompressed point (validated when it is built). */
+static int lean_keytype(const LEAN_SPKI *k) {
+  const ASN1_OBJECT *obj;
+  const void *param;
+  int ptype;
+  X509_ALGOR_get0(&obj, &ptype, &param, k->alg);
+  int n = ASN1_STRING_length(k->key), nid = OBJ_obj2nid(obj);
+  if (k->key->flags & 0x07) return -1; /* unused bits */
+  if (nid == NID_ED25519 && ptype == V_ASN1_UNDEF && n == 32) return DHT_CERT_ED25519;
+  if (nid == NID_X9_62_id_ecPublicKey && ptype == V_ASN1_OBJECT &&
+      OBJ_obj2nid(param) == NID_X9_62_prime256v1 && n == 65 &&
+      ASN1_STRING_get0_data(k->key)[0] == POINT_CONVERSION_UNCOMPRESSED)
+    return DHT_CERT_P256;
+  return -1;
+}
+
+/* One extension we issue, well formed; 0 for any other.  basicConstraints
+ * must say "not a CA" (so X509_check_ca() says 0), keyUsage must allow
+ * signatures; the SAN is read by describe_parts(). */
+static int lean_ext_ok(X509_EXTENSION *e, int nid) {
+  void *v = X509V3_EXT_d2i(e);
+  int ok = v != NULL;
+  if (ok && nid == NID_basic_constraints) {
+    BASIC_CONSTRAINTS *bc = v;
+    ok = !bc->ca && !bc->pathlen;
+  } else if (ok && nid == NID_key_usage) {
+    ok = ASN1_BIT_STRING_get_bit(v, 0); /* digitalSignature */
+  }
+  if (nid == NID_basic_constraints) BASIC_CONSTRAINTS_free(v);
+  else if (nid == NID_key_usage) ASN1_BIT_STRING_free(v);
+  else if (nid == NID_subject_alt_name) GENERAL_NAMES_free(v);
+  else EXTENDED_KEY_USAGE_free(v);
+  return ok;
+}
+
+/* Extensions: only those we issue, each at most once, basicConstraints
+ * present.  All four are ones X509_verify_cert() knows, critical or not. */
+static int lean_exts(const STACK_OF(X509_EXTENSION) *exts) {
+  static const int known[] = {NID_basic_constraints, NID_key_usage, NID_subject_alt_name,
+                              NID_ext_key_usage};
+  int seen[4] = {0};
+  for (int i = 0; i < sk_X509_EXTENSION_num(exts); i++) {
+    X509_EXTENSION *e = sk_X509_EXTENSION_value(exts, i);
+    int nid = OBJ_obj2nid(X509_EXTENSION_get_object(e)), k = 0;
+    while (k < 4 && known[k] != nid) k++;
+    if (k == 4 || seen[k]++ || !lean_ext_ok(e, nid)) return 0;
+  }
+  return seen[0] == 1;
+}
+
+/* The TBSCertificate says what a leaf of ca, valid now, must say. */
+static int lean_tbs(const dht_cert_ca_t *ca, const LEAN_TBS *t, int64_t now) {
+  const uint8_t *ca_name, *subject;
+  size_t ca_name_len, subject_len;
+  if (!t->version || ASN1_INTEGER_get(t->version) != 2 || t->issuer_uid || t->subject_uid ||
+      !X509_NAME_get0_der(X509_get_subject_name(ca->x509), &ca_name, &ca_name_len) ||
+      !X509_NAME_get0_der(t->subject, &subject, &subject_len))
+    return 0;
+  /* Issued by the CA's name exactly; a leaf named as its issuer would be
+   * taken for self-signed. */
+  if (t->issuer->type != V_ASN1_SEQUENCE) return 0;
+  const ASN1_STRING *issuer = t->issuer->value.sequence; /* the whole SEQUENCE */
+  if ((size_t)issuer->length != ca_name_len || memcmp(issuer->data, ca_name, ca_name_len) != 0 ||
+      (subject_len == ca_name_len && memcmp(subject, ca_name, ca_name_len) == 0))
+    return 0;
+  return lean_time_form(t->validity->notBefore) && lean_time_form(t->validity->notAfter) &&
+         ca->info.not_before <= now && now < ca->info.not_after && lean_exts(t->exts);
+}
+
+/* The CA signed tbs (the bytes as received) with sig. */
+static int lean_signed(const dht_cert_ca_t *ca, const LEAN_TBS *tbs, const ASN1_BIT_STRING *sig) {
+  EVP_PKEY *k = X509_get0_pubkey(ca->x509);
+  EVP_MD_CTX *m = EVP_MD_CTX_new();
+  int ok = k && m && !(sig->flags & 0x07) &&
+           EVP_DigestVerifyInit(m, NULL, md_of(k), NULL, k) == 1 &&
+           EVP_DigestVerify(m, sig->data, (size_t)sig->length, tbs->enc.enc,
+                            (size_t)tbs->enc.len) == 1;
+  EVP_MD_CTX_free(m);
+  return ok;
+}
+
+static int lean_check(dht_cert_ca_t *ca, const LEAN_CERT *lc, const uint8_t *der, size_t len,
+                      dht_cert_info_t *info, dht_cert_t *c, EVP_PKEY **pub) {
+  const LEAN_TBS *t = lc->tbs;
+  int sig_nid = ca->info.keytype == DHT_CERT_ED25519 ? NID_ED25519 : NID_ecdsa_with_SHA256;
+  int64_t now = time(NULL);
+  if (!lean_alg_is(lc->sig_alg, sig_nid) || !lean_alg_is(t->sig_alg, sig_nid) ||
+      !lean_tbs(ca, t, now) || !lean_canonical(lc, der, len))
+    return 0;
+  dht_cert_info_t i;
+  if (describe_parts(t->exts, 0, lean_keytype(t->key), t->validity->notBefore,
+                     t->validity->notAfter, &i, NULL, 0) ||
+      strcmp(i.overlay, ca->info.overlay) != 0 || i.not_before > now || now >= i.not_after ||
+      !EVP_Digest(der, len, i.fp, NULL, EVP_sha256(), NULL))
+    return 0;
+  c->keytype = (uint8_t)i.keytype;
+  c->raw_len = (uint8_t)t->key->key->length; /* 32 or 65: lean_keytype() */
+  memcpy(c->raw, t->key->key->data, c->raw_len);
+  EVP_PKEY *k = key_build(ca, c);
+  if (!k || !lean_signed(ca, t, lc->sig)) {
+    EVP_PKEY_free(k);
+    return 0;
+  }
+  *info = i;
+  *pub = k;
+  return 1;
+}
+
+int dht__cert_lean(dht_cert_ca_t *ca, const uint8_t *der, size_t len, dht_cert_info_t *info,
+                   uint8_t raw[RAW_KEY_MAX], size_t *raw_len, EVP_PKEY **pub) {
+  ERR_set_mark();
+  const uint8_t *p = der;
+  LEAN_CERT *lc = (LEAN_CERT *)ASN1_item_d2i(NULL, &p, (long)len, ASN1_ITEM_rptr(LEAN_CERT));
+  dht_cert_t c = {0};
+  int ok = lc && p == der + len && lean_check(ca, lc, der, len, info, &c, pub);
+  if (ok) {
+    memcpy(raw, c.raw, c.raw_len);
+    *raw_len = c.raw_len;
+  }
+  ASN1_item_free((ASN1_VALUE *)lc, ASN1_ITEM_rptr(LEAN_CERT));
+  ERR_pop_to_mark(); /* a refusal here is no error: the full check decides */
+  return ok;
+}
+
+/* The cache -------------------------------------------------------------------------------- */
+
 int dht_cert_check(dht_cert_ca_t *ca, const uint8_t *der, size_t len, const dht_cert_t **out,
                    char *err, size_t errlen) {
   uint8_t fp[DHT_CERT_FP_LEN];
@@ -472,35 +763,42 @@ int dht_cert_check(dht_cert_ca_t *ca, const uint8_t *der, size_t len, const dht_
     return fail(err, errlen, -ENOMEM, "SHA-256 failed");
   if (dht_cert_find(ca, fp, out) == 0) return 0;
 
-  const uint8_t *p = der;
-  X509 *x = d2i_X509(NULL, &p, (long)len);
+  dht_cert_t *c = calloc(1, sizeof(*c));
+  if (!c) return fail(err, errlen, -ENOMEM, "out of memory");
+  EVP_PKEY *pub = NULL;
   dht_cert_info_t info;
-  int rc = !x || p != der + len ? fail(err, errlen, -EINVAL, "not a DER certificate")
-                                : verify_leaf(ca, x, &info, err, errlen);
-  dht_cert_t *c = rc ? NULL : calloc(1, sizeof(*c));
-  if (c && !raw_key(x, c)) {
-    free(c);
-    c = NULL;
+  size_t raw_len = 0;
+  int rc = 0;
+  if (!ca->lean || !dht__cert_lean(ca, der, len, &info, c->raw, &raw_len, &pub)) {
+    ca->stats.full_checks++;
+    rc = dht__cert_full(ca, der, len, &info, c->raw, &raw_len, err, errlen);
+    ca->lean |= rc == 0;
   }
-  X509_free(x);
-  if (!rc && !c) rc = fail(err, errlen, -ENOMEM, "out of memory");
   if (rc) {
+    free(c);
     ca->stats.rejected += rc != -ENOMEM;
     return rc;
   }
   ca->stats.verified++;
-  c->info = info;
+  cert_set_info(c, &info);
+  c->raw_len = (uint8_t)raw_len;
   c->ca = ca;
   cache_put(ca, c);
+  if (pub) key_keep(ca, c, pub);
   *out = c;
   return 0;
 }
 
-const dht_cert_info_t *dht_cert_info(const dht_cert_t *c) { return &c->info; }
+const dht_cert_info_t *dht_cert_info(const dht_cert_t *c) {
+  if (!c->ca) return &((const dht_cert_creds_t *)c)->info;
+  cert_get_info(c, c->ca->info.overlay, &c->ca->view);
+  return &c->ca->view;
+}
 
 void dht_cert_der(const dht_cert_t *c, const uint8_t **der, size_t *len) {
-  *der = c->der;
-  *len = c->der_len;
+  const dht_cert_creds_t *own = c->ca ? NULL : (const dht_cert_creds_t *)c;
+  *der = own ? own->der : NULL;
+  *len = own ? own->der_len : 0;
 }
 
 /* Our own certificate and key ---------------------------------------------------------- */
@@ -520,21 +818,19 @@ int dht_cert_creds_new(const dht_cert_ca_t *ca, X509 *cert, EVP_PKEY *key,
     OPENSSL_free(der);
     return fail(err, errlen, -ENOMEM, "out of memory");
   }
-  /* Moved to a malloc'ed copy so cert_free() frees every der alike. */
-  c->cert.der = malloc((size_t)n);
-  if (c->cert.der) memcpy(c->cert.der, der, (size_t)n);
-  OPENSSL_free(der);
-  c->cert.pub = c->cert.der ? X509_get_pubkey(cert) : NULL;
+  c->der = der;
+  c->cert.pub = X509_get_pubkey(cert);
   if (!c->cert.pub) {
-    free(c->cert.der);
+    OPENSSL_free(c->der);
     free(c);
     return fail(err, errlen, -ENOMEM, "out of memory");
   }
   X509_up_ref(cert);
   EVP_PKEY_up_ref(key);
   c->x509 = cert;
-  c->cert.info = info;
-  c->cert.der_len = (size_t)n;
+  c->info = info;
+  cert_set_info(&c->cert, &info);
+  c->der_len = (size_t)n;
   c->key = key;
   *out = c;
   return 0;
@@ -554,6 +850,7 @@ int dht_cert_creds_load(const dht_cert_ca_t *ca, const char *cert_path, const ch
 void dht_cert_creds_free(dht_cert_creds_t *c) {
   if (!c) return;
   cert_free(&c->cert);
+  OPENSSL_free(c->der);
   X509_free(c->x509);
   EVP_PKEY_free(c->key);
   free(c);
@@ -565,21 +862,20 @@ const dht_cert_t *dht_cert_creds_cert(const dht_cert_creds_t *c) { return &c->ce
 
 /* Replaces libssl's chain check: the chain must end at our CA in one step
  * and the peer must be a node of our overlay. */
-/* A peer's certificate seen before is found in the cache of verified
- * certificates (dht_cert_check) by its fingerprint, and its CA signature is
- * not checked again on every handshake: a signature check is a third of a
- * handshake's CPU here.  A new one is verified in full, so the refusal
- * says why, and then cached. */
+/* A peer's certificate goes through the cache of verified certificates
+ * (dht_cert_check): one seen before is found by its fingerprint, and its
+ * CA signature is not checked again on every handshake (a signature check
+ * is a third of a handshake's CPU here); a new one is checked and cached.
+ * What that refuses is verified again by libssl's chain check, so the
+ * refusal says why. */
 static int tls_verify(X509_STORE_CTX *sctx, void *arg) {
   dht_cert_ca_t *ca = arg;
   X509 *x = X509_STORE_CTX_get0_cert(sctx);
   unsigned char *der = NULL;
   int len = x ? i2d_X509(x, &der) : -1;
-  uint8_t fp[DHT_CERT_FP_LEN];
-  unsigned n = 0;
   const dht_cert_t *c;
-  int ok = len > 0 && EVP_Digest(der, (size_t)len, fp, &n, EVP_sha256(), NULL) &&
-           dht_cert_find(ca, fp, &c) == 0 && c->info.kind == DHT_CERT_NODE;
+  int ok = len > 0 && dht_cert_check(ca, der, (size_t)len, &c, NULL, 0) == 0 &&
+           c->kind == DHT_CERT_NODE;
   if (!ok) {
     X509_STORE_CTX_set_depth(sctx, 0);
     dht_cert_info_t info;
@@ -588,7 +884,6 @@ static int tls_verify(X509_STORE_CTX *sctx, void *arg) {
       X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
       ok = 0;
     }
-    if (ok) dht_cert_check(ca, der, (size_t)len, &c, NULL, 0);
   }
   OPENSSL_free(der);
   return ok;
@@ -606,7 +901,7 @@ static int tls_verify(X509_STORE_CTX *sctx, void *arg) {
 
 int dht_cert_tls_ctx(dht_cert_ca_t *ca, const dht_cert_creds_t *self, SSL_CTX **out, char *err,
                      size_t errlen) {
-  if (self->cert.info.kind != DHT_CERT_NODE)
+  if (self->info.kind != DHT_CERT_NODE)
     return fail(err, errlen, -EINVAL, "a peer link needs a node certificate");
   SSL_CTX *ctx = SSL_CTX_new(TLS_method());
   if (!ctx) return fail(err, errlen, -ENOMEM, "out of memory");

@@ -7,6 +7,7 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/x509v3.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -305,6 +306,184 @@ static void test_verify(void) {
   dht_cert_ca_stats(t.ca, &st);
   ASSERT_EQ(st.verified, 2);
   ASSERT_EQ(st.rejected, 5);
+  free_ca(&t);
+  free_ca(&other);
+}
+
+/* x signed again by t's CA key, after a change; its DER into der. */
+static size_t resign(const test_ca_t *t, X509 *x, uint8_t der[DHT_CERT_MAX_DER]) {
+  const EVP_MD *md = keytype == DHT_CERT_ED25519 ? NULL : EVP_sha256();
+  ASSERT(X509_sign(x, t->key, md) > 0);
+  uint8_t *p = der;
+  int n = i2d_X509(x, &p);
+  ASSERT(n > 0 && n <= DHT_CERT_MAX_DER);
+  return (size_t)n;
+}
+
+/* An extension nid (or, nid 0, OID 1.2.3.4 holding a NULL) added to x. */
+static void add_ext(X509 *x, int nid, int critical, const char *value) {
+  X509_EXTENSION *e;
+  if (nid) {
+    e = X509V3_EXT_conf_nid(NULL, NULL, nid, value);
+  } else {
+    ASN1_OCTET_STRING *null = ASN1_OCTET_STRING_new();
+    ASSERT(null && ASN1_OCTET_STRING_set(null, (const uint8_t *)"\x05\x00", 2));
+    ASN1_OBJECT *oid = OBJ_txt2obj("1.2.3.4", 1);
+    e = X509_EXTENSION_create_by_OBJ(NULL, oid, critical, null);
+    ASN1_OBJECT_free(oid);
+    ASN1_OCTET_STRING_free(null);
+  }
+  ASSERT(e && X509_EXTENSION_set_critical(e, critical) && X509_add_ext(x, e, -1));
+  X509_EXTENSION_free(e);
+}
+
+/* The lean check of a miss does not accept der; dht_cert_check refuses it
+ * with want, through the full check. */
+static void lean_refuses(test_ca_t *t, const uint8_t *der, size_t n, const char *want) {
+  dht_cert_info_t info;
+  uint8_t raw[DHT_CERT_MAX_RAW_KEY];
+  size_t raw_len;
+  EVP_PKEY *pub = NULL;
+  dht_cert_stats_t before, after;
+  const dht_cert_t *c;
+  ASSERT_EQ(dht__cert_lean(t->ca, der, n, &info, raw, &raw_len, &pub), 0);
+  ASSERT(pub == NULL);
+  dht_cert_ca_stats(t->ca, &before);
+  ASSERT_REFUSED(dht_cert_check(t->ca, der, n, &c, err, sizeof err), want);
+  dht_cert_ca_stats(t->ca, &after);
+  ASSERT_EQ(after.full_checks, before.full_checks + 1);
+  ASSERT_EQ(after.rejected, before.rejected + 1);
+}
+
+/* The lean check of a miss: what it accepts (with what the full check
+ * says of it), what it refuses, and what it leaves to the full check. */
+static void test_lean(void) {
+  test_ca_t t = make_ca(OVERLAY), other = make_ca(OVERLAY);
+  X509 *x;
+  EVP_PKEY *k;
+  uint8_t der[DHT_CERT_MAX_DER], raw[DHT_CERT_MAX_RAW_KEY], raw2[DHT_CERT_MAX_RAW_KEY];
+  size_t raw_len, raw2_len;
+  const dht_cert_t *c;
+  dht_cert_stats_t st;
+  dht_cert_info_t lean, full;
+  EVP_PKEY *pub;
+
+  /* A new CA's first miss goes to the full check; later ones do not. */
+  dht_cert_info_t w = node_info(0x61, OVERLAY), u = user_info("bob");
+  size_t n = issue(&t, &w, &x, &k, der);
+  ASSERT_OK(dht_cert_check(t.ca, der, n, &c, err, sizeof err));
+  uint8_t node_fp[DHT_CERT_FP_LEN];
+  memcpy(node_fp, dht_cert_info(c)->fp, DHT_CERT_FP_LEN);
+  X509_free(x);
+  EVP_PKEY_free(k);
+  n = issue(&t, &u, &x, &k, der);
+  ASSERT_OK(dht_cert_check(t.ca, der, n, &c, err, sizeof err));
+  ASSERT_STR_EQ(dht_cert_info(c)->user, "bob");
+  /* Cached entries are compact: each description is whole again. */
+  const dht_cert_t *cn;
+  ASSERT_OK(dht_cert_find(t.ca, node_fp, &cn));
+  ASSERT_EQ(dht_cert_info(cn)->kind, DHT_CERT_NODE);
+  ASSERT_MEM_EQ(dht_cert_info(cn)->node.b, w.node.b, DHT_ID_LEN);
+  ASSERT_STR_EQ(dht_cert_info(cn)->user, "");
+  ASSERT_STR_EQ(dht_cert_info(cn)->overlay, OVERLAY);
+  ASSERT_EQ(dht_cert_info(c)->kind, DHT_CERT_USER);
+  ASSERT_STR_EQ(dht_cert_info(c)->overlay, OVERLAY);
+  dht_cert_ca_stats(t.ca, &st);
+  ASSERT_EQ(st.verified, 2);
+  ASSERT_EQ(st.full_checks, 1);
+  ASSERT_EQ(st.live_keys, 1); /* the key the lean check built is kept */
+  ASSERT_EQ(dht__cert_lean(t.ca, der, n, &lean, raw, &raw_len, &pub), 1);
+  ASSERT_OK(dht__cert_full(t.ca, der, n, &full, raw2, &raw2_len, err, sizeof err));
+  ASSERT_EQ(lean.kind, DHT_CERT_USER);
+  ASSERT_STR_EQ(lean.user, full.user);
+  ASSERT_STR_EQ(lean.overlay, full.overlay);
+  ASSERT_EQ(lean.keytype, full.keytype);
+  ASSERT_EQ(lean.not_before, full.not_before);
+  ASSERT_EQ(lean.not_after, full.not_after);
+  ASSERT_MEM_EQ(lean.fp, full.fp, DHT_CERT_FP_LEN);
+  ASSERT_EQ(raw_len, raw2_len);
+  ASSERT_MEM_EQ(raw, raw2, raw_len);
+  EVP_PKEY_free(pub);
+
+  /* The same certificate tampered with: its signature, then a byte the CA
+   * signed (the user name: bob becomes boc). */
+  der[n - 1] ^= 0x01;
+  lean_refuses(&t, der, n, "certificate refused");
+  der[n - 1] ^= 0x01;
+  uint8_t *o = memmem(der, n, "sip:bob@", 8);
+  ASSERT(o);
+  o[6] ^= 0x01;
+  lean_refuses(&t, der, n, "certificate refused");
+  X509_free(x);
+  EVP_PKEY_free(k);
+
+  /* Another CA of the same overlay and name. */
+  n = issue(&other, &w, &x, &k, der);
+  lean_refuses(&t, der, n, "certificate refused");
+  X509_free(x);
+  EVP_PKEY_free(k);
+
+  /* Expired, not yet valid. */
+  dht_cert_info_t we = node_info(0x62, OVERLAY);
+  we.not_before = now - 2 * DAY, we.not_after = now - DAY;
+  n = issue(&t, &we, &x, &k, der);
+  lean_refuses(&t, der, n, "certificate has expired");
+  X509_free(x);
+  EVP_PKEY_free(k);
+  we.not_before = now + DAY, we.not_after = now + 2 * DAY;
+  n = issue(&t, &we, &x, &k, der);
+  lean_refuses(&t, der, n, "not yet valid");
+  X509_free(x);
+  EVP_PKEY_free(k);
+
+  /* The CA's own certificate. */
+  uint8_t *p = der;
+  n = (size_t)i2d_X509(dht_cert_ca_x509(t.ca), &p);
+  lean_refuses(&t, der, n, "CA certificate");
+
+  /* Another overlay, from a CA with our CA's key and name. */
+  test_ca_t reuse = reuse_key(&t, "other.test");
+  dht_cert_info_t wo = node_info(0x63, "other.test");
+  n = issue(&reuse, &wo, &x, &k, der);
+  lean_refuses(&t, der, n, "of overlay other.test, not overlay.test");
+  X509_free(x);
+  EVP_PKEY_free(k);
+  dht_cert_ca_free(reuse.ca);
+
+  /* Signed by our CA, with what we never issue: a second SAN extension,
+   * a second name in the SAN, an unknown critical extension. */
+  dht_cert_info_t w2 = node_info(0x64, OVERLAY);
+  issue(&t, &w2, &x, &k, der);
+  add_ext(x, NID_subject_alt_name, 0, "URI:sip:bob@" OVERLAY);
+  lean_refuses(&t, der, resign(&t, x, der), "more than one");
+  X509_free(x);
+  EVP_PKEY_free(k);
+  issue(&t, &w2, &x, &k, der);
+  X509_EXTENSION_free(X509_delete_ext(x, X509_get_ext_by_NID(x, NID_subject_alt_name, -1)));
+  add_ext(x, NID_subject_alt_name, 0, "URI:p2psip:6464646464646464646464646464646464646464@" OVERLAY
+          ",URI:sip:bob@" OVERLAY);
+  lean_refuses(&t, der, resign(&t, x, der), "subjectAltName is not");
+  X509_free(x);
+  EVP_PKEY_free(k);
+  issue(&t, &w2, &x, &k, der);
+  add_ext(x, 0, 1, NULL);
+  lean_refuses(&t, der, resign(&t, x, der), "unhandled critical extension");
+  X509_free(x);
+  EVP_PKEY_free(k);
+
+  /* What the full check accepts and the lean one leaves to it: an unknown
+   * extension that is not critical. */
+  issue(&t, &w2, &x, &k, der);
+  add_ext(x, 0, 0, NULL);
+  n = resign(&t, x, der);
+  ASSERT_EQ(dht__cert_lean(t.ca, der, n, &lean, raw, &raw_len, &pub), 0);
+  dht_cert_ca_stats(t.ca, &st);
+  ASSERT_OK(dht_cert_check(t.ca, der, n, &c, err, sizeof err));
+  uint64_t full_checks = st.full_checks;
+  dht_cert_ca_stats(t.ca, &st);
+  ASSERT_EQ(st.full_checks, full_checks + 1);
+  X509_free(x);
+  EVP_PKEY_free(k);
   free_ca(&t);
   free_ca(&other);
 }
@@ -781,6 +960,27 @@ static void bench(void) {
   double t3 = mono_us();
   for (int i = 0; i < N; i++) ASSERT_OK(dht_cert_check(t.ca, der, len, &out, err, sizeof err));
   double t4 = mono_us();
+  /* A miss's parts: OpenSSL's decoding alone, its full check, the lean one. */
+  double td = 0, tf = 0, tn = 0;
+  for (int i = 0; i < NC; i++) {
+    dht_cert_info_t info;
+    uint8_t raw[DHT_CERT_MAX_RAW_KEY];
+    size_t raw_len;
+    EVP_PKEY *pub = NULL;
+    const uint8_t *p = der;
+    double a = mono_us();
+    X509 *x = d2i_X509(NULL, &p, (long)len);
+    double b = mono_us();
+    ASSERT_OK(dht__cert_full(t.ca, der, len, &info, raw, &raw_len, err, sizeof err));
+    double d = mono_us();
+    ASSERT_EQ(dht__cert_lean(t.ca, der, len, &info, raw, &raw_len, &pub), 1);
+    double e = mono_us();
+    td += b - a, tf += d - b, tn += e - d;
+    X509_free(x);
+    EVP_PKEY_free(pub);
+  }
+  printf("%s: a miss: d2i_X509 %.1f us, full check %.1f us, lean check %.1f us (with the key "
+         "built)\n", keyname, td / NC, tf / NC, tn / NC);
 
   /* Signatures checked through cached entries: the same signer's (key
    * live), then DHT_CERT_LIVE + 1 signers in turn, so that every check
@@ -851,6 +1051,7 @@ int main(void) {
     test_load();
     test_verify();
     test_garbage();
+    test_lean();
     test_sign();
     test_cache_keys();
     test_rules();
