@@ -116,13 +116,13 @@ static int all_zeros(const char *v, const char *ve)
   return 1;
 }
 
-/* A line whose meaning only sofia and the edge judge (credentials,
+/* A line whose meaning only sofia and the edge judge (proxy credentials,
  * extensions required, a route, a body): the request is not answered at
  * the peek. */
 static int sofia_line(const char *p, const char *e)
 {
   static const char *const names[][2] = {
-      {"Authorization", NULL}, {"Proxy-Authorization", NULL}, {"Require", NULL},
+      {"Proxy-Authorization", NULL}, {"Require", NULL},
       {"Proxy-Require", NULL}, {"Route", NULL},              {"Content-Type", "c"},
       {"Content-Encoding", "e"}};
   const char *v, *ve;
@@ -156,6 +156,8 @@ static int header_line(const char *p, const char *e, sip_peek_t *pk, int *n_id, 
     if (pk->to.p)
       return -1;
     pk->to = line;
+  } else if (header_value(p, e, "Authorization", NULL, &v, &ve)) {
+    pk->auth++;
   } else if (header_value(p, e, "Content-Length", "l", &v, &ve)) {
     pk->sofia |= !all_zeros(v, ve) || pk->n_length++;
   } else {
@@ -278,9 +280,7 @@ static void put(char **o, const char *end, const char *p, size_t n)
   }
 }
 
-/* The top Via as sofia answers it (RFC 3261 18.2.1, RFC 3581 4):
- * received= when the source is not the sent-by host, rport= filled in. */
-static int top_via(su_home_t *home, sip_via_t *v, const char *ip, unsigned port)
+int sip__peek_via_source(su_home_t *home, sip_via_t *v, const char *ip, unsigned port)
 {
   /* The header keeps the parameter strings it is given: they go in home. */
   if (strcmp(v->v_host, ip) != 0 &&
@@ -323,13 +323,13 @@ int sip__peek_answer(const sip_peek_t *pk, const char *status, const sip_via_t *
 
 /* The answer status to the request read in pk, sent statelessly by the
  * peek: the request's lines read as sofia reads them, the top Via with
- * received/rport as sofia sets them (top_via()). */
+ * received/rport as sofia sets them (sip__peek_via_source()). */
 static int answer(const sip_peek_t *pk, const char *status, const char *extra, const char *tag,
                   const char *ip, unsigned port, char *out, size_t cap)
 {
   su_home_t home[1] = {SU_HOME_INIT(home)};
   sip_via_t *v = copied_lines_ok(home, pk) ? top_via_read(home, pk) : NULL;
-  int rc = v ? top_via(home, v, ip, port) : -EINVAL;
+  int rc = v ? sip__peek_via_source(home, v, ip, port) : -EINVAL;
   if (rc == 0)
     rc = sip__peek_answer(pk, status, v, tag, extra, out, cap);
   su_home_deinit(home);

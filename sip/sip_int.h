@@ -56,6 +56,7 @@
 #define SIP_MAX_REGISTERING 1024  /* REGISTERs waiting for the DHT at once */
 #define SIP_PEEK_BYTES 2048       /* of a datagram looked at before sofia reads it */
 #define SIP_PEEK_MAX 64           /* datagrams dropped so at most, per step */
+#define SIP_PEEK_DIRECT 8         /* REGISTERs handled from the peek's bytes, per step (core.c) */
 #define SIP_RESEND_MAX 16384     /* REGISTER answers kept as bytes (resend.c), ~10 MB */
 #define SIP_RESEND_MS 8000        /* for so long (sipp/phones retransmit within 4 s, T2) */
 #define SIP_LOOP_BURST 8          /* sofia steps in a row while datagrams are queued */
@@ -162,6 +163,7 @@ typedef struct {
   uint64_t shed_peeked; /* of shed, answered with a 503 built from the datagram (peek.c) */
   uint64_t challenged_peeked; /* REGISTERs without credentials answered 401 at the peek */
   uint64_t register_answers_built; /* registrar's UDP answers built from the request's lines */
+  uint64_t register_direct; /* REGISTERs parsed from the peek's bytes, past tport and nta */
 } sip_counters_t;
 
 /* A proxy peer as found under sip:OVERLAY. */
@@ -425,7 +427,8 @@ typedef struct {
   sip_span_t ruri; /* the Request-URI */
   int n_via;
   uint32_t cseq;
-  int sofia;    /* a line only sofia judges: Authorization, Require, Route, a body */
+  int sofia;    /* a line only sofia judges: Proxy-Authorization, Require, Route, a body */
+  int auth;     /* Authorization lines */
   int n_length; /* Content-Length lines */
 } sip_peek_t;
 /* A REGISTER, INVITE, SUBSCRIBE or REFER whose request line, Call-ID,
@@ -469,6 +472,11 @@ int sip__peek_401(const sip_peek_t *pk, size_t reqlen, const char *challenge, co
  * built with it; the registrar builds its answers with it (core.c). */
 int sip__peek_answer(const sip_peek_t *pk, const char *status, const sip_via_t *via,
                      const char *tag, const char *extra, char *out, size_t cap);
+/* The top Via v of a request from ip:port as sofia's agent marks it on
+ * receipt and answers it (RFC 3261 18.2.1, RFC 3581 4): received= when
+ * the source is not the sent-by host, rport= filled in; the parameters'
+ * text in home.  0, or -ENOMEM. */
+int sip__peek_via_source(su_home_t *home, sip_via_t *v, const char *ip, unsigned port);
 /* Every span of pk moved from the bytes at from to a copy of them at to. */
 void sip__peek_move(sip_peek_t *pk, const char *from, const char *to);
 /* A REGISTER datagram as the peek read it, from where it came. */
