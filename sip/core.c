@@ -349,6 +349,9 @@ static int register_direct(sip_svc_t *s, const char *buf, size_t len,
 {
   msg_t *msg = nta_msg_create(s->agent, 0);
   msg_iovec_t iov[2];
+  /* One block for the parse's many small allocations (as msg_make()). */
+  if (msg)
+    su_home_preload(msg_home(msg), 1, len + 1024);
   if (!msg || msg_recv_iovec(msg, iov, 2, len, 1) < 0 || iov[0].mv_len != len) {
     msg_destroy(msg);
     return 0;
