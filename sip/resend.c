@@ -17,8 +17,8 @@
 #include "sip/sip_int.h"
 
 typedef struct {
-  char *key;       /* NULL when free */
-  uint8_t *bytes;  /* the answer as sent */
+  char *key;       /* NULL when free; one allocation with bytes */
+  uint8_t *bytes;  /* the answer as sent, after the key */
   size_t len;
   uint64_t until;  /* uv_now() ms */
   int hnext;       /* next index in the chain, or -1 */
@@ -45,7 +45,7 @@ static void slot_clear(sip_resend_t *t, int i)
       *pp = e->hnext;
       break;
     }
-  free(e->key), free(e->bytes);
+  free(e->key);
   e->key = NULL, e->bytes = NULL;
 }
 
@@ -62,13 +62,11 @@ void sip__resend_keep(sip_svc_t *s, const char *key, const void *bytes, size_t l
   int i = (int)(t->next++ % SIP_RESEND_MAX);
   slot_clear(t, i);
   resend_t *e = &t->e[i];
-  e->key = strdup(key);
-  e->bytes = malloc(len);
-  if (!e->key || !e->bytes) {
-    free(e->key), free(e->bytes);
-    e->key = NULL, e->bytes = NULL;
+  size_t kl = strlen(key) + 1;
+  if (!(e->key = malloc(kl + len)))
     return;
-  }
+  memcpy(e->key, key, kl);
+  e->bytes = (uint8_t *)e->key + kl;
   memcpy(e->bytes, bytes, len);
   e->len = len, e->until = sip__now_ms(s) + SIP_RESEND_MS;
   int *head = chain(t, key);
