@@ -1140,6 +1140,7 @@ json_t *sip_stats_json(const sip_svc_t *s)
       {"auth_challenges", c->auth_challenges}, {"auth_ok", c->auth_ok},
       {"auth_failed", c->auth_failed},          {"auth_wrong_user", c->auth_wrong_user},
       {"acks_absorbed", c->acks_absorbed},      {"no_users", c->no_users},
+      {"no_dialog", c->no_dialog},
       {"from_nodes", c->from_nodes},            {"relay_forbidden", c->relay_forbidden},
       {"target_refused", c->target_refused},    {"stateless_in_dialog", c->stateless_in_dialog},
       {"rate_limited", c->rate_limited},        {"rate_dropped", c->rate_dropped},

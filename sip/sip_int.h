@@ -144,6 +144,7 @@ typedef struct {
    * authenticated user, ACKs of our stateless answers absorbed, REGISTERs
    * refused for want of --users in the secured mode. */
   uint64_t auth_challenges, auth_ok, auth_failed, auth_wrong_user, acks_absorbed, no_users;
+  uint64_t no_dialog; /* requests with our stateless To tag, answered 481 */
   /* Requests from overlay nodes (TLS, node certificate), refused as
    * relaying (403 Relay forbidden, or an ACK dropped) and for their target
    * (special-purpose address, stream transport to another port); in-dialog

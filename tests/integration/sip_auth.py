@@ -284,6 +284,27 @@ def test_direct_paths(c, A, ua, other):
               "%s: %d and the same counters on the direct path and sofia's" % (what, want), got)
 
 
+def test_no_dialog(c, A, ua):
+    """Our stateless To tag makes no dialog: a BYE "in" the one of our 401
+    (sipp sends one so for every REGISTER it gives up on) gets 481 at once,
+    without a lookup or a transaction; a REGISTER with that tag is still
+    the registrar's."""
+    dest = su.sip_dest(c, A)
+    cid = "nodialog-%d" % ua.port
+    tag = su.tag_of(ua.register(dest, expires=60, call_id=cid).get("to"))
+    before = counters(A)
+    to = "<%s>;tag=%s" % (ua.aor, tag)
+    r = ua.do(dest, "BYE", ruri=ua.aor, to=to, call_id=cid, cseq=9)
+    after = counters(A)
+    check(r.status == 481 and after["no_dialog"] == before["no_dialog"] + 1 and
+          after["lookups"] == before["lookups"] and after["proxied"] == before["proxied"],
+          "a BYE with our stateless To tag: 481, no lookup", (r.status, before, after))
+    r, _ = ua.do_auth(dest, "REGISTER", "pw-" + ua.user, headers=["Expires: 60"], call_id=cid + "r",
+                      to=to)
+    check(r.status == 200 and counters(A)["no_dialog"] == after["no_dialog"],
+          "a REGISTER with that tag registers", r.status)
+
+
 def test_challenge_flood(c, A, ua):
     """One source sends 2,000 REGISTERs without credentials, 2,000 a
     second: the peek challenges no more of them than the source's rate
@@ -340,6 +361,7 @@ def test_register(c, A, ua):
     test_challenge_paths(c, A, ua)
     test_answer_paths(c, A, ua)
     test_direct_paths(c, A, ua, "erin")
+    test_no_dialog(c, A, ua)
     test_challenge_flood(c, A, ua)
     for alg in ("SHA-256", "MD5"):
         r, first = ua.do_auth(dest, "REGISTER", "pw-alice", alg=alg,
