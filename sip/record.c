@@ -56,12 +56,15 @@ static int utf8_ok(const unsigned char *p)
 static void put_str(char **o, const char *end, const char *key, const char *v)
 {
   static const char hex[] = "0123456789ABCDEF"; /* upper case, as jansson prints */
-  int n = *o ? snprintf(*o, (size_t)(end - *o), ",\"%s\":\"", key) : -1;
-  if (n < 0 || n >= end - *o) {
+  size_t kl = strlen(key);
+  if (!*o || (size_t)(end - *o) < kl + 5) {
     *o = NULL;
     return;
   }
-  char *w = *o + n;
+  char *w = *o;
+  *w++ = ',', *w++ = '"';
+  memcpy(w, key, kl), w += kl;
+  *w++ = '"', *w++ = ':', *w++ = '"';
   for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
     if (end - w < 7) { /* the longest escape, and the closing quote */
       *o = NULL;
