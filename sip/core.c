@@ -570,7 +570,7 @@ static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int edge);
  * answered the same way. */
 static void register_stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq)
 {
-  int status = !s->started || s->stopping ? 503 : sip__check_request(s, msg, sip);
+  int status = !s->started || s->stopping ? 503 : sip__check_request(s, msg, sip, rq->hash);
   if (status == 420)
     status = 0; /* Proxy-Require is for proxies; a registrar is none */
   if (status) {
@@ -1030,7 +1030,7 @@ static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int edge)
   char hash[17];
   sip__loop_hash(sip, hash);
   int ack = sip->sip_request->rq_method == sip_method_ack;
-  if (sip__check_request(s, msg, sip) != 0) {
+  if (sip__check_request(s, msg, sip, hash) != 0) {
     sip_req_t rq = {.origin = SIP_FROM_OTHER, .src = -1};
     if (ack)
       msg_destroy(msg), s->c.bad_requests++;
@@ -1067,7 +1067,7 @@ static int serve(sip_svc_t *s, nta_incoming_t *irq, const sip_req_t *rq)
   sip_method_t method = sip->sip_request->rq_method;
   char hash[17];
   sip__loop_hash(sip, hash);
-  int status = sip__check_request(s, msg, sip);
+  int status = sip__check_request(s, msg, sip, hash);
   if (status == 0 && sip->sip_max_forwards && sip->sip_max_forwards->mf_count == 0 &&
       method == sip_method_options) {
     msg_destroy(msg);

@@ -596,7 +596,9 @@ enum sip_hop {
   SIP_HOP_PEER,     /* through a proxy peer */
   SIP_HOP_SELF,     /* addressed to this node, no user part */
 };
-int sip__check_request(sip_svc_t *s, msg_t *msg, sip_t *sip); /* 0 or a status */
+/* 0 or a status; hash: sip__loop_hash() of the request, which the
+ * callers have computed already. */
+int sip__check_request(sip_svc_t *s, msg_t *msg, sip_t *sip, const char *hash);
 void sip__pop_routes(sip_svc_t *s, msg_t *msg, sip_t *sip);
 int sip__route_is_ours(const sip_svc_t *s, const url_t *u); /* a Route entry naming us */
 enum sip_hop sip__next_hop(const sip_svc_t *s, const sip_t *sip);
