@@ -430,11 +430,11 @@ static int peek_answer(sip_svc_t *s, const sip_peek_t *pk, size_t len, int chall
  * SUBSCRIBE or REFER gets a 503 built from its own header lines (peek.c);
  * a REGISTER that would only be challenged gets its 401 built the same
  * way; one with credentials goes to the registrar from here
- * (register_direct(), *direct of them per step at most: each is a
- * registration's work, not a drop).  The answers pass the source's rate
- * check first, as sofia's would. */
+ * (register_direct(): SIP_LOOP_TOOK, a registration's work, as much as
+ * the step sofia would have read it in).  The answers pass the source's
+ * rate check first, as sofia's would. */
 static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
-                    const struct sockaddr_storage *sa, socklen_t salen, int shed, int *direct)
+                    const struct sockaddr_storage *sa, socklen_t salen, int shed)
 {
   sip_peek_t pk;
   char key[700];
@@ -456,9 +456,9 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
   int shedding = (shed & (reg ? SHED_REGISTER : SHED_NEW)) != 0;
   int challenge = !again && !shedding && keyed && got == len && challenge_only(s, &pk);
   if (!again && !shedding && !challenge)
-    return keyed && got == len && !pk.sofia && *direct < SIP_PEEK_DIRECT && s->started &&
-                   !s->stopping && register_direct(s, buf, len, sa, salen)
-               ? (++*direct, 1)
+    return keyed && got == len && !pk.sofia && s->started && !s->stopping &&
+                   register_direct(s, buf, len, sa, salen)
+               ? SIP_LOOP_TOOK
                : 0;
   char out[SIP_PEEK_BYTES];
   int rc = sip__limit_peek(s, (const struct sockaddr *)sa, salen);
@@ -482,7 +482,8 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
  * work, and past the knee sipp's retransmissions and new REGISTERs came
  * faster than sofia could even shed them.  1 when a datagram is left for
  * sofia and the bridge should step again (REGISTERs under way, or
- * shedding).  shed: what overloaded() said, once per call. */
+ * shedding); SIP_LOOP_TOOK after a REGISTER given to the registrar here,
+ * the work of a step.  shed: what overloaded() said, once per call. */
 static int peek_head(void *arg)
 {
   sip_svc_t *s = arg;
@@ -490,7 +491,7 @@ static int peek_head(void *arg)
   if (!s->head && s->udp_fd >= 0 && !(s->head = malloc(sizeof *s->head + SIP_PEEK_BYTES)))
     return 0;
   char *buf = s->head ? s->head->bytes : NULL;
-  int shed = s->udp_fd >= 0 ? overloaded(s) : 0, direct = 0;
+  int shed = s->udp_fd >= 0 ? overloaded(s) : 0;
   for (int i = 0; i < SIP_PEEK_MAX && s->udp_fd >= 0; i++) {
     struct sockaddr_storage *sa = &s->head->from;
     socklen_t salen = sizeof *sa;
@@ -500,12 +501,15 @@ static int peek_head(void *arg)
       return 0;
     size_t got = (size_t)n < SIP_PEEK_BYTES ? (size_t)n : SIP_PEEK_BYTES;
     s->head->fromlen = salen;
-    if (!peek_act(s, buf, got, (size_t)n, sa, salen, shed, &direct)) {
+    int took = peek_act(s, buf, got, (size_t)n, sa, salen, shed);
+    if (!took) {
       s->head_left = s->head->len > 0;
       return s->n_rtx > 0 || shed;
     }
     if (recv(s->udp_fd, buf, 1, MSG_DONTWAIT) < 0)
       return 0;
+    if (took == SIP_LOOP_TOOK)
+      return SIP_LOOP_TOOK;
   }
   return 0;
 }

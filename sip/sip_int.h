@@ -56,7 +56,6 @@
 #define SIP_MAX_REGISTERING 1024  /* REGISTERs waiting for the DHT at once */
 #define SIP_PEEK_BYTES 2048       /* of a datagram looked at before sofia reads it */
 #define SIP_PEEK_MAX 64           /* datagrams dropped so at most, per step */
-#define SIP_PEEK_DIRECT 8         /* REGISTERs handled from the peek's bytes, per step (core.c) */
 #define SIP_RESEND_MAX 16384     /* REGISTER answers kept as bytes (resend.c), ~10 MB */
 #define SIP_RESEND_MS 8000        /* for so long (sipp/phones retransmit within 4 s, T2) */
 #define SIP_LOOP_BURST 8          /* sofia steps in a row while datagrams are queued */
@@ -273,7 +272,11 @@ su_root_t *sip__loop_root(sip_loop_t *l);
  * call is pending. */
 int sip__loop_defer(sip_loop_t *l, void (*fn)(void *), void *arg);
 /* fn(arg) before each step of sofia's loop (NULL: none); while it
- * returns 1 (datagrams are queued) the bridge steps again. */
+ * returns 1 (datagrams are queued) the bridge steps again; SIP_LOOP_TOOK:
+ * it took the datagram a step would read itself, so the bridge calls it
+ * again in place of that step (sofia still steps at least once per
+ * burst, for its timers). */
+#define SIP_LOOP_TOOK 2
 void sip__loop_before_step(sip_loop_t *l, int (*fn)(void *), void *arg);
 /* The first open fd for which match() is nonzero, or -1: sofia hands out
  * none of its sockets' fds (core.c looks for its SIP UDP socket). */
