@@ -297,7 +297,7 @@ static double queue_delay_ms(sip_svc_t *s)
     nta_agent_get_stats(s->agent, NTATAG_S_RECV_MSG_REF(recv), TAG_END());
     /* Datagrams the peek answered or dropped left the queue too. */
     recv += s->c.shed_peeked + s->c.register_resent_peeked + s->c.register_repeats_peeked +
-            s->c.challenged_peeked;
+            s->c.challenged_peeked + s->c.register_direct;
     uint64_t hr = uv_hrtime(), idle = uv_metrics_idle_time(s->uv);
     if (s->rx_at) {
       int64_t busy_ns = (int64_t)(hr - s->rx_hr) - (int64_t)(idle - s->rx_idle);
@@ -333,6 +333,54 @@ static int must_shed(sip_svc_t *s, const sip_t *sip)
   return (overloaded(s) & (m == sip_method_register ? SHED_REGISTER : SHED_NEW)) != 0;
 }
 
+static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg, sip_t *sip);
+
+/* A REGISTER for this node over UDP with nothing the peek leaves to sofia
+ * but its credentials (no Route, Require, body): sofia's message parser
+ * reads it from the peek's bytes, as tport would, and on_stateless()
+ * takes it as it takes what nta passes on, the same checks and answers,
+ * without tport reading the datagram again and nta's dispatch around it.
+ * What nta does to a request before that callback is done the same way
+ * here: its source address noted, received/rport on the top Via (peek.c),
+ * sip_sanity_check().  A request the parser finds any error in, or that
+ * is not for this node's registrar after all, is left to sofia (0). */
+static int register_direct(sip_svc_t *s, const char *buf, size_t len,
+                           const struct sockaddr_storage *sa, socklen_t salen)
+{
+  msg_t *msg = nta_msg_create(s->agent, 0);
+  msg_iovec_t iov[2];
+  /* One block for the parse's many small allocations (as msg_make()). */
+  if (msg)
+    su_home_preload(msg_home(msg), 1, len + 1024);
+  if (!msg || msg_recv_iovec(msg, iov, 2, len, 1) < 0 || iov[0].mv_len != len) {
+    msg_destroy(msg);
+    return 0;
+  }
+  memcpy(iov[0].mv_base, buf, len);
+  msg_recv_commit(msg, len, 1);
+  sip_t *sip = sip_object(msg);
+  char ip[INET6_ADDRSTRLEN];
+  unsigned port;
+  int ours;
+  sip__addr_ip(sa, ip, sizeof ip, &port);
+  if (msg_extract(msg) <= 0 || msg_has_error(msg) || !sip || sip->sip_error ||
+      !sip->sip_request || sip_sanity_check(sip) < 0 ||
+      sip->sip_request->rq_method != sip_method_register ||
+      sip__peek_hop(s, sip, &ours) != SIP_HOP_SELF ||
+      sip__peek_via_source(msg_home(msg), sip->sip_via, ip, port) < 0) {
+    msg_destroy(msg);
+    return 0;
+  }
+  su_addrinfo_t *ai = msg_addrinfo(msg);
+  ai->ai_family = sa->ss_family, ai->ai_socktype = SOCK_DGRAM, ai->ai_protocol = IPPROTO_UDP;
+  msg_set_address(msg, (const su_sockaddr_t *)sa, salen);
+  s->c.register_direct++;
+  s->head_left = 1; /* the registrar takes the lines the peek read (sip__lines_take) */
+  on_stateless((nta_agent_magic_t *)s, s->agent, msg, sip);
+  s->head_left = 0;
+  return 1;
+}
+
 /* A REGISTER for this node (no Route, the Request-URI names the overlay
  * or us, as the edge's sip__peek_hop() decides) without credentials or
  * anything else only sofia judges, on a node with users: the edge would
@@ -341,7 +389,7 @@ static int challenge_only(sip_svc_t *s, const sip_peek_t *pk)
 {
   char copy[SIP_PEEK_URI];
   url_t url[1];
-  if (!s->auth || pk->sofia || pk->ruri.n >= sizeof copy)
+  if (!s->auth || pk->sofia || pk->auth || pk->ruri.n >= sizeof copy)
     return 0;
   memcpy(copy, pk->ruri.p, pk->ruri.n);
   copy[pk->ruri.n] = '\0';
@@ -381,7 +429,10 @@ static int peek_answer(sip_svc_t *s, const sip_peek_t *pk, size_t len, int chall
  * the answer's bytes again; while we shed, a new REGISTER, INVITE,
  * SUBSCRIBE or REFER gets a 503 built from its own header lines (peek.c);
  * a REGISTER that would only be challenged gets its 401 built the same
- * way.  The answers pass the source's rate check first, as sofia's would. */
+ * way; one with credentials goes to the registrar from here
+ * (register_direct(): SIP_LOOP_TOOK, a registration's work, as much as
+ * the step sofia would have read it in).  The answers pass the source's
+ * rate check first, as sofia's would. */
 static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
                     const struct sockaddr_storage *sa, socklen_t salen, int shed)
 {
@@ -405,7 +456,10 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
   int shedding = (shed & (reg ? SHED_REGISTER : SHED_NEW)) != 0;
   int challenge = !again && !shedding && keyed && got == len && challenge_only(s, &pk);
   if (!again && !shedding && !challenge)
-    return 0;
+    return keyed && got == len && !pk.sofia && s->started && !s->stopping &&
+                   register_direct(s, buf, len, sa, salen)
+               ? SIP_LOOP_TOOK
+               : 0;
   char out[SIP_PEEK_BYTES];
   int rc = sip__limit_peek(s, (const struct sockaddr *)sa, salen);
   if (rc)
@@ -428,7 +482,8 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
  * work, and past the knee sipp's retransmissions and new REGISTERs came
  * faster than sofia could even shed them.  1 when a datagram is left for
  * sofia and the bridge should step again (REGISTERs under way, or
- * shedding).  shed: what overloaded() said, once per call. */
+ * shedding); SIP_LOOP_TOOK after a REGISTER given to the registrar here,
+ * the work of a step.  shed: what overloaded() said, once per call. */
 static int peek_head(void *arg)
 {
   sip_svc_t *s = arg;
@@ -446,12 +501,15 @@ static int peek_head(void *arg)
       return 0;
     size_t got = (size_t)n < SIP_PEEK_BYTES ? (size_t)n : SIP_PEEK_BYTES;
     s->head->fromlen = salen;
-    if (!peek_act(s, buf, got, (size_t)n, sa, salen, shed)) {
+    int took = peek_act(s, buf, got, (size_t)n, sa, salen, shed);
+    if (!took) {
       s->head_left = s->head->len > 0;
       return s->n_rtx > 0 || shed;
     }
     if (recv(s->udp_fd, buf, 1, MSG_DONTWAIT) < 0)
       return 0;
+    if (took == SIP_LOOP_TOOK)
+      return SIP_LOOP_TOOK;
   }
   return 0;
 }
@@ -516,7 +574,7 @@ static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int edge);
  * answered the same way. */
 static void register_stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq)
 {
-  int status = !s->started || s->stopping ? 503 : sip__check_request(s, msg, sip);
+  int status = !s->started || s->stopping ? 503 : sip__check_request(s, msg, sip, rq->hash);
   if (status == 420)
     status = 0; /* Proxy-Require is for proxies; a registrar is none */
   if (status) {
@@ -976,7 +1034,7 @@ static void stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int edge)
   char hash[17];
   sip__loop_hash(sip, hash);
   int ack = sip->sip_request->rq_method == sip_method_ack;
-  if (sip__check_request(s, msg, sip) != 0) {
+  if (sip__check_request(s, msg, sip, hash) != 0) {
     sip_req_t rq = {.origin = SIP_FROM_OTHER, .src = -1};
     if (ack)
       msg_destroy(msg), s->c.bad_requests++;
@@ -1013,7 +1071,7 @@ static int serve(sip_svc_t *s, nta_incoming_t *irq, const sip_req_t *rq)
   sip_method_t method = sip->sip_request->rq_method;
   char hash[17];
   sip__loop_hash(sip, hash);
-  int status = sip__check_request(s, msg, sip);
+  int status = sip__check_request(s, msg, sip, hash);
   if (status == 0 && sip->sip_max_forwards && sip->sip_max_forwards->mf_count == 0 &&
       method == sip_method_options) {
     msg_destroy(msg);
@@ -1086,6 +1144,7 @@ json_t *sip_stats_json(const sip_svc_t *s)
       {"auth_challenges", c->auth_challenges}, {"auth_ok", c->auth_ok},
       {"auth_failed", c->auth_failed},          {"auth_wrong_user", c->auth_wrong_user},
       {"acks_absorbed", c->acks_absorbed},      {"no_users", c->no_users},
+      {"no_dialog", c->no_dialog},
       {"from_nodes", c->from_nodes},            {"relay_forbidden", c->relay_forbidden},
       {"target_refused", c->target_refused},    {"stateless_in_dialog", c->stateless_in_dialog},
       {"rate_limited", c->rate_limited},        {"rate_dropped", c->rate_dropped},
@@ -1095,7 +1154,8 @@ json_t *sip_stats_json(const sip_svc_t *s)
       {"register_repeats_peeked", c->register_repeats_peeked},
       {"register_resent_peeked", c->register_resent_peeked}, {"shed_peeked", c->shed_peeked},
       {"challenged_peeked", c->challenged_peeked},
-      {"register_answers_built", c->register_answers_built}};
+      {"register_answers_built", c->register_answers_built},
+      {"register_direct", c->register_direct}};
   for (size_t i = 0; counters && i < sizeof down / sizeof *down; i++)
     json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);

@@ -4,7 +4,8 @@
  * it refuses costs one stateless answer and no memory, and a forged source
  * gets one answer per request it sent (no retransmissions to amplify).
  *
- * - ACKs of our stateless answers (their To tag is ours) are absorbed.
+ * - ACKs of our stateless answers (their To tag is ours) are absorbed,
+ *   other requests with that tag answered 481 (it makes no dialog).
  * - REGISTER for this node needs digest authentication (401) when the node
  *   has users (--users), and the AOR must be the authenticated user's
  *   (403); in the secured mode a node without users serves no phones
@@ -258,6 +259,19 @@ int sip__edge_admit(sip_svc_t *s, msg_t *msg, sip_t *sip, int node, sip_req_t *r
     s->c.acks_absorbed++;
     msg_destroy(msg);
     return 1;
+  }
+  /* Our stateless tag makes no dialog (it marks 401s, 403s, 503s and the
+   * registrar's answers): a request "in" one is answered 481 (RFC 3261
+   * 12.2.2) at once.  sipp sends a BYE so for every REGISTER it gives up
+   * on; each one went through a DHT lookup and a server transaction, and
+   * past the REGISTER knee their 32 s of timers were 16% of the node's
+   * CPU (nta's sorted timer list).  A REGISTER carrying the tag of our
+   * 401 (some phones copy it) is still the registrar's, and an OPTIONS is
+   * answered as any. */
+  if (to_tag && strcmp(to_tag, s->sl_tag) == 0 && m != sip_method_register &&
+      m != sip_method_options) {
+    s->c.no_dialog++;
+    return refuse(s, msg, sip, SIP_481_NO_TRANSACTION);
   }
   if (!sip->sip_to || !sip->sip_from)
     return 0; /* nta answers these 400 */

@@ -116,6 +116,8 @@ static void step(sip_loop_t *l)
   int more = 1;
   for (int i = 0; i < SIP_LOOP_BURST && more; i++) {
     more = l->before_fn ? l->before_fn(l->before_arg) : 0;
+    if (more == SIP_LOOP_TOOK && i + 1 < SIP_LOOP_BURST)
+      continue; /* the hook did this step's read; the last one is sofia's */
     next = su_root_step(l->root, 0);
   }
   if (next < 0) {

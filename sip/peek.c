@@ -34,11 +34,16 @@ static int is_ws(char c)
   return c == ' ' || c == '\t';
 }
 
-/* The header line [p, end) named name (or its compact form, if any):
- * its value with the blanks around it removed, in [*v, *vend); 0 when the
- * line has another name. */
-static int header_value(const char *p, const char *end, const char *name, const char *compact,
-                        const char **v, const char **vend)
+/* A header line: its name (the blanks before the colon removed) and its
+ * value (the blanks around it removed). */
+typedef struct {
+  const char *name, *v, *ve;
+  size_t nl;
+} hline_t;
+
+/* Line [p, end) split once (every name is compared against it): 0 when it
+ * has no colon. */
+static int split_line(const char *p, const char *end, hline_t *h)
 {
   const char *colon = memchr(p, ':', (size_t)(end - p));
   if (!colon)
@@ -46,17 +51,22 @@ static int header_value(const char *p, const char *end, const char *name, const 
   const char *ne = colon;
   while (ne > p && is_ws(ne[-1]))
     ne--;
-  size_t nl = (size_t)(ne - p);
-  if (!((nl == strlen(name) && strncasecmp(p, name, nl) == 0) ||
-        (compact && nl == strlen(compact) && strncasecmp(p, compact, nl) == 0)))
-    return 0;
-  *v = colon + 1, *vend = end;
-  while (*v < *vend && is_ws(**v))
-    (*v)++;
-  while (*vend > *v && is_ws((*vend)[-1]))
-    (*vend)--;
+  h->name = p, h->nl = (size_t)(ne - p);
+  h->v = colon + 1, h->ve = end;
+  while (h->v < h->ve && is_ws(*h->v))
+    h->v++;
+  while (h->ve > h->v && is_ws(h->ve[-1]))
+    h->ve--;
   return 1;
 }
+
+/* Whether the line is named name (n bytes) or its compact form, if any. */
+static int named(const hline_t *h, const char *name, size_t n, char compact)
+{
+  return (h->nl == n && strncasecmp(h->name, name, n) == 0) ||
+         (compact && h->nl == 1 && (h->name[0] | 0x20) == compact);
+}
+#define NAMED(h, lit, compact) named(h, lit, sizeof lit - 1, compact)
 
 /* "NUMBER METHOD" (the request's method): the number, or -1. */
 static long long cseq_of(const char *v, const char *end, const sip_span_t *method)
@@ -116,50 +126,48 @@ static int all_zeros(const char *v, const char *ve)
   return 1;
 }
 
-/* A line whose meaning only sofia and the edge judge (credentials,
+/* A line whose meaning only sofia and the edge judge (proxy credentials,
  * extensions required, a route, a body): the request is not answered at
  * the peek. */
-static int sofia_line(const char *p, const char *e)
+static int sofia_line(const hline_t *h)
 {
-  static const char *const names[][2] = {
-      {"Authorization", NULL}, {"Proxy-Authorization", NULL}, {"Require", NULL},
-      {"Proxy-Require", NULL}, {"Route", NULL},              {"Content-Type", "c"},
-      {"Content-Encoding", "e"}};
-  const char *v, *ve;
-  for (size_t i = 0; i < sizeof names / sizeof *names; i++)
-    if (header_value(p, e, names[i][0], names[i][1], &v, &ve))
-      return 1;
-  return 0;
+  return NAMED(h, "Proxy-Authorization", 0) || NAMED(h, "Require", 0) ||
+         NAMED(h, "Proxy-Require", 0) || NAMED(h, "Route", 0) || NAMED(h, "Content-Type", 'c') ||
+         NAMED(h, "Content-Encoding", 'e');
 }
 
 /* One header line [p, e): noted in pk if it is one of those peek reads;
  * -1 when it makes the request unknown. */
 static int header_line(const char *p, const char *e, sip_peek_t *pk, int *n_id, int *n_cseq)
 {
-  const char *v, *ve;
+  hline_t h;
   sip_span_t line = {p, (size_t)(e - p)};
-  if (header_value(p, e, "Call-ID", "i", &v, &ve)) {
-    pk->callid = (sip_span_t){v, (size_t)(ve - v)}, pk->callid_line = line, (*n_id)++;
-  } else if (header_value(p, e, "CSeq", NULL, &v, &ve)) {
-    long long n = cseq_of(v, ve, &pk->method);
+  if (!split_line(p, e, &h))
+    return 0;
+  if (NAMED(&h, "Call-ID", 'i')) {
+    pk->callid = (sip_span_t){h.v, (size_t)(h.ve - h.v)}, pk->callid_line = line, (*n_id)++;
+  } else if (NAMED(&h, "CSeq", 0)) {
+    long long n = cseq_of(h.v, h.ve, &pk->method);
     pk->cseq = (uint32_t)n, pk->cseq_line = line, (*n_cseq)++;
     return n < 0 ? -1 : 0;
-  } else if (header_value(p, e, "Via", "v", &v, &ve)) {
+  } else if (NAMED(&h, "Via", 'v')) {
     if (pk->n_via == SIP_PEEK_VIAS)
       return -1;
     pk->via[pk->n_via++] = line;
-  } else if (header_value(p, e, "From", "f", &v, &ve)) {
+  } else if (NAMED(&h, "From", 'f')) {
     if (pk->from.p)
       return -1;
     pk->from = line;
-  } else if (header_value(p, e, "To", "t", &v, &ve)) {
+  } else if (NAMED(&h, "To", 't')) {
     if (pk->to.p)
       return -1;
     pk->to = line;
-  } else if (header_value(p, e, "Content-Length", "l", &v, &ve)) {
-    pk->sofia |= !all_zeros(v, ve) || pk->n_length++;
+  } else if (NAMED(&h, "Authorization", 0)) {
+    pk->auth++;
+  } else if (NAMED(&h, "Content-Length", 'l')) {
+    pk->sofia |= !all_zeros(h.v, h.ve) || pk->n_length++;
   } else {
-    pk->sofia |= sofia_line(p, e);
+    pk->sofia |= sofia_line(&h);
   }
   return 0;
 }
@@ -278,9 +286,7 @@ static void put(char **o, const char *end, const char *p, size_t n)
   }
 }
 
-/* The top Via as sofia answers it (RFC 3261 18.2.1, RFC 3581 4):
- * received= when the source is not the sent-by host, rport= filled in. */
-static int top_via(su_home_t *home, sip_via_t *v, const char *ip, unsigned port)
+int sip__peek_via_source(su_home_t *home, sip_via_t *v, const char *ip, unsigned port)
 {
   /* The header keeps the parameter strings it is given: they go in home. */
   if (strcmp(v->v_host, ip) != 0 &&
@@ -323,13 +329,13 @@ int sip__peek_answer(const sip_peek_t *pk, const char *status, const sip_via_t *
 
 /* The answer status to the request read in pk, sent statelessly by the
  * peek: the request's lines read as sofia reads them, the top Via with
- * received/rport as sofia sets them (top_via()). */
+ * received/rport as sofia sets them (sip__peek_via_source()). */
 static int answer(const sip_peek_t *pk, const char *status, const char *extra, const char *tag,
                   const char *ip, unsigned port, char *out, size_t cap)
 {
   su_home_t home[1] = {SU_HOME_INIT(home)};
   sip_via_t *v = copied_lines_ok(home, pk) ? top_via_read(home, pk) : NULL;
-  int rc = v ? top_via(home, v, ip, port) : -EINVAL;
+  int rc = v ? sip__peek_via_source(home, v, ip, port) : -EINVAL;
   if (rc == 0)
     rc = sip__peek_answer(pk, status, v, tag, extra, out, cap);
   su_home_deinit(home);

@@ -22,13 +22,13 @@
 struct sip_reg {
   sip_reg_t *next, **pprev; /* s->regs, for walks */
   sip_reg_t *hnext[3], **hpprev[3]; /* s->reg_hash chains, by value id, contact, source */
-  su_home_t *home; /* everything below */
-  url_t *url;
-  char *aor, *uri, *contact, *vid, *call_id, *received, *transport;
+  url_t url[1];    /* uri parsed, pointing into text */
+  char *aor, *uri, *contact, *vid, *call_id, *received, *transport; /* into text */
   uint32_t cseq;
   int q1000;
   uint64_t expires_at; /* uv_now() milliseconds */
   unsigned gen;        /* s->route_gen when the record was last put */
+  char text[];
 };
 
 typedef struct {
@@ -77,7 +77,8 @@ struct sip_regans {
   rtx_t *rtx;              /* while under way */
   uint64_t until;          /* 0 while under way */
   int status;
-  char *phrase, *headers;  /* as sent */
+  const char *phrase;      /* as sent: a static string (literal, sip_status_phrase()) */
+  char *headers;           /* as sent */
   uint32_t hash;           /* of key: chains are compared by it first */
   char key[];              /* Call-ID " " CSeq */
 };
@@ -101,7 +102,7 @@ static void ans_drop(sip_svc_t *s, regans_t *a)
       break;
     }
   s->answers->n--;
-  free(a->phrase), free(a->headers), free(a);
+  free(a->headers), free(a);
 }
 
 /* Forgets answers past their time (and the oldest beyond the cap). */
@@ -150,7 +151,6 @@ static regans_t *ans_new(sip_svc_t *s, const char *key, rtx_t *x)
 
 static void reg_free(sip_reg_t *r)
 {
-  su_home_unref(r->home);
   free(r);
 }
 
@@ -265,30 +265,50 @@ static void reg_drop(sip_svc_t *s, const char *aor, const char *vid)
   }
 }
 
+/* Copies of the strings at src (NULL stays NULL) one after another from
+ * *o, their addresses in dst. */
+static void reg_copy(char **o, const char *const *src, char **const *dst, size_t n)
+{
+  for (size_t i = 0; i < n; i++) {
+    if (!src[i]) {
+      *dst[i] = NULL;
+      continue;
+    }
+    size_t l = strlen(src[i]) + 1;
+    memcpy(*o, src[i], l);
+    *dst[i] = *o, *o += l;
+  }
+}
+
 /* Enters b (its aor, uri, contact, vid, call_id, received, transport,
- * cseq, q) into the table for `expires` seconds, replacing what was there. */
+ * cseq, q) into the table for `expires` seconds, replacing what was there.
+ * One allocation: a binding and its strings were eleven, through a home,
+ * at every registration. */
 static int reg_save(sip_svc_t *s, const sip_binding_t *b, uint32_t expires)
 {
   reg_drop(s, b->aor, b->vid);
-  sip_reg_t *r = calloc(1, sizeof *r);
-  su_home_t *h = r ? su_home_new(sizeof *h) : NULL;
-  if (!h) {
-    free(r);
+  if (!b->aor || !b->uri || !b->contact || !b->call_id)
+    return -EINVAL;
+  const char *src[] = {b->aor, b->uri, b->contact, b->vid, b->call_id, b->received,
+                       b->transport, b->uri};
+  size_t len = 0;
+  for (size_t i = 0; i < sizeof src / sizeof *src; i++)
+    len += src[i] ? strlen(src[i]) + 1 : 0;
+  sip_reg_t *r = calloc(1, sizeof *r + len);
+  if (!r)
     return -ENOMEM;
+  char *o = r->text, *parsed;
+  char **dst[] = {&r->aor, &r->uri, &r->contact, &r->vid, &r->call_id, &r->received,
+                  &r->transport, &parsed};
+  reg_copy(&o, src, dst, sizeof src / sizeof *src);
+  /* As url_make() reads it, in place in the last copy. */
+  if (url_d(r->url, parsed) < 0) {
+    reg_free(r);
+    return -EINVAL;
   }
-  r->home = h;
-  r->url = url_make(h, b->uri);
-  r->aor = su_strdup(h, b->aor), r->uri = su_strdup(h, b->uri);
-  r->contact = su_strdup(h, b->contact), r->vid = su_strdup(h, b->vid);
-  r->call_id = su_strdup(h, b->call_id);
-  r->received = su_strdup(h, b->received), r->transport = su_strdup(h, b->transport);
   r->cseq = b->cseq, r->q1000 = b->q1000;
   r->expires_at = sip__now_ms(s) + (uint64_t)expires * 1000;
   r->gen = s->route_gen;
-  if (!r->url || !r->aor || !r->uri || !r->contact || !r->vid || !r->call_id) {
-    reg_free(r);
-    return -ENOMEM;
-  }
   reg_link(s, r);
   return 0;
 }
@@ -325,7 +345,7 @@ const sip_reg_t *sip__reg_by_contact(const sip_svc_t *s, const url_t *u)
  * not the address the REGISTER came from).  NULL: use the Contact. */
 const char *sip__reg_flow(const sip_reg_t *r, char *buf, size_t len)
 {
-  if (!r->received || !r->received[0] || !r->url || !r->url->url_host)
+  if (!r->received || !r->received[0] || !r->url->url_host)
     return NULL;
   char ip[80];
   snprintf(ip, sizeof ip, "%s", r->received);
@@ -564,7 +584,7 @@ static void rtx_answer(rtx_t *x, int status, const char *phrase, const char *hea
   regans_t *a = x->ans;
   if (a) {
     a->status = status;
-    a->phrase = strdup(phrase);
+    a->phrase = phrase;
     a->headers = headers ? strdup(headers) : NULL;
     a->until = sip__now_ms(s) + SIP_REG_LINGER_MS;
     a->rtx = NULL, x->ans = NULL;
@@ -607,7 +627,7 @@ void sip__reg_answers_free(sip_svc_t *s)
     while (s->answers->bucket[i]) {
       regans_t *a = s->answers->bucket[i];
       s->answers->bucket[i] = a->hnext;
-      free(a->phrase), free(a->headers), free(a);
+      free(a->headers), free(a);
     }
   free(s->answers);
   s->answers = NULL;

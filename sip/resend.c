@@ -17,10 +17,11 @@
 #include "sip/sip_int.h"
 
 typedef struct {
-  char *key;       /* NULL when free */
-  uint8_t *bytes;  /* the answer as sent */
+  char *key;       /* NULL when free; one allocation with bytes */
+  uint8_t *bytes;  /* the answer as sent, after the key */
   size_t len;
   uint64_t until;  /* uv_now() ms */
+  uint32_t hash;   /* of key: a chain is compared by it first */
   int hnext;       /* next index in the chain, or -1 */
 } resend_t;
 
@@ -30,9 +31,9 @@ struct sip_resend {
   unsigned next; /* the ring's oldest slot, reused next */
 };
 
-static int *chain(sip_resend_t *t, const char *key)
+static int *chain(sip_resend_t *t, uint32_t hash)
 {
-  return &t->bucket[sip__fnv(SIP_FNV_INIT, key, 0) % SIP_RESEND_MAX];
+  return &t->bucket[hash % SIP_RESEND_MAX];
 }
 
 static void slot_clear(sip_resend_t *t, int i)
@@ -40,12 +41,12 @@ static void slot_clear(sip_resend_t *t, int i)
   resend_t *e = &t->e[i];
   if (!e->key)
     return;
-  for (int *pp = chain(t, e->key); *pp >= 0; pp = &t->e[*pp].hnext)
+  for (int *pp = chain(t, e->hash); *pp >= 0; pp = &t->e[*pp].hnext)
     if (*pp == i) {
       *pp = e->hnext;
       break;
     }
-  free(e->key), free(e->bytes);
+  free(e->key);
   e->key = NULL, e->bytes = NULL;
 }
 
@@ -62,16 +63,15 @@ void sip__resend_keep(sip_svc_t *s, const char *key, const void *bytes, size_t l
   int i = (int)(t->next++ % SIP_RESEND_MAX);
   slot_clear(t, i);
   resend_t *e = &t->e[i];
-  e->key = strdup(key);
-  e->bytes = malloc(len);
-  if (!e->key || !e->bytes) {
-    free(e->key), free(e->bytes);
-    e->key = NULL, e->bytes = NULL;
+  size_t kl = strlen(key) + 1;
+  if (!(e->key = malloc(kl + len)))
     return;
-  }
+  memcpy(e->key, key, kl);
+  e->bytes = (uint8_t *)e->key + kl;
   memcpy(e->bytes, bytes, len);
   e->len = len, e->until = sip__now_ms(s) + SIP_RESEND_MS;
-  int *head = chain(t, key);
+  e->hash = sip__fnv(SIP_FNV_INIT, key, 0);
+  int *head = chain(t, e->hash);
   e->hnext = *head, *head = i;
 }
 
@@ -81,8 +81,9 @@ const void *sip__resend_find(sip_svc_t *s, const char *key, size_t *len)
   if (!t)
     return NULL;
   uint64_t now = sip__now_ms(s);
-  for (int i = *chain(t, key); i >= 0; i = t->e[i].hnext)
-    if (strcmp(t->e[i].key, key) == 0) {
+  uint32_t hash = sip__fnv(SIP_FNV_INIT, key, 0);
+  for (int i = *chain(t, hash); i >= 0; i = t->e[i].hnext)
+    if (t->e[i].hash == hash && strcmp(t->e[i].key, key) == 0) {
       if (t->e[i].until <= now)
         return NULL;
       if (len)

@@ -77,7 +77,7 @@ static int is_loop(const sip_svc_t *s, const sip_t *sip, const char *hash)
   return 0;
 }
 
-int sip__check_request(sip_svc_t *s, msg_t *msg, sip_t *sip)
+int sip__check_request(sip_svc_t *s, msg_t *msg, sip_t *sip, const char *hash)
 {
   const url_t *ruri = sip->sip_request->rq_url;
   if (ruri->url_type != url_sip && ruri->url_type != url_sips)
@@ -90,8 +90,6 @@ int sip__check_request(sip_svc_t *s, msg_t *msg, sip_t *sip)
                    (sip__uri_is_self(s, ruri) || sip__uri_is_overlay(s, ruri))
                ? 0
                : 483;
-  char hash[17];
-  sip__loop_hash(sip, hash);
   if (is_loop(s, sip, hash))
     return 482;
   if (sip->sip_proxy_require)

@@ -143,6 +143,7 @@ typedef struct {
    * authenticated user, ACKs of our stateless answers absorbed, REGISTERs
    * refused for want of --users in the secured mode. */
   uint64_t auth_challenges, auth_ok, auth_failed, auth_wrong_user, acks_absorbed, no_users;
+  uint64_t no_dialog; /* requests with our stateless To tag, answered 481 */
   /* Requests from overlay nodes (TLS, node certificate), refused as
    * relaying (403 Relay forbidden, or an ACK dropped) and for their target
    * (special-purpose address, stream transport to another port); in-dialog
@@ -162,6 +163,7 @@ typedef struct {
   uint64_t shed_peeked; /* of shed, answered with a 503 built from the datagram (peek.c) */
   uint64_t challenged_peeked; /* REGISTERs without credentials answered 401 at the peek */
   uint64_t register_answers_built; /* registrar's UDP answers built from the request's lines */
+  uint64_t register_direct; /* REGISTERs parsed from the peek's bytes, past tport and nta */
 } sip_counters_t;
 
 /* A proxy peer as found under sip:OVERLAY. */
@@ -270,7 +272,11 @@ su_root_t *sip__loop_root(sip_loop_t *l);
  * call is pending. */
 int sip__loop_defer(sip_loop_t *l, void (*fn)(void *), void *arg);
 /* fn(arg) before each step of sofia's loop (NULL: none); while it
- * returns 1 (datagrams are queued) the bridge steps again. */
+ * returns 1 (datagrams are queued) the bridge steps again; SIP_LOOP_TOOK:
+ * it took the datagram a step would read itself, so the bridge calls it
+ * again in place of that step (sofia still steps at least once per
+ * burst, for its timers). */
+#define SIP_LOOP_TOOK 2
 void sip__loop_before_step(sip_loop_t *l, int (*fn)(void *), void *arg);
 /* The first open fd for which match() is nonzero, or -1: sofia hands out
  * none of its sockets' fds (core.c looks for its SIP UDP socket). */
@@ -425,7 +431,8 @@ typedef struct {
   sip_span_t ruri; /* the Request-URI */
   int n_via;
   uint32_t cseq;
-  int sofia;    /* a line only sofia judges: Authorization, Require, Route, a body */
+  int sofia;    /* a line only sofia judges: Proxy-Authorization, Require, Route, a body */
+  int auth;     /* Authorization lines */
   int n_length; /* Content-Length lines */
 } sip_peek_t;
 /* A REGISTER, INVITE, SUBSCRIBE or REFER whose request line, Call-ID,
@@ -469,6 +476,11 @@ int sip__peek_401(const sip_peek_t *pk, size_t reqlen, const char *challenge, co
  * built with it; the registrar builds its answers with it (core.c). */
 int sip__peek_answer(const sip_peek_t *pk, const char *status, const sip_via_t *via,
                      const char *tag, const char *extra, char *out, size_t cap);
+/* The top Via v of a request from ip:port as sofia's agent marks it on
+ * receipt and answers it (RFC 3261 18.2.1, RFC 3581 4): received= when
+ * the source is not the sent-by host, rport= filled in; the parameters'
+ * text in home.  0, or -ENOMEM. */
+int sip__peek_via_source(su_home_t *home, sip_via_t *v, const char *ip, unsigned port);
 /* Every span of pk moved from the bytes at from to a copy of them at to. */
 void sip__peek_move(sip_peek_t *pk, const char *from, const char *to);
 /* A REGISTER datagram as the peek read it, from where it came. */
@@ -587,7 +599,9 @@ enum sip_hop {
   SIP_HOP_PEER,     /* through a proxy peer */
   SIP_HOP_SELF,     /* addressed to this node, no user part */
 };
-int sip__check_request(sip_svc_t *s, msg_t *msg, sip_t *sip); /* 0 or a status */
+/* 0 or a status; hash: sip__loop_hash() of the request, which the
+ * callers have computed already. */
+int sip__check_request(sip_svc_t *s, msg_t *msg, sip_t *sip, const char *hash);
 void sip__pop_routes(sip_svc_t *s, msg_t *msg, sip_t *sip);
 int sip__route_is_ours(const sip_svc_t *s, const url_t *u); /* a Route entry naming us */
 enum sip_hop sip__next_hop(const sip_svc_t *s, const sip_t *sip);

@@ -227,6 +227,84 @@ def test_answer_paths(c, A, ua):
           "a 423 (Min-Expires) is built from the lines too", brief.raw)
 
 
+def test_direct_paths(c, A, ua, other):
+    """A REGISTER with credentials that the peek reads plainly goes to the
+    registrar from the peek (register_direct: sofia parses the peeked
+    bytes, no tport read, no nta dispatch); the same REGISTER with a folded
+    line goes through sofia's transport and nta as before.  Each kind of
+    credentials gets the same answer on both paths and moves the same
+    counters.  (A stale nonce takes SIP_NONCE_TTL_S, 300 s, to make; both
+    paths reach it through the same sip__auth_check().  Nonces are not
+    tracked per use, so a replay is no refusal on either path.)"""
+    dest = su.sip_dest(c, A)
+    keys = ("auth_ok", "auth_failed", "auth_wrong_user", "auth_challenges", "register_ok",
+            "register_failed")
+
+    def made_up(hs, cid):
+        ch = {"realm": OVERLAY, "nonce": "00000000deadbeef" + "0" * 32, "qop": "auth",
+              "algorithm": "SHA-256"}
+        cred = su.digest_credentials(ch, "REGISTER", "sip:" + OVERLAY, ua.user, "pw-" + ua.user)
+        return ua.do(dest, "REGISTER", ruri="sip:" + OVERLAY, call_id=cid, cseq=1,
+                     headers=hs + ["Authorization: " + cred])
+
+    def other_realm(hs, cid):
+        ch = {"realm": "example.com", "nonce": "abc", "qop": "auth", "algorithm": "MD5"}
+        cred = su.digest_credentials(ch, "REGISTER", "sip:" + OVERLAY, ua.user, "pw")
+        return ua.do(dest, "REGISTER", ruri="sip:" + OVERLAY, call_id=cid, cseq=1,
+                     headers=hs + ["Authorization: " + cred])
+
+    def wrong_uri(hs, cid):
+        ua.request(dest, "REGISTER", ruri="sip:" + OVERLAY, call_id=cid, cseq=1, headers=hs)
+        ch = su.challenges(ua.final(cid, "REGISTER"))[0]
+        cred = su.digest_credentials(ch, "REGISTER", "sip:other.test", ua.user, "pw-" + ua.user)
+        return ua.do(dest, "REGISTER", ruri="sip:" + OVERLAY, call_id=cid, cseq=2,
+                     headers=hs + ["Authorization: " + cred])
+
+    def auth(password, user=None, expires=60):
+        return lambda hs, cid: ua.do_auth(dest, "REGISTER", password, user=user, call_id=cid,
+                                          ruri="sip:" + OVERLAY,
+                                          headers=["Expires: %d" % expires] + hs[1:])[0]
+    cases = [("right credentials", 200, auth("pw-" + ua.user)),
+             ("a wrong password", 403, auth("wrong")),
+             ("another user's credentials for this AOR", 403, auth("pw-" + other, user=other)),
+             ("a nonce the node never made", 403, made_up),
+             ("a digest URI other than the Request-URI", 403, wrong_uri),
+             ("credentials for another realm only", 401, other_realm),
+             ("an Expires below the minimum", 423, auth("pw-" + ua.user, expires=5))]
+    for i, (what, want, fn) in enumerate(cases):
+        got = {}
+        for path, extra in (("direct", []), ("sofia", ["Subject: folded\r\n line"])):
+            before = counters(A)
+            r = fn(["Expires: 60"] + extra, "dp%d-%s-%d" % (i, path, ua.port))
+            after = counters(A)
+            got[path] = (r.status, {k: after[k] - before[k] for k in keys},
+                         after["register_direct"] - before["register_direct"])
+        check(got["direct"][0] == got["sofia"][0] == want and got["direct"][1] == got["sofia"][1]
+              and got["direct"][2] >= 1 and got["sofia"][2] == 0,
+              "%s: %d and the same counters on the direct path and sofia's" % (what, want), got)
+
+
+def test_no_dialog(c, A, ua):
+    """Our stateless To tag makes no dialog: a BYE "in" the one of our 401
+    (sipp sends one so for every REGISTER it gives up on) gets 481 at once,
+    without a lookup or a transaction; a REGISTER with that tag is still
+    the registrar's."""
+    dest = su.sip_dest(c, A)
+    cid = "nodialog-%d" % ua.port
+    tag = su.tag_of(ua.register(dest, expires=60, call_id=cid).get("to"))
+    before = counters(A)
+    to = "<%s>;tag=%s" % (ua.aor, tag)
+    r = ua.do(dest, "BYE", ruri=ua.aor, to=to, call_id=cid, cseq=9)
+    after = counters(A)
+    check(r.status == 481 and after["no_dialog"] == before["no_dialog"] + 1 and
+          after["lookups"] == before["lookups"] and after["proxied"] == before["proxied"],
+          "a BYE with our stateless To tag: 481, no lookup", (r.status, before, after))
+    r, _ = ua.do_auth(dest, "REGISTER", "pw-" + ua.user, headers=["Expires: 60"], call_id=cid + "r",
+                      to=to)
+    check(r.status == 200 and counters(A)["no_dialog"] == after["no_dialog"],
+          "a REGISTER with that tag registers", r.status)
+
+
 def test_challenge_flood(c, A, ua):
     """One source sends 2,000 REGISTERs without credentials, 2,000 a
     second: the peek challenges no more of them than the source's rate
@@ -282,6 +360,8 @@ def test_register(c, A, ua):
           counters(A)["challenged_peeked"])
     test_challenge_paths(c, A, ua)
     test_answer_paths(c, A, ua)
+    test_direct_paths(c, A, ua, "erin")
+    test_no_dialog(c, A, ua)
     test_challenge_flood(c, A, ua)
     for alg in ("SHA-256", "MD5"):
         r, first = ua.do_auth(dest, "REGISTER", "pw-alice", alg=alg,
