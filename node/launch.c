@@ -283,9 +283,16 @@ static void exec_without_tcache(const char *argv0) {
   }
   setenv("GLIBC_TUNABLES", t, 1);
   free(t);
-  char *argv[] = {(char *)argv0, "--launcher", NULL};
-  execv("/proc/self/exe", argv);
-  /* No exec (no /proc): run on as we are. */
+  /* The binary by its own name, not /proc/self/exe: the process name
+   * (ps, top, pkill) comes from the file name exec'd. */
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n > 0) {
+    self[n] = 0;
+    char *argv[] = {(char *)argv0, "--launcher", NULL};
+    execv(self, argv);
+  }
+  /* No exec (no /proc, or the binary was replaced): run on as we are. */
   if (saved) setenv("GLIBC_TUNABLES", saved, 1);
   else unsetenv("GLIBC_TUNABLES");
   free(saved);

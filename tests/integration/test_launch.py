@@ -101,6 +101,9 @@ def test(h):
     check("glibc.malloc.tcache_count=0" in tun.split(":"),
           "a forked node's malloc keeps no per-thread cache (the launcher restarted itself with "
           "GLIBC_TUNABLES %r)" % tun)
+    with open("/proc/%d/comm" % c.nodes[2].pid) as f:
+        comm = f.read().strip()
+    check(comm == os.path.basename(c.binary)[:15], "and keeps the binary's process name (%r) for ps and pkill" % comm)
 
     # The control: one relay's nonce within one second is one value, so
     # different values from two relays mean different keys.
