@@ -119,7 +119,7 @@ static int answer_find(dht_t *d, const dht__reply_t *to, const proto_frame_t *f)
  * walk starts changes); a node that does not answer is forgotten here as
  * in the walk.  Direct-mapped by the key's top 8 bits, ENDS_MS at most.
  * A slot holds the address as a sockaddr_in6 at most, not a whole
- * sockaddr_storage: 16 KB for the table instead of 40. */
+ * sockaddr_storage: 14 KB for the table instead of 40. */
 #define ENDS_SLOTS 256
 #define ENDS_MS 30000
 

@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -273,7 +274,8 @@ static void serve(int (*node_main)(int, char **), const char *argv0) {
  * as it is.  An operator's own tcache_count is left alone. */
 static void exec_without_tcache(const char *argv0) {
   const char *was = getenv("GLIBC_TUNABLES");
-  if (was && strstr(was, "glibc.malloc.tcache_count=")) return;
+  /* A set-user-id start drops tunables: exec'ing again would never end. */
+  if (getauxval(AT_SECURE) || (was && strstr(was, "glibc.malloc.tcache_count="))) return;
   char *t = NULL;
   if (asprintf(&t, "%s%sglibc.malloc.tcache_count=0", was ? was : "", was ? ":" : "") < 0) return;
   char *saved = was ? strdup(was) : NULL;
