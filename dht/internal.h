@@ -222,6 +222,10 @@ void dht__ring_changed(dht_t *d); /* speed up upkeep after a change */
 int dht__closest_preceding(const dht_t *d, const dht_id_t *key, dht_node_t *out, int max);
 /* Is x our predecessor, a successor or a finger? */
 bool dht__ring_knows(const dht_t *d, const dht_node_t *x);
+/* Is x a node whose link the secured mode keeps however idle and links
+ * ahead of need: our predecessor, a finger, or one of the first `replicas`
+ * successors (those holding our keys' copies, and one more)? */
+bool dht__ring_keeps(const dht_t *d, const dht_node_t *x);
 /* Node x looks dead: remove it from every table. */
 void dht__ring_forget(dht_t *d, const dht_node_t *x);
 /* Learn of a live node (fills fingers opportunistically). */

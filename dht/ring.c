@@ -218,19 +218,26 @@ static void self_check(dht_t *d) {
 
 static int ping_check(dht_t *d, const dht_node_t *x);
 
-/* With TLS the links to our routing table are kept however idle (rpc.c),
- * and routed requests and lookups go over them: a node of the table we
- * have no link to (a successor we only heard of, a finger a routed lookup
- * found, a link its opener closed because we are not in its table) is
- * linked now, a few per round, rather than in the middle of a routed
+/* With TLS the links to the nodes dht__ring_keeps() names are kept however
+ * idle (rpc.c), and routed requests and lookups go over them: such a node
+ * we have no link to (a successor we only heard of, a finger a routed
+ * lookup found, a link its opener closed because we are not in its table)
+ * is linked now, a few per round, rather than in the middle of a routed
  * request.  A PING that gets no answer drops it from the table. */
 #define LINKS_PER_ROUND 4
+
+/* The first successors, those that hold copies of our keys and one more
+ * to fail over to.  The rest of the list is known from the first
+ * successor's answers and linked once it moves up: each link is ~20 KB of
+ * OpenSSL state at both ends, and keeping links to all 8 successors made
+ * 27 links per node at N = 500 where this makes ~20 (docs/BENCHMARKS.md). */
+static int succ_kept(const dht_t *d) { return d->n_succ < d->replicas ? d->n_succ : d->replicas; }
 
 static void link_table(dht_t *d) {
   const dht_node_t *t[1 + DHT_MAX_SUCC + DHT_BITS];
   int n = 0, made = 0;
   if (d->has_pred) t[n++] = &d->pred;
-  for (int i = 0; i < d->n_succ; i++) t[n++] = &d->succ[i];
+  for (int i = 0; i < succ_kept(d); i++) t[n++] = &d->succ[i];
   for (int i = 0; i < DHT_BITS; i++)
     if (d->finger_ok[i] && (n == 0 || !dht__node_eq(&d->finger[i], t[n - 1])))
       t[n++] = &d->finger[i];
@@ -545,14 +552,18 @@ int dht__closest_preceding(const dht_t *d, const dht_id_t *key, dht_node_t *out,
   return n;
 }
 
-bool dht__ring_knows(const dht_t *d, const dht_node_t *x) {
+static bool table_has(const dht_t *d, const dht_node_t *x, int n_succ) {
   if (d->has_pred && dht__node_eq(&d->pred, x)) return true;
-  for (int i = 0; i < d->n_succ; i++)
+  for (int i = 0; i < n_succ; i++)
     if (dht__node_eq(&d->succ[i], x)) return true;
   for (int i = 0; i < DHT_BITS; i++)
     if (d->finger_ok[i] && dht__node_eq(&d->finger[i], x)) return true;
   return false;
 }
+
+bool dht__ring_knows(const dht_t *d, const dht_node_t *x) { return table_has(d, x, d->n_succ); }
+
+bool dht__ring_keeps(const dht_t *d, const dht_node_t *x) { return table_has(d, x, succ_kept(d)); }
 
 /* died: found dead (not a graceful leave), which the dht_on_dead()
  * callback hears of the first time. */

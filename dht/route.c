@@ -66,15 +66,33 @@ void dht__answer(dht_t *d, const dht__reply_t *to, uint8_t type, const uint8_t *
   route_reply(d, to->conn, to->txid, &r);
 }
 
+/* The farthest successor we are linked to that precedes key, or NULL. */
+static const dht_node_t *linked_succ_before(dht_t *d, const dht_id_t *key) {
+  for (int i = d->n_succ - 1; i >= 0; i--)
+    if (dht__between(&d->succ[i].id, &d->self.id, key) && dht__rpc_linked(d, &d->succ[i]))
+      return &d->succ[i];
+  return NULL;
+}
+
+static bool is_succ(const dht_t *d, const dht_node_t *x) {
+  for (int i = 0; i < d->n_succ; i++)
+    if (dht__node_eq(&d->succ[i], x)) return true;
+  return false;
+}
+
 /* The next node towards key among those we know, strictly between us and
- * the key: the closest, or a linked one among the nearest few. */
+ * the key: the closest, or a linked one among the nearest few.  A key in
+ * the range of our later successors, whose links are not kept
+ * (dht__ring_keeps), goes to the farthest successor we are linked to: it
+ * knows the next few, and a hop costs less than a TLS handshake. */
 static dht_node_t route_towards(dht_t *d, const dht_id_t *key) {
   if (dht__between_incl(key, &d->self.id, &d->succ[0].id)) return d->succ[0];
   dht_node_t c[ROUTE_LINKED_WITHIN];
   int n = dht__closest_preceding(d, key, c, ROUTE_LINKED_WITHIN);
   for (int i = 0; i < n; i++)
     if (dht__rpc_linked(d, &c[i])) return c[i];
-  return n ? c[0] : d->succ[0];
+  const dht_node_t *s = n && is_succ(d, &c[0]) ? linked_succ_before(d, key) : NULL;
+  return s ? *s : n ? c[0] : d->succ[0];
 }
 
 /* Where q goes from here: DHT__ROUTE_HERE when this node answers it, 0

@@ -42,6 +42,11 @@
  * connection idle for longer is held by someone who forgot it or keeps it
  * on purpose. */
 #define CONN_IDLE_INBOUND_MS (2 * CONN_IDLE_MS + 30000)
+/* With TLS, a link the peer opened and we keep is pinged when idle this
+ * long, and its opener, if it does not keep it itself, holds it for this
+ * idle time at most (a keepalive, the reap sweep's 5 s and a margin). */
+#define CONN_KEEPALIVE_ASKED_MS 20000
+#define CONN_IDLE_ASKED_MS (CONN_KEEPALIVE_ASKED_MS + 25000)
 
 
 typedef struct wreq {
@@ -888,16 +893,21 @@ static const char *conn_overdue(dht_t *d, dht__conn_t *c, uint64_t now) {
   if (!c->have_peer && now - c->opened > d->limits.hello_ms) return "no HELLO in time (hello-ms)";
   if (c->rlen && now - c->frame_since > d->limits.frame_ms) return "frame not completed in time (frame-ms)";
   uint64_t idle = now - c->last_active;
-  bool known = c->have_peer && dht__ring_knows(d, &c->peer);
   /* With TLS a link to a node of our routing table is kept however idle:
    * upkeep and routed requests use it again, and reopening it would cost
-   * a handshake at both ends where keeping it costs ~20 KB. */
+   * a handshake at both ends where keeping it costs ~20 KB.  Successors
+   * past the first few (dht__ring_keeps) are not worth that: their links
+   * close as strangers' do. */
+  bool known = c->have_peer && (d->tls ? dht__ring_keeps(d, &c->peer) : dht__ring_knows(d, &c->peer));
   if (d->tls && known) return NULL;
   /* An outgoing TLS link the peer sends requests on may be one it keeps
    * (we are in its table): closing it would only make it link to us
-   * again.  Like an accepted link it closes when idle for long, which the
-   * keeper's keepalives (dht__rpc_reap) prevent. */
-  if (!c->outgoing || (d->tls && c->peer_asked)) return idle > CONN_IDLE_INBOUND_MS ? "idle" : NULL;
+   * again.  It closes when idle for longer than the keeper's keepalives
+   * (keepalive()) let it be; it may as well be a link a node used once
+   * (a vouching PING during a join storm), which would otherwise stay up
+   * for minutes, ~5 of 27 links per node at N = 500. */
+  if (d->tls && c->outgoing && c->peer_asked) return idle > CONN_IDLE_ASKED_MS ? "idle" : NULL;
+  if (!c->outgoing) return idle > CONN_IDLE_INBOUND_MS ? "idle" : NULL;
   /* Only the side that opened a connection closes it when merely idle: an
    * EOF on an accepted connection then means the opener chose to stop or
    * died, and does not set off a liveness check on every idle close. */
@@ -912,11 +922,13 @@ static void on_keepalive(dht_t *d, int status, const proto_frame_t *f, const dht
                          void *arg) {}
 
 /* With TLS a link to our routing table is kept (conn_overdue); its other
- * end may not know us and closes it only when idle for CONN_IDLE_INBOUND_MS,
- * so a PING now and then tells it the link is still wanted. */
+ * end may not know us and closes it only when idle for CONN_IDLE_INBOUND_MS
+ * (a link we opened) or CONN_IDLE_ASKED_MS (one it opened), so a PING now
+ * and then tells it the link is still wanted. */
 static void keepalive(dht_t *d, dht__conn_t *c, uint64_t now) {
-  if (d->tls && c->ready && c->have_peer && now - c->last_active > CONN_IDLE_MS &&
-      dht__ring_knows(d, &c->peer) && !conn_busy(d, c))
+  uint64_t every = c->outgoing ? CONN_IDLE_MS : CONN_KEEPALIVE_ASKED_MS;
+  if (d->tls && c->ready && c->have_peer && now - c->last_active > every &&
+      dht__ring_keeps(d, &c->peer) && !conn_busy(d, c))
     dht__rpc_call(d, &c->peer, PROTO_PING, NULL, 0, on_keepalive, NULL);
 }
 

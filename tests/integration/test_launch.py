@@ -2,8 +2,9 @@
 """p2psipd --launcher starts secured nodes by fork from one process that
 initialised OpenSSL: they form a ring and store and find values; they
 share libcrypto's relocated pages with the launcher instead of each holding
-a private copy; two forked relays draw different nonce keys (OpenSSL
-reseeds its DRBG after fork); a child given a bad option exits 2 with the
+a private copy; their malloc keeps no per-thread cache (the launcher
+restarts itself with GLIBC_TUNABLES set); two forked relays draw
+different nonce keys (OpenSSL reseeds its DRBG after fork); a child given a bad option exits 2 with the
 message in its log, as an exec'd daemon does; bad request lines (not JSON,
 wrong types, unknown keys, longer than the cap) get an error and the
 launcher serves the next; a node killed with -9 is reaped and its signal
@@ -37,6 +38,16 @@ def shared_libcrypto_kb(pid):
             elif line.startswith("Shared_Dirty:") and "libcrypto" in cur:
                 kb += int(line.split()[1])
     return kb
+
+
+def tunables(pid):
+    """GLIBC_TUNABLES in pid's environment ("" if unset): glibc read it when
+    the process (for a forked node: its launcher) started."""
+    with open("/proc/%d/environ" % pid, "rb") as f:
+        for var in f.read().split(b"\0"):
+            if var.startswith(b"GLIBC_TUNABLES="):
+                return var.split(b"=", 1)[1].decode()
+    return ""
 
 
 def add_relay(c, turn_port):
@@ -86,6 +97,13 @@ def test(h):
 
     kb = shared_libcrypto_kb(c.nodes[2].pid)
     check(kb >= 200, "a forked node shares libcrypto's relocated pages (Shared_Dirty %d kB)" % kb)
+    tun = tunables(c.nodes[2].pid)
+    check("glibc.malloc.tcache_count=0" in tun.split(":"),
+          "a forked node's malloc keeps no per-thread cache (the launcher restarted itself with "
+          "GLIBC_TUNABLES %r)" % tun)
+    with open("/proc/%d/comm" % c.nodes[2].pid) as f:
+        comm = f.read().strip()
+    check(comm == os.path.basename(c.binary)[:15], "and keeps the binary's process name (%r) for ps and pkill" % comm)
 
     # The control: one relay's nonce within one second is one value, so
     # different values from two relays mean different keys.
