@@ -302,5 +302,6 @@ void dht_stats(const dht_t *d, dht_stats_t *out) {
     out->cert_cache = c.entries;
     out->cert_cache_keys = c.live_keys;
     out->cert_key_builds = c.key_builds;
+    out->cert_full_checks = c.full_checks;
   }
 }

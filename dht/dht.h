@@ -267,7 +267,8 @@ typedef struct {
   /* Secured mode: the cache of verified certificates (dht/cert.h): chains
    * checked, answers from the cache, certificates in it now, of those the
    * keys held ready for signature checks, and keys made again for one. */
-  uint64_t cert_checks, cert_cache_hits, cert_cache, cert_cache_keys, cert_key_builds;
+  uint64_t cert_checks, cert_cache_hits, cert_cache, cert_cache_keys, cert_key_builds,
+           cert_full_checks;
   uint64_t out_by_type[32]; /* requests and replies sent, by frame type */
 } dht_stats_t;
 /* Name of a frame type for out_by_type ("find", "store_r"...), or NULL. */

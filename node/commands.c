@@ -271,6 +271,7 @@ static json_t *cmd_stats(node_t *n) {
       {"cert_checks", s.cert_checks}, {"cert_cache_hits", s.cert_cache_hits},
       {"cert_cache", s.cert_cache},   {"cert_cache_keys", s.cert_cache_keys},
       {"cert_key_builds", s.cert_key_builds},
+      {"cert_full_checks", s.cert_full_checks},
   };
   json_t *r = json_pack("{s:b, s:o, s:o, s:o}", "ok", 1, "hops_histogram", hist, "memory", mem,
                         "msgs_out_by_type", by_type);
