@@ -244,6 +244,7 @@ size_t dht_records(const dht_t *d); /* live values stored here */
 typedef struct {
   uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
   uint64_t lookups, lookups_failed, rpc_timeouts, bad_frames;
+  uint64_t rejoins; /* joined again after losing every neighbour */
   uint64_t puts, gets, stores_in, values_stored;
   uint64_t hops_hist[DHT_MAX_PATH + 1];
   uint64_t connections;

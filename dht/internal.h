@@ -296,6 +296,8 @@ struct dht {
   unsigned stab_interval;
   uv_timer_t stab_timer;
   uv_timer_t join_timer;
+  unsigned join_attempt;  /* bootstrap addresses are tried in turn */
+  unsigned join_wait_ms;  /* the next retry's wait: grows while joins fail */
   int stab_inflight;
   dht_node_t stab_target; /* the successor a NEIGH in flight went to */
   dht_node_t boot; /* the bootstrap node we joined through */
@@ -322,6 +324,7 @@ struct dht {
   uv_check_t flush_check; /* writes them after the poll phase */
   size_t frame_bytes; /* unfinished frames held, all connections (rpc.c) */
   uint32_t next_txid;
+  unsigned srtt8; /* answered requests' round trip, ms x 8, smoothed (rpc.c) */
   struct dht__pending *pending;
 
   /* Data. */

@@ -337,6 +337,28 @@ static void on_neigh(dht_t *d, int status, const proto_frame_t *f, const dht_nod
   stab_done(d, settled);
 }
 
+static void on_join_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, int hops,
+                           const dht_id_t *path, int path_len, void *arg);
+static void join_retry(dht_t *d);
+
+/* Everyone we knew is gone: found dead, perhaps wrongly (on a starved
+ * machine timeouts look like deaths, and the nodes we knew may have dropped
+ * us alike).  A node alone is no ring and nobody would come back to it, so
+ * it joins again as at start: through a finger it still knows, else its
+ * bootstrap addresses, retrying until it has a successor.  The ring's
+ * founder (no bootstrap address, no finger) waits for the others. */
+static bool rejoin(dht_t *d) {
+  const dht_node_t *via = NULL;
+  for (int i = 0; i < DHT_BITS && !via; i++)
+    if (d->finger_ok[i]) via = &d->finger[i];
+  if (!via && d->n_bootstrap == 0) return false;
+  d->joined = false;
+  d->stats.rejoins++;
+  log_warn("lost every neighbour; joining again through %s", via ? "a finger" : "the bootstrap nodes");
+  if (!via || dht__lookup_via(d, &d->self.id, via, on_join_lookup, NULL)) join_retry(d);
+  return true;
+}
+
 static void stabilize(dht_t *d) {
   if (d->stab_inflight || d->leaving || !d->joined) return;
   if (d->n_succ == 0) {
@@ -345,7 +367,7 @@ static void stabilize(dht_t *d) {
     if (d->has_pred) {
       succ_set(d, &d->pred, 1);
     } else {
-      stab_done(d, true);
+      if (!rejoin(d)) stab_done(d, true);
       return;
     }
   }
@@ -761,10 +783,9 @@ int dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const
 
 static void set_joined(dht_t *d) {
   d->joined = true;
+  d->join_wait_ms = 0;
   dht__owned_joined(d);
 }
-
-static void join_retry(dht_t *d);
 
 static void on_join_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, int hops,
                            const dht_id_t *path, int path_len, void *arg) {
@@ -788,6 +809,7 @@ static void on_join_lookup(dht_t *d, int status, const dht_node_t *nodes, int n,
     return;
   }
   d->joined = true;
+  d->join_wait_ms = 0;
   succ_set(d, list, k);
   log_info("joined the overlay after %d hops", hops);
   /* Ask for our key range explicitly: if we rejoin with the id we had, our
@@ -797,8 +819,6 @@ static void on_join_lookup(dht_t *d, int status, const dht_node_t *nodes, int n,
   stabilize(d);
   dht__owned_joined(d);
 }
-
-static int join_attempt;
 
 static void on_bootstrap_ping(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
                               void *arg) {
@@ -825,12 +845,23 @@ static void on_bootstrap_ping(dht_t *d, int status, const proto_frame_t *f, cons
 
 static void join_try(uv_timer_t *t) {
   dht_t *d = t->data;
-  dht_node_t b = {.addr = d->bootstrap[join_attempt++ % d->n_bootstrap]}; /* id unknown yet */
+  if (d->n_bootstrap == 0) { /* a founder whose rejoin through a finger failed */
+    set_joined(d);
+    dht__ring_changed(d);
+    return;
+  }
+  dht_node_t b = {.addr = d->bootstrap[d->join_attempt++ % (unsigned)d->n_bootstrap]}; /* id unknown yet */
   if (dht__rpc_call(d, &b, PROTO_PING, NULL, 0, on_bootstrap_ping, NULL)) join_retry(d);
 }
 
+/* 1 s, doubling to 16 s, each +-25 %: hundreds of nodes that failed at once
+ * (a bootstrap node starved of CPU by their handshakes) must not all come
+ * back in the same second, or each round of retries starves it again. */
 static void join_retry(dht_t *d) {
-  if (!d->leaving) uv_timer_start(&d->join_timer, join_try, 1000, 0);
+  if (d->leaving) return;
+  unsigned ms = d->join_wait_ms ? d->join_wait_ms : 1000;
+  d->join_wait_ms = ms >= 8000 ? 16000 : 2 * ms;
+  uv_timer_start(&d->join_timer, join_try, ms - ms / 4 + dht__rand(d) % (ms / 2), 0);
 }
 
 void dht__ring_start(dht_t *d) {

@@ -94,6 +94,8 @@ typedef struct dht__pending {
   dht__conn_t *conn;
   uint32_t txid;
   uint8_t type;
+  bool looked;   /* the timeout gave the socket one more poll */
+  uint64_t sent; /* uv_now() when sent on a ready link, else 0 */
   uv_timer_t timer;
   dht__rpc_cb cb;
   void *arg;
@@ -125,10 +127,34 @@ static void pending_finish(pending_t *p, int status, const proto_frame_t *f) {
 
 static void pending_timeout(uv_timer_t *t) {
   pending_t *p = t->data;
+  /* libuv runs timers before it polls: after the process was not scheduled
+   * for a while (a starved machine), the answer may sit unread in the
+   * socket.  One more poll before the peer is called dead. */
+  if (!p->looked) {
+    p->looked = true;
+    uv_timer_start(t, pending_timeout, 1, 0);
+    return;
+  }
   char a[64] = "?";
   if (p->conn) dht_addr_str(&p->conn->addr, a, sizeof(a));
   log_debug("request %u to %s timed out", p->txid, a);
   pending_finish(p, DHT_ETIMEDOUT, NULL);
+}
+
+/* The timeout follows the round trips seen (an EWMA of 1/8, as TCP's):
+ * on a machine so busy that answers take a second, a fixed timeout calls
+ * live nodes dead, and every false death costs a handshake and a repair
+ * that make the machine busier still.  Never below --rpc-timeout, at most
+ * eight times it. */
+static void rtt_sample(dht_t *d, uint64_t ms) {
+  if (ms > 60000) ms = 60000;
+  d->srtt8 = d->srtt8 ? d->srtt8 - d->srtt8 / 8 + (unsigned)ms : 8 * (unsigned)ms;
+}
+
+static unsigned rpc_timeout(const dht_t *d) {
+  unsigned ms = d->srtt8 / 2; /* 4 x the smoothed round trip */
+  if (ms < d->rpc_timeout) ms = d->rpc_timeout;
+  return ms > 8 * d->rpc_timeout ? 8 * d->rpc_timeout : ms;
 }
 
 static pending_t *pending_take(dht_t *d, dht__conn_t *c, uint32_t txid) {
@@ -360,6 +386,7 @@ static int conn_frame(dht__conn_t *c, const proto_frame_t *f) {
   pending_t *p = pending_take(d, c, f->txid);
   if (!p) return 0; /* a response that came after its timeout */
   if (f->type != p->type + 1) return PROTO_EINVAL; /* answered the wrong question */
+  if (p->sent) rtt_sample(d, uv_now(d->loop) - p->sent);
   pending_finish(p, 0, f);
   return 0;
 }
@@ -858,8 +885,11 @@ int dht__rpc_call(dht_t *d, const dht_node_t *to, uint8_t type, const uint8_t *b
    * too: on a loaded machine handshakes queue up, and a timeout here would
    * drop the half-made link, count its node as dead and start the same
    * work over (a join storm never converged that way). */
-  unsigned ms = d->rpc_timeout;
-  if (d->tls && !c->ready) ms += d->limits.hello_ms / 2;
+  unsigned ms = rpc_timeout(d);
+  if (d->tls && !c->ready)
+    ms += d->limits.hello_ms / 2;
+  else
+    p->sent = uv_now(d->loop); /* a round trip without a handshake in it */
   uv_timer_start(&p->timer, pending_timeout, ms, 0);
   p->next = d->pending;
   d->pending = p;
