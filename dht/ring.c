@@ -284,13 +284,14 @@ static void stab_done(dht_t *d, bool settled) {
 
 /* The first successor that takes us as its predecessor hands us our range
  * when it gets our JOIN (or already had us).  The JOIN went to the
- * successor the join lookup named, which can be the wrong one: a node just
- * before it restarted a moment ago and the node that answered the lookup
- * has not adopted it again.  That node has the restarted one as its
- * predecessor, so it neither takes us nor hands anything over; and the
- * true successor, when stabilizing brings us to it, sees a predecessor
- * with the id it had before (we restarted with our old id), not a new node
- * in between, so it hands nothing over either.  Ask it now. */
+ * successor the join lookup named, which can be one too far: the node
+ * that belongs in between restarted a moment ago, and the node that
+ * answered the lookup has not adopted it again.  The one named has the
+ * restarted node as its predecessor, so it neither takes us nor hands
+ * anything over; and the true successor, when stabilizing brings us to
+ * it, sees a predecessor with the id it had before (we restarted with our
+ * old id), not a new node in between, so it hands nothing over either.
+ * Ask it now. */
 static void join_done(dht_t *d) {
   if (!d->join_pending) return;
   d->join_pending = false;
