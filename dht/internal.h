@@ -301,6 +301,8 @@ struct dht {
   int stab_inflight;
   dht_node_t stab_target; /* the successor a NEIGH in flight went to */
   dht_node_t boot; /* the bootstrap node we joined through */
+  dht_node_t join_to; /* the successor our JOIN went to (ring.c) */
+  bool join_pending;  /* no successor has taken us as predecessor since we joined */
 #define DHT_DEAD_SLOTS 16
   struct {
     dht_id_t id;

@@ -282,6 +282,24 @@ static void stab_done(dht_t *d, bool settled) {
   }
 }
 
+/* The first successor that takes us as its predecessor hands us our range
+ * when it gets our JOIN (or already had us).  The JOIN went to the
+ * successor the join lookup named, which can be one too far: the node
+ * that belongs in between restarted a moment ago, and the node that
+ * answered the lookup has not adopted it again.  The one named has the
+ * restarted node as its predecessor, so it neither takes us nor hands
+ * anything over; and the true successor, when stabilizing brings us to
+ * it, sees a predecessor with the id it had before (we restarted with our
+ * old id), not a new node in between, so it hands nothing over either.
+ * Ask it now. */
+static void join_done(dht_t *d) {
+  if (!d->join_pending) return;
+  d->join_pending = false;
+  if (dht__node_eq(&d->join_to, &d->stab_target)) return;
+  node_log("join: our JOIN went elsewhere; asking for our range", &d->stab_target);
+  send_self(d, &d->stab_target, PROTO_JOIN, NULL, NULL);
+}
+
 static void on_neigh(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
                      void *arg) {
   if (d->leaving) return;
@@ -334,6 +352,7 @@ static void on_neigh(dht_t *d, int status, const proto_frame_t *f, const dht_nod
     }
   succ_set(d, list, succ_build(d, &succ, rest, n_rest, list));
   bool settled = r.has_pred && memcmp(r.pred.id, d->self.id.b, DHT_ID_LEN) == 0;
+  if (settled) join_done(d);
   stab_done(d, settled);
 }
 
@@ -815,6 +834,8 @@ static void on_join_lookup(dht_t *d, int status, const dht_node_t *nodes, int n,
   /* Ask for our key range explicitly: if we rejoin with the id we had, our
    * successor sees no new predecessor and would not hand anything over. */
   send_self(d, &d->succ[0], PROTO_JOIN, NULL, NULL);
+  d->join_to = d->succ[0];
+  d->join_pending = true;
   dht__ring_changed(d);
   stabilize(d);
   dht__owned_joined(d);
