@@ -1252,7 +1252,10 @@ void dht__owned_refresh_all(dht_t *d) {
  * user's AOR so costs three fetches, not the five it once asked in turn.
  * A node whose answer lacked the winning
  * version of some value gets the merged set back (read repair), so the
- * newer value or tombstone goes where the stale one was served. */
+ * newer value or tombstone goes where the stale one was served.
+ *
+ * dht_get_primary() asks the primary alone and takes its answer, empty or
+ * not; the next holders only when the primary gives none (see dht.h). */
 #define GET_PARALLEL 2
 
 typedef struct get_op get_op_t;
@@ -1271,6 +1274,7 @@ struct get_op {
   int n_targets, next, waiting, hops;
   bool routed; /* the secured mode: questions go routed; ask i is the owner's i-th successor */
   bool failed; /* routed: a question got no answer */
+  bool primary_only; /* dht_get_primary(): any answer is the answer */
   dht_get_cb cb;
   void *arg;
 };
@@ -1464,7 +1468,8 @@ static void get_settle(get_op_t *g) {
     return;
   }
   /* Empty answers: ask on until every copy's holder has (see above). */
-  if (!values && answers < g->d->replicas && g->next < g->n_targets && !g->d->closed) {
+  bool more = g->primary_only ? !any : !values && answers < g->d->replicas;
+  if (more && g->next < g->n_targets && !g->d->closed) {
     g->waiting = 1;
     get_ask(g, g->next++);
     return;
@@ -1554,7 +1559,8 @@ static void get_ask(get_op_t *g, int i) {
 /* Ask the first GET_PARALLEL targets at once (the rest one by one, while
  * the answers are empty: get_settle). */
 static void get_start(get_op_t *g) {
-  int first = g->n_targets < GET_PARALLEL ? g->n_targets : GET_PARALLEL;
+  int parallel = g->primary_only ? 1 : GET_PARALLEL;
+  int first = g->n_targets < parallel ? g->n_targets : parallel;
   g->waiting = first + 1; /* held until every question is out */
   while (g->next < first) get_ask(g, g->next++);
   if (--g->waiting == 0) get_settle(g);
@@ -1585,18 +1591,28 @@ static void get_route(void *arg) {
   get_start(g);
 }
 
-int dht_get(dht_t *d, const char *name, dht_get_cb cb, void *arg) {
+static int get_begin(dht_t *d, const char *name, bool primary_only, dht_get_cb cb, void *arg) {
   if (d->closed) return DHT_ECLOSING;
   get_op_t *g = calloc(1, sizeof(*g));
   if (!g) return -ENOMEM;
   g->d = d;
   g->cb = cb;
   g->arg = arg;
+  g->primary_only = primary_only;
   dht_id_of(name, &g->key);
   d->stats.gets++;
+  d->stats.gets_primary += primary_only;
   int err = dht__route_on(d) ? defer(d, get_route, g) : dht__lookup(d, &g->key, on_get_lookup, g);
   if (err) free(g);
   return err;
+}
+
+int dht_get(dht_t *d, const char *name, dht_get_cb cb, void *arg) {
+  return get_begin(d, name, false, cb, arg);
+}
+
+int dht_get_primary(dht_t *d, const char *name, dht_get_cb cb, void *arg) {
+  return get_begin(d, name, true, cb, arg);
 }
 
 static void get_start_local(void *arg) { get_start(arg); }

@@ -264,6 +264,7 @@ static json_t *cmd_stats(node_t *n) {
       {"refused_owner_key", s.refused_owner_key}, {"refused_owner", s.refused_owner},
       {"refused_not_mine", s.refused_not_mine}, {"refused_net", s.refused_net},
       {"puts", s.puts},               {"gets", s.gets},
+      {"gets_primary", s.gets_primary},
       {"stores_in", s.stores_in},     {"values_stored", s.values_stored},
       {"routed_sent", s.routed_sent}, {"routed_forwarded", s.routed_forwarded},
       {"routed_answered", s.routed_answered}, {"routed_failed", s.routed_failed},

@@ -993,6 +993,26 @@ static void on_bindings(sip_svc_t *s, void *ctx, int status, const dht_value_t *
   apply(x);
 }
 
+/* A REGISTER that only adds or refreshes contacts reads the AOR's
+ * bindings from the key's primary alone (one FETCH instead of two or
+ * three).  What that can miss (the primary has just joined and holds
+ * nothing yet, or lacks a write its replicas have) costs little here:
+ * each contact is a value of its own that the put replaces or adds, never
+ * deleting the others, so the missed bindings live on and only the 200
+ * lists fewer of them; step 7's Call-ID/CSeq order is checked against
+ * what the primary holds, which is where every put lands first.  A query
+ * lists, and a removal ("*" or Expires: 0) must find, every binding: those
+ * ask every holder, as before. */
+static int adds_only(const rtx_t *x)
+{
+  if (x->star || x->n_in == 0)
+    return 0;
+  for (int i = 0; i < x->n_in; i++)
+    if (x->in[i].expires == 0)
+      return 0;
+  return 1;
+}
+
 /* The AOR in To must be one of the overlay's users (10.3 step 3). */
 static int aor_of(const sip_svc_t *s, const sip_t *sip, char *out, size_t len)
 {
@@ -1083,6 +1103,8 @@ void sip__register(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq)
     return;
   }
   note_source(x);
-  if (sip__dht_get(s, x->aor, on_bindings, x) < 0)
+  int rc = adds_only(x) ? sip__dht_get_primary(s, x->aor, on_bindings, x)
+                        : sip__dht_get(s, x->aor, on_bindings, x);
+  if (rc < 0)
     rtx_done(x, 500, "Location Service Failed");
 }

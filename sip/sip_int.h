@@ -322,6 +322,8 @@ void sip__msg_source(msg_t *msg, char *out, size_t len);
 /* dhtop.c: DHT calls whose callbacks survive sip_free (STYLE 16). */
 typedef void (*sip_op_cb)(sip_svc_t *s, void *ctx, int status, const dht_value_t *v, size_t n);
 int sip__dht_get(sip_svc_t *s, const char *name, sip_op_cb cb, void *ctx);
+/* From the key's primary alone (dht_get_primary: one FETCH, no merge). */
+int sip__dht_get_primary(sip_svc_t *s, const char *name, sip_op_cb cb, void *ctx);
 /* signer: the user's credentials for a user record in the secured mode
  * (kept while the service lives, as dht_put_as wants), NULL: the node's. */
 int sip__dht_put(sip_svc_t *s, const dht_cert_creds_t *signer, const char *name, const char *vid,
