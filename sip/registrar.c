@@ -1040,8 +1040,10 @@ static void require_unsupported(rtx_t *x)
 /* What a request is known by here: Call-ID and CSeq number. */
 static void ans_key(const sip_t *sip, char key[600])
 {
-  snprintf(key, 600, "%s %u", sip->sip_call_id ? sip->sip_call_id->i_id : "",
-           sip->sip_cseq ? sip->sip_cseq->cs_seq : 0);
+  const char *id = sip->sip_call_id ? sip->sip_call_id->i_id : "";
+  uint32_t cseq = sip->sip_cseq ? sip->sip_cseq->cs_seq : 0;
+  if (!sip__key(key, 600, id, strlen(id), cseq, NULL))
+    snprintf(key, 600, "%s %u", id, cseq); /* cut short, as it always was */
 }
 
 int sip__reg_key_underway(sip_svc_t *s, const char *key)

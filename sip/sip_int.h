@@ -447,6 +447,12 @@ int sip__peek_is(const sip_peek_t *pk, const char *method);
  * plainly: 1 and "CALL-ID CSEQ" in key (as registrar.c knows requests);
  * else 0. */
 int sip__peek_register_key(const char *buf, size_t len, char *key, size_t keylen);
+/* "CALL-ID CSEQ" (branch NULL) or "CALL-ID CSEQ BRANCH" in key, what
+ * REGISTERs and their kept answers are known by: 1, or 0 when it does not
+ * fit in keylen.  Without snprintf: every REGISTER datagram makes two or
+ * three of these keys. */
+int sip__key(char *key, size_t keylen, const char *callid, size_t callid_len, uint32_t cseq,
+             const char *branch);
 /* The same "CALL-ID CSEQ" for a request already read: 1, or 0 when it
  * does not fit in keylen. */
 int sip__peek_key(const sip_peek_t *pk, char *key, size_t keylen);
