@@ -253,6 +253,7 @@ typedef struct {
   uint64_t lookups, lookups_failed, rpc_timeouts, bad_frames;
   uint64_t puts, gets, stores_in, values_stored;
   uint64_t gets_primary; /* of gets, those of dht_get_primary() */
+  uint64_t gets_direct;  /* of those, FETCHes sent without a lookup that the primary confirmed */
   uint64_t hops_hist[DHT_MAX_PATH + 1];
   uint64_t connections;
   uint64_t tls_failed;   /* secured mode: handshakes or sessions that failed */

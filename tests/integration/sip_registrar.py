@@ -230,32 +230,45 @@ def plant_binding(c, aor, contact_port):
     return uri
 
 
-def test_primary_lacks(c, A):
+def test_primary_lacks(c):
     """A registration reads the bindings from the key's primary alone
     (dht_get_primary); where the primary lacks one, the registration still
-    succeeds, and a query and a removal, which ask every holder, see it."""
+    succeeds, and a query and a removal, which ask every holder, see it.
+    A refresh soon after sends its FETCH to the primary without a lookup
+    (gets_direct), through a node that is neither the primary nor the
+    node before it (which looks up without asking anyone)."""
     aor = "sip:heidi@" + OVERLAY
+    ids = c.sorted_ids()
+    R = c.by_id(ids[(ids.index(p2p.successor_of(p2p.key_id(aor), ids)) + 2) % len(ids)])
     planted = plant_binding(c, aor, 40999)
-    before = A.admin_ok({"cmd": "stats"})["gets_primary"]
+    st0 = R.admin_ok({"cmd": "stats"})
     ua = su.Ua("heidi")
-    r = ua.register(addr(c, A), expires=60)
+    mine = "sip:heidi@%s:%d" % (HOST, ua.port)
+    r = ua.register(addr(c, R), expires=60)
     b = bindings(r)
-    check(r.status == 200 and b.get("sip:heidi@%s:%d" % (HOST, ua.port)) == 60,
+    check(r.status == 200 and b.get(mine) == 60,
           "a registration while the primary lacks a binding: 200 with the new one", (r.status, b))
-    check(A.admin_ok({"cmd": "stats"})["gets_primary"] == before + 1,
-          "that registration asked the primary alone", before)
-    r = ua.do(addr(c, A), "REGISTER", ruri="sip:" + OVERLAY, contact=False)
+    st1 = R.admin_ok({"cmd": "stats"})
+    check(st1["gets_primary"] == st0["gets_primary"] + 1, "that registration asked the primary alone",
+          (st0["gets_primary"], st1["gets_primary"]))
+    r = ua.register(addr(c, R), expires=60)
+    st2 = R.admin_ok({"cmd": "stats"})
+    check(r.status == 200 and mine in bindings(r) and st2["gets_direct"] == st1["gets_direct"] + 1,
+          "a refresh: 200, its FETCH sent to the primary found, which confirmed it",
+          (r.status, bindings(r), st1["gets_direct"], st2["gets_direct"]))
+    r = ua.do(addr(c, R), "REGISTER", ruri="sip:" + OVERLAY, contact=False)
     b = bindings(r)
-    check(r.status == 200 and set(b) == {planted, "sip:heidi@%s:%d" % (HOST, ua.port)},
+    check(r.status == 200 and set(b) == {planted, mine},
           "a query asks every holder: it lists the planted binding too", b)
-    r = ua.do(addr(c, A), "REGISTER", ruri="sip:" + OVERLAY, contact="*", headers=["Expires: 0"],
+    r = ua.do(addr(c, R), "REGISTER", ruri="sip:" + OVERLAY, contact="*", headers=["Expires: 0"],
               call_id="star-heidi-%d" % ua.port)
     check(r.status == 200, "'*' with Expires: 0", r.status)
-    r = ua.do(addr(c, A), "REGISTER", ruri="sip:" + OVERLAY, contact=False)
+    r = ua.do(addr(c, R), "REGISTER", ruri="sip:" + OVERLAY, contact=False)
     check(r.status == 200 and not bindings(r),
           "the removal asked every holder: the planted binding is gone too", bindings(r))
-    check(A.admin_ok({"cmd": "stats"})["gets_primary"] == before + 1,
-          "queries and removals asked every holder", before)
+    st3 = R.admin_ok({"cmd": "stats"})
+    check(st3["gets_primary"] == st0["gets_primary"] + 2,
+          "queries and removals asked every holder", (st0["gets_primary"], st3["gets_primary"]))
 
 
 def test(h):
@@ -269,7 +282,7 @@ def test(h):
     test_routing_errors(c, A, B, dave)
     test_message_tcp(c, A, B, dave)
     test_unregister_and_expiry(c, A, B, ua, ua2, dave)
-    test_primary_lacks(c, A)
+    test_primary_lacks(c)
     st = su.sip_stats(A)
     info("node A counters: %s" % st.get("counters"))
     check(st["counters"]["loops"] >= 1 and st["counters"]["too_many_hops"] >= 1,
