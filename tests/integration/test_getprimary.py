@@ -38,15 +38,10 @@ def stats(node):
 def test(h):
     k = p2p.id_int(p2p.key_id(NAME))
     q = p2p.RING // 4
-    layout = [("P", 10), ("R1", 20), ("R2", 30), ("reader", q), ("owner", 2 * q), ("pre", 3 * q), ("X", 5)]
-    c = h.cluster(0, replicas=3, ports=len(layout))
-    nodes = {name: c.add_node(node_id=at(k, off)) for name, off in layout}
-    first = [nodes[name] for name, _ in layout[:-1]]
-    c.launch(first[0], [])
-    c.wait_up([first[0]], joined=False)
-    for n in first[1:]:
-        c.launch(n, [first[0]])
-    c.wait_up(first[1:])
+    layout = [("P", 10), ("R1", 20), ("R2", 30), ("reader", q), ("owner", 2 * q), ("pre", 3 * q)]
+    c = h.cluster(0, replicas=3, ports=len(layout) + 1)
+    c.start(len(layout), ids=[at(k, off) for _, off in layout])
+    nodes = {name: c.by_id(at(k, off)) for name, off in layout}
     c.wait_consistent(timeout=60, succ_len=8, full_succ=True)
 
     r = p2p.put(nodes["owner"], NAME, {"contact": "sip:ivan@192.0.2.9"}, ttl=600)
@@ -57,9 +52,7 @@ def test(h):
     check(len(read(reader)) == 1, "a second one finds it too")
     check(stats(reader) == (2, 1), "its FETCH went straight to P, which confirmed it", stats(reader))
 
-    x = nodes["X"]
-    c.launch(x, [first[0]])
-    c.wait_up([x])
+    x = c.start(1, ids=[at(k, 5)])[0]
     c.wait_consistent(timeout=60)
     p2p.wait_until(lambda: p2p.get_values(x, NAME, local=True) or None, 20, "X, the new primary, got the value",
                    describe=lambda last: x.status())
