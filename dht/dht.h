@@ -207,7 +207,10 @@ int dht_get(dht_t *d, const char *name, dht_get_cb cb, void *arg);
  * where dht_get() sends two or three, but no merge with the replicas: a
  * primary that has just joined, or missed a write, answers without what
  * it lacks (or with a value a replica holds a tombstone of).  For callers
- * that only add or replace values and can live with such an answer. */
+ * that only add or replace values and can live with such an answer.  A key
+ * in a range a lookup found lately is not looked up again: the FETCH goes
+ * to that range's primary, and counts only if it answers as the primary
+ * (else the key is looked up; stats gets_direct). */
 int dht_get_primary(dht_t *d, const char *name, dht_get_cb cb, void *arg);
 /* Only this node's own copy of name's values (it may hold none: it is not
  * among the key's holders, or lost them), checked as dht_get() checks what
