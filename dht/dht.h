@@ -202,6 +202,16 @@ int dht_remove_value(dht_t *d, const dht_cert_creds_t *signer, const char *name,
                      void *arg);
 /* Fetch the live values under name. */
 int dht_get(dht_t *d, const char *name, dht_get_cb cb, void *arg);
+/* The same, from the key's primary alone: its answer, even empty, is the
+ * answer (the next holders are asked only when it gives none).  One FETCH
+ * where dht_get() sends two or three, but no merge with the replicas: a
+ * primary that has just joined, or missed a write, answers without what
+ * it lacks (or with a value a replica holds a tombstone of).  For callers
+ * that only add or replace values and can live with such an answer.  A key
+ * in a range a lookup found lately is not looked up again: the FETCH goes
+ * to that range's primary, and counts only if it answers as the primary
+ * (else the key is looked up; stats gets_direct). */
+int dht_get_primary(dht_t *d, const char *name, dht_get_cb cb, void *arg);
 /* Only this node's own copy of name's values (it may hold none: it is not
  * among the key's holders, or lost them), checked as dht_get() checks what
  * it reads; no message is sent.  For operators and tests that need to know
@@ -246,6 +256,8 @@ typedef struct {
   uint64_t lookups, lookups_failed, rpc_timeouts, bad_frames;
   uint64_t rejoins; /* joined again after losing every neighbour */
   uint64_t puts, gets, stores_in, values_stored;
+  uint64_t gets_primary; /* of gets, those of dht_get_primary() */
+  uint64_t gets_direct;  /* of those, FETCHes sent without a lookup that the primary confirmed */
   uint64_t hops_hist[DHT_MAX_PATH + 1];
   uint64_t connections;
   uint64_t tls_failed;   /* secured mode: handshakes or sessions that failed */

@@ -616,12 +616,15 @@ static int answer_fetch(dht_t *d, const dht__reply_t *to, const proto_frame_t *f
   size_t cap = k ? dht__store_encoded_size(k) : sizeof(small);
   uint8_t *buf = k ? malloc(cap) : small;
   if (!buf) return 0;
+  /* Said so, a reader that sent its FETCH here without a lookup (a range
+   * it found lately, dht_get_primary) takes the answer as the primary's. */
+  uint8_t flags = d->joined && dht__is_primary(d, &key) ? PROTO_FETCH_PRIMARY : 0;
   long n;
   if (k) {
-    n = dht__store_encode(k, 0, false, uv_now(d->loop), buf, cap);
+    n = dht__store_encode(k, flags, false, uv_now(d->loop), buf, cap);
   } else {
     proto_wcur_t w = {buf, buf + cap, 0};
-    proto_store_begin(&w, key.b, 0);
+    proto_store_begin(&w, key.b, flags);
     n = proto_store_end(&w, buf);
   }
   if (n >= 0 && n <= PROTO_MAX_BODY) dht__answer(d, to, PROTO_FETCH_R, buf, (size_t)n);
@@ -876,6 +879,44 @@ static const dht_node_t *recent_find(dht_t *d, const dht_id_t *key) {
   uint64_t at = d->recent->e[i].at, now = uv_now(d->loop);
   if (!at || now - at > RECENT_MS || !dht__id_eq(&d->recent->e[i].key, key)) return NULL;
   return &d->recent->e[i].node;
+}
+
+/* Ranges of primaries found lately ------------------------------------------
+ *
+ * dht_get_primary() reads a key from its primary alone, after a lookup
+ * (a FIND to the node before the primary, the `ends` above).  That node
+ * and the primary its answer named bound a range, (node, primary]: a
+ * later primary-only get of a key in it sends its FETCH straight to that
+ * primary, whose answer says whether it still is (PROTO_FETCH_PRIMARY,
+ * from its own predecessor); if not, or with no answer, the get looks the
+ * key up as any.  A registrar so sends one message per read, not two.
+ * Direct-mapped by the key's top 8 bits, ENDS_MS at most. */
+typedef struct {
+  dht_id_t lo; /* the range is (lo, node.id] */
+  dht_node_t node;
+  uint64_t at; /* 0: empty */
+} prim_t;
+
+struct dht__prims {
+  prim_t e[ENDS_SLOTS];
+};
+
+static void prims_note(dht_t *d, const dht_id_t *key, const dht_id_t *lo, const dht_node_t *node) {
+  if (!d->prims && !(d->prims = calloc(1, sizeof(*d->prims)))) return;
+  prim_t *e = &d->prims->e[key->b[0]];
+  *e = (prim_t){.lo = *lo, .node = *node, .at = uv_now(d->loop)};
+}
+
+static bool prims_find(const dht_t *d, const dht_id_t *key, dht_node_t *out) {
+  const prim_t *e = d->prims ? &d->prims->e[key->b[0]] : NULL;
+  if (!e || !e->at || uv_now(d->loop) - e->at > ENDS_MS || !dht__between_incl(key, &e->lo, &e->node.id))
+    return false;
+  *out = e->node;
+  return true;
+}
+
+static void prims_forget(dht_t *d, const dht_id_t *key) {
+  if (d->prims) d->prims->e[key->b[0]].at = 0;
 }
 
 /* Values this node owns ----------------------------------------------------- */
@@ -1252,7 +1293,10 @@ void dht__owned_refresh_all(dht_t *d) {
  * user's AOR so costs three fetches, not the five it once asked in turn.
  * A node whose answer lacked the winning
  * version of some value gets the merged set back (read repair), so the
- * newer value or tombstone goes where the stale one was served. */
+ * newer value or tombstone goes where the stale one was served.
+ *
+ * dht_get_primary() asks the primary alone and takes its answer, empty or
+ * not; the next holders only when the primary gives none (see dht.h). */
 #define GET_PARALLEL 2
 
 typedef struct get_op get_op_t;
@@ -1271,6 +1315,8 @@ struct get_op {
   int n_targets, next, waiting, hops;
   bool routed; /* the secured mode: questions go routed; ask i is the owner's i-th successor */
   bool failed; /* routed: a question got no answer */
+  bool primary_only; /* dht_get_primary(): any answer is the answer */
+  bool direct;       /* primary_only, sent to a range's primary without a lookup */
   dht_get_cb cb;
   void *arg;
 };
@@ -1430,19 +1476,25 @@ static bool answer_has_values(const get_answer_t *a) {
   return a->body && proto_store_decode(a->body, a->len, &s) == 0 && s.count > 0;
 }
 
+static bool from_primary(const get_answer_t *a) {
+  return a->body && a->len > PROTO_ID_LEN && (a->body[PROTO_ID_LEN] & PROTO_FETCH_PRIMARY);
+}
+
 static void get_ask(get_op_t *g, int i);
 static void on_get_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, int hops,
                           const dht_id_t *path, int path_len, void *arg);
 
-/* A routed get that found nothing and lost a question starts over on the
- * iterative path, as if it had never been routed. */
+/* A routed get that found nothing and lost a question, and a direct one
+ * that found no primary, start over on the iterative path, as if they had
+ * been neither. */
 static void get_fall_back(get_op_t *g) {
   dht_t *d = g->d;
   for (int i = 0; i < g->next; i++) free(g->ans[i].body);
   memset(g->ans, 0, sizeof(g->ans));
   g->next = g->n_targets = g->waiting = 0;
-  g->routed = g->failed = false;
-  d->stats.routed_fallbacks++;
+  if (g->routed) d->stats.routed_fallbacks++;
+  if (g->direct) prims_forget(d, &g->key);
+  g->routed = g->failed = g->direct = false;
   int err = d->closed ? DHT_ECLOSING : dht__lookup(d, &g->key, on_get_lookup, g);
   if (err) {
     g->cb(d, err, NULL, 0, g->hops, g->arg);
@@ -1459,12 +1511,17 @@ static void get_settle(get_op_t *g) {
     values |= answer_has_values(&g->ans[i]);
   }
   bool any = answers > 0;
-  if (!values && g->routed && g->failed) {
+  if ((!values && g->routed && g->failed) || (g->direct && !from_primary(&g->ans[0]))) {
     get_fall_back(g);
     return;
   }
+  if (g->direct) {
+    g->d->stats.gets_direct++;
+    recent_note(g->d, &g->key, &g->targets[0]); /* for the put that follows */
+  }
   /* Empty answers: ask on until every copy's holder has (see above). */
-  if (!values && answers < g->d->replicas && g->next < g->n_targets && !g->d->closed) {
+  bool more = g->primary_only ? !any : !values && answers < g->d->replicas;
+  if (more && g->next < g->n_targets && !g->d->closed) {
     g->waiting = 1;
     get_ask(g, g->next++);
     return;
@@ -1554,7 +1611,8 @@ static void get_ask(get_op_t *g, int i) {
 /* Ask the first GET_PARALLEL targets at once (the rest one by one, while
  * the answers are empty: get_settle). */
 static void get_start(get_op_t *g) {
-  int first = g->n_targets < GET_PARALLEL ? g->n_targets : GET_PARALLEL;
+  int parallel = g->primary_only ? 1 : GET_PARALLEL;
+  int first = g->n_targets < parallel ? g->n_targets : parallel;
   g->waiting = first + 1; /* held until every question is out */
   while (g->next < first) get_ask(g, g->next++);
   if (--g->waiting == 0) get_settle(g);
@@ -1572,6 +1630,7 @@ static void on_get_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, 
   g->n_targets = n < GET_TRIES ? n : GET_TRIES;
   memcpy(g->targets, nodes, (size_t)g->n_targets * sizeof(*nodes));
   if (n > 0) recent_note(d, &g->key, &nodes[0]);
+  if (n > 0 && g->primary_only && path_len > 0) prims_note(d, &g->key, &path[path_len - 1], &nodes[0]);
   get_start(g);
 }
 
@@ -1585,21 +1644,41 @@ static void get_route(void *arg) {
   get_start(g);
 }
 
-int dht_get(dht_t *d, const char *name, dht_get_cb cb, void *arg) {
+/* get_start() from the loop: a get never calls back before it returns. */
+static void get_start_deferred(void *arg) { get_start(arg); }
+
+static int get_begin(dht_t *d, const char *name, bool primary_only, dht_get_cb cb, void *arg) {
   if (d->closed) return DHT_ECLOSING;
   get_op_t *g = calloc(1, sizeof(*g));
   if (!g) return -ENOMEM;
   g->d = d;
   g->cb = cb;
   g->arg = arg;
+  g->primary_only = primary_only;
   dht_id_of(name, &g->key);
   d->stats.gets++;
-  int err = dht__route_on(d) ? defer(d, get_route, g) : dht__lookup(d, &g->key, on_get_lookup, g);
+  d->stats.gets_primary += primary_only;
+  int err;
+  if (dht__route_on(d)) {
+    err = defer(d, get_route, g);
+  } else if (primary_only && prims_find(d, &g->key, &g->targets[0]) && !is_self(d, &g->targets[0])) {
+    g->direct = true;
+    g->n_targets = 1;
+    err = defer(d, get_start_deferred, g);
+  } else {
+    err = dht__lookup(d, &g->key, on_get_lookup, g);
+  }
   if (err) free(g);
   return err;
 }
 
-static void get_start_local(void *arg) { get_start(arg); }
+int dht_get(dht_t *d, const char *name, dht_get_cb cb, void *arg) {
+  return get_begin(d, name, false, cb, arg);
+}
+
+int dht_get_primary(dht_t *d, const char *name, dht_get_cb cb, void *arg) {
+  return get_begin(d, name, true, cb, arg);
+}
 
 int dht_get_local(dht_t *d, const char *name, dht_get_cb cb, void *arg) {
   if (d->closed) return DHT_ECLOSING;
@@ -1608,7 +1687,7 @@ int dht_get_local(dht_t *d, const char *name, dht_get_cb cb, void *arg) {
   *g = (get_op_t){.d = d, .n_targets = 1, .cb = cb, .arg = arg};
   g->targets[0] = d->self;
   dht_id_of(name, &g->key);
-  int err = defer(d, get_start_local, g);
+  int err = defer(d, get_start_deferred, g);
   if (err) free(g);
   return err;
 }
@@ -1801,4 +1880,6 @@ void dht__ops_close(dht_t *d) {
   d->recent = NULL;
   free(d->ends);
   d->ends = NULL;
+  free(d->prims);
+  d->prims = NULL;
 }

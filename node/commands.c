@@ -157,7 +157,9 @@ static json_t *cmd_get(node_t *n, json_t *req, node_reply_fn reply, void *arg) {
   json_t *key = json_object_get(req, "key");
   pending_t *p = pending_new(n, reply, arg);
   int (*get)(dht_t *, const char *, dht_get_cb, void *) =
-      json_is_true(json_object_get(req, "local")) ? dht_get_local : dht_get;
+      json_is_true(json_object_get(req, "local"))     ? dht_get_local
+      : json_is_true(json_object_get(req, "primary")) ? dht_get_primary
+                                                      : dht_get;
   int err = p ? get(n->dht, json_string_value(key), on_get, p) : -ENOMEM;
   if (err) {
     free(p);
@@ -265,6 +267,7 @@ static json_t *cmd_stats(node_t *n) {
       {"refused_owner_key", s.refused_owner_key}, {"refused_owner", s.refused_owner},
       {"refused_not_mine", s.refused_not_mine}, {"refused_net", s.refused_net},
       {"puts", s.puts},               {"gets", s.gets},
+      {"gets_primary", s.gets_primary}, {"gets_direct", s.gets_direct},
       {"stores_in", s.stores_in},     {"values_stored", s.values_stored},
       {"routed_sent", s.routed_sent}, {"routed_forwarded", s.routed_forwarded},
       {"routed_answered", s.routed_answered}, {"routed_failed", s.routed_failed},

@@ -165,7 +165,10 @@ typedef struct {
   uint8_t flags;
   uint16_t count;
   proto_cur_t values; /* iterate with proto_value_next() */
-} proto_store_t;      /* also the body of PROTO_FETCH_R (flags unused) */
+} proto_store_t;      /* also the body of PROTO_FETCH_R (flags: PROTO_FETCH_PRIMARY) */
+/* FETCH_R: the answering node is the key's primary (a node that does not
+ * set it may be one too: older nodes never set it). */
+#define PROTO_FETCH_PRIMARY 0x02
 
 #define PROTO_STORE_REFUSED 1  /* STORE_R status: values refused by the access rules or limits */
 #define PROTO_STORE_NOT_MINE 2 /* STORE_R status: a primary STORE for a key of another range */

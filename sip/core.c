@@ -80,9 +80,9 @@ static int resend_key(const sip_t *sip, char *key, size_t len)
 {
   if (!sip->sip_call_id || !sip->sip_cseq || !sip->sip_via)
     return 0;
-  int n = snprintf(key, len, "%s %u %s", sip->sip_call_id->i_id, sip->sip_cseq->cs_seq,
-                   sip->sip_via->v_branch ? sip->sip_via->v_branch : "");
-  return n > 0 && (size_t)n < len;
+  const char *id = sip->sip_call_id->i_id;
+  return sip__key(key, len, id, strlen(id), sip->sip_cseq->cs_seq,
+                  sip->sip_via->v_branch ? sip->sip_via->v_branch : "");
 }
 
 void sip__reply_stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, int status, const char *phrase,

@@ -179,6 +179,14 @@ int sip__dht_get(sip_svc_t *s, const char *name, sip_op_cb cb, void *ctx)
   return op_started(op, dht_get(s->dht, name, on_get, op));
 }
 
+int sip__dht_get_primary(sip_svc_t *s, const char *name, sip_op_cb cb, void *ctx)
+{
+  sip_op_t *op = op_new(s, cb, ctx);
+  if (!op)
+    return -ENOMEM;
+  return op_started(op, dht_get_primary(s->dht, name, on_get, op));
+}
+
 int sip__dht_get_cached(sip_svc_t *s, const char *name, unsigned max_ms, sip_op_cb cb, void *ctx)
 {
   sip_gentry_t *e = max_ms ? gcache_find(s, name, max_ms) : NULL;

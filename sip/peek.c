@@ -206,10 +206,33 @@ int sip__peek_read(const char *buf, size_t len, sip_peek_t *out)
   return 0;
 }
 
+int sip__key(char *key, size_t keylen, const char *callid, size_t callid_len, uint32_t cseq,
+             const char *branch)
+{
+  char num[12];
+  size_t nl = 0;
+  do
+    num[sizeof num - ++nl] = (char)('0' + cseq % 10);
+  while ((cseq /= 10) > 0);
+  size_t bl = branch ? strlen(branch) : 0;
+  /* Each part is bounded by a datagram, so the sum cannot wrap. */
+  if (callid_len + 1 + nl + (branch ? 1 + bl : 0) >= keylen)
+    return 0;
+  char *o = key;
+  memcpy(o, callid, callid_len), o += callid_len;
+  *o++ = ' ';
+  memcpy(o, num + sizeof num - nl, nl), o += nl;
+  if (branch) {
+    *o++ = ' ';
+    memcpy(o, branch, bl), o += bl;
+  }
+  *o = '\0';
+  return 1;
+}
+
 int sip__peek_key(const sip_peek_t *pk, char *key, size_t keylen)
 {
-  int n = snprintf(key, keylen, "%.*s %u", (int)pk->callid.n, pk->callid.p, pk->cseq);
-  return n > 0 && (size_t)n < keylen;
+  return sip__key(key, keylen, pk->callid.p, pk->callid.n, pk->cseq, NULL);
 }
 
 int sip__peek_register_key(const char *buf, size_t len, char *key, size_t keylen)
@@ -267,11 +290,10 @@ int sip__peek_branch(const sip_peek_t *pk, char *key, size_t keylen)
 {
   su_home_t home[1] = {SU_HOME_INIT(home)};
   sip_via_t *v = top_via_read(home, pk);
-  int n = v ? snprintf(key, keylen, "%.*s %u %s", (int)pk->callid.n, pk->callid.p, pk->cseq,
-                       v->v_branch ? v->v_branch : "")
-            : -1;
+  int ok = v && sip__key(key, keylen, pk->callid.p, pk->callid.n, pk->cseq,
+                         v->v_branch ? v->v_branch : "");
   su_home_deinit(home);
-  return n > 0 && (size_t)n < keylen ? 0 : -EINVAL;
+  return ok ? 0 : -EINVAL;
 }
 
 /* Appends line l and CRLF at *o, if it fits before end. */

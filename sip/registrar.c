@@ -993,6 +993,26 @@ static void on_bindings(sip_svc_t *s, void *ctx, int status, const dht_value_t *
   apply(x);
 }
 
+/* A REGISTER that only adds or refreshes contacts reads the AOR's
+ * bindings from the key's primary alone (one FETCH instead of two or
+ * three).  What that can miss (the primary has just joined and holds
+ * nothing yet, or lacks a write its replicas have) costs little here:
+ * each contact is a value of its own that the put replaces or adds, never
+ * deleting the others, so the missed bindings live on and only the 200
+ * lists fewer of them; step 7's Call-ID/CSeq order is checked against
+ * what the primary holds, which is where every put lands first.  A query
+ * lists, and a removal ("*" or Expires: 0) must find, every binding: those
+ * ask every holder, as before. */
+static int adds_only(const rtx_t *x)
+{
+  if (x->star || x->n_in == 0)
+    return 0;
+  for (int i = 0; i < x->n_in; i++)
+    if (x->in[i].expires == 0)
+      return 0;
+  return 1;
+}
+
 /* The AOR in To must be one of the overlay's users (10.3 step 3). */
 static int aor_of(const sip_svc_t *s, const sip_t *sip, char *out, size_t len)
 {
@@ -1020,8 +1040,10 @@ static void require_unsupported(rtx_t *x)
 /* What a request is known by here: Call-ID and CSeq number. */
 static void ans_key(const sip_t *sip, char key[600])
 {
-  snprintf(key, 600, "%s %u", sip->sip_call_id ? sip->sip_call_id->i_id : "",
-           sip->sip_cseq ? sip->sip_cseq->cs_seq : 0);
+  const char *id = sip->sip_call_id ? sip->sip_call_id->i_id : "";
+  uint32_t cseq = sip->sip_cseq ? sip->sip_cseq->cs_seq : 0;
+  if (!sip__key(key, 600, id, strlen(id), cseq, NULL))
+    snprintf(key, 600, "%s %u", id, cseq); /* cut short, as it always was */
 }
 
 int sip__reg_key_underway(sip_svc_t *s, const char *key)
@@ -1083,6 +1105,8 @@ void sip__register(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq)
     return;
   }
   note_source(x);
-  if (sip__dht_get(s, x->aor, on_bindings, x) < 0)
+  int rc = adds_only(x) ? sip__dht_get_primary(s, x->aor, on_bindings, x)
+                        : sip__dht_get(s, x->aor, on_bindings, x);
+  if (rc < 0)
     rtx_done(x, 500, "Location Service Failed");
 }

@@ -322,6 +322,8 @@ void sip__msg_source(msg_t *msg, char *out, size_t len);
 /* dhtop.c: DHT calls whose callbacks survive sip_free (STYLE 16). */
 typedef void (*sip_op_cb)(sip_svc_t *s, void *ctx, int status, const dht_value_t *v, size_t n);
 int sip__dht_get(sip_svc_t *s, const char *name, sip_op_cb cb, void *ctx);
+/* From the key's primary alone (dht_get_primary: one FETCH, no merge). */
+int sip__dht_get_primary(sip_svc_t *s, const char *name, sip_op_cb cb, void *ctx);
 /* signer: the user's credentials for a user record in the secured mode
  * (kept while the service lives, as dht_put_as wants), NULL: the node's. */
 int sip__dht_put(sip_svc_t *s, const dht_cert_creds_t *signer, const char *name, const char *vid,
@@ -445,6 +447,12 @@ int sip__peek_is(const sip_peek_t *pk, const char *method);
  * plainly: 1 and "CALL-ID CSEQ" in key (as registrar.c knows requests);
  * else 0. */
 int sip__peek_register_key(const char *buf, size_t len, char *key, size_t keylen);
+/* "CALL-ID CSEQ" (branch NULL) or "CALL-ID CSEQ BRANCH" in key, what
+ * REGISTERs and their kept answers are known by: 1, or 0 when it does not
+ * fit in keylen.  Without snprintf: every REGISTER datagram makes two or
+ * three of these keys. */
+int sip__key(char *key, size_t keylen, const char *callid, size_t callid_len, uint32_t cseq,
+             const char *branch);
 /* The same "CALL-ID CSEQ" for a request already read: 1, or 0 when it
  * does not fit in keylen. */
 int sip__peek_key(const sip_peek_t *pk, char *key, size_t keylen);

@@ -3,14 +3,19 @@
 RFC 3261 10.3 (bindings, query, Expires: 0, "*", 423, 404, 420, CSeq order),
 parallel forking with CANCEL of the other branch, CANCEL from the caller,
 404 / 480 (expired) / 483 / 482 (loop) / 416, OPTIONS to the node, MESSAGE
-over UDP and to a TCP contact."""
+over UDP and to a TCP contact; a registration while the AOR's primary lacks
+a binding its replica holds (registrations ask the primary alone, queries
+and removals every holder)."""
 
+import json
 import os
+import socket
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import p2p  # noqa: E402
+import peerproto as pp  # noqa: E402
 import sip_util as su  # noqa: E402
 from p2p import HOST, OVERLAY, check, info  # noqa: E402
 
@@ -198,6 +203,74 @@ def test_unregister_and_expiry(c, A, B, ua, ua2, dave):
     check(r.status == 480, "after the binding expired: 480", r.status)
 
 
+def plant_binding(c, aor, contact_port):
+    """A binding of aor held by the key's first replica alone (its primary
+    lacks it, as a primary that has just joined would): a user record
+    stored there as a replica copy, as the primary's push would."""
+    ids = c.sorted_ids()
+    primary = p2p.successor_of(p2p.key_id(aor), ids)
+    replica = c.by_id(ids[(ids.index(primary) + 1) % len(ids)])
+    uri = "sip:%s@%s:%d" % (aor[4:aor.index("@")], HOST, contact_port)
+    body = {"aor": aor, "contact": "<%s>" % uri, "uri": uri, "expires": 60, "q": 1000,
+            "call_id": "planted@%s" % HOST, "cseq": 1, "path": "sip:%s:1" % HOST, "node": "dd" * 20,
+            "received": "%s:%d" % (HOST, contact_port), "transport": "udp"}
+    v = pp.Value(p2p.key_id(aor + "|" + uri), json.dumps(body).encode(), ttl=60 + 300,
+                 kind=pp.KIND_USER, owner="dd" * 20)
+    host, port = replica.addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=5)
+    try:
+        s.sendall(pp.hello(OVERLAY, "dd" * 20) +
+                  pp.store_frame(p2p.key_id(aor), [v], txid=5, flags=pp.STORE_REPLICA))
+        status = pp.store_status(s, 5)
+    finally:
+        s.close()
+    check(status == 0, "a binding planted at the key's first replica only", status)
+    held = p2p.get_values(c.by_id(primary), aor, local=True)
+    check(held == [], "and the key's primary holds nothing of %s" % aor, held)
+    return uri
+
+
+def test_primary_lacks(c):
+    """A registration reads the bindings from the key's primary alone
+    (dht_get_primary); where the primary lacks one, the registration still
+    succeeds, and a query and a removal, which ask every holder, see it.
+    A refresh soon after sends its FETCH to the primary without a lookup
+    (gets_direct), through a node that is neither the primary nor the
+    node before it (which looks up without asking anyone)."""
+    aor = "sip:heidi@" + OVERLAY
+    ids = c.sorted_ids()
+    R = c.by_id(ids[(ids.index(p2p.successor_of(p2p.key_id(aor), ids)) + 2) % len(ids)])
+    planted = plant_binding(c, aor, 40999)
+    st0 = R.admin_ok({"cmd": "stats"})
+    ua = su.Ua("heidi")
+    mine = "sip:heidi@%s:%d" % (HOST, ua.port)
+    r = ua.register(addr(c, R), expires=60)
+    b = bindings(r)
+    check(r.status == 200 and b.get(mine) == 60,
+          "a registration while the primary lacks a binding: 200 with the new one", (r.status, b))
+    st1 = R.admin_ok({"cmd": "stats"})
+    check(st1["gets_primary"] == st0["gets_primary"] + 1, "that registration asked the primary alone",
+          (st0["gets_primary"], st1["gets_primary"]))
+    r = ua.register(addr(c, R), expires=60)
+    st2 = R.admin_ok({"cmd": "stats"})
+    check(r.status == 200 and mine in bindings(r) and st2["gets_direct"] == st1["gets_direct"] + 1,
+          "a refresh: 200, its FETCH sent to the primary found, which confirmed it",
+          (r.status, bindings(r), st1["gets_direct"], st2["gets_direct"]))
+    r = ua.do(addr(c, R), "REGISTER", ruri="sip:" + OVERLAY, contact=False)
+    b = bindings(r)
+    check(r.status == 200 and set(b) == {planted, mine},
+          "a query asks every holder: it lists the planted binding too", b)
+    r = ua.do(addr(c, R), "REGISTER", ruri="sip:" + OVERLAY, contact="*", headers=["Expires: 0"],
+              call_id="star-heidi-%d" % ua.port)
+    check(r.status == 200, "'*' with Expires: 0", r.status)
+    r = ua.do(addr(c, R), "REGISTER", ruri="sip:" + OVERLAY, contact=False)
+    check(r.status == 200 and not bindings(r),
+          "the removal asked every holder: the planted binding is gone too", bindings(r))
+    st3 = R.admin_ok({"cmd": "stats"})
+    check(st3["gets_primary"] == st0["gets_primary"] + 2,
+          "queries and removals asked every holder", (st0["gets_primary"], st3["gets_primary"]))
+
+
 def test(h):
     c = su.sip_cluster(h, N)
     nodes = c.alive()
@@ -209,6 +282,7 @@ def test(h):
     test_routing_errors(c, A, B, dave)
     test_message_tcp(c, A, B, dave)
     test_unregister_and_expiry(c, A, B, ua, ua2, dave)
+    test_primary_lacks(c)
     st = su.sip_stats(A)
     info("node A counters: %s" % st.get("counters"))
     check(st["counters"]["loops"] >= 1 and st["counters"]["too_many_hops"] >= 1,

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""dht_get_primary (admin get with "primary": true, the registrar's read of
+a user's bindings): it reads the key's primary alone, and a second read
+soon after sends its FETCH straight to the primary the first one found,
+without a lookup (stats gets_direct).  That shortcut trusts only an answer
+that says it comes from the key's primary: after a node X joins between
+the key and P, P no longer says so, and the read looks the key up
+again and reads X.  The ring is laid out with --node-id around the key: P
+its primary, R1 and R2 its replicas, "pre" the node before P, a reader that
+is neither P nor the node before it (that node looks up without asking)."""
+
+import os
+import sys
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import p2p  # noqa: E402
+from p2p import check  # noqa: E402
+
+NAME = "sip:ivan@overlay.test"
+
+
+def at(k, off):
+    return "%040x" % ((k + off) % p2p.RING)
+
+
+def read(node):
+    r = node.admin({"cmd": "get", "key": NAME, "primary": True}, 10)
+    check(r.get("ok"), "the primary-only get answers", r)
+    return [v.get("value", v) for v in r.get("values", [])]
+
+
+def stats(node):
+    st = node.admin_ok({"cmd": "stats"})
+    return st["gets_primary"], st["gets_direct"]
+
+
+def test(h):
+    k = p2p.id_int(p2p.key_id(NAME))
+    q = p2p.RING // 4
+    layout = [("P", 10), ("R1", 20), ("R2", 30), ("reader", q), ("owner", 2 * q), ("pre", 3 * q)]
+    c = h.cluster(0, replicas=3, ports=len(layout) + 1)
+    c.start(len(layout), ids=[at(k, off) for _, off in layout])
+    nodes = {name: c.by_id(at(k, off)) for name, off in layout}
+    c.wait_consistent(timeout=60, succ_len=8, full_succ=True)
+
+    r = p2p.put(nodes["owner"], NAME, {"contact": "sip:ivan@192.0.2.9"}, ttl=600)
+    check(r.get("replicas") == 3, "put stored on 3 nodes", r)
+    reader = nodes["reader"]
+    check(len(read(reader)) == 1, "a primary-only get finds the value")
+    check(stats(reader) == (1, 0), "after a lookup", stats(reader))
+    check(len(read(reader)) == 1, "a second one finds it too")
+    check(stats(reader) == (2, 1), "its FETCH went straight to P, which confirmed it", stats(reader))
+
+    x = c.start(1, ids=[at(k, 5)])[0]
+    c.wait_consistent(timeout=60)
+    p2p.wait_until(lambda: p2p.get_values(x, NAME, local=True) or None, 20, "X, the new primary, got the value",
+                   describe=lambda last: x.status())
+    check(len(read(reader)) == 1, "after X joined between the key and P, the get still finds the value")
+    check(stats(reader) == (3, 1), "P no longer said it was the primary: the get looked the key up",
+          stats(reader))
+    check(len(read(reader)) == 1 and stats(reader) == (4, 2),
+          "and the next one went straight to X", stats(reader))
+
+
+if __name__ == "__main__":
+    p2p.run("test_getprimary", test, timeout=180)
