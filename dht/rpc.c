@@ -144,8 +144,9 @@ static void pending_timeout(uv_timer_t *t) {
 /* The timeout follows the round trips seen (an EWMA of 1/8, as TCP's):
  * on a machine so busy that answers take a second, a fixed timeout calls
  * live nodes dead, and every false death costs a handshake and a repair
- * that make the machine busier still.  Never below --rpc-timeout, at most
- * eight times it. */
+ * that make the machine busier still.  Never below the configured
+ * timeout (dht_config_t rpc_timeout_ms, 1 s by default), at most eight
+ * times it. */
 static void rtt_sample(dht_t *d, uint64_t ms) {
   if (ms > 60000) ms = 60000;
   d->srtt8 = d->srtt8 ? d->srtt8 - d->srtt8 / 8 + (unsigned)ms : 8 * (unsigned)ms;
