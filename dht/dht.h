@@ -106,6 +106,7 @@ enum {
   DHT_ENOTFOUND = -2,    /* no value under that key */
   DHT_ECLOSING = -125,   /* the node is leaving */
   DHT_EREFUSED = -13,    /* the responsible node refused the value (access rules, limits) */
+  DHT_UNREAD = 1,        /* dht_put_read(): stored, but no values came back with it */
 };
 
 typedef void (*dht_put_cb)(dht_t *d, int status, int replicas, void *arg);
@@ -185,6 +186,17 @@ int dht_put(dht_t *d, const char *name, const char *vid, uint8_t kind, const voi
  * value (and its removal).  NULL: the node's own, as dht_put. */
 int dht_put_as(dht_t *d, const dht_cert_creds_t *signer, const char *name, const char *vid,
                uint8_t kind, const void *body, size_t len, uint32_t ttl_s, dht_put_cb cb, void *arg);
+/* dht_put_as(), and what the key's primary held just before the value
+ * landed there (what dht_get_primary() would have read then; the value
+ * put, in its old version, among it): one request where a read and then a
+ * write are two.  cb gets DHT_OK and those values (checked as any read),
+ * DHT_UNREAD when the value was stored but no values came back (a primary
+ * of an older version, or the put waited for the join): read them yourself
+ * if you need them, or a status < 0 as dht_put's cb would.  The put goes
+ * to the primary a primary get would have asked (a range found lately). */
+int dht_put_read(dht_t *d, const dht_cert_creds_t *signer, const char *name, const char *vid,
+                 uint8_t kind, const void *body, size_t len, uint32_t ttl_s, dht_get_cb cb,
+                 void *arg);
 /* Withdraw a value this node put (a tombstone replaces it everywhere).
  * cb may be NULL; -ENOENT when this node has not put (name, vid) since it
  * started. */
@@ -258,6 +270,9 @@ typedef struct {
   uint64_t puts, gets, stores_in, values_stored;
   uint64_t gets_primary; /* of gets, those of dht_get_primary() */
   uint64_t gets_direct;  /* of those, FETCHes sent without a lookup that the primary confirmed */
+  uint64_t puts_read;    /* of puts, those of dht_put_read() */
+  uint64_t puts_read_direct; /* of those, sent to a range's primary without a lookup */
+  uint64_t puts_unread;  /* of those, stored without the values before coming back */
   uint64_t hops_hist[DHT_MAX_PATH + 1];
   uint64_t connections;
   uint64_t tls_failed;   /* secured mode: handshakes or sessions that failed */

@@ -508,7 +508,7 @@ static void fan_out(dht_t *d, const uint8_t *body, size_t len, fanout_cb cb, voi
     return;
   }
   memcpy(copy, body, len);
-  copy[PROTO_ID_LEN] |= PROTO_STORE_REPLICA;
+  copy[PROTO_ID_LEN] = (uint8_t)((copy[PROTO_ID_LEN] | PROTO_STORE_REPLICA) & ~PROTO_STORE_READ);
   memcpy(fo->key.b, body, DHT_ID_LEN);
   fo->cb = cb;
   fo->arg = arg;
@@ -525,24 +525,55 @@ static void fan_out(dht_t *d, const uint8_t *body, size_t len, fanout_cb cb, voi
   }
 }
 
+/* What we hold under key as a FETCH_R body (flags: PROTO_FETCH_PRIMARY or
+ * 0), malloc'ed, its length in *len; NULL when out of memory. */
+static uint8_t *encode_key(dht_t *d, const dht_id_t *key, uint8_t flags, size_t *len) {
+  dht__key_t *k = dht__store_find(&d->store, key);
+  size_t cap = k ? dht__store_encoded_size(k) : PROTO_ID_LEN + 3;
+  uint8_t *buf = malloc(cap);
+  if (!buf) return NULL;
+  long n;
+  if (k) {
+    n = dht__store_encode(k, flags, false, uv_now(d->loop), buf, cap);
+  } else {
+    proto_wcur_t w = {buf, buf + cap, 0};
+    proto_store_begin(&w, key->b, flags);
+    n = proto_store_end(&w, buf);
+  }
+  if (n < 0) {
+    free(buf);
+    return NULL;
+  }
+  *len = (size_t)n;
+  return buf;
+}
+
 typedef struct {
   dht__reply_t to;
   uint16_t stored;
   uint8_t status;
   uint8_t waiting; /* the local check and the replicas' copies */
   int copies;
+  uint8_t *before; /* PROTO_STORE_READ: the key's values before, a FETCH_R body */
+  size_t before_len;
 } store_reply_t;
 
 /* Answers once both the local check and the fan-out are done. */
 static void store_reply_step(dht_t *d, store_reply_t *sr) {
   if (--sr->waiting > 0) return;
   proto_store_r_t r = {.status = sr->status, .stored = sr->stored, .replicas = (uint8_t)sr->copies};
-  uint8_t buf[8];
-  long n = proto_store_r_encode(buf, sizeof(buf), &r);
+  if (sr->status == 0 && sr->before && sr->before_len <= PROTO_MAX_BODY - 4) {
+    r.before = sr->before;
+    r.before_len = sr->before_len;
+  }
+  uint8_t small[8], *buf = r.before ? malloc(4 + r.before_len) : small;
+  long n = buf ? proto_store_r_encode(buf, r.before ? 4 + r.before_len : sizeof(small), &r) : -1;
   /* The connection may have closed meanwhile: our ref keeps it allocated,
    * and rpc.c sends nothing on a closing connection. */
-  dht__answer(d, &sr->to, PROTO_STORE_R, buf, (size_t)n);
+  if (n >= 0) dht__answer(d, &sr->to, PROTO_STORE_R, buf, (size_t)n);
+  if (buf != small) free(buf);
   dht__conn_unref(sr->to.conn);
+  free(sr->before);
   free(sr);
 }
 
@@ -596,6 +627,8 @@ static int answer_store(dht_t *d, const dht__reply_t *to, const proto_frame_t *f
    * them (a put's latency is one check, not two, in the secured mode). */
   if (s.flags & PROTO_STORE_REPLICA) sr->waiting--;
   else fan_out(d, f->body, f->body_len, reply_stored, sr);
+  if ((s.flags & (PROTO_STORE_READ | PROTO_STORE_REPLICA)) == PROTO_STORE_READ)
+    sr->before = encode_key(d, &key, PROTO_FETCH_PRIMARY, &sr->before_len);
   int missing, refused = apply_store(d, &s, peer, &missing);
   /* A refusal is told, so the sender logs it and does not try elsewhere;
    * refreshes of versions we lack, so the sender sends them whole. */
@@ -611,24 +644,13 @@ static int answer_fetch(dht_t *d, const dht__reply_t *to, const proto_frame_t *f
   if (err) return err;
   dht_id_t key;
   memcpy(key.b, q.key, DHT_ID_LEN);
-  dht__key_t *k = dht__store_find(&d->store, &key);
-  uint8_t small[PROTO_ID_LEN + 3];
-  size_t cap = k ? dht__store_encoded_size(k) : sizeof(small);
-  uint8_t *buf = k ? malloc(cap) : small;
-  if (!buf) return 0;
   /* Said so, a reader that sent its FETCH here without a lookup (a range
    * it found lately, dht_get_primary) takes the answer as the primary's. */
   uint8_t flags = d->joined && dht__is_primary(d, &key) ? PROTO_FETCH_PRIMARY : 0;
-  long n;
-  if (k) {
-    n = dht__store_encode(k, flags, false, uv_now(d->loop), buf, cap);
-  } else {
-    proto_wcur_t w = {buf, buf + cap, 0};
-    proto_store_begin(&w, key.b, flags);
-    n = proto_store_end(&w, buf);
-  }
-  if (n >= 0 && n <= PROTO_MAX_BODY) dht__answer(d, to, PROTO_FETCH_R, buf, (size_t)n);
-  if (k) free(buf);
+  size_t n;
+  uint8_t *buf = encode_key(d, &key, flags, &n);
+  if (buf && n <= PROTO_MAX_BODY) dht__answer(d, to, PROTO_FETCH_R, buf, n);
+  free(buf);
   return 0;
 }
 
@@ -666,8 +688,15 @@ typedef struct {
   int n_targets, next, hops;
   bool lookup_if_fails; /* targets came from a cache: look up if they fail */
   dht_put_cb cb;
+  dht_get_cb read_cb; /* dht_put_read(): cb is NULL; the values before go here */
   void *arg;
+  uint8_t *before; /* read_cb: the primary's values before the STORE (FETCH_R body) */
+  size_t before_len;
 } store_op_t;
+
+static void read_done(store_op_t *op, int status);
+static void prims_note(dht_t *d, const dht_id_t *key, const dht_id_t *lo, const dht_node_t *node);
+static void prims_forget(dht_t *d, const dht_id_t *key);
 
 static void owned_note_primary(dht_t *d, const dht_id_t *key, const dht_node_t *primary);
 static void on_store_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, int hops,
@@ -675,7 +704,9 @@ static void on_store_lookup(dht_t *d, int status, const dht_node_t *nodes, int n
 
 static void store_op_done(store_op_t *op, int status, int copies) {
   if (status == DHT_OK && op->next > 0) owned_note_primary(op->d, &op->key, &op->targets[op->next - 1]);
-  if (op->cb) op->cb(op->d, status, copies, op->arg);
+  if (op->read_cb) read_done(op, status);
+  else if (op->cb) op->cb(op->d, status, copies, op->arg);
+  free(op->before);
   free(op->body);
   free(op->full);
   free(op);
@@ -701,6 +732,15 @@ static void store_refused(store_op_t *op, const dht_node_t *by, const proto_stor
   store_op_done(op, DHT_EREFUSED, 0);
 }
 
+/* The primary's values before the STORE, when it sent them. */
+static void store_op_keep(store_op_t *op, const proto_store_r_t *r) {
+  if (!op->read_cb || !r->before || op->before) return;
+  if ((op->before = malloc(r->before_len))) {
+    memcpy(op->before, r->before, r->before_len);
+    op->before_len = r->before_len;
+  }
+}
+
 static void on_store_r(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer, void *arg) {
   store_op_t *op = arg;
   proto_store_r_t r;
@@ -713,10 +753,12 @@ static void on_store_r(dht_t *d, int status, const proto_frame_t *f, const dht_n
     return;
   }
   if (r.status == PROTO_STORE_NEED_FULL && store_op_full(op)) op->next--; /* same target again */
+  if (r.status == PROTO_STORE_NOT_MINE) prims_forget(d, &op->key);
   if (r.status) {
     store_op_next(op);
     return;
   }
+  store_op_keep(op, &r);
   store_op_done(op, DHT_OK, r.replicas);
 }
 
@@ -729,6 +771,8 @@ static void store_op_next(store_op_t *op) {
     if (is_self(d, t)) {
       proto_store_t s;
       int missing = 0;
+      if (op->read_cb && !op->before)
+        op->before = encode_key(d, &op->key, PROTO_FETCH_PRIMARY, &op->before_len);
       if (proto_store_decode(op->body, op->len, &s) == 0 && apply_store(d, &s, NULL, &missing)) {
         store_op_done(op, DHT_EREFUSED, 0);
         return;
@@ -759,6 +803,7 @@ static void on_store_lookup(dht_t *d, int status, const dht_node_t *nodes, int n
   }
   op->n_targets = n < STORE_TRIES ? n : STORE_TRIES;
   memcpy(op->targets, nodes, (size_t)op->n_targets * sizeof(*nodes));
+  if (n > 0 && path_len > 0) prims_note(d, &op->key, &path[path_len - 1], &nodes[0]);
   store_op_next(op);
 }
 
@@ -794,6 +839,7 @@ static void on_store_routed(dht_t *d, int status, const proto_route_r_t *r, void
   }
   op->targets[0] = by; /* where refreshes may go directly while linked */
   op->n_targets = op->next = 1;
+  store_op_keep(op, &sr);
   store_op_done(op, DHT_OK, sr.replicas);
 }
 
@@ -812,7 +858,8 @@ static void store_op_route(void *arg) {
  * known primary (a refresh), store there first and look up only if it
  * fails. */
 static int store_op(dht_t *d, const dht_id_t *key, uint8_t *body, size_t len, uint8_t *full,
-                    size_t full_len, const dht_node_t *primary, dht_put_cb cb, void *arg) {
+                    size_t full_len, const dht_node_t *primary, dht_put_cb cb, dht_get_cb read_cb,
+                    void *arg) {
   store_op_t *op = calloc(1, sizeof(*op));
   if (!op) {
     free(body);
@@ -820,7 +867,7 @@ static int store_op(dht_t *d, const dht_id_t *key, uint8_t *body, size_t len, ui
     return -ENOMEM;
   }
   *op = (store_op_t){.d = d, .key = *key, .body = body, .len = len, .full = full,
-                     .full_len = full_len, .cb = cb, .arg = arg};
+                     .full_len = full_len, .cb = cb, .read_cb = read_cb, .arg = arg};
   /* Routed unless the primary known is one we are linked to already. */
   if (dht__route_on(d) && !(primary && dht__rpc_linked(d, primary))) {
     if (defer(d, store_op_route, op) == 0) return 0;
@@ -1042,7 +1089,7 @@ static long owned_encode(dht_t *d, const dht__owned_t *o, bool same, uint8_t **o
 /* Store o: whole the first time a version goes out, then as refreshes that
  * carry no body or certificate (a node that lacks the version asks for
  * it whole). */
-static int owned_store(dht_t *d, dht__owned_t *o, dht_put_cb cb, void *arg) {
+static int owned_store(dht_t *d, dht__owned_t *o, dht_put_cb cb, dht_get_cb read_cb, void *arg) {
   if (o->expires <= uv_now(d->loop)) return -ETIMEDOUT;
   uint8_t *full, *same = NULL;
   long n = owned_encode(d, o, false, &full), m = 0;
@@ -1060,8 +1107,18 @@ static int owned_store(dht_t *d, dht__owned_t *o, dht_put_cb cb, void *arg) {
   unsigned nth = o->stores++;
   bool cached = o->has_primary && nth % OWNED_LOOKUP_EVERY != 0;
   const dht_node_t *primary = cached ? &o->primary : recent_find(d, &o->key);
-  if (same) return store_op(d, &o->key, same, (size_t)m, full, (size_t)n, primary, cb, arg);
-  return store_op(d, &o->key, full, (size_t)n, NULL, 0, primary, cb, arg);
+  /* A put that reads goes where dht_get_primary() would have read. */
+  dht_node_t range;
+  if (read_cb && !primary && prims_find(d, &o->key, &range) && !is_self(d, &range)) {
+    primary = &range;
+    d->stats.puts_read_direct++;
+  }
+  if (read_cb) {
+    full[PROTO_ID_LEN] |= PROTO_STORE_READ;
+    if (same) same[PROTO_ID_LEN] |= PROTO_STORE_READ;
+  }
+  if (same) return store_op(d, &o->key, same, (size_t)m, full, (size_t)n, primary, cb, read_cb, arg);
+  return store_op(d, &o->key, full, (size_t)n, NULL, 0, primary, cb, read_cb, arg);
 }
 
 /* Sign o's current version (secured mode). */
@@ -1140,7 +1197,7 @@ typedef struct join_wait {
 } join_wait_t;
 
 static int owned_store_or_wait(dht_t *d, dht__owned_t *o, dht_put_cb cb, void *arg) {
-  if (d->joined) return owned_store(d, o, cb, arg);
+  if (d->joined) return owned_store(d, o, cb, NULL, arg);
   join_wait_t *w = malloc(sizeof(*w));
   if (!w) return -ENOMEM;
   *w = (join_wait_t){.next = d->join_waits, .o = o, .cb = cb, .arg = arg};
@@ -1154,7 +1211,7 @@ void dht__owned_joined(dht_t *d) {
   for (join_wait_t *next; w; w = next) {
     next = w->next;
     w->o->has_primary = false;
-    int err = owned_store(d, w->o, w->cb, w->arg);
+    int err = owned_store(d, w->o, w->cb, NULL, w->arg);
     if (err && w->cb) w->cb(d, err, 0, w->arg);
     free(w);
   }
@@ -1183,6 +1240,38 @@ int dht_put_as(dht_t *d, const dht_cert_creds_t *signer, const char *name, const
 int dht_put(dht_t *d, const char *name, const char *vid, uint8_t kind, const void *body,
             size_t len, uint32_t ttl_s, dht_put_cb cb, void *arg) {
   return dht_put_as(d, NULL, name, vid, kind, body, len, ttl_s, cb, arg);
+}
+
+/* A read-put made before the join: stored when the join completes, as
+ * any put, without the values before. */
+typedef struct {
+  dht_get_cb cb;
+  void *arg;
+} unread_t;
+
+static void on_unread_put(dht_t *d, int status, int replicas, void *arg) {
+  unread_t u = *(unread_t *)arg;
+  free(arg);
+  d->stats.puts_unread += status >= 0;
+  u.cb(d, status < 0 ? status : DHT_UNREAD, NULL, 0, 0, u.arg);
+}
+
+int dht_put_read(dht_t *d, const dht_cert_creds_t *signer, const char *name, const char *vid,
+                 uint8_t kind, const void *body, size_t len, uint32_t ttl_s, dht_get_cb cb,
+                 void *arg) {
+  if (d->closed || d->leaving) return DHT_ECLOSING;
+  if (!cb) return -EINVAL;
+  dht__owned_t *o;
+  int err = owned_set(d, signer ? signer : d->creds, name, vid, kind, 0, body, len, ttl_s, 0, &o);
+  if (err) return err;
+  d->stats.puts++;
+  d->stats.puts_read++;
+  if (d->joined) return owned_store(d, o, NULL, cb, arg);
+  unread_t *u = malloc(sizeof(*u));
+  if (!u) return -ENOMEM;
+  *u = (unread_t){cb, arg};
+  if ((err = owned_store_or_wait(d, o, on_unread_put, u))) free(u);
+  return err;
 }
 
 /* A tombstone for (name, vid) that beats sequence number `above`, kept
@@ -1251,7 +1340,7 @@ static void pace_step(uv_timer_t *t) {
         d->owned_n--;
         continue;
       }
-      owned_store(d, o, NULL, NULL);
+      owned_store(d, o, NULL, NULL, NULL);
       done++;
       pp = &o->next;
     }
@@ -1471,6 +1560,28 @@ static void get_deliver(get_op_t *g) {
   get_free(g);
 }
 
+/* A read-put is done: its values before, as a one-answer primary get
+ * hands them over (checked as any read: readable()); DHT_UNREAD when none
+ * came (an older primary, or a path that carries none). */
+static void read_done(store_op_t *op, int status) {
+  get_op_t *g = NULL;
+  proto_store_t s;
+  if (status == DHT_OK && op->before && proto_store_decode(op->before, op->before_len, &s) == 0 &&
+      memcmp(s.key, op->key.b, DHT_ID_LEN) == 0)
+    g = calloc(1, sizeof(*g));
+  if (!g) {
+    op->d->stats.puts_unread += status >= 0;
+    op->read_cb(op->d, status < 0 ? status : DHT_UNREAD, NULL, 0, 0, op->arg);
+    return;
+  }
+  *g = (get_op_t){.d = op->d, .key = op->key, .next = 1, .primary_only = true,
+                  .cb = op->read_cb, .arg = op->arg};
+  g->ans[0] = (get_answer_t){.g = g, .body = op->before, .len = op->before_len};
+  g->targets[0] = op->targets[op->next > 0 ? op->next - 1 : 0];
+  op->before = NULL; /* g's now */
+  get_deliver(g);
+}
+
 static bool answer_has_values(const get_answer_t *a) {
   proto_store_t s;
   return a->body && proto_store_decode(a->body, a->len, &s) == 0 && s.count > 0;
@@ -1552,21 +1663,10 @@ static void on_fetch_r(dht_t *d, int status, const proto_frame_t *f, const dht_n
 
 /* Our own answer, encoded as a peer's would be. */
 static void get_local(get_answer_t *a) {
-  dht_t *d = a->g->d;
-  dht__key_t *k = dht__store_find(&d->store, &a->g->key);
-  uint8_t small[PROTO_ID_LEN + 3];
-  size_t cap = k ? dht__store_encoded_size(k) : sizeof(small);
-  uint8_t *buf = k ? malloc(cap) : small;
-  long n = -1;
-  if (k && buf) {
-    n = dht__store_encode(k, 0, false, uv_now(d->loop), buf, cap);
-  } else if (!k) {
-    proto_wcur_t w = {buf, buf + cap, 0};
-    proto_store_begin(&w, a->g->key.b, 0);
-    n = proto_store_end(&w, buf);
-  }
-  get_answered(a, n >= 0 ? buf : NULL, n >= 0 ? (size_t)n : 0);
-  if (k) free(buf);
+  size_t n;
+  uint8_t *buf = encode_key(a->g->d, &a->g->key, 0, &n);
+  get_answered(a, buf, buf ? n : 0);
+  free(buf);
 }
 
 static void on_fetch_routed(dht_t *d, int status, const proto_route_r_t *r, void *arg) {

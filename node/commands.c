@@ -268,6 +268,8 @@ static json_t *cmd_stats(node_t *n) {
       {"refused_not_mine", s.refused_not_mine}, {"refused_net", s.refused_net},
       {"puts", s.puts},               {"gets", s.gets},
       {"gets_primary", s.gets_primary}, {"gets_direct", s.gets_direct},
+      {"puts_read", s.puts_read}, {"puts_read_direct", s.puts_read_direct},
+      {"puts_unread", s.puts_unread},
       {"stores_in", s.stores_in},     {"values_stored", s.values_stored},
       {"routed_sent", s.routed_sent}, {"routed_forwarded", s.routed_forwarded},
       {"routed_answered", s.routed_answered}, {"routed_failed", s.routed_failed},

@@ -331,9 +331,16 @@ long proto_reach_r_encode(uint8_t *b, size_t n, const proto_reach_r_t *in) {
 
 int proto_store_r_decode(const uint8_t *b, size_t n, proto_store_r_t *out) {
   proto_cur_t c = {b, b + n};
-  proto_store_r_t v;
+  proto_store_r_t v = {0};
   int err = proto_get_u8(&c, &v.status) | proto_get_u16(&c, &v.stored) |
             proto_get_u8(&c, &v.replicas);
+  if (!err && c.p != c.end) {
+    proto_store_t s;
+    if ((err = proto_store_decode(c.p, (size_t)(c.end - c.p), &s))) return err;
+    v.before = c.p;
+    v.before_len = (size_t)(c.end - c.p);
+    c.p = c.end;
+  }
   if ((err = cdone(&c, err))) return err;
   *out = v;
   return 0;
@@ -344,6 +351,7 @@ long proto_store_r_encode(uint8_t *b, size_t n, const proto_store_r_t *in) {
   proto_put_u8(&w, in->status);
   proto_put_u16(&w, in->stored);
   proto_put_u8(&w, in->replicas);
+  if (in->before) proto_put_bytes(&w, in->before, in->before_len);
   return wdone(&w, b);
 }
 

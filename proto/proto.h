@@ -160,6 +160,11 @@ typedef struct {
 } proto_neigh_r_t; /* also the body of PROTO_LEAVE */
 
 #define PROTO_STORE_REPLICA 0x01 /* a copy: the receiver must not fan out */
+/* "And tell me what you held": a primary that takes the STORE answers with
+ * the key's values as they were just before (STORE_R's `before`), so that
+ * a writer that must read first (a registrar) sends one request, not two.
+ * Replicas ignore it. */
+#define PROTO_STORE_READ 0x04
 typedef struct {
   uint8_t key[PROTO_ID_LEN];
   uint8_t flags;
@@ -177,6 +182,10 @@ typedef struct {
   uint8_t status; /* 0 ok, else an error (PROTO_STORE_REFUSED) */
   uint16_t stored;
   uint8_t replicas; /* copies the receiver made, counting itself */
+  /* PROTO_STORE_READ answered: the key's values before the STORE, a
+   * FETCH_R body (validated by the decoder); NULL when absent. */
+  const uint8_t *before;
+  size_t before_len;
 } proto_store_r_t;
 
 /* REACH: the port to connect back to (on the address the request came

@@ -223,6 +223,17 @@ int sip__dht_put(sip_svc_t *s, const dht_cert_creds_t *signer, const char *name,
                                    on_put, op));
 }
 
+int sip__dht_put_read(sip_svc_t *s, const dht_cert_creds_t *signer, const char *name,
+                      const char *vid, uint8_t kind, const char *body, uint32_t ttl, sip_op_cb cb,
+                      void *ctx)
+{
+  sip_op_t *op = op_new(s, cb, ctx);
+  if (!op)
+    return -ENOMEM;
+  return op_started(op, dht_put_read(s->dht, signer, name, vid, kind, body, strlen(body), ttl,
+                                     on_get, op));
+}
+
 int sip__dht_remove(sip_svc_t *s, const dht_cert_creds_t *signer, const char *name,
                     const char *vid, const dht_value_t *seen, sip_op_cb cb, void *ctx)
 {

@@ -1,10 +1,11 @@
 /*
  * The registrar (RFC 3261 section 10.3) with the DHT as location service.
  *
- * A REGISTER is checked, then the AOR's current bindings are fetched so
- * that the Call-ID/CSeq ordering rule (10.3 step 7) can be applied across
+ * A REGISTER is checked, then the AOR's current bindings are read so that
+ * the Call-ID/CSeq ordering rule (10.3 step 7) can be applied across
  * nodes, then one DHT value per contact is put (or removed), and the 200
- * lists the bindings that result.  The node also keeps the bindings it put
+ * lists the bindings that result.  One that only adds or refreshes
+ * contacts (nearly all) reads with its writes instead: "writing first".  The node also keeps the bindings it put
  * in a local table: the admin socket shows them, and the proxy uses them to
  * reach its own phones through the address their REGISTER came from.
  */
@@ -58,6 +59,10 @@ struct sip_rtx {
   int n_ex;
   int removed[2 * SIP_MAX_CONTACTS];
   int pending, failed;
+  int late;        /* written first: the bindings come back with the puts (write_first) */
+  int read;        /* ex holds the AOR's bindings as read */
+  int late_status; /* what the late checks decided, once the writes they made are done */
+  const char *late_phrase;
   char received[80], transport[8], node[DHT_ID_HEX];
   const dht_cert_creds_t *signer; /* the user's, in the secured mode */
   int src;                        /* the source's slot (limit.c), or -1 */
@@ -847,6 +852,16 @@ static void reply_bindings(rtx_t *x)
   free(headers);
 }
 
+static void take_bindings(rtx_t *x, const dht_value_t *v, size_t n)
+{
+  for (size_t i = 0; i < n && x->n_ex < 2 * SIP_MAX_CONTACTS; i++)
+    if (sip__binding_decode(&v[i], &x->ex[x->n_ex]) == 0)
+      x->n_ex++;
+  x->read = 1;
+}
+
+static void late_checks(rtx_t *x);
+
 static void on_stored(sip_svc_t *s, void *ctx, int status, const dht_value_t *v, size_t n)
 {
   rtx_t *x = ctx;
@@ -854,11 +869,17 @@ static void on_stored(sip_svc_t *s, void *ctx, int status, const dht_value_t *v,
     x->failed = 1;
     log_warn("storing a binding of %s failed: %d", x->aor, status);
   }
+  if (x->late && status == DHT_OK && !x->read)
+    take_bindings(x, v, n); /* every put of the request went to the same primary */
   sip__dht_forget(s, x->aor); /* our proxy must not reuse what we just changed */
   if (--x->pending > 0)
     return;
   if (x->failed)
     rtx_done(x, 500, "Location Service Failed");
+  else if (x->late)
+    late_checks(x);
+  else if (x->late_status)
+    rtx_done(x, x->late_status, x->late_phrase);
   else
     reply_bindings(x);
 }
@@ -874,14 +895,29 @@ static int ordering_ok(const rtx_t *x, const sip_binding_t *b)
  * started, this node before a restart (its DHT no longer knows it put the
  * value), or another node.  A tombstone that outlasts the value as found
  * replaces it, so that lookups find nothing (404) at once. */
-static int withdraw(rtx_t *x, int i)
+static int drop_old(rtx_t *x, int i)
 {
   sip_binding_t *b = &x->ex[i];
   x->removed[i] = 1;
-  x->s->c.unregisters++;
   reg_drop(x->s, x->aor, b->vid);
   dht_value_t seen = {.vid = b->vid, .kind = DHT_KIND_USER, .seq = b->seq, .expires_in = b->ttl};
   return sip__dht_remove(x->s, x->signer, x->aor, b->vid, &seen, on_stored, x);
+}
+
+static int withdraw(rtx_t *x, int i)
+{
+  x->s->c.unregisters++;
+  return drop_old(x, i);
+}
+
+/* A new binding's value id: its AOR and contact URI hashed. */
+static void vid_of(const rtx_t *x, intent_t *in)
+{
+  char key[1200];
+  dht_id_t id;
+  snprintf(key, sizeof key, "%s|%s", x->aor, in->uri);
+  dht_id_of(key, &id);
+  dht_id_hex(&id, in->vid);
 }
 
 static int store(rtx_t *x, intent_t *in)
@@ -891,11 +927,7 @@ static int store(rtx_t *x, intent_t *in)
     memcpy(in->vid, x->ex[in->match].vid, sizeof in->vid);
     x->removed[in->match] = 1; /* replaced by the intent in the reply */
   } else {
-    char key[1200];
-    dht_id_t id;
-    snprintf(key, sizeof key, "%s|%s", x->aor, in->uri);
-    dht_id_of(key, &id);
-    dht_id_hex(&id, in->vid);
+    vid_of(x, in);
   }
   if (in->expires == 0)
     return in->match >= 0 ? (x->removed[in->match] = 0, withdraw(x, in->match)) : 1;
@@ -906,14 +938,31 @@ static int store(rtx_t *x, intent_t *in)
                      .node = x->node, .received = x->received, .transport = x->transport,
                      .edge = edge, .cseq = x->sip->sip_cseq->cs_seq, .q1000 = in->q1000};
   char *body = sip__binding_encode(&b, in->expires);
-  int rc = body ? sip__dht_put(s, x->signer, x->aor, in->vid, DHT_KIND_USER, body,
-                               in->expires + SIP_GRACE_S, on_stored, x)
-                : -ENOMEM;
+  int rc = !body   ? -ENOMEM
+           : x->late ? sip__dht_put_read(s, x->signer, x->aor, in->vid, DHT_KIND_USER, body,
+                                         in->expires + SIP_GRACE_S, on_stored, x)
+                     : sip__dht_put(s, x->signer, x->aor, in->vid, DHT_KIND_USER, body,
+                                    in->expires + SIP_GRACE_S, on_stored, x);
   free(body);
   memcpy(b.vid, in->vid, sizeof b.vid);
   if (rc == 0)
     reg_save(s, &b, in->expires);
   return rc;
+}
+
+/* Puts every contact of the request; x->pending counts the writes under
+ * way (the caller's one for itself included), and the last one to finish
+ * answers. */
+static void store_all(rtx_t *x)
+{
+  for (int i = 0; i < x->n_in; i++) {
+    int rc = store(x, &x->in[i]);
+    if (rc == 0)
+      x->pending++;
+    else if (rc < 0)
+      x->failed = 1;
+  }
+  on_stored(x->s, x, DHT_UNREAD, NULL, 0); /* not DHT_OK: no values come with it */
 }
 
 /* Applies the request to the bindings found; every DHT write counts in
@@ -946,14 +995,7 @@ static void apply(rtx_t *x)
   for (int j = 0; x->star && j < x->n_ex; j++)
     if (withdraw(x, j) == 0)
       x->pending++;
-  for (int i = 0; i < x->n_in; i++) {
-    int rc = store(x, &x->in[i]);
-    if (rc == 0)
-      x->pending++;
-    else if (rc < 0)
-      x->failed = 1;
-  }
-  on_stored(x->s, x, 0, NULL, 0);
+  store_all(x);
 }
 
 /* Bindings this node put before it restarted (they name this node, and
@@ -976,9 +1018,7 @@ static void adopt(rtx_t *x)
 static void on_bindings(sip_svc_t *s, void *ctx, int status, const dht_value_t *v, size_t n)
 {
   rtx_t *x = ctx;
-  for (size_t i = 0; i < n && x->n_ex < 2 * SIP_MAX_CONTACTS; i++)
-    if (sip__binding_decode(&v[i], &x->ex[x->n_ex]) == 0)
-      x->n_ex++;
+  take_bindings(x, v, n);
   adopt(x);
   if (status < 0 && status != DHT_ENOTFOUND)
     log_info("bindings of %s not fetched (%d); registering anyway", x->aor,
@@ -993,16 +1033,140 @@ static void on_bindings(sip_svc_t *s, void *ctx, int status, const dht_value_t *
   apply(x);
 }
 
-/* A REGISTER that only adds or refreshes contacts reads the AOR's
- * bindings from the key's primary alone (one FETCH instead of two or
- * three).  What that can miss (the primary has just joined and holds
- * nothing yet, or lacks a write its replicas have) costs little here:
- * each contact is a value of its own that the put replaces or adds, never
- * deleting the others, so the missed bindings live on and only the 200
- * lists fewer of them; step 7's Call-ID/CSeq order is checked against
- * what the primary holds, which is where every put lands first.  A query
- * lists, and a removal ("*" or Expires: 0) must find, every binding: those
- * ask every holder, as before. */
+/* ---- writing first --------------------------------------------------------
+ *
+ * A REGISTER that only adds or refreshes contacts writes first: each
+ * contact's put brings back the AOR's bindings as its primary held them
+ * just before (dht_put_read), one DHT request where a read and then a
+ * write were two.  What needed those bindings before the write is checked
+ * after it, and undone where it fails: 10.3 step 7's order (a binding of
+ * the same Call-ID with a higher CSeq: put back as it was, 400) and the
+ * limit on contacts (ours withdrawn, 403).  The order is also checked
+ * first against this node's own table, where a phone's refreshes through
+ * its home node are, so that only a phone's REGISTERs reordered across two
+ * nodes are caught late.  A contact URI equal to a binding's under
+ * another value id (another spelling) replaces it, as apply() does. */
+
+/* Put ex[i] back as it was (its owner, if not us, refreshes it on). */
+static int restore(rtx_t *x, int i)
+{
+  sip_binding_t *b = &x->ex[i];
+  char *body = sip__binding_encode(b, (uint32_t)b->remaining);
+  int rc = body ? sip__dht_put(x->s, x->signer, x->aor, b->vid, DHT_KIND_USER, body,
+                               (uint32_t)b->remaining + SIP_GRACE_S, on_stored, x)
+                : -ENOMEM;
+  free(body);
+  if (strcmp(b->node, x->node) == 0 && rc == 0)
+    reg_save(x->s, b, (uint32_t)b->remaining);
+  else
+    reg_drop(x->s, x->aor, b->vid);
+  return rc;
+}
+
+/* Withdraw the contacts this request put. */
+static void undo_intents(rtx_t *x)
+{
+  for (int i = 0; i < x->n_in; i++) {
+    reg_drop(x->s, x->aor, x->in[i].vid);
+    if (sip__dht_remove(x->s, x->signer, x->aor, x->in[i].vid, NULL, on_stored, x) == 0)
+      x->pending++;
+  }
+}
+
+static void late_fail(rtx_t *x, int status, const char *phrase)
+{
+  x->late_status = status, x->late_phrase = phrase;
+}
+
+/* Which bindings the intents replaced or spelled otherwise (dup[j] set),
+ * and the one whose order this request breaks, or -1. */
+static int late_match(rtx_t *x, int *dup)
+{
+  su_home_t home[1];
+  su_home_init(home);
+  int bad = -1;
+  for (int j = 0; j < x->n_ex; j++)
+    for (int i = 0; i < x->n_in; i++) {
+      const sip_binding_t *b = &x->ex[j];
+      if (strcmp(b->vid, x->in[i].vid) == 0) {
+        x->removed[j] = 1; /* the intent replaced it */
+        if (strcmp(b->call_id, x->sip->sip_call_id->i_id) == 0 &&
+            b->cseq > x->sip->sip_cseq->cs_seq)
+          bad = j;
+      } else if (!x->removed[j] && !dup[j]) {
+        url_t *e = url_make(home, b->uri);
+        dup[j] = e && url_cmp(e, x->in[i].m->m_url) == 0;
+      }
+    }
+  su_home_deinit(home);
+  return bad;
+}
+
+static void on_late_read(sip_svc_t *s, void *ctx, int status, const dht_value_t *v, size_t n)
+{
+  rtx_t *x = ctx;
+  if (status < 0 && status != DHT_ENOTFOUND)
+    log_info("bindings of %s not fetched (%d); answering with ours", x->aor, status);
+  take_bindings(x, v, n);
+  late_checks(x);
+}
+
+static void late_checks(rtx_t *x)
+{
+  if (!x->read) {
+    /* No bindings came back with the puts: read them (ours among them). */
+    x->read = 1;
+    if (sip__dht_get_primary(x->s, x->aor, on_late_read, x) == 0)
+      return;
+  }
+  x->late = 0;
+  adopt(x);
+  int dup[2 * SIP_MAX_CONTACTS] = {0};
+  int bad = late_match(x, dup);
+  x->pending = 1;
+  if (bad >= 0) {
+    late_fail(x, 400, "Out of Order CSeq");
+    x->pending += restore(x, bad) == 0;
+  } else {
+    int live = x->n_in;
+    for (int j = 0; j < x->n_ex; j++)
+      live += !x->removed[j] && !dup[j] && x->ex[j].remaining > 0;
+    if (live > 2 * SIP_MAX_CONTACTS) {
+      late_fail(x, 403, "Too Many Contacts");
+      undo_intents(x);
+    }
+    for (int j = 0; j < x->n_ex; j++)
+      if (dup[j])
+        x->pending += drop_old(x, j) == 0;
+  }
+  on_stored(x->s, x, DHT_UNREAD, NULL, 0);
+}
+
+/* The order checked against this node's table, then every contact put. */
+static void write_first(rtx_t *x)
+{
+  const sip_t *sip = x->sip;
+  for (int i = 0; i < x->n_in; i++) {
+    vid_of(x, &x->in[i]);
+    const sip_reg_t *r = reg_find(x->s, x->aor, x->in[i].vid);
+    if (r && strcmp(r->call_id, sip->sip_call_id->i_id) == 0 && sip->sip_cseq->cs_seq <= r->cseq) {
+      rtx_done(x, 400, "Out of Order CSeq");
+      return;
+    }
+  }
+  x->late = 1;
+  x->pending = 1; /* ourselves, until every write has started */
+  store_all(x);
+}
+
+/* A REGISTER that only adds or refreshes contacts writes first (above):
+ * it reads the AOR's bindings as the primary alone held them, which can
+ * miss some (the primary has just joined and holds nothing yet, or lacks
+ * a write its replicas have).  That costs little here: each contact is a
+ * value of its own that the put replaces or adds, never deleting the
+ * others, so the missed bindings live on and only the 200 lists fewer of
+ * them.  A query lists, and a removal ("*" or Expires: 0) must find, every
+ * binding: those read from every holder first, then write. */
 static int adds_only(const rtx_t *x)
 {
   if (x->star || x->n_in == 0)
@@ -1105,8 +1269,10 @@ void sip__register(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq)
     return;
   }
   note_source(x);
-  int rc = adds_only(x) ? sip__dht_get_primary(s, x->aor, on_bindings, x)
-                        : sip__dht_get(s, x->aor, on_bindings, x);
-  if (rc < 0)
+  if (adds_only(x)) {
+    write_first(x);
+    return;
+  }
+  if (sip__dht_get(s, x->aor, on_bindings, x) < 0)
     rtx_done(x, 500, "Location Service Failed");
 }

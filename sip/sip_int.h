@@ -328,6 +328,11 @@ int sip__dht_get_primary(sip_svc_t *s, const char *name, sip_op_cb cb, void *ctx
  * (kept while the service lives, as dht_put_as wants), NULL: the node's. */
 int sip__dht_put(sip_svc_t *s, const dht_cert_creds_t *signer, const char *name, const char *vid,
                  uint8_t kind, const char *body, uint32_t ttl, sip_op_cb cb, void *ctx);
+/* The same, and the values the key's primary held before it (dht_put_read:
+ * cb's status DHT_OK with them, DHT_UNREAD when none came, < 0 failed). */
+int sip__dht_put_read(sip_svc_t *s, const dht_cert_creds_t *signer, const char *name,
+                      const char *vid, uint8_t kind, const char *body, uint32_t ttl, sip_op_cb cb,
+                      void *ctx);
 /* Removes a value this node put since it started (seen NULL: dht_remove),
  * or, whoever put it, one a get returned (dht_remove_value, signed by
  * signer as above). */

@@ -231,11 +231,12 @@ def plant_binding(c, aor, contact_port):
 
 
 def test_primary_lacks(c):
-    """A registration reads the bindings from the key's primary alone
-    (dht_get_primary); where the primary lacks one, the registration still
-    succeeds, and a query and a removal, which ask every holder, see it.
-    A refresh soon after sends its FETCH to the primary without a lookup
-    (gets_direct), through a node that is neither the primary nor the
+    """A registration writes first and reads the bindings from what the
+    key's primary alone sends back with its put (dht_put_read, no FETCH);
+    where the primary lacks one, the registration still succeeds, and a
+    query and a removal, which ask every holder, see it.  A refresh soon
+    after sends its put to the primary without a lookup
+    (puts_read_direct), through a node that is neither the primary nor the
     node before it (which looks up without asking anyone)."""
     aor = "sip:heidi@" + OVERLAY
     ids = c.sorted_ids()
@@ -249,13 +250,18 @@ def test_primary_lacks(c):
     check(r.status == 200 and b.get(mine) == 60,
           "a registration while the primary lacks a binding: 200 with the new one", (r.status, b))
     st1 = R.admin_ok({"cmd": "stats"})
-    check(st1["gets_primary"] == st0["gets_primary"] + 1, "that registration asked the primary alone",
-          (st0["gets_primary"], st1["gets_primary"]))
+    seen = {k: (st0[k], st1[k]) for k in ("gets", "puts_read", "puts_unread")}
+    check(st1["gets"] == st0["gets"] and st1["puts_read"] == st0["puts_read"] + 1 and
+          st1["puts_unread"] == st0["puts_unread"],
+          "that registration read nothing: its one put brought the primary's bindings back", seen)
     r = ua.register(addr(c, R), expires=60)
     st2 = R.admin_ok({"cmd": "stats"})
-    check(r.status == 200 and mine in bindings(r) and st2["gets_direct"] == st1["gets_direct"] + 1,
-          "a refresh: 200, its FETCH sent to the primary found, which confirmed it",
-          (r.status, bindings(r), st1["gets_direct"], st2["gets_direct"]))
+    seen = {k: (st1[k], st2[k]) for k in ("gets", "puts_read_direct", "puts_unread")}
+    check(r.status == 200 and bindings(r) == {mine: 60} and st2["gets"] == st1["gets"] and
+          st2["puts_read_direct"] == st1["puts_read_direct"] + 1 and
+          st2["puts_unread"] == st1["puts_unread"],
+          "a refresh: 200 listing the one binding, its put sent straight to the primary found",
+          (r.status, bindings(r), seen))
     r = ua.do(addr(c, R), "REGISTER", ruri="sip:" + OVERLAY, contact=False)
     b = bindings(r)
     check(r.status == 200 and set(b) == {planted, mine},
@@ -267,8 +273,45 @@ def test_primary_lacks(c):
     check(r.status == 200 and not bindings(r),
           "the removal asked every holder: the planted binding is gone too", bindings(r))
     st3 = R.admin_ok({"cmd": "stats"})
-    check(st3["gets_primary"] == st0["gets_primary"] + 2,
-          "queries and removals asked every holder", (st0["gets_primary"], st3["gets_primary"]))
+    check(st3["gets_primary"] == st0["gets_primary"] and st3["gets"] == st0["gets"] + 3,
+          "queries and removals asked every holder", (st0["gets_primary"], st3["gets"], st0["gets"]))
+
+
+def test_late_checks(c, A, B):
+    """A registration that only adds writes first and checks what its put
+    brought back: a lower CSeq of the same Call-ID through another node (not
+    in that node's own table) gets 400 and the binding stays as the higher
+    CSeq left it; a contact spelled otherwise replaces its binding; a
+    contact beyond the limit gets 403 and is withdrawn."""
+    ivan = su.Ua("ivan")
+    mine = "sip:ivan@%s:%d" % (HOST, ivan.port)
+    cid = "late-%d@%s" % (ivan.port, HOST)
+    st0 = B.admin_ok({"cmd": "stats"})
+    r1 = ivan.register(addr(c, A), expires=120, cseq=50, call_id=cid)
+    r2 = ivan.register(addr(c, B), expires=60, cseq=40, call_id=cid)
+    st1 = B.admin_ok({"cmd": "stats"})
+    check(r1.status == 200 and r2.status == 400 and r2.reason == "Out of Order CSeq" and
+          st1["puts_read"] > st0["puts_read"],
+          "a lower CSeq through another node: 400 after the write", (r1.status, r2.status, r2.reason))
+    b = bindings(ivan.do(addr(c, A), "REGISTER", ruri="sip:" + OVERLAY, contact=False))
+    check(set(b) == {mine} and b[mine] > 100, "and the binding is as CSeq 50 left it (120 s)", b)
+    dup = su.Ua("judy")
+    r = dup.register(addr(c, A), expires=90, contact="<sip:judy@Dup.Example:5999>")
+    r = dup.register(addr(c, A), expires=60, contact="<sip:judy@dup.example:5999>",
+                     call_id="dup2-%d" % dup.port)
+    b = bindings(r)
+    check(r.status == 200 and len(b) == 1 and list(b.values()) == [60],
+          "the same contact spelled otherwise replaces its binding", (r.status, b))
+    many = su.Ua("mallory", transport="tcp")  # 32 bindings do not fit a UDP answer
+    conts = ["<sip:m%d@%s:%d>" % (i, HOST, 7000 + i) for i in range(33)]
+    r1 = many.register(addr(c, A), contact=", ".join(conts[:16]), call_id="many1-%d" % many.port)
+    r2 = many.register(addr(c, B), contact=", ".join(conts[16:32]), call_id="many2-%d" % many.port)
+    r3 = many.register(addr(c, B), contact=conts[32], call_id="many3-%d" % many.port)
+    b = bindings(many.do(addr(c, A), "REGISTER", ruri="sip:" + OVERLAY, contact=False))
+    check(r1.status == 200 and r2.status == 200 and r3.status == 403 and len(b) == 32 and
+          "sip:m32@%s:7032" % HOST not in b,
+          "a contact beyond the limit (32 per AOR): 403, and it is withdrawn",
+          (r1.status, r2.status, r3.status, len(b)))
 
 
 def test(h):
@@ -283,6 +326,7 @@ def test(h):
     test_message_tcp(c, A, B, dave)
     test_unregister_and_expiry(c, A, B, ua, ua2, dave)
     test_primary_lacks(c)
+    test_late_checks(c, A, B)
     st = su.sip_stats(A)
     info("node A counters: %s" % st.get("counters"))
     check(st["counters"]["loops"] >= 1 and st["counters"]["too_many_hops"] >= 1,

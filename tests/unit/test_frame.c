@@ -172,6 +172,23 @@ static void test_store(void) {
   ASSERT_OK(proto_store_r_decode(buf, (size_t)n, &r2));
   ASSERT_EQ(r2.stored, 5);
   ASSERT_EQ(r2.replicas, 3);
+  ASSERT(r2.before == NULL);
+  /* With the key's values before (PROTO_STORE_READ): a FETCH_R body. */
+  uint8_t before[PROTO_ID_LEN + 3], rb[64];
+  proto_wcur_t bw = {before, before + sizeof(before), 0};
+  proto_store_begin(&bw, key, PROTO_FETCH_PRIMARY);
+  long bn = proto_store_end(&bw, before);
+  ASSERT_EQ(bn, (long)sizeof(before));
+  r.before = before, r.before_len = (size_t)bn;
+  n = proto_store_r_encode(rb, sizeof(rb), &r);
+  ASSERT_EQ(n, 4 + bn);
+  ASSERT_OK(proto_store_r_decode(rb, (size_t)n, &r2));
+  ASSERT(r2.before == rb + 4 && r2.before_len == (size_t)bn);
+  ASSERT_EQ(r2.stored, 5);
+  /* Trailing bytes that are not a FETCH_R body are refused. */
+  ASSERT(proto_store_r_decode(rb, (size_t)n - 1, &r2) < 0);
+  ASSERT(proto_store_r_decode(rb, 5, &r2) < 0);
+  ASSERT(proto_store_r_encode(rb, 10, &r) < 0); /* no room for the values */
 }
 
 static void test_reach(void) {
