@@ -342,6 +342,7 @@ struct dht {
   struct dht__recent *recent; /* primaries lookups found lately (ops.c), or NULL */
   struct dht__ends *ends;     /* nodes lookups ended at lately (ops.c), or NULL */
   struct dht__prims *prims;   /* ranges of primaries dht_get_primary() found (ops.c), or NULL */
+  struct dht__batches *batches; /* an owner refresh's STOREs by primary (ops.c), or NULL */
   size_t pace_bucket;     /* where the refresh under way resumes */
   bool pacing, pace_again; /* a refresh is under way; another was asked for meanwhile */
   uv_timer_t leave_timer;

@@ -1000,6 +1000,6 @@ const char *dht_frame_name(int type) {
       NULL,     "hello",   "hello_r", "ping",  "ping_r",  "find",    "find_r",
       "neigh",  "neigh_r", "notify",  "notify_r", "store", "store_r", "fetch",
       "fetch_r", "leave",  "leave_r", "poke",  "poke_r", "join",   "join_r",  "reach",
-      "reach_r", "route", "route_r"};
+      "reach_r", "route", "route_r", "stores", "stores_r"};
   return type > 0 && type <= PROTO_TYPE_MAX ? names[type] : NULL;
 }

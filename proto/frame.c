@@ -529,3 +529,67 @@ int proto_value_next(proto_cur_t *values, proto_value_t *out) {
   int err = get_value(values, out);
   return err ? err : 1;
 }
+
+int proto_stores_decode(const uint8_t *b, size_t n, proto_stores_t *out) {
+  proto_cur_t c = {b, b + n};
+  proto_stores_t v;
+  if (proto_get_u16(&c, &v.count)) return PROTO_ETRUNC;
+  if (v.count > PROTO_STORES_MAX) return PROTO_ETOOBIG;
+  v.items = c;
+  for (unsigned i = 0; i < v.count; i++) {
+    uint32_t len;
+    proto_cur_t sub;
+    proto_store_t s;
+    if (proto_get_u32(&c, &len) || proto_get_sub(&c, len, &sub)) return PROTO_ETRUNC;
+    int err = proto_store_decode(sub.p, len, &s);
+    if (err) return err;
+  }
+  if (c.p != c.end) return PROTO_ETRAIL;
+  *out = v;
+  return 0;
+}
+
+int proto_stores_next(proto_cur_t *items, const uint8_t **body, size_t *len) {
+  uint32_t l;
+  proto_cur_t sub;
+  if (items->p >= items->end) return 0;
+  if (proto_get_u32(items, &l) || proto_get_sub(items, l, &sub)) return PROTO_ETRUNC;
+  *body = sub.p;
+  *len = l;
+  return 1;
+}
+
+void proto_stores_begin(proto_wcur_t *w) { proto_put_u16(w, 0); /* count, patched by proto_stores_end() */ }
+
+void proto_stores_add(proto_wcur_t *w, const uint8_t *store, size_t len) {
+  proto_put_u32(w, (uint32_t)len);
+  proto_put_bytes(w, store, len);
+}
+
+long proto_stores_end(proto_wcur_t *w, uint8_t *start, unsigned count) {
+  if (w->err) return w->err;
+  if (count > PROTO_STORES_MAX) return PROTO_ETOOBIG;
+  start[0] = (uint8_t)(count >> 8);
+  start[1] = (uint8_t)count;
+  return (long)(w->p - start);
+}
+
+int proto_stores_r_decode(const uint8_t *b, size_t n, proto_stores_r_t *out) {
+  proto_cur_t c = {b, b + n};
+  proto_stores_r_t v;
+  proto_cur_t sub;
+  if (proto_get_u16(&c, &v.count) || proto_get_sub(&c, v.count, &sub)) return PROTO_ETRUNC;
+  if (v.count > PROTO_STORES_MAX) return PROTO_ETOOBIG;
+  v.status = sub.p;
+  int err = cdone(&c, 0);
+  if (err) return err;
+  *out = v;
+  return 0;
+}
+
+long proto_stores_r_encode(uint8_t *b, size_t n, const proto_stores_r_t *in) {
+  proto_wcur_t w = {b, b + n, 0};
+  proto_put_u16(&w, in->count);
+  proto_put_bytes(&w, in->status, in->count);
+  return wdone(&w, b);
+}

@@ -73,7 +73,10 @@ enum proto_type {
   PROTO_REACH_R = 22,
   PROTO_ROUTE = 23, /* a STORE or FETCH carried hop by hop to the key's owner */
   PROTO_ROUTE_R = 24,
-  PROTO_TYPE_MAX = 24,
+  PROTO_STORES = 25, /* several STORE bodies for one node: an owner's refreshes of values whose
+                      * primary it is, or that primary's copies of them for a replica */
+  PROTO_STORES_R = 26,
+  PROTO_TYPE_MAX = 26,
 };
 
 /* A bounds-checked read cursor.  Every getter returns 0 or PROTO_ETRUNC and
@@ -275,6 +278,28 @@ long proto_store_end(proto_wcur_t *w, uint8_t *start);
 /* Next value of a decoded store; returns 1 with *out set, 0 at the end,
  * or a negative error. */
 int proto_value_next(proto_cur_t *values, proto_value_t *out);
+
+/* STORES: u16 count, then count times (u32 length, STORE body).  The
+ * decoder checks every STORE body in it (proto_store_decode), so that
+ * proto_stores_next() cannot fail on the same view.  STORES_R: u16
+ * count, then one STORE_R status per STORE, in order. */
+#define PROTO_STORES_MAX 1024 /* STOREs in one STORES */
+typedef struct {
+  uint16_t count;
+  proto_cur_t items; /* iterate with proto_stores_next() */
+} proto_stores_t;
+int proto_stores_decode(const uint8_t *b, size_t n, proto_stores_t *out);
+/* Next STORE body of a decoded STORES: 1 with *body, *len set, 0 at the end. */
+int proto_stores_next(proto_cur_t *items, const uint8_t **body, size_t *len);
+void proto_stores_begin(proto_wcur_t *w);
+void proto_stores_add(proto_wcur_t *w, const uint8_t *store, size_t len);
+long proto_stores_end(proto_wcur_t *w, uint8_t *start, unsigned count);
+typedef struct {
+  uint16_t count;
+  const uint8_t *status; /* count STORE_R statuses */
+} proto_stores_r_t;
+int proto_stores_r_decode(const uint8_t *b, size_t n, proto_stores_r_t *out);
+long proto_stores_r_encode(uint8_t *b, size_t n, const proto_stores_r_t *in);
 
 /* Cursor primitives, shared with the other codecs in proto/. */
 int proto_get_u8(proto_cur_t *c, uint8_t *v);

@@ -16,9 +16,12 @@ static void same(long n, const uint8_t *data, size_t size) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 1) return 0;
-  /* Selector bytes 0xf0 and up pick the ROUTE codecs (added later: the
-   * other values keep the decoders their corpus files were found for). */
-  uint8_t which = data[0] >= 0xf0 ? 10 + (data[0] & 1) : data[0] % 10;
+  /* Selector bytes 0xf0 and up pick the ROUTE codecs, 0xe8-0xef the
+   * STORES ones (added later: the other values keep the decoders their
+   * corpus files were found for). */
+  uint8_t which = data[0] >= 0xf0   ? 10 + (data[0] & 1)
+                  : data[0] >= 0xe8 ? 12 + (data[0] & 1)
+                                    : data[0] % 10;
   data++;
   size--;
   switch (which) {
@@ -95,6 +98,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   case 11: {
     proto_route_r_t r;
     if (proto_route_r_decode(data, size, &r) == 0) same(proto_route_r_encode(out, sizeof(out), &r), data, size);
+    break;
+  }
+  case 12: {
+    proto_stores_t ss;
+    if (proto_stores_decode(data, size, &ss) != 0 || size > sizeof(out)) break;
+    proto_wcur_t w = {out, out + sizeof(out), 0};
+    proto_stores_begin(&w);
+    const uint8_t *b;
+    size_t len;
+    unsigned count = 0;
+    int rc;
+    while ((rc = proto_stores_next(&ss.items, &b, &len)) == 1) {
+      proto_store_t s;
+      CHECK(proto_store_decode(b, len, &s) == 0);
+      proto_stores_add(&w, b, len);
+      count++;
+    }
+    CHECK(rc == 0 && count == ss.count);
+    same(proto_stores_end(&w, out, count), data, size);
+    break;
+  }
+  case 13: {
+    proto_stores_r_t r;
+    if (proto_stores_r_decode(data, size, &r) == 0) same(proto_stores_r_encode(out, sizeof(out), &r), data, size);
     break;
   }
   }

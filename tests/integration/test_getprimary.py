@@ -18,6 +18,7 @@ import p2p  # noqa: E402
 from p2p import check  # noqa: E402
 
 NAME = "sip:ivan@overlay.test"
+REFRESH = 2
 
 
 def at(k, off):
@@ -39,7 +40,7 @@ def test(h):
     k = p2p.id_int(p2p.key_id(NAME))
     q = p2p.RING // 4
     layout = [("P", 10), ("R1", 20), ("R2", 30), ("reader", q), ("owner", 2 * q), ("pre", 3 * q)]
-    c = h.cluster(0, replicas=3, ports=len(layout) + 1)
+    c = h.cluster(0, replicas=3, ports=len(layout) + 1, refresh=REFRESH)
     c.start(len(layout), ids=[at(k, off) for _, off in layout])
     nodes = {name: c.by_id(at(k, off)) for name, off in layout}
     c.wait_consistent(timeout=60, succ_len=8, full_succ=True)
@@ -61,6 +62,30 @@ def test(h):
           stats(reader))
     check(len(read(reader)) == 1 and stats(reader) == (4, 2),
           "and the next one went straight to X", stats(reader))
+    test_refresh_moved(nodes["owner"], x)
+
+
+def batches(node):
+    st = node.admin_ok({"cmd": "stats"})
+    return st["refresh_batches"], st["refresh_batch_misses"]
+
+
+def test_refresh_moved(owner, x):
+    """The owner's refreshes go as one STORES to the primary of its last
+    store, P; after X joined between the key and P, P answers that one
+    NOT_MINE and the owner stores the value again alone, after a lookup:
+    then its batches go to X and miss no more."""
+    p2p.wait_until(lambda: batches(owner)[1] >= 1 or None, 4 * REFRESH + 10,
+                   "a refresh batch to P missed (P is not the primary any more)",
+                   describe=lambda _: batches(owner))
+    b0, m0 = batches(owner)
+    p2p.wait_until(lambda: batches(owner)[0] >= b0 + 2 or None, 3 * REFRESH + 10,
+                   "two refresh batches more", describe=lambda _: batches(owner))
+    b1, m1 = batches(owner)
+    check(m1 == m0, "after the value was stored again alone, the batches (now to X) miss no more",
+          (b0, m0, b1, m1))
+    vals = p2p.get_values(x, NAME, local=True)
+    check(len(vals) == 1 and vals[0].get("owner") == owner.id, "X holds the owner's value", vals)
 
 
 if __name__ == "__main__":

@@ -26,21 +26,34 @@ def lookups(node):
     return node.admin_ok({"cmd": "stats"})["lookups"]
 
 
+def sent(node):
+    st = node.admin_ok({"cmd": "stats"})
+    by = st["msgs_out_by_type"]
+    return {"store": by.get("store", 0), "stores": by.get("stores", 0),
+            "batches": st["refresh_batches"], "misses": st["refresh_batch_misses"]}
+
+
 def test_lookups(c, writer):
-    """An owner's refreshes go to the primary its last store reached (a
-    lookup every fourth refresh), the first one included; a new version of
-    a value put right after a get of its key takes the primary the get
-    found (a registrar: get the bindings, put the new one).  Lookups are
-    counted on the writer, whose ring upkeep makes a few of its own."""
+    """An owner's refreshes go to the primary its last store reached, the
+    first one included, as one STORES per primary (not a STORE per value);
+    a new version of a value put right after a get of its key takes the
+    primary the get found (a registrar: get the bindings, put the new
+    one).  Lookups are counted on the writer, whose ring upkeep makes a few
+    of its own."""
     keys = ["sip:many%d@overlay.test" % i for i in range(KEYS)]
     for k in keys:
         p2p.put(writer, k, "v1", ttl=600, vid="b")
-    t0, l0 = time.monotonic(), lookups(writer)
+    t0, l0, s0 = time.monotonic(), lookups(writer), sent(writer)
     time.sleep(2 * REFRESH + 1)  # two refresh rounds: nothing to wait for, the count is the test
-    d = lookups(writer) - l0
-    info("%d lookups on the writer in %.1fs holding %d values" % (d, time.monotonic() - t0, KEYS))
+    d, s1 = lookups(writer) - l0, sent(writer)
+    info("%d lookups on the writer in %.1fs holding %d values; sent %s -> %s" %
+         (d, time.monotonic() - t0, KEYS, s0, s1))
     if not c.secure:  # the secured mode routes its stores: no lookups to count
         check(d < KEYS // 2, "two refresh rounds of %d values: %d lookups (not one per value)" % (KEYS, d))
+    stores = s1["store"] - s0["store"]
+    check(s1["batches"] > s0["batches"] and s1["stores"] > s0["stores"] and stores < KEYS // 2,
+          "two refresh rounds of %d values: %d STORES batches, %d STOREs alone (not one per value)"
+          % (KEYS, s1["stores"] - s0["stores"], stores), (s0, s1))
     l0 = lookups(writer)
     for k in keys:
         p2p.get_values(writer, k)

@@ -191,6 +191,48 @@ static void test_store(void) {
   ASSERT(proto_store_r_encode(rb, 10, &r) < 0); /* no room for the values */
 }
 
+static void test_stores(void) {
+  uint8_t key[PROTO_ID_LEN], one[64], buf[256];
+  memset(key, 7, sizeof(key));
+  proto_wcur_t w = {one, one + sizeof(one), 0};
+  proto_store_begin(&w, key, 0);
+  long on = proto_store_end(&w, one);
+  ASSERT(on > 0);
+  w = (proto_wcur_t){buf, buf + sizeof(buf), 0};
+  proto_stores_begin(&w);
+  proto_stores_add(&w, one, (size_t)on);
+  proto_stores_add(&w, one, (size_t)on);
+  long n = proto_stores_end(&w, buf, 2);
+  ASSERT_EQ(n, 2 + 2 * (4 + on));
+  proto_stores_t ss;
+  ASSERT_OK(proto_stores_decode(buf, (size_t)n, &ss));
+  ASSERT_EQ(ss.count, 2);
+  const uint8_t *b;
+  size_t len;
+  ASSERT_EQ(proto_stores_next(&ss.items, &b, &len), 1);
+  ASSERT(b == buf + 6 && len == (size_t)on);
+  ASSERT_EQ(proto_stores_next(&ss.items, &b, &len), 1);
+  ASSERT_EQ(proto_stores_next(&ss.items, &b, &len), 0);
+  /* A STORE inside that does not decode, a count above what is there or
+   * above the bound, trailing bytes: all refused whole. */
+  buf[6 + PROTO_ID_LEN + 2] = 1;
+  ASSERT(proto_stores_decode(buf, (size_t)n, &ss) < 0);
+  buf[6 + PROTO_ID_LEN + 2] = 0;
+  buf[1] = 3;
+  ASSERT(proto_stores_decode(buf, (size_t)n, &ss) < 0);
+  buf[1] = 1;
+  ASSERT_EQ(proto_stores_decode(buf, (size_t)n, &ss), PROTO_ETRAIL);
+  buf[0] = 0xff;
+  ASSERT_EQ(proto_stores_decode(buf, (size_t)n, &ss), PROTO_ETOOBIG);
+  uint8_t st[3] = {0, PROTO_STORE_NOT_MINE, PROTO_STORE_NEED_FULL};
+  proto_stores_r_t r = {.count = 3, .status = st}, r2;
+  n = proto_stores_r_encode(buf, sizeof(buf), &r);
+  ASSERT_EQ(n, 5);
+  ASSERT_OK(proto_stores_r_decode(buf, (size_t)n, &r2));
+  ASSERT(r2.count == 3 && r2.status[1] == PROTO_STORE_NOT_MINE);
+  ASSERT(proto_stores_r_decode(buf, (size_t)n - 1, &r2) < 0);
+}
+
 static void test_reach(void) {
   uint8_t buf[128];
   proto_reach_t q = {.port = 5060}, q2;
@@ -321,6 +363,7 @@ int main(void) {
   test_hello();
   test_find_neigh();
   test_store();
+  test_stores();
   test_reach();
   test_route();
   test_garbage();
