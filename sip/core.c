@@ -1155,7 +1155,7 @@ json_t *sip_stats_json(const sip_svc_t *s)
       {"register_resent_peeked", c->register_resent_peeked}, {"shed_peeked", c->shed_peeked},
       {"challenged_peeked", c->challenged_peeked},
       {"register_answers_built", c->register_answers_built},
-      {"register_direct", c->register_direct}};
+      {"register_direct", c->register_direct},  {"edge_unknown", c->edge_unknown}};
   for (size_t i = 0; counters && i < sizeof down / sizeof *down; i++)
     json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);

@@ -209,6 +209,7 @@ static void on_peer_values(sip_svc_t *s, void *ctx, int status, const dht_value_
   memcpy(s->peers + n_good, bad, sizeof *bad * (size_t)n_bad);
   s->n_peers = n_good + n_bad;
   s->peers_at = s->n_peers ? sip__now_ms(s) : 0;
+  s->peers_tried = sip__now_ms(s);
   s->peers_fetching = 0;
   /* The callbacks may queue new waiters: take the list first. */
   struct sip_peer_wait *w = s->waiters;
@@ -244,6 +245,17 @@ int sip__peers_get(sip_svc_t *s, void (*cb)(sip_svc_t *, void *, int), void *ctx
   w[s->n_waiters].cb = cb, w[s->n_waiters].ctx = ctx;
   s->n_waiters++;
   return 0;
+}
+
+int sip__peers_refresh(sip_svc_t *s, void (*cb)(sip_svc_t *, void *, int), void *ctx)
+{
+  if (s->peers_tried && sip__now_ms(s) - s->peers_tried < SIP_PEER_MISS_MS && !s->peers_fetching) {
+    if (cb)
+      cb(s, ctx, 0); /* just fetched: that list stands */
+    return 0;
+  }
+  s->peers_at = 0; /* wait for a fetch: the one under way, or a new one */
+  return sip__peers_get(s, cb, ctx);
 }
 
 /* ---- the live proxy peers, for the DNS clean-up ------------------------ */

@@ -57,6 +57,8 @@ struct sip_ptx {
   int n_br, n_live;
   int best_status;
   msg_t *best; /* best final non-2xx so far (our Via removed), or NULL */
+  sip_binding_t *held; /* targets waiting for the proxy peer list, or NULL */
+  size_t n_held;
 };
 
 static void branch_send(sip_branch_t *b);
@@ -75,9 +77,18 @@ static void drop_branches(sip_ptx_t *t)
   t->n_br = t->n_live = 0;
 }
 
+static void drop_held(sip_ptx_t *t)
+{
+  for (size_t i = 0; i < t->n_held; i++)
+    sip__binding_clear(&t->held[i]);
+  free(t->held);
+  t->held = NULL, t->n_held = 0;
+}
+
 static void ptx_free(sip_ptx_t *t)
 {
   drop_branches(t);
+  drop_held(t);
   if (t->irq)
     nta_incoming_destroy(t->irq);
   msg_destroy(t->msg);
@@ -483,16 +494,49 @@ static int by_q(const void *a, const void *b)
   return ((const sip_binding_t *)b)->q1000 - ((const sip_binding_t *)a)->q1000;
 }
 
+/* The proxy peer of the list at uri ("sip:IP:PORT"), or NULL. */
+static const sip_peer_t *known_peer(const sip_svc_t *s, const char *uri)
+{
+  for (int i = 0; i < s->n_peers; i++)
+    if (strcmp(s->peers[i].uri, uri) == 0)
+      return &s->peers[i];
+  return NULL;
+}
+
 /* The hop to the proxy peer a record names as a node's edge: its TLS
  * address when we know it (the secured mode), where it tells us from a
  * stranger (edge.c), which it must: the next hop, the node's reflexive
  * address, is a target it forwards to for nodes only. */
 static const char *edge_hop(const sip_svc_t *s, const char *edge)
 {
-  for (int i = 0; i < s->n_peers; i++)
-    if (strcmp(s->peers[i].uri, edge) == 0)
-      return sip__peer_next(s, &s->peers[i]);
-  return edge;
+  const sip_peer_t *p = known_peer(s, edge);
+  return p ? sip__peer_next(s, p) : edge;
+}
+
+/* The secured mode: whether a binding names an edge (not us) whose TLS
+ * address the proxy peer list does not give.  Sent to its plain address,
+ * the edge takes the request for a stranger's and refuses to carry it
+ * into the NAT (403, or 407 on a node with users); the list may just be
+ * older than the edge (a proxy peer reads it again every
+ * SIP_PEER_REPUBLISH_MS, another node when it needs a proxy peer, and a
+ * read can come back without a value the DHT holds). */
+static int edge_unknown(const sip_svc_t *s, const sip_binding_t *bs, size_t n)
+{
+  if (!s->tls_hostport[0])
+    return 0;
+  int unknown = 0;
+  su_home_t home[1];
+  su_home_init(home);
+  for (size_t i = 0; i < n && !unknown; i++) {
+    if (!sip__binding_hop_ok(bs[i].path) || !sip__binding_hop_ok(bs[i].edge))
+      continue;
+    const sip_peer_t *p = known_peer(s, bs[i].edge);
+    url_t *path = url_make(home, bs[i].path), *edge = url_make(home, bs[i].edge);
+    unknown = path && edge && !sip__uri_is_self(s, path) && !sip__uri_is_self(s, edge) &&
+              (!p || !p->tls[0]);
+  }
+  su_home_deinit(home);
+  return unknown;
 }
 
 /* One branch per live binding, best q first (parallel forking).  A binding
@@ -552,6 +596,35 @@ static uint32_t targets_sig(const sip_binding_t *bs, size_t n)
   return sig;
 }
 
+/* The proxy peer list is as fresh as it gets: fork to the targets held. */
+static void on_edge_peers(sip_svc_t *s, void *ctx, int status)
+{
+  sip_ptx_t *t = ctx;
+  if (!t->finished && !t->cancelled)
+    fork_to(t, t->held, t->n_held);
+  drop_held(t);
+  ptx_release(t);
+}
+
+/* A target's edge is unknown (edge_unknown): the targets wait in t for
+ * the list to be read again (sip__peers_refresh: at most once a
+ * SIP_PEER_MISS_MS however many calls ask), then go to fork_to whatever
+ * it says.  1: they wait (bs emptied; fork_to may have run already);
+ * 0: fork now. */
+static int await_edge(sip_ptx_t *t, sip_binding_t *bs, size_t n)
+{
+  if (t->held || !edge_unknown(t->s, bs, n) || !(t->held = malloc(sizeof *bs * n)))
+    return 0;
+  memcpy(t->held, bs, sizeof *bs * n);
+  memset(bs, 0, sizeof *bs * n);
+  t->n_held = n;
+  t->s->c.edge_unknown++;
+  ptx_hold(t);
+  if (sip__peers_refresh(t->s, on_edge_peers, t) < 0)
+    on_edge_peers(t->s, t, -1);
+  return 1;
+}
+
 static void on_located(sip_svc_t *s, void *ctx, int status, const dht_value_t *v, size_t n)
 {
   sip_ptx_t *t = ctx;
@@ -585,7 +658,8 @@ static void on_located(sip_svc_t *s, void *ctx, int status, const dht_value_t *v
     ptx_finish(t);
   } else {
     t->cached = status == SIP_GET_CACHED, t->targets = sig;
-    fork_to(t, bs, live);
+    if (!await_edge(t, bs, live))
+      fork_to(t, bs, live);
   }
   for (size_t i = 0; i < live; i++)
     sip__binding_clear(&bs[i]);

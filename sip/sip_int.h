@@ -84,6 +84,7 @@
 #define SIP_PEER_REPUBLISH_MS 10000
 #define SIP_PEER_RETRY_MS 2000    /* the first re-put, and after a failure */
 #define SIP_PEER_CACHE_MS 5000   /* how long a fetched peer list is reused */
+#define SIP_PEER_MISS_MS 1000    /* a peer missing from the list: fetched again at most this often */
 #define SIP_FAILOVER_MS 4000     /* no answer at all from a peer: try another */
 #define SIP_STOP_MAX_MS 2000     /* sip_stop() calls back within this */
 /* A proxy peer found dead (gateway.c, dnsreg.c, ping.c). */
@@ -123,6 +124,7 @@ typedef struct {
   uint64_t registers, register_ok, register_failed, unregisters;
   uint64_t lookups, lookup_failed, not_found, expired;
   uint64_t proxied, via_peer, peer_failover, to_public, from_public;
+  uint64_t edge_unknown; /* calls that read the proxy peer list again for a target's edge */
   uint64_t loops, too_many_hops, bad_requests, cancels, no_peer;
   uint64_t dns_updates, dns_update_failed;
   uint64_t dns_refused; /* updates the server refused (its update-policy) */
@@ -208,6 +210,7 @@ struct sip_svc {
   sip_peer_t peers[SIP_MAX_PEERS];
   int n_peers;
   uint64_t peers_at;   /* uv_now() of the fetch; 0: never */
+  uint64_t peers_tried; /* uv_now() the last fetch ended, whatever it found */
   int peers_fetching;
   unsigned peer_rr;    /* round robin start */
   struct sip_peer_wait *waiters; /* requests waiting for the list */
@@ -632,6 +635,11 @@ void sip__gateway_stop(sip_svc_t *s, void (*done)(sip_svc_t *s));
  * known, best first; status < 0 when the DHT did not answer.  cb NULL:
  * only refresh s->peers. */
 int sip__peers_get(sip_svc_t *s, void (*cb)(sip_svc_t *, void *, int), void *ctx);
+/* The same, but fetched again unless the last fetch ended less than
+ * SIP_PEER_MISS_MS ago: for a proxy peer the list should hold and does
+ * not (proxy.c: the edge of a node behind a NAT, whose TLS address only
+ * the list gives). */
+int sip__peers_refresh(sip_svc_t *s, void (*cb)(sip_svc_t *, void *, int), void *ctx);
 void sip__peer_failed(sip_svc_t *s, const char *uri);
 void sip__peers_free(sip_svc_t *s);
 /* The proxy-peer value's body (malloc'd, NULL when out of memory), and
