@@ -39,6 +39,7 @@ typedef struct {
   uint32_t expires;
   int q1000;
   int match;     /* index into rtx.ex, or -1 */
+  int had_own;   /* written first: our table held its binding before (write_first) */
   char vid[DHT_ID_HEX + 8];
 } intent_t;
 
@@ -852,10 +853,25 @@ static void reply_bindings(rtx_t *x)
   free(headers);
 }
 
+/* Written first, a value this node put for one of the request's contacts
+ * (its owner us, its binding in our table) is the old version of what the
+ * request replaces, and its order was checked against the table before
+ * the write (write_first): nothing in it is needed, and decoding it was
+ * 6 % of a registrar whose phones re-register. */
+static int replaced_own(const rtx_t *x, const dht_value_t *v)
+{
+  if (!x->late || memcmp(v->owner.b, dht_self(x->s->dht)->id.b, DHT_ID_LEN) != 0)
+    return 0;
+  for (int i = 0; i < x->n_in; i++)
+    if (strcmp(v->vid, x->in[i].vid) == 0)
+      return x->in[i].had_own;
+  return 0;
+}
+
 static void take_bindings(rtx_t *x, const dht_value_t *v, size_t n)
 {
   for (size_t i = 0; i < n && x->n_ex < 2 * SIP_MAX_CONTACTS; i++)
-    if (sip__binding_decode(&v[i], &x->ex[x->n_ex]) == 0)
+    if (!replaced_own(x, &v[i]) && sip__binding_decode(&v[i], &x->ex[x->n_ex]) == 0)
       x->n_ex++;
   x->read = 1;
 }
@@ -1153,6 +1169,7 @@ static void write_first(rtx_t *x)
       rtx_done(x, 400, "Out of Order CSeq");
       return;
     }
+    x->in[i].had_own = r != NULL;
   }
   x->late = 1;
   x->pending = 1; /* ourselves, until every write has started */
