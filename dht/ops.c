@@ -1454,6 +1454,7 @@ int dht_remove_value(dht_t *d, const dht_cert_creds_t *signer, const char *name,
 
 typedef struct {
   dht_node_t to;
+  dht_id_t key; /* its first value's: where it is routed when to is not linked */
   uint8_t *buf; /* a STORES body being built */
   proto_wcur_t w;
   unsigned n;
@@ -1505,6 +1506,12 @@ static void on_batch_r(dht_t *d, int status, const proto_frame_t *f, const dht_n
   free(sent);
 }
 
+static void on_batch_routed(dht_t *d, int status, const proto_route_r_t *r, void *arg) {
+  proto_frame_t f = {0};
+  if (status == 0 && r->type == PROTO_STORES_R) f = (proto_frame_t){.body = r->body, .body_len = r->body_len};
+  on_batch_r(d, status == 0 && r->type == PROTO_STORES_R ? 0 : -1, &f, NULL, arg);
+}
+
 /* A batch of values whose primary we are: taken here, copies sent on. */
 static void batch_local(dht_t *d, const uint8_t *body, size_t len) {
   proto_stores_t ss;
@@ -1516,15 +1523,18 @@ static void batch_local(dht_t *d, const uint8_t *body, size_t len) {
 
 static void batch_send(dht_t *d, batch_t *b) {
   long n = b->n ? proto_stores_end(&b->w, b->buf, b->n) : -1;
-  uint8_t *keep;
+  uint8_t *keep = NULL;
   if (n > 0) d->stats.refresh_batches++;
   if (n > 0 && is_self(d, &b->to)) {
     batch_local(d, b->buf, (size_t)n);
-  } else if (n > 0 && (keep = kept(b->buf, (size_t)n)) &&
-             dht__rpc_call(d, &b->to, PROTO_STORES, b->buf, (size_t)n, on_batch_r, keep)) {
-    /* No link any more: on_batch_r() as if nothing came back. */
-    proto_frame_t none = {0};
-    on_batch_r(d, -1, &none, &b->to, keep);
+  } else if (n > 0 && (keep = kept(b->buf, (size_t)n))) {
+    /* The secured mode's stores are routed: so is a batch for a primary
+     * we have no link to, towards its first key.  No way to send it:
+     * as if nothing came back. */
+    int err = !dht__rpc_linked(d, &b->to) && dht__route_on(d)
+                  ? dht__route_send(d, &b->key, 0, PROTO_STORES, b->buf, (size_t)n, on_batch_routed, keep)
+                  : dht__rpc_call(d, &b->to, PROTO_STORES, b->buf, (size_t)n, on_batch_r, keep);
+    if (err) on_batch_routed(d, -1, NULL, keep);
   }
   free(b->buf);
   memset(b, 0, sizeof(*b));
@@ -1545,7 +1555,8 @@ static void batches_free(dht_t *d) {
 static void owned_refresh(dht_t *d, dht__owned_t *o) {
   uint8_t *same;
   long m;
-  if (o->stores == 0 || !o->has_primary || (!is_self(d, &o->primary) && !dht__rpc_linked(d, &o->primary)) ||
+  if (o->stores == 0 || !o->has_primary ||
+      (!is_self(d, &o->primary) && !dht__rpc_linked(d, &o->primary) && !dht__route_on(d)) ||
       o->expires <= uv_now(d->loop) || (!d->batches && !(d->batches = calloc(1, sizeof(*d->batches)))) ||
       (m = owned_encode(d, o, true, &same)) < 0) {
     owned_store(d, o, NULL, NULL, NULL);
@@ -1561,6 +1572,7 @@ static void owned_refresh(dht_t *d, dht__owned_t *o) {
       return;
     }
     b->to = o->primary;
+    b->key = o->key;
     b->w = (proto_wcur_t){b->buf, b->buf + BATCH_BYTES, 0};
     proto_stores_begin(&b->w);
   }
@@ -2125,14 +2137,67 @@ static void push_key(dht__key_t *k, void *arg) {
   free(buf);
 }
 
+/* The periodic round's refreshes of our primary keys, as STORES bodies of
+ * up to PUSH_MAX keys for each replica (a primary of 100,000 keys sent
+ * 100,000 STOREs a round to each). */
+#define PUSH_MAX 256
+#define PUSH_BYTES (64 * 1024)
+
+typedef struct {
+  dht_t *d;
+  uint8_t buf[PUSH_BYTES];
+  uint8_t one[PUSH_BYTES / 4]; /* a key, encoded */
+  proto_wcur_t w;
+  unsigned n;
+  push_t *alone; /* for a key too big to go with others */
+} pushes_t;
+
+static void pushes_send(pushes_t *ps) {
+  long n = ps->n ? proto_stores_end(&ps->w, ps->buf, ps->n) : -1;
+  if (n > 0) copies_send(ps->d, ps->buf, (size_t)n);
+  ps->w = (proto_wcur_t){ps->buf, ps->buf + sizeof(ps->buf), 0};
+  ps->n = 0;
+  proto_stores_begin(&ps->w);
+}
+
+static void push_batched(dht__key_t *k, void *arg) {
+  pushes_t *ps = arg;
+  dht_t *d = ps->d;
+  if (!dht__is_primary(d, &k->key)) return;
+  size_t cap = dht__store_encoded_size(k);
+  if (cap > sizeof(ps->one)) {
+    push_key(k, ps->alone);
+    return;
+  }
+  long n = dht__store_encode(k, PROTO_STORE_REPLICA, true, uv_now(d->loop), ps->one, cap);
+  if (n <= 0) return;
+  if ((size_t)(ps->w.end - ps->w.p) < (size_t)n + 4) pushes_send(ps);
+  proto_stores_add(&ps->w, ps->one, (size_t)n);
+  if (++ps->n >= PUSH_MAX) pushes_send(ps);
+}
+
 /* Push every key we are primary for to our replicas: whole after ring
  * changes (new replicas), as refreshes on the periodic round (the replicas
- * hold them already, and ask for what they lack). */
+ * hold them already, and ask for what they lack), batched where
+ * copies_batch() allows. */
 static void push_replicas(dht_t *d, bool same) {
   if (d->leaving || d->store.nkeys == 0) return;
   int n = d->replicas - 1 < d->n_succ ? d->replicas - 1 : d->n_succ;
   push_t p = {.d = d, .to = d->succ, .n_to = n, .flags = PROTO_STORE_REPLICA, .same = same};
-  if (n > 0) dht__store_each(&d->store, push_key, &p);
+  pushes_t *ps;
+  if (n <= 0) return;
+  if (!same || !copies_batch(d) || !(ps = malloc(sizeof(*ps)))) {
+    dht__store_each(&d->store, push_key, &p);
+    return;
+  }
+  ps->d = d;
+  ps->n = 0;
+  ps->alone = &p;
+  ps->w = (proto_wcur_t){ps->buf, ps->buf + sizeof(ps->buf), 0};
+  proto_stores_begin(&ps->w);
+  dht__store_each(&d->store, push_batched, ps);
+  pushes_send(ps);
+  free(ps);
 }
 
 static void repair_now(uv_timer_t *t) { push_replicas(t->data, false); }

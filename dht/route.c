@@ -179,7 +179,7 @@ int dht__route_answer(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
    * the count. */
   dht_node_t next;
   int r = -EINVAL;
-  if ((q.type == PROTO_STORE || q.type == PROTO_FETCH || q.type == PROTO_FIND) &&
+  if ((q.type == PROTO_STORE || q.type == PROTO_STORES || q.type == PROTO_FETCH || q.type == PROTO_FIND) &&
       q.skip <= DHT_MAX_SUCC &&
       q.hops < DHT_MAX_PATH)
     r = route_next(d, &q, &next);

@@ -35,7 +35,10 @@ def sent(node):
 
 def test_lookups(c, writer):
     """An owner's refreshes go to the primary its last store reached, the
-    first one included, as one STORES per primary (not a STORE per value);
+    first one included, as one STORES per primary (not a STORE per value;
+    in the secured mode routed when the writer has no link to the primary),
+    and the periodic push of what a node is primary for goes as one STORES
+    per replica;
     a new version of a value put right after a get of its key takes the
     primary the get found (a registrar: get the bindings, put the new
     one).  Lookups are counted on the writer, whose ring upkeep makes a few
