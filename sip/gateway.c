@@ -196,7 +196,11 @@ static void on_peer_values(sip_svc_t *s, void *ctx, int status, const dht_value_
   snprintf(self, sizeof self, "sip:%s", s->hostport);
   sip_peer_t good[SIP_MAX_PEERS], bad[SIP_MAX_PEERS];
   int n_good = 0, n_bad = 0;
-  for (size_t i = 0; i < n && n_good + n_bad < SIP_MAX_PEERS; i++) {
+  /* A read that failed (no answer, not an empty record) says nothing of
+   * the peers: the list we had stands, stale, and the next request reads
+   * again, instead of every call going without a proxy peer meanwhile. */
+  bool keep = status != 0 && status != DHT_ENOTFOUND && s->n_peers > 0;
+  for (size_t i = 0; !keep && i < n && n_good + n_bad < SIP_MAX_PEERS; i++) {
     sip_peer_t p;
     if (sip__peer_decode(&v[i], &p) < 0 || strcmp(p.uri, self) == 0)
       continue;
@@ -205,10 +209,15 @@ static void on_peer_values(sip_svc_t *s, void *ctx, int status, const dht_value_
     else
       good[n_good++] = p;
   }
-  memcpy(s->peers, good, sizeof *good * (size_t)n_good);
-  memcpy(s->peers + n_good, bad, sizeof *bad * (size_t)n_bad);
-  s->n_peers = n_good + n_bad;
-  s->peers_at = s->n_peers ? sip__now_ms(s) : 0;
+  if (keep) {
+    s->peers_at = 0;
+    status = 0;
+  } else {
+    memcpy(s->peers, good, sizeof *good * (size_t)n_good);
+    memcpy(s->peers + n_good, bad, sizeof *bad * (size_t)n_bad);
+    s->n_peers = n_good + n_bad;
+    s->peers_at = s->n_peers ? sip__now_ms(s) : 0;
+  }
   s->peers_tried = sip__now_ms(s);
   s->peers_fetching = 0;
   /* The callbacks may queue new waiters: take the list first. */
