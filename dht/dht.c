@@ -242,6 +242,7 @@ void dht_close(dht_t *d) {
   d->closed = true;
   d->leaving = true;
   dht__rpc_close_all(d);
+  dht__defers_run(d);
   uv_timer_t *timers[] = {&d->stab_timer, &d->join_timer, &d->refresh_timer, &d->sweep_timer,
                           &d->repair_timer, &d->leave_timer, &d->owned_timer, &d->pace_timer};
   for (size_t i = 0; i < sizeof(timers) / sizeof(*timers); i++)

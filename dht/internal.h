@@ -263,6 +263,8 @@ void dht__owned_joined(dht_t *d);
 /* Drop keys this node no longer replicates (see ops.c). */
 void dht__repl_drop_stale(dht_t *d);
 void dht__ops_close(dht_t *d);
+/* Closing: run the deferred calls still waiting (ops.c). */
+void dht__defers_run(dht_t *d);
 
 /* The node ----------------------------------------------------------------- */
 
@@ -342,6 +344,7 @@ struct dht {
   struct dht__recent *recent; /* primaries lookups found lately (ops.c), or NULL */
   struct dht__ends *ends;     /* nodes lookups ended at lately (ops.c), or NULL */
   struct dht__prims *prims;   /* ranges of primaries dht_get_primary() found (ops.c), or NULL */
+  struct dht__defer *defers;    /* deferred calls not yet run (ops.c) */
   struct dht__batches *batches; /* an owner refresh's STOREs by primary (ops.c), or NULL */
   size_t pace_bucket;     /* where the refresh under way resumes */
   bool pacing, pace_again; /* a refresh is under way; another was asked for meanwhile */

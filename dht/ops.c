@@ -38,20 +38,26 @@
 static bool is_self(const dht_t *d, const dht_node_t *n) { return dht__node_eq(n, &d->self); }
 
 /* Deferred calls: callbacks never run inside the call that started an
- * operation, so results known at once are delivered from a 0 ms timer. */
-typedef struct defer {
+ * operation, so results known at once are delivered from a 0 ms timer.
+ * Listed on the node, so that closing it runs those still waiting (a
+ * lookup waiting to restart) instead of leaking them with their timer. */
+typedef struct dht__defer {
   uv_timer_t timer;
   void (*fn)(void *arg);
   void *arg;
+  struct dht__defer *next, **prevp;
 } defer_t;
 
 static void defer_closed(uv_handle_t *h) { free(h->data); }
 
-static void defer_fire(uv_timer_t *t) {
-  defer_t *x = t->data;
+static void defer_run(defer_t *x) {
+  if ((*x->prevp = x->next)) x->next->prevp = x->prevp;
+  uv_timer_stop(&x->timer);
   x->fn(x->arg);
   uv_close((uv_handle_t *)&x->timer, defer_closed);
 }
+
+static void defer_fire(uv_timer_t *t) { defer_run(t->data); }
 
 static int defer_ms(dht_t *d, uint64_t ms, void (*fn)(void *), void *arg) {
   defer_t *x = malloc(sizeof(*x));
@@ -60,8 +66,16 @@ static int defer_ms(dht_t *d, uint64_t ms, void (*fn)(void *), void *arg) {
   x->timer.data = x;
   x->fn = fn;
   x->arg = arg;
+  if ((x->next = d->defers)) x->next->prevp = &x->next;
+  x->prevp = &d->defers;
+  d->defers = x;
   uv_timer_start(&x->timer, defer_fire, ms, 0);
   return 0;
+}
+
+/* At close (d->closed set): what each was waiting for ends now. */
+void dht__defers_run(dht_t *d) {
+  for (int i = 0; d->defers && i < 1000000; i++) defer_run(d->defers);
 }
 
 static int defer(dht_t *d, void (*fn)(void *), void *arg) { return defer_ms(d, 0, fn, arg); }
