@@ -688,20 +688,30 @@ static void on_copies_stored(dht_t *d, int status, const proto_frame_t *f, const
   free(copies);
 }
 
-/* Whether a primary's copies for its replicas can go as one STORES each:
- * always in the open mode; in the secured mode only over links we have
- * (a copy for an unlinked replica is routed, one STORE at a time). */
-static bool copies_batch(dht_t *d) {
-  for (int i = 1; i < d->replicas - 1 && i < d->n_succ; i++)
-    if (dht__route_on(d) && !dht__rpc_linked(d, &d->succ[i])) return false;
-  return true;
+static void on_copies_routed(dht_t *d, int status, const proto_route_r_t *r, void *arg) {
+  dht_node_t by = {0};
+  proto_frame_t f = {0};
+  bool ok = status == 0 && r->type == PROTO_STORES_R;
+  if (ok) {
+    dht__node_from_proto(&r->responder, &by);
+    f = (proto_frame_t){.body = r->body, .body_len = r->body_len};
+  }
+  on_copies_stored(d, ok ? 0 : -1, &f, &by, arg);
 }
 
-/* Send the copies (a STORES body, its length first) to the replicas. */
+/* Send the copies (a STORES body, its length first) to the replicas: as
+ * replica_send() sends a STORE, routed in the secured mode to a successor
+ * we have no link to (towards the first key, which is ours, as all are). */
 static void copies_send(dht_t *d, const uint8_t *body, size_t len) {
+  dht_id_t first;
+  if (len < 2 + 4 + DHT_ID_LEN) return;
+  memcpy(first.b, body + 2 + 4, DHT_ID_LEN);
   for (int i = 0; i < d->replicas - 1 && i < d->n_succ; i++) {
     uint8_t *keep = kept(body, len);
     if (!keep) return;
+    if (i > 0 && dht__route_on(d) && !dht__rpc_linked(d, &d->succ[i]) &&
+        dht__route_succ(d, &first, (uint8_t)(i + 1), PROTO_STORES, body, len, on_copies_routed, keep) == 0)
+      continue;
     if (dht__rpc_call(d, &d->succ[i], PROTO_STORES, body, len, on_copies_stored, keep)) free(keep);
   }
 }
@@ -719,7 +729,6 @@ static unsigned take_stores(dht_t *d, const proto_stores_t *ss, size_t body_len,
                             const dht_node_t *from, bool routed, uint8_t *status) {
   uint8_t *copies = malloc(body_len);
   proto_wcur_t w = {copies, copies + (copies ? body_len : 0), 0};
-  bool batch = copies_batch(d);
   unsigned n = 0, ncopies = 0;
   proto_stores_begin(&w);
   proto_cur_t it = ss->items;
@@ -738,8 +747,8 @@ static unsigned take_stores(dht_t *d, const proto_stores_t *ss, size_t body_len,
     }
     int missing, refused = apply_store(d, &s, from, &missing);
     status[n++] = refused ? PROTO_STORE_REFUSED : missing ? PROTO_STORE_NEED_FULL : 0;
-    if (replica || !copies) continue;
-    if (!batch) {
+    if (replica) continue;
+    if (!copies) { /* out of memory for the batch: a STORE each */
       fan_out(d, b, len, on_fanout_ignore, NULL);
       continue;
     }
@@ -2192,15 +2201,15 @@ static void push_batched(dht__key_t *k, void *arg) {
 
 /* Push every key we are primary for to our replicas: whole after ring
  * changes (new replicas), as refreshes on the periodic round (the replicas
- * hold them already, and ask for what they lack), batched where
- * copies_batch() allows. */
+ * hold them already, and ask for what they lack), batched as a
+ * primary's copies are (copies_send()). */
 static void push_replicas(dht_t *d, bool same) {
   if (d->leaving || d->store.nkeys == 0) return;
   int n = d->replicas - 1 < d->n_succ ? d->replicas - 1 : d->n_succ;
   push_t p = {.d = d, .to = d->succ, .n_to = n, .flags = PROTO_STORE_REPLICA, .same = same};
   pushes_t *ps;
   if (n <= 0) return;
-  if (!same || !copies_batch(d) || !(ps = malloc(sizeof(*ps)))) {
+  if (!same || !(ps = malloc(sizeof(*ps)))) {
     dht__store_each(&d->store, push_key, &p);
     return;
   }

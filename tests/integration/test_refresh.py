@@ -13,7 +13,7 @@ import p2p  # noqa: E402
 from p2p import check, info  # noqa: E402
 
 N = 10
-R = 2
+R = 3
 REFRESH = 3
 # The dead owner's key: its ttl leaves room for the kills and the ring's
 # repair on a slow machine before it must still be read, and is well above
@@ -47,6 +47,7 @@ def test_lookups(c, writer):
     for k in keys:
         p2p.put(writer, k, "v1", ttl=600, vid="b")
     t0, l0, s0 = time.monotonic(), lookups(writer), sent(writer)
+    others0 = {n.id: sent(n)["store"] for n in c.alive() if n is not writer}
     time.sleep(2 * REFRESH + 1)  # two refresh rounds: nothing to wait for, the count is the test
     d, s1 = lookups(writer) - l0, sent(writer)
     info("%d lookups on the writer in %.1fs holding %d values; sent %s -> %s" %
@@ -57,6 +58,11 @@ def test_lookups(c, writer):
     check(s1["batches"] > s0["batches"] and s1["stores"] > s0["stores"] and stores < KEYS // 2,
           "two refresh rounds of %d values: %d STORES batches, %d STOREs alone (not one per value)"
           % (KEYS, s1["stores"] - s0["stores"], stores), (s0, s1))
+    # The primaries' copies of those refreshes, and their own periodic
+    # pushes, go as STORES too.
+    others = sum(sent(n)["store"] - others0[n.id] for n in c.alive() if n is not writer)
+    check(others < KEYS // 2, "... and the other %d nodes sent %d STOREs alone (copies batched)"
+          % (len(others0), others))
     l0 = lookups(writer)
     for k in keys:
         p2p.get_values(writer, k)
