@@ -13,7 +13,7 @@ import p2p  # noqa: E402
 from p2p import check, info  # noqa: E402
 
 N = 10
-R = 3
+R = 2
 REFRESH = 3
 # The dead owner's key: its ttl leaves room for the kills and the ring's
 # repair on a slow machine before it must still be read, and is well above
