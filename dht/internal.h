@@ -149,6 +149,9 @@ int dht__bind_source(dht_t *d, uv_tcp_t *t, const struct sockaddr_storage *to);
  * (then cb is never called).  Returns before sending. */
 int dht__rpc_call(dht_t *d, const dht_node_t *to, uint8_t type, const uint8_t *body, size_t len,
                   dht__rpc_cb cb, void *arg);
+/* Send a request that asks for no answer (dht__rpc_call without a pending
+ * call: an answer that comes anyway is dropped as one after its timeout). */
+int dht__rpc_send(dht_t *d, const dht_node_t *to, uint8_t type, const uint8_t *body, size_t len);
 /* Is there a link up to node to already (no connect, no handshake)? */
 bool dht__rpc_linked(dht_t *d, const dht_node_t *to);
 void dht__rpc_reply(dht_t *d, dht__conn_t *c, uint8_t type, uint32_t txid,

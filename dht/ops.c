@@ -522,7 +522,7 @@ static void fan_out(dht_t *d, const uint8_t *body, size_t len, fanout_cb cb, voi
     return;
   }
   memcpy(copy, body, len);
-  copy[PROTO_ID_LEN] = (uint8_t)((copy[PROTO_ID_LEN] | PROTO_STORE_REPLICA) & ~PROTO_STORE_READ);
+  copy[PROTO_ID_LEN] = (uint8_t)((copy[PROTO_ID_LEN] | PROTO_STORE_REPLICA) & ~(PROTO_STORE_READ | PROTO_STORE_QUICK));
   memcpy(fo->key.b, body, DHT_ID_LEN);
   fo->cb = cb;
   fo->arg = arg;
@@ -537,6 +537,35 @@ static void fan_out(dht_t *d, const uint8_t *body, size_t len, fanout_cb cb, voi
     cb(d, fo->copies, arg);
     free(fo);
   }
+}
+
+/* Whether a primary STORE's copies may go one-way (PROTO_STORE_QUICK):
+ * asked for, whole values only, and every replica one we have a link to
+ * or need none for (the open mode). */
+static bool quick_ok(dht_t *d, const proto_store_t *s) {
+  if (!(s->flags & PROTO_STORE_QUICK)) return false;
+  proto_cur_t it = s->values;
+  proto_value_t v;
+  while (proto_value_next(&it, &v) == 1)
+    if (v.flags & PROTO_VF_SAME) return false;
+  for (int i = 1; i < d->replicas - 1 && i < d->n_succ; i++)
+    if (dht__route_on(d) && !dht__rpc_linked(d, &d->succ[i])) return false;
+  return true;
+}
+
+/* fan_out() for quick_ok() STOREs: the copies asked for no answer; the
+ * number sent, counting ours. */
+static int fan_out_quick(dht_t *d, const uint8_t *body, size_t len) {
+  uint8_t *copy = malloc(len);
+  int copies = 1;
+  if (!copy) return copies;
+  memcpy(copy, body, len);
+  copy[PROTO_ID_LEN] = (uint8_t)((copy[PROTO_ID_LEN] | PROTO_STORE_REPLICA | PROTO_STORE_QUICK) & ~PROTO_STORE_READ);
+  for (int i = 0; i < d->replicas - 1 && i < d->n_succ; i++)
+    copies += dht__rpc_send(d, &d->succ[i], PROTO_STORE, copy, len) == 0;
+  free(copy);
+  d->stats.copies_quick += (uint64_t)(copies - 1);
+  return copies;
 }
 
 /* What we hold under key as a FETCH_R body (flags: PROTO_FETCH_PRIMARY or
@@ -629,6 +658,11 @@ static int answer_store(dht_t *d, const dht__reply_t *to, const proto_frame_t *f
     reply_status(d, to, PROTO_STORE_NOT_MINE);
     return 0;
   }
+  if ((s.flags & (PROTO_STORE_REPLICA | PROTO_STORE_QUICK)) == (PROTO_STORE_REPLICA | PROTO_STORE_QUICK)) {
+    int missing;
+    apply_store(d, &s, peer, &missing); /* a one-way copy: nobody waits for an answer */
+    return 0;
+  }
   store_reply_t *sr = malloc(sizeof(*sr));
   if (!sr) return 0;
   *sr = (store_reply_t){.to = *to, .waiting = 2, .copies = 1};
@@ -639,8 +673,14 @@ static int answer_store(dht_t *d, const dht__reply_t *to, const proto_frame_t *f
    * before our own check: each replica checks for itself, so its
    * certificate and signature checks run while ours do, instead of after
    * them (a put's latency is one check, not two, in the secured mode). */
-  if (s.flags & PROTO_STORE_REPLICA) sr->waiting--;
-  else fan_out(d, f->body, f->body_len, reply_stored, sr);
+  if (s.flags & PROTO_STORE_REPLICA) {
+    sr->waiting--;
+  } else if (quick_ok(d, &s)) {
+    sr->copies = fan_out_quick(d, f->body, f->body_len);
+    sr->waiting--;
+  } else {
+    fan_out(d, f->body, f->body_len, reply_stored, sr);
+  }
   if ((s.flags & (PROTO_STORE_READ | PROTO_STORE_REPLICA)) == PROTO_STORE_READ)
     sr->before = encode_key(d, &key, PROTO_FETCH_PRIMARY, &sr->before_len);
   int missing, refused = apply_store(d, &s, peer, &missing);
@@ -753,7 +793,9 @@ static unsigned take_stores(dht_t *d, const proto_stores_t *ss, size_t body_len,
       continue;
     }
     proto_stores_add(&w, b, len);
-    if (!w.err) w.p[-(long)len + PROTO_ID_LEN] = (uint8_t)((b[PROTO_ID_LEN] | PROTO_STORE_REPLICA) & ~PROTO_STORE_READ);
+    if (!w.err)
+      w.p[-(long)len + PROTO_ID_LEN] =
+          (uint8_t)((b[PROTO_ID_LEN] | PROTO_STORE_REPLICA) & ~(PROTO_STORE_READ | PROTO_STORE_QUICK));
     ncopies++;
   }
   long cn = ncopies ? proto_stores_end(&w, copies, ncopies) : -1;
@@ -1254,9 +1296,9 @@ static int owned_store(dht_t *d, dht__owned_t *o, dht_put_cb cb, dht_get_cb read
     primary = &range;
     d->stats.puts_read_direct++;
   }
-  if (read_cb) {
-    full[PROTO_ID_LEN] |= PROTO_STORE_READ;
-    if (same) same[PROTO_ID_LEN] |= PROTO_STORE_READ;
+  if (read_cb) { /* a registrar's write: see PROTO_STORE_QUICK */
+    full[PROTO_ID_LEN] |= PROTO_STORE_READ | PROTO_STORE_QUICK;
+    if (same) same[PROTO_ID_LEN] |= PROTO_STORE_READ | PROTO_STORE_QUICK;
   }
   if (same) return store_op(d, &o->key, same, (size_t)m, full, (size_t)n, primary, cb, read_cb, arg);
   return store_op(d, &o->key, full, (size_t)n, NULL, 0, primary, cb, read_cb, arg);

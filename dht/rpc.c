@@ -898,6 +898,15 @@ int dht__rpc_call(dht_t *d, const dht_node_t *to, uint8_t type, const uint8_t *b
   return 0;
 }
 
+int dht__rpc_send(dht_t *d, const dht_node_t *to, uint8_t type, const uint8_t *body, size_t len) {
+  if (d->closed) return DHT_ECLOSING;
+  dht__conn_t *c = conn_to(d, to);
+  if (!c) return -ECONNREFUSED;
+  if (!c->first_type) c->first_type = type;
+  conn_send(c, type, ++d->next_txid ? d->next_txid : ++d->next_txid, body, len);
+  return 0;
+}
+
 void dht__rpc_reply(dht_t *d, dht__conn_t *c, uint8_t type, uint32_t txid,
                     const uint8_t *body, size_t len) {
   conn_send(c, type, txid, body, len);

@@ -168,6 +168,14 @@ typedef struct {
  * a writer that must read first (a registrar) sends one request, not two.
  * Replicas ignore it. */
 #define PROTO_STORE_READ 0x04
+/* On a primary STORE: answer once the values are stored here and the
+ * copies sent, without asking the replicas to answer (a registrar's write:
+ * its owner re-stores it every refresh interval, and the primary's
+ * periodic push repairs a replica that missed it).  On a copy (with
+ * PROTO_STORE_REPLICA): sent one-way, not answered.  Whole values only: a
+ * primary sends copies of PROTO_VF_SAME refreshes asking for answers, as
+ * a replica that lacks the version must say so. */
+#define PROTO_STORE_QUICK 0x08
 typedef struct {
   uint8_t key[PROTO_ID_LEN];
   uint8_t flags;

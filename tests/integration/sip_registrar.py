@@ -314,6 +314,27 @@ def test_late_checks(c, A, B):
           (r1.status, r2.status, r3.status, len(b)))
 
 
+def test_quick_copies(c, A):
+    """A registrar's write asks the primary not to wait for its replicas'
+    answers (PROTO_STORE_QUICK): the copies go one-way, counted as
+    copies_quick, and every one of the key's holders has the binding."""
+    def quick():
+        return sum(n.admin_ok({"cmd": "stats"}).get("copies_quick", 0) for n in c.alive())
+    q0 = quick()
+    ua = su.Ua("erin")
+    r = ua.register(addr(c, A), expires=60)
+    check(r.status == 200, "erin registers", r.status)
+    key = "sip:erin@" + OVERLAY
+    holders = [c.by_id(i) for i in p2p.responsible_nodes(p2p.key_id(key), c.sorted_ids(), c.replicas)]
+
+    def held():
+        return [n for n in holders if not p2p.get_values(n, key, local=True)]
+    p2p.wait_until(lambda: not held(), 5, "the binding on all %d holders" % len(holders), 0.1,
+                   describe=lambda _: "missing on %s" % held())
+    check(quick() - q0 == c.replicas - 1, "the primary sent its %d copies one-way (copies_quick %d -> %d)"
+          % (c.replicas - 1, q0, quick()))
+
+
 def test(h):
     c = su.sip_cluster(h, N)
     nodes = c.alive()
@@ -327,6 +348,7 @@ def test(h):
     test_unregister_and_expiry(c, A, B, ua, ua2, dave)
     test_primary_lacks(c)
     test_late_checks(c, A, B)
+    test_quick_copies(c, A)
     st = su.sip_stats(A)
     info("node A counters: %s" % st.get("counters"))
     check(st["counters"]["loops"] >= 1 and st["counters"]["too_many_hops"] >= 1,
