@@ -83,7 +83,8 @@ static void rng_seed(dht_t *d) {
 
 static void timers_init(dht_t *d) {
   uv_timer_t *timers[] = {&d->stab_timer, &d->join_timer, &d->refresh_timer, &d->sweep_timer,
-                          &d->repair_timer, &d->leave_timer, &d->owned_timer, &d->pace_timer};
+                          &d->repair_timer, &d->leave_timer, &d->owned_timer, &d->pace_timer,
+                          &d->copy_timer};
   for (size_t i = 0; i < sizeof(timers) / sizeof(*timers); i++) {
     uv_timer_init(d->loop, timers[i]);
     timers[i]->data = d;
@@ -224,6 +225,8 @@ int dht_leave(dht_t *d, dht_left_cb cb, void *arg) {
   uv_timer_stop(&d->repair_timer);
   uv_timer_stop(&d->owned_timer);
   uv_timer_stop(&d->pace_timer);
+  uv_timer_stop(&d->copy_timer);
+  dht__copies_flush(d); /* before the handover: the replicas' copies come first */
   d->leave_waiting = 1; /* held while we send, so leave_finish runs once */
   if (d->n_succ > 0) {
     dht__repl_handover(d, d->succ, d->n_succ < 2 ? d->n_succ : 2, on_leave_ack, NULL);
@@ -244,7 +247,8 @@ void dht_close(dht_t *d) {
   dht__rpc_close_all(d);
   dht__defers_run(d);
   uv_timer_t *timers[] = {&d->stab_timer, &d->join_timer, &d->refresh_timer, &d->sweep_timer,
-                          &d->repair_timer, &d->leave_timer, &d->owned_timer, &d->pace_timer};
+                          &d->repair_timer, &d->leave_timer, &d->owned_timer, &d->pace_timer,
+                          &d->copy_timer};
   for (size_t i = 0; i < sizeof(timers) / sizeof(*timers); i++)
     if (!uv_is_closing((uv_handle_t *)timers[i])) uv_close((uv_handle_t *)timers[i], NULL);
 }

@@ -268,6 +268,7 @@ void dht__repl_drop_stale(dht_t *d);
 void dht__ops_close(dht_t *d);
 /* Closing: run the deferred calls still waiting (ops.c). */
 void dht__defers_run(dht_t *d);
+void dht__copies_flush(dht_t *d); /* sends the one-way copies gathered so far (ops.c) */
 
 /* The node ----------------------------------------------------------------- */
 
@@ -344,11 +345,13 @@ struct dht {
   uv_timer_t repair_timer;
   uv_timer_t owned_timer; /* owner refresh after ring changes (ops.c) */
   uv_timer_t pace_timer;  /* the next batch of an owner refresh (ops.c) */
+  uv_timer_t copy_timer;  /* sends the gathered one-way copies (ops.c) */
   struct dht__recent *recent; /* primaries lookups found lately (ops.c), or NULL */
   struct dht__ends *ends;     /* nodes lookups ended at lately (ops.c), or NULL */
   struct dht__prims *prims;   /* ranges of primaries dht_get_primary() found (ops.c), or NULL */
   struct dht__defer *defers;    /* deferred calls not yet run (ops.c) */
   struct dht__batches *batches; /* an owner refresh's STOREs by primary (ops.c), or NULL */
+  struct dht__copies *copies;   /* one-way copies gathered by replica (ops.c), or NULL */
   size_t pace_bucket;     /* where the refresh under way resumes */
   bool pacing, pace_again; /* a refresh is under way; another was asked for meanwhile */
   uv_timer_t leave_timer;

@@ -553,18 +553,121 @@ static bool quick_ok(dht_t *d, const proto_store_t *s) {
   return true;
 }
 
+/* STORES bodies being built ------------------------------------------------ */
+
+#define BATCH_MAX 256
+#define BATCH_BYTES (64 * 1024)
+
+typedef struct {
+  dht_node_t to;
+  dht_id_t key; /* its first value's: where it is routed when to is not linked */
+  uint8_t *buf; /* a STORES body being built; NULL: none */
+  proto_wcur_t w;
+  unsigned n;
+} batch_t;
+
+/* Whether a STORE body of len bytes for to can go into b as it is. */
+static bool batch_fits(const batch_t *b, const dht_node_t *to, size_t len) {
+  return b->buf && dht__node_eq(&b->to, to) && (size_t)(b->w.end - b->w.p) >= len + 4;
+}
+
+/* Adds a STORE body (of key, for to) to b, starting a body when b has
+ * none (the caller sends a body that cannot take it first): false when
+ * out of memory; b->n reaching BATCH_MAX says it is full. */
+static bool batch_add(batch_t *b, const dht_node_t *to, const dht_id_t *key, const uint8_t *store,
+                      size_t len) {
+  if (!b->buf) {
+    if (len + 6 > BATCH_BYTES || !(b->buf = malloc(BATCH_BYTES))) return false;
+    b->to = *to;
+    b->key = *key;
+    b->w = (proto_wcur_t){b->buf, b->buf + BATCH_BYTES, 0};
+    b->n = 0;
+    proto_stores_begin(&b->w);
+  }
+  proto_stores_add(&b->w, store, len);
+  b->n++;
+  return true;
+}
+
+/* Whether every STORE of a STORES is a one-way copy (fan_out_quick()):
+ * then nobody waits for an answer to it. */
+static bool stores_one_way(const proto_stores_t *ss) {
+  proto_cur_t it = ss->items;
+  const uint8_t *b;
+  size_t len;
+  unsigned n = 0;
+  while (proto_stores_next(&it, &b, &len) == 1) {
+    uint8_t f = b[PROTO_ID_LEN]; /* checked by proto_stores_decode() */
+    if ((f & (PROTO_STORE_REPLICA | PROTO_STORE_QUICK)) != (PROTO_STORE_REPLICA | PROTO_STORE_QUICK)) return false;
+    n++;
+  }
+  return n > 0;
+}
+
+/* Quick copies, gathered -----------------------------------------------------
+ *
+ * The one-way copies of a registrar's writes go to each replica as one
+ * STORES per COPY_WAIT_MS (or BATCH_MAX copies) instead of a STORE each:
+ * every copy was a message and a wake-up of the replica's process, two of
+ * the four messages a registration cost the overlay.  The replica takes
+ * such a STORES as it takes a one-way STORE, without answering.  What it
+ * costs: a replica may lack a value COPY_WAIT_MS longer, and copies a
+ * primary dies holding are stored again by the owner's next refresh, as a
+ * copy lost on the wire always was. */
+#define COPY_WAIT_MS 50
+
+struct dht__copies {
+  batch_t b[DHT_MAX_SUCC]; /* by successor index */
+};
+
+static void copies_flush_one(dht_t *d, batch_t *b) {
+  long n = b->n ? proto_stores_end(&b->w, b->buf, b->n) : -1;
+  if (n > 0 && dht__rpc_send(d, &b->to, PROTO_STORES, b->buf, (size_t)n) == 0) {
+    d->stats.copies_quick += b->n;
+    d->stats.copies_quick_batches++;
+  }
+  free(b->buf);
+  memset(b, 0, sizeof(*b));
+}
+
+void dht__copies_flush(dht_t *d) {
+  for (int i = 0; d->copies && i < DHT_MAX_SUCC; i++)
+    if (d->copies->b[i].buf) copies_flush_one(d, &d->copies->b[i]);
+}
+
+static void on_copy_timer(uv_timer_t *t) { dht__copies_flush(t->data); }
+
+/* One copy for successor i into its batch; false when it could not go
+ * there (out of memory, too large): the caller sends it alone. */
+static bool copy_queue(dht_t *d, int i, const uint8_t *copy, size_t len) {
+  if (!d->copies && !(d->copies = calloc(1, sizeof(*d->copies)))) return false;
+  batch_t *b = &d->copies->b[i];
+  if (b->buf && !batch_fits(b, &d->succ[i], len)) copies_flush_one(d, b);
+  dht_id_t key;
+  memcpy(key.b, copy, DHT_ID_LEN);
+  if (!batch_add(b, &d->succ[i], &key, copy, len)) return false;
+  if (b->n >= BATCH_MAX) copies_flush_one(d, b);
+  if (!uv_is_active((uv_handle_t *)&d->copy_timer)) uv_timer_start(&d->copy_timer, on_copy_timer, COPY_WAIT_MS, 0);
+  return true;
+}
+
 /* fan_out() for quick_ok() STOREs: the copies asked for no answer; the
- * number sent, counting ours. */
+ * number sent or queued, counting ours. */
 static int fan_out_quick(dht_t *d, const uint8_t *body, size_t len) {
   uint8_t *copy = malloc(len);
   int copies = 1;
   if (!copy) return copies;
   memcpy(copy, body, len);
   copy[PROTO_ID_LEN] = (uint8_t)((copy[PROTO_ID_LEN] | PROTO_STORE_REPLICA | PROTO_STORE_QUICK) & ~PROTO_STORE_READ);
-  for (int i = 0; i < d->replicas - 1 && i < d->n_succ; i++)
-    copies += dht__rpc_send(d, &d->succ[i], PROTO_STORE, copy, len) == 0;
+  for (int i = 0; i < d->replicas - 1 && i < d->n_succ; i++) {
+    if (copy_queue(d, i, copy, len)) {
+      copies++;
+    } else if (dht__rpc_send(d, &d->succ[i], PROTO_STORE, copy, len) == 0) {
+      copies++;
+      d->stats.copies_quick++;
+    }
+  }
   free(copy);
-  d->stats.copies_quick += (uint64_t)(copies - 1);
   return copies;
 }
 
@@ -811,7 +914,9 @@ static int answer_stores(dht_t *d, const dht__reply_t *to, const proto_frame_t *
   if (err) return err;
   uint8_t status[PROTO_STORES_MAX], out[2 + PROTO_STORES_MAX];
   proto_stores_r_t r = {.status = status};
+  bool one_way = stores_one_way(&ss);
   r.count = (uint16_t)take_stores(d, &ss, f->body_len, peer, to->routed, status);
+  if (one_way) return 0;
   long on = proto_stores_r_encode(out, sizeof(out), &r);
   if (on > 0) dht__answer(d, to, PROTO_STORES_R, out, (size_t)on);
   return 0;
@@ -1514,16 +1619,6 @@ int dht_remove_value(dht_t *d, const dht_cert_creds_t *signer, const char *name,
  * primary's top id byte: a primary that finds its slot taken sends the
  * other's batch first. */
 #define BATCH_SLOTS 64
-#define BATCH_MAX 256
-#define BATCH_BYTES (64 * 1024)
-
-typedef struct {
-  dht_node_t to;
-  dht_id_t key; /* its first value's: where it is routed when to is not linked */
-  uint8_t *buf; /* a STORES body being built */
-  proto_wcur_t w;
-  unsigned n;
-} batch_t;
 
 struct dht__batches {
   batch_t b[BATCH_SLOTS];
@@ -1628,23 +1723,15 @@ static void owned_refresh(dht_t *d, dht__owned_t *o) {
     return;
   }
   batch_t *b = &d->batches->b[o->primary.id.b[0] % BATCH_SLOTS];
-  if (b->buf && (!dht__node_eq(&b->to, &o->primary) || b->w.p - b->buf + m + 4 > BATCH_BYTES))
-    batch_send(d, b);
-  if (!b->buf) {
-    if (!(b->buf = malloc(BATCH_BYTES))) {
-      free(same);
-      owned_store(d, o, NULL, NULL, NULL);
-      return;
-    }
-    b->to = o->primary;
-    b->key = o->key;
-    b->w = (proto_wcur_t){b->buf, b->buf + BATCH_BYTES, 0};
-    proto_stores_begin(&b->w);
-  }
-  proto_stores_add(&b->w, same, (size_t)m);
+  if (b->buf && !batch_fits(b, &o->primary, (size_t)m)) batch_send(d, b);
+  bool added = batch_add(b, &o->primary, &o->key, same, (size_t)m);
   free(same);
+  if (!added) {
+    owned_store(d, o, NULL, NULL, NULL);
+    return;
+  }
   o->stores++;
-  if (++b->n >= BATCH_MAX) batch_send(d, b);
+  if (b->n >= BATCH_MAX) batch_send(d, b);
 }
 
 static void pace_step(uv_timer_t *t) {
@@ -2364,4 +2451,7 @@ void dht__ops_close(dht_t *d) {
   free(d->prims);
   d->prims = NULL;
   batches_free(d);
+  dht__copies_flush(d);
+  free(d->copies);
+  d->copies = NULL;
 }

@@ -271,6 +271,7 @@ static json_t *cmd_stats(node_t *n) {
       {"puts_read", s.puts_read}, {"puts_read_direct", s.puts_read_direct},
       {"puts_unread", s.puts_unread}, {"refresh_batches", s.refresh_batches},
       {"refresh_batch_misses", s.refresh_batch_misses}, {"copies_quick", s.copies_quick},
+      {"copies_quick_batches", s.copies_quick_batches},
       {"stores_in", s.stores_in},     {"values_stored", s.values_stored},
       {"routed_sent", s.routed_sent}, {"routed_forwarded", s.routed_forwarded},
       {"routed_answered", s.routed_answered}, {"routed_failed", s.routed_failed},

@@ -317,22 +317,35 @@ def test_late_checks(c, A, B):
 def test_quick_copies(c, A):
     """A registrar's write asks the primary not to wait for its replicas'
     answers (PROTO_STORE_QUICK): the copies go one-way, counted as
-    copies_quick, and every one of the key's holders has the binding."""
-    def quick():
-        return sum(n.admin_ok({"cmd": "stats"}).get("copies_quick", 0) for n in c.alive())
-    q0 = quick()
-    ua = su.Ua("erin")
-    r = ua.register(addr(c, A), expires=60)
-    check(r.status == 200, "erin registers", r.status)
-    key = "sip:erin@" + OVERLAY
+    copies_quick, gathered into one STORES per replica (the three contacts'
+    puts reach the primary together, well within its 50 ms), and every one
+    of the key's holders has the bindings."""
+    def quick(field="copies_quick"):
+        return sum(n.admin_ok({"cmd": "stats"}).get(field, 0) for n in c.alive())
+    last = [None]
+
+    def settled():  # the copies of the tests before have gone (50 ms): counters still
+        now = (quick(), quick("copies_quick_batches"))
+        same, last[0] = now == last[0], now
+        return same
+    p2p.wait_until(settled, 5, "no copies gathered at any primary", 0.2)
+    q0, b0 = last[0]
+    ua = su.Ua("quinn")
+    conts = ["<sip:quinn@%s:%d>" % (HOST, 7100 + i) for i in range(3)]
+    r = ua.register(addr(c, A), expires=60, contact=", ".join(conts))
+    check(r.status == 200 and len(bindings(r)) == 3, "quinn registers three contacts", r.status)
+    key = "sip:quinn@" + OVERLAY
     holders = [c.by_id(i) for i in p2p.responsible_nodes(p2p.key_id(key), c.sorted_ids(), c.replicas)]
 
     def held():
-        return [n for n in holders if not p2p.get_values(n, key, local=True)]
-    p2p.wait_until(lambda: not held(), 5, "the binding on all %d holders" % len(holders), 0.1,
+        return [n for n in holders if len(p2p.get_values(n, key, local=True)) < 3]
+    p2p.wait_until(lambda: not held(), 5, "the bindings on all %d holders" % len(holders), 0.1,
                    describe=lambda _: "missing on %s" % held())
-    check(quick() - q0 == c.replicas - 1, "the primary sent its %d copies one-way (copies_quick %d -> %d)"
-          % (c.replicas - 1, q0, quick()))
+    check(quick() - q0 == 3 * (c.replicas - 1), "the primary sent its %d copies one-way (copies_quick %d -> %d)"
+          % (3 * (c.replicas - 1), q0, quick()))
+    check(quick("copies_quick_batches") - b0 == c.replicas - 1,
+          "one STORES to each replica carried them (copies_quick_batches %d -> %d)"
+          % (b0, quick("copies_quick_batches")))
 
 
 def test(h):
