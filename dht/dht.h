@@ -276,7 +276,7 @@ typedef struct {
   uint64_t refresh_batches;      /* owner refreshes sent as one STORES per primary */
   uint64_t refresh_batch_misses; /* refreshes of those stored again alone (not the primary, no answer) */
   uint64_t copies_quick; /* copies a primary sent one-way (PROTO_STORE_QUICK: a registrar's writes) */
-  uint64_t copies_quick_batches; /* STORES that carried them, one per replica per 50 ms at most */
+  uint64_t copies_quick_batches; /* STORES that carried them (gathered per replica, 50 ms) */
   uint64_t hops_hist[DHT_MAX_PATH + 1];
   uint64_t connections;
   uint64_t tls_failed;   /* secured mode: handshakes or sessions that failed */
