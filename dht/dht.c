@@ -84,7 +84,7 @@ static void rng_seed(dht_t *d) {
 static void timers_init(dht_t *d) {
   uv_timer_t *timers[] = {&d->stab_timer, &d->join_timer, &d->refresh_timer, &d->sweep_timer,
                           &d->repair_timer, &d->leave_timer, &d->owned_timer, &d->pace_timer,
-                          &d->copy_timer};
+                          &d->copy_timer, &d->split_timer};
   for (size_t i = 0; i < sizeof(timers) / sizeof(*timers); i++) {
     uv_timer_init(d->loop, timers[i]);
     timers[i]->data = d;
@@ -226,6 +226,7 @@ int dht_leave(dht_t *d, dht_left_cb cb, void *arg) {
   uv_timer_stop(&d->owned_timer);
   uv_timer_stop(&d->pace_timer);
   uv_timer_stop(&d->copy_timer);
+  uv_timer_stop(&d->split_timer);
   dht__copies_flush(d); /* before the handover: the replicas' copies come first */
   d->leave_waiting = 1; /* held while we send, so leave_finish runs once */
   if (d->n_succ > 0) {
@@ -248,7 +249,7 @@ void dht_close(dht_t *d) {
   dht__defers_run(d);
   uv_timer_t *timers[] = {&d->stab_timer, &d->join_timer, &d->refresh_timer, &d->sweep_timer,
                           &d->repair_timer, &d->leave_timer, &d->owned_timer, &d->pace_timer,
-                          &d->copy_timer};
+                          &d->copy_timer, &d->split_timer};
   for (size_t i = 0; i < sizeof(timers) / sizeof(*timers); i++)
     if (!uv_is_closing((uv_handle_t *)timers[i])) uv_close((uv_handle_t *)timers[i], NULL);
 }

@@ -267,6 +267,7 @@ typedef struct {
   uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
   uint64_t lookups, lookups_failed, rpc_timeouts, bad_frames;
   uint64_t rejoins; /* joined again after losing every neighbour */
+  uint64_t ring_splits; /* split checks that found our id held in another ring (ring.c) */
   uint64_t puts, gets, stores_in, values_stored;
   uint64_t gets_primary; /* of gets, those of dht_get_primary() */
   uint64_t gets_direct;  /* of those, FETCHes sent without a lookup that the primary confirmed */

@@ -372,6 +372,7 @@ static bool rejoin(dht_t *d) {
     if (d->finger_ok[i]) via = &d->finger[i];
   if (!via && d->n_bootstrap == 0) return false;
   d->joined = false;
+  d->split_all = true; /* once joined, look for another ring (split_check()) */
   d->stats.rejoins++;
   log_warn("lost every neighbour; joining again through %s", via ? "a finger" : "the bootstrap nodes");
   if (!via || dht__lookup_via(d, &d->self.id, via, on_join_lookup, NULL)) join_retry(d);
@@ -798,6 +799,64 @@ int dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const
   return 0;
 }
 
+/* A split ring ---------------------------------------------------------------
+ *
+ * An outage can leave two rings, each sound, whose nodes know only each
+ * other: after every node found itself alone, some rejoined through one
+ * bootstrap address or finger and some through another (test_outage: a
+ * ring of the first two nodes and one of the other four, for good).
+ * Stabilize and the self check only ask nodes of one's own ring.  So a
+ * node looks its own id up through each of its bootstrap addresses
+ * SPLIT_SOON_MS after it rejoined, and through the next one every
+ * SPLIT_CHECK_MS: in its own ring the answer is itself; in another, the
+ * node its id falls before there, which it tells about itself (NOTIFY).
+ * That node takes it as predecessor, whose predecessor then finds it by
+ * stabilizing, and the two rings become one.  A check is a PING and a
+ * lookup: a handshake every ten minutes per node in the secured mode. */
+#define SPLIT_SOON_MS 2000
+#define SPLIT_CHECK_MS (10 * 60 * 1000)
+
+static unsigned split_wait(dht_t *d) { return SPLIT_CHECK_MS - SPLIT_CHECK_MS / 8 + dht__rand(d) % (SPLIT_CHECK_MS / 4); }
+
+static void on_split_notify_r(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
+                              void *arg) {
+  if (status == 0 && !d->leaving) saw_in_body(d, f->body, f->body_len);
+}
+
+static void on_split_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, int hops,
+                            const dht_id_t *path, int path_len, void *arg) {
+  if (status || n == 0 || d->leaving || !d->joined) return;
+  for (int i = 0; i < n; i++) dht__ring_saw(d, &nodes[i]);
+  if (is_self(d, &nodes[0]) || (d->n_succ && dht__node_eq(&nodes[0], &d->succ[0]))) return;
+  char id[DHT_ID_HEX], a[64];
+  dht_id_hex(&nodes[0].id, id);
+  dht_addr_str(&nodes[0].addr, a, sizeof(a));
+  d->stats.ring_splits++;
+  log_warn("split check: another ring holds our id at %.8s %s; telling it we exist", id, a);
+  send_self(d, &nodes[0], PROTO_NOTIFY, on_split_notify_r, NULL);
+}
+
+static void on_split_ping(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
+                          void *arg) {
+  proto_node_t pn;
+  if (status || d->leaving || proto_node_decode(f->body, f->body_len, &pn)) return;
+  dht_node_t b;
+  dht__node_from_proto(&pn, &b);
+  if (!is_self(d, &b)) dht__lookup_via(d, &d->self.id, &b, on_split_lookup, NULL);
+}
+
+static void on_split_timer(uv_timer_t *t) {
+  dht_t *d = t->data;
+  if (d->leaving) return;
+  int count = d->split_all ? d->n_bootstrap : 1;
+  d->split_all = false;
+  for (int i = 0; d->joined && i < count && i < 8; i++) {
+    dht_node_t b = {.addr = d->bootstrap[d->split_next++ % (unsigned)d->n_bootstrap]}; /* id unknown yet */
+    dht__rpc_call(d, &b, PROTO_PING, NULL, 0, on_split_ping, NULL);
+  }
+  uv_timer_start(&d->split_timer, on_split_timer, split_wait(d), 0);
+}
+
 /* Join --------------------------------------------------------------------- */
 
 static void set_joined(dht_t *d) {
@@ -831,6 +890,8 @@ static void on_join_lookup(dht_t *d, int status, const dht_node_t *nodes, int n,
   d->join_wait_ms = 0;
   succ_set(d, list, k);
   log_info("joined the overlay after %d hops", hops);
+  if (d->n_bootstrap > 0)
+    uv_timer_start(&d->split_timer, on_split_timer, d->split_all ? SPLIT_SOON_MS : split_wait(d), 0);
   /* Ask for our key range explicitly: if we rejoin with the id we had, our
    * successor sees no new predecessor and would not hand anything over. */
   send_self(d, &d->succ[0], PROTO_JOIN, NULL, NULL);

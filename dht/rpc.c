@@ -164,10 +164,17 @@ static pending_t *pending_take(dht_t *d, dht__conn_t *c, uint32_t txid) {
   return NULL;
 }
 
+/* Each callback may finish others of the list (a peer it finds dead gets
+ * its links closed, and their calls fail): the walk starts over after
+ * each, so it never steps onto a call already finished (a second
+ * uv_close() of its timer aborted a node at SIGTERM).  Each pass ends one
+ * call, and none is added for c, which is closing. */
 static void fail_pending_of(dht_t *d, dht__conn_t *c) {
-  for (pending_t *p = d->pending, *next; p; p = next) {
-    next = p->next;
-    if (p->conn == c) pending_finish(p, -ECONNRESET, NULL);
+  for (;;) {
+    pending_t *p = d->pending;
+    while (p && p->conn != c) p = p->next;
+    if (!p) return;
+    pending_finish(p, -ECONNRESET, NULL);
   }
 }
 

@@ -258,7 +258,7 @@ static json_t *cmd_stats(node_t *n) {
       {"bytes_in", s.bytes_in},       {"bytes_out", s.bytes_out},
       {"lookups", s.lookups},         {"lookups_failed", s.lookups_failed},
       {"rpc_timeouts", s.rpc_timeouts}, {"bad_frames", s.bad_frames},
-      {"rejoins", s.rejoins},
+      {"rejoins", s.rejoins}, {"ring_splits", s.ring_splits},
       {"connections", s.connections}, {"tls_failed", s.tls_failed},
       {"tls_handshakes", s.tls_handshakes},
       {"auth_refused", s.auth_refused}, {"deadline_closes", s.deadline_closes},

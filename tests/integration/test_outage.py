@@ -6,8 +6,9 @@ would come back to it: each joins again, through a finger it still knows or
 its bootstrap addresses, retrying with a growing wait (dht/README.md, "Ring
 upkeep").  Asserted: every node is seen alone during the outage, the ring
 is whole again within 30 s of the network's return (the old tree's nodes
-stayed alone for good), rejoins are counted, and every value put before the
-outage reads the same from every node.  (Seen first as a 500-node secured testbed
+stayed alone for good, and in 1 of ~12 secured runs two rings formed that never
+merged), rejoins are counted, and every value put before the outage reads the
+same from every node.  (Seen first as a 500-node secured testbed
 on a starved machine that never converged: timeouts looked like deaths and
 317 nodes sat alone for good.)
 
@@ -68,6 +69,10 @@ def test(h):
     # it as predecessor and successor) needs no rejoin; the others count one.
     rejoins = {i: stats[i]["rejoins"] for i in stats}
     check(sum(rejoins.values()) >= 1, "nodes alone joined again (stats rejoins)", rejoins)
+    # Rejoins can make two rings that know only each other; a rejoined node
+    # then finds the other through its bootstrap addresses (dht/ring.c).
+    info("split checks that found another ring (stats ring_splits): %s"
+         % {i: stats[i].get("ring_splits") for i in stats})
     check(not c.crashed(), "no node died", c.crashed())
 
     jobs = [(n, k) for n in c.alive() for k in keys]
