@@ -2451,7 +2451,7 @@ void dht__ops_close(dht_t *d) {
   free(d->prims);
   d->prims = NULL;
   batches_free(d);
-  dht__copies_flush(d);
+  for (int i = 0; d->copies && i < DHT_MAX_SUCC; i++) free(d->copies->b[i].buf); /* closed: too late to send */
   free(d->copies);
   d->copies = NULL;
 }

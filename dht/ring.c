@@ -815,8 +815,12 @@ int dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const
  * lookup: a handshake every ten minutes per node in the secured mode. */
 #define SPLIT_SOON_MS 2000
 #define SPLIT_CHECK_MS (10 * 60 * 1000)
+#define SPLIT_ADDRS_MAX 8 /* bootstrap addresses asked at once after a rejoin */
 
-static unsigned split_wait(dht_t *d) { return SPLIT_CHECK_MS - SPLIT_CHECK_MS / 8 + dht__rand(d) % (SPLIT_CHECK_MS / 4); }
+/* SPLIT_CHECK_MS +-12.5 %: nodes started together do not ask together. */
+static unsigned split_wait(dht_t *d) {
+  return SPLIT_CHECK_MS - SPLIT_CHECK_MS / 8 + dht__rand(d) % (SPLIT_CHECK_MS / 4);
+}
 
 static void on_split_notify_r(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer,
                               void *arg) {
@@ -850,7 +854,7 @@ static void on_split_timer(uv_timer_t *t) {
   if (d->leaving) return;
   int count = d->split_all ? d->n_bootstrap : 1;
   d->split_all = false;
-  for (int i = 0; d->joined && i < count && i < 8; i++) {
+  for (int i = 0; d->joined && i < count && i < SPLIT_ADDRS_MAX; i++) {
     dht_node_t b = {.addr = d->bootstrap[d->split_next++ % (unsigned)d->n_bootstrap]}; /* id unknown yet */
     dht__rpc_call(d, &b, PROTO_PING, NULL, 0, on_split_ping, NULL);
   }
