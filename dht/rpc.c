@@ -187,9 +187,24 @@ static void write_done(uv_write_t *req, int status) {
   free(w);
 }
 
+/* What the socket takes at once goes with uv_try_write(): uv_write() queues
+ * a completion for the next iteration and (libuv 1.44) makes it register
+ * the socket with epoll again, an epoll_ctl() per flush, one per
+ * registration on a registrar and on the key's holder.  The rest, if any,
+ * goes through uv_write(), behind what it already holds. */
 static void write_now(dht__conn_t *c, wreq_t *w) {
   uv_buf_t buf = uv_buf_init((char *)w->data, (unsigned)w->len);
-  int err = uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, write_done);
+  int err = uv_try_write((uv_stream_t *)&c->tcp, &buf, 1);
+  if (err >= 0 && (size_t)err == w->len) {
+    free(w);
+    return;
+  }
+  if (err > 0) {
+    memmove(w->data, w->data + err, w->len - (size_t)err);
+    w->len -= (size_t)err;
+    buf = uv_buf_init((char *)w->data, (unsigned)w->len);
+  }
+  if (err >= 0 || err == UV_EAGAIN) err = uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, write_done);
   if (err) {
     free(w);
     conn_close(c, uv_strerror(err));

@@ -270,14 +270,21 @@ static int is_our_udp(int fd, void *arg)
          getsockname(fd, (struct sockaddr *)&ss, &len) == 0 && dht_addr_eq(&ss, &s->listen);
 }
 
-/* Bytes waiting in the SIP UDP socket's receive queue (kernel accounting). */
-static unsigned queued_bytes(const sip_svc_t *s)
+/* Bytes waiting in the SIP UDP socket's receive queue (kernel accounting),
+ * read at most once per SIP_QUEUE_READ_NS: every REGISTER asked twice, and
+ * the getsockopt() calls were a sixth of the registrar's system calls. */
+static unsigned queued_bytes(sip_svc_t *s)
 {
   uint32_t mem[SK_MEMINFO_VARS];
   socklen_t len = sizeof mem;
+  uint64_t hr = uv_hrtime();
+  if (s->q_hr && hr - s->q_hr < SIP_QUEUE_READ_NS)
+    return s->q_bytes;
   if (s->udp_fd < 0 || getsockopt(s->udp_fd, SOL_SOCKET, SO_MEMINFO, mem, &len) < 0)
     return 0;
-  return mem[SK_MEMINFO_RMEM_ALLOC];
+  s->q_hr = hr;
+  s->q_bytes = mem[SK_MEMINFO_RMEM_ALLOC];
+  return s->q_bytes;
 }
 
 /* How long the socket's queue takes to drain, in ms: the datagrams queued

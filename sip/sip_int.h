@@ -52,6 +52,7 @@
 #define SIP_SHED_DELAY_MS 50.0
 #define SIP_QUEUE_TRUESIZE 1400.0 /* kernel bytes per queued datagram, about (loopback) */
 #define SIP_RATE_WINDOW_MS 100
+#define SIP_QUEUE_READ_NS 1000000 /* the queue is read again after this long (1 ms) */
 #define SIP_RATE_FLOOR 1.0        /* messages/ms assumed at least (a node just woken) */
 #define SIP_MAX_REGISTERING 1024  /* REGISTERs waiting for the DHT at once */
 #define SIP_PEEK_BYTES 2048       /* of a datagram looked at before sofia reads it */
@@ -249,6 +250,8 @@ struct sip_svc {
   uint64_t rx_at;         /* start of the current rate window (uv_now), 0: none yet */
   usize_t rx_count;       /* nta's messages received then */
   uint64_t rx_hr, rx_idle; /* uv_hrtime(), uv_metrics_idle_time() then (ns) */
+  uint64_t q_hr;           /* uv_hrtime() when q_bytes was read (ns) */
+  unsigned q_bytes;        /* the SIP UDP socket's queue then */
   double rx_rate;         /* messages/ms, smoothed */
   unsigned n_rtx;         /* REGISTERs waiting for the DHT */
   struct sip_resend *resend; /* REGISTER answers' bytes (resend.c), or NULL */
