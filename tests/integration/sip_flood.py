@@ -138,10 +138,15 @@ def test_transactions(c, B, bob):
     after = st["counters"]
     info("1500 INVITEs in %.2f s: %d x 100, %d x 503; proxy transactions now %d" %
          (took, codes.count(100), codes.count(503), st["transactions"]["proxy"]))
-    check(after["source_limited"] - before["source_limited"] >= 1000 and
+    # Where the node is slow (under ASan) part of the rest finds the socket's
+    # queue long and is shed before the source's share is even looked at:
+    # 618 refused by the share and the others shed, in one such run.
+    limited = after["source_limited"] - before["source_limited"]
+    shed = after["shed"] - before["shed"]
+    check(limited > 0 and limited + shed >= 1000 and codes.count(503) >= 1000 and
           st["transactions"]["proxy"] <= 300,
           "one source holds at most its share of transactions (256), the rest get 503",
-          (after["source_limited"] - before["source_limited"], st["transactions"]))
+          (limited, shed, st["transactions"]))
     carol = su.Ua("carol")
     check(message_ok(carol, dest, bob, "bob") == 200,
           "another caller's request still goes through the same node", "")
@@ -207,7 +212,7 @@ def test_repeats(c, node):
 
 
 # Sends new REGISTERs (each its own Call-ID) for 500 users in turn for
-# argv[3] s, 20 a ms at most (past what a
+# argv[3] s, argv[5] a ms at most (past what a
 # node takes here, not past what it drains: no socket protects against a
 # flood faster than its reader, and the probes share it), from one
 # socket to argv[1]:argv[2], each once more 0.5 s later (as sipp does when
@@ -215,7 +220,7 @@ def test_repeats(c, node):
 # counts and the users that got a 200.
 FLOODER = r"""
 import json, select, socket, sys, time
-dest = (sys.argv[1], int(sys.argv[2])); dur = float(sys.argv[3]); ov = sys.argv[4]
+dest = (sys.argv[1], int(sys.argv[2])); dur = float(sys.argv[3]); ov = sys.argv[4]; per_ms = int(sys.argv[5])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((dest[0], 0))
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20); s.setblocking(False)
 me = s.getsockname()[1]
@@ -233,7 +238,7 @@ def drain():
         if c == 200: ok.add(int(d.split(b"Call-ID: ov-", 1)[1].split(b"\r", 1)[0]) % 500)
 t0 = time.monotonic(); end = t0 + dur
 while time.monotonic() < end:
-    for _ in range(20):
+    for _ in range(per_ms):
         s.sendto((tpl % reg(i)).encode(), dest); again.append((time.monotonic() + 0.5, i)); i += 1
     while again and again[0][0] <= time.monotonic():
         s.sendto((tpl % reg(again.pop(0)[1])).encode(), dest)
@@ -279,19 +284,24 @@ def test_overload(c, node):
     built at the peek, unparsed."""
     dest = su.sip_dest(c, node)
     before = counters(node)
+    # A node built with ASan drains a tenth as fast: 20 a ms outran its
+    # socket, and the probes were dropped with the flood.
+    per_ms = 2 if os.environ.get("P2PSIP_SANITIZED") == "1" else 20
     flooder = subprocess.Popen([sys.executable, "-c", FLOODER, dest[0], str(dest[1]), "4",
-                                OVERLAY], stdout=subprocess.PIPE, text=True)
+                                OVERLAY, str(per_ms)], stdout=subprocess.PIPE, text=True)
     windows = []
     staller = threading.Thread(target=stall, args=(node.pid, windows), daemon=True)
     staller.start()
     alice = su.Ua("alice")
-    worst, lost, probes, timed = 0.0, 0, 0, []
+    worst, lost, probes, timed, others = 0.0, 0, 0, [], []
     try:
         while flooder.poll() is None and probes < 200:
             t0 = time.monotonic()
             st, ms = options_ms(alice, dest)
             probes += 1
             lost += st != 200
+            if st != 200:
+                others.append(st)
             timed.append((t0, t0 + ms / 1000, ms))
             time.sleep(0.05)
         out, _ = flooder.communicate(timeout=30)
@@ -325,7 +335,8 @@ def test_overload(c, node):
           (max(stalled, default=0), len(stalled)), stalled)
     check(len(clear) >= 20 and lost == 0 and worst < 100,
           "OPTIONS from another source answered within 100 ms throughout (%d probes clear of "
-          "the stops, max %.0f ms; none lost of %d)" % (len(clear), worst, probes), lost)
+          "the stops, max %.0f ms; none lost of %d)" % (len(clear), worst, probes),
+          "%d lost, answers other than 200: %s" % (lost, sorted(set(map(str, others)))))
     ok = r["ok"]
     found = registered(node)
     check(len(ok) >= 100 and set(ok) <= found,
