@@ -126,6 +126,11 @@ int dht_start(dht_t *d);
 /* Graceful leave: hand stored keys to the successor, tell the neighbours,
  * then call cb.  The node answers nothing after cb. */
 int dht_leave(dht_t *d, dht_left_cb cb, void *arg);
+/* Look our id up through each bootstrap address now (up to 8), as after a
+ * rejoin: one that answers from another ring is told of us and the rings
+ * merge (stats ring_splits).  The number of addresses asked; -ENOENT with
+ * none, -EAGAIN while not joined. */
+int dht_split_check(dht_t *d);
 /* Close every handle; call after dht_leave's callback or instead of it.
  * Run the loop afterwards until it has no handles left, then dht_free. */
 void dht_close(dht_t *d);

@@ -317,7 +317,7 @@ struct dht {
   bool has_boot;
   uv_timer_t split_timer; /* looks for another ring through the bootstrap addresses (ring.c) */
   unsigned split_next;    /* the bootstrap address it asks next */
-  bool split_all;         /* we (re)joined: ask them all, soon */
+  bool split_all;         /* rejoined, or asked: ask them all, soon */
   bool check_ok, check_inflight; /* self_check() in ring.c */
 #define DHT_VOUCHED 64
   dht_id_t vouched[DHT_VOUCHED]; /* secured mode: second-hand nodes that answered (ring.c) */

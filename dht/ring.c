@@ -807,8 +807,8 @@ int dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const
  * ring of the first two nodes and one of the other four, for good).
  * Stabilize and the self check only ask nodes of one's own ring.  So a
  * node looks its own id up through each of its bootstrap addresses
- * SPLIT_SOON_MS after it rejoined (or first joined, when it has more than
- * one), and through the next one every
+ * SPLIT_SOON_MS after it rejoined (or at once when the admin command
+ * check-split asks: dht_split_check()), and through the next one every
  * SPLIT_CHECK_MS: in its own ring the answer is itself; in another, the
  * node its id falls before there, which it tells about itself (NOTIFY).
  * That node takes it as predecessor, whose predecessor then finds it by
@@ -860,6 +860,14 @@ static void on_split_timer(uv_timer_t *t) {
     dht__rpc_call(d, &b, PROTO_PING, NULL, 0, on_split_ping, NULL);
   }
   uv_timer_start(&d->split_timer, on_split_timer, split_wait(d), 0);
+}
+
+int dht_split_check(dht_t *d) {
+  if (d->n_bootstrap == 0) return -ENOENT;
+  if (!d->joined || d->leaving) return -EAGAIN;
+  d->split_all = true;
+  uv_timer_start(&d->split_timer, on_split_timer, 0, 0);
+  return d->n_bootstrap < SPLIT_ADDRS_MAX ? d->n_bootstrap : SPLIT_ADDRS_MAX;
 }
 
 /* Join --------------------------------------------------------------------- */
@@ -959,9 +967,5 @@ void dht__ring_start(dht_t *d) {
     stab_schedule(d, d->stab_min);
     return;
   }
-  /* Several bootstrap addresses name one overlay: a node that starts while
-   * it is split joins the part that answers first, and checks the others
-   * soon after, as after a rejoin. */
-  d->split_all = d->n_bootstrap > 1;
   uv_timer_start(&d->join_timer, join_try, 0, 0);
 }

@@ -547,6 +547,11 @@ void node_admin_dispatch(node_t *n, json_t *req, node_reply_fn reply, void *arg)
       r = rc == 0    ? json_pack("{s:b}", "ok", 1)
           : rc == -1 ? fail("check-public: the node is public or not by --public %s", n->opts->public_mode)
                      : fail("check-public: a check is under way");
+    } else if (strcmp(c, "check-split") == 0) {
+      int k = dht_split_check(n->dht);
+      r = k >= 0 ? json_pack("{s:b, s:i}", "ok", 1, "asked", k)
+          : k == -ENOENT ? fail("check-split: this node has no bootstrap address")
+                         : fail("check-split: not joined yet");
     } else if (strcmp(c, "leave") == 0) {
       r = json_pack("{s:b}", "ok", 1);
       node_leave(n);

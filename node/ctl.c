@@ -34,6 +34,7 @@ static void usage(FILE *f) {
              "                         or as an ICE candidate; baresip: an accounts file,\n"
              "                         json: the admin answer\n"
              "  check-public           ask peers again now whether this node is public\n"
+             "  check-split            look for another ring through every bootstrap address now\n"
              "  CMD                    any other admin command without arguments\n"
              "  raw JSON               send a request object as given\n");
 }

@@ -123,7 +123,7 @@ static const struct {
     {"status", check_none}, {"put", check_put},    {"get", check_get}, {"remove", check_remove},
     {"lookup", check_key},  {"stats", check_none}, {"leave", check_none},
     {"relays", check_none}, {"turn-credentials", check_turn_cred}, {"phone-config", check_phone_config},
-    {"check-public", check_none},
+    {"check-public", check_none}, {"check-split", check_none},
 };
 
 int node_request_check(json_t *req, const char *const *extra, char *err, size_t len) {

@@ -2,8 +2,10 @@
 """Two rings become one: three nodes form a ring, three others a second
 ring of their own (each founded without a bootstrap address), each ring
 holds a value the other cannot read.  A seventh node starts with one
-bootstrap address in each ring: it joins the first, its split check finds
-its id held in the second (stats ring_splits), tells that node of itself,
+bootstrap address in each ring and joins the first; the rings stay apart
+(its periodic split check comes every ~10 min).  Asked with the admin
+command check-split, it looks its id up through both addresses, finds it
+held in the second ring (stats ring_splits), tells that node of itself,
 and stabilizing merges the two.  Asserted: one consistent ring of all
 seven, and both values readable from every node.  The ids are placed
 (even_ids) so that the two rings interleave: every node's successor
@@ -53,6 +55,12 @@ def test(h):
 
     c.launch(x, [ring_a[0], ring_b[0]])
     c.wait_up([x])
+    p2p.wait_until(lambda: c.ring(nodes=ring_a + [x]).consistent, 30, "the new node in ring A", 0.25,
+                   lambda _: c.ring(nodes=ring_a + [x]).summary())
+    check(not c.ring().consistent and x.admin_ok({"cmd": "stats"}).get("ring_splits") == 0,
+          "it joined the first ring; the two are still apart", c.ring().summary())
+    r = x.admin({"cmd": "check-split"})
+    check(r.get("ok") and r.get("asked") == 2, "check-split asks both bootstrap addresses", r)
     c.wait_consistent(timeout=MERGE_S)
     splits = x.admin_ok({"cmd": "stats"}).get("ring_splits")
     check(splits is not None and splits >= 1,
