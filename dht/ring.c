@@ -816,7 +816,7 @@ int dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const
  * lookup: a handshake every ten minutes per node in the secured mode. */
 #define SPLIT_SOON_MS 2000
 #define SPLIT_CHECK_MS (10 * 60 * 1000)
-#define SPLIT_ADDRS_MAX 8 /* bootstrap addresses asked at once after a rejoin */
+#define SPLIT_ADDRS_MAX 8 /* bootstrap addresses asked at once after a rejoin or check-split */
 
 /* SPLIT_CHECK_MS +-12.5 %: nodes started together do not ask together. */
 static unsigned split_wait(dht_t *d) {
@@ -850,12 +850,19 @@ static void on_split_ping(dht_t *d, int status, const proto_frame_t *f, const dh
   if (!is_self(d, &b)) dht__lookup_via(d, &d->self.id, &b, on_split_lookup, NULL);
 }
 
+/* Bootstrap addresses the next check asks: all (up to SPLIT_ADDRS_MAX)
+ * after a rejoin or check-split, else the next one. */
+static int split_count(const dht_t *d) {
+  int n = d->split_all ? d->n_bootstrap : 1;
+  return n < SPLIT_ADDRS_MAX ? n : SPLIT_ADDRS_MAX;
+}
+
 static void on_split_timer(uv_timer_t *t) {
   dht_t *d = t->data;
   if (d->leaving) return;
-  int count = d->split_all ? d->n_bootstrap : 1;
+  int count = split_count(d);
   d->split_all = false;
-  for (int i = 0; d->joined && i < count && i < SPLIT_ADDRS_MAX; i++) {
+  for (int i = 0; d->joined && i < count; i++) {
     dht_node_t b = {.addr = d->bootstrap[d->split_next++ % (unsigned)d->n_bootstrap]}; /* id unknown yet */
     dht__rpc_call(d, &b, PROTO_PING, NULL, 0, on_split_ping, NULL);
   }
@@ -867,7 +874,7 @@ int dht_split_check(dht_t *d) {
   if (!d->joined || d->leaving) return -EAGAIN;
   d->split_all = true;
   uv_timer_start(&d->split_timer, on_split_timer, 0, 0);
-  return d->n_bootstrap < SPLIT_ADDRS_MAX ? d->n_bootstrap : SPLIT_ADDRS_MAX;
+  return split_count(d);
 }
 
 /* Join --------------------------------------------------------------------- */

@@ -293,13 +293,12 @@ def test_overload(c, node):
     staller = threading.Thread(target=stall, args=(node.pid, windows), daemon=True)
     staller.start()
     alice = su.Ua("alice")
-    worst, lost, probes, timed, others = 0.0, 0, 0, [], []
+    worst, probes, timed, others = 0.0, 0, [], []
     try:
         while flooder.poll() is None and probes < 200:
             t0 = time.monotonic()
             st, ms = options_ms(alice, dest)
             probes += 1
-            lost += st != 200
             if st != 200:
                 others.append(st)
             timed.append((t0, t0 + ms / 1000, ms))
@@ -333,10 +332,10 @@ def test_overload(c, node):
     check(max(stalled, default=0) < 400,
           "OPTIONS caught in a 100 ms stop answered within 400 ms (max %.0f of %d)" %
           (max(stalled, default=0), len(stalled)), stalled)
-    check(len(clear) >= 20 and lost == 0 and worst < 100,
+    check(len(clear) >= 20 and not others and worst < 100,
           "OPTIONS from another source answered within 100 ms throughout (%d probes clear of "
           "the stops, max %.0f ms; none lost of %d)" % (len(clear), worst, probes),
-          "%d lost, answers other than 200: %s" % (lost, sorted(set(map(str, others)))))
+          "%d lost, answers other than 200: %s" % (len(others), sorted(set(map(str, others)))))
     ok = r["ok"]
     found = registered(node)
     check(len(ok) >= 100 and set(ok) <= found,
