@@ -406,7 +406,8 @@ static const opt_def_t opt_table[] = {
     {"gateway", 0, o_gateway, "", "act as P2PSIP proxy peer to public SIP domains (needs --sip)"},
     {"users", 1, o_users, "DIR", "this node's phones: DIR/USER.digest (and, secured, USER.crt,\n"
      "                             USER.key) as p2psip-ca user writes them; REGISTER and calls\n"
-     "                             from them need digest auth (without it: no phones when secured)"},
+     "                             from them need digest auth (without it: no phones when secured);\n"
+     "                             read at start and watched: changes count at once"},
     {"sip-tls", 1, o_sip_tls, "IP:PORT", "SIP between nodes over TLS with the node certificates\n"
      "                             (secured mode; default: the --sip IP, any free port)"},
     {"sip-allow-loopback", 0, o_sip_allow_loopback, "", "let SIP go to 127.0.0.0/8 and ::1 targets\n"

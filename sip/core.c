@@ -804,7 +804,9 @@ int sip_new(uv_loop_t *loop, dht_t *dht, const sip_config_t *cfg, sip_svc_t **ou
   if (rc == 0 && s->dns)
     rc = write_resolv_conf(s, s->dns);
   if (rc == 0 && cfg->users)
-    rc = sip__auth_new(s, cfg->users, cfg->digest, cfg->ca);
+    rc = sip__users_new(s, cfg->users, cfg->ca);
+  if (rc == 0 && cfg->users)
+    rc = sip__auth_new(s, cfg->digest);
   if (rc == 0)
     rc = sip__limit_new(s, cfg->rate < 0 ? 0 : cfg->rate ? (unsigned)cfg->rate : SIP_DEFAULT_RATE,
                         cfg->rate_burst > 0 ? (unsigned)cfg->rate_burst : 0,
@@ -958,6 +960,7 @@ void sip_free(sip_svc_t *s)
   sip__dht_cache_free(s);
   sip__dnsreg_free(s);
   sip__auth_free(s);
+  sip__users_free(s);
   sip__limit_free(s);
   su_timer_destroy(s->sweep);
   su_timer_destroy(s->republish);
@@ -1166,12 +1169,13 @@ json_t *sip_stats_json(const sip_svc_t *s)
   for (size_t i = 0; counters && i < sizeof down / sizeof *down; i++)
     json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);
-  return json_pack("{s:s, s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o, s:o}", "listen",
+  return json_pack("{s:s, s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o, s:o, s:o}", "listen",
                    s->hostport, "tls", s->tls_hostport, "overlay", s->overlay, "gateway", s->gateway, "registrations",
                    (json_int_t)sip__regs_count(s), "transactions", "proxy",
                    (json_int_t)s->n_ptx, "server", (json_int_t)server_tr, "client",
                    (json_int_t)client_tr, "proxy_peers_known", s->n_peers, "counters",
-                   counters ? counters : json_object(), "flow", flow ? flow : json_object());
+                   counters ? counters : json_object(), "flow", flow ? flow : json_object(),
+                   "users", sip__users_json(s));
 }
 
 json_t *sip_registrations_json(const sip_svc_t *s)

@@ -110,7 +110,7 @@ static int admit_register(sip_svc_t *s, msg_t *msg, sip_t *sip, sip_req_t *rq)
 static int admit_call(sip_svc_t *s, msg_t *msg, sip_t *sip, sip_req_t *rq, int public)
 {
   const char *fu = from_overlay_user(s, sip);
-  int ours = s->auth && fu && sip__auth_has_user(s, fu);
+  int ours = s->auth && fu && sip__users_has(s, fu);
   if (!ours && !public)
     return 0;
   if (ours && sip__reg_stream_user(s, msg, fu)) {

@@ -379,7 +379,7 @@ static int signer_of(sip_svc_t *s, const char *aor, const dht_cert_creds_t **out
     return -EACCES;
   memcpy(user, aor + 4, (size_t)(at - aor - 4));
   user[at - aor - 4] = '\0';
-  *out = sip__auth_creds(s, user);
+  *out = sip__users_creds(s, user);
   return *out ? 0 : -EACCES;
 }
 

@@ -66,7 +66,8 @@
 
 /* Digest authentication of phones (auth.c). */
 #define SIP_NONCE_TTL_S 300        /* older nonces are stale */
-#define SIP_USERS_RECHECK_MS 10000 /* a user's file is looked at again this often */
+#define SIP_USERS_RECHECK_MS 10000 /* without inotify, a user's file is looked at again this often */
+#define SIP_USERS_MAX 2000000      /* users kept (~130 bytes each); more are read when needed */
 
 /* Registrar policy (RFC 3261 10.3). */
 #define SIP_DEFAULT_EXPIRES 3600
@@ -116,6 +117,7 @@ typedef struct sip_dnsreg sip_dnsreg_t;
 typedef struct sip_flow sip_flow_t;
 typedef struct sip_ping sip_ping_t;
 typedef struct sip_authdb sip_authdb_t;
+typedef struct sip_users sip_users_t;
 typedef struct sip_limits sip_limits_t;
 typedef struct sip_lines sip_lines_t;
 
@@ -244,7 +246,8 @@ struct sip_svc {
   sip_ping_t *pings;   /* ping.c: SIP_MAX_PINGS slots, or NULL */
   struct { dht_id_t id; int used; } down[SIP_DOWN_PENDING]; /* gateway.c */
 
-  sip_authdb_t *auth;     /* --users: this node's phones' credentials, or NULL */
+  sip_users_t *users;     /* --users: this node's phones' credentials, or NULL */
+  sip_authdb_t *auth;     /* --users: digest nonces and algorithms, or NULL */
   sip_limits_t *limits;   /* per-source limits, or NULL (off) */
   int udp_fd;             /* sofia's SIP UDP socket (its queue says when to shed), or -1 */
   uint64_t rx_at;         /* start of the current rate window (uv_now), 0: none yet */
@@ -397,9 +400,23 @@ void sip__limit_release(sip_svc_t *s, int slot);
  * 5060/5061); domain names are left to DNS. */
 int sip__target_ok(const sip_svc_t *s, const url_t *u);
 
-/* auth.c: digest authentication (--users DIR). */
+/* users.c: the phones' credentials, --users DIR, kept and watched.  ca:
+ * NULL in the open mode (no user certificates). */
+int sip__users_new(sip_svc_t *s, const char *dir, dht_cert_ca_t *ca);
+void sip__users_free(sip_svc_t *s);
+/* The user's HA1 for alg ("MD5" or "SHA-256") as hex into out: 0, or
+ * -ENOENT (no such user, or none for alg). */
+int sip__users_ha1(sip_svc_t *s, const char *user, const char *alg, char out[65]);
+int sip__users_has(sip_svc_t *s, const char *user);
+/* The user's certificate and key (the secured mode), loaded on first use
+ * and kept while the service lives; NULL if there are none. */
+const dht_cert_creds_t *sip__users_creds(sip_svc_t *s, const char *user);
+/* {"known", "files_read", "changes", "watched", "reading", "complete"}, or null. */
+json_t *sip__users_json(const sip_svc_t *s);
+
+/* auth.c: digest authentication against users.c's credentials. */
 /* algs: the algorithms to offer, "SHA-256,MD5" (NULL: that) or one. */
-int sip__auth_new(sip_svc_t *s, const char *dir, const char *algs, dht_cert_ca_t *ca);
+int sip__auth_new(sip_svc_t *s, const char *algs);
 void sip__auth_free(sip_svc_t *s);
 enum { SIP_AUTH_OK = 0, SIP_AUTH_NONE, SIP_AUTH_STALE, SIP_AUTH_BAD };
 /* The request's credentials for our realm (Proxy-Authorization when proxy
@@ -418,10 +435,6 @@ int sip__auth_challenge_lines(sip_svc_t *s, int proxy, int stale, char *buf, siz
 /* Answers 401 (407 when proxy is set) statelessly with the challenge
  * lines above.  Takes msg. */
 void sip__auth_challenge(sip_svc_t *s, msg_t *msg, sip_t *sip, int proxy, int stale);
-int sip__auth_has_user(sip_svc_t *s, const char *user);
-/* The user's certificate and key (the secured mode), loaded on first use
- * and kept while the service lives; NULL if there are none. */
-const dht_cert_creds_t *sip__auth_creds(sip_svc_t *s, const char *user);
 /* RFC 7616 3.4.1 response for alg "MD5" or "SHA-256" (qop "auth" or NULL:
  * RFC 2069 style), lowercase hex into out. */
 /* n bytes as 2n lower-case hex digits and a NUL (digest.c). */

@@ -13,16 +13,22 @@
 - over the TCP connection the user registered on, no challenge;
 - a caller of another domain reaches the node's user without any;
 - a node without --users behaves as before (anyone registers);
+- the users' files are read at start and watched: registering and a
+  made-up name read no file, a changed password, a new user and a removed
+  one count at once (inotify), and an overflow of inotify's queue makes
+  the node read the directory again;
 - sipp registers and calls with [authentication] (MD5);
 - baresip registers with digest through its home node and calls another
   baresip through the overlay.
 Every refusal is counted in {"cmd":"sip"}."""
 
+import hashlib
 import json
 import os
 import re
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -392,6 +398,107 @@ def test_register(c, A, ua):
           st["auth_challenges"] >= 5, "the admin counters saw the challenges and refusals", st)
 
 
+def users_of(node):
+    return su.sip_stats(node)["users"]
+
+
+def wait_users(node, pred, what, timeout=10):
+    """Waits (bounded) until pred(users) holds; the users object."""
+    end = time.monotonic() + timeout
+    u = users_of(node)
+    while not pred(u) and time.monotonic() < end:
+        time.sleep(0.05)
+        u = users_of(node)
+    check(pred(u), what, u)
+    return u
+
+
+def digest_lines(user, password):
+    """USER.digest's lines (node/ca.c): SHA-256 and MD5 HA1s."""
+    lines = ""
+    for alg, h in (("SHA-256", hashlib.sha256), ("MD5", hashlib.md5)):
+        ha1 = h(("%s:%s:%s" % (user, OVERLAY, password)).encode()).hexdigest()
+        lines += "%s:%s:%s:%s\n" % (user, OVERLAY, alg, ha1)
+    return lines
+
+
+def write_digest(d, user, password):
+    """Replaces DIR/USER.digest at once (a new file renamed over the old,
+    mode 0600), as an operator changing a password would."""
+    lines = digest_lines(user, password)
+    tmp = os.path.join(d, ".%s.tmp" % user)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, lines.encode())
+    os.close(fd)
+    os.rename(tmp, os.path.join(d, user + ".digest"))
+
+
+def write_digest_new(d, user, password):
+    """DIR/USER.digest written in place, as p2psip-ca does."""
+    fd = os.open(os.path.join(d, user + ".digest"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, digest_lines(user, password).encode())
+    os.close(fd)
+
+
+def test_users_dir(h, c, A, alice, dA):
+    """The users' files are read once, at start, and again when inotify
+    says they changed: no file is read for a registration or a made-up
+    name, and a new password, a new user or a removed one counts at once."""
+    dest = su.sip_dest(c, A)
+    u = wait_users(A, lambda u: u["complete"],
+                   "the node read its users directory at start and watches it")
+    check(u["known"] == 2 and u["watched"], "it knows its two users (alice, erin)", u)
+    r, _ = alice.do_auth(dest, "REGISTER", "pw-alice", headers=["Expires: 60"], call_id="dir-1")
+    mallory = su.Ua("mallory")
+    r2, _ = mallory.do_auth(dest, "REGISTER", "pw", headers=["Expires: 60"])
+    after = users_of(A)
+    check(r.status == 200 and r2.status == 403 and after["files_read"] == u["files_read"],
+          "alice registers and a made-up user is refused without a file read", (r.status, r2.status, u, after))
+    write_digest(dA, "alice", "new-pw")
+    wait_users(A, lambda x: x["changes"] > after["changes"], "inotify told the node of alice's new password")
+    r, _ = alice.do_auth(dest, "REGISTER", "pw-alice", headers=["Expires: 60"], call_id="dir-2")
+    r2, _ = alice.do_auth(dest, "REGISTER", "new-pw", headers=["Expires: 60"], call_id="dir-3")
+    check(r.status == 403 and r2.status == 200, "the old password is refused at once, the new one taken",
+          (r.status, r2.status))
+    before = users_of(A)
+    write_digest(dA, "alice", "pw-alice")
+    wait_users(A, lambda x: x["changes"] > before["changes"], "alice's password is back")
+    p2p.ca_tool("user", os.path.join(h.rundir, "userca"), "ivan", "--users", dA, "--password", "pw-ivan")
+    wait_users(A, lambda x: x["known"] == 3, "a user added by p2psip-ca is known at once")
+    ivan = su.Ua("ivan")
+    r, _ = ivan.do_auth(dest, "REGISTER", "pw-ivan", headers=["Expires: 60"])
+    check(r.status == 200, "ivan registers", r.status)
+    before = users_of(A)
+    os.unlink(os.path.join(dA, "ivan.digest"))
+    wait_users(A, lambda x: x["changes"] > before["changes"], "inotify told the node ivan's file went")
+    r, _ = ivan.do_auth(dest, "REGISTER", "pw-ivan", headers=["Expires: 60"])
+    check(r.status == 403, "a removed user is refused at once", r.status)
+
+
+def test_users_overflow(c, A, dA):
+    """Users added faster than the node reads inotify's queue (it is
+    stopped meanwhile): the events overflow, the node says so and reads the
+    directory again, and then knows every user."""
+    n = 9000  # two events each (a write, a close): more than the 16,384 queued
+    with open("/proc/sys/fs/inotify/max_queued_events") as f:
+        check(2 * n > int(f.read()), "the test adds more events than inotify queues", n)
+    before = users_of(A)["known"]
+    c.send_signal(A, signal.SIGSTOP)
+    try:
+        for i in range(n):
+            write_digest_new(dA, "bulk%d" % i, "pw-bulk%d" % i)
+    finally:
+        c.send_signal(A, signal.SIGCONT)
+    u = wait_users(A, lambda x: x["complete"] and x["known"] == before + n,
+                   "after the overflow the node read the directory again and knows all %d new users" % n,
+                   timeout=30)
+    with open(A.log) as f:
+        check("inotify lost events" in f.read(), "its log says inotify lost events", u)
+    ua = su.Ua("bulk%d" % (n - 1))
+    r, _ = ua.do_auth(su.sip_dest(c, A), "REGISTER", "pw-bulk%d" % (n - 1), headers=["Expires: 60"])
+    check(r.status == 200, "the last user added registers", r.status)
+
+
 def test_calls(c, A, B, alice, erin):
     """alice (UDP) and erin (TCP) at A; bob, a plain UA at B (no users)."""
     dest = su.sip_dest(c, A)
@@ -482,9 +589,11 @@ def test(h):
     A, B, C, D = nodes[0], nodes[1], nodes[2], nodes[3]
     alice, erin = su.Ua("alice"), su.Ua("erin", transport="tcp")
     test_register(c, A, alice)
+    test_users_dir(h, c, A, alice, dA)
     test_calls(c, A, C, alice, erin)
     test_sipp(h, c, B)
     test_baresip(h, c, B, D)
+    test_users_overflow(c, A, dA)
     info("A counters: %s" % {k: v for k, v in counters(A).items() if "auth" in k or "ack" in k})
 
 
