@@ -408,6 +408,14 @@ void sip__users_free(sip_svc_t *s);
  * -ENOENT (no such user, or none for alg). */
 int sip__users_ha1(sip_svc_t *s, const char *user, const char *alg, char out[65]);
 int sip__users_has(sip_svc_t *s, const char *user);
+/* A user's HA1 values, as a digest file gives them. */
+typedef struct {
+  uint8_t md5[16], sha256[32];
+  uint8_t has_md5, has_sha256;
+} sip_ha1_t;
+/* The HA1s that text (a digest file's bytes, NUL-terminated; strtok'ed)
+ * gives name in the realm overlay into h: 0, or -ENOENT when none. */
+int sip__users_parse(const char *overlay, const char *name, char *text, sip_ha1_t *h);
 /* The user's certificate and key (the secured mode), loaded on first use
  * and kept while the service lives; NULL if there are none. */
 const dht_cert_creds_t *sip__users_creds(sip_svc_t *s, const char *user);

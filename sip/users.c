@@ -30,6 +30,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "sip/sip_int.h"
 
 #define MAX_DIGEST_FILE 4096
@@ -46,10 +48,9 @@ struct sip_user {
   off_t size;
   struct timespec mtime;
   mode_t mode;
-  uint8_t has_md5, has_sha256;
+  sip_ha1_t ha1;
   uint8_t stale; /* inotify said the file changed: read it again */
   uint8_t gone;  /* the file went away (kept for creds) */
-  uint8_t md5[16], sha256[32];
   char name[]; /* at most DHT_CERT_MAX_USER */
 };
 
@@ -139,7 +140,7 @@ static sip_user_t *user_add(sip_users_t *a, const sip_user_t *tmp, const char *n
  * kept, marked gone: the DHT may re-store those values yet. */
 static void user_drop(sip_users_t *a, sip_user_t *u)
 {
-  u->has_md5 = u->has_sha256 = 0;
+  memset(&u->ha1, 0, sizeof u->ha1);
   if (u->creds) {
     u->gone = 1;
     return;
@@ -166,20 +167,29 @@ static int unhex(const char *h, uint8_t *out, size_t n)
   return 0;
 }
 
-/* One "USER:REALM:ALGORITHM:HA1" line for name into u, if it is one. */
-static void parse_line(sip_svc_t *s, sip_user_t *u, const char *name, const char *line)
+/* One "USER:REALM:ALGORITHM:HA1" line for name into h, if it is one. */
+static void parse_line(const char *overlay, const char *name, const char *line, sip_ha1_t *h)
 {
   char user[80], realm[260], alg[16], ha1[80];
   if (line[0] == '#' || sscanf(line, "%79[^:]:%259[^:]:%15[^:]:%79s", user, realm, alg, ha1) != 4 ||
-      strcmp(user, name) != 0 || strcasecmp(realm, s->overlay) != 0)
+      strcmp(user, name) != 0 || strcasecmp(realm, overlay) != 0)
     return;
   size_t hl = strlen(ha1);
   if (strspn(ha1, "0123456789abcdef") != hl)
     return;
-  if (strcmp(alg, "MD5") == 0 && hl == 32 && unhex(ha1, u->md5, 16) == 0)
-    u->has_md5 = 1;
-  else if (strcmp(alg, "SHA-256") == 0 && hl == 64 && unhex(ha1, u->sha256, 32) == 0)
-    u->has_sha256 = 1;
+  if (strcmp(alg, "MD5") == 0 && hl == 32 && unhex(ha1, h->md5, 16) == 0)
+    h->has_md5 = 1;
+  else if (strcmp(alg, "SHA-256") == 0 && hl == 64 && unhex(ha1, h->sha256, 32) == 0)
+    h->has_sha256 = 1;
+}
+
+int sip__users_parse(const char *overlay, const char *name, char *text, sip_ha1_t *h)
+{
+  char *save = NULL;
+  memset(h, 0, sizeof *h);
+  for (char *line = strtok_r(text, "\r\n", &save); line; line = strtok_r(NULL, "\r\n", &save))
+    parse_line(overlay, name, line, h);
+  return h->has_md5 || h->has_sha256 ? 0 : -ENOENT;
 }
 
 static void keep_stat(sip_user_t *u, const struct stat *st)
@@ -215,14 +225,12 @@ static int read_digest(sip_svc_t *s, sip_user_t *u, const char *name)
     return -EPERM;
   }
   buf[len] = '\0';
-  u->has_md5 = u->has_sha256 = 0;
-  char *save = NULL;
-  for (char *line = strtok_r(buf, "\r\n", &save); line; line = strtok_r(NULL, "\r\n", &save))
-    parse_line(s, u, name, line);
+  int rc = sip__users_parse(s->overlay, name, buf, &u->ha1);
+  OPENSSL_cleanse(buf, (size_t)len);
   keep_stat(u, &st);
   u->checked = sip__now_ms(s);
   u->stale = 0;
-  return u->has_md5 || u->has_sha256 ? 0 : -ENOENT;
+  return rc;
 }
 
 /* Reads name's file into its entry, made or dropped as the file says: the
@@ -479,10 +487,10 @@ void sip__users_free(sip_svc_t *s)
 int sip__users_ha1(sip_svc_t *s, const char *user, const char *alg, char out[65])
 {
   const sip_user_t *u = user_get(s, user);
-  if (u && u->has_md5 && strcasecmp(alg, "MD5") == 0)
-    sip__hex(u->md5, sizeof u->md5, out);
-  else if (u && u->has_sha256 && strcasecmp(alg, "SHA-256") == 0)
-    sip__hex(u->sha256, sizeof u->sha256, out);
+  if (u && u->ha1.has_md5 && strcasecmp(alg, "MD5") == 0)
+    sip__hex(u->ha1.md5, sizeof u->ha1.md5, out);
+  else if (u && u->ha1.has_sha256 && strcasecmp(alg, "SHA-256") == 0)
+    sip__hex(u->ha1.sha256, sizeof u->ha1.sha256, out);
   else
     return -ENOENT;
   return 0;
