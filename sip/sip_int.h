@@ -67,7 +67,7 @@
 /* Digest authentication of phones (auth.c). */
 #define SIP_NONCE_TTL_S 300        /* older nonces are stale */
 #define SIP_USERS_RECHECK_MS 10000 /* without inotify, a user's file is looked at again this often */
-#define SIP_USERS_MAX 2000000      /* users kept (~130 bytes each); more are read when needed */
+#define SIP_USERS_MAX 2000000      /* users read at start (~130 bytes each); more are read when needed */
 
 /* Registrar policy (RFC 3261 10.3). */
 #define SIP_DEFAULT_EXPIRES 3600

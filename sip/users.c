@@ -7,7 +7,8 @@
  * user may read is refused (logged once).
  *
  * Every digest file is read once, a chunk per loop turn after the start
- * (the node serves meanwhile), and kept; inotify names the files that
+ * (the node serves meanwhile; past SIP_USERS_MAX users the others are
+ * read when first seen), and kept; inotify names the files that
  * change later, and those are read again.  A REGISTER then costs no
  * system call for its user (an open, a read and a close were 9% of a busy
  * registrar's time), a made-up user name costs none either, and a
@@ -247,7 +248,7 @@ static sip_user_t *user_load(sip_svc_t *s, sip_user_t *u, const char *name)
     return NULL;
   }
   sip_user_t tmp = {0};
-  return read_digest(s, &tmp, name) == 0 && a->n < SIP_USERS_MAX ? user_add(a, &tmp, name) : NULL;
+  return read_digest(s, &tmp, name) == 0 ? user_add(a, &tmp, name) : NULL;
 }
 
 /* The user's entry, read again if inotify said it changed, or (without
@@ -393,6 +394,9 @@ static void scan_end(sip_svc_t *s)
   a->scan = NULL;
   uv_idle_stop(&a->idle);
   a->complete = a->fd >= 0 && !a->lost && a->n < SIP_USERS_MAX;
+  if (a->n >= SIP_USERS_MAX)
+    log_warn("users: %s holds more than %d users; the others are read when first seen", a->dir,
+             SIP_USERS_MAX);
   log_info("users: %zu kept from %s in %llu ms%s", a->n, a->dir,
            (unsigned long long)(sip__now_ms(s) - a->scan_start),
            a->complete ? ", watched for changes" : "");
@@ -405,8 +409,10 @@ static void on_scan(uv_idle_t *h)
   sip_users_t *a = h->data;
   sip_svc_t *s = a->svc;
   for (int i = 0; i < SCAN_CHUNK; i++) {
+    errno = 0;
     const struct dirent *d = readdir(a->scan);
-    if (!d) {
+    if (!d || a->n >= SIP_USERS_MAX) {
+      a->lost |= !d && errno != 0; /* a directory not read to its end */
       scan_end(s);
       return;
     }
