@@ -64,7 +64,7 @@
 #define SIP_REG_ANSWER_BUCKETS 65536 /* ~72,000 answers kept at 4,500/s */
 #define SIP_REG_ANSWERS_MAX 200000 /* answers kept at most (~50 MB at worst) */
 
-/* Digest authentication of phones (auth.c). */
+/* Digest authentication of phones (auth.c, users.c). */
 #define SIP_NONCE_TTL_S 300        /* older nonces are stale */
 #define SIP_USERS_RECHECK_MS 10000 /* without inotify, a user's file is looked at again this often */
 #define SIP_USERS_MAX 2000000      /* users read at start (~130 bytes each); more are read when needed */
