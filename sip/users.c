@@ -157,15 +157,11 @@ static void user_drop(sip_users_t *a, sip_user_t *u)
 
 /* ---- a user's file ---------------------------------------------------------- */
 
+/* n bytes from 2n hex digits (checked by the caller). */
 static int unhex(const char *h, uint8_t *out, size_t n)
 {
-  for (size_t i = 0; i < n; i++) {
-    unsigned v;
-    if (sscanf(h + 2 * i, "%2x", &v) != 1)
-      return -1;
-    out[i] = (uint8_t)v;
-  }
-  return 0;
+  size_t len = 0;
+  return OPENSSL_hexstr2buf_ex(out, n, &len, h, '\0') == 1 && len == n ? 0 : -1;
 }
 
 /* One "USER:REALM:ALGORITHM:HA1" line for name into h, if it is one. */
@@ -278,17 +274,26 @@ static sip_user_t *user_get(sip_svc_t *s, const char *name)
 
 /* ---- inotify and the background read ------------------------------------- */
 
+/* The user whose digest file is named file, into name: 0, or -1 when
+ * file is none. */
+static int user_of_file(const char *file, char name[DHT_CERT_MAX_USER + 1])
+{
+  size_t len = strlen(file), sl = strlen(SUFFIX);
+  if (len <= sl || strcmp(file + len - sl, SUFFIX) != 0 || !user_name_ok(file, len - sl))
+    return -1;
+  memcpy(name, file, len - sl);
+  name[len - sl] = '\0';
+  return 0;
+}
+
 /* A change to DIR/NAME: a kept user is read again when next needed, a
  * new one now (a miss costs nothing while complete). */
 static void on_change(sip_svc_t *s, const char *file)
 {
   sip_users_t *a = s->users;
-  size_t len = strlen(file), sl = strlen(SUFFIX);
-  if (len <= sl || strcmp(file + len - sl, SUFFIX) != 0 || !user_name_ok(file, len - sl))
-    return;
   char name[DHT_CERT_MAX_USER + 1];
-  memcpy(name, file, len - sl);
-  name[len - sl] = '\0';
+  if (user_of_file(file, name) < 0)
+    return;
   a->changes++;
   sip_user_t *u = user_find(a, name);
   if (u)
@@ -417,12 +422,9 @@ static void on_scan(uv_idle_t *h)
       return;
     }
     sip_user_t *u;
-    size_t len = strlen(d->d_name), sl = strlen(SUFFIX);
     char name[DHT_CERT_MAX_USER + 1];
-    if (len <= sl || strcmp(d->d_name + len - sl, SUFFIX) != 0 || !user_name_ok(d->d_name, len - sl))
+    if (user_of_file(d->d_name, name) < 0)
       continue;
-    memcpy(name, d->d_name, len - sl);
-    name[len - sl] = '\0';
     if (!(u = user_find(a, name)) || u->stale)
       user_load(s, u, name);
   }

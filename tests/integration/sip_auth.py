@@ -404,11 +404,7 @@ def users_of(node):
 
 def wait_users(node, pred, what, timeout=10):
     """Waits (bounded) until pred(users) holds; the users object."""
-    end = time.monotonic() + timeout
-    u = users_of(node)
-    while not pred(u) and time.monotonic() < end:
-        time.sleep(0.05)
-        u = users_of(node)
+    u = p2p.wait_value(lambda: users_of(node), pred, timeout, what)
     check(pred(u), what, u)
     return u
 
