@@ -479,7 +479,7 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
   } else {
     s->c.register_repeats++, s->c.register_resent_peeked++;
   }
-  sip__sendq_to(s->sendq, sip__now_ms(s), again, n, (const struct sockaddr *)sa, salen);
+  sendto(s->udp_fd, again, n, MSG_DONTWAIT, (const struct sockaddr *)sa, salen);
   return 1;
 }
 
@@ -562,8 +562,7 @@ int sip__lines_reply(sip_svc_t *s, const sip_lines_t *l, const sip_t *sip, int s
                        sizeof out);
   if (n < 0)
     return n;
-  sip__sendq_to(s->sendq, sip__now_ms(s), out, (size_t)n, (const struct sockaddr *)&l->from,
-                l->fromlen);
+  sendto(s->udp_fd, out, (size_t)n, MSG_DONTWAIT, (const struct sockaddr *)&l->from, l->fromlen);
   if (resend_key(sip, key, sizeof key))
     sip__resend_keep(s, key, out, (size_t)n);
   s->c.register_answers_built++;
@@ -783,8 +782,6 @@ static int create_agent(sip_svc_t *s)
   s->udp_fd = rc == 0 ? sip__loop_find_fd(is_our_udp, s) : -1;
   if (rc == 0 && s->udp_fd < 0)
     log_warn("SIP UDP socket not found: no shedding by its queue");
-  if (s->udp_fd >= 0 && !(s->sendq = sip__sendq_new(s->udp_fd)))
-    return -ENOMEM;
   if (s->udp_fd >= 0)
     sip__loop_before_step(s->loop, peek_head, s);
   return rc;
@@ -949,8 +946,6 @@ void sip_free(sip_svc_t *s)
     return;
   if (s->loop)
     sip__loop_before_step(s->loop, NULL, NULL);
-  sip__sendq_free(s->sendq); /* before sofia closes its socket */
-  s->sendq = NULL;
   if (s->dht)
     sip__gateway_watch(s, 0);
   sip__dht_detach_all(s);
@@ -1174,14 +1169,13 @@ json_t *sip_stats_json(const sip_svc_t *s)
   for (size_t i = 0; counters && i < sizeof down / sizeof *down; i++)
     json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);
-  return json_pack("{s:s, s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o, s:o, s:o, s:o}",
-                   "listen",
+  return json_pack("{s:s, s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o, s:o, s:o}", "listen",
                    s->hostport, "tls", s->tls_hostport, "overlay", s->overlay, "gateway", s->gateway, "registrations",
                    (json_int_t)sip__regs_count(s), "transactions", "proxy",
                    (json_int_t)s->n_ptx, "server", (json_int_t)server_tr, "client",
                    (json_int_t)client_tr, "proxy_peers_known", s->n_peers, "counters",
                    counters ? counters : json_object(), "flow", flow ? flow : json_object(),
-                   "users", sip__users_json(s), "sender", sip__sendq_json(s->sendq));
+                   "users", sip__users_json(s));
 }
 
 json_t *sip_registrations_json(const sip_svc_t *s)

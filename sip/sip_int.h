@@ -57,10 +57,6 @@
 #define SIP_MAX_REGISTERING 1024  /* REGISTERs waiting for the DHT at once */
 #define SIP_PEEK_BYTES 2048       /* of a datagram looked at before sofia reads it */
 #define SIP_PEEK_MAX 64           /* datagrams dropped so at most, per step */
-/* The sender thread of the peek's answers (sendq.c). */
-#define SIP_SENDQ_START 1000      /* answers a second that start it */
-#define SIP_SENDQ_SLOTS 512       /* datagrams waiting for it at most (~1.1 MB) */
-#define SIP_SENDQ_BATCH 16        /* datagrams per sendmmsg() */
 #define SIP_RESEND_MAX 16384     /* REGISTER answers kept as bytes (resend.c), ~10 MB */
 #define SIP_RESEND_MS 8000        /* for so long (sipp/phones retransmit within 4 s, T2) */
 #define SIP_LOOP_BURST 8          /* sofia steps in a row while datagrams are queued */
@@ -262,7 +258,6 @@ struct sip_svc {
   double rx_rate;         /* messages/ms, smoothed */
   unsigned n_rtx;         /* REGISTERs waiting for the DHT */
   struct sip_resend *resend; /* REGISTER answers' bytes (resend.c), or NULL */
-  struct sip_sendq *sendq;   /* sends the peek's answers on udp_fd (sendq.c), or NULL */
   sip_lines_t *head;      /* the datagram at the head of the UDP queue (peek), or NULL */
   int head_left;          /* head is a REGISTER the peek left to sofia's next step */
   struct sip_regans_tab *answers; /* recent REGISTER answers (registrar.c), or NULL */
@@ -544,16 +539,6 @@ void sip__resend_keep(sip_svc_t *s, const char *key, const void *bytes, size_t l
 /* The bytes kept for key (and their length in *len), or NULL. */
 const void *sip__resend_find(sip_svc_t *s, const char *key, size_t *len);
 void sip__resend_free(sip_svc_t *s);
-
-/* sendq.c: the UDP answers core.c builds, sent on fd by a second thread
- * once they come at SIP_SENDQ_START a second, else at once. */
-typedef struct sip_sendq sip_sendq_t;
-sip_sendq_t *sip__sendq_new(int fd);
-void sip__sendq_to(sip_sendq_t *q, uint64_t now_ms, const void *buf, size_t len,
-                   const struct sockaddr *to, socklen_t tolen);
-/* Sends what waits, then stops the thread. */
-void sip__sendq_free(sip_sendq_t *q);
-json_t *sip__sendq_json(const sip_sendq_t *q);
 
 /* registrar.c */
 /* A REGISTER for this node: answered statelessly, now or once the DHT

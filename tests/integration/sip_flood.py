@@ -283,9 +283,6 @@ def test_overload(c, node):
     than it drains within SIP_SHED_DELAY_MS and answers the excess with 503s
     built at the peek, unparsed."""
     dest = su.sip_dest(c, node)
-    sender0 = su.sip_stats(node)["sender"]
-    check(not sender0["thread"], "a node that answered a few REGISTERs sends from its loop",
-          sender0)
     before = counters(node)
     # A node built with ASan drains a tenth as fast: 20 a ms outran its
     # socket, and the probes were dropped with the flood.
@@ -339,11 +336,6 @@ def test_overload(c, node):
           "OPTIONS from another source answered within 100 ms throughout (%d probes clear of "
           "the stops, max %.0f ms; none lost of %d)" % (len(clear), worst, probes),
           "%d lost, answers other than 200: %s" % (len(others), sorted(set(map(str, others)))))
-    sender = su.sip_stats(node)["sender"]
-    check(sender["thread"] and sender["queued"] >= 1000,
-          "answers at thousands a second go out from the sender thread (%d queued, %d sent "
-          "directly, %d past a full ring)" % (sender["queued"], sender["direct"],
-                                               sender["ring_full"]), sender)
     ok = r["ok"]
     found = registered(node)
     check(len(ok) >= 100 and set(ok) <= found,
