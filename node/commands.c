@@ -227,6 +227,31 @@ static void proc_kb(json_t *obj, const char *path, const char *const *keys, cons
   fclose(f);
 }
 
+/* The heap as glibc sees it: free bytes it cannot hand back (fragments
+ * between live blocks) show as heap_free_kb, not as less RSS.  mallinfo2()
+ * walks every free chunk with the loop stopped: 64 ms on a registrar
+ * holding 150,000 bindings (a 300 MB heap; docs/BENCHMARKS.md, session
+ * 13), which every SIP and DHT message then waited for.  So the figures
+ * are reused for HEAP_REUSE times as long as their walk took (the walk
+ * takes at most 1/HEAP_REUSE of the loop's time): a small node's are
+ * fresh at every call, a loaded registrar's at most a minute old;
+ * heap_age_ms says how old. */
+#define HEAP_REUSE 1000
+static void heap_figures(node_t *n, json_t *mem) {
+  uint64_t now = uv_hrtime();
+  if (!n->heap.at_ns || now - n->heap.at_ns >= n->heap.cost_ns * HEAP_REUSE) {
+    struct mallinfo2 mi = mallinfo2();
+    uint64_t done = uv_hrtime();
+    n->heap.used = mi.uordblks + mi.hblkhd, n->heap.free = mi.fordblks;
+    n->heap.at_ns = done, n->heap.cost_ns = done - now;
+    now = done;
+  }
+  json_object_set_new(mem, "heap_used_kb", json_integer((json_int_t)(n->heap.used / 1024)));
+  json_object_set_new(mem, "heap_free_kb", json_integer((json_int_t)(n->heap.free / 1024)));
+  json_object_set_new(mem, "heap_age_ms", json_integer((json_int_t)((now - n->heap.at_ns) / 1000000)));
+  json_object_set_new(mem, "heap_walk_us", json_integer((json_int_t)(n->heap.cost_ns / 1000)));
+}
+
 static json_t *cmd_stats(node_t *n) {
   dht_stats_t s;
   dht_stats(n->dht, &s);
@@ -245,11 +270,7 @@ static json_t *cmd_stats(node_t *n) {
   static const char *const sm_names[] = {"pss_kb", "pss_anon_kb", "private_dirty_kb", NULL};
   proc_kb(mem, "/proc/self/status", st_keys, st_names);
   proc_kb(mem, "/proc/self/smaps_rollup", sm_keys, sm_names);
-  /* The heap as glibc sees it: free bytes it cannot hand back (fragments
-   * between live blocks) show as heap_free_kb, not as less RSS. */
-  struct mallinfo2 mi = mallinfo2();
-  json_object_set_new(mem, "heap_used_kb", json_integer((json_int_t)((mi.uordblks + mi.hblkhd) / 1024)));
-  json_object_set_new(mem, "heap_free_kb", json_integer((json_int_t)(mi.fordblks / 1024)));
+  heap_figures(n, mem);
   const struct {
     const char *name;
     uint64_t v;

@@ -134,6 +134,10 @@ struct node {
   int exit_code;
   dht_cert_ca_t *ca;        /* secured mode: the overlay CA; NULL: open mode */
   dht_cert_creds_t *creds;  /* secured mode: our certificate and key */
+  struct {
+    size_t used, free;       /* bytes, as mallinfo2() last said */
+    uint64_t at_ns, cost_ns; /* when (uv_hrtime), and how long it took */
+  } heap; /* stats' heap figures (commands.c) */
 };
 
 /* Admin socket: listen on path (mode 0600).  Returns 0 or -errno. */

@@ -277,6 +277,32 @@ def stall(pid, windows, times=4, first=0.6, every=0.8, ms=100):
         time.sleep(every)
 
 
+def test_heap_figures(node):
+    """stats' heap figures cost a walk of malloc's free chunks with the loop
+    stopped: after a flood the node takes them again only when the last
+    walk is a thousand times its cost old."""
+    mems = []
+    for _ in range(3):
+        t0 = time.monotonic()
+        m = node.admin_ok({"cmd": "stats"})["memory"]
+        mems.append((m, (time.monotonic() - t0) * 1000))
+        time.sleep(0.1)
+    info("heap figures after the flood: %s" % [(m["heap_used_kb"], m["heap_free_kb"],
+                                                m["heap_age_ms"], m["heap_walk_us"], round(ms, 1))
+                                               for m, ms in mems])
+    first, later = mems[0][0], [m for m, _ in mems[1:]]
+    check(all(k in first for k in ("heap_used_kb", "heap_free_kb", "heap_age_ms",
+                                   "heap_walk_us")), "stats gives the heap and its age", first)
+    window_ms = first["heap_walk_us"]  # HEAP_REUSE 1000: us of walk -> ms reused
+    reused = [m for m in later if m["heap_age_ms"] > 0]
+    check(all(m["heap_age_ms"] <= window_ms + 1 for m in later) and
+          all((m["heap_used_kb"], m["heap_free_kb"]) == (first["heap_used_kb"],
+                                                         first["heap_free_kb"])
+              for m in reused) and (window_ms < 300 or len(reused) == 2),
+          "figures are reused within a thousand times their walk, and only then "
+          "(walk %d us)" % first["heap_walk_us"], [m for m, _ in mems])
+
+
 def test_overload(c, node):
     """A node that keeps up with a flood of cheap re-REGISTERs (13,000/s)
     sheds nothing; stalled for 150 ms now and then, it finds more queued
@@ -336,6 +362,7 @@ def test_overload(c, node):
           "OPTIONS from another source answered within 100 ms throughout (%d probes clear of "
           "the stops, max %.0f ms; none lost of %d)" % (len(clear), worst, probes),
           "%d lost, answers other than 200: %s" % (len(others), sorted(set(map(str, others)))))
+    test_heap_figures(node)
     ok = r["ok"]
     found = registered(node)
     check(len(ok) >= 100 and set(ok) <= found,
