@@ -303,8 +303,8 @@ static double queue_delay_ms(sip_svc_t *s)
     usize_t recv = 0;
     nta_agent_get_stats(s->agent, NTATAG_S_RECV_MSG_REF(recv), TAG_END());
     /* Datagrams the peek answered or dropped left the queue too. */
-    recv += s->c.shed_peeked + s->c.register_resent_peeked + s->c.register_repeats_peeked +
-            s->c.challenged_peeked + s->c.register_direct;
+    recv += s->c.shed_peeked + s->c.shed_repeats_dropped + s->c.register_resent_peeked +
+            s->c.register_repeats_peeked + s->c.challenged_peeked + s->c.register_direct;
     uint64_t hr = uv_hrtime(), idle = uv_metrics_idle_time(s->uv);
     if (s->rx_at) {
       int64_t busy_ns = (int64_t)(hr - s->rx_hr) - (int64_t)(idle - s->rx_idle);
@@ -433,8 +433,9 @@ static int peek_answer(sip_svc_t *s, const sip_peek_t *pk, size_t len, int chall
  * from sa): 1 when it was answered or dropped here (it is then taken off
  * the socket), 0 when sofia reads it.  In this order: a retransmission of
  * a REGISTER under way is dropped; one of a REGISTER answered lately gets
- * the answer's bytes again; while we shed, a new REGISTER, INVITE,
- * SUBSCRIBE or REFER gets a 503 built from its own header lines (peek.c);
+ * the answer's bytes again; while we shed, a copy of a REGISTER shed
+ * lately is dropped, and a new REGISTER, INVITE, SUBSCRIBE or REFER gets
+ * a 503 built from its own header lines (peek.c);
  * a REGISTER that would only be challenged gets its 401 built the same
  * way; one with credentials goes to the registrar from here
  * (register_direct(): SIP_LOOP_TOOK, a registration's work, as much as
@@ -461,6 +462,14 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
   if (keyed)
     again = sip__resend_find(s, key, &n);
   int shedding = (shed & (reg ? SHED_REGISTER : SHED_NEW)) != 0;
+  /* A copy of a REGISTER shed lately, while we still shed: its 503 went
+   * out, and answering every copy was what kept a registrar shedding
+   * (docs/BENCHMARKS.md, session 13).  Once we take work again, a copy
+   * is served like any REGISTER. */
+  if (!again && shedding && keyed && sip__resend_shed_seen(s, key)) {
+    s->c.shed_repeats_dropped++;
+    return 1;
+  }
   int challenge = !again && !shedding && keyed && got == len && challenge_only(s, &pk);
   if (!again && !shedding && !challenge)
     return keyed && got == len && !pk.sofia && s->started && !s->stopping &&
@@ -475,6 +484,8 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
     int m = peek_answer(s, &pk, len, challenge, key, sa, out, sizeof out);
     if (m < 0)
       return 0;
+    if (!challenge && keyed)
+      sip__resend_shed_note(s, key);
     again = out, n = (size_t)m;
   } else {
     s->c.register_repeats++, s->c.register_resent_peeked++;
@@ -600,6 +611,26 @@ static void register_stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_r
  * default leg).  The edge (edge.c) answers what it refuses before any
  * state exists.  The last hop to a phone registered through this node and
  * ACKs go on statelessly; everything else gets a server transaction. */
+/* A 503 with Retry-After, before any state; as at the peek, the copy of
+ * a REGISTER shed lately is dropped instead (the peek takes at most
+ * SIP_PEEK_MAX datagrams a step: the copy behind the last comes here). */
+static void shed(sip_svc_t *s, msg_t *msg, sip_t *sip)
+{
+  char key[700];
+  int keyed = sip->sip_request->rq_method == sip_method_register &&
+              resend_key(sip, key, sizeof key);
+  if (keyed && sip__resend_shed_seen(s, key)) {
+    s->c.shed_repeats_dropped++;
+    msg_destroy(msg);
+    return;
+  }
+  s->c.shed++;
+  sip__reply_stateless(s, msg, sip, SIP_503_SERVICE_UNAVAILABLE, SIPTAG_RETRY_AFTER_STR("2"),
+                       TAG_END());
+  if (keyed)
+    sip__resend_shed_note(s, key);
+}
+
 static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg, sip_t *sip)
 {
   sip_svc_t *s = (sip_svc_t *)magic;
@@ -623,9 +654,7 @@ static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg
   if (m == sip_method_register && sip__reg_underway(s, msg, sip))
     return 0;
   if (must_shed(s, sip)) {
-    s->c.shed++;
-    sip__reply_stateless(s, msg, sip, SIP_503_SERVICE_UNAVAILABLE, SIPTAG_RETRY_AFTER_STR("2"),
-                         TAG_END());
+    shed(s, msg, sip);
     return 0;
   }
   if (sip__edge_admit(s, msg, sip, node, &rq))
@@ -1163,6 +1192,7 @@ json_t *sip_stats_json(const sip_svc_t *s)
       {"shed", c->shed},                        {"register_repeats", c->register_repeats},
       {"register_repeats_peeked", c->register_repeats_peeked},
       {"register_resent_peeked", c->register_resent_peeked}, {"shed_peeked", c->shed_peeked},
+      {"shed_repeats_dropped", c->shed_repeats_dropped},
       {"challenged_peeked", c->challenged_peeked},
       {"register_answers_built", c->register_answers_built},
       {"register_direct", c->register_direct},  {"edge_unknown", c->edge_unknown}};

@@ -6,6 +6,11 @@
  * the REGISTER knee most of what floods the socket is sipp retransmitting
  * the first REGISTER, whose 401 left no state behind.
  *
+ * The REGISTERs the peek shed are remembered here too, by the same key,
+ * as keys alone: while the node sheds, a phone that retransmits one
+ * (sipp ignores a 503 it did not expect) costs a look-up, not another
+ * answer built from sofia's reading of its lines.
+ *
  * A ring of SIP_RESEND_MAX entries in order of sending: the oldest is
  * the first to expire and the one a new answer replaces; a hash of chains
  * (indexes into the ring) finds them.
@@ -93,8 +98,43 @@ const void *sip__resend_find(sip_svc_t *s, const char *key, size_t *len)
   return NULL;
 }
 
+/* Shed REGISTERs: direct-mapped by a 64-bit hash of the key, so a
+ * collision only forgets one (its copy then gets a 503 again). */
+typedef struct {
+  uint64_t hash, at; /* at: uv_now() ms, 0 when free */
+} shed_t;
+
+struct sip_shed {
+  shed_t e[SIP_SHED_KEYS];
+};
+
+static uint64_t hash64(const char *key)
+{
+  /* Two FNV-1a runs from different bases: 64 bits without a second hash. */
+  return (uint64_t)sip__fnv(SIP_FNV_INIT, key, 0) << 32 | sip__fnv(0x5bd1e995u, key, 0);
+}
+
+void sip__resend_shed_note(sip_svc_t *s, const char *key)
+{
+  if (!s->shed_keys && !(s->shed_keys = calloc(1, sizeof *s->shed_keys)))
+    return;
+  uint64_t h = hash64(key);
+  s->shed_keys->e[h % SIP_SHED_KEYS] = (shed_t){h, sip__now_ms(s)};
+}
+
+int sip__resend_shed_seen(sip_svc_t *s, const char *key)
+{
+  if (!s->shed_keys)
+    return 0;
+  uint64_t h = hash64(key);
+  const shed_t *e = &s->shed_keys->e[h % SIP_SHED_KEYS];
+  return e->at && e->hash == h && sip__now_ms(s) - e->at < SIP_SHED_MEMORY_MS;
+}
+
 void sip__resend_free(sip_svc_t *s)
 {
+  free(s->shed_keys);
+  s->shed_keys = NULL;
   for (int i = 0; s->resend && i < SIP_RESEND_MAX; i++)
     slot_clear(s->resend, i);
   free(s->resend);

@@ -59,6 +59,8 @@
 #define SIP_PEEK_MAX 64           /* datagrams dropped so at most, per step */
 #define SIP_RESEND_MAX 16384     /* REGISTER answers kept as bytes (resend.c), ~10 MB */
 #define SIP_RESEND_MS 8000        /* for so long (sipp/phones retransmit within 4 s, T2) */
+#define SIP_SHED_KEYS 16384       /* REGISTERs shed at the peek remembered (256 KB) */
+#define SIP_SHED_MEMORY_MS 4000   /* for so long (T2) */
 #define SIP_LOOP_BURST 8          /* sofia steps in a row while datagrams are queued */
 #define SIP_REG_LINGER_MS 16000   /* a REGISTER's answer is kept for retransmissions */
 #define SIP_REG_ANSWER_BUCKETS 65536 /* ~72,000 answers kept at 4,500/s */
@@ -166,6 +168,7 @@ typedef struct {
   uint64_t register_repeats_peeked; /* of those, dropped before sofia parsed them (peek.c) */
   uint64_t register_resent_peeked;  /* of those, answered again from kept bytes, unparsed */
   uint64_t shed_peeked; /* of shed, answered with a 503 built from the datagram (peek.c) */
+  uint64_t shed_repeats_dropped; /* copies of a REGISTER shed lately, dropped while we still shed */
   uint64_t challenged_peeked; /* REGISTERs without credentials answered 401 at the peek */
   uint64_t register_answers_built; /* registrar's UDP answers built from the request's lines */
   uint64_t register_direct; /* REGISTERs parsed from the peek's bytes, past tport and nta */
@@ -258,6 +261,7 @@ struct sip_svc {
   double rx_rate;         /* messages/ms, smoothed */
   unsigned n_rtx;         /* REGISTERs waiting for the DHT */
   struct sip_resend *resend; /* REGISTER answers' bytes (resend.c), or NULL */
+  struct sip_shed *shed_keys; /* REGISTERs the peek shed lately (resend.c), or NULL */
   sip_lines_t *head;      /* the datagram at the head of the UDP queue (peek), or NULL */
   int head_left;          /* head is a REGISTER the peek left to sofia's next step */
   struct sip_regans_tab *answers; /* recent REGISTER answers (registrar.c), or NULL */
@@ -538,6 +542,11 @@ typedef struct sip_resend sip_resend_t;
 void sip__resend_keep(sip_svc_t *s, const char *key, const void *bytes, size_t len);
 /* The bytes kept for key (and their length in *len), or NULL. */
 const void *sip__resend_find(sip_svc_t *s, const char *key, size_t *len);
+/* The REGISTERs the peek answered with 503, by the same key, remembered
+ * SIP_SHED_MEMORY_MS: while the node still sheds, a copy of one is
+ * dropped rather than answered again (core.c). */
+void sip__resend_shed_note(sip_svc_t *s, const char *key);
+int sip__resend_shed_seen(sip_svc_t *s, const char *key);
 void sip__resend_free(sip_svc_t *s);
 
 /* registrar.c */
