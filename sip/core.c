@@ -463,7 +463,7 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
     again = sip__resend_find(s, key, &n);
   int shedding = (shed & (reg ? SHED_REGISTER : SHED_NEW)) != 0;
   /* A copy of a REGISTER shed lately, while we still shed: its 503 went
-   * out, and answering every copy was what kept a registrar shedding
+   * out, and a 503 for every copy cost a fair share of the work shed
    * (docs/BENCHMARKS.md, session 13).  Once we take work again, a copy
    * is served like any REGISTER. */
   if (!again && shedding && keyed && sip__resend_shed_seen(s, key)) {
@@ -607,14 +607,10 @@ static void register_stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_r
   sip__register(s, msg, sip, rq);
 }
 
-/* Every request that matches no transaction comes here (there is no
- * default leg).  The edge (edge.c) answers what it refuses before any
- * state exists.  The last hop to a phone registered through this node and
- * ACKs go on statelessly; everything else gets a server transaction. */
 /* A 503 with Retry-After, before any state; as at the peek, the copy of
  * a REGISTER shed lately is dropped instead (the peek takes at most
  * SIP_PEEK_MAX datagrams a step: the copy behind the last comes here). */
-static void shed(sip_svc_t *s, msg_t *msg, sip_t *sip)
+static void shed_request(sip_svc_t *s, msg_t *msg, sip_t *sip)
 {
   char key[700];
   int keyed = sip->sip_request->rq_method == sip_method_register &&
@@ -631,6 +627,10 @@ static void shed(sip_svc_t *s, msg_t *msg, sip_t *sip)
     sip__resend_shed_note(s, key);
 }
 
+/* Every request that matches no transaction comes here (there is no
+ * default leg).  The edge (edge.c) answers what it refuses before any
+ * state exists.  The last hop to a phone registered through this node and
+ * ACKs go on statelessly; everything else gets a server transaction. */
 static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg, sip_t *sip)
 {
   sip_svc_t *s = (sip_svc_t *)magic;
@@ -654,7 +654,7 @@ static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg
   if (m == sip_method_register && sip__reg_underway(s, msg, sip))
     return 0;
   if (must_shed(s, sip)) {
-    shed(s, msg, sip);
+    shed_request(s, msg, sip);
     return 0;
   }
   if (sip__edge_admit(s, msg, sip, node, &rq))
