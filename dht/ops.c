@@ -137,12 +137,28 @@ static int answer_find(dht_t *d, const dht__reply_t *to, const proto_frame_t *f)
 #define ENDS_SLOTS 256
 #define ENDS_MS 30000
 
+/* A node's address as a sockaddr_in6 at most, as the tables below keep
+ * it: a whole sockaddr_storage would be most of each entry. */
+typedef union {
+  struct sockaddr_in v4;
+  struct sockaddr_in6 v6;
+} addr_small_t;
+
+static bool addr_pack(addr_small_t *a, const struct sockaddr_storage *ss) {
+  if (ss->ss_family != AF_INET && ss->ss_family != AF_INET6) return false;
+  memcpy(a, ss, sizeof(*a));
+  return true;
+}
+
+static void node_unpack(dht_node_t *out, const dht_id_t *id, const addr_small_t *a) {
+  memset(out, 0, sizeof(*out));
+  out->id = *id;
+  memcpy(&out->addr, a, sizeof(*a));
+}
+
 typedef struct {
   dht_id_t id;
-  union {
-    struct sockaddr_in v4;
-    struct sockaddr_in6 v6;
-  } addr;
+  addr_small_t addr;
   uint64_t at; /* 0: empty */
 } end_t;
 
@@ -155,7 +171,7 @@ static void ends_note(dht_t *d, const dht_id_t *key, const dht_node_t *node) {
   if (!d->ends && !(d->ends = calloc(1, sizeof(*d->ends)))) return;
   end_t *e = &d->ends->e[key->b[0]];
   e->id = node->id;
-  memcpy(&e->addr, &node->addr, sizeof(e->addr));
+  addr_pack(&e->addr, &node->addr);
   e->at = uv_now(d->loop);
 }
 
@@ -163,9 +179,7 @@ static void ends_note(dht_t *d, const dht_id_t *key, const dht_node_t *node) {
 static bool ends_find(const dht_t *d, const dht_id_t *key, dht_node_t *out) {
   const end_t *e = d->ends ? &d->ends->e[key->b[0]] : NULL;
   if (!e || !e->at || uv_now(d->loop) - e->at > ENDS_MS) return false;
-  memset(out, 0, sizeof(*out));
-  out->id = e->id;
-  memcpy(&out->addr, &e->addr, sizeof(e->addr));
+  node_unpack(out, &e->id, &e->addr);
   return true;
 }
 
@@ -984,7 +998,7 @@ typedef struct {
 } store_op_t;
 
 static void read_done(store_op_t *op, int status);
-static void prims_note(dht_t *d, const dht_id_t *key, const dht_id_t *lo, const dht_node_t *node);
+static void prims_note(dht_t *d, const dht_id_t *lo, const dht_node_t *node);
 static void prims_forget(dht_t *d, const dht_id_t *key);
 
 static void owned_note_primary(dht_t *d, const dht_id_t *key, const dht_node_t *primary);
@@ -1092,7 +1106,7 @@ static void on_store_lookup(dht_t *d, int status, const dht_node_t *nodes, int n
   }
   op->n_targets = n < STORE_TRIES ? n : STORE_TRIES;
   memcpy(op->targets, nodes, (size_t)op->n_targets * sizeof(*nodes));
-  if (n > 0 && path_len > 0) prims_note(d, &op->key, &path[path_len - 1], &nodes[0]);
+  if (n > 0 && path_len > 0) prims_note(d, &path[path_len - 1], &nodes[0]);
   store_op_next(op);
 }
 
@@ -1221,38 +1235,81 @@ static const dht_node_t *recent_find(dht_t *d, const dht_id_t *key) {
  *
  * dht_get_primary() reads a key from its primary alone, after a lookup
  * (a FIND to the node before the primary, the `ends` above).  That node
- * and the primary its answer named bound a range, (node, primary]: a
+ * and the primary its answer named bound a range, (lo, primary]: a
  * later primary-only get of a key in it sends its FETCH straight to that
  * primary, whose answer says whether it still is (PROTO_FETCH_PRIMARY,
  * from its own predecessor); if not, or with no answer, the get looks the
  * key up as any.  A registrar so sends one message per read, not two.
- * Direct-mapped by the key's top 8 bits, ENDS_MS at most. */
+ * A range is noted in every slot (by the key's top PRIMS_BITS) it
+ * touches, PRIMS_WAYS ranges a slot, for ENDS_MS at most: with one range
+ * a slot and only the key's slot noted, keys on either side of a
+ * boundary inside a slot took each other's place, and 11.6 % of a
+ * registrar's writes on 64 nodes looked their key up (docs/BENCHMARKS.md,
+ * session 14). */
+#define PRIMS_BITS 9
+#define PRIMS_SLOTS (1u << PRIMS_BITS)
+#define PRIMS_WAYS 2
+
 typedef struct {
-  dht_id_t lo; /* the range is (lo, node.id] */
-  dht_node_t node;
+  dht_id_t lo, id; /* the range is (lo, id], id the primary's */
+  addr_small_t addr;
   uint64_t at; /* 0: empty */
 } prim_t;
 
 struct dht__prims {
-  prim_t e[ENDS_SLOTS];
+  prim_t e[PRIMS_SLOTS][PRIMS_WAYS];
 };
 
-static void prims_note(dht_t *d, const dht_id_t *key, const dht_id_t *lo, const dht_node_t *node) {
+static unsigned prims_slot(const dht_id_t *k) {
+  return ((unsigned)k->b[0] << 8 | k->b[1]) >> (16 - PRIMS_BITS);
+}
+
+/* Into a slot: over the same primary's range, else an empty, stale or
+ * the oldest way. */
+static void prims_put(prim_t *ways, const prim_t *p, uint64_t now) {
+  prim_t *w = &ways[0];
+  for (int i = 0; i < PRIMS_WAYS; i++) {
+    if (ways[i].at && dht__id_eq(&ways[i].id, &p->id)) {
+      w = &ways[i];
+      break;
+    }
+    if (!ways[i].at || now - ways[i].at > ENDS_MS || ways[i].at < w->at) w = &ways[i];
+  }
+  *w = *p;
+}
+
+static void prims_note(dht_t *d, const dht_id_t *lo, const dht_node_t *node) {
+  prim_t p = {.lo = *lo, .id = node->id, .at = uv_now(d->loop)};
+  if (!addr_pack(&p.addr, &node->addr)) return;
   if (!d->prims && !(d->prims = calloc(1, sizeof(*d->prims)))) return;
-  prim_t *e = &d->prims->e[key->b[0]];
-  *e = (prim_t){.lo = *lo, .node = *node, .at = uv_now(d->loop)};
+  unsigned first = prims_slot(lo), n = (prims_slot(&node->id) - first) & (PRIMS_SLOTS - 1);
+  /* Within one slot but wrapping past zero: (nearly) the whole ring. */
+  if (n == 0 && dht__id_cmp(&node->id, lo) <= 0) n = PRIMS_SLOTS - 1;
+  for (unsigned i = 0; i <= n; i++) prims_put(d->prims->e[(first + i) & (PRIMS_SLOTS - 1)], &p, p.at);
+}
+
+static const prim_t *prims_at(const dht_t *d, const dht_id_t *key) {
+  const prim_t *ways = d->prims ? d->prims->e[prims_slot(key)] : NULL;
+  for (int i = 0; ways && i < PRIMS_WAYS; i++)
+    if (ways[i].at && uv_now(d->loop) - ways[i].at <= ENDS_MS && dht__between_incl(key, &ways[i].lo, &ways[i].id))
+      return &ways[i];
+  return NULL;
 }
 
 static bool prims_find(const dht_t *d, const dht_id_t *key, dht_node_t *out) {
-  const prim_t *e = d->prims ? &d->prims->e[key->b[0]] : NULL;
-  if (!e || !e->at || uv_now(d->loop) - e->at > ENDS_MS || !dht__between_incl(key, &e->lo, &e->node.id))
-    return false;
-  *out = e->node;
-  return true;
+  const prim_t *p = prims_at(d, key);
+  if (p) node_unpack(out, &p->id, &p->addr);
+  return p != NULL;
 }
 
+/* key's primary is not what we noted: that node's range goes everywhere. */
 static void prims_forget(dht_t *d, const dht_id_t *key) {
-  if (d->prims) d->prims->e[key->b[0]].at = 0;
+  const prim_t *p = prims_at(d, key);
+  if (!p) return;
+  dht_id_t id = p->id;
+  for (unsigned i = 0; i < PRIMS_SLOTS; i++)
+    for (int j = 0; j < PRIMS_WAYS; j++)
+      if (dht__id_eq(&d->prims->e[i][j].id, &id)) d->prims->e[i][j].at = 0;
 }
 
 /* Values this node owns ----------------------------------------------------- */
@@ -2148,7 +2205,7 @@ static void on_get_lookup(dht_t *d, int status, const dht_node_t *nodes, int n, 
   g->n_targets = n < GET_TRIES ? n : GET_TRIES;
   memcpy(g->targets, nodes, (size_t)g->n_targets * sizeof(*nodes));
   if (n > 0) recent_note(d, &g->key, &nodes[0]);
-  if (n > 0 && g->primary_only && path_len > 0) prims_note(d, &g->key, &path[path_len - 1], &nodes[0]);
+  if (n > 0 && g->primary_only && path_len > 0) prims_note(d, &path[path_len - 1], &nodes[0]);
   get_start(g);
 }
 

@@ -19,6 +19,7 @@ from p2p import check  # noqa: E402
 
 NAME = "sip:ivan@overlay.test"
 REFRESH = 2
+PRIMS_BITS = 9  # dht/ops.c: a range is noted in each slot of keys it touches, two a slot
 
 
 def at(k, off):
@@ -36,14 +37,64 @@ def stats(node):
     return st["gets_primary"], st["gets_direct"]
 
 
+def slot(i):
+    return i >> (160 - PRIMS_BITS)
+
+
+def boundary_names(k, q):
+    """Two user names whose keys share a slot of the primaries' table, in
+    (k + q, k + 2q) (between "reader" and "owner"), and a third in that
+    quarter in another slot: a node Y placed between the first two makes
+    them keys of two primaries, a boundary inside one slot."""
+    seen, pair, third = {}, None, None
+    for i in range(100000):
+        name = "sip:s%d@overlay.test" % i
+        x = p2p.id_int(p2p.key_id(name))
+        rel = (x - k) % p2p.RING
+        if not q + (1 << 140) < rel < 2 * q - (1 << 140):
+            continue
+        if pair is None and slot(x) in seen and abs(x - seen[slot(x)][1]) > 2:
+            pair = sorted([seen[slot(x)], (name, x)], key=lambda e: (e[1] - k) % p2p.RING)
+        seen.setdefault(slot(x), (name, x))
+        if pair:
+            y = (pair[0][1] + (pair[1][1] - pair[0][1]) % p2p.RING // 2) % p2p.RING
+            for n3, x3 in seen.values():
+                if slot(x3) != slot(pair[0][1]) and (x3 - k) % p2p.RING > (y - k) % p2p.RING:
+                    third = (n3, x3)
+            if third:
+                return pair[0][0], pair[1][0], third[0], y
+    raise AssertionError("no names found for the boundary layout")
+
+
+def test_ranges(y_node, reader):
+    """A primary-only read's lookup notes its primary's whole range: a key
+    on the other side of a boundary inside the same slot, or in another
+    slot of the same range, is read without a lookup (11.6 % of a
+    registrar's writes on 64 nodes looked their key up when only the key's
+    slot held one range)."""
+    b1, b2, b3 = y_node
+    for name in (b1, b2):
+        r = reader.admin({"cmd": "get", "key": name, "primary": True}, 10)
+        check(r.get("ok"), "a primary-only get of %s answers" % name, r)
+    check(stats(reader) == (2, 0), "two keys either side of Y, one slot: two lookups", stats(reader))
+    for i, name in enumerate((b1, b2, b3)):
+        r = reader.admin({"cmd": "get", "key": name, "primary": True}, 10)
+        check(r.get("ok") and stats(reader) == (3 + i, 1 + i),
+              "%s read again (or, in another slot of the range, at all): straight to its primary" % name,
+              stats(reader))
+
+
 def test(h):
     k = p2p.id_int(p2p.key_id(NAME))
     q = p2p.RING // 4
-    layout = [("P", 10), ("R1", 20), ("R2", 30), ("reader", q), ("owner", 2 * q), ("pre", 3 * q)]
+    b1, b2, b3, y = boundary_names(k, q)
+    layout = [("P", 10), ("R1", 20), ("R2", 30), ("reader", q), ("Y", (y - k) % p2p.RING),
+              ("owner", 2 * q), ("pre", 3 * q)]
     c = h.cluster(0, replicas=3, ports=len(layout) + 1, refresh=REFRESH)
     c.start(len(layout), ids=[at(k, off) for _, off in layout])
     nodes = {name: c.by_id(at(k, off)) for name, off in layout}
     c.wait_consistent(timeout=60, succ_len=8, full_succ=True)
+    test_ranges((b1, b2, b3), nodes["R2"])
 
     r = p2p.put(nodes["owner"], NAME, {"contact": "sip:ivan@192.0.2.9"}, ttl=600)
     check(r.get("replicas") == 3, "put stored on 3 nodes", r)
