@@ -1667,13 +1667,18 @@ int dht_remove_value(dht_t *d, const dht_cert_creds_t *signer, const char *name,
  * (and its SIP, admin socket and DHT peers) for seconds and queued tens of
  * megabytes of frames.  Each batch walks whole buckets (the cursor is a
  * bucket index, so values freed between batches leave it valid) until it
- * has stored enough to finish the pass within a third of the interval. */
+ * has stored enough to finish the pass within OWNED_PACE_SHARE of the
+ * interval.  (A third doubled a registrar's DHT load for that third: one
+ * holding 1.5 million bindings shed a million REGISTERs in the pass,
+ * docs/BENCHMARKS.md session 12; the last third is slack for a busy loop
+ * whose pace timer fires late.) */
+#define OWNED_PACE_SHARE (2.0 / 3)
 /* An owner refresh, batched ------------------------------------------------
  *
  * A refresh of a value whose primary we know and are linked to goes with
  * the others for that primary as one STORES (answer_stores()), sent when
- * BATCH_MAX have gathered or the pass is over (so no later than a pass
- * spread over a third of the interval would have sent it).  What comes
+ * BATCH_MAX have gathered or the pass is over (so no later than the
+ * paced pass would have sent it alone).  What comes
  * back other than stored (not the primary any more, a version it lacks,
  * no answer) is stored again alone, as before.  Direct-mapped by the
  * primary's top id byte: a primary that finds its slot taken sends the
@@ -1801,7 +1806,7 @@ static void pace_step(uv_timer_t *t) {
     return;
   }
   uint64_t now = uv_now(d->loop);
-  size_t steps = d->refresh_ms / 3 / OWNED_PACE_MS;
+  size_t steps = (size_t)(d->refresh_ms * OWNED_PACE_SHARE) / OWNED_PACE_MS;
   size_t budget = steps ? d->owned_n / steps + 1 : d->owned_n + 1;
   if (budget < OWNED_PACE_MIN) budget = OWNED_PACE_MIN;
   size_t done = 0;
