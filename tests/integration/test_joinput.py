@@ -51,7 +51,19 @@ def test(h):
     def all_see():
         lists = p2p.parallel_map(relays_of, c.alive())
         return all(l == want for l in lists) or None
-    p2p.wait_until(all_see, VISIBLE_S, "every node lists both relays within %.0fs of their join" % VISIBLE_S)
+
+    def where(_):
+        """Who lists what, and who holds which copy: what a failure needs."""
+        out = []
+        for n in c.alive():
+            try:
+                local = [v.get("owner", "?")[:8] for v in p2p.get_values(n, "turn:" + p2p.OVERLAY, local=True)]
+                out.append("%s(%s): lists %s, holds from %s" % (n.index, n.id[:8], relays_of(n), local))
+            except Exception as e:  # noqa: BLE001 (a diagnosis, not a check)
+                out.append("%s: %r" % (n.index, e))
+        return "; ".join(out)
+    p2p.wait_until(all_see, VISIBLE_S, "every node lists both relays within %.0fs of their join" % VISIBLE_S,
+                   describe=where)
     took = time.monotonic() - t_joined
     info("relays put while joining are listed by all %d nodes %.2fs after the join" % (len(c.alive()), took))
     check(took < VISIBLE_S, "values put before the join are visible everywhere %.2fs after it "
