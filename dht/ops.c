@@ -167,12 +167,10 @@ struct dht__ends {
 };
 
 static void ends_note(dht_t *d, const dht_id_t *key, const dht_node_t *node) {
-  if (node->addr.ss_family != AF_INET && node->addr.ss_family != AF_INET6) return;
+  end_t e = {.id = node->id, .at = uv_now(d->loop)};
+  if (!addr_pack(&e.addr, &node->addr)) return;
   if (!d->ends && !(d->ends = calloc(1, sizeof(*d->ends)))) return;
-  end_t *e = &d->ends->e[key->b[0]];
-  e->id = node->id;
-  addr_pack(&e->addr, &node->addr);
-  e->at = uv_now(d->loop);
+  d->ends->e[key->b[0]] = e;
 }
 
 /* The node a lookup of a key near key ended at lately, into *out. */
@@ -1265,15 +1263,15 @@ static unsigned prims_slot(const dht_id_t *k) {
 }
 
 /* Into a slot: over the same primary's range, else an empty, stale or
- * the oldest way. */
-static void prims_put(prim_t *ways, const prim_t *p, uint64_t now) {
+ * the oldest way (p->at is now). */
+static void prims_put(prim_t *ways, const prim_t *p) {
   prim_t *w = &ways[0];
   for (int i = 0; i < PRIMS_WAYS; i++) {
     if (ways[i].at && dht__id_eq(&ways[i].id, &p->id)) {
       w = &ways[i];
       break;
     }
-    if (!ways[i].at || now - ways[i].at > ENDS_MS || ways[i].at < w->at) w = &ways[i];
+    if (!ways[i].at || p->at - ways[i].at > ENDS_MS || ways[i].at < w->at) w = &ways[i];
   }
   *w = *p;
 }
@@ -1285,7 +1283,7 @@ static void prims_note(dht_t *d, const dht_id_t *lo, const dht_node_t *node) {
   unsigned first = prims_slot(lo), n = (prims_slot(&node->id) - first) & (PRIMS_SLOTS - 1);
   /* Within one slot but wrapping past zero: (nearly) the whole ring. */
   if (n == 0 && dht__id_cmp(&node->id, lo) <= 0) n = PRIMS_SLOTS - 1;
-  for (unsigned i = 0; i <= n; i++) prims_put(d->prims->e[(first + i) & (PRIMS_SLOTS - 1)], &p, p.at);
+  for (unsigned i = 0; i <= n; i++) prims_put(d->prims->e[(first + i) & (PRIMS_SLOTS - 1)], &p);
 }
 
 static const prim_t *prims_at(const dht_t *d, const dht_id_t *key) {
