@@ -279,6 +279,7 @@ typedef struct {
   uint64_t puts_read;    /* of puts, those of dht_put_read() */
   uint64_t puts_read_direct; /* of those, sent to a range's primary without a lookup */
   uint64_t puts_unread;  /* of those, stored without the values before coming back */
+  uint64_t puts_relooked; /* lookups made again after a just-found primary said NOT_MINE */
   uint64_t refresh_batches;      /* owner refreshes sent as one STORES per primary */
   uint64_t refresh_batch_misses; /* refreshes of those stored again alone (not the primary, no answer) */
   uint64_t copies_quick; /* copies a primary sent one-way (PROTO_STORE_QUICK: a registrar's writes) */

@@ -29,6 +29,8 @@
 
 #define LOOKUP_CAND 24
 #define STORE_TRIES 3
+#define NOT_MINE_RELOOKS 6  /* a STORE's lookups again after NOT_MINE answers... */
+#define NOT_MINE_WAIT_MS 50 /* ...the first this long after it, each next one twice as long */
 #define GET_TRIES 5 /* a lookup answer may still list a few dead nodes */
 #define REPAIR_DELAY_MS 300
 #define OWNED_REFRESH_DELAY_MS 2000 /* lets a burst of deaths settle first */
@@ -524,6 +526,14 @@ static int replica_send(dht_t *d, int i, const uint8_t *body, size_t len, fanout
 
 /* Send a STORE body (re-flagged as a replica copy) to our next replicas-1
  * successors; cb gets the number of copies made, counting ours. */
+/* A primary STORE's flags as its copies to the replicas carry them: what
+ * asks the primary for something (an answer's `before`, one-way copies, a
+ * handover's exception) is not for them. */
+static uint8_t copy_flags(uint8_t flags) {
+  return (uint8_t)((flags | PROTO_STORE_REPLICA) &
+                   ~(PROTO_STORE_READ | PROTO_STORE_QUICK | PROTO_STORE_HANDOVER));
+}
+
 static void fan_out(dht_t *d, const uint8_t *body, size_t len, fanout_cb cb, void *arg) {
   fanout_t *fo = calloc(1, sizeof(*fo));
   uint8_t *copy = malloc(len);
@@ -534,7 +544,7 @@ static void fan_out(dht_t *d, const uint8_t *body, size_t len, fanout_cb cb, voi
     return;
   }
   memcpy(copy, body, len);
-  copy[PROTO_ID_LEN] = (uint8_t)((copy[PROTO_ID_LEN] | PROTO_STORE_REPLICA) & ~(PROTO_STORE_READ | PROTO_STORE_QUICK));
+  copy[PROTO_ID_LEN] = copy_flags(copy[PROTO_ID_LEN]);
   memcpy(fo->key.b, body, DHT_ID_LEN);
   fo->cb = cb;
   fo->arg = arg;
@@ -673,7 +683,7 @@ static int fan_out_quick(dht_t *d, const uint8_t *body, size_t len) {
   int copies = 1;
   if (!copy) return copies;
   memcpy(copy, body, len);
-  copy[PROTO_ID_LEN] = (uint8_t)((copy[PROTO_ID_LEN] | PROTO_STORE_REPLICA | PROTO_STORE_QUICK) & ~PROTO_STORE_READ);
+  copy[PROTO_ID_LEN] = (uint8_t)(copy_flags(copy[PROTO_ID_LEN]) | PROTO_STORE_QUICK);
   for (int i = 0; i < d->replicas - 1 && i < d->n_succ; i++) {
     if (copy_queue(d, i, copy, len)) {
       copies++;
@@ -746,13 +756,14 @@ static void reply_stored(dht_t *d, int copies, void *arg) {
 
 /* A primary STORE belongs here when the key is in our range, when we do
  * not know our range yet (no predecessor: just joined, or it died), or
- * when it comes from our predecessor (a leaving predecessor hands over
- * everything it holds).  A routed one reached us only because we are
+ * when our predecessor hands over what it holds as it leaves
+ * (PROTO_STORE_HANDOVER).  A routed one reached us only because we are
  * responsible for the key; who it names as its origin proves nothing, so
  * the predecessor's exception is not for it. */
-static bool primary_ok(const dht_t *d, const dht_id_t *key, const dht_node_t *from, bool routed) {
+static bool primary_ok(const dht_t *d, const dht_id_t *key, uint8_t flags, const dht_node_t *from,
+                       bool routed) {
   return !d->joined || !d->has_pred || dht__is_primary(d, key) ||
-         (!routed && dht__node_eq(from, &d->pred));
+         ((flags & PROTO_STORE_HANDOVER) && !routed && dht__node_eq(from, &d->pred));
 }
 
 static void reply_status(dht_t *d, const dht__reply_t *to, uint8_t status) {
@@ -769,7 +780,7 @@ static int answer_store(dht_t *d, const dht__reply_t *to, const proto_frame_t *f
   if (err) return err;
   dht_id_t key;
   memcpy(key.b, s.key, DHT_ID_LEN);
-  if (!(s.flags & PROTO_STORE_REPLICA) && !primary_ok(d, &key, peer, to->routed)) {
+  if (!(s.flags & PROTO_STORE_REPLICA) && !primary_ok(d, &key, s.flags, peer, to->routed)) {
     /* Told so, the sender tries the next node; a primary STORE fans out,
      * so taking keys of others' ranges would let one peer fill three. */
     d->stats.refused_not_mine++;
@@ -898,7 +909,7 @@ static unsigned take_stores(dht_t *d, const proto_stores_t *ss, size_t body_len,
     dht_id_t key;
     memcpy(key.b, s.key, DHT_ID_LEN);
     bool replica = s.flags & PROTO_STORE_REPLICA;
-    if (!replica && !primary_ok(d, &key, from, routed)) {
+    if (!replica && !primary_ok(d, &key, s.flags, from, routed)) {
       d->stats.refused_not_mine++;
       status[n++] = PROTO_STORE_NOT_MINE;
       continue;
@@ -912,8 +923,7 @@ static unsigned take_stores(dht_t *d, const proto_stores_t *ss, size_t body_len,
     }
     proto_stores_add(&w, b, len);
     if (!w.err)
-      w.p[-(long)len + PROTO_ID_LEN] =
-          (uint8_t)((b[PROTO_ID_LEN] | PROTO_STORE_REPLICA) & ~(PROTO_STORE_READ | PROTO_STORE_QUICK));
+      w.p[-(long)len + PROTO_ID_LEN] = copy_flags(b[PROTO_ID_LEN]);
     ncopies++;
   }
   long cn = ncopies ? proto_stores_end(&w, copies, ncopies) : -1;
@@ -988,6 +998,7 @@ typedef struct {
   dht_node_t targets[STORE_TRIES];
   int n_targets, next, hops;
   bool lookup_if_fails; /* targets came from a cache: look up if they fail */
+  uint8_t relooks;      /* lookups made again after a NOT_MINE */
   dht_put_cb cb;
   dht_get_cb read_cb; /* dht_put_read(): cb is NULL; the values before go here */
   void *arg;
@@ -1042,6 +1053,33 @@ static void store_op_keep(store_op_t *op, const proto_store_r_t *r) {
   }
 }
 
+static void store_op_lookup(store_op_t *op);
+
+static void store_op_relook(void *arg) {
+  store_op_t *op = arg;
+  op->d->stats.puts_relooked++;
+  store_op_lookup(op);
+}
+
+/* The target's range starts after the key: a node joined in front of it.
+ * The targets after it, its successors, would say the same.  A target
+ * from a cache was just old: look up now.  One that a lookup has just
+ * given comes from a view the ring has not corrected yet (a join some
+ * milliseconds old): look up again once it had time to, a few times
+ * (a relay that published as it joined failed here and waited 20 s). */
+static void store_op_not_mine(store_op_t *op) {
+  if (op->lookup_if_fails) {
+    store_op_lookup(op);
+    return;
+  }
+  if (op->relooks >= NOT_MINE_RELOOKS ||
+      defer_ms(op->d, (uint64_t)NOT_MINE_WAIT_MS << op->relooks, store_op_relook, op)) {
+    store_op_done(op, DHT_ETIMEDOUT, 0);
+    return;
+  }
+  op->relooks++;
+}
+
 static void on_store_r(dht_t *d, int status, const proto_frame_t *f, const dht_node_t *peer, void *arg) {
   store_op_t *op = arg;
   proto_store_r_t r;
@@ -1054,7 +1092,11 @@ static void on_store_r(dht_t *d, int status, const proto_frame_t *f, const dht_n
     return;
   }
   if (r.status == PROTO_STORE_NEED_FULL && store_op_full(op)) op->next--; /* same target again */
-  if (r.status == PROTO_STORE_NOT_MINE) prims_forget(d, &op->key);
+  if (r.status == PROTO_STORE_NOT_MINE) {
+    prims_forget(d, &op->key);
+    store_op_not_mine(op);
+    return;
+  }
   if (r.status) {
     store_op_next(op);
     return;
@@ -2471,7 +2513,8 @@ void dht__repl_handover(dht_t *d, const dht_node_t *to, int n_to, dht__rpc_cb cb
    * and to the next one too, which takes over should the first be dead
    * without our knowing. */
   dht_id_t lo = d->self.id, hi = d->self.id; /* (x, x] is the whole ring */
-  push_t p = {.d = d, .to = to, .n_to = n_to, .lo = &lo, .hi = &hi, .flags = 0, .cb = cb, .arg = arg};
+  push_t p = {.d = d, .to = to, .n_to = n_to, .lo = &lo, .hi = &hi, .flags = PROTO_STORE_HANDOVER,
+              .cb = cb, .arg = arg};
   dht__store_each(&d->store, push_key, &p);
   d->handover_sent = p.sent;
 }

@@ -176,6 +176,12 @@ typedef struct {
  * primary sends copies of PROTO_VF_SAME refreshes asking for answers, as
  * a replica that lacks the version must say so. */
 #define PROTO_STORE_QUICK 0x08
+/* On a primary STORE: a leaving predecessor's handover of what it held
+ * (keys of its range among them, which become ours once it has left).
+ * Without it a primary STORE for a key outside the receiver's range is
+ * refused whoever sends it: a new node's own put that found the key's old
+ * primary was taken there as a handover, and stayed where no get looks. */
+#define PROTO_STORE_HANDOVER 0x10
 typedef struct {
   uint8_t key[PROTO_ID_LEN];
   uint8_t flags;
