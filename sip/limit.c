@@ -106,7 +106,7 @@ static int source_key(const struct sockaddr *sa, char key[48])
     }
     memset(p.s6_addr + 8, 0, 8);
     inet_ntop(AF_INET6, &p, ip, sizeof ip);
-    snprintf(key, 48, "%s/64", ip);
+    snprintf(key, 48, "%.44s/64", ip); /* a /64 prints in 21 at most */
     return 0;
   }
   return -EAFNOSUPPORT;
