@@ -1074,6 +1074,10 @@ static void store_op_not_mine(store_op_t *op) {
   }
   if (op->relooks >= NOT_MINE_RELOOKS ||
       defer_ms(op->d, (uint64_t)NOT_MINE_WAIT_MS << op->relooks, store_op_relook, op)) {
+    char key[DHT_ID_HEX];
+    dht_id_hex(&op->key, key);
+    log_warn("store: %.8s: every primary found said the key is not its own (%d lookups); giving up", key,
+             op->relooks + 1);
     store_op_done(op, DHT_ETIMEDOUT, 0);
     return;
   }

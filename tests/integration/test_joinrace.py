@@ -15,6 +15,8 @@ moment in which two relays joining at once lost a value (test_joinput).
     that one is (status 0).  S used to take any primary STORE from its
     predecessor, so a new node's put that found the key's old primary
     stayed there, where no get looks.
+  - While F stays, the writer's put of K gives up after looking K up
+    again six times over ~3.2 s (puts_relooked), and its log says why.
   - The writer's put of K, issued in that moment, is answered "not mine"
     by S, looks K up again a moment later (puts_relooked), and lands at S
     once F has left (LEAVE naming pre): ok, on 3 nodes, readable from
@@ -27,6 +29,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +40,7 @@ from p2p import check, info  # noqa: E402
 NAME = "sip:judy@overlay.test"
 HANDOVER = 0x10  # proto/proto.h PROTO_STORE_HANDOVER
 NOT_MINE = 2
+RELOOKS = 6  # dht/ops.c NOT_MINE_RELOOKS
 WIDE = 1 << 152  # pre and F this far either side of K: room for a second key
 
 
@@ -95,8 +99,31 @@ def test(h):
     st = pp.store_status(f, 6)
     check(st == 0, "the predecessor's handover of a key of its range (flag 0x10): taken (0)", st)
 
-    # The writer's put, in the moment S is not K's primary but pre says so.
+    # While F stays (it keeps telling S it is there), the put gives up
+    # after its last lookup again, ~3.2 s, and says why in its log.
     writer = nodes["writer"]
+    r0 = counter(writer, "puts_relooked")
+    stop = threading.Event()
+
+    def keep_f():
+        while not stop.wait(0.3):
+            f.sendall(pp.frame(pp.NOTIFY, pp.node_bytes(f_id, "127.0.0.1", f_port), txid=4))
+    keeper = threading.Thread(target=keep_f, daemon=True)
+    keeper.start()
+    t0 = time.monotonic()
+    r = writer.admin({"cmd": "put", "key": NAME, "value": {"contact": "sip:judy@192.0.2.6"}, "ttl": 600}, 20)
+    took = time.monotonic() - t0
+    stop.set()
+    keeper.join(5)
+    check(not r.get("ok"), "a put while S keeps F as predecessor fails", r)
+    check(3.0 < took < 15.0, "after the lookups again (%.1fs: 50 ms, doubling, six times)" % took)
+    check(counter(writer, "puts_relooked") - r0 == RELOOKS, "puts_relooked counts them",
+          counter(writer, "puts_relooked") - r0)
+    p2p.wait_until(lambda: "not its own" in open(writer.log).read() or None, 5,
+                   "the writer's log says why the put gave up")
+    check((s_node.status().get("predecessor") or {}).get("id") == f_id, "S still had F as predecessor")
+
+    # The writer's put, in the moment S is not K's primary but pre says so.
     r0, n1 = counter(writer, "puts_relooked"), counter(s_node, "refused_not_mine")
     result = {}
 
