@@ -524,8 +524,6 @@ static int replica_send(dht_t *d, int i, const uint8_t *body, size_t len, fanout
   return 0;
 }
 
-/* Send a STORE body (re-flagged as a replica copy) to our next replicas-1
- * successors; cb gets the number of copies made, counting ours. */
 /* A primary STORE's flags as its copies to the replicas carry them: what
  * asks the primary for something (an answer's `before`, one-way copies, a
  * handover's exception) is not for them. */
@@ -534,6 +532,8 @@ static uint8_t copy_flags(uint8_t flags) {
                    ~(PROTO_STORE_READ | PROTO_STORE_QUICK | PROTO_STORE_HANDOVER));
 }
 
+/* Send a STORE body (re-flagged as a replica copy) to our next replicas-1
+ * successors; cb gets the number of copies made, counting ours. */
 static void fan_out(dht_t *d, const uint8_t *body, size_t len, fanout_cb cb, void *arg) {
   fanout_t *fo = calloc(1, sizeof(*fo));
   uint8_t *copy = malloc(len);
