@@ -298,6 +298,7 @@ typedef struct {
   uint64_t refused_owner_key;  /* owner_key_values */
   uint64_t refused_owner;      /* owner_values, owner_kb */
   uint64_t refused_not_mine;   /* primary STOREs for keys of another node's range */
+  uint64_t joins_repeated;     /* JOINs from our predecessor on a link that carried one: range not sent again */
   uint64_t refused_net;        /* fingers not taken: ids_per_net */
   /* Routed puts and gets (secured mode): sent by this node, passed on,
    * answered here, failed (here or on their way back to us), and puts or

@@ -173,6 +173,10 @@ void dht__conn_ref(dht__conn_t *c);
 void dht__conn_unref(dht__conn_t *c);
 /* The address of the other end of a connection. */
 const struct sockaddr_storage *dht__conn_remote(const dht__conn_t *c);
+/* True for the first JOIN a link carries, false after: the range we hand
+ * a JOIN goes once per link (a node that restarted comes on a new one),
+ * so a peer cannot make us send everything we hold again and again. */
+bool dht__conn_first_join(dht__conn_t *c);
 /* REACH requests (reach.c). */
 int dht__reach_answer(dht_t *d, dht__conn_t *c, const proto_frame_t *f);
 /* A connection to a peer went away (ring.c uses this to notice deaths). */

@@ -785,7 +785,10 @@ int dht__ring_on_request(dht_t *d, dht__conn_t *c, const proto_frame_t *f, const
     dht__node_from_proto(&pn, &x);
     if ((err = claim_is_peer(d, &x, peer, f->type))) return err;
     on_notify(d, &x);
-    if (d->has_pred && dht__node_eq(&d->pred, &x)) dht__repl_give_range(d, &x);
+    if (d->has_pred && dht__node_eq(&d->pred, &x)) {
+      if (dht__conn_first_join(c)) dht__repl_give_range(d, &x);
+      else d->stats.joins_repeated++;
+    }
     break;
   case PROTO_POKE:
     dht__ring_changed(d);

@@ -80,6 +80,7 @@ struct dht__conn {
   dht_id_t expect;  /* outgoing: the node we meant to reach (zero: unknown) */
   uint64_t opened;  /* loop time */
   bool peer_asked;  /* the peer sent requests on it: it may be a link the peer keeps */
+  bool join_seen;   /* it carried a JOIN (dht__conn_first_join) */
   uint64_t frame_since; /* loop time the frame being assembled in rbuf began */
   uint8_t first_type;   /* outgoing: the request that opened it (for the log) */
   wreq_t *out;          /* frames (or TLS records) of this loop iteration, not yet written */
@@ -935,6 +936,12 @@ void dht__rpc_reply(dht_t *d, dht__conn_t *c, uint8_t type, uint32_t txid,
 }
 
 const struct sockaddr_storage *dht__conn_remote(const dht__conn_t *c) { return &c->remote; }
+
+bool dht__conn_first_join(dht__conn_t *c) {
+  bool first = !c->join_seen;
+  c->join_seen = true;
+  return first;
+}
 
 void dht__rpc_drop(dht_t *d, const struct sockaddr_storage *addr) {
   for (dht__conn_t *c = d->conns, *next; c; c = next) {

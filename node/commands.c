@@ -287,6 +287,7 @@ static json_t *cmd_stats(node_t *n) {
       {"refused_frames", s.refused_frames}, {"refused_key_full", s.refused_key_full},
       {"refused_owner_key", s.refused_owner_key}, {"refused_owner", s.refused_owner},
       {"refused_not_mine", s.refused_not_mine}, {"refused_net", s.refused_net},
+      {"joins_repeated", s.joins_repeated},
       {"puts", s.puts},               {"gets", s.gets},
       {"gets_primary", s.gets_primary}, {"gets_direct", s.gets_direct},
       {"puts_read", s.puts_read}, {"puts_read_direct", s.puts_read_direct},

@@ -9,6 +9,9 @@ takes it as predecessor.  Until F goes, S says "not mine" for K while the
 rest of the ring, pre included, still names S as K's primary: the
 moment in which two relays joining at once lost a value (test_joinput).
 
+  - S hands F its range once per link: five JOINs more on the same link
+    get nothing (joins_repeated), a JOIN on a new link (a restart) does;
+    a peer could otherwise make S send all it holds again and again.
   - F's own primary STORE for a key of its range is refused by S (status
     2, refused_not_mine), although F is S's predecessor: only a leaving
     predecessor's handover (flag 0x10) is taken for another range, and
@@ -48,14 +51,31 @@ def at(k, off):
     return "%040x" % ((k + off) % p2p.RING)
 
 
-def second_name(k):
-    """A user name whose key lies in (pre, F], K's side of F, other than K."""
-    for i in range(200000):
+def names_in(k, n):
+    """n user names whose keys lie in (pre, F], K's side of F, other than K."""
+    out = []
+    for i in range(400000):
         name = "sip:h%d@overlay.test" % i
         x = p2p.id_int(p2p.key_id(name))
-        if name != NAME and pp.between(x, (k - WIDE) % p2p.RING, (k + WIDE) % p2p.RING):
-            return name
-    raise AssertionError("no second name in (pre, F]")
+        if pp.between(x, (k - WIDE) % p2p.RING, (k + WIDE) % p2p.RING):
+            out.append(name)
+            if len(out) == n:
+                return out
+    raise AssertionError("not %d names in (pre, F]" % n)
+
+
+def stores_seen(socks, key_hex, timeout, enough=None):
+    """STORE frames for key_hex that S sends down any of socks within
+    timeout, or until `enough` came (each answered, as a node would);
+    other frames are read past."""
+    seen, deadline = 0, time.monotonic() + timeout
+    while time.monotonic() < deadline and (enough is None or seen < enough):
+        for s in socks:
+            for ftype, txid, body in pp.read_frames(s, 64, 0.05):
+                if ftype == pp.STORE:
+                    seen += body[:20].hex() == key_hex
+                    s.sendall(pp.frame(pp.STORE_R, struct.pack(">BHB", 0, 1, 1), txid))
+    return seen
 
 
 def counter(node, name):
@@ -72,6 +92,9 @@ def test(h):
     nodes = {name: c.by_id(at(k, off)) for name, off in layout}
     c.wait_consistent(timeout=60)
     s_node, pre = nodes["S"], nodes["pre"]
+    name2, name3 = names_in(k, 2)
+    p2p.put(nodes["far1"], name3, {"before": "F"}, ttl=600)
+    k3 = p2p.key_id(name3)
 
     # F: an id between K and S, an address where nothing listens (pre,
     # told of it by S, finds nobody there and keeps S as its successor).
@@ -82,8 +105,23 @@ def test(h):
               pp.frame(pp.JOIN, pp.node_bytes(f_id, "127.0.0.1", f_port), txid=3))
     p2p.wait_until(lambda: (s_node.status().get("predecessor") or {}).get("id") == f_id or None, 10,
                    "S takes F as its predecessor", describe=lambda _: s_node.status().get("predecessor"))
-    check(pre.status()["successors"][0]["id"] == s_node.id, "pre still names S as its successor",
-          pre.status()["successors"][:1])
+    # (it may try F a moment, and drops it when nobody answers there)
+    p2p.wait_until(lambda: pre.status()["successors"][0]["id"] == s_node.id or None, 10,
+                   "pre names S as its successor", describe=lambda _: pre.status()["successors"][:1])
+
+    # Its range, once per link: a JOIN again on the same link gets nothing
+    # (joins_repeated); on a new link (a node restarted) it does.
+    check(stores_seen([f], k3, 5.0, enough=1) >= 1, "S hands F its range: a copy of a key of it")
+    j0 = counter(s_node, "joins_repeated")
+    for i in range(5):
+        f.sendall(pp.frame(pp.JOIN, pp.node_bytes(f_id, "127.0.0.1", f_port), txid=20 + i))
+    check(stores_seen([f], k3, 1.5) == 0, "5 JOINs more on that link: nothing sent again")
+    check(counter(s_node, "joins_repeated") == j0 + 5, "counted in joins_repeated",
+          counter(s_node, "joins_repeated") - j0)
+    f2 = socket.create_connection(("127.0.0.1", s_node.port), timeout=5)
+    f2.sendall(pp.hello(p2p.OVERLAY, f_id, "127.0.0.1", f_port) +
+               pp.frame(pp.JOIN, pp.node_bytes(f_id, "127.0.0.1", f_port), txid=3))
+    check(stores_seen([f, f2], k3, 5.0, enough=1) >= 1, "a JOIN on a new link (F restarted): its range again")
 
     # F's own primary STORE for a key of F's range: refused.
     n0 = counter(s_node, "refused_not_mine")
@@ -93,7 +131,6 @@ def test(h):
     check(st == NOT_MINE, "a primary STORE from S's predecessor for a key of its range: not mine (2)", st)
     check(counter(s_node, "refused_not_mine") == n0 + 1, "counted in refused_not_mine")
     # The same from a leaving predecessor (its handover): taken.
-    name2 = second_name(k)
     handed = pp.Value("f-handed", b'{"handed":1}', owner=f_id)
     f.sendall(pp.store_frame(p2p.key_id(name2), [handed], txid=6, flags=HANDOVER))
     st = pp.store_status(f, 6)
@@ -146,6 +183,7 @@ def test(h):
     check(counter(writer, "puts_relooked") > r0, "after looking K up again (puts_relooked)",
           counter(writer, "puts_relooked"))
     f.close()
+    f2.close()
 
     want = [{"contact": "sip:judy@192.0.2.7"}]
     got = p2p.parallel_map(lambda n: [v["value"] for v in p2p.get_values(n, NAME)], c.alive())
