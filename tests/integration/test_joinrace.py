@@ -4,8 +4,8 @@
 The ring is laid out with --node-id around a user's key K: "pre" the node
 before it, S its primary, R1 and R2 S's successors, and "writer", a node
 far from K that must look K up.  A fake node F (a raw peer-protocol
-client, silent otherwise) joins between K and S: it sends S a JOIN, and S
-takes it as predecessor.  Until F goes, S says "not mine" for K while the
+client that answers only the copies S sends it) joins between K and S: it
+sends S a JOIN, and S takes it as predecessor.  Until F goes, S says "not mine" for K while the
 rest of the ring, pre included, still names S as K's primary: the
 moment in which two relays joining at once lost a value (test_joinput).
 
@@ -20,7 +20,7 @@ moment in which two relays joining at once lost a value (test_joinput).
     stayed there, where no get looks.
   - While F stays, the writer's put of K gives up after looking K up
     again six times over ~3.2 s (puts_relooked), and its log says why.
-  - The writer's put of K, issued in that moment, is answered "not mine"
+  - The writer's put of K, made again, is answered "not mine"
     by S, looks K up again a moment later (puts_relooked), and lands at S
     once F has left (LEAVE naming pre): ok, on 3 nodes, readable from
     every node.  It used to fail at once ("timed out"), the relay then
