@@ -249,7 +249,10 @@ static void dirty_unlink(dht__conn_t *c) {
 static uint8_t *out_room(dht__conn_t *c, size_t len) {
   size_t have = c->out ? c->out->len : 0;
   if (!c->out || have + len > c->out_cap) {
-    size_t cap = c->out_cap ? c->out_cap : 4096;
+    /* The first block fits glibc's per-thread cache (1,032 bytes): most
+     * links carry one frame an iteration (a registrar's STORE to a
+     * primary), and a 4 KB block per frame went through malloc's bins. */
+    size_t cap = c->out_cap ? c->out_cap : 1024 - sizeof(wreq_t);
     while (cap < have + len) cap *= 2;
     wreq_t *w = realloc(c->out, sizeof(*w) + cap);
     if (!w) return NULL;

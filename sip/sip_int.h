@@ -62,6 +62,7 @@
 #define SIP_SHED_KEYS 16384       /* REGISTERs shed at the peek remembered (256 KB) */
 #define SIP_SHED_MEMORY_MS 4000   /* for so long (T2) */
 #define SIP_LOOP_BURST 8          /* sofia steps in a row while datagrams are queued */
+#define SIP_RTX_SPARES 128       /* freed REGISTER records kept for reuse (~1 MB) */
 #define SIP_REG_LINGER_MS 16000   /* a REGISTER's answer is kept for retransmissions */
 #define SIP_REG_ANSWER_BUCKETS 65536 /* ~72,000 answers kept at 4,500/s */
 #define SIP_REG_ANSWERS_MAX 200000 /* answers kept at most (~50 MB at worst) */
@@ -210,6 +211,8 @@ struct sip_svc {
   sip_reg_t *reg_cursor;   /* where the next sweep resumes, or NULL: the head */
   size_t reg_nb, n_regs;
   struct sip_rtx *rtx; /* REGISTERs waiting for the DHT */
+  struct sip_rtx *rtx_spare; /* freed ones kept for reuse (registrar.c) */
+  unsigned n_rtx_spare;
   sip_op_t *ops;       /* DHT operations in flight */
 
   /* Proxy peers: the list last fetched and who waits for a fetch. */
