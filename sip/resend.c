@@ -13,7 +13,12 @@
  *
  * A ring of SIP_RESEND_MAX entries in order of sending: the oldest is
  * the first to expire and the one a new answer replaces; a hash of chains
- * (indexes into the ring) finds them.
+ * (indexes into the ring) finds them.  Each entry's key and bytes live in
+ * its own SIP_RESEND_SLOT of the table, not in blocks of their own: two
+ * 1.5 KB blocks a registration, past glibc's per-thread cache, went
+ * through malloc's general bins among the bindings a registrar keeps.
+ * The table is one mapping whose pages are touched as the ring reaches
+ * them; an answer too big for a slot is not kept.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -22,7 +27,7 @@
 #include "sip/sip_int.h"
 
 typedef struct {
-  char *key;       /* NULL when free; one allocation with bytes */
+  char *key;       /* NULL when free; the slot's start */
   uint8_t *bytes;  /* the answer as sent, after the key */
   size_t len;
   uint64_t until;  /* uv_now() ms */
@@ -34,6 +39,7 @@ struct sip_resend {
   resend_t e[SIP_RESEND_MAX];
   int bucket[SIP_RESEND_MAX];
   unsigned next; /* the ring's oldest slot, reused next */
+  char slot[SIP_RESEND_MAX][SIP_RESEND_SLOT];
 };
 
 static int *chain(sip_resend_t *t, uint32_t hash)
@@ -51,7 +57,6 @@ static void slot_clear(sip_resend_t *t, int i)
       *pp = e->hnext;
       break;
     }
-  free(e->key);
   e->key = NULL, e->bytes = NULL;
 }
 
@@ -63,14 +68,13 @@ void sip__resend_keep(sip_svc_t *s, const char *key, const void *bytes, size_t l
     s->resend->next = 0;
   }
   sip_resend_t *t = s->resend;
-  if (!t || sip__resend_find(s, key, NULL))
+  size_t kl = strlen(key) + 1;
+  if (!t || kl + len > SIP_RESEND_SLOT || sip__resend_find(s, key, NULL))
     return;
   int i = (int)(t->next++ % SIP_RESEND_MAX);
   slot_clear(t, i);
   resend_t *e = &t->e[i];
-  size_t kl = strlen(key) + 1;
-  if (!(e->key = malloc(kl + len)))
-    return;
+  e->key = t->slot[i];
   memcpy(e->key, key, kl);
   e->bytes = (uint8_t *)e->key + kl;
   memcpy(e->bytes, bytes, len);
@@ -135,8 +139,6 @@ void sip__resend_free(sip_svc_t *s)
 {
   free(s->shed_keys);
   s->shed_keys = NULL;
-  for (int i = 0; s->resend && i < SIP_RESEND_MAX; i++)
-    slot_clear(s->resend, i);
   free(s->resend);
   s->resend = NULL;
 }

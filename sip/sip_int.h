@@ -57,7 +57,8 @@
 #define SIP_MAX_REGISTERING 1024  /* REGISTERs waiting for the DHT at once */
 #define SIP_PEEK_BYTES 2048       /* of a datagram looked at before sofia reads it */
 #define SIP_PEEK_MAX 64           /* datagrams dropped so at most, per step */
-#define SIP_RESEND_MAX 16384     /* REGISTER answers kept as bytes (resend.c), ~10 MB */
+#define SIP_RESEND_MAX 16384     /* REGISTER answers kept as bytes (resend.c) */
+#define SIP_RESEND_SLOT 2048     /* bytes of key and answer one keeps (32 MB mapped in all) */
 #define SIP_RESEND_MS 8000        /* for so long (sipp/phones retransmit within 4 s, T2) */
 #define SIP_SHED_KEYS 16384       /* REGISTERs shed at the peek remembered (256 KB) */
 #define SIP_SHED_MEMORY_MS 4000   /* for so long (T2) */
