@@ -209,8 +209,9 @@ struct sip_svc {
   unsigned n_ptx;
   sip_reg_t *regs;     /* bindings this node put */
   sip_reg_t **reg_hash[3]; /* the same, hashed three ways (registrar.c) */
+  sip_reg_t **reg_old[3];  /* the tables before they grew, while moved */
   sip_reg_t *reg_cursor;   /* where the next sweep resumes, or NULL: the head */
-  size_t reg_nb, n_regs;
+  size_t reg_nb, n_regs, reg_old_nb, reg_moved;
   struct sip_rtx *rtx; /* REGISTERs waiting for the DHT */
   struct sip_rtx *rtx_spare; /* freed ones kept for reuse (registrar.c) */
   unsigned n_rtx_spare;

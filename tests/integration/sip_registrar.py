@@ -351,6 +351,46 @@ def test_quick_copies(c):
           % (b0, quick("copies_quick_batches")))
 
 
+def test_table_growth(c, A):
+    """600 users registered through A, each refreshed, each removed.  The
+    registrar's tables grow from 512 to 1,024 buckets a step at a time
+    (two buckets moved per binding added) from the 513th binding on, so
+    the first refreshes look up bindings still in the old buckets: each
+    must be found and replaced, not held twice, and each removal must find
+    its binding."""
+    # Sixteen sources, each well under the per-source limit (--sip-rate 50).
+    uas = [su.Ua("grow") for _ in range(16)]
+    users = 600
+
+    def reg(i, expires, cseq):
+        user, ua = "grow%d" % i, uas[i % len(uas)]
+        return ua.do(addr(c, A), "REGISTER", ruri="sip:" + OVERLAY,
+                     to="<sip:%s@%s>" % (user, OVERLAY),
+                     contact="<sip:%s@%s:%d>" % (user, HOST, ua.port),
+                     headers=["Expires: %d" % expires], call_id="grow-%d-%d" % (i, ua.port),
+                     cseq=cseq)
+
+    def each(expires, cseq, want):
+        bad = []
+        for i in range(users):
+            r = reg(i, expires, cseq)
+            if r.status != 200 or len(bindings(r)) != want:
+                bad.append((i, r.status, bindings(r)))
+        held = [b for b in su.registrations(A) if b["aor"].startswith("sip:grow")]
+        return bad, held
+
+    bad, held = each(60, 1, 1)
+    check(not bad and len(held) == users and {b["cseq"] for b in held} == {1},
+          "%d users registered through one node: held once each" % users,
+          (len(held), bad[:3]))
+    bad, held = each(120, 2, 1)
+    check(not bad and len(held) == users and {b["cseq"] for b in held} == {2},
+          "each refreshed while the tables grew: still held once each, the refresh replacing",
+          (len(held), sorted({b["cseq"] for b in held}), bad[:3]))
+    bad, held = each(0, 3, 0)
+    check(not bad and not held, "each removed: none left", (len(held), bad[:3]))
+
+
 def test(h):
     c = su.sip_cluster(h, N)
     nodes = c.alive()
@@ -365,6 +405,7 @@ def test(h):
     test_primary_lacks(c)
     test_late_checks(c, A, B)
     test_quick_copies(c)
+    test_table_growth(c, A)
     st = su.sip_stats(A)
     info("node A counters: %s" % st.get("counters"))
     check(st["counters"]["loops"] >= 1 and st["counters"]["too_many_hops"] >= 1,
