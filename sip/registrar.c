@@ -192,9 +192,8 @@ static uint32_t url_key(const url_t *u)
 
 static sip_reg_t **reg_slot(const sip_svc_t *s, int idx, uint32_t key)
 {
-  size_t ob = s->reg_old[idx] ? key & (s->reg_old_nb - 1) : 0;
-  if (s->reg_old[idx] && ob >= s->reg_moved)
-    return &s->reg_old[idx][ob];
+  if (s->reg_old[idx] && (key & (s->reg_old_nb - 1)) >= s->reg_moved)
+    return &s->reg_old[idx][key & (s->reg_old_nb - 1)];
   return &s->reg_hash[idx][key & (s->reg_nb - 1)];
 }
 
