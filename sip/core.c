@@ -23,6 +23,7 @@
 #include <sofia-sip/su_log.h>
 #include <sofia-sip/su_tagarg.h>
 #include <sofia-sip/su_uniqueid.h>
+#include <sofia-sip/tport.h>
 #include <sofia-sip/tport_tag.h>
 
 #include "sip/sip_int.h"
@@ -57,20 +58,27 @@ uint32_t sip__fnv(uint32_t h, const char *p, int fold)
   return h;
 }
 
-/* The bytes of a reply nta sent (it keeps them in the message once
- * serialized), kept under key for the peek to send again (resend.c). */
-static void keep_reply(sip_svc_t *s, const char *key, msg_t *reply)
+/* The bytes of a message nta sent (it keeps them in the message once
+ * serialized), copied to bytes: their length, 0 when over cap. */
+static size_t sent_bytes(msg_t *reply, char *bytes, size_t cap)
 {
   msg_iovec_t vec[16];
   isize_t n = msg_iovec(reply, vec, 16);
-  char bytes[SIP_PEEK_BYTES];
   size_t len = 0;
   for (isize_t i = 0; n > 0 && n <= 16 && i < n; i++) {
-    if (vec[i].mv_len > sizeof bytes - len)
-      return;
+    if (vec[i].mv_len > cap - len)
+      return 0;
     memcpy(bytes + len, vec[i].mv_base, vec[i].mv_len);
     len += vec[i].mv_len;
   }
+  return len;
+}
+
+/* A reply's bytes kept under key for the peek to send again (resend.c). */
+static void keep_reply(sip_svc_t *s, const char *key, msg_t *reply)
+{
+  char bytes[SIP_PEEK_BYTES];
+  size_t len = sent_bytes(reply, bytes, sizeof bytes);
   if (len)
     sip__resend_keep(s, key, bytes, len);
 }
@@ -270,20 +278,26 @@ static int is_our_udp(int fd, void *arg)
          getsockname(fd, (struct sockaddr *)&ss, &len) == 0 && dht_addr_eq(&ss, &s->listen);
 }
 
-/* Bytes waiting in the SIP UDP socket's receive queue (kernel accounting),
+/* Bytes waiting in a socket's receive queue (kernel accounting). */
+static unsigned socket_queue(int fd)
+{
+  uint32_t mem[SK_MEMINFO_VARS];
+  socklen_t len = sizeof mem;
+  if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) < 0)
+    return 0;
+  return mem[SK_MEMINFO_RMEM_ALLOC];
+}
+
+/* Bytes waiting in the SIP UDP sockets (sofia's and the REGISTER one),
  * read at most once per SIP_QUEUE_READ_NS: every REGISTER asked twice, and
  * the getsockopt() calls were a sixth of the registrar's system calls. */
 static unsigned queued_bytes(sip_svc_t *s)
 {
-  uint32_t mem[SK_MEMINFO_VARS];
-  socklen_t len = sizeof mem;
   uint64_t hr = uv_hrtime();
   if (s->q_hr && hr - s->q_hr < SIP_QUEUE_READ_NS)
     return s->q_bytes;
-  if (s->udp_fd < 0 || getsockopt(s->udp_fd, SOL_SOCKET, SO_MEMINFO, mem, &len) < 0)
-    return 0;
   s->q_hr = hr;
-  s->q_bytes = mem[SK_MEMINFO_RMEM_ALLOC];
+  s->q_bytes = socket_queue(s->udp_fd) + socket_queue(s->reg_fd);
   return s->q_bytes;
 }
 
@@ -302,9 +316,8 @@ static double queue_delay_ms(sip_svc_t *s)
   if (now - s->rx_at >= SIP_RATE_WINDOW_MS) {
     usize_t recv = 0;
     nta_agent_get_stats(s->agent, NTATAG_S_RECV_MSG_REF(recv), TAG_END());
-    /* Datagrams the peek answered or dropped left the queue too. */
-    recv += s->c.shed_peeked + s->c.shed_repeats_dropped + s->c.register_resent_peeked +
-            s->c.register_repeats_peeked + s->c.challenged_peeked + s->c.register_direct;
+    /* Datagrams read past nta (the peek's, the REGISTER socket's) too. */
+    recv += s->rx_taken;
     uint64_t hr = uv_hrtime(), idle = uv_metrics_idle_time(s->uv);
     if (s->rx_at) {
       int64_t busy_ns = (int64_t)(hr - s->rx_hr) - (int64_t)(idle - s->rx_idle);
@@ -342,16 +355,9 @@ static int must_shed(sip_svc_t *s, const sip_t *sip)
 
 static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg, sip_t *sip);
 
-/* A REGISTER for this node over UDP with nothing the peek leaves to sofia
- * but its credentials (no Route, Require, body): sofia's message parser
- * reads it from the peek's bytes, as tport would, and on_stateless()
- * takes it as it takes what nta passes on, the same checks and answers,
- * without tport reading the datagram again and nta's dispatch around it.
- * What nta does to a request before that callback is done the same way
- * here: its source address noted, received/rport on the top Via (peek.c),
- * sip_sanity_check().  A request the parser finds any error in, or that
- * is not for this node's registrar after all, is left to sofia (0). */
-static int register_direct(sip_svc_t *s, const char *buf, size_t len,
+/* sofia's message parser over a datagram's bytes, as tport reads one, the
+ * source address noted in the message; NULL when it is no whole message. */
+static msg_t *datagram_msg(sip_svc_t *s, const char *buf, size_t len,
                            const struct sockaddr_storage *sa, socklen_t salen)
 {
   msg_t *msg = nta_msg_create(s->agent, 0);
@@ -361,26 +367,54 @@ static int register_direct(sip_svc_t *s, const char *buf, size_t len,
     su_home_preload(msg_home(msg), 1, len + 1024);
   if (!msg || msg_recv_iovec(msg, iov, 2, len, 1) < 0 || iov[0].mv_len != len) {
     msg_destroy(msg);
-    return 0;
+    return NULL;
   }
   memcpy(iov[0].mv_base, buf, len);
   msg_recv_commit(msg, len, 1);
-  sip_t *sip = sip_object(msg);
-  char ip[INET6_ADDRSTRLEN];
-  unsigned port;
-  int ours;
-  sip__addr_ip(sa, ip, sizeof ip, &port);
-  if (msg_extract(msg) <= 0 || msg_has_error(msg) || !sip || sip->sip_error ||
-      !sip->sip_request || sip_sanity_check(sip) < 0 ||
-      sip->sip_request->rq_method != sip_method_register ||
-      sip__peek_hop(s, sip, &ours) != SIP_HOP_SELF ||
-      sip__peek_via_source(msg_home(msg), sip->sip_via, ip, port) < 0) {
+  if (msg_extract(msg) <= 0) {
     msg_destroy(msg);
-    return 0;
+    return NULL;
   }
   su_addrinfo_t *ai = msg_addrinfo(msg);
   ai->ai_family = sa->ss_family, ai->ai_socktype = SOCK_DGRAM, ai->ai_protocol = IPPROTO_UDP;
   msg_set_address(msg, (const su_sockaddr_t *)sa, salen);
+  return msg;
+}
+
+/* What nta requires of a request before it reaches on_stateless(), and
+ * does to it: 0 when it parsed without error, passed sip_sanity_check()
+ * and is SIP/2.0 (received/rport are then set on its top Via), else the
+ * status nta answers (400, 505). */
+static int request_check(msg_t *msg, sip_t *sip, const struct sockaddr_storage *sa)
+{
+  char ip[INET6_ADDRSTRLEN];
+  unsigned port;
+  if (msg_has_error(msg) || sip->sip_error || sip_sanity_check(sip) < 0)
+    return 400;
+  if (!su_casematch(sip->sip_request->rq_version, sip_version_2_0))
+    return 505;
+  sip__addr_ip(sa, ip, sizeof ip, &port);
+  return sip__peek_via_source(msg_home(msg), sip->sip_via, ip, port) < 0 ? 400 : 0;
+}
+
+/* A REGISTER for this node over UDP with nothing the peek leaves to sofia
+ * but its credentials (no Route, Require, body): sofia's message parser
+ * reads it from the peek's bytes, as tport would, and on_stateless()
+ * takes it as it takes what nta passes on, the same checks and answers,
+ * without tport reading the datagram again and nta's dispatch around it.
+ * A request the parser finds any error in, or that is not for this
+ * node's registrar after all, is left to sofia (0). */
+static int register_direct(sip_svc_t *s, const char *buf, size_t len,
+                           const struct sockaddr_storage *sa, socklen_t salen)
+{
+  msg_t *msg = datagram_msg(s, buf, len, sa, salen);
+  sip_t *sip = msg ? sip_object(msg) : NULL;
+  int ours;
+  if (!sip || !sip->sip_request || sip->sip_request->rq_method != sip_method_register ||
+      request_check(msg, sip, sa) || sip__peek_hop(s, sip, &ours) != SIP_HOP_SELF) {
+    msg_destroy(msg);
+    return 0;
+  }
   s->c.register_direct++;
   s->head_left = 1; /* the registrar takes the lines the peek read (sip__lines_take) */
   on_stateless((nta_agent_magic_t *)s, s->agent, msg, sip);
@@ -526,10 +560,107 @@ static int peek_head(void *arg)
     }
     if (recv(s->udp_fd, buf, 1, MSG_DONTWAIT) < 0)
       return 0;
+    s->rx_taken++;
     if (took == SIP_LOOP_TOOK)
       return SIP_LOOP_TOOK;
   }
   return 0;
+}
+
+/* The last answer of nta's transaction irq sent again to sa: a copy of
+ * its request read from the REGISTER socket, which nta never sees. */
+static void resend_irq(sip_svc_t *s, nta_incoming_t *irq, const struct sockaddr_storage *sa,
+                       socklen_t salen)
+{
+  msg_t *reply = nta_incoming_getresponse(irq);
+  char bytes[SIP_PEEK_BYTES];
+  size_t n = reply ? sent_bytes(reply, bytes, sizeof bytes) : 0;
+  if (n)
+    sendto(s->udp_fd, bytes, n, MSG_DONTWAIT, (const struct sockaddr *)sa, salen);
+  msg_destroy(reply);
+}
+
+/* What the peek leaves to sofia, read from the REGISTER socket, where
+ * sofia never reads: parsed and checked as nta does (a 400 to a request
+ * it cannot take), a copy of a request nta holds a transaction for gets
+ * the transaction's last answer again, and any other request goes to
+ * on_stateless().  A response can only come here in the moment the
+ * socket is set up (regsock.c): nothing of ours waits for one. */
+static void to_sofia(sip_svc_t *s, const char *buf, size_t len,
+                     const struct sockaddr_storage *sa, socklen_t salen)
+{
+  msg_t *msg = datagram_msg(s, buf, len, sa, salen);
+  sip_t *sip = msg ? sip_object(msg) : NULL;
+  if (!sip || !sip->sip_request) {
+    s->c.bad_requests += !sip;
+    msg_destroy(msg);
+    return;
+  }
+  int status = request_check(msg, sip, sa);
+  if (status) {
+    s->c.bad_requests++;
+    if (sip->sip_via && sip->sip_call_id && sip->sip_cseq && sip->sip_from && sip->sip_to &&
+        sip->sip_request->rq_method != sip_method_ack)
+      sip__reply_stateless(s, msg, sip, status, sip_status_phrase(status), TAG_END());
+    else
+      msg_destroy(msg);
+    return;
+  }
+  nta_incoming_t *irq = nta_incoming_find(s->agent, sip, sip->sip_via);
+  if (irq) {
+    resend_irq(s, irq, sa, salen);
+    msg_destroy(msg);
+    return;
+  }
+  s->head_left = s->head->len > 0; /* a REGISTER the peek read whole */
+  on_stateless((nta_agent_magic_t *)s, s->agent, msg, sip);
+  s->head_left = 0;
+}
+
+/* A REGISTER longer than the REGISTER socket reads (over UDP, where
+ * RFC 3261 18.1.1 wants one so long on TCP): a 513 built from the lines
+ * read when they hold what it needs (and the source's rate allows it),
+ * else nothing. */
+static void too_large(sip_svc_t *s, const sip_lines_t *h, size_t len)
+{
+  sip_peek_t pk;
+  char ip[INET6_ADDRSTRLEN], out[SIP_PEEK_BYTES], lines[SIP_PEEK_BYTES + 2];
+  unsigned port;
+  s->c.register_truncated++;
+  /* The whole lines read, ended as a header block ends. */
+  size_t n = len;
+  while (n >= 2 && memcmp(h->bytes + n - 2, "\r\n", 2) != 0)
+    n--;
+  if (n < 2)
+    return;
+  memcpy(lines, h->bytes, n);
+  memcpy(lines + n, "\r\n", 2);
+  if (sip__peek_read(lines, n + 2, &pk) < 0 ||
+      sip__limit_peek(s, (const struct sockaddr *)&h->from, h->fromlen))
+    return;
+  sip__addr_ip(&h->from, ip, sizeof ip, &port);
+  int m = sip__peek_513(&pk, n + 2, s->sl_tag, ip, port, out, sizeof out);
+  if (m > 0)
+    sendto(s->udp_fd, out, (size_t)m, MSG_DONTWAIT, (const struct sockaddr *)&h->from,
+           h->fromlen);
+}
+
+void sip__regsock_take(sip_svc_t *s, const char *buf, size_t len, int truncated,
+                       const struct sockaddr_storage *sa, socklen_t salen)
+{
+  s->rx_taken++, s->c.register_socket++;
+  if (!s->head && !(s->head = malloc(sizeof *s->head + SIP_PEEK_BYTES)))
+    return;
+  sip_lines_t *h = s->head;
+  memcpy(h->bytes, buf, len);
+  memcpy(&h->from, sa, salen);
+  h->fromlen = salen, h->len = 0;
+  if (truncated) {
+    too_large(s, h, len);
+    return;
+  }
+  if (!peek_act(s, h->bytes, len, len, &h->from, salen, overloaded(s)))
+    to_sofia(s, h->bytes, len, &h->from, salen);
 }
 
 sip_lines_t *sip__lines_take(sip_svc_t *s, msg_t *msg, const sip_t *sip)
@@ -812,6 +943,11 @@ static int create_agent(sip_svc_t *s)
   if (rc == 0 && s->udp_fd < 0)
     log_warn("SIP UDP socket not found: no shedding by its queue");
   if (s->udp_fd >= 0)
+    s->reg_fd = sip__regsock_open(s, s->uv, &s->regsock);
+  if (s->udp_fd >= 0 && s->reg_fd < 0)
+    log_warn("no REGISTER socket beside sofia's (%s): REGISTERs share its queue",
+             strerror(-s->reg_fd));
+  if (s->udp_fd >= 0)
     sip__loop_before_step(s->loop, peek_head, s);
   return rc;
 }
@@ -822,7 +958,7 @@ int sip_new(uv_loop_t *loop, dht_t *dht, const sip_config_t *cfg, sip_svc_t **ou
   sip_svc_t *s = calloc(1, sizeof *s);
   if (!s)
     return -ENOMEM;
-  s->uv = loop, s->dht = dht, s->udp_fd = -1;
+  s->uv = loop, s->dht = dht, s->udp_fd = -1, s->reg_fd = -1;
   uv_loop_configure(loop, UV_METRICS_IDLE_TIME); /* queue_delay_ms() */
   if (su_users++ == 0) {
     su_init();
@@ -975,6 +1111,8 @@ void sip_free(sip_svc_t *s)
     return;
   if (s->loop)
     sip__loop_before_step(s->loop, NULL, NULL);
+  sip__regsock_close(s->regsock);
+  s->regsock = NULL, s->reg_fd = -1;
   if (s->dht)
     sip__gateway_watch(s, 0);
   sip__dht_detach_all(s);
@@ -1047,10 +1185,16 @@ static int serve_self(sip_svc_t *s, nta_incoming_t *irq, msg_t *msg, sip_t *sip,
 static int serve(sip_svc_t *s, nta_incoming_t *irq, const sip_req_t *rq);
 
 /* A server transaction for the request, then serve(), whose status is
- * answered as nta answers a leg callback's. */
+ * answered as nta answers a leg callback's.  A request read from the
+ * REGISTER socket came through no tport: its transaction gets the UDP
+ * one (without any, nta 1.12.11 later drops a reference it never took
+ * on the tport it answers through, and the agent's end crashed). */
 static void stateful(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq)
 {
-  nta_incoming_t *irq = nta_incoming_create(s->agent, s->leg, msg, sip, TAG_END());
+  tport_t *tp = tport_delivered_by(nta_agent_tports(s->agent), msg);
+  if (!tp)
+    tp = tport_by_protocol(nta_agent_tports(s->agent), "udp");
+  nta_incoming_t *irq = nta_incoming_create(s->agent, s->leg, msg, sip, NTATAG_TPORT(tp), TAG_END());
   if (!irq)
     return; /* nta has freed msg */
   int status = serve(s, irq, rq);
@@ -1195,7 +1339,8 @@ json_t *sip_stats_json(const sip_svc_t *s)
       {"shed_repeats_dropped", c->shed_repeats_dropped},
       {"challenged_peeked", c->challenged_peeked},
       {"register_answers_built", c->register_answers_built},
-      {"register_direct", c->register_direct},  {"edge_unknown", c->edge_unknown}};
+      {"register_direct", c->register_direct},  {"edge_unknown", c->edge_unknown},
+      {"register_socket", c->register_socket},  {"register_truncated", c->register_truncated}};
   for (size_t i = 0; counters && i < sizeof down / sizeof *down; i++)
     json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);

@@ -371,6 +371,13 @@ int sip__peek_503(const sip_peek_t *pk, size_t reqlen, const char *tag, const ch
                 outlen < reqlen ? outlen : reqlen);
 }
 
+int sip__peek_513(const sip_peek_t *pk, size_t reqlen, const char *tag, const char *ip,
+                  unsigned port, char *out, size_t outlen)
+{
+  return answer(pk, "SIP/2.0 513 Message Too Large", "", tag, ip, port, out,
+                outlen < reqlen ? outlen : reqlen);
+}
+
 int sip__peek_401(const sip_peek_t *pk, size_t reqlen, const char *challenge, const char *tag,
                   const char *ip, unsigned port, char *out, size_t outlen)
 {

@@ -55,7 +55,7 @@
 #define SIP_QUEUE_READ_NS 1000000 /* the queue is read again after this long (1 ms) */
 #define SIP_RATE_FLOOR 1.0        /* messages/ms assumed at least (a node just woken) */
 #define SIP_MAX_REGISTERING 1024  /* REGISTERs waiting for the DHT at once */
-#define SIP_PEEK_BYTES 2048       /* of a datagram looked at before sofia reads it */
+#define SIP_PEEK_BYTES 4096       /* of a datagram looked at before sofia reads it */
 #define SIP_PEEK_MAX 64           /* datagrams dropped so at most, per step */
 #define SIP_RESEND_MAX 16384     /* REGISTER answers kept as bytes (resend.c) */
 #define SIP_RESEND_SLOT 2048     /* bytes of key and answer one keeps (32 MB mapped in all) */
@@ -124,6 +124,7 @@ typedef struct sip_authdb sip_authdb_t;
 typedef struct sip_users sip_users_t;
 typedef struct sip_limits sip_limits_t;
 typedef struct sip_lines sip_lines_t;
+typedef struct sip_regsock sip_regsock_t;
 
 /* Counters shown by {"cmd":"sip"}. */
 typedef struct {
@@ -174,6 +175,7 @@ typedef struct {
   uint64_t challenged_peeked; /* REGISTERs without credentials answered 401 at the peek */
   uint64_t register_answers_built; /* registrar's UDP answers built from the request's lines */
   uint64_t register_direct; /* REGISTERs parsed from the peek's bytes, past tport and nta */
+  uint64_t register_socket, register_truncated; /* read from the REGISTER socket; too long for it */
 } sip_counters_t;
 
 /* A proxy peer as found under sip:OVERLAY. */
@@ -258,6 +260,9 @@ struct sip_svc {
   sip_authdb_t *auth;     /* --users: digest nonces and algorithms, or NULL */
   sip_limits_t *limits;   /* per-source limits, or NULL (off) */
   int udp_fd;             /* sofia's SIP UDP socket (its queue says when to shed), or -1 */
+  sip_regsock_t *regsock; /* the REGISTER socket beside it (regsock.c), or NULL */
+  int reg_fd;             /* its fd, or -1 */
+  uint64_t rx_taken;      /* datagrams the node read past sofia (peek, REGISTER socket) */
   uint64_t rx_at;         /* start of the current rate window (uv_now), 0: none yet */
   usize_t rx_count;       /* nta's messages received then */
   uint64_t rx_hr, rx_idle; /* uv_hrtime(), uv_metrics_idle_time() then (ns) */
@@ -303,7 +308,18 @@ int sip__loop_find_fd(int (*match)(int fd, void *arg), void *arg);
  * memory goes in the close callbacks. */
 void sip__loop_free(sip_loop_t *l);
 
+/* regsock.c: the REGISTER socket beside sofia's UDP socket (s->udp_fd),
+ * polled on uv; its fd, or -errno (the node then reads REGISTERs from
+ * sofia's socket as before).  Closing takes effect in libuv's close
+ * callback. */
+int sip__regsock_open(sip_svc_t *s, uv_loop_t *uv, sip_regsock_t **out);
+void sip__regsock_close(sip_regsock_t *r);
+
 /* core.c */
+/* A datagram the REGISTER socket read (len bytes; truncated when it was
+ * longer than SIP_PEEK_BYTES), from sa. */
+void sip__regsock_take(sip_svc_t *s, const char *buf, size_t len, int truncated,
+                       const struct sockaddr_storage *sa, socklen_t salen);
 uint64_t sip__now_ms(const sip_svc_t *s);
 /* FNV-1a over a string, folded to lower case when fold is set. */
 #define SIP_FNV_INIT 2166136261u
@@ -508,6 +524,10 @@ int sip__peek_branch(const sip_peek_t *pk, char *key, size_t keylen);
  * request.  Its length, or -EINVAL (sofia reads the Via, From or To
  * lines otherwise, or the To has a tag: in a dialog), -ENOSPC. */
 int sip__peek_503(const sip_peek_t *pk, size_t reqlen, const char *tag, const char *ip,
+                  unsigned port, char *out, size_t outlen);
+/* The same with 513 Message Too Large, for a datagram longer than the
+ * node reads (pk: its first SIP_PEEK_BYTES). */
+int sip__peek_513(const sip_peek_t *pk, size_t reqlen, const char *tag, const char *ip,
                   unsigned port, char *out, size_t outlen);
 /* The 401 sofia would send for the REGISTER read in pk (no
  * Authorization): built as the 503 above, with the challenge lines

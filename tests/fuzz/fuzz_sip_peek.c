@@ -121,6 +121,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     int n = sip__peek_503(&pk, size, "p2psl1", "192.0.2.7", 5071, out, sizeof out);
     if (n >= 0) check_answer(503, out, n, size, &pk, sip);
+    n = sip__peek_513(&pk, size, "p2psl1", "192.0.2.7", 5071, out, sizeof out);
+    if (n >= 0) check_answer(513, out, n, size, &pk, sip);
     n = sip__peek_401(&pk, size, challenge, "p2psl1", "192.0.2.7", 5071, out, sizeof out);
     if (n >= 0)
       check_answer(401, out, n, size > SIP_UDP_ANSWER_MAX ? size : SIP_UDP_ANSWER_MAX, &pk, sip);

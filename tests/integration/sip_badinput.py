@@ -181,6 +181,18 @@ def test(h):
     answers(s, 0.5)
     s.close()
     check(node.running(c.binary), "the node survives all of it", node)
+    # A REGISTER over UDP longer than the node reads (RFC 3261 18.1.1 wants
+    # one so long on TCP): 513, counted.
+    TRANSPORT[0] = "UDP"
+    before = su.sip_stats(node)["counters"]["register_truncated"]
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((HOST, 0))
+    s.sendto(req(headers=["X-Pad: " + "a" * 6000]), dest)
+    codes = [m.status for m in answers(s, 2.0) if m.is_response]
+    s.close()
+    after = su.sip_stats(node)["counters"]["register_truncated"]
+    check(codes == [513] and after == before + 1,
+          "a REGISTER over UDP longer than the node reads gets 513, counted", (codes, after - before))
     ua = su.Ua("victor")
     r = ua.register(dest, expires=60)
     check(r.status == 200, "and still registers a well-formed UA", r.status)

@@ -25,6 +25,9 @@ would, while other callers go on:
   (shed_peeked), retransmissions of answered ones get the kept bytes again
   (register_resent_peeked), OPTIONS from another source are answered
   within 100 ms throughout, and every user that got a 200 is registered;
+- backlog: 12,000 REGISTERs queued while the node is stopped overflow its
+  REGISTER socket, yet the OPTIONS sent behind them is answered within
+  100 ms of the node running again (REGISTERs have a socket of their own);
 - copies: with the key holders stopped for a moment, REGISTERs (each sent
   twice at once) pile up waiting for the DHT and the node sheds; the copy
   of one it answered with 503 is dropped (shed_repeats_dropped), none gets
@@ -53,6 +56,24 @@ SHED_PAIRS = 2400  # new REGISTERs, past SIP_MAX_REGISTERING (1024) waiting for 
 
 def counters(node):
     return su.sip_stats(node)["counters"]
+
+
+def udp_socket(rcvbuf):
+    """A UDP socket on HOST with rcvbuf bytes of receive buffer, and its port."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((HOST, 0))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    return s, s.getsockname()[1]
+
+
+def register_text(user, call_id, branch, me, cseq=1):
+    """A REGISTER for user@OVERLAY from HOST:me, its contact there."""
+    return ("REGISTER sip:%s SIP/2.0\r\nVia: SIP/2.0/UDP %s:%d;branch=z9hG4bK-%s;rport\r\n"
+            "Max-Forwards: 70\r\nFrom: <sip:%s@%s>;tag=t-%s\r\nTo: <sip:%s@%s>\r\n"
+            "Call-ID: %s\r\nCSeq: %d REGISTER\r\nContact: <sip:%s@%s:%d>\r\n"
+            "Expires: 600\r\nContent-Length: 0\r\n\r\n") % (
+        OVERLAY, HOST, me, branch, user, OVERLAY, branch, user, OVERLAY, call_id, cseq, user,
+        HOST, me)
 
 
 def flood(dest, user, n, s=None, per_s=None, codes=None):
@@ -190,15 +211,8 @@ def test_amplification(c, A):
 
 
 def test_repeats(c, node):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((HOST, 0))
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    me = s.getsockname()[1]
-    msg = ("REGISTER sip:%s SIP/2.0\r\nVia: SIP/2.0/UDP %s:%d;branch=z9hG4bK-rep1;rport\r\n"
-           "Max-Forwards: 70\r\nFrom: <sip:rep@%s>;tag=r1\r\nTo: <sip:rep@%s>\r\n"
-           "Call-ID: rep-%08x\r\nCSeq: 7 REGISTER\r\nContact: <sip:rep@%s:%d>\r\n"
-           "Expires: 600\r\nContent-Length: 0\r\n\r\n") % (
-        OVERLAY, HOST, me, OVERLAY, OVERLAY, random.getrandbits(32), HOST, me)
+    s, me = udp_socket(1 << 20)
+    msg = register_text("rep", "rep-%08x" % random.getrandbits(32), "rep1", me, cseq=7)
     before = counters(node)
     # All 40 wait in the node's socket before it reads the first (else, on
     # 2 busy cores, it may finish the first before Python sends the next).
@@ -225,8 +239,8 @@ def test_repeats(c, node):
 
 # Sends new REGISTERs (each its own Call-ID) for 500 users in turn for
 # argv[3] s, argv[5] a ms at most (past what a
-# node takes here, not past what it drains: no socket protects against a
-# flood faster than its reader, and the probes share it), from one
+# node takes here, not past what it drains: test_backlog shows a
+# backlog past that), from one
 # socket to argv[1]:argv[2], each once more 0.5 s later (as sipp does when
 # the answer is late or lost), reading answers as they come; prints the
 # counts and the users that got a 200.
@@ -382,6 +396,57 @@ def test_overload(c, node):
     alice.close()
 
 
+def udp_drops(port):
+    """Datagrams the kernel dropped at the full receive queues of the
+    sockets bound to port on HOST (/proc/net/udp, last column)."""
+    want = "%08X:%04X" % (int.from_bytes(socket.inet_aton(HOST), "little"), port)
+    with open("/proc/net/udp") as f:
+        return sum(int(line.split()[-1]) for line in f if line.split()[1:2] == [want])
+
+
+def test_backlog(c, node):
+    """A backlog of REGISTERs larger than the node's socket can hold never
+    delays or loses an OPTIONS, an ACK or a call's request: the kernel
+    gives datagrams starting "REGISTER " to a socket of their own
+    (sip/regsock.c).  With the node stopped, 12,000 REGISTERs arrive (the
+    kernel drops what overflows), then one OPTIONS; once the node runs
+    again, the OPTIONS is answered within 100 ms, the backlog is read from
+    the REGISTER socket (register_socket) and answered, and a phone
+    registers at once."""
+    dest = su.sip_dest(c, node)
+    s, me = udp_socket(4 << 20)
+    alice = su.Ua("alice")
+    before, drops0 = counters(node), udp_drops(dest[1])
+    os.kill(node.pid, signal.SIGSTOP)
+    try:
+        for i in range(12000):
+            s.sendto(register_text("bl%d" % i, "bl-%d" % i, "bl%d" % i, me).encode(), dest)
+        call_id, _, _ = alice.request(dest, "OPTIONS", ruri="sip:" + OVERLAY, contact=False)
+    finally:
+        os.kill(node.pid, signal.SIGCONT)
+    t0 = time.monotonic()
+    st = alice.final(call_id, "OPTIONS", timeout=5).status
+    ms = (time.monotonic() - t0) * 1000
+    dropped = udp_drops(dest[1]) - drops0
+    answers = drain(s, timeout=2.0)
+    after = counters(node)
+    read = after["register_socket"] - before["register_socket"]
+    info("backlog: OPTIONS %d in %.1f ms; %d REGISTERs dropped by the kernel, %d read from "
+         "the REGISTER socket, %d answered %s" % (st, ms, dropped, read, len(answers),
+                                                 sorted(set(answers))))
+    check(dropped > 0, "the backlog overflowed the node's REGISTER socket", dropped)
+    check(st == 200 and ms < 100, "the OPTIONS sent behind it is answered within 100 ms of "
+          "the node running again (%.1f ms)" % ms, (st, ms))
+    check(read >= 1000 and len(answers) >= 1000 and set(answers) <= {200, 401, 503},
+          "the backlog is read from the REGISTER socket and answered", (read, len(answers)))
+    t0 = time.monotonic()
+    st = alice.register(dest, expires=60).status
+    check(st in (200, 401) and time.monotonic() - t0 < 1.0,
+          "a phone registers right after it (%d)" % st, st)
+    alice.close()
+    s.close()
+
+
 def test_shed_copies(c, node, holders):
     """While the node sheds, the copy of a REGISTER it answered with 503 a
     moment before is dropped, not answered again: answering every
@@ -392,19 +457,13 @@ def test_shed_copies(c, node, holders):
     socket's queue; each REGISTER goes twice, back to back, as a phone
     retransmitting.  Once the node takes work again, a REGISTER it shed is
     served."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((HOST, 0))
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    s, me = udp_socket(4 << 20)
     s.setblocking(False)
-    me, dest = s.getsockname()[1], su.sip_dest(c, node)
+    dest = su.sip_dest(c, node)
     tag = random.getrandbits(24)
 
     def reg(i):
-        return ("REGISTER sip:%s SIP/2.0\r\nVia: SIP/2.0/UDP %s:%d;branch=z9hG4bK-sc%d-%d;rport\r\n"
-                "Max-Forwards: 70\r\nFrom: <sip:sc%d@%s>;tag=s%d\r\nTo: <sip:sc%d@%s>\r\n"
-                "Call-ID: sc-%d-%d\r\nCSeq: 1 REGISTER\r\nContact: <sip:sc%d@%s:%d>\r\n"
-                "Expires: 600\r\nContent-Length: 0\r\n\r\n") % (
-            OVERLAY, HOST, me, tag, i, i, OVERLAY, i, i, OVERLAY, tag, i, i, HOST, me)
+        return register_text("sc%d" % i, "sc-%d-%d" % (tag, i), "sc%d-%d" % (tag, i), me)
     answers = {}  # i -> codes
 
     def take():
@@ -472,6 +531,7 @@ def test(h):
     test_amplification(c, A)
     test_repeats(c, B)
     test_overload(c, B)
+    test_backlog(c, B)
     test_shed_copies(c, B, [A.pid, C.pid])
 
 
