@@ -645,6 +645,23 @@ static void too_large(sip_svc_t *s, const sip_lines_t *h, size_t len)
            h->fromlen);
 }
 
+/* sofia exports this (tport.c) without declaring it in the headers it
+ * installs: what its UDP transport calls with an error read from its own
+ * socket's error queue (nta then fails the transactions to addr). */
+void tport_error_report(tport_t *self, int errcode, su_sockaddr_t const *addr);
+
+void sip__regsock_error(sip_svc_t *s, int err, const struct sockaddr_storage *to,
+                        socklen_t tolen)
+{
+  tport_t *udp = tport_by_protocol(nta_agent_tports(s->agent), "udp");
+  su_sockaddr_t addr;
+  if (!udp || tolen > sizeof addr)
+    return;
+  memset(&addr, 0, sizeof addr);
+  memcpy(&addr, to, tolen);
+  tport_error_report(udp, err, &addr);
+}
+
 void sip__regsock_take(sip_svc_t *s, const char *buf, size_t len, int truncated,
                        const struct sockaddr_storage *sa, socklen_t salen)
 {

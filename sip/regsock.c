@@ -18,8 +18,17 @@
  * does and gives what it would leave to sofia to on_stateless().  Only a
  * process of the node's own user may join the group (the kernel checks
  * the uid), and one that does could read the node's memory as well.
+ *
+ * An ICMP error for a datagram sofia sent (a port unreachable from a
+ * phone gone, which makes nta fail the branch at once instead of after
+ * 32 s) comes back to the group, and the kernel picks the socket by hash,
+ * without the program: half of them reach ours.  Ours takes them
+ * (IP_RECVERR) and core.c reports them to sofia's UDP transport as its
+ * own error queue would (sip__regsock_error).
  */
 #include <errno.h>
+#include <time.h> /* before linux/errqueue.h, which uses struct timespec */
+#include <linux/errqueue.h>
 #include <linux/filter.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -33,7 +42,8 @@
 #define SO_ATTACH_REUSEPORT_CBPF 51
 #endif
 
-#define REGSOCK_BATCH 16 /* datagrams read per call, and per readiness event */
+#define REGSOCK_BATCH 16 /* datagrams read per call */
+#define REGSOCK_ROUNDS 4 /* calls per readiness event at most */
 
 struct sip_regsock {
   uv_poll_t poll;
@@ -58,12 +68,34 @@ static struct sock_filter steer[] = {
     BPF_STMT(BPF_RET | BPF_K, 1),
 };
 
-static void on_readable(uv_poll_t *h, int status, int events)
+/* The ICMP errors queued on the socket, each reported with the address
+ * the failed datagram went to (at most a batch's worth a call). */
+static void read_errors(sip_regsock_t *r)
 {
-  sip_regsock_t *r = h->data;
-  (void)events;
-  if (status < 0 || !r->s)
-    return;
+  for (int i = 0; i < REGSOCK_BATCH && r->s; i++) {
+    struct sockaddr_storage to;
+    char control[512], data[64];
+    struct iovec iov = {.iov_base = data, .iov_len = sizeof data};
+    struct msghdr m = {.msg_name = &to, .msg_namelen = sizeof to, .msg_iov = &iov,
+                       .msg_iovlen = 1, .msg_control = control,
+                       .msg_controllen = sizeof control};
+    if (recvmsg(r->fd, &m, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
+      return;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
+      if ((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_RECVERR) ||
+          (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_RECVERR)) {
+        const struct sock_extended_err *ee = (const void *)CMSG_DATA(c);
+        if (m.msg_namelen > 0 && ee->ee_errno)
+          sip__regsock_error(r->s, (int)ee->ee_errno, &to, m.msg_namelen);
+      }
+  }
+}
+
+/* One batch: the number of datagrams read and handed on.  A pending
+ * error comes first (recvmmsg fails with it): the queued errors are read
+ * and the batch tried again. */
+static int read_batch(sip_regsock_t *r)
+{
   for (int i = 0; i < REGSOCK_BATCH; i++) {
     r->iov[i] = (struct iovec){.iov_base = r->bytes[i], .iov_len = sizeof r->bytes[i]};
     r->mm[i].msg_hdr = (struct msghdr){.msg_name = &r->from[i],
@@ -72,10 +104,38 @@ static void on_readable(uv_poll_t *h, int status, int events)
                                        .msg_iovlen = 1};
   }
   int n = recvmmsg(r->fd, r->mm, REGSOCK_BATCH, MSG_DONTWAIT, NULL);
+  if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+    read_errors(r);
+    n = r->s ? recvmmsg(r->fd, r->mm, REGSOCK_BATCH, MSG_DONTWAIT, NULL) : -1;
+  }
   for (int i = 0; i < n && r->s; i++)
     sip__regsock_take(r->s, r->bytes[i], r->mm[i].msg_len,
                       (r->mm[i].msg_hdr.msg_flags & MSG_TRUNC) != 0, &r->from[i],
                       r->mm[i].msg_hdr.msg_namelen);
+  return n;
+}
+
+/* Up to REGSOCK_ROUNDS batches, then back to the loop (the DHT's replies,
+ * sofia's socket, the admin).  The DHT frames the registrations make are
+ * written once per loop iteration and link (dht/rpc.c): the more taken
+ * per iteration, the fewer writes (each wakes the holder, on loopback in
+ * our time). */
+static void on_readable(uv_poll_t *h, int status, int events)
+{
+  sip_regsock_t *r = h->data;
+  (void)events;
+  if (!r->s)
+    return;
+  /* On EPOLLERR (an ICMP error queued) libuv stops the handle and says
+   * UV_EBADF: the errors are read and the handle started again. */
+  if (status < 0) {
+    read_errors(r);
+    if (!r->s || uv_poll_start(&r->poll, UV_READABLE, on_readable) < 0)
+      return;
+  }
+  for (int i = 0; i < REGSOCK_ROUNDS && r->s; i++)
+    if (read_batch(r) < REGSOCK_BATCH)
+      break;
 }
 
 /* Our socket, bound beside sofia's (udp_fd, which has joined the group),
@@ -96,8 +156,10 @@ static int bind_beside(int udp_fd)
     return -errno;
   struct sock_fprog prog = {.len = sizeof steer / sizeof *steer, .filter = steer};
   if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
+      setsockopt(fd, IPPROTO_IP, IP_RECVERR, &one, sizeof one) < 0 ||
       (ss.ss_family == AF_INET6 &&
-       setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) < 0) ||
+       (setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) < 0 ||
+        setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &one, sizeof one) < 0)) ||
       (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof rcvbuf) < 0 &&
        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf) < 0) ||
       bind(fd, (struct sockaddr *)&ss, len) < 0 ||

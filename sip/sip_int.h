@@ -65,7 +65,7 @@
 #define SIP_LOOP_BURST 8          /* sofia steps in a row while datagrams are queued */
 #define SIP_RTX_SPARES 128       /* freed REGISTER records kept for reuse (~1 MB) */
 #define SIP_REG_LINGER_MS 16000   /* a REGISTER's answer is kept for retransmissions */
-#define SIP_REG_ANSWER_BUCKETS 65536 /* ~72,000 answers kept at 4,500/s */
+#define SIP_REG_ANSWER_BUCKETS 262144 /* SIP_REG_ANSWERS_MAX at most: chains under one */
 #define SIP_REG_ANSWERS_MAX 200000 /* answers kept at most (~50 MB at worst) */
 
 /* Digest authentication of phones (auth.c, users.c). */
@@ -320,6 +320,10 @@ void sip__regsock_close(sip_regsock_t *r);
  * longer than SIP_PEEK_BYTES), from sa. */
 void sip__regsock_take(sip_svc_t *s, const char *buf, size_t len, int truncated,
                        const struct sockaddr_storage *sa, socklen_t salen);
+/* An ICMP error (errno err) the REGISTER socket got for a datagram
+ * sofia sent to the address to. */
+void sip__regsock_error(sip_svc_t *s, int err, const struct sockaddr_storage *to,
+                        socklen_t tolen);
 uint64_t sip__now_ms(const sip_svc_t *s);
 /* FNV-1a over a string, folded to lower case when fold is set. */
 #define SIP_FNV_INIT 2166136261u

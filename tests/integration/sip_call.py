@@ -6,6 +6,7 @@ through, both nodes record-route, in-dialog requests follow the route set,
 and the admin socket shows the registration and the counters."""
 
 import json
+import time
 import os
 import sys
 
@@ -78,6 +79,7 @@ def test(h):
           "bob's node, the last hop to his phone, forwarded INVITE, ACK and BYE without transactions",
           sb["counters"])
     moved(h, c, alice_node, bob_node, other, ports)
+    dead_home(c, nodes[5], [n for i, n in enumerate(nodes) if i in (0, 1, 2, 4, 6, 8, 9, 10)])
 
 
 def call(h, c, alice_node, uas_port, uac_port, name):
@@ -107,6 +109,42 @@ def moved(h, c, alice_node, bob_node, other, ports):
     check(rc_uac == 0 and rc_uas == 0, "the next call reaches bob at his new contact", uac.describe())
     check(end["lookups_stale"] >= 1, "it went to the stale record first, then back to the DHT",
           {k: end.get(k) for k in ("lookups", "lookups_cached", "lookups_stale")})
+
+
+def dead_home(c, home, via):
+    """A phone's home node is killed: each node a request for the phone
+    goes through forwards it to the dead node's port and gets back an ICMP
+    port unreachable.  The kernel gives it to one of the node's two UDP
+    sockets by hash (sip/regsock.c: the REGISTER socket takes about half),
+    and either way nta fails the branch at once, not after 32 s.  The
+    REGISTER sockets that took one still serve."""
+    dora, alice = su.Ua("dora"), su.Ua("alice")
+    check(dora.register(su.sip_dest(c, home), expires=120).status == 200,
+          "dora registers through %r" % home, "")
+    c.kill(home)
+    ruri = "sip:dora@" + OVERLAY
+    slow = []
+    for n in via:
+        t0 = time.monotonic()
+        try:
+            st = alice.do(su.sip_dest(c, n), "MESSAGE", ruri=ruri, to="<%s>" % ruri, body="hi",
+                          timeout=10).status
+        except p2p.Failure:
+            st = None
+        ms = (time.monotonic() - t0) * 1000
+        if st is None or st < 300 or ms > 3000:
+            slow.append((str(n), st, round(ms)))
+    check(not slow, "a MESSAGE toward the killed home node fails within 3 s at each of %d "
+          "nodes" % len(via), slow)
+    dead = []
+    for i, n in enumerate(via):
+        ua = su.Ua("reg%d" % i)
+        st = ua.register(su.sip_dest(c, n), expires=60).status
+        ua.close()
+        if st != 200:
+            dead.append((str(n), st))
+    check(not dead, "and each of them still registers phones", dead)
+    dora.close(), alice.close()
 
 
 if __name__ == "__main__":
