@@ -74,6 +74,12 @@ static size_t sent_bytes(msg_t *reply, char *bytes, size_t cap)
   return len;
 }
 
+/* nta's UDP transport (the node binds one address). */
+static tport_t *udp_tport(const sip_svc_t *s)
+{
+  return tport_by_protocol(nta_agent_tports(s->agent), "udp");
+}
+
 /* A reply's bytes kept under key for the peek to send again (resend.c). */
 static void keep_reply(sip_svc_t *s, const char *key, msg_t *reply)
 {
@@ -297,7 +303,7 @@ static unsigned queued_bytes(sip_svc_t *s)
   if (s->q_hr && hr - s->q_hr < SIP_QUEUE_READ_NS)
     return s->q_bytes;
   s->q_hr = hr;
-  s->q_bytes = socket_queue(s->udp_fd) + socket_queue(s->reg_fd);
+  s->q_bytes = socket_queue(s->udp_fd) + socket_queue(sip__regsock_fd(s->regsock));
   return s->q_bytes;
 }
 
@@ -528,6 +534,15 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
   return 1;
 }
 
+/* The buffer a datagram is read into before it is handed on (s->head),
+ * made at the first one; NULL when memory is short. */
+static sip_lines_t *head_buffer(sip_svc_t *s)
+{
+  if (!s->head)
+    s->head = malloc(sizeof *s->head + SIP_PEEK_BYTES);
+  return s->head;
+}
+
 /* Before sofia reads the next datagram: the head of the socket's queue
  * is peeked at (MSG_PEEK) and what peek_act() answers or drops is taken
  * off it unparsed: sofia's parse and reply builder cost as much as the
@@ -540,9 +555,9 @@ static int peek_head(void *arg)
 {
   sip_svc_t *s = arg;
   s->head_left = 0;
-  if (!s->head && s->udp_fd >= 0 && !(s->head = malloc(sizeof *s->head + SIP_PEEK_BYTES)))
+  if (s->udp_fd < 0 || !head_buffer(s))
     return 0;
-  char *buf = s->head ? s->head->bytes : NULL;
+  char *buf = s->head->bytes;
   int shed = s->udp_fd >= 0 ? overloaded(s) : 0;
   for (int i = 0; i < SIP_PEEK_MAX && s->udp_fd >= 0; i++) {
     struct sockaddr_storage *sa = &s->head->from;
@@ -653,7 +668,7 @@ void tport_error_report(tport_t *self, int errcode, su_sockaddr_t const *addr);
 void sip__regsock_error(sip_svc_t *s, int err, const struct sockaddr_storage *to,
                         socklen_t tolen)
 {
-  tport_t *udp = tport_by_protocol(nta_agent_tports(s->agent), "udp");
+  tport_t *udp = udp_tport(s);
   su_sockaddr_t addr;
   if (!udp || tolen > sizeof addr)
     return;
@@ -666,9 +681,9 @@ void sip__regsock_take(sip_svc_t *s, const char *buf, size_t len, int truncated,
                        const struct sockaddr_storage *sa, socklen_t salen)
 {
   s->rx_taken++, s->c.register_socket++;
-  if (!s->head && !(s->head = malloc(sizeof *s->head + SIP_PEEK_BYTES)))
+  sip_lines_t *h = head_buffer(s);
+  if (!h)
     return;
-  sip_lines_t *h = s->head;
   memcpy(h->bytes, buf, len);
   memcpy(&h->from, sa, salen);
   h->fromlen = salen, h->len = 0;
@@ -959,11 +974,10 @@ static int create_agent(sip_svc_t *s)
   s->udp_fd = rc == 0 ? sip__loop_find_fd(is_our_udp, s) : -1;
   if (rc == 0 && s->udp_fd < 0)
     log_warn("SIP UDP socket not found: no shedding by its queue");
-  if (s->udp_fd >= 0)
-    s->reg_fd = sip__regsock_open(s, s->uv, &s->regsock);
-  if (s->udp_fd >= 0 && s->reg_fd < 0)
+  int err = s->udp_fd >= 0 ? sip__regsock_open(s, s->uv, &s->regsock) : 0;
+  if (err < 0)
     log_warn("no REGISTER socket beside sofia's (%s): REGISTERs share its queue",
-             strerror(-s->reg_fd));
+             strerror(-err));
   if (s->udp_fd >= 0)
     sip__loop_before_step(s->loop, peek_head, s);
   return rc;
@@ -975,7 +989,7 @@ int sip_new(uv_loop_t *loop, dht_t *dht, const sip_config_t *cfg, sip_svc_t **ou
   sip_svc_t *s = calloc(1, sizeof *s);
   if (!s)
     return -ENOMEM;
-  s->uv = loop, s->dht = dht, s->udp_fd = -1, s->reg_fd = -1;
+  s->uv = loop, s->dht = dht, s->udp_fd = -1;
   uv_loop_configure(loop, UV_METRICS_IDLE_TIME); /* queue_delay_ms() */
   if (su_users++ == 0) {
     su_init();
@@ -1129,7 +1143,7 @@ void sip_free(sip_svc_t *s)
   if (s->loop)
     sip__loop_before_step(s->loop, NULL, NULL);
   sip__regsock_close(s->regsock);
-  s->regsock = NULL, s->reg_fd = -1;
+  s->regsock = NULL;
   if (s->dht)
     sip__gateway_watch(s, 0);
   sip__dht_detach_all(s);
@@ -1210,7 +1224,7 @@ static void stateful(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_req_t *rq)
 {
   tport_t *tp = tport_delivered_by(nta_agent_tports(s->agent), msg);
   if (!tp)
-    tp = tport_by_protocol(nta_agent_tports(s->agent), "udp");
+    tp = udp_tport(s);
   nta_incoming_t *irq = nta_incoming_create(s->agent, s->leg, msg, sip, NTATAG_TPORT(tp), TAG_END());
   if (!irq)
     return; /* nta has freed msg */

@@ -190,7 +190,12 @@ int sip__regsock_open(sip_svc_t *s, uv_loop_t *uv, sip_regsock_t **out)
   r->fd = fd, r->s = s, r->poll.data = r;
   uv_poll_start(&r->poll, UV_READABLE, on_readable);
   *out = r;
-  return fd;
+  return 0;
+}
+
+int sip__regsock_fd(const sip_regsock_t *r)
+{
+  return r ? r->fd : -1;
 }
 
 static void on_closed(uv_handle_t *h)

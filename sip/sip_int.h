@@ -261,7 +261,6 @@ struct sip_svc {
   sip_limits_t *limits;   /* per-source limits, or NULL (off) */
   int udp_fd;             /* sofia's SIP UDP socket (its queue says when to shed), or -1 */
   sip_regsock_t *regsock; /* the REGISTER socket beside it (regsock.c), or NULL */
-  int reg_fd;             /* its fd, or -1 */
   uint64_t rx_taken;      /* datagrams the node read past sofia (peek, REGISTER socket) */
   uint64_t rx_at;         /* start of the current rate window (uv_now), 0: none yet */
   usize_t rx_count;       /* nta's messages received then */
@@ -309,11 +308,12 @@ int sip__loop_find_fd(int (*match)(int fd, void *arg), void *arg);
 void sip__loop_free(sip_loop_t *l);
 
 /* regsock.c: the REGISTER socket beside sofia's UDP socket (s->udp_fd),
- * polled on uv; its fd, or -errno (the node then reads REGISTERs from
- * sofia's socket as before).  Closing takes effect in libuv's close
- * callback. */
+ * polled on uv: 0, or -errno (the node then reads REGISTERs from sofia's
+ * socket as before).  Closing takes effect in libuv's close callback.
+ * Its fd, or -1 (r NULL). */
 int sip__regsock_open(sip_svc_t *s, uv_loop_t *uv, sip_regsock_t **out);
 void sip__regsock_close(sip_regsock_t *r);
+int sip__regsock_fd(const sip_regsock_t *r);
 
 /* core.c */
 /* A datagram the REGISTER socket read (len bytes; truncated when it was
