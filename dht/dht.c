@@ -130,6 +130,7 @@ int dht_new(uv_loop_t *loop, const dht_config_t *cfg, dht_t **out) {
   d->stab_max = cfg->stabilize_max_ms ? cfg->stabilize_max_ms : 30000;
   d->refresh_ms = cfg->refresh_ms ? cfg->refresh_ms : 30000;
   d->rpc_timeout = cfg->rpc_timeout_ms ? cfg->rpc_timeout_ms : 1000;
+  d->link_hold_ms = cfg->link_hold_ms;
   limits_init(&d->limits, &cfg->limits);
   d->self.addr = cfg->listen;
   if (cfg->n_bootstrap) {

@@ -90,6 +90,10 @@ typedef struct {
   unsigned stabilize_max_ms; /* once it is quiet */
   unsigned refresh_ms;       /* owners re-store their values this often */
   unsigned rpc_timeout_ms;
+  /* A link written to this lately keeps new frames until then, so that
+   * under load one write carries several (0: written every loop
+   * iteration; a link idle that long always writes at once). */
+  unsigned link_hold_ms;
   /* The secured mode (both NULL: the open mode): the overlay CA and this
    * node's certificate and key (dht/cert.h).  Peer links are then TLS 1.3
    * with mutual authentication, and the node id is the certificate's
@@ -270,6 +274,8 @@ size_t dht_records(const dht_t *d); /* live values stored here */
 
 typedef struct {
   uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
+  uint64_t link_writes; /* writes to peer links, each of the frames gathered since the last */
+  uint64_t link_holds;  /* writes a busy link put off to gather more frames (link_hold_ms) */
   uint64_t lookups, lookups_failed, rpc_timeouts, bad_frames;
   uint64_t rejoins; /* joined again after losing every neighbour */
   uint64_t ring_splits; /* split checks that found our id held in another ring (ring.c) */

@@ -337,6 +337,8 @@ struct dht {
   dht__conn_t *dirty;    /* links with frames to write this iteration (rpc.c) */
   uv_idle_t flush_idle;  /* writes them when sent outside the poll phase */
   uv_check_t flush_check; /* writes them after the poll phase */
+  uv_timer_t hold_timer;  /* writes what busy links held back (rpc_flush_all) */
+  unsigned link_hold_ms;  /* dht_config_t link_hold_ms */
   size_t frame_bytes; /* unfinished frames held, all connections (rpc.c) */
   uint32_t next_txid;
   unsigned srtt8; /* answered requests' round trip, ms x 8, smoothed (rpc.c) */

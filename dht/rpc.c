@@ -87,6 +87,8 @@ struct dht__conn {
   size_t out_cap;
   dht__conn_t *dirty_next; /* d->dirty: out to write */
   bool dirty;
+  uint64_t written_at, written_before; /* loop times of its last two writes (rpc_flush_all) */
+  bool held;               /* what out holds waits for written_at + link_hold_ms */
 };
 
 typedef struct dht__pending {
@@ -216,9 +218,10 @@ static void write_now(dht__conn_t *c, wreq_t *w) {
  * a registrar under load sent a few frames per iteration to each peer,
  * one write() each, and the kernel's TCP send path (on loopback the
  * receiver's too) took a fifth of its CPU. */
-static void rpc_flush_all(dht_t *d);
-static void on_flush_idle(uv_idle_t *h) { rpc_flush_all(h->data); }
-static void on_flush_check(uv_check_t *h) { rpc_flush_all(h->data); }
+static void rpc_flush_all(dht_t *d, bool all);
+static void on_flush_idle(uv_idle_t *h) { rpc_flush_all(h->data, false); }
+static void on_flush_check(uv_check_t *h) { rpc_flush_all(h->data, false); }
+static void on_flush_timer(uv_timer_t *h) { rpc_flush_all(h->data, false); }
 
 static void mark_dirty(dht__conn_t *c) {
   dht_t *d = c->d;
@@ -275,14 +278,48 @@ static void conn_flush(dht__conn_t *c) {
   if (w) write_now(c, w);
 }
 
-static void rpc_flush_all(dht_t *d) {
+/* A busy link, written to twice within link_hold_ms and last less than
+ * that ago, keeps what it gathers until then (all: write everything now).
+ * Under load each write then carries several frames, and its reader
+ * wakes once for them: a registrar's STOREs went one per write to each of
+ * 63 holders, and holders spent a quarter of their CPU being woken
+ * (docs/BENCHMARKS.md, session 19).  A request and the next one of the
+ * same operation (a lookup's FIND, then the FETCH to the node it found)
+ * are never held: only a third frame that soon is. */
+static bool flush_held(dht_t *d, dht__conn_t *c, bool all, uint64_t *due) {
+  uint64_t now = uv_now(d->loop), at = c->written_at + d->link_hold_ms;
+  if (all || c->closing || now >= at || c->written_before == 0 ||
+      c->written_at - c->written_before > d->link_hold_ms)
+    return false;
+  if (at < *due) *due = at;
+  d->stats.link_holds += !c->held;
+  c->held = true;
+  return true;
+}
+
+static void rpc_flush_all(dht_t *d, bool all) {
+  dht__conn_t *held = NULL;
+  uint64_t due = UINT64_MAX;
   while (d->dirty) { /* a failed write may close links and send more: keep going */
     dht__conn_t *c = d->dirty;
     d->dirty = c->dirty_next;
+    if (flush_held(d, c, all, &due)) {
+      c->dirty_next = held;
+      held = c;
+      continue;
+    }
     c->dirty = false;
-    if (!c->closing) conn_flush(c);
+    if (c->closing) continue;
+    c->written_before = c->written_at;
+    c->written_at = uv_now(d->loop);
+    c->held = false;
+    d->stats.link_writes += c->out != NULL;
+    conn_flush(c);
   }
+  d->dirty = held; /* still marked dirty: mark_dirty() leaves them */
   uv_idle_stop(&d->flush_idle);
+  if (held && !uv_is_closing((uv_handle_t *)&d->hold_timer))
+    uv_timer_start(&d->hold_timer, on_flush_timer, due - uv_now(d->loop), 0);
 }
 
 /* A whole frame to the peer: encrypted in the secured mode. */
@@ -875,7 +912,8 @@ static void on_accept(uv_stream_t *server, int status) {
 int dht__rpc_listen(dht_t *d) {
   uv_idle_init(d->loop, &d->flush_idle);
   uv_check_init(d->loop, &d->flush_check);
-  d->flush_idle.data = d->flush_check.data = d;
+  uv_timer_init(d->loop, &d->hold_timer);
+  d->flush_idle.data = d->flush_check.data = d->hold_timer.data = d;
   uv_check_start(&d->flush_check, on_flush_check);
   uv_unref((uv_handle_t *)&d->flush_check);
   int err = uv_tcp_init(d->loop, &d->listener);
@@ -1025,9 +1063,10 @@ void dht__rpc_reap(dht_t *d) {
 }
 
 void dht__rpc_close_all(dht_t *d) {
-  rpc_flush_all(d);
-  uv_handle_t *flushers[] = {(uv_handle_t *)&d->flush_idle, (uv_handle_t *)&d->flush_check};
-  for (size_t i = 0; i < 2; i++)
+  rpc_flush_all(d, true);
+  uv_handle_t *flushers[] = {(uv_handle_t *)&d->flush_idle, (uv_handle_t *)&d->flush_check,
+                             (uv_handle_t *)&d->hold_timer};
+  for (size_t i = 0; i < 3; i++)
     if (flushers[i]->loop && !uv_is_closing(flushers[i])) uv_close(flushers[i], NULL);
   while (d->conns) {
     d->conns->have_peer = false;

@@ -277,6 +277,7 @@ static json_t *cmd_stats(node_t *n) {
   } counters[] = {
       {"msgs_in", s.msgs_in},         {"msgs_out", s.msgs_out},
       {"bytes_in", s.bytes_in},       {"bytes_out", s.bytes_out},
+      {"link_writes", s.link_writes}, {"link_holds", s.link_holds},
       {"lookups", s.lookups},         {"lookups_failed", s.lookups_failed},
       {"rpc_timeouts", s.rpc_timeouts}, {"bad_frames", s.bad_frames},
       {"rejoins", s.rejoins}, {"ring_splits", s.ring_splits},

@@ -161,6 +161,7 @@ static int dht_setup(node_t *n, const node_opts_t *o, char *err, size_t errlen) 
   dht_config_t cfg = {.overlay = o->overlay, .replicas = o->replicas, .succ_list = o->successors,
                       .refresh_ms = (unsigned)o->refresh_s * 1000u,
                       .stabilize_max_ms = (unsigned)o->stabilize_max_ms,
+                      .link_hold_ms = (unsigned)o->link_hold_ms,
                       .bootstrap = boots, .n_bootstrap = o->n_bootstrap,
                       .ca = n->ca, .creds = n->creds, .limits = o->limits};
   dht_addr_parse(o->listen, &cfg.listen); /* checked by node_opts_parse */

@@ -28,6 +28,7 @@ typedef struct {
   int log_level;
   int refresh_s;
   int stabilize_max_ms;
+  int link_hold_ms;
   char *sip;        /* --sip IP:PORT: serve SIP phones there */
   int gateway;      /* --gateway: act as proxy peer (needs --sip) */
   int sip_cache_ms; /* --sip-cache-ms: reuse a located user record this long (0: never) */

@@ -93,6 +93,10 @@ static int o_stab(node_opts_t *o, const char *v, char *err, size_t len) {
   return set_int(&o->stabilize_max_ms, v, 100, 600000, "stabilize-max", err, len);
 }
 
+static int o_link_hold(node_opts_t *o, const char *v, char *err, size_t len) {
+  return set_int(&o->link_hold_ms, v, 0, 1000, "link-hold", err, len);
+}
+
 static int o_node_id(node_opts_t *o, const char *v, char *err, size_t len) {
   dht_id_t id;
   if (dht_id_parse(v, &id)) {
@@ -400,6 +404,10 @@ static const opt_def_t opt_table[] = {
      "                             ids-per-net [8, none on loopback] fingers in one /24 or /48"},
     {"refresh", 1, o_refresh, "SECONDS", "how often owners re-store their values (default 30)"},
     {"stabilize-max", 1, o_stab, "MS", "longest ring upkeep interval when quiet (default 30000)"},
+    {"link-hold", 1, o_link_hold, "MS",
+     "a peer link written less than MS ago holds new frames until\n"
+     "                             then, so that under load one write carries several (an idle\n"
+     "                             link writes at once; default 10, 0: every loop iteration)"},
     {"sip", 1, o_sip, "IP:PORT", "serve SIP phones on UDP and TCP there (registrar, proxy)"},
     {"sip-cache-ms", 1, o_sip_cache, "MS", "reuse a user record found in the DHT this long when\n"
      "                             proxying (default 2000, 0 = ask the DHT every time)"},
@@ -541,6 +549,7 @@ static void defaults(node_opts_t *o) {
   o->successors = 8;
   o->log_level = LOG_INFO;
   o->refresh_s = 30;
+  o->link_hold_ms = 10;
   o->sip_cache_ms = 2000;
   o->sip_rate = o->sip_source_tx = -1;
   o->turn_max_ttl = RELAY_DEFAULT_CRED_TTL;
