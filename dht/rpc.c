@@ -89,6 +89,7 @@ struct dht__conn {
   bool dirty;
   uint64_t written_at, written_before; /* loop times of its last two writes (rpc_flush_all) */
   bool held;               /* what out holds waits for written_at + link_hold_ms */
+  bool urgent;             /* out holds a frame that may not wait (frame_may_wait) */
 };
 
 typedef struct dht__pending {
@@ -278,17 +279,26 @@ static void conn_flush(dht__conn_t *c) {
   if (w) write_now(c, w);
 }
 
+/* Only writes wait: STOREs, their answers and batches.  Lookups, gets and
+ * the ring's upkeep go at once and take what a link held with them.  In
+ * the secured mode puts and gets both travel in ROUTE frames, which
+ * therefore never wait. */
+static bool frame_may_wait(uint8_t type) {
+  return type == PROTO_STORE || type == PROTO_STORE_R || type == PROTO_STORES ||
+         type == PROTO_STORES_R;
+}
+
 /* A busy link, written to twice within link_hold_ms and last less than
- * that ago, keeps what it gathers until then (all: write everything now).
- * Under load each write then carries several frames, and its reader
- * wakes once for them: a registrar's STOREs went one per write to each of
- * 63 holders, and holders spent a quarter of their CPU being woken
- * (docs/BENCHMARKS.md, session 19).  A request and the next one of the
- * same operation (a lookup's FIND, then the FETCH to the node it found)
- * are never held: only a third frame that soon is. */
+ * that ago, keeps the writes it gathers until then (all: write everything
+ * now).  Under load each write then carries several frames, and its
+ * reader wakes once for them: a registrar's STOREs went one per write to
+ * each of 63 holders, and holders spent a quarter of their CPU being
+ * woken (docs/BENCHMARKS.md, session 19).  A request and the next one of
+ * the same operation (a lookup's FIND, then the FETCH to the node it
+ * found) are never held: only a third frame that soon is. */
 static bool flush_held(dht_t *d, dht__conn_t *c, bool all, uint64_t *due) {
   uint64_t now = uv_now(d->loop), at = c->written_at + d->link_hold_ms;
-  if (all || c->closing || now >= at || c->written_before == 0 ||
+  if (all || c->closing || c->urgent || now >= at || c->written_before == 0 ||
       c->written_at - c->written_before > d->link_hold_ms)
     return false;
   if (at < *due) *due = at;
@@ -312,7 +322,7 @@ static void rpc_flush_all(dht_t *d, bool all) {
     if (c->closing) continue;
     c->written_before = c->written_at;
     c->written_at = uv_now(d->loop);
-    c->held = false;
+    c->held = c->urgent = false;
     d->stats.link_writes += c->out != NULL;
     conn_flush(c);
   }
@@ -346,6 +356,7 @@ static void conn_send(dht__conn_t *c, uint8_t type, uint32_t txid, const uint8_t
   c->d->stats.out_by_type[type]++;
   c->d->stats.bytes_out += PROTO_HDR_LEN + len;
   c->last_active = uv_now(c->d->loop);
+  c->urgent |= !frame_may_wait(type);
   uint8_t *at = c->ready && !c->ssl ? out_room(c, PROTO_HDR_LEN + len) : NULL;
   wreq_t *w = at ? NULL : malloc(sizeof(*w) + PROTO_HDR_LEN + len);
   if (!at && !w) {
