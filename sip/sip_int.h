@@ -52,6 +52,8 @@
 #define SIP_SHED_DELAY_MS 50.0
 #define SIP_QUEUE_TRUESIZE 1400.0 /* kernel bytes per queued datagram, about (loopback) */
 #define SIP_RATE_WINDOW_MS 100
+#define SIP_RATE_MIN_BUSY_MS 5.0 /* a window busy less than this leaves the rate as it was */
+#define SIP_RATE_MIN_MSGS 50     /* and one with fewer messages */
 #define SIP_QUEUE_READ_NS 1000000 /* the queue is read again after this long (1 ms) */
 #define SIP_RATE_FLOOR 1.0        /* messages/ms assumed at least (a node just woken) */
 #define SIP_MAX_REGISTERING 1024  /* REGISTERs waiting for the DHT at once */
