@@ -90,9 +90,10 @@ typedef struct {
   unsigned stabilize_max_ms; /* once it is quiet */
   unsigned refresh_ms;       /* owners re-store their values this often */
   unsigned rpc_timeout_ms;
-  /* A link written to this lately keeps new frames until then, so that
-   * under load one write carries several (0: written every loop
-   * iteration; a link idle that long always writes at once). */
+  /* A busy link (written twice within this, the last time less than
+   * this ago) keeps new STOREs and their answers until then, so that
+   * under load one write carries several; other frames never wait
+   * (0: every loop iteration writes). */
   unsigned link_hold_ms;
   /* The secured mode (both NULL: the open mode): the overlay CA and this
    * node's certificate and key (dht/cert.h).  Peer links are then TLS 1.3
