@@ -342,7 +342,9 @@ struct dht {
   size_t frame_bytes; /* unfinished frames held, all connections (rpc.c) */
   uint32_t next_txid;
   unsigned srtt8; /* answered requests' round trip, ms x 8, smoothed (rpc.c) */
-  struct dht__pending *pending;
+#define DHT_PENDING_SLOTS 1024 /* txids are consecutive: a power of two spreads them evenly */
+  struct dht__pending *pending; /* calls in flight, newest first (rpc.c) */
+  struct dht__pending *pending_tab[DHT_PENDING_SLOTS]; /* the same, by txid */
 
   /* Data. */
   dht__store_t store;

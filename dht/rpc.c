@@ -93,7 +93,8 @@ struct dht__conn {
 };
 
 typedef struct dht__pending {
-  struct dht__pending *next;
+  struct dht__pending *next, **prevp;   /* d->pending */
+  struct dht__pending *hnext, **hprevp; /* d->pending_tab[txid % DHT_PENDING_SLOTS] */
   dht_t *d;
   dht__conn_t *conn;
   uint32_t txid;
@@ -115,11 +116,28 @@ static void conn_close(dht__conn_t *c, const char *why);
 
 static void pending_closed(uv_handle_t *h) { free(h->data); }
 
+/* Answers come back oldest first while new calls go to the list's head:
+ * at thousands of calls a second, walking the list for each answer was a
+ * walk over hundreds of calls.  The table finds a call by its txid; both
+ * lists unlink in O(1). */
+static void pending_link(dht_t *d, pending_t *p) {
+  if ((p->next = d->pending)) p->next->prevp = &p->next;
+  p->prevp = &d->pending;
+  d->pending = p;
+  pending_t **slot = &d->pending_tab[p->txid % DHT_PENDING_SLOTS];
+  if ((p->hnext = *slot)) p->hnext->hprevp = &p->hnext;
+  p->hprevp = slot;
+  *slot = p;
+}
+
+static void pending_unlink(pending_t *p) {
+  if ((*p->prevp = p->next)) p->next->prevp = p->prevp;
+  if ((*p->hprevp = p->hnext)) p->hnext->hprevp = p->hprevp;
+}
+
 static void pending_finish(pending_t *p, int status, const proto_frame_t *f) {
   dht_t *d = p->d;
-  pending_t **pp = &d->pending;
-  while (*pp && *pp != p) pp = &(*pp)->next;
-  if (*pp) *pp = p->next;
+  pending_unlink(p);
   uv_timer_stop(&p->timer);
   p->timer.data = p;
   uv_close((uv_handle_t *)&p->timer, pending_closed);
@@ -163,7 +181,7 @@ static unsigned rpc_timeout(const dht_t *d) {
 }
 
 static pending_t *pending_take(dht_t *d, dht__conn_t *c, uint32_t txid) {
-  for (pending_t *p = d->pending; p; p = p->next)
+  for (pending_t *p = d->pending_tab[txid % DHT_PENDING_SLOTS]; p; p = p->hnext)
     if (p->txid == txid && p->conn == c) return p;
   return NULL;
 }
@@ -967,8 +985,7 @@ int dht__rpc_call(dht_t *d, const dht_node_t *to, uint8_t type, const uint8_t *b
   else
     p->sent = uv_now(d->loop); /* a round trip without a handshake in it */
   uv_timer_start(&p->timer, pending_timeout, ms, 0);
-  p->next = d->pending;
-  d->pending = p;
+  pending_link(d, p);
   conn_send(c, type, p->txid, body, len);
   return 0;
 }
