@@ -355,13 +355,26 @@ static int overloaded(sip_svc_t *s)
          (queue_delay_ms(s) > SIP_SHED_DELAY_MS ? SHED_NEW | SHED_REGISTER : 0);
 }
 
+/* overloaded()'s answer when sip must be shed, else 0. */
 static int must_shed(sip_svc_t *s, const sip_t *sip)
 {
   sip_method_t m = sip->sip_request->rq_method;
   if ((sip->sip_to && sip->sip_to->a_tag) || m == sip_method_ack || m == sip_method_cancel ||
       m == sip_method_bye || m == sip_method_options)
     return 0;
-  return (overloaded(s) & (m == sip_method_register ? SHED_REGISTER : SHED_NEW)) != 0;
+  int why = overloaded(s);
+  return why & (m == sip_method_register ? SHED_REGISTER : SHED_NEW) ? why : 0;
+}
+
+/* A 503 for new work went out; why says why (overloaded()). */
+static void count_shed(sip_svc_t *s, int why, int peeked)
+{
+  s->c.shed++;
+  s->c.shed_peeked += peeked != 0;
+  if (why & SHED_NEW)
+    s->c.shed_queue++;
+  else
+    s->c.shed_dht_behind++;
 }
 
 static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg, sip_t *sip);
@@ -453,7 +466,7 @@ static int challenge_only(sip_svc_t *s, const sip_peek_t *pk)
  * retransmissions under key), else a 503.  Its length, or negative when
  * sofia should answer. */
 static int peek_answer(sip_svc_t *s, const sip_peek_t *pk, size_t len, int challenge,
-                       const char *key, const struct sockaddr_storage *sa, char *out,
+                       int shed, const char *key, const struct sockaddr_storage *sa, char *out,
                        size_t outlen)
 {
   char ip[INET6_ADDRSTRLEN], lines[SIP_AUTH_LINES];
@@ -461,7 +474,8 @@ static int peek_answer(sip_svc_t *s, const sip_peek_t *pk, size_t len, int chall
   sip__addr_ip(sa, ip, sizeof ip, &port);
   if (!challenge) {
     int m = sip__peek_503(pk, len, s->sl_tag, ip, port, out, outlen);
-    s->c.shed += m >= 0, s->c.shed_peeked += m >= 0;
+    if (m >= 0)
+      count_shed(s, shed, 1);
     return m;
   }
   if (sip__auth_challenge_lines(s, 0, 0, lines, sizeof lines) < 0)
@@ -526,7 +540,7 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
   if (rc)
     return rc > 0;
   if (!again) {
-    int m = peek_answer(s, &pk, len, challenge, key, sa, out, sizeof out);
+    int m = peek_answer(s, &pk, len, challenge, shed, key, sa, out, sizeof out);
     if (m < 0)
       return 0;
     if (!challenge && keyed)
@@ -778,7 +792,7 @@ static void register_stateless(sip_svc_t *s, msg_t *msg, sip_t *sip, const sip_r
 /* A 503 with Retry-After, before any state; as at the peek, the copy of
  * a REGISTER shed lately is dropped instead (the peek takes at most
  * SIP_PEEK_MAX datagrams a step: the copy behind the last comes here). */
-static void shed_request(sip_svc_t *s, msg_t *msg, sip_t *sip)
+static void shed_request(sip_svc_t *s, msg_t *msg, sip_t *sip, int why)
 {
   char key[700];
   int keyed = sip->sip_request->rq_method == sip_method_register &&
@@ -788,7 +802,7 @@ static void shed_request(sip_svc_t *s, msg_t *msg, sip_t *sip)
     msg_destroy(msg);
     return;
   }
-  s->c.shed++;
+  count_shed(s, why, 0);
   sip__reply_stateless(s, msg, sip, SIP_503_SERVICE_UNAVAILABLE, SIPTAG_RETRY_AFTER_STR("2"),
                        TAG_END());
   if (keyed)
@@ -821,8 +835,9 @@ static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg
    * tell the phone its registration failed while it goes through. */
   if (m == sip_method_register && sip__reg_underway(s, msg, sip))
     return 0;
-  if (must_shed(s, sip)) {
-    shed_request(s, msg, sip);
+  int why = must_shed(s, sip);
+  if (why) {
+    shed_request(s, msg, sip, why);
     return 0;
   }
   if (sip__edge_admit(s, msg, sip, node, &rq))
@@ -1373,6 +1388,7 @@ json_t *sip_stats_json(const sip_svc_t *s)
       {"register_repeats_peeked", c->register_repeats_peeked},
       {"register_resent_peeked", c->register_resent_peeked}, {"shed_peeked", c->shed_peeked},
       {"shed_repeats_dropped", c->shed_repeats_dropped},
+      {"shed_queue", c->shed_queue},            {"shed_dht_behind", c->shed_dht_behind},
       {"challenged_peeked", c->challenged_peeked},
       {"register_answers_built", c->register_answers_built},
       {"register_direct", c->register_direct},  {"edge_unknown", c->edge_unknown},

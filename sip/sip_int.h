@@ -174,6 +174,8 @@ typedef struct {
   uint64_t register_resent_peeked;  /* of those, answered again from kept bytes, unparsed */
   uint64_t shed_peeked; /* of shed, answered with a 503 built from the datagram (peek.c) */
   uint64_t shed_repeats_dropped; /* copies of a REGISTER shed lately, dropped while we still shed */
+  uint64_t shed_queue;      /* of shed, for the socket's queue (SIP_SHED_DELAY_MS) */
+  uint64_t shed_dht_behind; /* of shed, the others: SIP_MAX_REGISTERING waited for the DHT */
   uint64_t challenged_peeked; /* REGISTERs without credentials answered 401 at the peek */
   uint64_t register_answers_built; /* registrar's UDP answers built from the request's lines */
   uint64_t register_direct; /* REGISTERs parsed from the peek's bytes, past tport and nta */
