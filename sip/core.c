@@ -294,90 +294,68 @@ static unsigned socket_queue(int fd)
   return mem[SK_MEMINFO_RMEM_ALLOC];
 }
 
-/* The bytes waiting in the SIP UDP sockets, sofia's (q_bytes) and the
- * REGISTER one (q_reg_bytes), read at most once per SIP_QUEUE_READ_NS:
- * every REGISTER asked twice, and the getsockopt() calls were a sixth of
- * the registrar's system calls. */
-static void read_queues(sip_svc_t *s)
+/* Bytes waiting in the SIP UDP sockets (sofia's and the REGISTER one),
+ * read at most once per SIP_QUEUE_READ_NS: every REGISTER asked twice, and
+ * the getsockopt() calls were a sixth of the registrar's system calls. */
+static unsigned queued_bytes(sip_svc_t *s)
 {
   uint64_t hr = uv_hrtime();
   if (s->q_hr && hr - s->q_hr < SIP_QUEUE_READ_NS)
-    return;
+    return s->q_bytes;
   s->q_hr = hr;
-  s->q_bytes = socket_queue(s->udp_fd);
-  s->q_reg_bytes = socket_queue(sip__regsock_fd(s->regsock));
+  s->q_bytes = socket_queue(s->udp_fd) + socket_queue(sip__regsock_fd(s->regsock));
+  return s->q_bytes;
 }
 
-/* rate smoothed with what a window of busy_ms took n messages says. */
-static double rate_update(double rate, uint64_t n, double busy_ms)
-{
-  /* A window with little work says little of the node's speed: taken
-   * in, a quiet while brought the estimate down to the floor, and the
-   * first burst after it was shed (bench-sip's calls steps, which follow
-   * kamailio's: 18-22 calls failed at bob's node). */
-  if (busy_ms < SIP_RATE_MIN_BUSY_MS || n < SIP_RATE_MIN_MSGS)
-    return rate;
-  double r = (double)n / busy_ms;
-  return rate > 0 ? 0.7 * rate + 0.3 * r : r;
-}
-
-/* The rates the node takes messages at when it works, in windows of
- * SIP_RATE_WINDOW_MS: all of them (nta's messages and those read past it)
- * and the REGISTER socket's, over the time the loop was not waiting for
- * events.  Bytes alone cannot say how long a queue takes: a call's
- * messages cost a tenth of a REGISTER's.  Nor can the rate messages
- * arrived at: a node a third busy that was descheduled for 50 ms drains
- * that backlog in 17 ms, and taking the arrival rate for its speed shed
- * calls it would have carried (bench-sip at 2,060 calls/s: 9,511 requests
- * shed, 3,850 calls failed). */
-static void rates_update(sip_svc_t *s)
+/* How long the socket's queue takes to drain, in ms: the datagrams queued
+ * (SIP_QUEUE_TRUESIZE bytes each, about) over the rate the node takes
+ * messages at when it works (windows of SIP_RATE_WINDOW_MS, smoothed: nta's
+ * messages over the time the loop was not waiting for events).  Bytes
+ * alone cannot say it: a call's messages cost a tenth of a REGISTER's.
+ * Nor can the rate messages arrived at: a node a third busy that was
+ * descheduled for 50 ms drains that backlog in 17 ms, and taking the
+ * arrival rate for its speed shed calls it would have carried (bench-sip
+ * at 2,060 calls/s: 9,511 requests shed, 3,850 calls failed). */
+static double queue_delay_ms(sip_svc_t *s)
 {
   uint64_t now = sip__now_ms(s);
-  if (now - s->rx_at < SIP_RATE_WINDOW_MS)
-    return;
-  usize_t recv = 0;
-  nta_agent_get_stats(s->agent, NTATAG_S_RECV_MSG_REF(recv), TAG_END());
-  recv += s->rx_taken;
-  uint64_t hr = uv_hrtime(), idle = uv_metrics_idle_time(s->uv);
-  if (s->rx_at) {
-    int64_t busy_ns = (int64_t)(hr - s->rx_hr) - (int64_t)(idle - s->rx_idle);
-    double busy_ms = (double)busy_ns / 1e6;
-    s->rx_rate = rate_update(s->rx_rate, recv - s->rx_count, busy_ms);
-    s->rx_reg_rate = rate_update(s->rx_reg_rate, s->rx_reg - s->rx_reg_count, busy_ms);
+  if (now - s->rx_at >= SIP_RATE_WINDOW_MS) {
+    usize_t recv = 0;
+    nta_agent_get_stats(s->agent, NTATAG_S_RECV_MSG_REF(recv), TAG_END());
+    /* Datagrams read past nta (the peek's, the REGISTER socket's) too. */
+    recv += s->rx_taken;
+    uint64_t hr = uv_hrtime(), idle = uv_metrics_idle_time(s->uv);
+    if (s->rx_at) {
+      int64_t busy_ns = (int64_t)(hr - s->rx_hr) - (int64_t)(idle - s->rx_idle);
+      double busy_ms = (double)busy_ns / 1e6;
+      double r = (double)(recv - s->rx_count) / (busy_ms > 1.0 ? busy_ms : 1.0);
+      /* A window with little work says little of the node's speed: taken
+       * in, a quiet while brought the estimate down to the floor, and the
+       * first burst after it was shed (bench-sip's calls steps, which
+       * follow kamailio's: 18-22 calls failed at bob's node). */
+      if (busy_ms >= SIP_RATE_MIN_BUSY_MS && recv - s->rx_count >= SIP_RATE_MIN_MSGS)
+        s->rx_rate = s->rx_rate > 0 ? 0.7 * s->rx_rate + 0.3 * r : r;
+    }
+    s->rx_count = recv, s->rx_at = now, s->rx_hr = hr, s->rx_idle = idle;
   }
-  s->rx_count = recv, s->rx_reg_count = s->rx_reg;
-  s->rx_at = now, s->rx_hr = hr, s->rx_idle = idle;
+  double rate = s->rx_rate > SIP_RATE_FLOOR ? s->rx_rate : SIP_RATE_FLOOR;
+  return (double)queued_bytes(s) / SIP_QUEUE_TRUESIZE / rate;
 }
 
-/* ms the queue of bytes takes at rate messages/ms (SIP_QUEUE_TRUESIZE
- * bytes each, about). */
-static double drain_ms(unsigned bytes, double rate)
-{
-  return (double)bytes / SIP_QUEUE_TRUESIZE / (rate > SIP_RATE_FLOOR ? rate : SIP_RATE_FLOOR);
-}
-
-/* Work we cannot take now: with sofia's socket's queue long (what waits
- * behind in it, an ACK, an OPTIONS, would wait too), the REGISTER socket's
- * too long for T1 or half full, or the DHT behind on our REGISTERs, a new
- * REGISTER or dialog-creating request gets 503 with Retry-After before any
- * state exists; requests of dialogs under way and OPTIONS still go
- * through.  SHED_QUEUE marks the queues' reasons (count_shed). */
-enum { SHED_NEW = 1, SHED_REGISTER = 2, SHED_QUEUE = 4 }; /* what overloaded() says we shed */
+/* Work we cannot take now: with the socket's queue long (what waits behind
+ * in it, an ACK, an OPTIONS, would wait too) or the DHT behind on our
+ * REGISTERs, a new REGISTER or dialog-creating request gets 503 with
+ * Retry-After before any state exists; requests of dialogs under way and
+ * OPTIONS still go through. */
+enum { SHED_NEW = 1, SHED_REGISTER = 2 }; /* what overloaded() says we shed */
 
 static int overloaded(sip_svc_t *s)
 {
-  rates_update(s);
-  read_queues(s);
-  int why = s->n_rtx >= SIP_MAX_REGISTERING ? SHED_REGISTER : 0;
-  if (drain_ms(s->q_bytes, s->rx_rate) > SIP_SHED_DELAY_MS)
-    why |= SHED_NEW | SHED_REGISTER | SHED_QUEUE;
-  unsigned cap = sip__regsock_rcvbuf(s->regsock);
-  if (drain_ms(s->q_reg_bytes, s->rx_reg_rate) > SIP_SHED_REG_DELAY_MS ||
-      (cap && s->q_reg_bytes > SIP_SHED_REG_FILL * cap))
-    why |= SHED_REGISTER | SHED_QUEUE;
-  return why;
+  return (s->n_rtx >= SIP_MAX_REGISTERING ? SHED_REGISTER : 0) |
+         (queue_delay_ms(s) > SIP_SHED_DELAY_MS ? SHED_NEW | SHED_REGISTER : 0);
 }
 
+/* overloaded()'s answer when sip must be shed, else 0. */
 static int must_shed(sip_svc_t *s, const sip_t *sip)
 {
   sip_method_t m = sip->sip_request->rq_method;
@@ -393,7 +371,7 @@ static void count_shed(sip_svc_t *s, int why, int peeked)
 {
   s->c.shed++;
   s->c.shed_peeked += peeked != 0;
-  if (why & SHED_QUEUE)
+  if (why & SHED_NEW)
     s->c.shed_queue++;
   else
     s->c.shed_dht_behind++;
@@ -721,7 +699,7 @@ void sip__regsock_error(sip_svc_t *s, int err, const struct sockaddr_storage *to
 void sip__regsock_take(sip_svc_t *s, const char *buf, size_t len, int truncated,
                        const struct sockaddr_storage *sa, socklen_t salen)
 {
-  s->rx_taken++, s->rx_reg++, s->c.register_socket++;
+  s->rx_taken++, s->c.register_socket++;
   sip_lines_t *h = head_buffer(s);
   if (!h)
     return;
@@ -1032,7 +1010,7 @@ int sip_new(uv_loop_t *loop, dht_t *dht, const sip_config_t *cfg, sip_svc_t **ou
   if (!s)
     return -ENOMEM;
   s->uv = loop, s->dht = dht, s->udp_fd = -1;
-  uv_loop_configure(loop, UV_METRICS_IDLE_TIME); /* rates_update() */
+  uv_loop_configure(loop, UV_METRICS_IDLE_TIME); /* queue_delay_ms() */
   if (su_users++ == 0) {
     su_init();
     su_log_redirect(NULL, su_logger, NULL);
@@ -1418,20 +1396,13 @@ json_t *sip_stats_json(const sip_svc_t *s)
   for (size_t i = 0; counters && i < sizeof down / sizeof *down; i++)
     json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);
-  /* What the shedding decides by (overloaded()), as last measured. */
-  json_t *load = json_pack("{s:f, s:f, s:I, s:I, s:I, s:I}", "rate_per_ms", s->rx_rate,
-                           "register_rate_per_ms", s->rx_reg_rate, "queue_bytes",
-                           (json_int_t)s->q_bytes, "register_queue_bytes",
-                           (json_int_t)s->q_reg_bytes, "register_rcvbuf",
-                           (json_int_t)sip__regsock_rcvbuf(s->regsock), "registering",
-                           (json_int_t)s->n_rtx);
-  return json_pack("{s:s, s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o, s:o, s:o, s:o}", "listen",
+  return json_pack("{s:s, s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o, s:o, s:o}", "listen",
                    s->hostport, "tls", s->tls_hostport, "overlay", s->overlay, "gateway", s->gateway, "registrations",
                    (json_int_t)sip__regs_count(s), "transactions", "proxy",
                    (json_int_t)s->n_ptx, "server", (json_int_t)server_tr, "client",
                    (json_int_t)client_tr, "proxy_peers_known", s->n_peers, "counters",
                    counters ? counters : json_object(), "flow", flow ? flow : json_object(),
-                   "users", sip__users_json(s), "load", load ? load : json_object());
+                   "users", sip__users_json(s));
 }
 
 json_t *sip_registrations_json(const sip_svc_t *s)

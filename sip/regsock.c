@@ -48,7 +48,6 @@
 struct sip_regsock {
   uv_poll_t poll;
   int fd;
-  unsigned rcvbuf; /* SO_RCVBUF as the kernel set it */
   sip_svc_t *s; /* NULL once closing */
   struct mmsghdr mm[REGSOCK_BATCH];
   struct iovec iov[REGSOCK_BATCH];
@@ -145,7 +144,7 @@ static int bind_beside(int udp_fd)
 {
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
-  int one = 1, v6only = 0, rcvbuf = SIP_REG_RCVBUF;
+  int one = 1, v6only = 0, rcvbuf = SIP_UDP_RCVBUF;
   socklen_t vlen = sizeof v6only;
   if (getsockname(udp_fd, (struct sockaddr *)&ss, &len) < 0)
     return -errno;
@@ -188,10 +187,7 @@ int sip__regsock_open(sip_svc_t *s, uv_loop_t *uv, sip_regsock_t **out)
     free(r);
     return fd < 0 ? fd : -EINVAL;
   }
-  int rcvbuf = 0;
-  socklen_t rlen = sizeof rcvbuf;
-  getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, &rlen);
-  r->fd = fd, r->s = s, r->poll.data = r, r->rcvbuf = rcvbuf > 0 ? (unsigned)rcvbuf : 0;
+  r->fd = fd, r->s = s, r->poll.data = r;
   uv_poll_start(&r->poll, UV_READABLE, on_readable);
   *out = r;
   return 0;
@@ -200,11 +196,6 @@ int sip__regsock_open(sip_svc_t *s, uv_loop_t *uv, sip_regsock_t **out)
 int sip__regsock_fd(const sip_regsock_t *r)
 {
   return r ? r->fd : -1;
-}
-
-unsigned sip__regsock_rcvbuf(const sip_regsock_t *r)
-{
-  return r ? r->rcvbuf : 0;
 }
 
 static void on_closed(uv_handle_t *h)

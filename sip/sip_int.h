@@ -50,16 +50,6 @@
  * byte count either shed calls on every 25 ms the node was descheduled or
  * let REGISTERs, ten times costlier each, wait for hundreds of ms.) */
 #define SIP_SHED_DELAY_MS 50.0
-/* The REGISTER socket's own queue holds nothing but REGISTERs, which the
- * loop takes in turns with sofia's socket: it may wait longer, as long as
- * the answer still beats the phone's first retransmission (T1, 500 ms).
- * Shedding at 50 ms there turned every moment the machine was short of CPU
- * into failed registrations (bench-sip at 23,480/s: 388,374 of 1,408,800,
- * docs/BENCHMARKS.md, session 20).  It sheds too when its buffer is half
- * full, so that a 503, not a silent drop, answers what does not fit. */
-#define SIP_SHED_REG_DELAY_MS 200.0
-#define SIP_SHED_REG_FILL 0.5
-#define SIP_REG_RCVBUF (8 << 20) /* the REGISTER socket's (the kernel doubles it) */
 #define SIP_QUEUE_TRUESIZE 1400.0 /* kernel bytes per queued datagram, about (loopback) */
 #define SIP_RATE_WINDOW_MS 100
 #define SIP_RATE_MIN_BUSY_MS 5.0 /* a window busy less than this leaves the rate as it was */
@@ -276,16 +266,12 @@ struct sip_svc {
   int udp_fd;             /* sofia's SIP UDP socket (its queue says when to shed), or -1 */
   sip_regsock_t *regsock; /* the REGISTER socket beside it (regsock.c), or NULL */
   uint64_t rx_taken;      /* datagrams the node read past sofia (peek, REGISTER socket) */
-  uint64_t rx_reg;        /* of those, from the REGISTER socket */
   uint64_t rx_at;         /* start of the current rate window (uv_now), 0: none yet */
   usize_t rx_count;       /* nta's messages received then */
-  uint64_t rx_reg_count;  /* rx_reg then */
   uint64_t rx_hr, rx_idle; /* uv_hrtime(), uv_metrics_idle_time() then (ns) */
-  uint64_t q_hr;           /* uv_hrtime() when the queues were read (ns) */
-  unsigned q_bytes;        /* sofia's SIP UDP socket's queue then */
-  unsigned q_reg_bytes;    /* the REGISTER socket's */
+  uint64_t q_hr;           /* uv_hrtime() when q_bytes was read (ns) */
+  unsigned q_bytes;        /* the SIP UDP socket's queue then */
   double rx_rate;         /* messages/ms, smoothed */
-  double rx_reg_rate;     /* REGISTER socket datagrams/ms, smoothed */
   unsigned n_rtx;         /* REGISTERs waiting for the DHT */
   struct sip_resend *resend; /* REGISTER answers' bytes (resend.c), or NULL */
   struct sip_shed *shed_keys; /* REGISTERs the peek shed lately (resend.c), or NULL */
@@ -332,7 +318,6 @@ void sip__loop_free(sip_loop_t *l);
 int sip__regsock_open(sip_svc_t *s, uv_loop_t *uv, sip_regsock_t **out);
 void sip__regsock_close(sip_regsock_t *r);
 int sip__regsock_fd(const sip_regsock_t *r);
-unsigned sip__regsock_rcvbuf(const sip_regsock_t *r); /* as the kernel set it, bytes */
 
 /* core.c */
 /* A datagram the REGISTER socket read (len bytes; truncated when it was

@@ -25,9 +25,7 @@ would, while other callers go on:
   (shed_peeked), retransmissions of answered ones get the kept bytes again
   (register_resent_peeked), OPTIONS from another source are answered
   within 100 ms throughout, and every user that got a 200 is registered;
-- absorb: a backlog of 120 ms of REGISTERs (at the speed the node measured)
-  is taken whole, none shed;
-- backlog: 24,000 REGISTERs queued while the node is stopped overflow its
+- backlog: 12,000 REGISTERs queued while the node is stopped overflow its
   REGISTER socket, yet the OPTIONS sent behind them is answered within
   100 ms of the node running again (REGISTERs have a socket of their own);
 - quiet: after 3 s of quiet the node still knows its speed, and 150
@@ -333,16 +331,11 @@ def test_heap_figures(node):
           "(walk %d us)" % first["heap_walk_us"], [m for m, _ in mems])
 
 
-STALL_MS = 600  # past SIP_SHED_REG_DELAY_MS of the flood, and half the REGISTER socket
-
-
 def test_overload(c, node):
     """A node that keeps up with a flood of cheap re-REGISTERs (13,000/s)
-    sheds nothing; stalled for STALL_MS now and then, it finds more queued
-    in its REGISTER socket than it drains within SIP_SHED_REG_DELAY_MS (or
-    the socket half full) and answers the excess with 503s built at the
-    peek, unparsed.  A shorter backlog it takes (test_absorb): that a
-    REGISTER waits 150 ms costs nothing, while a 503 fails a registration."""
+    sheds nothing; stalled for 150 ms now and then, it finds more queued
+    than it drains within SIP_SHED_DELAY_MS and answers the excess with 503s
+    built at the peek, unparsed."""
     dest = su.sip_dest(c, node)
     before = counters(node)
     # A node built with ASan drains a tenth as fast: 20 a ms outran its
@@ -351,8 +344,7 @@ def test_overload(c, node):
     flooder = subprocess.Popen([sys.executable, "-c", FLOODER, dest[0], str(dest[1]), "4",
                                 OVERLAY, str(per_ms)], stdout=subprocess.PIPE, text=True)
     windows = []
-    staller = threading.Thread(target=stall, args=(node.pid, windows),
-                               kwargs={"ms": STALL_MS, "every": 0.6}, daemon=True)
+    staller = threading.Thread(target=stall, args=(node.pid, windows), daemon=True)
     staller.start()
     alice = su.Ua("alice")
     worst, probes, timed, others = 0.0, 0, [], []
@@ -391,9 +383,9 @@ def test_overload(c, node):
           "most of what is shed is shed at the peek", d)
     check(d["register_resent_peeked"] >= 1, "retransmissions of answered ones get the kept "
           "bytes again, unparsed", d)
-    check(max(stalled, default=0) < STALL_MS + 300,
-          "OPTIONS caught in a %d ms stop answered within %d ms (max %.0f of %d)" %
-          (STALL_MS, STALL_MS + 300, max(stalled, default=0), len(stalled)), stalled)
+    check(max(stalled, default=0) < 400,
+          "OPTIONS caught in a 100 ms stop answered within 400 ms (max %.0f of %d)" %
+          (max(stalled, default=0), len(stalled)), stalled)
     check(len(clear) >= 20 and not others and worst < 100,
           "OPTIONS from another source answered within 100 ms throughout (%d probes clear of "
           "the stops, max %.0f ms; none lost of %d)" % (len(clear), worst, probes),
@@ -414,40 +406,11 @@ def udp_drops(port):
         return sum(int(line.split()[-1]) for line in f if line.split()[1:2] == [want])
 
 
-def test_absorb(c, node):
-    """A backlog of REGISTERs that the node drains within
-    SIP_SHED_REG_DELAY_MS at the speed it measured is taken whole: a node
-    descheduled for a moment (a busy machine) sheds nothing.  The burst is
-    sized from that speed (load.register_rate_per_ms, measured by the
-    flood before): 120 ms of it, which sofia's 50 ms budget for its own
-    socket, once applied to this one too, shed (bench-sip at 23,480/s:
-    388,374 registrations of 1,408,800 failed)."""
-    dest = su.sip_dest(c, node)
-    rate = su.sip_stats(node)["load"]["register_rate_per_ms"]
-    n = max(200, min(int(rate * 120), 5500))  # 5,500: under half the socket (SIP_SHED_REG_FILL)
-    s, me = udp_socket(4 << 20)
-    before = counters(node)
-    os.kill(node.pid, signal.SIGSTOP)
-    try:
-        for i in range(n):
-            s.sendto(register_text("ab%d" % i, "ab-%d" % i, "ab%d" % i, me).encode(), dest)
-    finally:
-        os.kill(node.pid, signal.SIGCONT)
-    answers = drain(s, timeout=3.0)
-    shed = counters(node)["shed"] - before["shed"]
-    info("absorb: %d REGISTERs queued at once (the node measured %.1f a ms): %d answers %s, "
-         "%d shed" % (n, rate, len(answers), sorted(set(answers)), shed))
-    check(rate > 0 and len(answers) == n and set(answers) == {200} and shed == 0,
-          "a backlog of 120 ms of REGISTERs at the node's speed is taken whole, none shed",
-          (shed, len(answers), sorted(set(answers))))
-    s.close()
-
-
 def test_backlog(c, node):
     """A backlog of REGISTERs larger than the node's socket can hold never
     delays or loses an OPTIONS, an ACK or a call's request: the kernel
     gives datagrams starting "REGISTER " to a socket of their own
-    (sip/regsock.c).  With the node stopped, 24,000 REGISTERs arrive (the
+    (sip/regsock.c).  With the node stopped, 12,000 REGISTERs arrive (the
     kernel drops what overflows), then one OPTIONS; once the node runs
     again, the OPTIONS is answered within 100 ms, the backlog is read from
     the REGISTER socket (register_socket) and answered, and a phone
@@ -458,7 +421,7 @@ def test_backlog(c, node):
     before, drops0 = counters(node), udp_drops(dest[1])
     os.kill(node.pid, signal.SIGSTOP)
     try:
-        for i in range(24000):  # past the REGISTER socket's 16 MB
+        for i in range(12000):
             s.sendto(register_text("bl%d" % i, "bl-%d" % i, "bl%d" % i, me).encode(), dest)
         call_id, _, _ = alice.request(dest, "OPTIONS", ruri="sip:" + OVERLAY, contact=False)
     finally:
@@ -603,7 +566,6 @@ def test(h):
     test_amplification(c, A)
     test_repeats(c, B)
     test_overload(c, B)
-    test_absorb(c, B)
     test_backlog(c, B)
     test_quiet(c, B)
     test_shed_copies(c, B, [A.pid, C.pid])
