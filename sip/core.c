@@ -1396,13 +1396,16 @@ json_t *sip_stats_json(const sip_svc_t *s)
   for (size_t i = 0; counters && i < sizeof down / sizeof *down; i++)
     json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);
-  return json_pack("{s:s, s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o, s:o, s:o}", "listen",
+  /* What the shedding decides by (overloaded()), as last measured. */
+  json_t *load = json_pack("{s:f, s:I, s:I}", "rate_per_ms", s->rx_rate, "queue_bytes",
+                           (json_int_t)s->q_bytes, "registering", (json_int_t)s->n_rtx);
+  return json_pack("{s:s, s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o, s:o, s:o, s:o}", "listen",
                    s->hostport, "tls", s->tls_hostport, "overlay", s->overlay, "gateway", s->gateway, "registrations",
                    (json_int_t)sip__regs_count(s), "transactions", "proxy",
                    (json_int_t)s->n_ptx, "server", (json_int_t)server_tr, "client",
                    (json_int_t)client_tr, "proxy_peers_known", s->n_peers, "counters",
                    counters ? counters : json_object(), "flow", flow ? flow : json_object(),
-                   "users", sip__users_json(s));
+                   "users", sip__users_json(s), "load", load ? load : json_object());
 }
 
 json_t *sip_registrations_json(const sip_svc_t *s)

@@ -364,6 +364,9 @@ def test_overload(c, node):
             flooder.wait()
         staller.join(timeout=10)
     r = json.loads(out)
+    load = su.sip_stats(node)["load"]
+    check(load["rate_per_ms"] > 1.0 and load["registering"] >= 0,
+          "sip's load shows the speed the node measured under the flood", load)
     after = counters(node)
     d = {k: after[k] - before[k] for k in ("shed", "shed_peeked", "register_resent_peeked",
                                            "register_repeats", "register_ok")}
