@@ -297,13 +297,28 @@ static void conn_flush(dht__conn_t *c) {
   if (w) write_now(c, w);
 }
 
-/* Only writes wait: STOREs, their answers and batches.  Lookups, gets and
- * the ring's upkeep go at once and take what a link held with them.  In
- * the secured mode puts and gets both travel in ROUTE frames, which
- * therefore never wait. */
-static bool frame_may_wait(uint8_t type) {
-  return type == PROTO_STORE || type == PROTO_STORE_R || type == PROTO_STORES ||
-         type == PROTO_STORES_R;
+/* Only writes wait: STOREs, their answers and batches, and in the
+ * secured mode the ROUTE and ROUTE_R frames that carry them (their inner
+ * type is read from the body).  Lookups, gets and the ring's upkeep go at
+ * once and take what a link held with them. */
+static bool frame_may_wait(uint8_t type, const uint8_t *body, size_t len) {
+  proto_route_t q;
+  proto_route_r_t r;
+  switch (type) {
+  case PROTO_STORE:
+  case PROTO_STORE_R:
+  case PROTO_STORES:
+  case PROTO_STORES_R:
+    return true;
+  case PROTO_ROUTE: /* its inner type is never ROUTE (proto.h) */
+    return proto_route_decode(body, len, &q) == 0 && q.type != PROTO_ROUTE &&
+           frame_may_wait(q.type, NULL, 0);
+  case PROTO_ROUTE_R:
+    return proto_route_r_decode(body, len, &r) == 0 && r.type != PROTO_ROUTE_R &&
+           frame_may_wait(r.type, NULL, 0);
+  default:
+    return false;
+  }
 }
 
 /* A busy link, written to twice within link_hold_ms and last less than
@@ -374,7 +389,7 @@ static void conn_send(dht__conn_t *c, uint8_t type, uint32_t txid, const uint8_t
   c->d->stats.out_by_type[type]++;
   c->d->stats.bytes_out += PROTO_HDR_LEN + len;
   c->last_active = uv_now(c->d->loop);
-  c->urgent |= !frame_may_wait(type);
+  c->urgent |= !frame_may_wait(type, body, len);
   uint8_t *at = c->ready && !c->ssl ? out_room(c, PROTO_HDR_LEN + len) : NULL;
   wreq_t *w = at ? NULL : malloc(sizeof(*w) + PROTO_HDR_LEN + len);
   if (!at && !w) {

@@ -405,9 +405,10 @@ static const opt_def_t opt_table[] = {
     {"refresh", 1, o_refresh, "SECONDS", "how often owners re-store their values (default 30)"},
     {"stabilize-max", 1, o_stab, "MS", "longest ring upkeep interval when quiet (default 30000)"},
     {"link-hold", 1, o_link_hold, "MS",
-     "a busy peer link keeps new STOREs and their answers up to MS\n"
-     "                             so that under load one write carries several; lookups and\n"
-     "                             gets never wait (default 10, 0: every loop iteration writes)"},
+     "a busy peer link keeps new STOREs and their answers (routed\n"
+     "                             ones too) up to MS so that under load one write carries\n"
+     "                             several; lookups and gets never wait (default 10,\n"
+     "                             0: every loop iteration writes)"},
     {"sip", 1, o_sip, "IP:PORT", "serve SIP phones on UDP and TCP there (registrar, proxy)"},
     {"sip-cache-ms", 1, o_sip_cache, "MS", "reuse a user record found in the DHT this long when\n"
      "                             proxying (default 2000, 0 = ask the DHT every time)"},
