@@ -144,7 +144,7 @@ static int bind_beside(int udp_fd)
 {
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
-  int one = 1, v6only = 0, rcvbuf = SIP_UDP_RCVBUF;
+  int one = 1, v6only = 0, rcvbuf = SIP_REG_RCVBUF;
   socklen_t vlen = sizeof v6only;
   if (getsockname(udp_fd, (struct sockaddr *)&ss, &len) < 0)
     return -errno;
