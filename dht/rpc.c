@@ -310,12 +310,10 @@ static bool frame_may_wait(uint8_t type, const uint8_t *body, size_t len) {
   case PROTO_STORES:
   case PROTO_STORES_R:
     return true;
-  case PROTO_ROUTE: /* its inner type is never ROUTE (proto.h) */
-    return proto_route_decode(body, len, &q) == 0 && q.type != PROTO_ROUTE &&
-           frame_may_wait(q.type, NULL, 0);
+  case PROTO_ROUTE: /* the decoders refuse a ROUTE inside one: no deeper */
+    return proto_route_decode(body, len, &q) == 0 && frame_may_wait(q.type, NULL, 0);
   case PROTO_ROUTE_R:
-    return proto_route_r_decode(body, len, &r) == 0 && r.type != PROTO_ROUTE_R &&
-           frame_may_wait(r.type, NULL, 0);
+    return proto_route_r_decode(body, len, &r) == 0 && frame_may_wait(r.type, NULL, 0);
   default:
     return false;
   }
