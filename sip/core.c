@@ -296,27 +296,28 @@ static unsigned socket_queue(int fd)
 
 /* Bytes waiting in the SIP UDP sockets (sofia's and the REGISTER one),
  * read at most once per SIP_QUEUE_READ_NS: every REGISTER asked twice, and
- * the getsockopt() calls were a sixth of the registrar's system calls. */
-static unsigned queued_bytes(sip_svc_t *s)
+ * the getsockopt() calls were a sixth of the registrar's system calls.
+ * Returns uv_hrtime(). */
+static uint64_t read_queues(sip_svc_t *s)
 {
   uint64_t hr = uv_hrtime();
   if (s->q_hr && hr - s->q_hr < SIP_QUEUE_READ_NS)
-    return s->q_bytes;
+    return hr;
   s->q_hr = hr;
-  s->q_bytes = socket_queue(s->udp_fd) + socket_queue(sip__regsock_fd(s->regsock));
-  return s->q_bytes;
+  s->q_bytes = socket_queue(s->udp_fd);
+  s->q_reg_bytes = socket_queue(sip__regsock_fd(s->regsock));
+  return hr;
 }
 
-/* How long the socket's queue takes to drain, in ms: the datagrams queued
- * (SIP_QUEUE_TRUESIZE bytes each, about) over the rate the node takes
- * messages at when it works (windows of SIP_RATE_WINDOW_MS, smoothed: nta's
- * messages over the time the loop was not waiting for events).  Bytes
- * alone cannot say it: a call's messages cost a tenth of a REGISTER's.
- * Nor can the rate messages arrived at: a node a third busy that was
- * descheduled for 50 ms drains that backlog in 17 ms, and taking the
- * arrival rate for its speed shed calls it would have carried (bench-sip
- * at 2,060 calls/s: 9,511 requests shed, 3,850 calls failed). */
-static double queue_delay_ms(sip_svc_t *s)
+/* The rate the node takes messages at when it works, messages/ms
+ * (windows of SIP_RATE_WINDOW_MS, smoothed: nta's messages over the time
+ * the loop was not waiting for events).  Bytes alone cannot say how long
+ * a queue takes: a call's messages cost a tenth of a REGISTER's.  Nor can
+ * the rate messages arrived at: a node a third busy that was descheduled
+ * for 50 ms drains that backlog in 17 ms, and taking the arrival rate for
+ * its speed shed calls it would have carried (bench-sip at 2,060
+ * calls/s: 9,511 requests shed, 3,850 calls failed). */
+static double take_rate(sip_svc_t *s)
 {
   uint64_t now = sip__now_ms(s);
   if (now - s->rx_at >= SIP_RATE_WINDOW_MS) {
@@ -338,21 +339,50 @@ static double queue_delay_ms(sip_svc_t *s)
     }
     s->rx_count = recv, s->rx_at = now, s->rx_hr = hr, s->rx_idle = idle;
   }
-  double rate = s->rx_rate > SIP_RATE_FLOOR ? s->rx_rate : SIP_RATE_FLOOR;
-  return (double)queued_bytes(s) / SIP_QUEUE_TRUESIZE / rate;
+  return s->rx_rate > SIP_RATE_FLOOR ? s->rx_rate : SIP_RATE_FLOOR;
 }
 
-/* Work we cannot take now: with the socket's queue long (what waits behind
- * in it, an ACK, an OPTIONS, would wait too) or the DHT behind on our
- * REGISTERs, a new REGISTER or dialog-creating request gets 503 with
- * Retry-After before any state exists; requests of dialogs under way and
- * OPTIONS still go through. */
-enum { SHED_NEW = 1, SHED_REGISTER = 2 }; /* what overloaded() says we shed */
+/* How long a queue of bytes takes to drain at rate, in ms (datagrams of
+ * SIP_QUEUE_TRUESIZE bytes each, about). */
+static double drain_ms(unsigned bytes, double rate)
+{
+  return (double)bytes / SIP_QUEUE_TRUESIZE / rate;
+}
+
+/* Whether the REGISTER socket's queue, delay_ms long now (hr), has been
+ * longer than SIP_SHED_DELAY_MS for SIP_SHED_STANDING_MS.  The clock is
+ * read afresh, not the loop's: a node stopped mid-iteration would find
+ * the stop in its own standing time. */
+static int register_queue_stands(sip_svc_t *s, double delay_ms, uint64_t hr)
+{
+  if (delay_ms <= SIP_SHED_DELAY_MS) {
+    s->reg_above_hr = 0;
+    return 0;
+  }
+  if (!s->reg_above_hr)
+    s->reg_above_hr = hr;
+  return hr - s->reg_above_hr >= (uint64_t)SIP_SHED_STANDING_MS * 1000000;
+}
+
+/* Work we cannot take now, by what overloaded() says: with sofia's
+ * socket's queue long (what waits behind in it, an ACK, an OPTIONS, would
+ * wait too) new REGISTERs and dialog-creating requests; with the REGISTER
+ * socket's queue standing long, or the DHT behind on our REGISTERs, new
+ * REGISTERs.  They get 503 with Retry-After before any state exists;
+ * requests of dialogs under way and OPTIONS still go through.  SHED_QUEUE
+ * says a queue was the reason. */
+enum { SHED_NEW = 1, SHED_REGISTER = 2, SHED_QUEUE = 4 };
 
 static int overloaded(sip_svc_t *s)
 {
-  return (s->n_rtx >= SIP_MAX_REGISTERING ? SHED_REGISTER : 0) |
-         (queue_delay_ms(s) > SIP_SHED_DELAY_MS ? SHED_NEW | SHED_REGISTER : 0);
+  double rate = take_rate(s);
+  uint64_t hr = read_queues(s);
+  int why = s->n_rtx >= SIP_MAX_REGISTERING ? SHED_REGISTER : 0;
+  if (drain_ms(s->q_bytes, rate) > SIP_SHED_DELAY_MS)
+    why |= SHED_NEW | SHED_REGISTER | SHED_QUEUE;
+  if (register_queue_stands(s, drain_ms(s->q_reg_bytes, rate), hr))
+    why |= SHED_REGISTER | SHED_QUEUE;
+  return why;
 }
 
 /* overloaded()'s answer when sip must be shed, else 0. */
@@ -371,7 +401,7 @@ static void count_shed(sip_svc_t *s, int why, int peeked)
 {
   s->c.shed++;
   s->c.shed_peeked += peeked != 0;
-  if (why & SHED_NEW)
+  if (why & SHED_QUEUE)
     s->c.shed_queue++;
   else
     s->c.shed_dht_behind++;
@@ -1010,7 +1040,7 @@ int sip_new(uv_loop_t *loop, dht_t *dht, const sip_config_t *cfg, sip_svc_t **ou
   if (!s)
     return -ENOMEM;
   s->uv = loop, s->dht = dht, s->udp_fd = -1;
-  uv_loop_configure(loop, UV_METRICS_IDLE_TIME); /* queue_delay_ms() */
+  uv_loop_configure(loop, UV_METRICS_IDLE_TIME); /* take_rate() */
   if (su_users++ == 0) {
     su_init();
     su_log_redirect(NULL, su_logger, NULL);
@@ -1397,8 +1427,11 @@ json_t *sip_stats_json(const sip_svc_t *s)
     json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);
   /* What the shedding decides by (overloaded()), as last measured. */
-  json_t *load = json_pack("{s:f, s:I, s:I}", "rate_per_ms", s->rx_rate, "queue_bytes",
-                           (json_int_t)s->q_bytes, "registering", (json_int_t)s->n_rtx);
+  uint64_t above = s->reg_above_hr ? (uv_hrtime() - s->reg_above_hr) / 1000000 : 0;
+  json_t *load = json_pack("{s:f, s:I, s:I, s:I, s:I}", "rate_per_ms", s->rx_rate, "queue_bytes",
+                           (json_int_t)s->q_bytes + s->q_reg_bytes, "register_queue_bytes",
+                           (json_int_t)s->q_reg_bytes, "register_queue_long_ms",
+                           (json_int_t)above, "registering", (json_int_t)s->n_rtx);
   return json_pack("{s:s, s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o, s:o, s:o, s:o}", "listen",
                    s->hostport, "tls", s->tls_hostport, "overlay", s->overlay, "gateway", s->gateway, "registrations",
                    (json_int_t)sip__regs_count(s), "transactions", "proxy",

@@ -55,6 +55,14 @@
  * byte count either shed calls on every 25 ms the node was descheduled or
  * let REGISTERs, ten times costlier each, wait for hundreds of ms.) */
 #define SIP_SHED_DELAY_MS 50.0
+/* The REGISTER socket's queue, which nothing else waits behind, sheds only
+ * once it has stood above SIP_SHED_DELAY_MS this long: a brief shortage
+ * (the node descheduled, a burst) is served late, as a queue is for, and
+ * only a standing one, where more comes than the node takes, is answered
+ * 503.  Every 503 is a registration refused; a REGISTER served 200 ms late
+ * is not even retransmitted (T1 is 500 ms).  With 50 ms, bench-sip's
+ * steps failed on moments: 81,214 shed at 21,000/s under perf. */
+#define SIP_SHED_STANDING_MS 500
 #define SIP_QUEUE_TRUESIZE 1400.0 /* kernel bytes per queued datagram, about (loopback) */
 #define SIP_RATE_WINDOW_MS 100
 #define SIP_RATE_MIN_BUSY_MS 5.0 /* a window busy less than this leaves the rate as it was */
@@ -71,6 +79,7 @@
 #define SIP_SHED_MEMORY_MS 4000   /* for so long (T2) */
 #define SIP_LOOP_BURST 8          /* sofia steps in a row while datagrams are queued */
 #define SIP_RTX_SPARES 128       /* freed REGISTER records kept for reuse (~1 MB) */
+#define SIP_OP_SPARES 1024       /* finished DHT call records kept for reuse (48 KB) */
 #define SIP_REG_LINGER_MS 16000   /* a REGISTER's answer is kept for retransmissions */
 #define SIP_REG_ANSWER_BUCKETS 262144 /* SIP_REG_ANSWERS_MAX at most: chains under one */
 #define SIP_REG_ANSWERS_MAX 200000 /* answers kept at most (~50 MB at worst) */
@@ -227,6 +236,8 @@ struct sip_svc {
   struct sip_rtx *rtx_spare; /* freed ones kept for reuse (registrar.c) */
   unsigned n_rtx_spare;
   sip_op_t *ops;       /* DHT operations in flight */
+  sip_op_t *op_spare;  /* finished ones kept for reuse (dhtop.c) */
+  unsigned n_op_spare;
 
   /* Proxy peers: the list last fetched and who waits for a fetch. */
   sip_peer_t peers[SIP_MAX_PEERS];
@@ -274,8 +285,10 @@ struct sip_svc {
   uint64_t rx_at;         /* start of the current rate window (uv_now), 0: none yet */
   usize_t rx_count;       /* nta's messages received then */
   uint64_t rx_hr, rx_idle; /* uv_hrtime(), uv_metrics_idle_time() then (ns) */
-  uint64_t q_hr;           /* uv_hrtime() when q_bytes was read (ns) */
-  unsigned q_bytes;        /* the SIP UDP socket's queue then */
+  uint64_t q_hr;           /* uv_hrtime() when the queues were read (ns) */
+  unsigned q_bytes;        /* sofia's SIP UDP socket's queue then */
+  unsigned q_reg_bytes;    /* the REGISTER socket's queue then */
+  uint64_t reg_above_hr;   /* uv_hrtime() since when the REGISTER queue is long, 0: it is not */
   double rx_rate;         /* messages/ms, smoothed */
   unsigned n_rtx;         /* REGISTERs waiting for the DHT */
   struct sip_resend *resend; /* REGISTER answers' bytes (resend.c), or NULL */
