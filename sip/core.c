@@ -58,6 +58,13 @@ uint32_t sip__fnv(uint32_t h, const char *p, int fold)
   return h;
 }
 
+uint32_t sip__fnv_n(uint32_t h, const char *p, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    h = (h ^ (uint8_t)p[i]) * 16777619u;
+  return h;
+}
+
 /* The bytes of a message nta sent (it keeps them in the message once
  * serialized), copied to bytes: their length, 0 when over cap. */
 static size_t sent_bytes(msg_t *reply, char *bytes, size_t cap)
@@ -349,29 +356,60 @@ static double drain_ms(unsigned bytes, double rate)
   return (double)bytes / SIP_QUEUE_TRUESIZE / rate;
 }
 
-/* Whether the REGISTER socket's queue, delay_ms long now (hr), has been
- * longer than SIP_SHED_DELAY_MS for SIP_SHED_STANDING_MS.  The clock is
- * read afresh, not the loop's: a node stopped mid-iteration would find
- * the stop in its own standing time. */
-static int register_queue_stands(sip_svc_t *s, double delay_ms, uint64_t hr)
+/* The share of new REGISTERs to shed for the REGISTER socket's queue,
+ * delay_ms long now (hr): none until the queue has stood longer than
+ * SIP_SHED_DELAY_MS for SIP_SHED_STANDING_MS, then as the delay steers it
+ * (SIP_SHED_ALPHA, SIP_SHED_BETA) while the queue is long, until it is
+ * back to none with the queue short.  The clock is read afresh, not the
+ * loop's: a node stopped mid-iteration would find the stop in its own
+ * standing time. */
+static double register_shed_share(sip_svc_t *s, double delay_ms, uint64_t hr)
 {
-  if (delay_ms <= SIP_SHED_DELAY_MS) {
-    s->reg_above_hr = 0;
-    return 0;
+  sip_shedctl_t *c = &s->reg_shed;
+  if (!c->update_hr) {
+    if (delay_ms <= SIP_SHED_DELAY_MS) {
+      c->above_hr = 0;
+      return 0;
+    }
+    if (!c->above_hr)
+      c->above_hr = hr;
+    if (hr - c->above_hr < (uint64_t)SIP_SHED_STANDING_MS * 1000000)
+      return 0;
+    c->update_hr = hr, c->share = 0, c->delay_ms = delay_ms;
   }
-  if (!s->reg_above_hr)
-    s->reg_above_hr = hr;
-  return hr - s->reg_above_hr >= (uint64_t)SIP_SHED_STANDING_MS * 1000000;
+  if (hr - c->update_hr >= (uint64_t)SIP_SHED_UPDATE_MS * 1000000) {
+    double p = c->share + SIP_SHED_ALPHA * (delay_ms - SIP_SHED_DELAY_MS) / 1000 +
+               SIP_SHED_BETA * (delay_ms - c->delay_ms) / 1000;
+    /* With the queue half short, the overload is over: the share halves
+     * each update (at 0.125 a second it stayed for seconds after). */
+    if (delay_ms <= SIP_SHED_DELAY_MS / 2)
+      p = c->share / 2;
+    c->share = p < 0.001 ? 0 : p > 1 ? 1 : p;
+    c->update_hr = hr, c->delay_ms = delay_ms;
+    if (c->share == 0 && delay_ms <= SIP_SHED_DELAY_MS)
+      c->update_hr = c->above_hr = 0;
+  }
+  /* A short queue sheds nothing, whatever the share. */
+  return delay_ms > SIP_SHED_DELAY_MS ? c->share : 0;
+}
+
+/* Whether the REGISTER of this Call-ID falls in the share shed: by its
+ * hash, so that each copy of it, and each look at it (the peek's, then
+ * sofia's), is judged alike. */
+static int in_shed_share(const sip_svc_t *s, const char *callid, size_t n)
+{
+  return (double)sip__fnv_n(SIP_FNV_INIT, callid, n) < s->reg_shed.share * 4294967296.0;
 }
 
 /* Work we cannot take now, by what overloaded() says: with sofia's
  * socket's queue long (what waits behind in it, an ACK, an OPTIONS, would
- * wait too) new REGISTERs and dialog-creating requests; with the REGISTER
- * socket's queue standing long, or the DHT behind on our REGISTERs, new
- * REGISTERs.  They get 503 with Retry-After before any state exists;
- * requests of dialogs under way and OPTIONS still go through.  SHED_QUEUE
- * says a queue was the reason. */
-enum { SHED_NEW = 1, SHED_REGISTER = 2, SHED_QUEUE = 4 };
+ * wait too) new REGISTERs and dialog-creating requests; with the DHT
+ * behind on our REGISTERs, new REGISTERs; with the REGISTER socket's
+ * queue standing long, a share of new REGISTERs (in_shed_share()).  They
+ * get 503 with Retry-After before any state exists; requests of dialogs
+ * under way and OPTIONS still go through.  SHED_QUEUE says a queue was
+ * the reason. */
+enum { SHED_NEW = 1, SHED_REGISTER = 2, SHED_QUEUE = 4, SHED_REGISTER_SHARE = 8 };
 
 static int overloaded(sip_svc_t *s)
 {
@@ -380,7 +418,16 @@ static int overloaded(sip_svc_t *s)
   int why = s->n_rtx >= SIP_MAX_REGISTERING ? SHED_REGISTER : 0;
   if (drain_ms(s->q_bytes, rate) > SIP_SHED_DELAY_MS)
     why |= SHED_NEW | SHED_REGISTER | SHED_QUEUE;
-  if (register_queue_stands(s, drain_ms(s->q_reg_bytes, rate), hr))
+  if (register_shed_share(s, drain_ms(s->q_reg_bytes, rate), hr) > 0)
+    why |= SHED_REGISTER_SHARE;
+  return why;
+}
+
+/* Whether overloaded()'s answer why sheds a REGISTER of this Call-ID: why
+ * with SHED_REGISTER | SHED_QUEUE added when its share says so. */
+static int register_shed(const sip_svc_t *s, int why, const char *callid, size_t n)
+{
+  if (!(why & SHED_REGISTER) && (why & SHED_REGISTER_SHARE) && in_shed_share(s, callid, n))
     why |= SHED_REGISTER | SHED_QUEUE;
   return why;
 }
@@ -393,6 +440,8 @@ static int must_shed(sip_svc_t *s, const sip_t *sip)
       m == sip_method_bye || m == sip_method_options)
     return 0;
   int why = overloaded(s);
+  if (m == sip_method_register && sip->sip_call_id)
+    why = register_shed(s, why, sip->sip_call_id->i_id, strlen(sip->sip_call_id->i_id));
   return why & (m == sip_method_register ? SHED_REGISTER : SHED_NEW) ? why : 0;
 }
 
@@ -550,6 +599,8 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
   int keyed = reg && sip__peek_branch(&pk, key, sizeof key) == 0;
   if (keyed)
     again = sip__resend_find(s, key, &n);
+  if (reg)
+    shed = register_shed(s, shed, pk.callid.p, pk.callid.n);
   int shedding = (shed & (reg ? SHED_REGISTER : SHED_NEW)) != 0;
   /* A copy of a REGISTER shed lately, while we still shed: its 503 went
    * out, and a 503 for every copy cost a fair share of the work shed
@@ -1427,11 +1478,12 @@ json_t *sip_stats_json(const sip_svc_t *s)
     json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);
   /* What the shedding decides by (overloaded()), as last measured. */
-  uint64_t above = s->reg_above_hr ? (uv_hrtime() - s->reg_above_hr) / 1000000 : 0;
-  json_t *load = json_pack("{s:f, s:I, s:I, s:I, s:I}", "rate_per_ms", s->rx_rate, "queue_bytes",
-                           (json_int_t)s->q_bytes + s->q_reg_bytes, "register_queue_bytes",
-                           (json_int_t)s->q_reg_bytes, "register_queue_long_ms",
-                           (json_int_t)above, "registering", (json_int_t)s->n_rtx);
+  uint64_t above = s->reg_shed.above_hr ? (uv_hrtime() - s->reg_shed.above_hr) / 1000000 : 0;
+  json_t *load = json_pack("{s:f, s:I, s:I, s:I, s:f, s:I}", "rate_per_ms", s->rx_rate,
+                           "queue_bytes", (json_int_t)s->q_bytes + s->q_reg_bytes,
+                           "register_queue_bytes", (json_int_t)s->q_reg_bytes,
+                           "register_queue_long_ms", (json_int_t)above, "register_shed_share",
+                           s->reg_shed.share, "registering", (json_int_t)s->n_rtx);
   return json_pack("{s:s, s:s, s:s, s:b, s:I, s:{s:I, s:I, s:I}, s:i, s:o, s:o, s:o, s:o}", "listen",
                    s->hostport, "tls", s->tls_hostport, "overlay", s->overlay, "gateway", s->gateway, "registrations",
                    (json_int_t)sip__regs_count(s), "transactions", "proxy",

@@ -63,6 +63,15 @@
  * is not even retransmitted (T1 is 500 ms).  With 50 ms, bench-sip's
  * steps failed on moments: 81,214 shed at 21,000/s under perf. */
 #define SIP_SHED_STANDING_MS 500
+/* Then a share of new REGISTERs is shed, the share steered by the queue's
+ * delay as RFC 8033 (PIE) steers its drop probability: every
+ * SIP_SHED_UPDATE_MS it moves by SIP_SHED_ALPHA per second of delay above
+ * SIP_SHED_DELAY_MS and SIP_SHED_BETA per second the delay grew.  Shedding
+ * all while the queue was long cut it to 50 ms each time: at 27,000/s,
+ * a little past what the node took, 26 % of registrations got 503s. */
+#define SIP_SHED_UPDATE_MS 16
+#define SIP_SHED_ALPHA 0.125
+#define SIP_SHED_BETA 1.25
 #define SIP_QUEUE_TRUESIZE 1400.0 /* kernel bytes per queued datagram, about (loopback) */
 #define SIP_RATE_WINDOW_MS 100
 #define SIP_RATE_MIN_BUSY_MS 5.0 /* a window busy less than this leaves the rate as it was */
@@ -205,6 +214,14 @@ typedef struct {
 
 #define SIP_MAX_ALLOW 32 /* --sip-allow-targets ranges (node/ caps them at 32) */
 
+/* The REGISTER socket's shedding (core.c, SIP_SHED_STANDING_MS). */
+typedef struct {
+  uint64_t above_hr;  /* uv_hrtime() since when its queue is long, 0: it is not */
+  uint64_t update_hr; /* the share's last update, 0: not shedding */
+  double share;       /* of new REGISTERs shed, 0 to 1 */
+  double delay_ms;    /* the queue's delay at that update */
+} sip_shedctl_t;
+
 struct sip_svc {
   uv_loop_t *uv;
   dht_t *dht;
@@ -288,7 +305,7 @@ struct sip_svc {
   uint64_t q_hr;           /* uv_hrtime() when the queues were read (ns) */
   unsigned q_bytes;        /* sofia's SIP UDP socket's queue then */
   unsigned q_reg_bytes;    /* the REGISTER socket's queue then */
-  uint64_t reg_above_hr;   /* uv_hrtime() since when the REGISTER queue is long, 0: it is not */
+  sip_shedctl_t reg_shed;  /* the REGISTER socket's shedding (core.c) */
   double rx_rate;         /* messages/ms, smoothed */
   unsigned n_rtx;         /* REGISTERs waiting for the DHT */
   struct sip_resend *resend; /* REGISTER answers' bytes (resend.c), or NULL */
@@ -350,6 +367,8 @@ uint64_t sip__now_ms(const sip_svc_t *s);
 /* FNV-1a over a string, folded to lower case when fold is set. */
 #define SIP_FNV_INIT 2166136261u
 uint32_t sip__fnv(uint32_t h, const char *p, int fold);
+/* The same over n bytes, as they are. */
+uint32_t sip__fnv_n(uint32_t h, const char *p, size_t n);
 /* Answers a request without a transaction (nothing is kept, nothing
  * retransmitted: one answer per request, so a forged source gets no more
  * than it sent) and marks it with our stateless To tag, whose ACKs are

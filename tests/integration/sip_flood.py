@@ -355,7 +355,7 @@ def test_overload(c, node):
     per_ms = 2 if os.environ.get("P2PSIP_SANITIZED") == "1" else 20
     flooder = subprocess.Popen([sys.executable, "-c", FLOODER, dest[0], str(dest[1]), "5",
                                 OVERLAY, str(per_ms)], stdout=subprocess.PIPE, text=True)
-    windows, stop_ms, brief = [], [100], {}
+    windows, stop_ms, brief, excess, share = [], [100], {}, {}, []
 
     def long_enough():
         # A stop long enough to queue 100 ms of the node's work (twice
@@ -373,7 +373,11 @@ def test_overload(c, node):
         time.sleep(0.6)
         c1 = counters(node)
         brief.update({k: c1[k] - c0[k] for k in ("shed", "register_ok", "register_socket")})
-        slow(node.pid, windows, 1.5)
+        slow(node.pid, windows, 1.0)
+        share.append(su.sip_stats(node)["load"]["register_shed_share"])
+        slow(node.pid, windows, 0.5)
+        c2 = counters(node)
+        excess.update({k: c2[k] - c1[k] for k in ("shed", "register_ok")})
     staller = threading.Thread(target=shortage_then_excess, daemon=True)
     staller.start()
     alice = su.Ua("alice")
@@ -408,10 +412,10 @@ def test_overload(c, node):
     clear = [ms for (a, b, ms) in timed if not hit(a, b)]
     stalled = [ms for (a, b, ms) in timed if hit(a, b)]
     worst = max(clear) if clear else 0.0
-    info("flood: %d REGISTERs in 5 s, answers %s; %s; a stop of %d ms: %s; %d stops in all; "
-         "OPTIONS max %.0f ms of %d clear of the stops (%d in all)" % (
-             r["sent"], r["codes"], d, stop_ms[0], brief, len(windows), worst, len(clear),
-             probes))
+    info("flood: %d REGISTERs in 5 s, answers %s; %s; a stop of %d ms: %s; slowed: %s, share "
+         "%s; %d stops in all; OPTIONS max %.0f ms of %d clear of the stops (%d in all)" % (
+             r["sent"], r["codes"], d, stop_ms[0], brief, excess, share, len(windows), worst,
+             len(clear), probes))
     check(brief.get("shed") == 0 and brief.get("register_ok", 0) >= 100,
           "what piled up while the node was stopped %d ms is served late, none shed" %
           stop_ms[0], brief)
@@ -419,6 +423,10 @@ def test_overload(c, node):
           r["codes"].get("503", 0) >= 200,
           "a REGISTER queue standing long while the node is slowed is answered with 503s "
           "built before sofia parses them (shed_queue)", d)
+    check(share and 0 < share[0] and excess.get("shed", 0) > 0 and
+          excess.get("register_ok", 0) >= 100,
+          "meanwhile it sheds a share of the REGISTERs (%.2f) and serves the others (%s)" %
+          (share[0] if share else -1, excess), (share, excess))
     check(d["shed"] - d["shed_peeked"] < d["shed_peeked"],
           "most of what is shed is shed at the peek", d)
     check(d["register_resent_peeked"] >= 1, "retransmissions of answered ones get the kept "
