@@ -152,8 +152,7 @@ static int nonce_check(sip_svc_t *s, const char *nonce)
  * server): a response captured for one target is no good for another. */
 static int uri_matches(const char *duri, const url_t *ruri)
 {
-  su_home_t home[1];
-  su_home_init(home);
+  SIP_SCRATCH_HOME(home, 1024);
   url_t *u = duri ? url_make(home, duri) : NULL;
   int ok = u && url_cmp_all(u, ruri) == 0;
   su_home_deinit(home);
@@ -202,8 +201,7 @@ int sip__auth_check(sip_svc_t *s, const sip_t *sip, int proxy, char user[DHT_CER
   for (; au && n < 8 && result == SIP_AUTH_NONE; au = au->au_next, n++) {
     if (!au->au_scheme || !su_casematch(au->au_scheme, "Digest"))
       continue;
-    su_home_t home[1];
-    su_home_init(home);
+    SIP_SCRATCH_HOME(home, 2048);
     auth_response_t ar[1];
     memset(ar, 0, sizeof ar);
     ar->ar_size = sizeof ar;

@@ -288,7 +288,7 @@ static int copied_lines_ok(su_home_t *home, const sip_peek_t *pk)
 
 int sip__peek_branch(const sip_peek_t *pk, char *key, size_t keylen)
 {
-  su_home_t home[1] = {SU_HOME_INIT(home)};
+  SIP_SCRATCH_HOME(home, 2048);
   sip_via_t *v = top_via_read(home, pk);
   int ok = v && sip__key(key, keylen, pk->callid.p, pk->callid.n, pk->cseq,
                          v->v_branch ? v->v_branch : "");
@@ -306,6 +306,23 @@ static void put(char **o, const char *end, const char *p, size_t n)
   } else {
     *o = NULL;
   }
+}
+
+/* Appends line l with ";tag=" tag (if tag) and CRLF at *o, if it fits. */
+static void put_tagged(char **o, const char *end, const sip_span_t *l, const char *tag)
+{
+  size_t tl = tag ? strlen(tag) : 0, n = l->n + (tag ? 5 + tl : 0);
+  if (!*o || (size_t)(end - *o) < n + 2) {
+    *o = NULL;
+    return;
+  }
+  memcpy(*o, l->p, l->n);
+  if (tag) {
+    memcpy(*o + l->n, ";tag=", 5);
+    memcpy(*o + l->n + 5, tag, tl);
+  }
+  memcpy(*o + n, "\r\n", 2);
+  *o += n + 2;
 }
 
 int sip__peek_via_source(su_home_t *home, sip_via_t *v, const char *ip, unsigned port)
@@ -333,12 +350,7 @@ int sip__peek_answer(const sip_peek_t *pk, const char *status, const sip_via_t *
   for (int i = 1; i < pk->n_via; i++)
     put(&o, end, pk->via[i].p, pk->via[i].n);
   put(&o, end, pk->from.p, pk->from.n);
-  char to[SIP_PEEK_BYTES];
-  int n = snprintf(to, sizeof to, "%.*s%s%s", (int)pk->to.n, pk->to.p, tag ? ";tag=" : "",
-                   tag ? tag : "");
-  if (n <= 0 || (size_t)n >= sizeof to)
-    return -ENOSPC;
-  put(&o, end, to, (size_t)n);
+  put_tagged(&o, end, &pk->to, tag);
   put(&o, end, pk->callid_line.p, pk->callid_line.n);
   put(&o, end, pk->cseq_line.p, pk->cseq_line.n);
   size_t xl = strlen(extra);
@@ -355,7 +367,7 @@ int sip__peek_answer(const sip_peek_t *pk, const char *status, const sip_via_t *
 static int answer(const sip_peek_t *pk, const char *status, const char *extra, const char *tag,
                   const char *ip, unsigned port, char *out, size_t cap)
 {
-  su_home_t home[1] = {SU_HOME_INIT(home)};
+  SIP_SCRATCH_HOME(home, 4096);
   sip_via_t *v = copied_lines_ok(home, pk) ? top_via_read(home, pk) : NULL;
   int rc = v ? sip__peek_via_source(home, v, ip, port) : -EINVAL;
   if (rc == 0)

@@ -744,7 +744,7 @@ char *sip__contact_value(const sip_contact_t *m)
  * read back first. */
 int sip__contact_reads_back(const char *value, const url_t *url)
 {
-  su_home_t home[1] = {SU_HOME_INIT(home)};
+  SIP_SCRATCH_HOME(home, 2048);
   sip_contact_t *m = sip_contact_make(home, value);
   int same = m && !m->m_next && url_cmp(m->m_url, url) == 0;
   su_home_deinit(home);
@@ -916,15 +916,20 @@ static void reply_bindings(rtx_t *x)
     rtx_done(x, 513, "Bindings Do Not Fit a Datagram");
     return;
   }
-  char date[80], *headers = NULL;
+  char date[80], fits[2048], *headers = fits;
   sip_date_t d;
   sip_date_init(&d)->d_time = sip_now();
   sip_date_e(date, sizeof date, (msg_header_t *)&d, 0);
-  if (asprintf(&headers, "%s%sDate: %s", contacts ? contacts : "", contacts ? "\r\n" : "", date) < 0)
+  /* In the stack when they fit, as one binding's do (asprintf() was three
+   * of a registration's allocations). */
+  const char *c = contacts ? contacts : "", *crlf = contacts ? "\r\n" : "";
+  int n = snprintf(fits, sizeof fits, "%s%sDate: %s", c, crlf, date);
+  if (n < 0 || ((size_t)n >= sizeof fits && asprintf(&headers, "%s%sDate: %s", c, crlf, date) < 0))
     headers = NULL;
   free(contacts);
   rtx_answer(x, SIP_200_OK, headers);
-  free(headers);
+  if (headers != fits)
+    free(headers);
 }
 
 /* Written first, a value this node put for one of the request's contacts
@@ -1172,8 +1177,7 @@ static void late_fail(rtx_t *x, int status, const char *phrase)
  * and the one whose order this request breaks, or -1. */
 static int late_match(rtx_t *x, int *dup)
 {
-  su_home_t home[1];
-  su_home_init(home);
+  SIP_SCRATCH_HOME(home, 2048);
   int bad = -1;
   for (int j = 0; j < x->n_ex; j++)
     for (int i = 0; i < x->n_in; i++) {
