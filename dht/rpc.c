@@ -186,15 +186,14 @@ static pending_t *pending_take(dht_t *d, dht__conn_t *c, uint32_t txid) {
   return NULL;
 }
 
-/* Each callback may finish others of the list (a peer it finds dead gets
- * its links closed, and their calls fail): the walk starts over after
- * each, so it never steps onto a call already finished (a second
- * uv_close() of its timer aborted a node at SIGTERM).  Each pass ends one
- * call, and none is added for c, which is closing. */
-/* The calls on c are moved to a list of their own, then failed from its
- * head: a callback may finish any call, so none is held across one.  A
- * walk from the head of all calls for each one was quadratic: a leaving
- * node's 35,000 handover calls kept it busy for seconds at its close. */
+/* The calls on c move to a list of their own in one walk, then fail from
+ * its head.  Each callback may finish others (a peer it finds dead gets its
+ * links closed, and their calls fail), so none is held across one: a call
+ * stepped onto after its end had its timer closed twice, which aborted a
+ * node at SIGTERM; one of ours a callback finishes unlinks itself from
+ * this list.  Starting over from the head of all calls after each was
+ * quadratic: a leaving node's 35,000 handover calls took seconds.  None is
+ * added for c, which is closing. */
 static void fail_pending_of(dht_t *d, dht__conn_t *c) {
   pending_t *mine = NULL;
   for (pending_t *p = d->pending, *next; p; p = next) {

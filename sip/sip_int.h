@@ -367,7 +367,7 @@ uint64_t sip__now_ms(const sip_svc_t *s);
 /* A home for a parse's scratch in the caller's stack, bytes of it, and
  * the heap only past them (sofia's su_home_auto): su_home_init() allocates
  * its block table at once, and each header sofia made in one was a
- * malloc, eight a registration in all.  Released with su_home_deinit(). */
+ * malloc.  Released with su_home_deinit(). */
 #define SIP_SCRATCH_HOME(name, bytes)                  \
   su_home_t name##_area[SU_HOME_AUTO_SIZE(bytes)];     \
   su_home_t *name = su_home_auto(name##_area, sizeof name##_area)
