@@ -407,7 +407,7 @@ static const opt_def_t opt_table[] = {
     {"link-hold", 1, o_link_hold, "MS",
      "a busy peer link keeps new STOREs and their answers (routed\n"
      "                             ones too) up to MS so that under load one write carries\n"
-     "                             several; lookups and gets never wait (default 10,\n"
+     "                             several; lookups and gets never wait (default 20,\n"
      "                             0: every loop iteration writes)"},
     {"sip", 1, o_sip, "IP:PORT", "serve SIP phones on UDP and TCP there (registrar, proxy)"},
     {"sip-cache-ms", 1, o_sip_cache, "MS", "reuse a user record found in the DHT this long when\n"
@@ -550,7 +550,7 @@ static void defaults(node_opts_t *o) {
   o->successors = 8;
   o->log_level = LOG_INFO;
   o->refresh_s = 30;
-  o->link_hold_ms = 10;
+  o->link_hold_ms = 20;
   o->sip_cache_ms = 2000;
   o->sip_rate = o->sip_source_tx = -1;
   o->turn_max_ttl = RELAY_DEFAULT_CRED_TTL;

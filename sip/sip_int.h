@@ -78,7 +78,9 @@
 #define SIP_RATE_MIN_MSGS 50     /* and one with fewer messages */
 #define SIP_QUEUE_READ_NS 1000000 /* the queue is read again after this long (1 ms) */
 #define SIP_RATE_FLOOR 1.0        /* messages/ms assumed at least (a node just woken) */
-#define SIP_MAX_REGISTERING 1024  /* REGISTERs waiting for the DHT at once */
+/* REGISTERs waiting for the DHT at once: a node draining a backlog at 60-70
+ * a ms, its STOREs held up to 30 ms by --link-hold 20, holds ~2,000. */
+#define SIP_MAX_REGISTERING 4096
 #define SIP_PEEK_BYTES 4096       /* of a datagram looked at before sofia reads it */
 #define SIP_PEEK_MAX 64           /* datagrams dropped so at most, per step */
 #define SIP_RESEND_MAX 16384     /* REGISTER answers kept as bytes (resend.c) */

@@ -56,7 +56,7 @@ from p2p import HOST, OVERLAY, check, info  # noqa: E402
 
 N = 3
 RATED, UNRATED = 0, 1
-SHED_PAIRS = 2400  # new REGISTERs, past SIP_MAX_REGISTERING (1024) waiting for the DHT
+SHED_PAIRS = 5600  # new REGISTERs, past SIP_MAX_REGISTERING (4096) waiting for the DHT
 
 
 def counters(node):
