@@ -346,6 +346,8 @@ static double take_rate(sip_svc_t *s)
     }
     s->rx_count = recv, s->rx_at = now, s->rx_hr = hr, s->rx_idle = idle;
   }
+  if (s->rx_rate == 0)
+    return SIP_RATE_UNMEASURED;
   return s->rx_rate > SIP_RATE_FLOOR ? s->rx_rate : SIP_RATE_FLOOR;
 }
 

@@ -78,6 +78,11 @@
 #define SIP_RATE_MIN_MSGS 50     /* and one with fewer messages */
 #define SIP_QUEUE_READ_NS 1000000 /* the queue is read again after this long (1 ms) */
 #define SIP_RATE_FLOOR 1.0        /* messages/ms assumed at least (a node just woken) */
+/* messages/ms assumed before a busy window measured any: a release build
+ * takes 20-100, one with ASan a tenth.  With the floor instead, a fresh
+ * node's first burst of 300 INVITEs looked like 300 ms of work and was
+ * all shed (bench-sip's first calls step lost 10-15 at bob's node). */
+#define SIP_RATE_UNMEASURED 20.0
 /* REGISTERs waiting for the DHT at once: a node draining a backlog at 60-70
  * a ms, its STOREs held up to 30 ms by --link-hold 20, holds ~2,000. */
 #define SIP_MAX_REGISTERING 4096
