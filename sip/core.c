@@ -594,7 +594,11 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
     return 0;
   int reg = sip__peek_is(&pk, "REGISTER");
   s->head->pk = pk, s->head->len = reg && got == len ? len : 0;
-  if (reg && sip__peek_key(&pk, key, sizeof key) && sip__reg_key_underway(s, key)) {
+  /* Where credentials are required, a REGISTER without any is only ever
+   * challenged, never under way: the look-up would be a cold miss for
+   * the first REGISTER of every registration. */
+  int may_run = reg && (pk.auth || pk.sofia || !s->auth);
+  if (may_run && sip__peek_key(&pk, key, sizeof key) && sip__reg_key_underway(s, key)) {
     s->c.register_repeats++;
     s->c.register_repeats_peeked++;
     return 1;

@@ -94,6 +94,12 @@ struct sip_regans_tab {
   regans_t *bucket[SIP_REG_ANSWER_BUCKETS];
   regans_t *head, **tail;  /* answered, oldest first */
   size_t n;
+  /* The key last looked up in vain, until an answer is added: the peek
+   * looks a REGISTER up before sip__register() does, and nearly all are
+   * new, so the second look-up (a cold bucket and chain in a table of
+   * 200,000) is answered here. */
+  uint32_t miss_hash;
+  char miss[600];
 };
 
 static regans_t **ans_slot(sip_svc_t *s, uint32_t hash)
@@ -130,10 +136,15 @@ static regans_t *ans_find(sip_svc_t *s, const char *key)
 {
   if (!s->answers)
     return NULL;
+  struct sip_regans_tab *t = s->answers;
   uint32_t hash = sip__fnv(SIP_FNV_INIT, key, 0);
+  if (t->miss[0] && hash == t->miss_hash && strcmp(key, t->miss) == 0)
+    return NULL;
   regans_t *a = *ans_slot(s, hash);
   while (a && (a->hash != hash || strcmp(a->key, key) != 0))
     a = a->hnext;
+  if (!a && strlen(key) < sizeof t->miss)
+    strcpy(t->miss, key), t->miss_hash = hash;
   return a;
 }
 
@@ -145,6 +156,7 @@ static regans_t *ans_new(sip_svc_t *s, const char *key, rtx_t *x)
   if (!a)
     return NULL;
   strcpy(a->key, key);
+  s->answers->miss[0] = '\0';
   a->rtx = x;
   a->hash = sip__fnv(SIP_FNV_INIT, key, 0);
   regans_t **slot = ans_slot(s, a->hash);
