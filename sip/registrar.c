@@ -869,39 +869,53 @@ static void note_source(rtx_t *x)
 }
 
 /* Appends one binding, as the answer lists it, to a Contact header line. */
-static void add_contact(char **line, size_t *len, const char *contact, long expires, int q1000)
+/* What a binding adds to the Contact line besides its value: ", ",
+ * ";expires=" with a long, ";q=0.000". */
+#define CONTACT_EXTRA 48
+
+/* One binding appended to the Contact line at out[at] (answer_contacts()
+ * made room); the line's new length. */
+static size_t add_contact(char *out, size_t at, const char *contact, long expires, int q1000)
 {
   char q[24] = "";
   if (q1000 < 1000)
     snprintf(q, sizeof q, ";q=%d.%03d", q1000 / 1000, q1000 % 1000);
-  size_t need = strlen(contact) + strlen(q) + 40;
-  char *l = realloc(*line, *len + need);
-  if (!l)
-    return;
-  *line = l;
-  *len += (size_t)snprintf(l + *len, need, "%s%s;expires=%ld%s", *len > 9 ? ", " : "", contact,
-                           expires, q);
+  return at + (size_t)sprintf(out + at, "%s%s;expires=%ld%s", at > 9 ? ", " : "", contact,
+                              expires, q);
 }
 
-/* "Contact: ..." with the bindings the answer lists (own: only those
- * registered from the requester's address or in this request), or NULL
- * when there are none; its length in *len. */
-static char *answer_contacts(rtx_t *x, int own, size_t *len)
+/* Whether the answer lists this existing binding (own: only those
+ * registered from the requester's address or in this request). */
+static int lists(const rtx_t *x, int i, int own)
 {
-  char *line = strdup("Contact: ");
-  *len = line ? 9 : 0;
-  for (int i = 0; line && i < x->n_ex; i++) {
-    const sip_binding_t *b = &x->ex[i];
-    if (!x->removed[i] && b->remaining > 0 && (!own || strcmp(b->received, x->received) == 0))
-      add_contact(&line, len, b->contact, b->remaining, b->q1000);
+  const sip_binding_t *b = &x->ex[i];
+  return !x->removed[i] && b->remaining > 0 && (!own || strcmp(b->received, x->received) == 0);
+}
+
+/* "Contact: ..." with the bindings the answer lists, in fits (fitlen
+ * bytes) when it has room, as one binding's line does, else in a block
+ * of its own; NULL when there are none.  Its length in *len. */
+static char *answer_contacts(rtx_t *x, int own, char *fits, size_t fitlen, size_t *len)
+{
+  size_t need = 10; /* "Contact: " and the NUL */
+  for (int i = 0; i < x->n_ex; i++)
+    need += lists(x, i, own) ? strlen(x->ex[i].contact) + CONTACT_EXTRA : 0;
+  for (int i = 0; i < x->n_in; i++)
+    need += x->in[i].expires ? strlen(x->in[i].contact) + CONTACT_EXTRA : 0;
+  char *line = need <= fitlen ? fits : malloc(need);
+  *len = 0;
+  if (!line || need == 10) {
+    if (line != fits)
+      free(line);
+    return NULL;
   }
-  for (int i = 0; line && i < x->n_in; i++)
+  *len = (size_t)sprintf(line, "Contact: ");
+  for (int i = 0; i < x->n_ex; i++)
+    if (lists(x, i, own))
+      *len = add_contact(line, *len, x->ex[i].contact, x->ex[i].remaining, x->ex[i].q1000);
+  for (int i = 0; i < x->n_in; i++)
     if (x->in[i].expires)
-      add_contact(&line, len, x->in[i].contact, x->in[i].expires, x->in[i].q1000);
-  if (line && *len == 9) {
-    free(line);
-    line = NULL, *len = 0;
-  }
+      *len = add_contact(line, *len, x->in[i].contact, x->in[i].expires, x->in[i].q1000);
   return line;
 }
 
@@ -916,15 +930,18 @@ static void reply_bindings(rtx_t *x)
   size_t len, limit = msg_size(x->msg) > SIP_UDP_ANSWER_MAX ? msg_size(x->msg)
                                                            : SIP_UDP_ANSWER_MAX;
   int udp = strcmp(x->transport, "udp") == 0;
-  char *contacts = answer_contacts(x, 0, &len);
+  char line[1024];
+  char *contacts = answer_contacts(x, 0, line, sizeof line, &len);
   if (udp && SIP_ANSWER_HEAD + len > limit) {
     x->s->c.register_trimmed++;
-    free(contacts);
-    contacts = answer_contacts(x, 1, &len);
+    if (contacts != line)
+      free(contacts);
+    contacts = answer_contacts(x, 1, line, sizeof line, &len);
   }
   if (udp && SIP_ANSWER_HEAD + len > limit) {
     x->s->c.register_too_big++;
-    free(contacts);
+    if (contacts != line)
+      free(contacts);
     rtx_done(x, 513, "Bindings Do Not Fit a Datagram");
     return;
   }
@@ -938,7 +955,8 @@ static void reply_bindings(rtx_t *x)
   int n = snprintf(fits, sizeof fits, "%s%sDate: %s", c, crlf, date);
   if (n < 0 || ((size_t)n >= sizeof fits && asprintf(&headers, "%s%sDate: %s", c, crlf, date) < 0))
     headers = NULL;
-  free(contacts);
+  if (contacts != line)
+    free(contacts);
   rtx_answer(x, SIP_200_OK, headers);
   if (headers != fits)
     free(headers);
