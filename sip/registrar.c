@@ -1051,7 +1051,7 @@ static int store(rtx_t *x, intent_t *in)
   if (in->match >= 0) {
     memcpy(in->vid, x->ex[in->match].vid, sizeof in->vid);
     x->removed[in->match] = 1; /* replaced by the intent in the reply */
-  } else {
+  } else if (!in->vid[0]) { /* write_first() has made it */
     vid_of(x, in);
   }
   if (in->expires == 0)
