@@ -88,8 +88,12 @@
 #define SIP_MAX_REGISTERING 4096
 #define SIP_PEEK_BYTES 4096       /* of a datagram looked at before sofia reads it */
 #define SIP_PEEK_MAX 64           /* datagrams dropped so at most, per step */
-#define SIP_RESEND_MAX 16384     /* REGISTER answers kept as bytes (resend.c) */
-#define SIP_RESEND_SLOT 2048     /* bytes of key and answer one keeps (32 MB mapped in all) */
+/* REGISTER answers kept as bytes (resend.c): at a registrar's knee, 38,000
+ * answers a second, 32,768 are 0.86 s, past a first retransmission (T1).
+ * A 401 or a 200 with one Contact and its key take 400-450 bytes; an
+ * answer too long for its slot is answered again from the answers table. */
+#define SIP_RESEND_MAX 32768
+#define SIP_RESEND_SLOT 1024     /* bytes of key and answer one keeps (32 MB mapped in all) */
 #define SIP_RESEND_MS 8000        /* for so long (sipp/phones retransmit within 4 s, T2) */
 #define SIP_SHED_KEYS 16384       /* REGISTERs shed at the peek remembered (256 KB) */
 #define SIP_SHED_MEMORY_MS 4000   /* for so long (T2) */
