@@ -95,7 +95,11 @@
 #define SIP_RESEND_MAX 32768
 #define SIP_RESEND_SLOT 1024     /* bytes of key and answer one keeps (32 MB mapped in all) */
 #define SIP_RESEND_MS 8000        /* for so long (sipp/phones retransmit within 4 s, T2) */
-#define SIP_SHED_KEYS 16384       /* REGISTERs shed at the peek remembered (256 KB) */
+/* REGISTERs shed at the peek remembered (4 MB, made when shedding first
+ * starts): past the knee the peek sheds ~28,000 a second, and sipp sends
+ * each again at 0.5, 1.5 and 3.5 s; 16,384 held 0.6 s of them, and most
+ * copies cost a 503 again. */
+#define SIP_SHED_KEYS 262144
 #define SIP_SHED_MEMORY_MS 4000   /* for so long (T2) */
 #define SIP_LOOP_BURST 8          /* sofia steps in a row while datagrams are queued */
 #define SIP_RTX_SPARES 128       /* freed REGISTER records kept for reuse (~1 MB) */
