@@ -868,20 +868,25 @@ static void note_source(rtx_t *x)
   memcpy(x->node, hex, sizeof x->node);
 }
 
-/* Appends one binding, as the answer lists it, to a Contact header line. */
 /* What a binding adds to the Contact line besides its value: ", ",
  * ";expires=" with a long, ";q=0.000". */
 #define CONTACT_EXTRA 48
 
-/* One binding appended to the Contact line at out[at] (answer_contacts()
- * made room); the line's new length. */
-static size_t add_contact(char *out, size_t at, const char *contact, long expires, int q1000)
+/* One binding, as the answer lists it, appended to the Contact line of
+ * cap bytes at out[at] (answer_contacts() made room); the line's new
+ * length. */
+static size_t add_contact(char *out, size_t cap, size_t at, const char *contact, long expires,
+                          int q1000)
 {
   char q[24] = "";
   if (q1000 < 1000)
     snprintf(q, sizeof q, ";q=%d.%03d", q1000 / 1000, q1000 % 1000);
-  return at + (size_t)sprintf(out + at, "%s%s;expires=%ld%s", at > 9 ? ", " : "", contact,
-                              expires, q);
+  int n = snprintf(out + at, cap - at, "%s%s;expires=%ld%s", at > 9 ? ", " : "", contact,
+                   expires, q);
+  if (n >= 0 && (size_t)n < cap - at)
+    return at + (size_t)n;
+  out[at] = '\0'; /* no room after all: the binding is left out whole */
+  return at;
 }
 
 /* Whether the answer lists this existing binding (own: only those
@@ -909,13 +914,14 @@ static char *answer_contacts(rtx_t *x, int own, char *fits, size_t fitlen, size_
       free(line);
     return NULL;
   }
-  *len = (size_t)sprintf(line, "Contact: ");
+  memcpy(line, "Contact: ", 10);
+  *len = 9;
   for (int i = 0; i < x->n_ex; i++)
     if (lists(x, i, own))
-      *len = add_contact(line, *len, x->ex[i].contact, x->ex[i].remaining, x->ex[i].q1000);
+      *len = add_contact(line, need, *len, x->ex[i].contact, x->ex[i].remaining, x->ex[i].q1000);
   for (int i = 0; i < x->n_in; i++)
     if (x->in[i].expires)
-      *len = add_contact(line, *len, x->in[i].contact, x->in[i].expires, x->in[i].q1000);
+      *len = add_contact(line, need, *len, x->in[i].contact, x->in[i].expires, x->in[i].q1000);
   return line;
 }
 
