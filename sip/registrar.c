@@ -907,13 +907,10 @@ static char *answer_contacts(rtx_t *x, int own, char *fits, size_t fitlen, size_
     need += lists(x, i, own) ? strlen(x->ex[i].contact) + CONTACT_EXTRA : 0;
   for (int i = 0; i < x->n_in; i++)
     need += x->in[i].expires ? strlen(x->in[i].contact) + CONTACT_EXTRA : 0;
-  char *line = need <= fitlen ? fits : malloc(need);
   *len = 0;
-  if (!line || need == 10) {
-    if (line != fits)
-      free(line);
+  char *line = need == 10 ? NULL : need <= fitlen ? fits : malloc(need);
+  if (!line)
     return NULL;
-  }
   memcpy(line, "Contact: ", 10);
   *len = 9;
   for (int i = 0; i < x->n_ex; i++)
@@ -923,6 +920,13 @@ static char *answer_contacts(rtx_t *x, int own, char *fits, size_t fitlen, size_
     if (x->in[i].expires)
       *len = add_contact(line, need, *len, x->in[i].contact, x->in[i].expires, x->in[i].q1000);
   return line;
+}
+
+/* Frees p unless it is the caller's own buffer. */
+static void free_unless(char *p, const char *own)
+{
+  if (p != own)
+    free(p);
 }
 
 /* 10.3 step 8: the 200 lists the AOR's bindings.  Over UDP it must fit
@@ -940,14 +944,12 @@ static void reply_bindings(rtx_t *x)
   char *contacts = answer_contacts(x, 0, line, sizeof line, &len);
   if (udp && SIP_ANSWER_HEAD + len > limit) {
     x->s->c.register_trimmed++;
-    if (contacts != line)
-      free(contacts);
+    free_unless(contacts, line);
     contacts = answer_contacts(x, 1, line, sizeof line, &len);
   }
   if (udp && SIP_ANSWER_HEAD + len > limit) {
     x->s->c.register_too_big++;
-    if (contacts != line)
-      free(contacts);
+    free_unless(contacts, line);
     rtx_done(x, 513, "Bindings Do Not Fit a Datagram");
     return;
   }
@@ -961,11 +963,9 @@ static void reply_bindings(rtx_t *x)
   int n = snprintf(fits, sizeof fits, "%s%sDate: %s", c, crlf, date);
   if (n < 0 || ((size_t)n >= sizeof fits && asprintf(&headers, "%s%sDate: %s", c, crlf, date) < 0))
     headers = NULL;
-  if (contacts != line)
-    free(contacts);
+  free_unless(contacts, line);
   rtx_answer(x, SIP_200_OK, headers);
-  if (headers != fits)
-    free(headers);
+  free_unless(headers, fits);
 }
 
 /* Written first, a value this node put for one of the request's contacts

@@ -45,6 +45,7 @@ would, while other callers go on:
 import os
 import random
 import json
+import select
 import signal
 import socket
 import subprocess
@@ -118,23 +119,25 @@ def flood(dest, user, n, s=None, per_s=None, codes=None):
     return s, time.monotonic() - t0
 
 
+def status_of(data):
+    """An answer's status code; 0 for anything else."""
+    return int(data.split(b" ", 2)[1]) if data.startswith(b"SIP/2.0") else 0
+
+
 def drain(s, timeout=0.5):
     """Status codes of what came back on s."""
-    import select
     codes = []
     deadline = time.monotonic() + timeout
     while True:
         r, _, _ = select.select([s], [], [], max(0, deadline - time.monotonic()))
         if not r:
             return codes
-        data = s.recv(65535)
-        codes.append(int(data.split(b" ", 2)[1]) if data.startswith(b"SIP/2.0") else 0)
+        codes.append(status_of(s.recv(65535)))
 
 
 def drain_finals(socks, want, timeout=5.0, quiet=1.0):
     """Status codes of what came back on socks, read until want final
     answers (>= 200) came, none came for quiet s, or timeout s passed."""
-    import select
     codes, finals = [], 0
     deadline = time.monotonic() + timeout
     while finals < want and time.monotonic() < deadline:
@@ -142,8 +145,7 @@ def drain_finals(socks, want, timeout=5.0, quiet=1.0):
         if not ready:
             break
         for s in ready:
-            data = s.recv(65535)
-            codes.append(int(data.split(b" ", 2)[1]) if data.startswith(b"SIP/2.0") else 0)
+            codes.append(status_of(s.recv(65535)))
             finals += codes[-1] >= 200
     return codes
 
