@@ -193,8 +193,26 @@ def uac_xml(hold_ms):
     return UAC_XML % {"hold_ms": hold_ms}
 
 
-def reg_xml(expires, auth=False):
-    return (REG_AUTH_XML if auth else REG_XML) % {"expires": expires}
+# A REGISTER answered 503 fails the registration at once, as a phone
+# honouring Retry-After would stop (RFC 3261 21.5.4) rather than send it
+# again: the call waits for a 599 that never comes (recv timeout: failed).
+REG_503_RECV = """  <recv response="503" optional="true" next="shed"/>\n"""
+REG_503_TAIL = """  <label id="shed"/>
+  <recv response="599" timeout="1"/>
+  <label id="done"/>
+</scenario>
+"""
+REG_AUTH_503_XML = (REG_HEAD + REG_SEND % {"rtd": ' start_rtd="1"', "cseq": 1, "auth": ""} +
+                    REG_503_RECV + """  <recv response="401" auth="true"/>\n""" +
+                    REG_SEND % {"rtd": "", "cseq": 2, "auth": "\n      [field2]"} +
+                    REG_503_RECV + """  <recv response="200" rtd="1" next="done"/>\n""" +
+                    REG_503_TAIL)
+
+
+def reg_xml(expires, auth=False, fail_503=False):
+    """fail_503: the client stops at a 503 (REG_AUTH_503_XML; with auth only)."""
+    xml = (REG_AUTH_503_XML if fail_503 else REG_AUTH_XML) if auth else REG_XML
+    return xml % {"expires": expires}
 
 
 # Digest for kamailio's registrar as its stock configuration does it
