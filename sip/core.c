@@ -426,10 +426,16 @@ static int overloaded(sip_svc_t *s)
 }
 
 /* Whether overloaded()'s answer why sheds a REGISTER of this Call-ID: why
- * with SHED_REGISTER | SHED_QUEUE added when its share says so. */
-static int register_shed(const sip_svc_t *s, int why, const char *callid, size_t n)
+ * with SHED_REGISTER | SHED_QUEUE added when its share says so.  The
+ * share sheds only REGISTERs without credentials: one with them answers
+ * our challenge, whose work is spent, and is the one a registration
+ * needs to finish (shed by the share, 37,000-51,000 of them in a 30 s
+ * step 1.25 times past the knee; docs/BENCHMARKS.md, session 24). */
+static int register_shed(const sip_svc_t *s, int why, int credentials, const char *callid,
+                         size_t n)
 {
-  if (!(why & SHED_REGISTER) && (why & SHED_REGISTER_SHARE) && in_shed_share(s, callid, n))
+  if (!credentials && !(why & SHED_REGISTER) && (why & SHED_REGISTER_SHARE) &&
+      in_shed_share(s, callid, n))
     why |= SHED_REGISTER | SHED_QUEUE;
   return why;
 }
@@ -443,7 +449,8 @@ static int must_shed(sip_svc_t *s, const sip_t *sip)
     return 0;
   int why = overloaded(s);
   if (m == sip_method_register && sip->sip_call_id)
-    why = register_shed(s, why, sip->sip_call_id->i_id, strlen(sip->sip_call_id->i_id));
+    why = register_shed(s, why, sip->sip_authorization != NULL, sip->sip_call_id->i_id,
+                        strlen(sip->sip_call_id->i_id));
   return why & (m == sip_method_register ? SHED_REGISTER : SHED_NEW) ? why : 0;
 }
 
@@ -609,13 +616,17 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
   if (keyed)
     again = sip__resend_find(s, key, &n);
   if (reg)
-    shed = register_shed(s, shed, pk.callid.p, pk.callid.n);
+    shed = register_shed(s, shed, pk.auth, pk.callid.p, pk.callid.n);
   int shedding = (shed & (reg ? SHED_REGISTER : SHED_NEW)) != 0;
-  /* A copy of a REGISTER shed lately, while we still shed: its 503 went
-   * out, and a 503 for every copy cost a fair share of the work shed
-   * (docs/BENCHMARKS.md, session 13).  Once we take work again, a copy
-   * is served like any REGISTER. */
-  if (!again && shedding && keyed && sip__resend_shed_seen(s, key)) {
+  /* A copy of a REGISTER shed lately: its 503 went out, and a 503 for
+   * every copy cost a fair share of the work shed (docs/BENCHMARKS.md,
+   * session 13).  Within the 503's Retry-After it is dropped even once we
+   * take work again: sipp, which ignores a 503, sent its copies 0.5 and
+   * 1.5 s later into a node that had just stopped shedding, and each
+   * burst of them started the shedding again (session 24).  Past that,
+   * while we do not shed, a copy is served like any REGISTER. */
+  if (!again && keyed &&
+      sip__resend_shed_seen(s, key, shedding ? SIP_SHED_MEMORY_MS : SIP_SHED_RETRY_AFTER_MS)) {
     s->c.shed_repeats_dropped++;
     return 1;
   }
@@ -887,13 +898,14 @@ static void shed_request(sip_svc_t *s, msg_t *msg, sip_t *sip, int why)
   char key[700];
   int keyed = sip->sip_request->rq_method == sip_method_register &&
               resend_key(sip, key, sizeof key);
-  if (keyed && sip__resend_shed_seen(s, key)) {
+  if (keyed && sip__resend_shed_seen(s, key, SIP_SHED_MEMORY_MS)) {
     s->c.shed_repeats_dropped++;
     msg_destroy(msg);
     return;
   }
   count_shed(s, why, 0);
-  sip__reply_stateless(s, msg, sip, SIP_503_SERVICE_UNAVAILABLE, SIPTAG_RETRY_AFTER_STR("2"),
+  sip__reply_stateless(s, msg, sip, SIP_503_SERVICE_UNAVAILABLE,
+                       SIPTAG_RETRY_AFTER_STR(SIP_SHED_RETRY_AFTER),
                        TAG_END());
   if (keyed)
     sip__resend_shed_note(s, key);

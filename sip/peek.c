@@ -379,8 +379,8 @@ static int answer(const sip_peek_t *pk, const char *status, const char *extra, c
 int sip__peek_503(const sip_peek_t *pk, size_t reqlen, const char *tag, const char *ip,
                   unsigned port, char *out, size_t outlen)
 {
-  return answer(pk, "SIP/2.0 503 Service Unavailable", "Retry-After: 2\r\n", tag, ip, port, out,
-                outlen < reqlen ? outlen : reqlen);
+  return answer(pk, "SIP/2.0 503 Service Unavailable", "Retry-After: " SIP_SHED_RETRY_AFTER "\r\n",
+                tag, ip, port, out, outlen < reqlen ? outlen : reqlen);
 }
 
 int sip__peek_513(const sip_peek_t *pk, size_t reqlen, const char *tag, const char *ip,

@@ -126,13 +126,13 @@ void sip__resend_shed_note(sip_svc_t *s, const char *key)
   s->shed_keys->e[h % SIP_SHED_KEYS] = (shed_t){h, sip__now_ms(s)};
 }
 
-int sip__resend_shed_seen(sip_svc_t *s, const char *key)
+int sip__resend_shed_seen(sip_svc_t *s, const char *key, unsigned within_ms)
 {
   if (!s->shed_keys)
     return 0;
   uint64_t h = hash64(key);
   const shed_t *e = &s->shed_keys->e[h % SIP_SHED_KEYS];
-  return e->at && e->hash == h && sip__now_ms(s) - e->at < SIP_SHED_MEMORY_MS;
+  return e->at && e->hash == h && sip__now_ms(s) - e->at < within_ms;
 }
 
 void sip__resend_free(sip_svc_t *s)

@@ -101,6 +101,10 @@
  * copies cost a 503 again. */
 #define SIP_SHED_KEYS 262144
 #define SIP_SHED_MEMORY_MS 4000   /* for so long (T2) */
+/* The Retry-After of a 503 for load, s and ms: a copy of the REGISTER shed
+ * within it is dropped even once the node takes work again. */
+#define SIP_SHED_RETRY_AFTER "2"
+#define SIP_SHED_RETRY_AFTER_MS 2000
 #define SIP_LOOP_BURST 8          /* sofia steps in a row while datagrams are queued */
 #define SIP_RTX_SPARES 128       /* freed REGISTER records kept for reuse (~1 MB) */
 #define SIP_OP_SPARES 1024       /* finished DHT call records kept for reuse (48 KB) */
@@ -635,10 +639,10 @@ void sip__resend_keep(sip_svc_t *s, const char *key, const void *bytes, size_t l
 /* The bytes kept for key (and their length in *len), or NULL. */
 const void *sip__resend_find(sip_svc_t *s, const char *key, size_t *len);
 /* The REGISTERs the peek answered with 503, by the same key, remembered
- * SIP_SHED_MEMORY_MS: while the node still sheds, a copy of one is
- * dropped rather than answered again (core.c). */
+ * SIP_SHED_MEMORY_MS: a copy of one is dropped rather than answered again
+ * (core.c). */
 void sip__resend_shed_note(sip_svc_t *s, const char *key);
-int sip__resend_shed_seen(sip_svc_t *s, const char *key);
+int sip__resend_shed_seen(sip_svc_t *s, const char *key, unsigned within_ms);
 void sip__resend_free(sip_svc_t *s);
 
 /* registrar.c */
