@@ -109,6 +109,7 @@ typedef struct {
 } shed_t;
 
 struct sip_shed {
+  uint64_t last; /* uv_now() ms of the latest key noted */
   shed_t e[SIP_SHED_KEYS];
 };
 
@@ -123,12 +124,15 @@ void sip__resend_shed_note(sip_svc_t *s, const char *key)
   if (!s->shed_keys && !(s->shed_keys = calloc(1, sizeof *s->shed_keys)))
     return;
   uint64_t h = hash64(key);
-  s->shed_keys->e[h % SIP_SHED_KEYS] = (shed_t){h, sip__now_ms(s)};
+  s->shed_keys->last = sip__now_ms(s);
+  s->shed_keys->e[h % SIP_SHED_KEYS] = (shed_t){h, s->shed_keys->last};
 }
 
 int sip__resend_shed_seen(sip_svc_t *s, const char *key, unsigned within_ms)
 {
-  if (!s->shed_keys)
+  /* Once the node no longer sheds, every REGISTER asks for the
+   * Retry-After's 2 s: none is hashed when nothing was shed that late. */
+  if (!s->shed_keys || sip__now_ms(s) - s->shed_keys->last >= within_ms)
     return 0;
   uint64_t h = hash64(key);
   const shed_t *e = &s->shed_keys->e[h % SIP_SHED_KEYS];
