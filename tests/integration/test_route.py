@@ -123,7 +123,15 @@ def test(h):
     check(d["routed_sent"] >= 2 * 30 and d["routed_forwarded"] > 0,
           "they travelled routed (routed_sent +%d, routed_forwarded +%d)" % (d["routed_sent"], d["routed_forwarded"]))
     check(d["routed_fallbacks"] == 0 and d["routed_failed"] == 0, "no routed request failed or fell back", d)
-    check(d["tls_handshakes"] == 0, "with warm links they made no TLS handshake", new_links(nodes, marks))
+    # The ring's upkeep may open links meanwhile: its pings reach nodes of
+    # a node's own table it had no link to yet (in CI one did, 2.8 s into
+    # the test), or again once a warm-up link idled out (below).  Those
+    # say "opened for a ping"; a put or get would open one for itself.
+    links = new_links(nodes, marks)
+    theirs = [l for l in links if not l.endswith("opened for a ping")]
+    check(not theirs and d["tls_handshakes"] <= 2 * len(links),
+          "with warm links they made no TLS handshake (upkeep's pings linked %d times)" %
+          (len(links) - len(theirs)), (d["tls_handshakes"], links))
 
     # Upkeep alone ---------------------------------------------------------
     # Links opened by the joins to strangers (and kept busy by the routed
