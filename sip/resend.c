@@ -132,11 +132,12 @@ int sip__resend_shed_seen(sip_svc_t *s, const char *key, unsigned within_ms)
 {
   /* Once the node no longer sheds, every REGISTER asks for the
    * Retry-After's 2 s: none is hashed when nothing was shed that late. */
-  if (!s->shed_keys || sip__now_ms(s) - s->shed_keys->last >= within_ms)
+  uint64_t now = sip__now_ms(s);
+  if (!s->shed_keys || now - s->shed_keys->last >= within_ms)
     return 0;
   uint64_t h = hash64(key);
   const shed_t *e = &s->shed_keys->e[h % SIP_SHED_KEYS];
-  return e->at && e->hash == h && sip__now_ms(s) - e->at < within_ms;
+  return e->at && e->hash == h && now - e->at < within_ms;
 }
 
 void sip__resend_free(sip_svc_t *s)
