@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include "dht/dht.h"
+#include "dht/udpq.h"
 #include "proto/stun.h"
 #include "relay/relay.h"
 
@@ -65,7 +66,6 @@ typedef struct relay_alloc relay_alloc_t;
 typedef struct relay_op relay_op_t;
 typedef struct relay_resv relay_resv_t;
 typedef struct relay_conn relay_conn_t;
-typedef struct relay_txb relay_txb_t;
 
 /* What an Allocate asks for besides a port. */
 typedef struct {
@@ -125,7 +125,6 @@ typedef struct {
   uint64_t allocs_made, allocs_expired;
   uint64_t tcp_accepted, tcp_refused, tcp_closed_malformed, tcp_closed_idle, tcp_closed_peer;
   uint64_t tcp_queue_drops;
-  uint64_t tx_batches, tx_batched; /* sendmmsg calls and the datagrams they sent */
   /* Datagrams from one of our relayed addresses to another, handed over in
    * process (alloc.c, handover); they count in to_peer and peer_in too. */
   uint64_t relayed_internal;
@@ -151,7 +150,7 @@ struct relay {
   uv_check_t flush; /* sends the TURN port's batch once per loop turn */
   relay_conn_t *conns; /* TCP connections */
   unsigned n_conns, tcp_max, tcp_idle;
-  relay_txb_t *txb; /* the TURN port's pending datagrams */
+  udpq_t *txq; /* the TURN port's pending datagrams (to clients) */
   uv_timer_t tick;
   uv_timer_t rec_timer;
   int started, stopping, removing, open_handles;

@@ -65,77 +65,26 @@ static void on_alloc_buf(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 
 /* The TURN port's outgoing datagrams ------------------------------------ */
 
-/* Datagrams to clients over UDP wait here, copied, until the loop has run
- * every I/O callback of this turn; then one sendmmsg() sends them all
- * (flush_batch, from the uv_check handle).  A datagram the kernel refuses
- * (EAGAIN: the socket's send buffer is full) is dropped and counted, as
- * uv_udp_try_send() would have dropped it. */
-struct relay_txb {
-  unsigned n;
-  size_t used;
-  struct mmsghdr msgs[RELAY_TXB];
-  struct iovec iov[RELAY_TXB];
-  struct sockaddr_storage to[RELAY_TXB];
-  uint8_t data[RELAY_TXB_BYTES];
-};
-
-static void flush_batch(relay_t *r) {
-  relay_txb_t *t = r->txb;
-  int fd = -1;
-  unsigned done = 0;
-  if (!t || !t->n) return;
-  if (uv_fileno((const uv_handle_t *)&r->udp, &fd) < 0) done = t->n;
-  while (done < t->n) {
-    int k = sendmmsg(fd, t->msgs + done, t->n - done, MSG_DONTWAIT);
-    if (k < 0 && errno == EINTR) continue;
-    if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      r->c.send_errors += t->n - done; /* the send buffer is full: so is the rest */
-      break;
-    }
-    if (k <= 0) {
-      /* The first datagram left failed: drop it and try the rest. */
-      r->c.send_errors++;
-      done++;
-      continue;
-    }
-    r->c.tx_batches++, r->c.tx_batched += (unsigned)k;
-    done += (unsigned)k;
-  }
-  t->n = 0, t->used = 0;
+/* Datagrams to clients over UDP wait in r->txq (dht/udpq.h) until the loop
+ * has run every I/O callback of this turn; then one sendmmsg() sends them
+ * all (on_flush, from the uv_check handle). */
+static void on_flush(uv_check_t *h) {
+  relay_t *r = h->data;
+  udpq_flush(r->txq);
 }
 
-static void on_flush(uv_check_t *h) { flush_batch(h->data); }
-
 static int send_udp(relay_t *r, const proto_stun_addr_t *to, const void *p, size_t n) {
-  relay_txb_t *t = r->txb;
-  if (n > RELAY_TXB_BYTES) {
-    /* Too big to batch (up to 64 KiB from a peer): keep the order, send now. */
-    flush_batch(r);
-    struct sockaddr_storage ss;
-    relay__addr_to_sa(to, &ss);
-    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
-    return uv_udp_try_send(&r->udp, &b, 1, (const struct sockaddr *)&ss);
-  }
-  if (t->n == RELAY_TXB || t->used + n > RELAY_TXB_BYTES) flush_batch(r);
-  unsigned i = t->n++;
-  uint8_t *d = t->data + t->used;
-  memcpy(d, p, n);
-  t->used += n;
-  relay__addr_to_sa(to, &t->to[i]);
-  t->iov[i] = (struct iovec){.iov_base = d, .iov_len = n};
-  t->msgs[i].msg_hdr = (struct msghdr){
-      .msg_name = &t->to[i],
-      .msg_namelen = to->family == 6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in),
-      .msg_iov = &t->iov[i],
-      .msg_iovlen = 1};
-  return 0;
+  struct sockaddr_storage ss;
+  relay__addr_to_sa(to, &ss);
+  return udpq_send(r->txq, p, n, (const struct sockaddr *)&ss,
+                   to->family == 6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
 }
 
 int relay__send_client(relay_t *r, relay_conn_t *conn, const proto_stun_addr_t *to, const void *p,
                        size_t n) {
   int rc = conn ? relay__tcp_send(conn, p, n) : send_udp(r, to, p, n);
   if (rc < 0) {
-    r->c.send_errors++;
+    r->c.send_errors += conn != NULL; /* udpq counted its own */
     return rc;
   }
   r->c.bytes_out += n;
@@ -297,7 +246,7 @@ static void relay_release(relay_t *r) {
   free(r->buckets);
   free(r->rbuckets);
   free(r->rbuf);
-  free(r->txb);
+  udpq_free(r->txq);
   free(r);
 }
 
@@ -309,9 +258,7 @@ static int copy_config(relay_t *r, const relay_config_t *cfg) {
   r->secret = strdup(cfg->secret);
   r->realm = strdup(cfg->realm && cfg->realm[0] ? cfg->realm : cfg->overlay);
   r->rbuf = malloc(RELAY_RBUF);
-  r->txb = malloc(sizeof(*r->txb));
-  if (!r->overlay || !r->secret || !r->realm || !r->rbuf || !r->txb) return -ENOMEM;
-  r->txb->n = 0, r->txb->used = 0;
+  if (!r->overlay || !r->secret || !r->realm || !r->rbuf) return -ENOMEM;
   r->tcp_max = cfg->tcp_max_clients ? cfg->tcp_max_clients : RELAY_TCP_MAX_CLIENTS;
   r->tcp_idle = cfg->tcp_idle ? cfg->tcp_idle : RELAY_TCP_IDLE;
   r->secret_len = strlen(cfg->secret);
@@ -405,6 +352,7 @@ int relay_new(uv_loop_t *loop, dht_t *dht, const relay_config_t *cfg, relay_t **
   if ((rc = uv_udp_open(&r->udp, ufd)) < 0) close(ufd);
   int trc = uv_tcp_open(&r->tcp, tfd);
   if (trc < 0) close(tfd);
+  if (rc == 0 && trc == 0 && !(r->txq = udpq_new(ufd, RELAY_TXB, RELAY_TXB_BYTES))) rc = -ENOMEM;
   if (rc < 0 || trc < 0) {
     /* Practically never; the handles reap the relay once closed. */
     r->stopping = 1, r->stop_cb = reap_on_stop;
@@ -448,7 +396,7 @@ void relay_stop(relay_t *r, void (*cb)(relay_t *, void *), void *arg) {
   r->stopping = 1, r->stop_cb = cb, r->stop_arg = arg;
   relay__tcp_close_all(r);
   relay__free_all_allocs(r);
-  flush_batch(r);
+  udpq_flush(r->txq);
   uv_close((uv_handle_t *)&r->udp, on_closed);
   uv_close((uv_handle_t *)&r->tcp, on_closed);
   uv_close((uv_handle_t *)&r->flush, on_closed);
@@ -474,6 +422,7 @@ json_t *relay_stats_json(const relay_t *r) {
   char a[64];
   relay_addr(r, a, sizeof(a));
   const relay_counters_t *c = &r->c;
+  const udpq_counts_t none = {0}, *tx = r->txq ? udpq_counts(r->txq) : &none;
   json_t *j = relay__alloc_stats(r);
   json_object_set_new(j, "addr", json_string(a));
   json_object_set_new(j, "max_credential_ttl", json_integer((json_int_t)r->max_cred_ttl));
@@ -487,7 +436,7 @@ json_t *relay_stats_json(const relay_t *r) {
   json_object_set_new(j, "tx", json_pack("{sI sI sI sI}", "to_peers", (json_int_t)c->to_peer,
                                          "to_clients", (json_int_t)c->to_client, "bytes",
                                          (json_int_t)c->bytes_out, "send_errors",
-                                         (json_int_t)c->send_errors));
+                                         (json_int_t)(c->send_errors + tx->dropped)));
   json_object_set_new(
       j, "requests",
       json_pack("{sI sI sI sI sI sI sI}", "total", (json_int_t)c->requests, "errors_sent",
@@ -509,7 +458,7 @@ json_t *relay_stats_json(const relay_t *r) {
                                 (json_int_t)c->dropped_other));
   /* Also counted in tx.to_peers and rx.from_peers (alloc.c, handover). */
   json_object_set_new(j, "relayed_internal", json_integer((json_int_t)c->relayed_internal));
-  json_object_set_new(j, "tx_batches", json_pack("{sI sI}", "sendmmsg", (json_int_t)c->tx_batches,
-                                                 "datagrams", (json_int_t)c->tx_batched));
+  json_object_set_new(j, "tx_batches", json_pack("{sI sI}", "sendmmsg", (json_int_t)tx->batches,
+                                                 "datagrams", (json_int_t)tx->sent));
   return j;
 }

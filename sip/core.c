@@ -537,6 +537,24 @@ static int register_direct(sip_svc_t *s, const char *buf, size_t len,
   return 1;
 }
 
+/* Our own answers on sofia's UDP socket (the peek's 401s and 503s, the
+ * registrar's 200s, copies for retransmissions) wait in s->txq and leave
+ * together twice a loop turn (flush_answers, sip__loop_flush):
+ * one system call, and one wake-up of a sleeping client, for a batch
+ * instead of one each.  The order of our answers is kept; sofia's own
+ * sends on the socket may pass them within a turn, as the network may. */
+static void send_answer(sip_svc_t *s, const void *p, size_t n, const struct sockaddr *to,
+                        socklen_t tolen)
+{
+  if (!s->txq || udpq_send(s->txq, p, n, to, tolen) == -EINVAL)
+    sendto(s->udp_fd, p, n, MSG_DONTWAIT, to, tolen);
+}
+
+static void flush_answers(void *arg)
+{
+  udpq_flush(((sip_svc_t *)arg)->txq);
+}
+
 /* A REGISTER for this node (no Route, the Request-URI names the overlay
  * or us, as the edge's sip__peek_hop() decides) without credentials or
  * anything else only sofia judges, on a node with users: the edge would
@@ -650,7 +668,7 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
   } else {
     s->c.register_repeats++, s->c.register_resent_peeked++;
   }
-  sendto(s->udp_fd, again, n, MSG_DONTWAIT, (const struct sockaddr *)sa, salen);
+  send_answer(s, again, n, (const struct sockaddr *)sa, salen);
   return 1;
 }
 
@@ -711,7 +729,7 @@ static void resend_irq(sip_svc_t *s, nta_incoming_t *irq, const struct sockaddr_
   char bytes[SIP_PEEK_BYTES];
   size_t n = reply ? sent_bytes(reply, bytes, sizeof bytes) : 0;
   if (n)
-    sendto(s->udp_fd, bytes, n, MSG_DONTWAIT, (const struct sockaddr *)sa, salen);
+    send_answer(s, bytes, n, (const struct sockaddr *)sa, salen);
   msg_destroy(reply);
 }
 
@@ -776,8 +794,7 @@ static void too_large(sip_svc_t *s, const sip_lines_t *h, size_t len)
   sip__addr_ip(&h->from, ip, sizeof ip, &port);
   int m = sip__peek_513(&pk, n + 2, s->sl_tag, ip, port, out, sizeof out);
   if (m > 0)
-    sendto(s->udp_fd, out, (size_t)m, MSG_DONTWAIT, (const struct sockaddr *)&h->from,
-           h->fromlen);
+    send_answer(s, out, (size_t)m, (const struct sockaddr *)&h->from, h->fromlen);
 }
 
 /* sofia exports this (tport.c) without declaring it in the headers it
@@ -856,7 +873,7 @@ int sip__lines_reply(sip_svc_t *s, const sip_lines_t *l, const sip_t *sip, int s
                        sizeof out);
   if (n < 0)
     return n;
-  sendto(s->udp_fd, out, (size_t)n, MSG_DONTWAIT, (const struct sockaddr *)&l->from, l->fromlen);
+  send_answer(s, out, (size_t)n, (const struct sockaddr *)&l->from, l->fromlen);
   if (resend_key(sip, key, sizeof key))
     sip__resend_keep(s, key, out, (size_t)n);
   s->c.register_answers_built++;
@@ -1100,6 +1117,8 @@ static int create_agent(sip_svc_t *s)
   if (err < 0)
     log_warn("no REGISTER socket beside sofia's (%s): REGISTERs share its queue",
              strerror(-err));
+  if (s->udp_fd >= 0 && (s->txq = udpq_new(s->udp_fd, SIP_TXQ_MAX, SIP_TXQ_BYTES)))
+    sip__loop_flush(s->loop, flush_answers, s);
   if (s->udp_fd >= 0)
     sip__loop_before_step(s->loop, peek_head, s);
   return rc;
@@ -1263,7 +1282,9 @@ void sip_free(sip_svc_t *s)
   if (!s)
     return;
   if (s->loop)
-    sip__loop_before_step(s->loop, NULL, NULL);
+    sip__loop_before_step(s->loop, NULL, NULL), sip__loop_flush(s->loop, NULL, NULL);
+  udpq_free(s->txq); /* sends what waits, while sofia's socket is open */
+  s->txq = NULL;
   sip__regsock_close(s->regsock);
   s->regsock = NULL;
   if (s->dht)
@@ -1469,6 +1490,7 @@ json_t *sip_stats_json(const sip_svc_t *s)
       (json_int_t)bad,
       "lookups_cached", (json_int_t)c->cache_hits, "lookups_stale", (json_int_t)c->stale,
       "stateless_forwarded", (json_int_t)c->stateless);
+  const udpq_counts_t none = {0}, *tx = s->txq ? udpq_counts(s->txq) : &none;
   /* A proxy peer found dead (gateway.c, dnsreg.c). */
   const struct { const char *name; uint64_t v; } down[] = {
       {"peer_down_reported", c->down_reported}, {"dns_down_heard", c->down_heard},
@@ -1494,7 +1516,10 @@ json_t *sip_stats_json(const sip_svc_t *s)
       {"challenged_peeked", c->challenged_peeked},
       {"register_answers_built", c->register_answers_built},
       {"register_direct", c->register_direct},  {"edge_unknown", c->edge_unknown},
-      {"register_socket", c->register_socket},  {"register_truncated", c->register_truncated}};
+      {"register_socket", c->register_socket},  {"register_truncated", c->register_truncated},
+      /* Our answers gathered per loop turn (send_answer). */
+      {"udp_answers_sent", tx->sent},           {"udp_answer_batches", tx->batches},
+      {"udp_answers_dropped", tx->dropped}};
   for (size_t i = 0; counters && i < sizeof down / sizeof *down; i++)
     json_object_set_new(counters, down[i].name, json_integer((json_int_t)down[i].v));
   json_t *flow = sip__flow_json(s);

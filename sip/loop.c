@@ -24,12 +24,15 @@ struct sip_loop {
   int closing;
   uv_poll_t poll;
   uv_prepare_t prepare;
+  uv_check_t check;
   uv_timer_t timer;
   uv_timer_t defer;
   void (*defer_fn)(void *);
   void *defer_arg;
   int (*before_fn)(void *); /* sip__loop_before_step */
   void *before_arg;
+  void (*flush_fn)(void *); /* sip__loop_flush */
+  void *flush_arg;
 };
 
 #define MAX_FDS 4096 /* fds looked at when searching for the epoll fd */
@@ -132,14 +135,27 @@ static void on_poll(uv_poll_t *h, int status, int events)
   step(h->data);
 }
 
+/* What the turn's timers and this step queued leaves before the poll,
+ * which may block. */
 static void on_prepare(uv_prepare_t *h)
 {
-  step(h->data);
+  sip_loop_t *l = h->data;
+  step(l);
+  if (l->flush_fn && !l->closing)
+    l->flush_fn(l->flush_arg);
 }
 
 static void on_timer(uv_timer_t *h)
 {
   step(h->data);
+}
+
+/* What the poll's I/O callbacks queued. */
+static void on_check(uv_check_t *h)
+{
+  sip_loop_t *l = h->data;
+  if (l->flush_fn && !l->closing)
+    l->flush_fn(l->flush_arg);
 }
 
 int sip__loop_new(uv_loop_t *uv, sip_loop_t **out)
@@ -155,12 +171,14 @@ int sip__loop_new(uv_loop_t *uv, sip_loop_t **out)
   }
   uv_poll_init(uv, &l->poll, l->epfd);
   uv_prepare_init(uv, &l->prepare);
+  uv_check_init(uv, &l->check);
   uv_timer_init(uv, &l->timer);
   uv_timer_init(uv, &l->defer);
-  l->poll.data = l->prepare.data = l->timer.data = l->defer.data = l;
-  l->handles = 4;
+  l->poll.data = l->prepare.data = l->check.data = l->timer.data = l->defer.data = l;
+  l->handles = 5;
   uv_poll_start(&l->poll, UV_READABLE, on_poll);
   uv_prepare_start(&l->prepare, on_prepare);
+  uv_check_start(&l->check, on_check);
   uv_timer_start(&l->timer, on_timer, 1, 0);
   *out = l;
   return 0;
@@ -169,6 +187,11 @@ int sip__loop_new(uv_loop_t *uv, sip_loop_t **out)
 void sip__loop_before_step(sip_loop_t *l, int (*fn)(void *), void *arg)
 {
   l->before_fn = fn, l->before_arg = arg;
+}
+
+void sip__loop_flush(sip_loop_t *l, void (*fn)(void *), void *arg)
+{
+  l->flush_fn = fn, l->flush_arg = arg;
 }
 
 su_root_t *sip__loop_root(sip_loop_t *l)
@@ -211,6 +234,7 @@ void sip__loop_free(sip_loop_t *l)
   /* Stop watching the epoll fd before sofia closes it. */
   uv_close((uv_handle_t *)&l->poll, on_closed);
   uv_close((uv_handle_t *)&l->prepare, on_closed);
+  uv_close((uv_handle_t *)&l->check, on_closed);
   uv_close((uv_handle_t *)&l->timer, on_closed);
   uv_close((uv_handle_t *)&l->defer, on_closed);
   su_root_destroy(l->root);

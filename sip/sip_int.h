@@ -21,6 +21,7 @@
 
 #include "dht/cert.h"
 #include "dht/log.h"
+#include "dht/udpq.h"
 #include "sip/sip.h"
 
 /* Limits on what one request may make us do (STYLE 8). */
@@ -87,6 +88,10 @@
  * a ms, its STOREs held up to 30 ms by --link-hold 20, holds ~2,000. */
 #define SIP_MAX_REGISTERING 4096
 #define SIP_PEEK_BYTES 4096       /* of a datagram looked at before sofia reads it */
+/* Our answers gathered in a loop turn (core.c, send_answer): a 401 or a
+ * 200 is 400-1,500 bytes, so a full batch is 40-160 answers. */
+#define SIP_TXQ_MAX 64
+#define SIP_TXQ_BYTES (64 * 1024)
 #define SIP_PEEK_MAX 64           /* datagrams dropped so at most, per step */
 /* REGISTER answers kept as bytes (resend.c): at a registrar's knee, 38,000
  * answers a second, 32,768 are 0.86 s, past a first retransmission (T1).
@@ -317,6 +322,7 @@ struct sip_svc {
   sip_limits_t *limits;   /* per-source limits, or NULL (off) */
   int udp_fd;             /* sofia's SIP UDP socket (its queue says when to shed), or -1 */
   sip_regsock_t *regsock; /* the REGISTER socket beside it (regsock.c), or NULL */
+  udpq_t *txq;            /* our own answers on udp_fd, sent once a loop turn, or NULL */
   uint64_t rx_taken;      /* datagrams the node read past sofia (peek, REGISTER socket) */
   uint64_t rx_at;         /* start of the current rate window (uv_now), 0: none yet */
   usize_t rx_count;       /* nta's messages received then */
@@ -358,6 +364,10 @@ int sip__loop_defer(sip_loop_t *l, void (*fn)(void *), void *arg);
  * burst, for its timers). */
 #define SIP_LOOP_TOOK 2
 void sip__loop_before_step(sip_loop_t *l, int (*fn)(void *), void *arg);
+/* fn(arg) twice a libuv turn (NULL: none): before the poll, which may
+ * block (after the timers and sofia's step), and after the poll's I/O
+ * callbacks.  Whatever the node queued to send in the turn leaves then. */
+void sip__loop_flush(sip_loop_t *l, void (*fn)(void *), void *arg);
 /* The first open fd for which match() is nonzero, or -1: sofia hands out
  * none of its sockets' fds (core.c looks for its SIP UDP socket). */
 int sip__loop_find_fd(int (*match)(int fd, void *arg), void *arg);

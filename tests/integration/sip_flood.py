@@ -440,7 +440,8 @@ def test_overload(c, node):
     after = counters(node)
     d = {k: after[k] - before[k] for k in ("shed", "shed_peeked", "shed_queue",
                                            "register_resent_peeked", "register_repeats",
-                                           "register_ok")}
+                                           "register_ok", "udp_answers_sent",
+                                           "udp_answer_batches")}
     # A probe that waited through a stop (or the drain right after it)
     # waited for the stop.
     hit = lambda a, b: any(a < w1 + 0.05 and b > w0 for (w0, w1) in windows)
@@ -470,6 +471,12 @@ def test_overload(c, node):
           "most of what is shed is shed at the peek", d)
     check(d["register_resent_peeked"] >= 1, "retransmissions of answered ones get the kept "
           "bytes again, unparsed", d)
+    answered = sum(r["codes"].values()) + sum(r["codes_auth"].values())
+    # (sofia answers what the peek and the registrar leave to it, unbatched)
+    check(d["udp_answers_sent"] >= 0.9 * answered and
+          0 < d["udp_answer_batches"] < d["udp_answers_sent"],
+          "the answers leave gathered: %d (the flooder read %d) in %d sendmmsg calls" %
+          (d["udp_answers_sent"], answered, d["udp_answer_batches"]), d)
     check(max(stalled, default=0) < stop_ms[0] + 300,
           "OPTIONS caught in a %d ms stop answered within %d ms (max %.0f of %d)" %
           (stop_ms[0], stop_ms[0] + 300, max(stalled, default=0), len(stalled)), stalled)

@@ -2,7 +2,9 @@
  * sip/loop.c: sofia's timers and socket events run from a libuv loop.
  * Timers fire once each, in deadline order, not before their deadline; an
  * fd registered with sofia wakes it through libuv; a deferred call runs
- * from libuv; after sip__loop_free() the loop closes with no handle left.
+ * from libuv; the flush hook runs after the poll's I/O callbacks and
+ * before a poll that may block (what a timer queued does not wait for the
+ * next event); after sip__loop_free() the loop closes with no handle left.
  */
 #include <sys/socket.h>
 #include <unistd.h>
@@ -18,6 +20,8 @@ static uint64_t t0;
 static uv_loop_t *uv;
 static su_duration_t delays[NT];
 static int io_seen, deferred;
+static uint64_t queued_at, flushed_at; /* by a uv timer; by the flush hook */
+static int flushes, flushes_at_io = -1;
 
 static void on_su_timer(su_root_magic_t *m, su_timer_t *t, su_timer_arg_t *arg)
 {
@@ -37,6 +41,7 @@ static int on_readable(su_root_magic_t *m, su_wait_t *w, su_wakeup_arg_t *arg)
   char buf[16];
   if (read(*(int *)arg, buf, sizeof buf) > 0)
     io_seen++;
+  flushes_at_io = flushes;
   return 0;
 }
 
@@ -50,6 +55,20 @@ static void on_write(uv_timer_t *t)
 static void on_deferred(void *arg)
 {
   deferred = *(int *)arg;
+}
+
+/* As a DHT timeout answering a REGISTER does: from a timer, with nothing
+ * else due before the stop timer. */
+static void on_queue(uv_timer_t *t)
+{
+  queued_at = uv_now(t->loop);
+}
+
+static void on_flush(void *arg)
+{
+  flushes++;
+  if (queued_at && !flushed_at)
+    flushed_at = uv_now(uv);
 }
 
 static void on_stop(uv_timer_t *t)
@@ -78,9 +97,12 @@ int main(void)
   ASSERT_OK(su_wait_create(w, fds[0], SU_WAIT_IN));
   int idx = su_root_register(root, w, on_readable, (su_wakeup_arg_t *)&fds[0], 0);
   ASSERT_GT(idx, 0);
-  uv_timer_t wr, stop;
+  uv_timer_t wr, stop, queue;
   uv_timer_init(uv, &wr);
   uv_timer_start(&wr, on_write, 30, 0);
+  uv_timer_init(uv, &queue);
+  uv_timer_start(&queue, on_queue, 150, 0);
+  sip__loop_flush(l, on_flush, NULL);
   int magic = 42;
   ASSERT_OK(sip__loop_defer(l, on_deferred, &magic));
   uv_timer_init(uv, &stop);
@@ -92,11 +114,15 @@ int main(void)
   ASSERT_EQ(early, 0);
   ASSERT_EQ(io_seen, 1);
   ASSERT_EQ(deferred, 42);
+  ASSERT_GT(flushes, flushes_at_io); /* after the I/O callback */
+  ASSERT_GT(flushed_at, 0);
+  ASSERT_LT(flushed_at - queued_at, 100); /* not at the stop timer, 150 ms on */
 
   ASSERT_GE(su_root_deregister(root, idx), 0);
   sip__loop_free(l);
   uv_close((uv_handle_t *)&wr, NULL);
   uv_close((uv_handle_t *)&stop, NULL);
+  uv_close((uv_handle_t *)&queue, NULL);
   ASSERT_OK(uv_run(uv, UV_RUN_DEFAULT));
   ASSERT_OK(uv_loop_close(uv));
   close(fds[0]), close(fds[1]);

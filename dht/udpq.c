@@ -1,0 +1,88 @@
+/*
+ * udpq: see udpq.h.  One allocation holds the headers, the addresses and
+ * the copied bytes; nothing is allocated per datagram.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dht/udpq.h"
+
+struct udpq {
+  int fd;
+  unsigned n, max;
+  size_t used, max_bytes;
+  udpq_counts_t c;
+  struct mmsghdr *msgs;
+  struct iovec *iov;
+  struct sockaddr_storage *to;
+  uint8_t *data;
+};
+
+udpq_t *udpq_new(int fd, unsigned max, size_t max_bytes) {
+  udpq_t *q = calloc(1, sizeof(*q));
+  if (!q) return NULL;
+  q->fd = fd, q->max = max ? max : 1, q->max_bytes = max_bytes;
+  q->msgs = calloc(q->max, sizeof(*q->msgs));
+  q->iov = calloc(q->max, sizeof(*q->iov));
+  q->to = calloc(q->max, sizeof(*q->to));
+  q->data = malloc(max_bytes ? max_bytes : 1);
+  if (!q->msgs || !q->iov || !q->to || !q->data) {
+    udpq_free(q);
+    return NULL;
+  }
+  return q;
+}
+
+void udpq_flush(udpq_t *q) {
+  unsigned done = 0;
+  while (q && done < q->n) {
+    int k = sendmmsg(q->fd, q->msgs + done, q->n - done, MSG_DONTWAIT);
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      q->c.dropped += q->n - done; /* the send buffer is full: so is the rest */
+      break;
+    }
+    if (k <= 0) {
+      /* The first datagram left failed (unreachable, too big): drop it and go on. */
+      q->c.dropped++;
+      done++;
+      continue;
+    }
+    q->c.batches++, q->c.sent += (unsigned)k;
+    done += (unsigned)k;
+  }
+  if (q) q->n = 0, q->used = 0;
+}
+
+void udpq_free(udpq_t *q) {
+  if (!q) return;
+  if (q->msgs && q->iov && q->to && q->data) udpq_flush(q);
+  free(q->msgs), free(q->iov), free(q->to), free(q->data);
+  free(q);
+}
+
+int udpq_send(udpq_t *q, const void *p, size_t n, const struct sockaddr *to, socklen_t tolen) {
+  if (tolen > sizeof(q->to[0])) return -EINVAL;
+  if (n > q->max_bytes) {
+    udpq_flush(q); /* keep the order */
+    if (sendto(q->fd, p, n, MSG_DONTWAIT, to, tolen) < 0) {
+      q->c.dropped++;
+      return -errno;
+    }
+    q->c.sent++;
+    return 0;
+  }
+  if (q->n == q->max || q->used + n > q->max_bytes) udpq_flush(q);
+  unsigned i = q->n++;
+  uint8_t *d = q->data + q->used;
+  memcpy(d, p, n);
+  q->used += n;
+  memcpy(&q->to[i], to, tolen);
+  q->iov[i] = (struct iovec){.iov_base = d, .iov_len = n};
+  q->msgs[i].msg_hdr = (struct msghdr){
+      .msg_name = &q->to[i], .msg_namelen = tolen, .msg_iov = &q->iov[i], .msg_iovlen = 1};
+  return 0;
+}
+
+const udpq_counts_t *udpq_counts(const udpq_t *q) { return &q->c; }
