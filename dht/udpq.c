@@ -34,11 +34,23 @@ udpq_t *udpq_new(int fd, unsigned max, size_t max_bytes) {
   return q;
 }
 
+/* An ICMP error for an earlier datagram (a port unreachable from a phone
+ * gone) is kept on the socket and reported by its next send, which then
+ * sends nothing (the error queue, which sofia reads, keeps it): that
+ * datagram had no fault of its own and is tried once more. */
+static int earlier_error(int e) {
+  return e == ECONNREFUSED || e == EHOSTUNREACH || e == ENETUNREACH || e == EHOSTDOWN;
+}
+
 void udpq_flush(udpq_t *q) {
-  unsigned done = 0;
+  unsigned done = 0, retried = ~0u;
   while (q && done < q->n) {
     int k = sendmmsg(q->fd, q->msgs + done, q->n - done, MSG_DONTWAIT);
     if (k < 0 && errno == EINTR) continue;
+    if (k < 0 && earlier_error(errno) && retried != done) {
+      retried = done;
+      continue;
+    }
     if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       q->c.dropped += q->n - done; /* the send buffer is full: so is the rest */
       break;
@@ -66,7 +78,9 @@ int udpq_send(udpq_t *q, const void *p, size_t n, const struct sockaddr *to, soc
   if (tolen > sizeof(q->to[0])) return -EINVAL;
   if (n > q->max_bytes) {
     udpq_flush(q); /* keep the order */
-    if (sendto(q->fd, p, n, MSG_DONTWAIT, to, tolen) < 0) {
+    ssize_t r = sendto(q->fd, p, n, MSG_DONTWAIT, to, tolen);
+    if (r < 0 && earlier_error(errno)) r = sendto(q->fd, p, n, MSG_DONTWAIT, to, tolen);
+    if (r < 0) {
       q->c.dropped++;
       return -errno;
     }

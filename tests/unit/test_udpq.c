@@ -1,7 +1,8 @@
 /* The send queue (dht/udpq.c) on real loopback sockets: nothing leaves
  * before a flush, then everything in order; a full queue sends itself; a
  * datagram too big to queue goes after what waits; a refused datagram is
- * dropped and counted without losing the ones behind it. */
+ * dropped and counted without losing the ones behind it; an ICMP error
+ * left on the socket by an earlier datagram costs the next one nothing. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -116,6 +117,34 @@ static void test_refused_counted(int out, const struct sockaddr_in *to) {
   udpq_free(q);
 }
 
+/* A port unreachable for an earlier datagram (on loopback it is back
+ * before sendto() returns) is reported by the next send on the socket. */
+static void test_earlier_error(int in, const struct sockaddr_in *to) {
+  struct sockaddr_in gone, from;
+  int out = udp_bound(&from), one = 1;
+  close(udp_bound(&gone));
+  ASSERT_OK(setsockopt(out, IPPROTO_IP, IP_RECVERR, &one, sizeof one));
+  char buf[64];
+  while (next(in, buf, sizeof buf) >= 0) {
+  }
+  for (int big = 0; big < 2; big++) {
+    udpq_t *q = udpq_new(out, 8, 16);
+    ASSERT_EQ(sendto(out, "x", 1, 0, (struct sockaddr *)&gone, sizeof gone), 1);
+    if (big) {
+      /* Larger than the queue: sent at once. */
+      ASSERT_OK(udpq_send(q, "answered-at-once", 16 + 1, (const struct sockaddr *)to, sizeof(*to)));
+    } else {
+      send_str(q, "answered", to);
+      udpq_flush(q);
+    }
+    ASSERT_EQ(next(in, buf, sizeof buf), (big ? 17 : 8));
+    ASSERT_UINT_EQ(udpq_counts(q)->dropped, 0);
+    ASSERT_UINT_EQ(udpq_counts(q)->sent, 1);
+    udpq_free(q);
+  }
+  close(out);
+}
+
 int main(void) {
   struct sockaddr_in from, to;
   int out = udp_bound(&from), in = udp_bound(&to);
@@ -123,6 +152,7 @@ int main(void) {
   test_order_and_flush(out, in, &to);
   test_refused(out, in, &to);
   test_refused_counted(out, &to);
+  test_earlier_error(in, &to);
   while (next(in, buf, sizeof buf) >= 0) {
   }
   close(out), close(in);
