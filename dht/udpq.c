@@ -13,24 +13,24 @@ struct udpq {
   unsigned n, max;
   size_t used, max_bytes;
   udpq_counts_t c;
-  struct mmsghdr *msgs;
+  struct mmsghdr *msgs; /* these four point into the same block, after the struct */
   struct iovec *iov;
   struct sockaddr_storage *to;
   uint8_t *data;
 };
 
 udpq_t *udpq_new(int fd, unsigned max, size_t max_bytes) {
-  udpq_t *q = calloc(1, sizeof(*q));
+  max = max ? max : 1;
+  /* Every part's size is a multiple of 8: each starts aligned. */
+  size_t head = (sizeof(udpq_t) + 7) & ~(size_t)7;
+  size_t per = sizeof(struct mmsghdr) + sizeof(struct iovec) + sizeof(struct sockaddr_storage);
+  udpq_t *q = calloc(1, head + max * per + max_bytes);
   if (!q) return NULL;
-  q->fd = fd, q->max = max ? max : 1, q->max_bytes = max_bytes;
-  q->msgs = calloc(q->max, sizeof(*q->msgs));
-  q->iov = calloc(q->max, sizeof(*q->iov));
-  q->to = calloc(q->max, sizeof(*q->to));
-  q->data = malloc(max_bytes ? max_bytes : 1);
-  if (!q->msgs || !q->iov || !q->to || !q->data) {
-    udpq_free(q);
-    return NULL;
-  }
+  q->fd = fd, q->max = max, q->max_bytes = max_bytes;
+  q->msgs = (struct mmsghdr *)((char *)q + head);
+  q->iov = (struct iovec *)(q->msgs + max);
+  q->to = (struct sockaddr_storage *)(q->iov + max);
+  q->data = (uint8_t *)(q->to + max);
   return q;
 }
 
@@ -43,8 +43,9 @@ static int earlier_error(int e) {
 }
 
 void udpq_flush(udpq_t *q) {
+  if (!q) return;
   unsigned done = 0, retried = ~0u;
-  while (q && done < q->n) {
+  while (done < q->n) {
     int k = sendmmsg(q->fd, q->msgs + done, q->n - done, MSG_DONTWAIT);
     if (k < 0 && errno == EINTR) continue;
     if (k < 0 && earlier_error(errno) && retried != done) {
@@ -64,13 +65,11 @@ void udpq_flush(udpq_t *q) {
     q->c.batches++, q->c.sent += (unsigned)k;
     done += (unsigned)k;
   }
-  if (q) q->n = 0, q->used = 0;
+  q->n = 0, q->used = 0;
 }
 
 void udpq_free(udpq_t *q) {
-  if (!q) return;
-  if (q->msgs && q->iov && q->to && q->data) udpq_flush(q);
-  free(q->msgs), free(q->iov), free(q->to), free(q->data);
+  udpq_flush(q);
   free(q);
 }
 

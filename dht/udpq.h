@@ -7,8 +7,9 @@
  * dht/ with log for the same reason: the lowest layer that does I/O, under
  * both relay/ and sip/.
  *
- * The owner calls udpq_flush() from a uv_check (after the turn's I/O
- * callbacks) and before closing the socket.  A datagram the kernel refuses
+ * The owner calls udpq_flush() at least once a loop turn after its I/O
+ * callbacks (a uv_check), wherever else a send must not wait for the
+ * next turn, and before closing the socket.  A datagram the kernel refuses
  * (EAGAIN: the send buffer is full) is dropped and counted, as a
  * non-blocking sendto() would have dropped it.
  */

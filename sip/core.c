@@ -546,7 +546,9 @@ static int register_direct(sip_svc_t *s, const char *buf, size_t len,
 static void send_answer(sip_svc_t *s, const void *p, size_t n, const struct sockaddr *to,
                         socklen_t tolen)
 {
-  if (!s->txq || udpq_send(s->txq, p, n, to, tolen) == -EINVAL)
+  if (s->txq)
+    udpq_send(s->txq, p, n, to, tolen);
+  else
     sendto(s->udp_fd, p, n, MSG_DONTWAIT, to, tolen);
 }
 

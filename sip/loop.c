@@ -135,14 +135,18 @@ static void on_poll(uv_poll_t *h, int status, int events)
   step(h->data);
 }
 
+static void flush(sip_loop_t *l)
+{
+  if (l->flush_fn && !l->closing)
+    l->flush_fn(l->flush_arg);
+}
+
 /* What the turn's timers and this step queued leaves before the poll,
  * which may block. */
 static void on_prepare(uv_prepare_t *h)
 {
-  sip_loop_t *l = h->data;
-  step(l);
-  if (l->flush_fn && !l->closing)
-    l->flush_fn(l->flush_arg);
+  step(h->data);
+  flush(h->data);
 }
 
 static void on_timer(uv_timer_t *h)
@@ -153,9 +157,7 @@ static void on_timer(uv_timer_t *h)
 /* What the poll's I/O callbacks queued. */
 static void on_check(uv_check_t *h)
 {
-  sip_loop_t *l = h->data;
-  if (l->flush_fn && !l->closing)
-    l->flush_fn(l->flush_arg);
+  flush(h->data);
 }
 
 int sip__loop_new(uv_loop_t *uv, sip_loop_t **out)
