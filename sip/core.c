@@ -454,7 +454,8 @@ static int must_shed(sip_svc_t *s, const sip_t *sip)
   return why & (m == sip_method_register ? SHED_REGISTER : SHED_NEW) ? why : 0;
 }
 
-/* A 503 for new work went out; why says why (overloaded()). */
+/* New work was shed (a 503, or none: shed_unanswered()); why says why
+ * (overloaded()). */
 static void count_shed(sip_svc_t *s, int why, int peeked)
 {
   s->c.shed++;
@@ -463,6 +464,32 @@ static void count_shed(sip_svc_t *s, int why, int peeked)
     s->c.shed_queue++;
   else
     s->c.shed_dht_behind++;
+}
+
+/* A copy of a REGISTER shed lately came from sa: it counts towards
+ * judging the source deaf to our 503s (SIP_DEAF_COPIES), said once when
+ * it is. */
+static void shed_copy_from(sip_svc_t *s, const struct sockaddr_storage *sa)
+{
+  char who[INET6_ADDRSTRLEN + 8];
+  if (!sip__resend_shed_copy(s, (const struct sockaddr *)sa))
+    return;
+  s->c.shed_deaf_sources++;
+  dht_addr_str(sa, who, sizeof who);
+  log_info("%s sends REGISTERs again after their 503 (it ignores Retry-After): what is shed "
+           "from it gets no answer for %d s",
+           who, SIP_SHED_MEMORY_MS / 1000);
+}
+
+/* Whether new work from sa, to be shed (why), goes unanswered: its
+ * source ignores our 503s (counted as shed all the same). */
+static int shed_unanswered(sip_svc_t *s, int why, int peeked, const struct sockaddr_storage *sa)
+{
+  if (!sip__resend_shed_deaf(s, (const struct sockaddr *)sa))
+    return 0;
+  count_shed(s, why, peeked);
+  s->c.shed_silent++;
+  return 1;
 }
 
 static int on_stateless(nta_agent_magic_t *magic, nta_agent_t *agent, msg_t *msg, sip_t *sip);
@@ -648,6 +675,7 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
   if (!again && keyed &&
       sip__resend_shed_seen(s, key, shedding ? SIP_SHED_MEMORY_MS : SIP_SHED_RETRY_AFTER_MS)) {
     s->c.shed_repeats_dropped++;
+    shed_copy_from(s, sa);
     return 1;
   }
   int challenge = !again && !shedding && keyed && got == len && challenge_only(s, &pk);
@@ -656,6 +684,11 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
                    register_direct(s, buf, len, sa, salen)
                ? SIP_LOOP_TOOK
                : 0;
+  if (!again && !challenge && shed_unanswered(s, shed, 1, sa)) {
+    if (keyed)
+      sip__resend_shed_note(s, key);
+    return 1;
+  }
   char out[SIP_PEEK_BYTES];
   int rc = sip__limit_peek(s, (const struct sockaddr *)sa, salen);
   if (rc)
@@ -917,8 +950,20 @@ static void shed_request(sip_svc_t *s, msg_t *msg, sip_t *sip, int why)
   char key[700];
   int keyed = sip->sip_request->rq_method == sip_method_register &&
               resend_key(sip, key, sizeof key);
+  su_addrinfo_t *ai = msg_addrinfo(msg);
+  struct sockaddr_storage src;
+  memset(&src, 0, sizeof src);
+  if (ai && ai->ai_addr && ai->ai_addrlen <= sizeof src)
+    memcpy(&src, ai->ai_addr, ai->ai_addrlen);
   if (keyed && sip__resend_shed_seen(s, key, SIP_SHED_MEMORY_MS)) {
     s->c.shed_repeats_dropped++;
+    shed_copy_from(s, &src);
+    msg_destroy(msg);
+    return;
+  }
+  if (shed_unanswered(s, why, 0, &src)) {
+    if (keyed)
+      sip__resend_shed_note(s, key);
     msg_destroy(msg);
     return;
   }
@@ -1513,7 +1558,8 @@ json_t *sip_stats_json(const sip_svc_t *s)
       {"shed", c->shed},                        {"register_repeats", c->register_repeats},
       {"register_repeats_peeked", c->register_repeats_peeked},
       {"register_resent_peeked", c->register_resent_peeked}, {"shed_peeked", c->shed_peeked},
-      {"shed_repeats_dropped", c->shed_repeats_dropped},
+      {"shed_repeats_dropped", c->shed_repeats_dropped}, {"shed_silent", c->shed_silent},
+      {"shed_deaf_sources", c->shed_deaf_sources},
       {"shed_queue", c->shed_queue},            {"shed_dht_behind", c->shed_dht_behind},
       {"challenged_peeked", c->challenged_peeked},
       {"register_answers_built", c->register_answers_built},

@@ -21,6 +21,7 @@
  * them; an answer too big for a slot is not kept.
  */
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -108,9 +109,18 @@ typedef struct {
   uint64_t hash, at; /* at: uv_now() ms, 0 when free */
 } shed_t;
 
+/* A source that sent copies of REGISTERs shed with a 503: counted from
+ * its first copy (since), judged deaf to the 503 (until) at
+ * SIP_DEAF_COPIES within SIP_SHED_MEMORY_MS. */
+typedef struct {
+  uint64_t hash, since, until; /* uv_now() ms; until 0: not judged */
+  unsigned copies;
+} deaf_t;
+
 struct sip_shed {
   uint64_t last; /* uv_now() ms of the latest key noted */
   shed_t e[SIP_SHED_KEYS];
+  deaf_t deaf[SIP_DEAF_SOURCES]; /* direct-mapped by the source's hash */
 };
 
 static uint64_t hash64(const char *key)
@@ -138,6 +148,48 @@ int sip__resend_shed_seen(sip_svc_t *s, const char *key, unsigned within_ms)
   uint64_t h = hash64(key);
   const shed_t *e = &s->shed_keys->e[h % SIP_SHED_KEYS];
   return e->at && e->hash == h && now - e->at < within_ms;
+}
+
+/* The source's address and port (the port too: phones behind one NAT
+ * share an address), hashed; 0 for an address of no known family. */
+static uint64_t source_hash(const struct sockaddr *sa)
+{
+  const char *a, *port;
+  size_t n;
+  if (sa && sa->sa_family == AF_INET) {
+    const struct sockaddr_in *v4 = (const struct sockaddr_in *)sa;
+    a = (const char *)&v4->sin_addr, n = sizeof v4->sin_addr, port = (const char *)&v4->sin_port;
+  } else if (sa && sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)sa;
+    a = (const char *)&v6->sin6_addr, n = sizeof v6->sin6_addr, port = (const char *)&v6->sin6_port;
+  } else {
+    return 0;
+  }
+  uint32_t lo = sip__fnv_n(sip__fnv_n(SIP_FNV_INIT, a, n), port, 2);
+  uint32_t hi = sip__fnv_n(sip__fnv_n(0x5bd1e995u, a, n), port, 2);
+  return (uint64_t)hi << 32 | lo | 1; /* never 0: 0 marks a free entry */
+}
+
+int sip__resend_shed_copy(sip_svc_t *s, const struct sockaddr *sa)
+{
+  uint64_t h = source_hash(sa), now = sip__now_ms(s);
+  if (!h || !s->shed_keys)
+    return 0;
+  deaf_t *e = &s->shed_keys->deaf[h % SIP_DEAF_SOURCES];
+  int deaf = e->hash == h && now < e->until;
+  /* Another source in the slot, or copies too far apart: count anew. */
+  if (e->hash != h || (!deaf && now - e->since >= SIP_SHED_MEMORY_MS))
+    *e = (deaf_t){.hash = h, .since = now};
+  if (++e->copies >= SIP_DEAF_COPIES)
+    e->until = now + SIP_SHED_MEMORY_MS;
+  return !deaf && now < e->until;
+}
+
+int sip__resend_shed_deaf(sip_svc_t *s, const struct sockaddr *sa)
+{
+  uint64_t h = s->shed_keys ? source_hash(sa) : 0;
+  const deaf_t *e = h ? &s->shed_keys->deaf[h % SIP_DEAF_SOURCES] : NULL;
+  return e && e->hash == h && sip__now_ms(s) < e->until;
 }
 
 void sip__resend_free(sip_svc_t *s)

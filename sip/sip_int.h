@@ -106,6 +106,14 @@
  * copies cost a 503 again. */
 #define SIP_SHED_KEYS 262144
 #define SIP_SHED_MEMORY_MS 4000   /* for so long (T2) */
+/* A source that sends copies of REGISTERs shed with a 503 ignores the 503
+ * (sipp does): SIP_DEAF_COPIES of them within SIP_SHED_MEMORY_MS, and
+ * what is shed from it gets no answer until SIP_SHED_MEMORY_MS after its
+ * latest copy.  Each 503 was a datagram its busy receiver had to read for
+ * nothing (past the knee sipp's socket dropped 200s among them: session
+ * 26).  A few copies are allowed for 503s lost on the way. */
+#define SIP_DEAF_COPIES 8
+#define SIP_DEAF_SOURCES 256      /* sources judged so at once, direct-mapped */
 /* The Retry-After of a 503 for load, s and ms: a copy of the REGISTER shed
  * within it is dropped even once the node takes work again. */
 #define SIP_SHED_RETRY_AFTER "2"
@@ -219,8 +227,10 @@ typedef struct {
   uint64_t register_repeats; /* REGISTER retransmissions dropped or answered again */
   uint64_t register_repeats_peeked; /* of those, dropped before sofia parsed them (peek.c) */
   uint64_t register_resent_peeked;  /* of those, answered again from kept bytes, unparsed */
-  uint64_t shed_peeked; /* of shed, answered with a 503 built from the datagram (peek.c) */
+  uint64_t shed_peeked; /* of shed, at the peek: a 503 built from the datagram (peek.c), or none */
   uint64_t shed_repeats_dropped; /* copies of a REGISTER shed lately, dropped while we still shed */
+  uint64_t shed_silent;  /* of shed, dropped unanswered: the source ignores 503s (SIP_DEAF_COPIES) */
+  uint64_t shed_deaf_sources; /* times a source was judged so */
   uint64_t shed_queue;      /* of shed, for the socket's queue (SIP_SHED_DELAY_MS) */
   uint64_t shed_dht_behind; /* of shed, the others: SIP_MAX_REGISTERING waited for the DHT */
   uint64_t challenged_peeked; /* REGISTERs without credentials answered 401 at the peek */
@@ -653,6 +663,11 @@ const void *sip__resend_find(sip_svc_t *s, const char *key, size_t *len);
  * (core.c). */
 void sip__resend_shed_note(sip_svc_t *s, const char *key);
 int sip__resend_shed_seen(sip_svc_t *s, const char *key, unsigned within_ms);
+/* A copy of a REGISTER shed lately came from sa (see SIP_DEAF_COPIES);
+ * 1 when this copy got the source judged deaf to 503s. */
+int sip__resend_shed_copy(sip_svc_t *s, const struct sockaddr *sa);
+/* Whether what is shed from sa now goes unanswered. */
+int sip__resend_shed_deaf(sip_svc_t *s, const struct sockaddr *sa);
 void sip__resend_free(sip_svc_t *s);
 
 /* registrar.c */
