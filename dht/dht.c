@@ -248,6 +248,7 @@ void dht_close(dht_t *d) {
   d->leaving = true;
   dht__rpc_close_all(d);
   dht__defers_run(d);
+  dht__reach_close(d);
   uv_timer_t *timers[] = {&d->stab_timer, &d->join_timer, &d->refresh_timer, &d->sweep_timer,
                           &d->repair_timer, &d->leave_timer, &d->owned_timer, &d->pace_timer,
                           &d->copy_timer, &d->split_timer};

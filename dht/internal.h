@@ -179,6 +179,8 @@ const struct sockaddr_storage *dht__conn_remote(const dht__conn_t *c);
 bool dht__conn_first_join(dht__conn_t *c);
 /* REACH requests (reach.c). */
 int dht__reach_answer(dht_t *d, dht__conn_t *c, const proto_frame_t *f);
+/* Ends every probe in flight (dht_close). */
+void dht__reach_close(dht_t *d);
 /* A connection to a peer went away (ring.c uses this to notice deaths). */
 void dht__peer_lost(dht_t *d, const dht_node_t *peer);
 
@@ -361,6 +363,7 @@ struct dht {
   struct dht__ends *ends;     /* nodes lookups ended at lately (ops.c), or NULL */
   struct dht__prims *prims;   /* ranges of primaries dht_get_primary() found (ops.c), or NULL */
   struct dht__defer *defers;    /* deferred calls not yet run (ops.c) */
+  struct dht__probe *probes;    /* REACH probes in flight (reach.c) */
   struct dht__batches *batches; /* an owner refresh's STOREs by primary (ops.c), or NULL */
   struct dht__copies *copies;   /* one-way copies gathered by replica (ops.c), or NULL */
   size_t pace_bucket;     /* where the refresh under way resumes */

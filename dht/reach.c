@@ -15,7 +15,9 @@
 
 #define REACH_CONNECT_MS 700 /* below the asker's RPC timeout */
 
-typedef struct {
+/* A probe in flight is listed on its node: closing the node ends each
+ * (dht__reach_close) before anything else closes its handles. */
+typedef struct dht__probe {
   uv_tcp_t tcp;
   uv_connect_t req;
   uv_timer_t timer;
@@ -24,6 +26,7 @@ typedef struct {
   uint32_t txid;
   proto_reach_r_t r;
   int closing;
+  struct dht__probe *next, **prevp;
 } probe_t;
 
 static void probe_closed(uv_handle_t *h) {
@@ -34,6 +37,7 @@ static void probe_closed(uv_handle_t *h) {
 static void probe_finish(probe_t *p, int reachable) {
   if (p->closing) return;
   p->closing = 1;
+  if ((*p->prevp = p->next)) p->next->prevp = p->prevp;
   p->r.reachable = (uint8_t)reachable;
   uint8_t buf[64];
   long n = proto_reach_r_encode(buf, sizeof(buf), &p->r);
@@ -67,6 +71,9 @@ int dht__reach_answer(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
   if (to.ss_family == AF_INET) ((struct sockaddr_in *)&to)->sin_port = htons(q.port);
   else ((struct sockaddr_in6 *)&to)->sin6_port = htons(q.port);
   dht__conn_ref(c);
+  if ((p->next = d->probes)) p->next->prevp = &p->next;
+  p->prevp = &d->probes;
+  d->probes = p;
   uv_tcp_init(d->loop, &p->tcp);
   uv_timer_init(d->loop, &p->timer);
   p->tcp.data = p->timer.data = p->req.data = p;
@@ -76,6 +83,14 @@ int dht__reach_answer(dht_t *d, dht__conn_t *c, const proto_frame_t *f) {
       uv_tcp_connect(&p->req, &p->tcp, (const struct sockaddr *)&to, on_probe_connect))
     probe_finish(p, 0);
   return 0;
+}
+
+/* At close: a probe's handles are closed here, with their callbacks, not
+ * by whoever closes every handle next; its connect, cancelled, then finds
+ * it finished.  (The cancelled connect closed handles closed already, and
+ * libuv aborted: a node stopped while probing.) */
+void dht__reach_close(dht_t *d) {
+  for (int i = 0; d->probes && i < 1000000; i++) probe_finish(d->probes, 0);
 }
 
 /* Asking ------------------------------------------------------------------- */

@@ -14,6 +14,8 @@ loopback (tests/integration/test_public.py tries it across a real NAT):
   roles when it is one of two)."""
 
 import os
+import socket
+import struct
 import sys
 import threading
 import time
@@ -96,6 +98,37 @@ def test(h):
     check(p["public"] is False and p["why"].startswith("peers disagree") and len(answered) == 2,
           "with one honest peer beside the liar the two disagree: a is not public, and says why", p)
     info("a: %s" % p["why"])
+
+    probe_then_stop(c)
+
+
+def probe_then_stop(c):
+    """A node stopped while it probes a REACH asker's port exits cleanly:
+    the probe's connect, cancelled by the shutdown, used to close handles
+    the shutdown had closed already (abort in uv_close: session 26's CI).
+    The asker's port is a listener whose queue is full, so the probe's
+    connect waits (the SYN is dropped) until the node is stopped."""
+    node = c.nodes[1]
+    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(0)
+    lport = lst.getsockname()[1]
+    fill = []
+    for _ in range(4):  # past the queue of a backlog of 0: these wait, the next SYNs are dropped
+        f = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", lport))
+        fill.append(f)
+    time.sleep(0.1)
+    host, port = node.addr.rsplit(":", 1)
+    asker = socket.create_connection((host, int(port)), timeout=5)
+    asker.sendall(pp.hello(p2p.OVERLAY, "%040x" % 0xab, "127.0.0.1", lport))
+    asker.sendall(pp.frame(pp.REACH, struct.pack(">H", lport), txid=7))
+    time.sleep(0.2)  # the probe is out, its connect pending (700 ms at most)
+    code, took = c.stop(node)
+    check(code == 0, "a node stopped while it probes back a REACH asker exits 0 (%.1f s)" % took, code)
+    for x in fill + [asker, lst]:
+        x.close()
 
 
 if __name__ == "__main__":
