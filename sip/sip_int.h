@@ -712,8 +712,10 @@ typedef struct {
  * REGISTER whose record would not decode (registered, yet unreachable). */
 #define SIP_REC_MAX_TEXT 512 /* aor, uri, call_id */
 #define SIP_REC_MAX_CONTACT 1024
+#define SIP_REC_MAX_BODY 4096 /* a record's JSON body, as decode takes it */
 /* Nonzero when s can be such a field: UTF-8 (all JSON holds) of at most
- * max bytes. */
+ * max bytes as the record's body holds it (escaped), so that a record of
+ * such fields stays within SIP_REC_MAX_BODY. */
 int sip__record_text_ok(const char *s, size_t max);
 char *sip__binding_encode(const sip_binding_t *b, uint32_t expires);
 int sip__binding_decode(const dht_value_t *v, sip_binding_t *out); /* malloc'd strings */

@@ -201,6 +201,42 @@ static void as_jansson(void)
   ASSERT(!sip__record_text_ok("abcd", 3));
 }
 
+/* The limits count a text as the body holds it: a control character takes
+ * six bytes, a quote two.  Every field at its limit, escaped or not, still
+ * makes a body that decodes (the sip_register fuzzer found a contact of
+ * 0x1c bytes, within 1,024 as typed, that made one decode refused). */
+static void escaped_limits(void)
+{
+  char ctl[SIP_REC_MAX_CONTACT + 1], quotes[SIP_REC_MAX_TEXT + 1], plain[SIP_REC_MAX_CONTACT + 1];
+  memset(ctl, 0x1c, 200), ctl[200] = '\0';
+  ASSERT(!sip__record_text_ok(ctl, SIP_REC_MAX_CONTACT)); /* 1,200 escaped */
+  memset(ctl, 0x1c, 170), ctl[170] = '\0';
+  ASSERT(sip__record_text_ok(ctl, SIP_REC_MAX_CONTACT)); /* 1,020 */
+  memset(quotes, '"', 257), quotes[257] = '\0';
+  ASSERT(!sip__record_text_ok(quotes, SIP_REC_MAX_TEXT));
+  quotes[256] = '\0';
+  ASSERT(sip__record_text_ok(quotes, SIP_REC_MAX_TEXT));
+  memset(plain, 'a', SIP_REC_MAX_CONTACT), plain[SIP_REC_MAX_CONTACT] = '\0';
+  ASSERT(sip__record_text_ok(plain, SIP_REC_MAX_CONTACT));
+  char path[257], edge[257];
+  memset(path, 'p', 256), path[256] = '\0';
+  memset(edge, 'e', 256), edge[256] = '\0';
+  sip_binding_t b = {.aor = quotes, .contact = ctl, .uri = quotes, .call_id = quotes, .path = path,
+                     .node = "0123456789012345678901234567890123456789", .edge = edge,
+                     .received = "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535", .transport = "tcp",
+                     .cseq = 4294967295u, .q1000 = 1000};
+  char *body = sip__binding_encode(&b, 4294967295u);
+  ASSERT(body != NULL);
+  ASSERT(strlen(body) <= SIP_REC_MAX_BODY);
+  dht_value_t v = value(body, 3600);
+  sip_binding_t d;
+  ASSERT_OK(sip__binding_decode(&v, &d));
+  ASSERT_STR_EQ(d.contact, ctl);
+  ASSERT_STR_EQ(d.call_id, quotes);
+  sip__binding_clear(&d);
+  free(body);
+}
+
 int main(void)
 {
   as_jansson();
@@ -208,5 +244,6 @@ int main(void)
   edge();
   hops();
   refused();
+  escaped_limits();
   return 0;
 }
