@@ -184,18 +184,25 @@ const char *sip__peer_next(const sip_svc_t *s, const sip_peer_t *p)
   return s->tls_hostport[0] && p->tls[0] ? p->tls : p->uri;
 }
 
-void sip__msg_source(msg_t *msg, char *out, size_t len)
+/* The address msg came from into *ss (zeroed first); 0 when it has none
+ * of a known family (messages nta makes itself). */
+static int msg_source_addr(msg_t *msg, struct sockaddr_storage *ss)
 {
   su_addrinfo_t *ai = msg_addrinfo(msg);
+  memset(ss, 0, sizeof *ss);
+  if (!ai || !ai->ai_addr || ai->ai_addrlen > sizeof *ss ||
+      (ai->ai_addr->sa_family != AF_INET && ai->ai_addr->sa_family != AF_INET6))
+    return 0;
+  memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+  return 1;
+}
+
+void sip__msg_source(msg_t *msg, char *out, size_t len)
+{
+  struct sockaddr_storage ss;
   snprintf(out, len, "%s", "");
-  /* Messages nta makes itself carry an address of no family. */
-  if (ai && ai->ai_addr && ai->ai_addrlen <= sizeof(struct sockaddr_storage) &&
-      (ai->ai_addr->sa_family == AF_INET || ai->ai_addr->sa_family == AF_INET6)) {
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+  if (msg_source_addr(msg, &ss))
     dht_addr_str(&ss, out, len);
-  }
 }
 
 void sip__addr_ip(const struct sockaddr_storage *ss, char *ip, size_t len, unsigned *port)
@@ -482,13 +489,17 @@ static void shed_copy_from(sip_svc_t *s, const struct sockaddr_storage *sa)
 }
 
 /* Whether new work from sa, to be shed (why), goes unanswered: its
- * source ignores our 503s (counted as shed all the same). */
-static int shed_unanswered(sip_svc_t *s, int why, int peeked, const struct sockaddr_storage *sa)
+ * source ignores our 503s (counted as shed all the same, and a REGISTER's
+ * key, when it has one, remembered as a 503's would be). */
+static int shed_unanswered(sip_svc_t *s, int why, int peeked, const struct sockaddr_storage *sa,
+                           const char *key)
 {
   if (!sip__resend_shed_deaf(s, (const struct sockaddr *)sa))
     return 0;
   count_shed(s, why, peeked);
   s->c.shed_silent++;
+  if (key)
+    sip__resend_shed_note(s, key);
   return 1;
 }
 
@@ -684,11 +695,8 @@ static int peek_act(sip_svc_t *s, const char *buf, size_t got, size_t len,
                    register_direct(s, buf, len, sa, salen)
                ? SIP_LOOP_TOOK
                : 0;
-  if (!again && !challenge && shed_unanswered(s, shed, 1, sa)) {
-    if (keyed)
-      sip__resend_shed_note(s, key);
+  if (!again && !challenge && shed_unanswered(s, shed, 1, sa, keyed ? key : NULL))
     return 1;
-  }
   char out[SIP_PEEK_BYTES];
   int rc = sip__limit_peek(s, (const struct sockaddr *)sa, salen);
   if (rc)
@@ -950,20 +958,15 @@ static void shed_request(sip_svc_t *s, msg_t *msg, sip_t *sip, int why)
   char key[700];
   int keyed = sip->sip_request->rq_method == sip_method_register &&
               resend_key(sip, key, sizeof key);
-  su_addrinfo_t *ai = msg_addrinfo(msg);
   struct sockaddr_storage src;
-  memset(&src, 0, sizeof src);
-  if (ai && ai->ai_addr && ai->ai_addrlen <= sizeof src)
-    memcpy(&src, ai->ai_addr, ai->ai_addrlen);
+  msg_source_addr(msg, &src); /* none: zeroed, never judged deaf */
   if (keyed && sip__resend_shed_seen(s, key, SIP_SHED_MEMORY_MS)) {
     s->c.shed_repeats_dropped++;
     shed_copy_from(s, &src);
     msg_destroy(msg);
     return;
   }
-  if (shed_unanswered(s, why, 0, &src)) {
-    if (keyed)
-      sip__resend_shed_note(s, key);
+  if (shed_unanswered(s, why, 0, &src, keyed ? key : NULL)) {
     msg_destroy(msg);
     return;
   }

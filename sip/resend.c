@@ -123,17 +123,17 @@ struct sip_shed {
   deaf_t deaf[SIP_DEAF_SOURCES]; /* direct-mapped by the source's hash */
 };
 
-static uint64_t hash64(const char *key)
+static uint64_t hash64(const char *p, size_t n)
 {
   /* Two FNV-1a runs from different bases: 64 bits without a second hash. */
-  return (uint64_t)sip__fnv(SIP_FNV_INIT, key, 0) << 32 | sip__fnv(0x5bd1e995u, key, 0);
+  return (uint64_t)sip__fnv_n(SIP_FNV_INIT, p, n) << 32 | sip__fnv_n(0x5bd1e995u, p, n);
 }
 
 void sip__resend_shed_note(sip_svc_t *s, const char *key)
 {
   if (!s->shed_keys && !(s->shed_keys = calloc(1, sizeof *s->shed_keys)))
     return;
-  uint64_t h = hash64(key);
+  uint64_t h = hash64(key, strlen(key));
   s->shed_keys->last = sip__now_ms(s);
   s->shed_keys->e[h % SIP_SHED_KEYS] = (shed_t){h, s->shed_keys->last};
 }
@@ -145,7 +145,7 @@ int sip__resend_shed_seen(sip_svc_t *s, const char *key, unsigned within_ms)
   uint64_t now = sip__now_ms(s);
   if (!s->shed_keys || now - s->shed_keys->last >= within_ms)
     return 0;
-  uint64_t h = hash64(key);
+  uint64_t h = hash64(key, strlen(key));
   const shed_t *e = &s->shed_keys->e[h % SIP_SHED_KEYS];
   return e->at && e->hash == h && now - e->at < within_ms;
 }
@@ -154,20 +154,20 @@ int sip__resend_shed_seen(sip_svc_t *s, const char *key, unsigned within_ms)
  * share an address), hashed; 0 for an address of no known family. */
 static uint64_t source_hash(const struct sockaddr *sa)
 {
-  const char *a, *port;
+  char b[sizeof(struct in6_addr) + 2];
   size_t n;
   if (sa && sa->sa_family == AF_INET) {
     const struct sockaddr_in *v4 = (const struct sockaddr_in *)sa;
-    a = (const char *)&v4->sin_addr, n = sizeof v4->sin_addr, port = (const char *)&v4->sin_port;
+    memcpy(b, &v4->sin_addr, n = sizeof v4->sin_addr);
+    memcpy(b + n, &v4->sin_port, 2);
   } else if (sa && sa->sa_family == AF_INET6) {
     const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)sa;
-    a = (const char *)&v6->sin6_addr, n = sizeof v6->sin6_addr, port = (const char *)&v6->sin6_port;
+    memcpy(b, &v6->sin6_addr, n = sizeof v6->sin6_addr);
+    memcpy(b + n, &v6->sin6_port, 2);
   } else {
     return 0;
   }
-  uint32_t lo = sip__fnv_n(sip__fnv_n(SIP_FNV_INIT, a, n), port, 2);
-  uint32_t hi = sip__fnv_n(sip__fnv_n(0x5bd1e995u, a, n), port, 2);
-  return (uint64_t)hi << 32 | lo | 1; /* never 0: 0 marks a free entry */
+  return hash64(b, n + 2) | 1; /* never 0: 0 marks a free entry */
 }
 
 int sip__resend_shed_copy(sip_svc_t *s, const struct sockaddr *sa)

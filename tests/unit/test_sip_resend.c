@@ -20,7 +20,7 @@ uint64_t sip__now_ms(const sip_svc_t *s)
   return now_ms;
 }
 
-/* core.c's hash, as the test needs it: FNV-1a. */
+/* core.c's hash, as resend.c needs it: FNV-1a. */
 uint32_t sip__fnv_n(uint32_t h, const char *p, size_t n)
 {
   for (size_t i = 0; i < n; i++)
@@ -50,10 +50,26 @@ static const struct sockaddr *sa(const struct sockaddr_storage *ss)
   return (const struct sockaddr *)ss;
 }
 
-static void shed_keys(void)
+/* A service with resend.c's tables alone; shed: a REGISTER shed already
+ * (the copies' table exists once something was). */
+static sip_svc_t *svc(int shed)
 {
   sip_svc_t *s = calloc(1, sizeof *s);
   ASSERT(s != NULL);
+  if (shed)
+    sip__resend_shed_note(s, "x");
+  return s;
+}
+
+static void svc_free(sip_svc_t *s)
+{
+  sip__resend_free(s);
+  free(s);
+}
+
+static void shed_keys(void)
+{
+  sip_svc_t *s = svc(0);
   ASSERT_EQ(sip__resend_shed_seen(s, "a 1 z9hG4bK-a", SIP_SHED_MEMORY_MS), 0);
   sip__resend_shed_note(s, "a 1 z9hG4bK-a");
   ASSERT_EQ(sip__resend_shed_seen(s, "a 1 z9hG4bK-a", SIP_SHED_MEMORY_MS), 1);
@@ -61,14 +77,12 @@ static void shed_keys(void)
   now_ms += SIP_SHED_RETRY_AFTER_MS;
   ASSERT_EQ(sip__resend_shed_seen(s, "a 1 z9hG4bK-a", SIP_SHED_RETRY_AFTER_MS), 0);
   ASSERT_EQ(sip__resend_shed_seen(s, "a 1 z9hG4bK-a", SIP_SHED_MEMORY_MS), 1);
-  sip__resend_free(s);
-  free(s);
+  svc_free(s);
 }
 
 static void deaf_after_copies(void)
 {
-  sip_svc_t *s = calloc(1, sizeof *s);
-  ASSERT(s != NULL);
+  sip_svc_t *s = svc(0);
   struct sockaddr_storage a = v4("192.0.2.7", 5060), b = v4("192.0.2.7", 5062);
   /* Nothing shed yet: nothing to judge. */
   ASSERT_EQ(sip__resend_shed_copy(s, sa(&a)), 0);
@@ -91,30 +105,25 @@ static void deaf_after_copies(void)
   /* Judged again only after as many copies again. */
   ASSERT_EQ(sip__resend_shed_copy(s, sa(&a)), 0);
   ASSERT_EQ(sip__resend_shed_deaf(s, sa(&a)), 0);
-  sip__resend_free(s);
-  free(s);
+  svc_free(s);
 }
 
 static void copies_spread_out(void)
 {
-  sip_svc_t *s = calloc(1, sizeof *s);
-  ASSERT(s != NULL);
+  sip_svc_t *s = svc(1);
   struct sockaddr_storage a = v4("198.51.100.1", 5060);
-  sip__resend_shed_note(s, "x");
   /* One copy every 600 ms: never SIP_DEAF_COPIES within the window. */
   for (int i = 0; i < 4 * SIP_DEAF_COPIES; i++) {
     ASSERT_EQ(sip__resend_shed_copy(s, sa(&a)), 0);
     now_ms += 600;
   }
   ASSERT_EQ(sip__resend_shed_deaf(s, sa(&a)), 0);
-  sip__resend_free(s);
-  free(s);
+  svc_free(s);
 }
 
 static void ipv6_and_unknown(void)
 {
-  sip_svc_t *s = calloc(1, sizeof *s);
-  ASSERT(s != NULL);
+  sip_svc_t *s = svc(1);
   struct sockaddr_storage a, other;
   memset(&a, 0, sizeof a);
   struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&a;
@@ -123,7 +132,6 @@ static void ipv6_and_unknown(void)
   ASSERT_EQ(inet_pton(AF_INET6, "2001:db8::1", &a6->sin6_addr), 1);
   other = a;
   ((struct sockaddr_in6 *)&other)->sin6_addr.s6_addr[15] = 2;
-  sip__resend_shed_note(s, "x");
   for (int i = 1; i < SIP_DEAF_COPIES; i++)
     ASSERT_EQ(sip__resend_shed_copy(s, sa(&a)), 0);
   ASSERT_EQ(sip__resend_shed_copy(s, sa(&a)), 1);
@@ -136,8 +144,7 @@ static void ipv6_and_unknown(void)
     ASSERT_EQ(sip__resend_shed_copy(s, sa(&none)), 0);
   ASSERT_EQ(sip__resend_shed_deaf(s, sa(&none)), 0);
   ASSERT_EQ(sip__resend_shed_deaf(s, NULL), 0);
-  sip__resend_free(s);
-  free(s);
+  svc_free(s);
 }
 
 int main(void)
